@@ -1,0 +1,1 @@
+"""rfcn_tf.model."""
