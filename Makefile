@@ -1,0 +1,37 @@
+# The README's two commands: `make train` (the main job) and `make test` (the whole suite).
+# Both set up everything on a fresh machine that has python3 (3.11), g++ and the package
+# registries: a virtual environment, the package with its compiled PS-RoI pooling op, the tools.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rfcn_tf_installed
+# Forwarded to the commands: make train ARGS="--config bccd", make test ARGS="-k psroi"
+ARGS ?=
+
+.PHONY: install train test benchmarks clean
+
+$(STAMP): setup.py pyproject.toml $(wildcard custom_ops/psroi_pool/*)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "setuptools>=68" wheel "tensorflow-cpu>=2.21,<2.22"
+	# --no-build-isolation: compile the op against the TensorFlow just installed (no second copy).
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[test,export]"
+	# TF Serving's gRPC stubs require the `tensorflow` distribution by name; beside tensorflow-cpu
+	# they work as they are, so they are installed without their dependencies (see README).
+	$(PY) -m pip install --quiet --no-deps "tensorflow-serving-api>=2.21,<2.22"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: install
+	$(PY) -m rfcn_tf.train $(ARGS)
+
+test: install
+	$(PY) -m pytest $(ARGS)
+
+benchmarks: install
+	for script in benchmarks/*.py; do $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info rfcn_tf/ops/*.so
