@@ -27,8 +27,10 @@ install: $(STAMP)
 train: install
 	$(PY) -m rfcn_tf.train $(ARGS)
 
+# pytest exits 5 when it collected no test: that is a failure here, not a pass.
 test: install
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest $(ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 benchmarks: install
 	for script in benchmarks/*.py; do $(PY) $$script || exit 1; done
