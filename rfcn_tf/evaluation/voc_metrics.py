@@ -71,12 +71,12 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, *, use_07_metric: bool) ->
             f"recall and precision must have the same length, got {recall.shape} and "
             f"{precision.shape}")
     if use_07_metric:
-        ap = 0.0
+        total = 0.0
         for i in range(11):
             t = i / 10.0
             reached = precision[recall >= t]
-            ap += (reached.max() if reached.size else 0.0) / 11.0
-        return float(ap)
+            total += reached.max() if reached.size else 0.0
+        return float(total / 11.0)  # sum first: 11 ones give exactly 1
     # Sentinels: recall 0 -> 1, precision 0 at both ends (devkit VOCap.m).
     mrec = np.concatenate([[0.0], recall, [1.0]])
     mpre = np.concatenate([[0.0], precision, [0.0]])
