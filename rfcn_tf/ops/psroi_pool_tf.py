@@ -1,0 +1,310 @@
+"""Position-sensitive RoI pooling from stock TensorFlow ops: the pure-TF twin of the compiled op.
+
+R-FCN (Dai et al., NIPS 2016) sec. 2, "Position-sensitive score maps and Position-sensitive RoI
+pooling"; PSRoIAlign as in Light-Head R-CNN / Deformable R-FCN (torchvision.ops.ps_roi_align).
+This is the implementation the exported serving graph contains, so it uses only ops that tf2onnx
+converts (opset 17): gather, cumsum, pad, arithmetic, floor/ceil, clip, cast, reshape, where. No
+py_function, ragged tensors or loops over RoIs; every shape may be unknown inside `tf.function`.
+
+Shape shorthand:
+    B  images in the batch            H, W  feature-map height and width (cells)
+    k  output_size (k x k bins)       C     output channels per bin (classes)
+    R  number of RoIs                 P     bilinear taps per bin: 4 * sampling_ratio**2
+
+Naming: `*_s` scaled float coordinates in feature-map cells, `*_r` rounded (avg mode),
+`flat_*` row indices into a features tensor reshaped to [B*H*W*k*k, C] (or its integral image).
+
+The arithmetic is DESIGN.md's "PS-RoI pooling op" clause; channel layout is bin-major: bin (i, j),
+class c reads channel (i*k + j)*C + c, so the C values of one bin are contiguous and one gather row
+of the [..., k*k, C]-reshaped map fetches them all.
+
+avg (the paper's pooling):
+    y1r = round(y1 * spatial_scale) half away from zero (C++ std::round: sign(x)*floor(|x|+0.5),
+    never tf.round, which rounds half to even); roi_h = max(y2r - y1r, 1); bin i covers rows
+    [y1r + floor(i*roi_h/k), y1r + ceil((i+1)*roi_h/k)) clipped to [0, H] (same for columns);
+    output = mean over the cells, 0 for an empty bin. Computed with an integral image (summed-area
+    table) in float64: 4 corner gathers per (RoI, bin, class), so the cost does not grow with the
+    RoI's area, and float64 keeps the corner differences exact to ~1e-12 relative even for maps of
+    large positive activations. The gradient (autodiff of gather + cumsum) gives each cell
+    grad/area, as DESIGN.md requires. A NaN/inf *feature* poisons the integral image downstream of
+    it (more bins become NaN than in a direct sum); a diverged map is garbage either way.
+bilinear (PSRoIAlign; torchvision.ops.ps_roi_align's rules, bin-major here):
+    y1s = y1*spatial_scale - 0.5 (no rounding); bin_h = (y2s - y1s)/k with NO minimum size
+    (torchvision's ps_roi_align applies none; the 0.1 minimum some write belongs to Caffe's
+    PSROIPooling); sample (iy, ix) of bin (i, j) at y = y1s + i*bin_h + (iy + 0.5)*bin_h/sr; a point
+    with NOT(-1 <= y <= H and -1 <= x <= W) contributes 0; y < 0 -> 0; if floor(y) >= H-1 the point
+    reads row H-1 alone (same for x); output = sum over the sr*sr points / (sr*sr). The rule is
+    separable (valid = valid_y & valid_x, weight = wy * wx), so the geometry is computed per axis
+    ([R, k, sr, 2] rows and [R, k, sr, 2] columns, in float64) and combined by broadcasting.
+
+Interpretations where DESIGN.md is silent (shared with the op; see tests/ops/psroi_reference.py):
+    * batch index v = rois[r, 0] is valid iff 0 <= v < B (NaN invalid); the image is floor(v).
+    * avg: a RoI with a non-finite coordinate pools to 0 (there is no rounding of NaN).
+      bilinear: non-finite coordinates fail the in-range test and contribute 0.
+    * H >= 1 and W >= 1 are required.
+    * No gradient flows to `rois` (stop_gradient), like the compiled op.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import tensorflow as tf
+
+__all__ = ["ps_roi_pool_tf"]
+
+_MODES = ("avg", "bilinear")
+_FEATURE_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+
+
+def _validate_static_args(output_size, spatial_scale, mode, sampling_ratio):
+    if isinstance(output_size, bool) or not isinstance(output_size, numbers.Integral):
+        raise ValueError(f"output_size must be an int, got {output_size!r}")
+    if output_size < 1:
+        raise ValueError(f"output_size must be >= 1, got {output_size}")
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, numbers.Integral):
+        raise ValueError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
+    if sampling_ratio < 1:
+        raise ValueError(f"sampling_ratio must be >= 1, got {sampling_ratio}")
+    if not isinstance(mode, str) or mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if (isinstance(spatial_scale, bool) or not isinstance(spatial_scale, numbers.Real)
+            or not math.isfinite(spatial_scale) or spatial_scale <= 0):
+        raise ValueError(f"spatial_scale must be a finite number > 0, got {spatial_scale!r}")
+
+
+def _validate_static_shapes(features, rois, k):
+    """Raise ValueError for what the static shapes already show to be wrong."""
+    if features.dtype not in _FEATURE_DTYPES:
+        raise ValueError(
+            f"features dtype must be one of {[d.name for d in _FEATURE_DTYPES]}, got "
+            f"{features.dtype.name}")
+    if not rois.dtype.is_floating:
+        raise ValueError(f"rois dtype must be floating, got {rois.dtype.name}")
+    fshape = features.shape
+    if fshape.rank is not None:
+        if fshape.rank != 4:
+            raise ValueError(f"features must be [B, H, W, k*k*C] (rank 4), got shape {fshape}")
+        channels = fshape[3]
+        if channels is not None and channels % (k * k) != 0:
+            raise ValueError(
+                f"features channels ({channels}) must be a multiple of output_size**2 "
+                f"({k}*{k} = {k * k}); features shape {fshape}")
+        for axis, label in ((1, "height"), (2, "width")):
+            if fshape[axis] is not None and fshape[axis] < 1:
+                raise ValueError(f"features {label} must be >= 1, got shape {fshape}")
+    rshape = rois.shape
+    if rshape.rank is not None:
+        if rshape.rank != 2 or (rshape[1] is not None and rshape[1] != 5):
+            raise ValueError(
+                f"rois must be [R, 5] rows (batch_index, y1, x1, y2, x2), got shape {rshape}")
+
+
+def _runtime_checks(features, rois, k):
+    """Run-time validation (InvalidArgumentError) of what the static shapes could not show.
+
+    Returns:
+        (features, rois, checks): the inputs, with their rank (and rois' width) pinned by
+        tf.ensure_shape where the static shape did not know them, and the assertion ops that
+        later computations must depend on (empty in eager mode, where asserts raise at once).
+    """
+    if features.shape.rank is None:
+        features = tf.ensure_shape(features, [None, None, None, None],
+                                   name="features_must_be_rank_4")
+    if rois.shape.rank is None or rois.shape[1] is None:
+        rois = tf.ensure_shape(rois, [None, 5], name="rois_must_be_Rx5")
+    fshape = tf.shape(features)
+    checks = []
+    if features.shape[3] is None:
+        checks.append(tf.debugging.Assert(
+            tf.equal(tf.math.floormod(fshape[3], k * k), 0),
+            [f"features channels must be a multiple of output_size**2 = {k * k}, got features "
+             "shape", fshape], summarize=4, name="channels_multiple_of_k2"))
+    if features.shape[1] is None or features.shape[2] is None:
+        checks.append(tf.debugging.Assert(
+            tf.reduce_min(fshape[1:3]) >= 1,
+            ["features height and width must be >= 1, got features shape", fshape],
+            summarize=4, name="height_width_positive"))
+    batch_index = rois[:, 0]
+    # Written as NOT(in range) so that NaN is caught too.
+    bad = tf.logical_not(tf.logical_and(batch_index >= 0,
+                                        batch_index < tf.cast(fshape[0], rois.dtype)))
+    checks.append(tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(bad)),
+        ["rois[:, 0] (batch index) must be in [0, B) with B =", fshape[0],
+         "; offending rows:", tf.reshape(tf.where(bad), [-1]),
+         "values:", tf.boolean_mask(batch_index, bad)],
+        summarize=10, name="batch_index_in_range"))
+    return features, rois, [c for c in checks if c is not None]  # eager asserts return None
+
+
+def _round_half_away_from_zero(x):
+    """C++ std::round: ties away from zero (tf.round is half-to-even)."""
+    return tf.sign(x) * tf.floor(tf.abs(x) + 0.5)
+
+
+def _avg_pool(features, rois, batch_index, k, spatial_scale):
+    """avg mode: integral image + 4 corner gathers. Returns [R, k, k, C] float64."""
+    fshape = tf.shape(features, out_type=tf.int32)
+    height, width, channels = fshape[1], fshape[2], fshape[3]
+    kk = k * k
+    num_out = channels // kk
+
+    # Integral image S[b, y, x] = sum of features[b, :y, :x], padded with a zero row and column.
+    integral = tf.cumsum(tf.cumsum(tf.cast(features, tf.float64), axis=1), axis=2)
+    integral = tf.pad(integral, [[0, 0], [1, 0], [1, 0], [0, 0]])
+    flat_integral = tf.reshape(integral, [-1, num_out])  # [B*(H+1)*(W+1)*k*k, C]
+
+    scaled = rois[:, 1:5] * spatial_scale  # [R, 4] float64
+    finite = tf.reduce_all(tf.math.is_finite(scaled), axis=1)  # [R]
+    scaled = tf.where(finite[:, None], scaled, tf.zeros_like(scaled))
+    rounded = _round_half_away_from_zero(scaled)
+    y1_r, x1_r, y2_r, x2_r = tf.unstack(rounded, num=4, axis=1)  # each [R]
+    roi_h = tf.maximum(y2_r - y1_r, 1.0)
+    roi_w = tf.maximum(x2_r - x1_r, 1.0)
+
+    steps = tf.range(k, dtype=tf.float64)  # [k]
+    # floor/ceil of (integer * integer / k) are exact in float64 (a non-integer quotient is at
+    # least 1/k away from an integer), so this matches the op's integer arithmetic.
+    def bounds(start, size, limit):
+        lo = start[:, None] + tf.floor(steps[None, :] * size[:, None] / k)
+        hi = start[:, None] + tf.math.ceil((steps[None, :] + 1.0) * size[:, None] / k)
+        limit = tf.cast(limit, tf.float64)
+        return tf.clip_by_value(lo, 0.0, limit), tf.clip_by_value(hi, 0.0, limit)  # [R, k]
+
+    h_lo, h_hi = bounds(y1_r, roi_h, height)
+    w_lo, w_hi = bounds(x1_r, roi_w, width)
+    area = (h_hi - h_lo)[:, :, None] * (w_hi - w_lo)[:, None, :]  # [R, k, k]
+
+    # 1/area per bin; 0 for an empty bin or a RoI with non-finite coordinates.
+    keep = tf.logical_and(finite[:, None, None], area > 0)
+    inv_area = tf.where(keep, 1.0 / tf.maximum(area, 1.0), tf.zeros_like(area))  # [R, k, k]
+
+    # flat row of integral corner (b, y, x) for bin (i, j): ((b*(H+1) + y)*(W+1) + x)*k*k + i*k+j
+    h_lo, h_hi, w_lo, w_hi = (tf.cast(t, tf.int32) for t in (h_lo, h_hi, w_lo, w_hi))
+    bin_id = tf.reshape(tf.range(kk, dtype=tf.int32), [1, k, k])
+    image_row = batch_index[:, None] * (height + 1)  # [R, 1]
+
+    def corner(rows, cols):
+        """S at (rows[r, i], cols[r, j]) on bin (i, j)'s channel slice: [R, k, k, C]."""
+        pixel = ((image_row + rows) * (width + 1))[:, :, None] + cols[:, None, :]  # [R, k, k]
+        return tf.gather(flat_integral, pixel * kk + bin_id)
+
+    # Four separate gathers (not one gather + slicing): slicing a [R, k, k, 4, C] tensor makes
+    # autodiff materialize four dense StridedSliceGrad tensors of that size.
+    box_sum = ((corner(h_hi, w_hi) - corner(h_lo, w_hi))
+               - (corner(h_hi, w_lo) - corner(h_lo, w_lo)))  # [R, k, k, C] float64
+    return box_sum * inv_area[..., None]
+
+
+def _bilinear_axis(start, size, k, sr, limit):
+    """Per-axis PSRoIAlign taps.
+
+    Args:
+        start, size: [R] float64 scaled RoI start and extent (cells) along this axis.
+        limit: int32 scalar, H or W.
+    Returns:
+        index: [R, k, sr, 2] int32 (low, high) cell along the axis, always in [0, limit-1].
+        weight: [R, k, sr, 2] float64 interpolation weights, 0 for an out-of-range sample.
+    """
+    limit_f = tf.cast(limit, tf.float64)
+    bin_size = size / k  # [R]
+    bins = tf.range(k, dtype=tf.float64)[None, :, None]  # [1, k, 1]
+    subs = (tf.range(sr, dtype=tf.float64) + 0.5)[None, None, :]  # [1, 1, sr]
+    pos = (start[:, None, None] + bins * bin_size[:, None, None]) + subs * bin_size[:, None, None] / sr
+    # NOT(in range) so NaN is out; out-of-range positions become 0 before any int cast.
+    valid = tf.logical_and(pos >= -1.0, pos <= limit_f)
+    pos = tf.where(valid, tf.maximum(pos, 0.0), tf.zeros_like(pos))
+    low = tf.floor(pos)
+    at_edge = low >= limit_f - 1.0
+    low = tf.where(at_edge, limit_f - 1.0, low)
+    high = tf.where(at_edge, low, low + 1.0)
+    pos = tf.where(at_edge, low, pos)
+    frac = pos - low
+    weight = tf.stack([1.0 - frac, frac], axis=-1) * tf.cast(valid, tf.float64)[..., None]
+    index = tf.cast(tf.stack([low, high], axis=-1), tf.int32)
+    return index, weight
+
+
+def _bilinear_pool(features, rois, batch_index, k, spatial_scale, sr, compute_dtype):
+    """bilinear mode: 4*sr*sr taps per bin gathered on the bin's channel slice. [R, k, k, C]."""
+    fshape = tf.shape(features, out_type=tf.int32)
+    height, width, channels = fshape[1], fshape[2], fshape[3]
+    kk = k * k
+    num_out = channels // kk
+    flat_features = tf.reshape(features, [-1, num_out])  # [B*H*W*k*k, C]
+
+    scaled = rois[:, 1:5] * spatial_scale - 0.5  # [R, 4] float64, no rounding
+    y1_s, x1_s, y2_s, x2_s = tf.unstack(scaled, num=4, axis=1)
+    rows, row_w = _bilinear_axis(y1_s, y2_s - y1_s, k, sr, height)  # [R, k, sr, 2]
+    cols, col_w = _bilinear_axis(x1_s, x2_s - x1_s, k, sr, width)  # [R, k, sr, 2]
+
+    # Combine to [R, k(i), k(j), sr(iy), 2(y), sr(ix), 2(x)].
+    row_base = (batch_index[:, None, None, None] * height + rows) * width  # [R, k, sr, 2]
+    pixel = (row_base[:, :, None, :, :, None, None] + cols[:, None, :, None, None, :, :])
+    bin_id = tf.reshape(tf.range(kk, dtype=tf.int32), [1, k, k, 1, 1, 1, 1])
+    taps = 4 * sr * sr
+    flat_idx = tf.reshape(pixel * kk + bin_id, [-1, k, k, taps])  # [R, k, k, P]
+    weight = (row_w[:, :, None, :, :, None, None] * col_w[:, None, :, None, None, :, :])
+    weight = tf.reshape(weight / float(sr * sr), [-1, k, k, taps])  # [R, k, k, P]
+
+    values = tf.gather(flat_features, flat_idx)  # [R, k, k, P, C]
+    weight = tf.cast(weight, compute_dtype)[:, :, :, None, :]  # [R, k, k, 1, P]
+    # A batched [1, P] x [P, C] matmul: about half the time of multiply + reduce_sum here.
+    return tf.squeeze(tf.matmul(weight, values), axis=3)  # [R, k, k, C]
+
+
+def ps_roi_pool_tf(features, rois, *, output_size=7, spatial_scale=1.0 / 16, mode="avg",
+                   sampling_ratio=2, name=None):
+    """Position-sensitive RoI pooling (R-FCN sec. 2) with stock TF ops, both modes.
+
+    Args:
+        features: [B, H, W, k*k*C] float32 (float16/bfloat16 are computed in float32 and the
+            result cast back; float64 is computed in float64). NHWC, bin-major channels:
+            bin (i, j), class c is channel (i*k + j)*C + c. B, H, W, C may be unknown.
+        rois: [R, 5] floating, rows (batch_index, y1, x1, y2, x2); coordinates in input-image
+            pixels (yxyx), batch_index in [0, B). R may be 0 or unknown. Not differentiated.
+        output_size: k, bins per side (int >= 1).
+        spatial_scale: feature-map cells per input pixel (1/16 for a stride-16 map), > 0.
+        mode: "avg" (R-FCN's average over integer cells) or "bilinear" (PSRoIAlign).
+        sampling_ratio: sr >= 1 sample points per bin side (bilinear only; ignored by avg).
+        name: optional name scope.
+
+    Returns:
+        [R, k, k, C] tensor of features.dtype; static shape [R or None, k, k, C or None].
+        Differentiable with respect to `features`.
+
+    Raises:
+        ValueError: bad arguments or statically wrong shapes/dtypes (message names the value).
+        tf.errors.InvalidArgumentError: at run time, a batch index outside [0, B) (message lists
+            the rows and values), or a dynamic shape that breaks the rules above.
+    """
+    _validate_static_args(output_size, spatial_scale, mode, sampling_ratio)
+    k = int(output_size)
+    sr = int(sampling_ratio)
+    with tf.name_scope(name or "ps_roi_pool_tf"):
+        features = tf.convert_to_tensor(features, name="features")
+        rois = tf.convert_to_tensor(rois, name="rois")
+        _validate_static_shapes(features, rois, k)
+        input_dtype = features.dtype
+        compute_dtype = tf.float64 if input_dtype == tf.float64 else tf.float32
+
+        features, rois, checks = _runtime_checks(features, rois, k)
+        with tf.control_dependencies(checks):
+            # The compiled op has no gradient w.r.t. rois; neither has the twin.
+            rois64 = tf.cast(tf.stop_gradient(rois), tf.float64)
+            feats = tf.cast(features, compute_dtype)
+        batch_index = tf.cast(tf.floor(rois64[:, 0]), tf.int32)  # validated: in [0, B)
+
+        if mode == "avg":
+            out = _avg_pool(feats, rois64, batch_index, k, float(spatial_scale))
+        else:
+            out = _bilinear_pool(feats, rois64, batch_index, k, float(spatial_scale), sr,
+                                 compute_dtype)
+        out = tf.cast(out, input_dtype)
+
+        channels = features.shape[3] if features.shape.rank == 4 else None
+        num_rois = rois.shape[0] if rois.shape.rank == 2 else None
+        out.set_shape([num_rois, k, k, None if channels is None else channels // (k * k)])
+        return out
