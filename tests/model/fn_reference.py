@@ -81,8 +81,13 @@ def np_proposals(logits, deltas, anchors, image_shape, pre_n, post_n, nms_iou, m
     return boxes[idx], 1 / (1 + np.exp(-logits[idx]))
 
 
-def np_match(iou, gt_valid, low, high, low_quality):
-    """Faster R-CNN sec. 3.1.2 labels for one image: (matched index, labels in {-1, 0, 1})."""
+def np_match(iou, gt_valid, low, high, low_quality, labels_by_interval=(0, -1, 1)):
+    """Faster R-CNN sec. 3.1.2 labels for one image: (matched index, labels in {-1, 0, 1}).
+
+    labels_by_interval: the labels of IoU in [0, low), [low, high), [high, 1]; (-1, 0, 1) gives
+    Fast R-CNN's RoI rule (background in [low, high)). No valid gt: everything 0.
+    """
+    lo_l, mid_l, hi_l = labels_by_interval
     n, g = iou.shape
     cols = [j for j in range(g) if gt_valid[j]]
     labels = np.zeros(n, np.int64)
@@ -93,7 +98,7 @@ def np_match(iou, gt_valid, low, high, low_quality):
         best_j = max(cols, key=lambda j: (iou[i, j], -j))
         matched[i] = best_j
         best = iou[i, best_j]
-        labels[i] = 1 if best >= high else (-1 if best >= low else 0)
+        labels[i] = hi_l if best >= high else (mid_l if best >= low else lo_l)
     if low_quality:
         for j in cols:
             m = iou[:, j].max()
