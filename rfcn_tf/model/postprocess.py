@@ -1,0 +1,99 @@
+"""Detections from the R-FCN head's outputs: decode, clip, per-class NMS, top-M, pad.
+
+Shape shorthand:
+    B  images in the batch
+    R  RoIs per image (proposals at test time)
+    C  object classes; class probabilities have C + 1 columns, column 0 = background
+    M  max_detections per image (static)
+
+Conventions: boxes are yxyx float32 pixels of the resized input image; the R-FCN box branch is
+class-agnostic (R-FCN sec. 2, "Backbone architecture": 4k^2-d box maps), so each RoI has one
+decoded box scored for every class; detection classes are 1..C (TF Object Detection API), 0 on
+padding rows.
+"""
+
+import tensorflow as tf
+
+from rfcn_tf.ops import boxes as box_ops
+from rfcn_tf.ops.box_coder import decode_boxes
+
+__all__ = ["postprocess_detections"]
+
+
+def postprocess_detections(rois, class_probs, box_deltas, image_shapes, roi_valid, *,
+                           box_weights=(10.0, 10.0, 5.0, 5.0), score_threshold=0.05,
+                           nms_iou=0.3, max_detections=100, max_detections_per_class=100):
+    """Final detections per image (R-FCN sec. 3: per-class NMS at IoU 0.3 on the boxes).
+
+    For every valid RoI and every class c in 1..C: box = decode(box_deltas, roi, box_weights)
+    clipped to the image, score = class_probs[..., c]. Candidates with score > score_threshold
+    go through per-class NMS at nms_iou keeping at most max_detections_per_class per class;
+    the max_detections highest-scoring survivors of all classes are returned (decreasing
+    score), padded with zeros. One RoI may yield several detections of different classes, and
+    overlapping boxes of different classes never suppress each other. Invalid RoIs never
+    produce detections.
+
+    Implementation: tf.image.combined_non_max_suppression with one (class-agnostic) box per
+    RoI (q = 1); checked to convert with tf2onnx (opset 17) and to run in onnxruntime.
+
+    Args:
+      rois: [B, R, 4] float yxyx pixels, the RoIs the head scored.
+      class_probs: [B, R, C + 1] float softmax probabilities (column 0 background).
+      box_deltas: [B, R, 4] float class-agnostic (dy, dx, dh, dw), encoded with box_weights.
+      image_shapes: [B, 2] (height, width) before padding; boxes are clipped to it.
+      roi_valid: [B, R] bool mask of real RoIs, or [B] int counts (the first count[b] rows
+        of image b are real, e.g. generate_proposals' num_proposals).
+      box_weights: (wy, wx, wh, ww) used to encode the head's box targets.
+      score_threshold: float >= 0, candidates need a score strictly above it.
+      nms_iou: per-class NMS IoU threshold (0.3 in the paper).
+      max_detections: M, Python int.
+      max_detections_per_class: Python int.
+
+    Returns:
+      {"detection_boxes": [B, M, 4] float32 yxyx pixels,
+       "detection_scores": [B, M] float32,
+       "detection_classes": [B, M] int32 in 1..C,
+       "num_detections": [B] int32}; rows >= num_detections are zeros.
+    """
+    if score_threshold < 0:
+        raise ValueError(f"score_threshold must be >= 0 (invalid RoIs are scored 0), "
+                         f"got {score_threshold}")
+    max_detections = int(max_detections)
+    max_detections_per_class = int(max_detections_per_class)
+    if max_detections <= 0 or max_detections_per_class <= 0:
+        raise ValueError(f"max_detections and max_detections_per_class must be positive, got "
+                         f"{max_detections} and {max_detections_per_class}")
+    rois = tf.cast(rois, tf.float32)
+    probs = tf.cast(class_probs, tf.float32)
+    deltas = tf.cast(box_deltas, tf.float32)
+    if probs.shape.rank != 3:
+        raise ValueError(f"class_probs must be [B, R, C + 1], got {probs.shape}")
+    roi_valid = tf.convert_to_tensor(roi_valid)
+    if roi_valid.shape.rank == 1:
+        r = tf.shape(rois)[1]
+        roi_valid = tf.range(r)[None, :] < tf.cast(roi_valid, tf.int32)[:, None]
+    elif roi_valid.shape.rank == 2:
+        roi_valid = tf.cast(roi_valid, tf.bool)
+    else:
+        raise ValueError(f"roi_valid must be [B, R] bool or [B] counts, got {roi_valid.shape}")
+
+    boxes = decode_boxes(deltas, rois, box_weights)
+    boxes = box_ops.clip_boxes(boxes, image_shapes)                      # [B, R, 4]
+    scores = tf.where(roi_valid[:, :, None], probs[:, :, 1:], 0.0)       # [B, R, C]
+    nmsed = tf.image.combined_non_max_suppression(
+        boxes[:, :, None, :], scores,
+        max_output_size_per_class=max_detections_per_class,
+        max_total_size=max_detections,
+        iou_threshold=nms_iou,
+        score_threshold=score_threshold,
+        pad_per_class=False,
+        clip_boxes=False)  # boxes are pixels, already clipped; True would clip to [0, 1]
+    num = tf.cast(nmsed.valid_detections, tf.int32)
+    valid = tf.range(max_detections)[None, :] < num[:, None]
+    classes = tf.where(valid, tf.cast(nmsed.nmsed_classes, tf.int32) + 1, 0)
+    return {
+        "detection_boxes": tf.where(valid[:, :, None], nmsed.nmsed_boxes, 0.0),
+        "detection_scores": tf.where(valid, nmsed.nmsed_scores, 0.0),
+        "detection_classes": classes,
+        "num_detections": num,
+    }
