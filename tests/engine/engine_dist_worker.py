@@ -1,0 +1,85 @@
+"""Subprocess body of the distribution tests: train a few steps, save losses and weights.
+
+Usage: python engine_dist_worker.py MODE OUT_NPZ [MODEL]
+  MODE: ``single`` (one device, global batch 2), ``mirrored`` (2 logical CPUs, 1 image each)
+        or ``multi_worker`` (TF_CONFIG set by the caller; 1 image per worker).
+  MODEL: ``standin`` (default) or ``rfcn`` (the real small detector, deterministic settings).
+
+Logical devices must be configured before TensorFlow initializes, hence a fresh process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+GLOBAL_BATCH = 2
+STEPS = 3
+
+
+def main(mode: str, out: str, model_kind: str = "standin") -> None:
+    if mode == "mirrored":
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+    from rfcn_tf.engine import optimizer as opt
+    from rfcn_tf.engine import schemes
+    from rfcn_tf.engine.loop import Hook
+    from rfcn_tf.engine.strategy import build_strategy
+
+    if mode == "single":
+        strategy = build_strategy("default")
+    elif mode == "mirrored":
+        strategy = build_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+    else:
+        strategy = build_strategy("multi_worker")
+    assert strategy.num_replicas_in_sync == (1 if mode == "single" else 2), strategy
+
+    if model_kind == "standin":
+        from engine_standin import TinyDetector, dataset_fn
+
+        with strategy.scope():
+            model = TinyDetector(num_classes=2)
+        data_fn = dataset_fn(GLOBAL_BATCH)
+        num_classes = 2
+    else:
+        from engine_real_model import build_real_model, real_dataset_fn
+
+        with strategy.scope():
+            model, num_classes = build_real_model()
+        data_fn = real_dataset_fn(GLOBAL_BATCH)
+
+    def optimizer_fn(variables, steps):
+        schedule = opt.build_lr_schedule(base_lr=0.05, total_steps=steps, warmup_steps=1,
+                                         warmup_factor=0.5, schedule="cosine")
+        # A small clip threshold so that clipping is active: it must use the all-replica norm.
+        return opt.build_optimizer(variables=variables, learning_rate=schedule, momentum=0.9,
+                                   weight_decay=0.01, clip_norm=float(os.environ.get("CLIP", "0.5")))
+
+    logs = []
+
+    class Record(Hook):
+        def after_step(self, loop, step, step_logs):
+            logs.append(step_logs["total_loss"])
+
+    workdir = os.path.join(os.path.dirname(out), f"ckpt_{mode}_{os.getpid()}")
+    schemes.run_training(model=model, strategy=strategy, dataset_fn=data_fn,
+                         stages=schemes.build_stages("joint", steps=STEPS),
+                         optimizer_fn=optimizer_fn, checkpoint_dir=workdir,
+                         num_classes=num_classes, global_batch_size=GLOBAL_BATCH,
+                         checkpoint_every=0, hooks_fn=lambda stage, total: [Record()])
+    weights = {f"w{i}": np.asarray(v.numpy()) for i, v in enumerate(model.trainable_weights)}
+    np.savez(out, losses=np.array(logs), **weights)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
