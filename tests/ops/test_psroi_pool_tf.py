@@ -337,3 +337,28 @@ def test_runtime_errors_with_unknown_shapes(features, rois, match):
                                       tf.TensorSpec(None, tf.float32)])
     with pytest.raises(tf.errors.InvalidArgumentError, match=match):
         fn(features, rois)
+
+
+# --- export ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", MODES)
+def test_converts_to_onnx_opset17_and_runs_in_onnxruntime(mode):
+    # The exported serving graph contains the twin; it must survive tf2onnx (DESIGN.md, Export).
+    tf2onnx = pytest.importorskip("tf2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    k, num_out = 3, 2
+    sig = [tf.TensorSpec([None, None, None, k * k * num_out], tf.float32, name="features"),
+           tf.TensorSpec([None, 5], tf.float32, name="rois")]
+    fn = tf.function(lambda f, r: ps_roi_pool_tf(f, r, output_size=k, spatial_scale=0.25,
+                                                 mode=mode), input_signature=sig)
+    model, _ = tf2onnx.convert.from_function(fn, input_signature=sig, opset=17)
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    for seed, (batch, height, width, num_rois) in enumerate([(2, 9, 14, 14), (1, 5, 3, 0)]):
+        feats, rois = _make_case(seed, batch=batch, height=height, width=width, k=k,
+                                 num_out=num_out)
+        rois = rois[:num_rois]
+        (out,) = session.run(None, {"features": feats, "rois": rois})
+        assert out.shape == (num_rois, k, k, num_out)
+        np.testing.assert_allclose(out, ps_roi_pool_reference(feats, rois, k, 0.25, mode),
+                                   rtol=0, atol=TOL)
