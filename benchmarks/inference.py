@@ -1,0 +1,156 @@
+"""R-FCN inference time on this machine vs a plain keras.applications ResNet forward.
+
+Prints markdown tables:
+  1. per backbone (ResNet-50, ResNet-101): plain keras.applications ResNet (include_top=False)
+     forward vs R-FCN `detect` (300 RoIs), medians, and their ratio (target <= 2.2x);
+  2. R-FCN with 300 vs 2000 RoIs (target: growth <= 10%);
+  3. the time split: backbone, RPN + proposals, PS head, post-processing (differences of
+     medians of nested stages, each stage its own tf.function).
+
+Random weights (nothing is downloaded); every measured function is a tf.function, warmed up
+first; medians of `--repeats` runs. Timings taken while other processes load the CPU are
+noisy: compare numbers within one run.
+
+    python benchmarks/inference.py [--height 600 --width 1000 --classes 20 --repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from rfcn_tf.model.backbones import ResNetBackbone  # noqa: E402
+from rfcn_tf.model.detector import RFCN  # noqa: E402
+from rfcn_tf.model.postprocess import postprocess_detections  # noqa: E402
+
+
+def median_seconds(fn, repeats):
+    fn()  # warm-up (tracing, oneDNN primitive caches)
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_sync(fn, *args):
+    def go():
+        out = fn(*args)
+        tf.nest.map_structure(lambda t: t.numpy(), out)
+
+    return go
+
+
+def build_model(depth, num_classes, rois, impl):
+    return RFCN(
+        backbone=ResNetBackbone(depth=depth),
+        num_classes=num_classes,
+        rpn_post_nms_top_n_test=rois,
+        psroi_impl=impl,
+    )
+
+
+def stage_functions(model, image_spec, shape_spec):
+    """tf.functions for the nested stages: backbone; + RPN/proposals; + head; + postprocess."""
+
+    @tf.function(input_signature=[image_spec])
+    def backbone(images):
+        return model.backbone(images, training=False)
+
+    @tf.function(input_signature=[image_spec, shape_spec])
+    def proposals(images, shapes):
+        stage = model._features_and_proposals(images, shapes, False)
+        return stage["head_features"], stage["proposals"], stage["num_proposals"]
+
+    @tf.function(input_signature=[image_spec, shape_spec])
+    def head(images, shapes):
+        out = model({"images": images, "image_shapes": shapes}, training=False)
+        return out["class_probs"], out["box_deltas"]
+
+    @tf.function(input_signature=[image_spec, shape_spec])
+    def full(images, shapes):
+        return model.detect_raw(images, shapes)
+
+    return backbone, proposals, head, full
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--height", type=int, default=600, help="image height, pixels")
+    parser.add_argument("--width", type=int, default=1000, help="image width, pixels")
+    parser.add_argument("--classes", type=int, default=20, help="C, object classes (VOC: 20)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement")
+    parser.add_argument("--depths", type=int, nargs="+", default=[50, 101], help="ResNet depths")
+    parser.add_argument("--impl", default="auto", choices=["auto", "custom", "tf"], help="PS-RoI pooling impl")
+    parser.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0: TF default)")
+    args = parser.parse_args()
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    keras.utils.set_random_seed(0)
+    h, w = args.height, args.width
+    images = tf.constant(np.random.default_rng(0).integers(0, 256, [1, h, w, 3]), tf.uint8)
+    shapes = tf.constant([[h, w]], tf.int32)
+    image_spec = tf.TensorSpec([None, None, None, 3], tf.uint8)
+    shape_spec = tf.TensorSpec([None, 2], tf.int32)
+
+    rows, roi_rows, split_rows = [], [], []
+    for depth in args.depths:
+        factory = {50: keras.applications.ResNet50, 101: keras.applications.ResNet101}[depth]
+        plain = factory(include_top=False, weights=None, input_shape=(None, None, 3))
+        plain_fn = tf.function(lambda x: plain(x, training=False))
+        floats = tf.cast(images, tf.float32)
+        t_plain = median_seconds(run_sync(plain_fn, floats), args.repeats)
+        del plain
+
+        times = {}
+        for rois in (300, 2000):
+            model = build_model(depth, args.classes, rois, args.impl)
+            backbone, proposals, head, full = stage_functions(model, image_spec, shape_spec)
+            times[rois] = median_seconds(run_sync(full, images, shapes), args.repeats)
+            if rois == 300:
+                t_backbone = median_seconds(run_sync(backbone, images), args.repeats)
+                t_proposals = median_seconds(run_sync(proposals, images, shapes), args.repeats)
+                t_head = median_seconds(run_sync(head, images, shapes), args.repeats)
+                split_rows.append(
+                    (
+                        f"ResNet-{depth}",
+                        t_backbone,
+                        t_proposals - t_backbone,
+                        t_head - t_proposals,
+                        times[300] - t_head,
+                        times[300],
+                    )
+                )
+            del model
+        rows.append((f"ResNet-{depth}", t_plain, times[300], times[300] / t_plain))
+        roi_rows.append((f"ResNet-{depth}", times[300], times[2000], times[2000] / times[300] - 1))
+
+    print(f"\nR-FCN inference, {h}x{w}, batch 1, C={args.classes}, k=7, psroi_impl={args.impl}, "
+          f"medians of {args.repeats} (seconds)\n")
+    print("| backbone | plain keras ResNet forward | R-FCN detect (300 RoIs) | ratio (target <= 2.2) |")
+    print("|---|---|---|---|")
+    for name, plain_t, ours, ratio in rows:
+        print(f"| {name} | {plain_t:.3f} | {ours:.3f} | {ratio:.2f}x |")
+    print("\n| backbone | 300 RoIs | 2000 RoIs | growth (target <= 10%) |")
+    print("|---|---|---|---|")
+    for name, t300, t2000, growth in roi_rows:
+        print(f"| {name} | {t300:.3f} | {t2000:.3f} | {100 * growth:+.1f}% |")
+    print("\n| backbone | backbone (dilated) | RPN + proposals | PS head | post-processing | total |")
+    print("|---|---|---|---|---|---|")
+    for name, *values in split_rows:
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+
+
+if __name__ == "__main__":
+    main()
