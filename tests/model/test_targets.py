@@ -162,3 +162,36 @@ def test_roi_targets_background_low_threshold_and_reference():
                                    np_encode(gt[b][idx[fg]], rois[fg], (10, 10, 5, 5)),
                                    atol=1e-4)
     assert np.any(~out["roi_valid"].numpy()[:, :25])  # some RoIs fall below 0.1
+
+
+def test_targets_in_one_tf_function_unknown_sizes_no_retrace():
+    import tensorflow as tf
+    traces = []
+    gen = AnchorGenerator(stride=16, scales=(32,), aspect_ratios=(1.0,))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32),
+                                  tf.TensorSpec([None, None, 4], tf.float32),
+                                  tf.TensorSpec([None], tf.int32),
+                                  tf.TensorSpec([None, None, 4], tf.float32),
+                                  tf.TensorSpec([None, None], tf.int32),
+                                  tf.TensorSpec([None, None], tf.bool),
+                                  tf.TensorSpec([None, 2], tf.int32)])
+    def f(anchors, proposals, num, gt, classes, mask, shapes):
+        traces.append(1)
+        a = rpn_targets(anchors, gt, mask, shapes, batch_size_per_image=16, seed=0)
+        r = roi_targets(proposals, num, gt, classes, mask)
+        return a["labels"], r["roi_valid"], r["roi_classes"]
+
+    for b, hw, p, g in [(1, 4, 5, 2), (2, 6, 3, 1), (2, 3, 4, 3)]:
+        gt = np.tile(np.array([[[4, 4, 30, 30]]], np.float32), (b, g, 1))
+        mask = np.zeros((b, g), bool)
+        mask[0, 0] = True
+        proposals = np.tile(np.array([[[0, 0, 30, 30]]], np.float32), (b, p, 1))
+        labels, valid, classes = f(gen(hw, hw), proposals, np.full([b], p, np.int32), gt,
+                                   np.full((b, g), 2, np.int32), mask,
+                                   np.full((b, 2), 16 * hw, np.int32))
+        assert labels.shape == (b, hw * hw) and valid.shape == (b, p + g)
+        assert np.sum(labels.numpy()[0] == 1) >= 1 and not np.any(labels.numpy()[1:] == 1)
+        assert classes.numpy()[0, p] == 2  # the appended gt row
+        assert np.sum(labels.numpy() >= 0, axis=1).max() <= 16
+    assert len(traces) == 1
