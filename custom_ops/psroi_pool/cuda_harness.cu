@@ -1,0 +1,215 @@
+// Standalone GPU-vs-CPU check of the PS-RoI pooling kernels, free of
+// TensorFlow: random features and RoIs (inside, partly and fully outside the
+// map, tiny, reversed, NaN, out-of-range batch index), the CUDA kernels of
+// psroi_pool_cuda_kernels.cuh against the host evaluation of the same
+// per-element math (psroi_pool_math.h), forward and backward, both modes.
+//
+// Build and run (see README.md):
+//   nvcc -std=c++17 -O2 -o /tmp/psroi_harness custom_ops/psroi_pool/cuda_harness.cu
+//   /tmp/psroi_harness        # prints max |gpu - cpu|; exit 1 if > 1e-5
+//
+// Exit status: 0 all within 1e-5, 1 a difference over 1e-5, 2 a CUDA error
+// (no device, launch failure).
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <random>
+#include <utility>
+#include <vector>
+
+#include "psroi_pool_cuda_kernels.cuh"
+#include "psroi_pool_math.h"
+
+namespace {
+
+constexpr float kTolerance = 1e-5f;
+
+#define HARNESS_CUDA_CHECK(expr)                                          \
+  do {                                                                    \
+    cudaError_t err_ = (expr);                                            \
+    if (err_ != cudaSuccess) {                                            \
+      fprintf(stderr, "CUDA error %s at %s:%d: %s\n", #expr, __FILE__,    \
+              __LINE__, cudaGetErrorString(err_));                        \
+      exit(2);                                                            \
+    }                                                                     \
+  } while (0)
+
+struct HostAdd {
+  float* buffer;
+  // __host__ __device__ only to match backward_element; called on the host.
+  __host__ __device__ void operator()(int64_t index, float value) const {
+    buffer[index] += value;
+  }
+};
+
+template <typename T>
+T* ToDevice(const std::vector<T>& host) {
+  T* dev = nullptr;
+  HARNESS_CUDA_CHECK(cudaMalloc(&dev, sizeof(T) * (host.size() + 1)));
+  if (!host.empty()) {
+    HARNESS_CUDA_CHECK(cudaMemcpy(dev, host.data(), sizeof(T) * host.size(),
+                                  cudaMemcpyHostToDevice));
+  }
+  return dev;
+}
+
+template <typename T>
+std::vector<T> ToHost(const T* dev, size_t n) {
+  std::vector<T> host(n);
+  if (n) {
+    HARNESS_CUDA_CHECK(
+        cudaMemcpy(host.data(), dev, sizeof(T) * n, cudaMemcpyDeviceToHost));
+  }
+  return host;
+}
+
+float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  float m = 0.f;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const float d = fabsf(a[i] - b[i]);
+    if (!(d <= m)) m = (d == d) ? d : INFINITY;  // NaN mismatch -> inf
+  }
+  return m;
+}
+
+// One configuration; returns the worst of its forward/backward differences.
+float RunCase(const char* name, int batch, int height, int width, int k,
+              int c_out, int num_rois, int mode, int sampling_ratio,
+              float spatial_scale, uint32_t seed) {
+  rfcn_psroi::Geometry g;
+  g.batch = batch;
+  g.height = height;
+  g.width = width;
+  g.k = k;
+  g.c_out = c_out;
+  g.channels = k * k * c_out;
+  g.spatial_scale = spatial_scale;
+  g.sampling_ratio = sampling_ratio;
+  g.mode = mode;
+
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> unit(-1.f, 1.f);
+  const float img_h = height / spatial_scale, img_w = width / spatial_scale;
+  std::uniform_real_distribution<float> ycoord(-0.3f * img_h, 1.3f * img_h);
+  std::uniform_real_distribution<float> xcoord(-0.3f * img_w, 1.3f * img_w);
+
+  const int64_t fsize = static_cast<int64_t>(batch) * height * width *
+                        g.channels;
+  std::vector<float> features(fsize);
+  for (auto& v : features) v = unit(rng);
+  std::vector<float> rois(static_cast<size_t>(num_rois) * 5);
+  for (int r = 0; r < num_rois; ++r) {
+    float* roi = &rois[r * 5];
+    roi[0] = static_cast<float>(rng() % batch);
+    roi[1] = ycoord(rng);
+    roi[2] = xcoord(rng);
+    roi[3] = roi[1] + fabsf(ycoord(rng)) * 0.6f;
+    roi[4] = roi[2] + fabsf(xcoord(rng)) * 0.6f;
+    switch (r % 8) {
+      case 1:  // tiny
+        roi[3] = roi[1] + 1.f;
+        roi[4] = roi[2] + 0.5f;
+        break;
+      case 2:  // reversed
+        std::swap(roi[1], roi[3]);
+        break;
+      case 3:  // fully outside
+        roi[1] = roi[3] = -5.f * img_h;
+        break;
+      case 4:  // NaN corner
+        if (r % 16 == 4) roi[2] = NAN;
+        break;
+      case 5:  // out-of-range batch index: pools 0 on GPU
+        if (r % 16 == 5) roi[0] = static_cast<float>(batch);
+        break;
+      default:
+        break;
+    }
+  }
+  const int64_t osize = static_cast<int64_t>(num_rois) * k * k * c_out;
+  std::vector<float> grad(osize);
+  for (auto& v : grad) v = unit(rng);
+
+  // CPU: the shared per-element math, evaluated on the host.
+  std::vector<float> cpu_out(osize), cpu_grad_features(fsize, 0.f);
+  HostAdd host_add{cpu_grad_features.data()};
+  for (int64_t idx = 0; idx < osize; ++idx) {
+    const int c = static_cast<int>(idx % c_out);
+    const int64_t t = idx / c_out;
+    const int j = static_cast<int>(t % k);
+    const int i = static_cast<int>((t / k) % k);
+    const int64_t r = t / k / k;
+    cpu_out[idx] = rfcn_psroi::forward_element(features.data(), &rois[r * 5],
+                                               g, i, j, c);
+    rfcn_psroi::backward_element(&rois[r * 5], g, i, j, c, grad[idx],
+                                 host_add);
+  }
+
+  // GPU: the op's kernels.
+  float* d_features = ToDevice(features);
+  float* d_rois = ToDevice(rois);
+  float* d_grad = ToDevice(grad);
+  float* d_out = nullptr;
+  float* d_grad_features = nullptr;
+  HARNESS_CUDA_CHECK(cudaMalloc(&d_out, sizeof(float) * (osize + 1)));
+  HARNESS_CUDA_CHECK(
+      cudaMalloc(&d_grad_features, sizeof(float) * (fsize + 1)));
+  HARNESS_CUDA_CHECK(
+      cudaMemset(d_grad_features, 0, sizeof(float) * (fsize + 1)));
+  const int threads = 256;
+  const int blocks_out = static_cast<int>((osize + threads - 1) / threads);
+  if (osize > 0) {
+    rfcn_psroi::psroi_forward_kernel<float><<<blocks_out, threads>>>(
+        osize, d_features, d_rois, g, d_out);
+    HARNESS_CUDA_CHECK(cudaGetLastError());
+    rfcn_psroi::psroi_backward_kernel<float><<<blocks_out, threads>>>(
+        osize, d_grad, d_rois, g, d_grad_features);
+    HARNESS_CUDA_CHECK(cudaGetLastError());
+  }
+  HARNESS_CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<float> gpu_out = ToHost(d_out, osize);
+  const std::vector<float> gpu_grad_features = ToHost(d_grad_features, fsize);
+  cudaFree(d_features);
+  cudaFree(d_rois);
+  cudaFree(d_grad);
+  cudaFree(d_out);
+  cudaFree(d_grad_features);
+
+  const float fwd = MaxAbsDiff(gpu_out, cpu_out);
+  const float bwd = MaxAbsDiff(gpu_grad_features, cpu_grad_features);
+  printf("%-28s mode=%-8s B=%d H=%d W=%d k=%d C=%d R=%d  fwd %.3g  bwd %.3g\n",
+         name, mode == rfcn_psroi::kAvg ? "avg" : "bilinear", batch, height,
+         width, k, c_out, num_rois, fwd, bwd);
+  return fwd > bwd ? fwd : bwd;
+}
+
+}  // namespace
+
+int main() {
+  int devices = 0;
+  HARNESS_CUDA_CHECK(cudaGetDeviceCount(&devices));
+  if (devices == 0) {
+    fprintf(stderr, "no CUDA device\n");
+    return 2;
+  }
+  float worst = 0.f;
+  for (int mode = 0; mode < 2; ++mode) {
+    const auto m = [&](float v) { worst = (v > worst || v != v) ? v : worst; };
+    m(RunCase("k7 C21 detector-like", 1, 38, 63, 7, 21, 300, mode, 2,
+              1.f / 16, 1u + mode));
+    m(RunCase("k3 batch 3 non-square", 3, 13, 29, 3, 5, 97, mode, 3, 0.125f,
+              11u + mode));
+    m(RunCase("k1 tiny map", 2, 1, 2, 1, 4, 33, mode, 1, 1.f, 21u + mode));
+    m(RunCase("R = 0", 1, 5, 5, 2, 3, 0, mode, 2, 0.5f, 31u + mode));
+  }
+  printf("max |gpu - cpu| = %.3g (tolerance %.1g)\n", worst, kTolerance);
+  if (!(worst <= kTolerance)) {
+    printf("FAIL\n");
+    return 1;
+  }
+  printf("OK\n");
+  return 0;
+}
