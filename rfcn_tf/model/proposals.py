@@ -18,9 +18,12 @@ import tensorflow as tf
 from rfcn_tf.ops import boxes as box_ops
 from rfcn_tf.ops.box_coder import decode_boxes
 
-__all__ = ["generate_proposals", "nms_padded"]
+__all__ = ["generate_proposals", "nms_padded", "MASKED_SCORE"]
 
 _LOWEST = float(np.finfo(np.float32).min)
+# Score given to dropped boxes. Finite on purpose: tf2onnx lowers tf.where to arithmetic in
+# places (cond * x + (1 - cond) * y), where -inf turns every score into NaN in onnxruntime.
+MASKED_SCORE = _LOWEST
 
 
 def nms_padded(boxes, scores, *, max_output_size, iou_threshold):
@@ -28,7 +31,8 @@ def nms_padded(boxes, scores, *, max_output_size, iou_threshold):
 
     Args:
       boxes: [K, 4] float32 yxyx.
-      scores: [K] float32; a box with score -inf is never selected.
+      scores: [K] float32; a box scored at or below float32's lowest finite value (e.g. -inf,
+        or MASKED_SCORE) is never selected.
       max_output_size: Python int, the static number of output slots M.
       iou_threshold: boxes overlapping a kept, higher-scored box by IoU > this are dropped.
 
@@ -36,8 +40,8 @@ def nms_padded(boxes, scores, *, max_output_size, iou_threshold):
       (indices [M] int32 into boxes, padding rows 0; count [] int32, the valid prefix length).
       Selected indices are in decreasing score order (ties: lower index first).
     """
-    # NonMaxSuppressionV4 keeps scores strictly above score_threshold, so -inf rows are dropped
-    # and every finite score survives; pad_to_max_output_size gives the static [M] shape.
+    # NonMaxSuppressionV4 keeps scores strictly above score_threshold, so MASKED_SCORE and -inf
+    # rows are dropped and every other finite score survives; pad_to_max_output_size gives the static [M] shape.
     indices, count = tf.raw_ops.NonMaxSuppressionV4(
         boxes=boxes, scores=scores, max_output_size=max_output_size,
         iou_threshold=tf.cast(iou_threshold, tf.float32),
@@ -53,7 +57,7 @@ def generate_proposals(objectness_logits, box_deltas, anchors, image_shapes, *,
 
     Per image (Faster R-CNN sec. 3.3): decode every anchor's deltas (weights 1), clip the boxes
     to the image's real (unpadded) size, drop boxes smaller than `min_size` (and degenerate
-    ones, e.g. those of anchors lying in the zero padding) by giving them score -inf, keep the
+    ones, e.g. those of anchors lying in the zero padding) by giving them the lowest score, keep the
     `pre_nms_top_n` highest objectness logits, run NMS at `nms_iou`, keep the first
     `post_nms_top_n` survivors (decreasing score) and pad with zeros.
 
@@ -92,7 +96,7 @@ def generate_proposals(objectness_logits, box_deltas, anchors, image_shapes, *,
     boxes = decode_boxes(deltas, anchors[None])                          # [B, N, 4]
     boxes = box_ops.clip_boxes(boxes, image_shapes)
     keep = box_ops.filter_small_boxes(boxes, min_size)                   # [B, N]
-    logits = tf.where(keep, logits, tf.fill(tf.shape(logits), -np.inf))
+    logits = tf.where(keep, logits, tf.fill(tf.shape(logits), MASKED_SCORE))
 
     k = tf.minimum(tf.shape(logits)[1], pre_nms_top_n)
     top_logits, top_idx = tf.math.top_k(logits, k=k)                     # [B, K]

@@ -96,3 +96,28 @@ def test_tf_function_unknown_sizes_no_retrace_and_no_gradient():
                                               pre_nms_top_n=4, post_nms_top_n=4)
         y = tf.reduce_sum(props) + tf.reduce_sum(scores)
     assert all(g is None for g in tape.gradient(y, [logits, deltas]))
+
+
+def test_converts_to_onnx_and_matches():
+    """The serving export runs generate_proposals; tf2onnx must keep dropped boxes finite
+    (an earlier -inf mask became NaN scores and zero proposals in onnxruntime)."""
+    tf2onnx = pytest.importorskip("tf2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    spec = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None, 4], tf.float32),
+            tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None, 2], tf.int32)]
+
+    @tf.function(input_signature=spec)
+    def f(logits, deltas, anchors, shapes):
+        return generate_proposals(logits, deltas, anchors, shapes, pre_nms_top_n=100,
+                                  post_nms_top_n=20, min_size=4.0)
+
+    logits, deltas, anchors = _scene(4, h=5, w=6)
+    args = [logits, deltas, anchors, np.array([[80, 96], [60, 50]], np.int32)]
+    expected = [t.numpy() for t in f(*args)]
+    model, _ = tf2onnx.convert.from_function(f, input_signature=spec, opset=17)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {i.name: a for i, a in zip(sess.get_inputs(), args)})
+    np.testing.assert_array_equal(got[2], expected[2])
+    assert np.all(expected[2] > 5)
+    np.testing.assert_allclose(got[0], expected[0], atol=1e-3)
+    np.testing.assert_allclose(got[1], expected[1], atol=1e-5)
