@@ -7,6 +7,10 @@ TensorBoard layout (one event file per run under ``<work_dir>/tensorboard/train`
 ``loss/<name>`` for every loss component, ``train/learning_rate``, ``train/images_per_sec``,
 ``train/step_time``; ``val/detections`` images of a few validation images with their predicted
 boxes (drawn with ``rfcn_tf.visualization.draw_boxes``).
+
+The events are written with TensorFlow's own ``tf.summary.write`` and TensorBoard's plugin
+metadata (scalars; images as ``[width, height, png...]``), so training does not need the
+``tensorboard`` package; viewing them does (``pip install tensorboard``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
 from rfcn_tf.engine.loop import Hook, TrainLoop
 
@@ -29,11 +34,44 @@ __all__ = [
     "ProgressHook",
     "SummaryHook",
     "format_duration",
+    "write_images",
+    "write_scalar",
 ]
 
 logger = logging.getLogger("rfcn_tf.train")
 
 _NOT_SCALARS = ("global_batch_size",)
+
+
+def _metadata(plugin: str, data_class: int) -> summary_pb2.SummaryMetadata:
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = plugin
+    metadata.data_class = data_class
+    return metadata
+
+
+def write_scalar(name: str, value: float, step: int) -> None:
+    """One TensorBoard scalar (``scalars`` plugin) to the default writer."""
+    tf.summary.write(name, tf.constant(value, tf.float32), step=step,
+                     metadata=_metadata("scalars", summary_pb2.DATA_CLASS_SCALAR))
+
+
+def write_images(name: str, images: np.ndarray, step: int) -> None:
+    """TensorBoard images (``images`` plugin) to the default writer.
+
+    Args:
+      name: the tag.
+      images: uint8 [N, H, W, 3] RGB.
+      step: the global step.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
+    height, width = images.shape[1:3]
+    encoded = [tf.io.encode_png(image) for image in images]
+    tensor = tf.stack([tf.constant(str(width)), tf.constant(str(height))] + encoded)
+    tf.summary.write(name, tensor, step=step,
+                     metadata=_metadata("images", summary_pb2.DATA_CLASS_BLOB_SEQUENCE))
 
 
 def format_duration(seconds: float) -> str:
@@ -128,16 +166,16 @@ class SummaryHook(Hook):
 
     def _write(self, step: int, logs: Mapping[str, float]) -> None:
         mean_time = self.throughput.mean_step_time()
-        with self.writer.as_default(step=step):
+        with self.writer.as_default():
             for name, value in logs.items():
                 if name in _NOT_SCALARS or name in ("step_time", "images_per_sec", "learning_rate"):
                     continue
-                tf.summary.scalar(f"loss/{name}", value)
+                write_scalar(f"loss/{name}", value, step)
             if "learning_rate" in logs:
-                tf.summary.scalar("train/learning_rate", logs["learning_rate"])
+                write_scalar("train/learning_rate", logs["learning_rate"], step)
             if mean_time is not None:
-                tf.summary.scalar("train/step_time", mean_time)
-                tf.summary.scalar("train/images_per_sec", logs["global_batch_size"] / mean_time)
+                write_scalar("train/step_time", mean_time, step)
+                write_scalar("train/images_per_sec", logs["global_batch_size"] / mean_time, step)
         self.writer.flush()
         self.last_written = step
 
@@ -201,8 +239,8 @@ class ImageSummaryHook(Hook):
 
     def _write(self, step: int) -> None:
         drawn = self.render()
-        with self.writer.as_default(step=step):
-            tf.summary.image("val/detections", drawn, max_outputs=len(drawn))
+        with self.writer.as_default():
+            write_images("val/detections", drawn, step)
         self.writer.flush()
         self.last_written = step
 

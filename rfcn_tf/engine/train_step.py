@@ -6,7 +6,7 @@ returns the loss dict and the loop decides what to do with it.
 Per replica (inside ``strategy.run``), following STYLE.md habit 8:
 
     losses = model.compute_losses(features, training=True, include=include)
-    loss = losses["total_loss"] (+ the model's own regularization losses, if any)
+    loss = losses["total_loss"]
     grads = d(loss / num_replicas) / d(variables)   # (scaled for mixed precision)
     optimizer.apply_gradients(zip(grads, variables))  # sums grads over replicas, then updates
 
@@ -14,6 +14,10 @@ Dividing by the number of replicas makes the all-reduced SUM of the gradients eq
 gradient of the mean per-replica loss, so N replicas with a per-replica batch of B/N take the
 same step as one device with batch B (when the model's losses are per-image means with fixed
 sample counts, as ours are).
+
+Weight decay lives in the optimizer (``optimizer.py``); Keras ``add_loss`` regularizers are not
+collected (``model.losses`` is only reset by ``Model.__call__``, and ``compute_losses`` need
+not go through it, so stale values could leak in).
 
 Shape shorthand: B per-replica batch; features follow docs/INTERFACES.md ("Batched features").
 """
@@ -72,11 +76,6 @@ def build_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
             if TOTAL_LOSS not in losses:
                 raise ValueError(f"compute_losses returned no '{TOTAL_LOSS}': keys {sorted(losses)}")
             total = tf.cast(losses[TOTAL_LOSS], tf.float32)
-            if model.losses:  # layer regularizers, if a model declares any
-                regularization = tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
-                losses["regularization_loss"] = regularization
-                total = total + regularization
-                losses[TOTAL_LOSS] = total
             replica_loss = total / num_replicas
             if scales_loss:
                 replica_loss = optimizer.scale_loss(replica_loss)
