@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import tensorflow as tf
 
 __all__ = ["ps_roi_pool_tf"]
@@ -127,10 +128,10 @@ def _runtime_checks(features, rois, k):
             tf.reduce_min(fshape[1:3]) >= 1,
             ["features height and width must be >= 1, got features shape", fshape],
             summarize=4, name="height_width_positive"))
-    batch_index = rois[:, 0]
+    batch_index = tf.cast(rois[:, 0], tf.float32)  # read as float32, like the op
     # Written as NOT(in range) so that NaN is caught too.
     bad = tf.logical_not(tf.logical_and(batch_index >= 0,
-                                        batch_index < tf.cast(fshape[0], rois.dtype)))
+                                        batch_index < tf.cast(fshape[0], tf.float32)))
     checks.append(tf.debugging.Assert(
         tf.logical_not(tf.reduce_any(bad)),
         ["rois[:, 0] (batch index) must be in [0, B) with B =", fshape[0],
@@ -168,7 +169,16 @@ def _integral_image(features):
 
 
 def _avg_pool(features, rois, batch_index, k, spatial_scale):
-    """avg mode: integral image + 4 corner gathers. Returns [R, k, k, C] float64."""
+    """avg mode: integral image + 4 corner gathers.
+
+    Args:
+        features: [B, H, W, k*k*C] float32/float64.
+        rois: [R, 5] float32 (batch_index, y1, x1, y2, x2), input-image pixels.
+        batch_index: [R] int32, validated.
+        spatial_scale: Python float, already rounded to float32.
+    Returns:
+        [R, k, k, C] float64.
+    """
     fshape = tf.shape(features, out_type=tf.int32)
     height, width, channels = fshape[1], fshape[2], fshape[3]
     kk = k * k
@@ -176,7 +186,8 @@ def _avg_pool(features, rois, batch_index, k, spatial_scale):
 
     flat_integral = tf.reshape(_integral_image(features), [-1, num_out])  # [B*(H+1)*(W+1)*k*k, C]
 
-    scaled = rois[:, 1:5] * spatial_scale  # [R, 4] float64
+    # The product in float32, as the compiled op's roundf(c * scale): same rounding at ties.
+    scaled = tf.cast(rois[:, 1:5] * spatial_scale, tf.float64)  # [R, 4]
     finite = tf.reduce_all(tf.math.is_finite(scaled), axis=1)  # [R]
     scaled = tf.where(finite[:, None], scaled, tf.zeros_like(scaled))
     rounded = _round_half_away_from_zero(scaled)
@@ -255,7 +266,7 @@ def _bilinear_pool(features, rois, batch_index, k, spatial_scale, sr, compute_dt
     num_out = channels // kk
     flat_features = tf.reshape(features, [-1, num_out])  # [B*H*W*k*k, C]
 
-    scaled = rois[:, 1:5] * spatial_scale - 0.5  # [R, 4] float64, no rounding
+    scaled = tf.cast(rois[:, 1:5], tf.float64) * spatial_scale - 0.5  # [R, 4], no rounding
     y1_s, x1_s, y2_s, x2_s = tf.unstack(scaled, num=4, axis=1)
     rows, row_w = _bilinear_axis(y1_s, y2_s - y1_s, k, sr, height)  # [R, k, sr, 2]
     cols, col_w = _bilinear_axis(x1_s, x2_s - x1_s, k, sr, width)  # [R, k, sr, 2]
@@ -285,8 +296,10 @@ def ps_roi_pool_tf(features, rois, *, output_size=7, spatial_scale=1.0 / 16, mod
             bin (i, j), class c is channel (i*k + j)*C + c. B, H, W, C may be unknown.
         rois: [R, 5] floating, rows (batch_index, y1, x1, y2, x2); coordinates in input-image
             pixels (yxyx), batch_index in [0, B). R may be 0 or unknown. Not differentiated.
+            Read as float32, like the compiled op.
         output_size: k, bins per side (int >= 1).
-        spatial_scale: feature-map cells per input pixel (1/16 for a stride-16 map), > 0.
+        spatial_scale: feature-map cells per input pixel (1/16 for a stride-16 map), > 0;
+            used as its float32 value (the compiled op's attr type).
         mode: "avg" (R-FCN's average over integer cells) or "bilinear" (PSRoIAlign).
         sampling_ratio: sr >= 1 sample points per bin side (bilinear only; ignored by avg).
         name: optional name scope.
@@ -313,14 +326,16 @@ def ps_roi_pool_tf(features, rois, *, output_size=7, spatial_scale=1.0 / 16, mod
         features, rois, checks = _runtime_checks(features, rois, k)
         with tf.control_dependencies(checks):
             # The compiled op has no gradient w.r.t. rois; neither has the twin.
-            rois64 = tf.cast(tf.stop_gradient(rois), tf.float64)
+            rois32 = tf.cast(tf.stop_gradient(rois), tf.float32)
             feats = tf.cast(features, compute_dtype)
-        batch_index = tf.cast(tf.floor(rois64[:, 0]), tf.int32)  # validated: in [0, B)
+        batch_index = tf.cast(tf.floor(rois32[:, 0]), tf.int32)  # validated: in [0, B)
+        # The compiled op's spatial_scale is a float32 attr; use the same value.
+        scale = float(np.float32(spatial_scale))
 
         if mode == "avg":
-            out = _avg_pool(feats, rois64, batch_index, k, float(spatial_scale))
+            out = _avg_pool(feats, rois32, batch_index, k, scale)
         else:
-            out = _bilinear_pool(feats, rois64, batch_index, k, float(spatial_scale), sr,
+            out = _bilinear_pool(feats, rois32, batch_index, k, scale, sr,
                                  compute_dtype)
         out = tf.cast(out, input_dtype)
 
