@@ -92,21 +92,22 @@ RFCN_PSROI_HD bool roi_batch_index(float v, int batch, int* b) {
 RFCN_PSROI_HD bool is_finite(float v) { return fabsf(v) <= 3.402823466e+38f; }
 
 // The rounded RoI along one axis: start = round(c1*scale) (float product,
-// rounded half away from zero), length = max(round(c2*scale) - start, 1).
-// Returns false, with an empty extent, when either corner is not finite:
-// such a RoI pools 0 in every bin (there is no sane rounding of NaN / inf).
-RFCN_PSROI_HD bool avg_roi_axis(float c1, float c2, float scale, float* start,
-                                float* length) {
+// rounded half away from zero), length = max(round(c2*scale) - start, 1),
+// the difference taken in double so that it cannot overflow. Returns false,
+// with an empty extent, when either corner is not finite: such a RoI pools 0
+// in every bin (there is no sane rounding of NaN / inf).
+RFCN_PSROI_HD bool avg_roi_axis(float c1, float c2, float scale, double* start,
+                                double* length) {
   const float r1 = roundf(c1 * scale);
   const float r2 = roundf(c2 * scale);
   if (!(is_finite(r1) && is_finite(r2))) {
-    *start = 0.f;
-    *length = 0.f;
+    *start = 0.0;
+    *length = 0.0;
     return false;
   }
-  const float len = r2 - r1;
+  const double len = static_cast<double>(r2) - static_cast<double>(r1);
   *start = r1;
-  *length = (len < 1.f) ? 1.f : len;
+  *length = (len < 1.0) ? 1.0 : len;
   return true;
 }
 
@@ -114,14 +115,13 @@ RFCN_PSROI_HD bool avg_roi_axis(float c1, float c2, float scale, float* start,
 // [floor(idx*len/k), ceil((idx+1)*len/k)) + start, clipped to [0, limit].
 // The bin is empty when *hi <= *lo. Computed in double: idx*len is then an
 // exact integer and one correctly rounded division leaves floor/ceil exact
-// (the integer arithmetic of DESIGN.md) for any RoI a float can describe;
+// (the integer arithmetic of DESIGN.md) for any RoI up to 2^53 / k cells;
 // the clip happens before the int conversion.
-RFCN_PSROI_HD void avg_bin_range(float start, float length, int idx, int k,
+RFCN_PSROI_HD void avg_bin_range(double start, double length, int idx, int k,
                                  int limit, int* lo, int* hi) {
   const double dk = static_cast<double>(k);
-  const double len = static_cast<double>(length);
-  const double a = floor(static_cast<double>(idx) * len / dk) + start;
-  const double b = ceil(static_cast<double>(idx + 1) * len / dk) + start;
+  const double a = floor(static_cast<double>(idx) * length / dk) + start;
+  const double b = ceil(static_cast<double>(idx + 1) * length / dk) + start;
   const double dl = static_cast<double>(limit);
   *lo = static_cast<int>(a >= 0.0 ? (a <= dl ? a : dl) : 0.0);
   *hi = static_cast<int>(b >= 0.0 ? (b <= dl ? b : dl) : 0.0);
@@ -221,7 +221,7 @@ RFCN_PSROI_HD double bilinear_sample_coord(double start, double bin_size,
 // non-finite corner.
 RFCN_PSROI_HD void avg_bin_cells(const float* roi, const Geometry& g, int i,
                                  int j, int* h0, int* h1, int* w0, int* w1) {
-  float ys, yl, xs, xl;
+  double ys, yl, xs, xl;
   const bool fy = avg_roi_axis(roi[1], roi[3], g.spatial_scale, &ys, &yl);
   const bool fx = avg_roi_axis(roi[2], roi[4], g.spatial_scale, &xs, &xl);
   if (!(fy && fx)) {

@@ -175,6 +175,9 @@ def _ps_roi_pool_grad_grad(op, grad):
     return [None, None, pooled]
 
 
+# A Python-level dispatcher: autograph has nothing to convert here, and converting it
+# mis-resolves the lazily imported twin inside tf.function; the twin is graph-safe as is.
+@tf.autograph.experimental.do_not_convert
 def ps_roi_pool(
     features,
     rois,
