@@ -1,0 +1,299 @@
+"""ONNX export of the serving graph (tf2onnx) and its check with onnxruntime on the CPU.
+
+What is converted: the exported SavedModel's ``serving_default`` signature, resize, padding,
+detection and normalization included, so the ONNX model has the same contract as the
+signature: input ``input_tensor`` uint8 [1, H, W, 3] (H, W dynamic), outputs
+``detection_boxes`` float32 [1, M, 4] normalized yxyx, ``detection_scores`` [1, M],
+``detection_classes`` float32 [1, M] in 1..C, ``num_detections`` float32 [1]. The encoded-image
+signature is not converted (ONNX has no image decoder; decode before calling the model).
+
+The check (``verify_onnx``) runs both on the same images and compares the detections:
+``num_detections`` exactly, then each detection to one of the other side with the same class
+and box and score within ``atol`` (default 1e-4), in order except where float32 score ties let
+NMS emit two detections in either order (``compare_detections``). The first op tf2onnx cannot map is reported by name
+(``OnnxConversionError``) instead of leaving a model that fails to load.
+
+Going on to TensorRT (outside this machine)::
+
+    trtexec --onnx=export/rfcn_onnx/1/model.onnx --saveEngine=rfcn_fp16.plan --fp16 \\
+        --minShapes=input_tensor:1x64x64x3 --optShapes=input_tensor:1x600x1000x3 \\
+        --maxShapes=input_tensor:1x1333x1333x3
+
+(``--int8 --calib=<calibration cache>`` for INT8). The graph is data-dependent (NMS,
+top-k, gathers of a variable number of boxes): whether every node maps to a TensorRT layer
+depends on the TensorRT version, so read trtexec's parser log; this was not run here (no
+TensorRT on this machine).
+
+Shape shorthand: H/W image height/width, M max detections.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from rfcn_tf.export import INPUT_IMAGE, OUTPUT_KEYS, SIGNATURE_IMAGE
+
+DEFAULT_OPSET = 17
+_STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+
+
+class OnnxConversionError(RuntimeError):
+    """tf2onnx could not map some TensorFlow ops; ``ops`` names them."""
+
+    def __init__(self, message: str, ops: Sequence[str] = ()):
+        super().__init__(message)
+        self.ops = list(ops)
+
+
+class OnnxMismatchError(AssertionError):
+    """onnxruntime's detections differ from the SavedModel's beyond the tolerance."""
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def export_onnx(saved_model_dir: os.PathLike, *, output_path: os.PathLike,
+                opset: int = DEFAULT_OPSET, signature: str = SIGNATURE_IMAGE) -> Path:
+    """Converts ``signature`` of a SavedModel to an ONNX file.
+
+    Args:
+      saved_model_dir: a version folder written by ``rfcn_tf.export.export_saved_model``.
+      output_path: the ``.onnx`` file to write (parent folders are created).
+      opset: ONNX opset (17 by default).
+      signature: the signature to convert; its inputs must be numeric tensors.
+
+    Returns:
+      ``output_path``.
+
+    Raises:
+      OnnxConversionError: naming the TensorFlow ops left unconverted or the ONNX checker's
+        complaint (nothing is left at ``output_path`` then).
+    """
+    import onnx
+    import tf2onnx
+
+    loaded = tf.saved_model.load(str(saved_model_dir))
+    if signature not in loaded.signatures:
+        raise ValueError(f"{saved_model_dir} has no signature {signature!r} "
+                         f"(it has {sorted(loaded.signatures)})")
+    function = loaded.signatures[signature]
+    _, input_specs = function.structured_input_signature
+    specs = [tf.TensorSpec(spec.shape, spec.dtype, name=name)
+             for name, spec in sorted(input_specs.items())]
+    for spec in specs:
+        if spec.dtype == tf.string:
+            raise ValueError(f"signature {signature!r} takes the string input {spec.name!r}; "
+                             "ONNX has no image decoder: convert the uint8 signature "
+                             f"{SIGNATURE_IMAGE!r}")
+    names = [spec.name for spec in specs]
+
+    @tf.function(input_signature=specs)
+    def wrapped(*args):
+        return function(**dict(zip(names, args)))
+
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    capture = _Capture()
+    tf2onnx_logger = logging.getLogger("tf2onnx")
+    tf2onnx_logger.addHandler(capture)
+    try:
+        model_proto, _ = tf2onnx.convert.from_function(
+            wrapped, input_signature=specs, opset=opset, output_path=None,
+            custom_rewriter=[select_as_where])
+    except Exception as exc:
+        raise OnnxConversionError(f"tf2onnx failed on {saved_model_dir} ({signature}): "
+                                  f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        tf2onnx_logger.removeHandler(capture)
+    leftover = sorted({node.op_type for node in _all_nodes(model_proto.graph)
+                       if node.domain not in _STANDARD_DOMAINS
+                       or not onnx.defs.has(node.op_type, node.domain)})
+    if leftover:
+        detail = "; ".join(m for m in capture.messages if "nsupported" in m)
+        raise OnnxConversionError(
+            f"tf2onnx (opset {opset}) left TensorFlow ops it cannot convert: {leftover}"
+            + (f" ({detail})" if detail else ""), ops=leftover)
+    fix_loop_carried_types(model_proto)
+    try:
+        onnx.checker.check_model(model_proto)
+    except onnx.checker.ValidationError as exc:
+        raise OnnxConversionError(f"the converted model fails onnx.checker: {exc}") from exc
+    onnx.save(model_proto, str(output_path))
+    return output_path
+
+
+def select_as_where(graph, ops):
+    """tf2onnx rewriter: convert every TF Select/SelectV2 (``tf.where``) to ONNX ``Where``.
+
+    tf2onnx 1.17 turns ``tf.where(c, x, y)`` on floats into ``c * x + (1 - c) * y`` unless it
+    can prove statically that x or y holds inf/NaN; the model masks scores with
+    ``tf.where(keep, logits, -inf)`` built by ``tf.fill`` at run time, where that arithmetic
+    gives ``0 * -inf = NaN`` everywhere (every proposal lost). tf2onnx's own ``handles_nan``
+    attribute (which its TFLite rewriter sets too) selects the exact ``Where`` mapping.
+    """
+    for op in ops:
+        if op.type in ("Select", "SelectV2"):
+            op.set_attr("handles_nan", True)
+    return ops
+
+
+def fix_loop_carried_types(model_proto) -> int:
+    """Casts Loop inputs whose element type differs from the loop body's declared input.
+
+    tf2onnx 1.17 converts ``tf.map_fn`` (a TF while loop) into an ONNX ``Loop`` whose trip
+    count is an int64 constant; when TF had constant-folded the map's int32 length to the same
+    value (a batch of 1, as in the serving graph), tf2onnx passes that one int64 initializer
+    both as the trip count and as the loop-carried int32 length, and onnxruntime rejects the
+    model ("Tensor element type mismatch. 7 != 6"). Inserting a Cast to the body's type is
+    exact (the value is a small count). Only initializers and typed value_infos are fixed;
+    returns the number of Casts inserted.
+    """
+    import onnx
+    from onnx import helper
+
+    graph = model_proto.graph
+    inferred = onnx.shape_inference.infer_shapes(model_proto)
+    types = {i.name: i.data_type for i in graph.initializer}
+    for info in list(inferred.graph.value_info) + list(graph.input):
+        if info.type.tensor_type.elem_type:
+            types.setdefault(info.name, info.type.tensor_type.elem_type)
+    inserted = 0
+    new_nodes = []
+    for node in graph.node:
+        if node.op_type == "Loop":
+            body = next(a.g for a in node.attribute if a.name == "body")
+            # Loop inputs: trip count, condition, carried values...; body inputs: iteration
+            # number, condition, carried values... (same order).
+            for index in range(2, len(node.input)):
+                outer = node.input[index]
+                want = body.input[index].type.tensor_type.elem_type
+                have = types.get(outer)
+                if outer and want and have and have != want:
+                    cast_name = f"{outer}__cast_to_{want}_{inserted}"
+                    new_nodes.append(helper.make_node("Cast", [outer], [cast_name], to=want,
+                                                      name=cast_name))
+                    node.input[index] = cast_name
+                    inserted += 1
+        new_nodes.append(node)
+    if inserted:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+    return inserted
+
+
+def _all_nodes(graph) -> Iterable:
+    """Nodes of a graph and of the subgraphs of its Loop/If/Scan nodes."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.g is not None and attribute.g.node:
+                yield from _all_nodes(attribute.g)
+            for sub in attribute.graphs:
+                yield from _all_nodes(sub)
+
+
+def onnx_session(onnx_path: os.PathLike, *, threads: Optional[int] = None):
+    """An onnxruntime CPU session for ``onnx_path``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(onnx_path), sess_options=options,
+                                providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Runs the converted signature: uint8 [1, H, W, 3] -> outputs dict (names of OUTPUT_KEYS)."""
+    names = [o.name for o in session.get_outputs()]
+    missing = set(OUTPUT_KEYS) - set(names)
+    if missing:
+        raise ValueError(f"the ONNX model lacks outputs {sorted(missing)}; it has {names}")
+    values = session.run(names, {INPUT_IMAGE: np.asarray(image, np.uint8)})
+    return dict(zip(names, values))
+
+
+def compare_detections(expected: dict, actual: dict, *, atol: float) -> float:
+    """Max |difference| of matched boxes and scores; raises ``OnnxMismatchError`` when the
+    detection sets differ.
+
+    Counts must be equal. Rows are matched one to one, in order where possible; a row that
+    differs is matched to an unused row of ``actual`` with the same class, score within
+    ``atol`` and box within ``atol``, because two detections whose scores tie to float32
+    round-off (common with untrained weights) may come out of NMS in either order.
+    """
+    n_exp = int(np.asarray(expected["num_detections"]).reshape(-1)[0])
+    n_act = int(np.asarray(actual["num_detections"]).reshape(-1)[0])
+    if n_exp != n_act:
+        raise OnnxMismatchError(f"num_detections: SavedModel {n_exp}, ONNX {n_act}")
+    cls_e = np.asarray(expected["detection_classes"])[0, :n_exp]
+    cls_a = np.asarray(actual["detection_classes"])[0, :n_act]
+    box_e = np.asarray(expected["detection_boxes"], np.float64)[0, :n_exp]
+    box_a = np.asarray(actual["detection_boxes"], np.float64)[0, :n_act]
+    sc_e = np.asarray(expected["detection_scores"], np.float64)[0, :n_exp]
+    sc_a = np.asarray(actual["detection_scores"], np.float64)[0, :n_act]
+
+    def gap(i, j):
+        if cls_e[i] != cls_a[j]:
+            return np.inf
+        return max(abs(sc_e[i] - sc_a[j]), float(np.abs(box_e[i] - box_a[j]).max()))
+
+    used = np.zeros(n_act, bool)
+    worst = 0.0
+    for i in range(n_exp):
+        j = i if not used[i] and gap(i, i) <= atol else None
+        if j is None:
+            free = [k for k in np.flatnonzero(~used) if gap(i, k) <= atol]
+            if not free:
+                raise OnnxMismatchError(
+                    f"SavedModel detection {i} (class {cls_e[i]:g}, score {sc_e[i]:.6f}, box "
+                    f"{np.round(box_e[i], 5).tolist()}) has no ONNX match within atol {atol}; "
+                    f"ONNX row {i}: class {cls_a[i]:g}, score {sc_a[i]:.6f}, box "
+                    f"{np.round(box_a[i], 5).tolist()}")
+            j = min(free, key=lambda k: gap(i, k))
+        used[j] = True
+        worst = max(worst, gap(i, j))
+    return worst
+
+
+def verify_onnx(onnx_path: os.PathLike, saved_model_dir: os.PathLike, *,
+                images: Optional[Sequence[np.ndarray]] = None, atol: float = 1e-4) -> float:
+    """Runs the ONNX model (onnxruntime, CPU) and the SavedModel's ``serving_default`` on the
+    same images and compares the detections (``compare_detections``).
+
+    Args:
+      images: uint8 [1, H, W, 3] each; by default three seeded random images of different
+        sizes (random pixels still give the model's full path: proposals, NMS, padding).
+      atol: tolerance on normalized boxes and on scores.
+
+    Returns:
+      the largest absolute difference seen.
+    """
+    if images is None:
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+                  for h, w in ((120, 160), (97, 203), (256, 256))]
+    loaded = tf.saved_model.load(str(saved_model_dir))
+    function = loaded.signatures[SIGNATURE_IMAGE]
+    session = onnx_session(onnx_path)
+    worst = 0.0
+    for index, image in enumerate(images):
+        expected = {k: v.numpy() for k, v in function(**{INPUT_IMAGE: tf.constant(image)}).items()}
+        actual = run_onnx(session, image)
+        try:
+            worst = max(worst, compare_detections(expected, actual, atol=atol))
+        except OnnxMismatchError as exc:
+            raise OnnxMismatchError(f"image {index} of shape {image.shape}: {exc}") from None
+    return worst
