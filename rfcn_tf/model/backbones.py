@@ -92,16 +92,62 @@ class ImagePreprocessing(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="rfcn_tf")
+class Subsample2D(keras.layers.Layer):
+    """Keeps every `stride`-th row and column: `x[:, ::stride, ::stride, :]`.
+
+    `Subsample2D(s)` followed by a 1x1 conv of stride 1 equals a 1x1 conv of stride s (with
+    "valid" or "same" padding: output size ceil(n / s)) and has the same kernel. We use it
+    instead of strided 1x1 convs because TF 2.21's oneDNN CPU kernel for the filter gradient
+    of a strided 1x1 conv (Conv2DBackpropFilter) crashes the process (segfault) when a
+    tf.function with unknown spatial dims runs on a second input size (seen here with
+    tensorflow-cpu 2.21.0; TF_ENABLE_ONEDNN_OPTS=0 avoids it too, at a large speed cost).
+
+    Call arguments:
+        x: `[B, H, W, C]`.
+
+    Returns:
+        `[B, ceil(H / stride), ceil(W / stride), C]`.
+    """
+
+    def __init__(self, stride=2, **kwargs):
+        super().__init__(**kwargs)
+        if int(stride) < 1:
+            raise ValueError(f"Subsample2D stride must be >= 1, got {stride!r}")
+        self.stride = int(stride)
+
+    def call(self, x):
+        return x[:, :: self.stride, :: self.stride, :]
+
+    def compute_output_shape(self, input_shape):
+        def size(n):
+            return None if n is None else -(-n // self.stride)
+
+        return (input_shape[0], size(input_shape[1]), size(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"stride": self.stride})
+        return config
+
+
+def _strided_1x1_conv(x, filters, *, stride, name, **conv_kwargs):
+    """A 1x1 conv of stride `stride` named `name`, as Subsample2D + stride-1 conv (see there)."""
+    if stride > 1:
+        x = Subsample2D(stride, name=f"{name}_subsample")(x)
+    return keras.layers.Conv2D(filters, 1, name=name, **conv_kwargs)(x)
+
+
 def _resnet_block(x, filters, *, stride, dilation, conv_shortcut, name, trainable_bn):
     """keras.applications' `residual_block_v1` (bottleneck, stride on the 1x1 conv), with an
     optional dilation of the 3x3 conv. Layer names match keras.applications."""
     bn = dict(axis=3, epsilon=_BN_EPSILON, trainable=trainable_bn)
     if conv_shortcut:
-        shortcut = keras.layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
+        shortcut = _strided_1x1_conv(x, 4 * filters, stride=stride, name=f"{name}_0_conv")
         shortcut = keras.layers.BatchNormalization(name=f"{name}_0_bn", **bn)(shortcut)
     else:
         shortcut = x
-    x = keras.layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
+    x = _strided_1x1_conv(x, filters, stride=stride, name=f"{name}_1_conv")
     x = keras.layers.BatchNormalization(name=f"{name}_1_bn", **bn)(x)
     x = keras.layers.Activation("relu", name=f"{name}_1_relu")(x)
     x = keras.layers.Conv2D(
@@ -247,10 +293,9 @@ def _basic_block(x, filters, *, stride, dilation, norm, name):
     """ResNet-18 basic block (two 3x3 convs), projection shortcut when the shape changes."""
     init = "he_normal"
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = keras.layers.Conv2D(
-            filters, 1, strides=stride, use_bias=False, kernel_initializer=init,
-            name=f"{name}_0_conv",
-        )(x)
+        shortcut = _strided_1x1_conv(
+            x, filters, stride=stride, use_bias=False, kernel_initializer=init, name=f"{name}_0_conv"
+        )
         shortcut = _norm_layer(norm, f"{name}_0_norm")(shortcut)
     else:
         shortcut = x

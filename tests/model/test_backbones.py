@@ -86,7 +86,7 @@ def test_dilated_resnet50_keeps_stride_16_and_same_kernels(keras_resnet50):
     )
     assert ours.get_layer("conv5_block1_1_conv").strides == (1, 1)
     assert ours.get_layer("conv5_block2_2_conv").dilation_rate == (2, 2)
-    for height, width in ((64, 96), (80, 48), (600 - 8, 1000)):
+    for height, width in ((64, 96), (80, 48), (120, 200)):
         rpn_features, head_features = ours(_images([1, height, width, 3]))
         expected = (1, -(-height // 16), -(-width // 16))
         assert tuple(rpn_features.shape) == expected + (1024,)
@@ -229,3 +229,45 @@ def test_small_backbone_local_weights_roundtrip(tmp_path):
     for a, b in zip(source.weights, target.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert backbones.BACKBONES == ("resnet50", "resnet101", "small")
+
+
+def test_subsample_then_1x1_conv_equals_a_strided_1x1_conv():
+    x = tf.random.normal([2, 7, 10, 5])
+    kernel = tf.random.normal([1, 1, 5, 4])
+    strided = tf.nn.conv2d(x, kernel, 2, "VALID")
+    ours = tf.nn.conv2d(backbones.Subsample2D(2)(x), kernel, 1, "VALID")
+    assert tuple(ours.shape) == (2, 4, 5, 4)
+    np.testing.assert_allclose(ours.numpy(), strided.numpy(), atol=1e-5)
+    assert backbones.Subsample2D(3).compute_output_shape((None, 7, None, 5)) == (None, 3, None, 5)
+
+
+_TRAIN_STEP_SCRIPT = """
+import tensorflow as tf, keras
+from rfcn_tf.model.backbones import ResNetBackbone, SmallBackbone
+for backbone in (SmallBackbone(widths=[8, 8, 16, 16], blocks=[1, 1, 1, 1]), ResNetBackbone(depth=50, freeze_stages=0)):
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    def step(images):
+        with tf.GradientTape() as tape:
+            rpn, head = backbone(images, training=True)
+            loss = tf.reduce_mean(rpn ** 2) + tf.reduce_mean(head ** 2)
+        grads = tape.gradient(loss, backbone.trainable_variables)
+        for variable, grad in zip(backbone.trainable_variables, grads):
+            variable.assign_sub(1e-4 * grad)
+        return loss
+    for batch, height, width in ((2, 64, 96), (1, 80, 48), (2, 48, 32)):
+        step(tf.zeros([batch, height, width, 3], tf.uint8) + 9)
+    assert step.experimental_get_tracing_count() == 1
+print("OK")
+"""
+
+
+def test_training_steps_on_several_sizes_in_one_graph_do_not_crash():
+    """Regression: strided 1x1 convs made oneDNN's filter gradient segfault on a 2nd size."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-c", _TRAIN_STEP_SCRIPT], capture_output=True, text=True,
+                            timeout=300, env=env, cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
