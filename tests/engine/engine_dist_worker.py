@@ -44,6 +44,9 @@ def main(mode: str, out: str, model_kind: str = "standin") -> None:
         strategy = build_strategy("multi_worker")
     assert strategy.num_replicas_in_sync == (1 if mode == "single" else 2), strategy
 
+    import keras
+
+    keras.utils.set_random_seed(0)  # the same initial weights in every configuration
     if model_kind == "standin":
         from engine_standin import TinyDetector, dataset_fn
 

@@ -3,7 +3,8 @@
 Each configuration runs ``engine_dist_worker.py`` in its own process (logical CPU devices must
 be set before TensorFlow initializes; multi-worker needs 2 processes): 3 steps of the real
 train step (DetectionSGD with weight decay, momentum, warmup+cosine, and a clip threshold small
-enough to be active) on the stand-in detector, global batch 2.
+enough to be active) on the stand-in detector, global batch 2; and the real small R-FCN
+detector under MirroredStrategy (deterministic settings: see engine_real_model.py).
 """
 
 from __future__ import annotations
@@ -65,11 +66,13 @@ def test_clipping_is_active_in_the_reference_run(single, tmp_path):
     assert np.all(np.diff(single["losses"]) < 0), single["losses"]
 
 
+@pytest.mark.slow
 def test_mirrored_two_logical_cpus_matches_one_device(single, tmp_path):
     mirrored = _run("mirrored", tmp_path / "out.npz")
     _assert_same(single, mirrored, "MirroredStrategy (2 logical CPUs)")
 
 
+@pytest.mark.slow
 def test_multi_worker_two_processes_match_one_device(single, tmp_path):
     ports = [_free_port(), _free_port()]
     workers = [f"127.0.0.1:{p}" for p in ports]
@@ -95,3 +98,11 @@ def test_multi_worker_two_processes_match_one_device(single, tmp_path):
     chief_dirs = [d for d in os.listdir(tmp_path) if d.startswith("ckpt_multi_worker")]
     kept = [d for d in chief_dirs if os.listdir(tmp_path / d)]
     assert len(kept) == 1, chief_dirs
+
+
+@pytest.mark.slow
+def test_real_detector_mirrored_matches_one_device(tmp_path):
+    single = _run("single", tmp_path / "single.npz", model="rfcn")
+    mirrored = _run("mirrored", tmp_path / "mirrored.npz", model="rfcn")
+    assert len(single["losses"]) == 3 and np.all(np.isfinite(single["losses"]))
+    _assert_same(single, mirrored, "MirroredStrategy, real R-FCN detector")

@@ -1,0 +1,55 @@
+"""The real small R-FCN detector in a deterministic setting, for the distribution test.
+
+Deterministic: every anchor of a 64x64 image is sampled (96 anchors < rpn_batch_size, so the
+random keys of balanced RPN sampling cannot matter) and OHEM picks the hardest RoIs (no
+randomness). The global batch holds the same image twice, so the model's batch-normalized
+losses (means over the sampled anchors / RoIs of the whole batch) and BatchNorm statistics are
+the same over 1 or 2 images: one device with batch 2 and 2 replicas with 1 image each must
+take the same step. (Different images per replica are covered with the stand-in model.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from rfcn_tf.config import load_config
+from rfcn_tf.model.builder import build_detector
+
+OVERRIDES = [
+    "model.small_widths=[8,16,16,32]", "model.anchor_scales=[16.0,32.0]",
+    "model.rpn_channels=16", "model.head_channels=32", "model.rpn_pre_nms_top_n_train=96",
+    "model.rpn_post_nms_top_n_train=32", "model.rpn_batch_size=256", "model.roi_batch_size=8",
+    "model.roi_sampling=ohem", "model.ps_k=3",
+]
+SIDE = 64
+
+
+def build_real_model():
+    cfg = load_config("shapes_tiny", OVERRIDES)
+    return build_detector(cfg.model, num_classes=3), 3
+
+
+def real_dataset_fn(global_batch_size: int):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 80, size=(SIDE, SIDE, 3), dtype=np.uint8)
+    image[8:30, 10:40] = 200
+    image[36:60, 30:56] = 120
+    example = {
+        "images": image,
+        "image_shapes": np.array([SIDE, SIDE], np.int32),
+        "gt_boxes": np.array([[8, 10, 30, 40], [36, 30, 60, 56], [-1, -1, -1, -1]], np.float32),
+        "gt_classes": np.array([1, 3, -1], np.int32),
+        "gt_mask": np.array([True, True, False]),
+    }
+    stacked = {k: np.stack([v] * 4) for k, v in example.items()}
+
+    def fn(context=None):
+        ds = tf.data.Dataset.from_tensor_slices(stacked).repeat()
+        batch = global_batch_size
+        if context is not None:
+            ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+            batch = context.get_per_replica_batch_size(global_batch_size)
+        return ds.batch(batch, drop_remainder=True)
+
+    return fn
