@@ -206,13 +206,26 @@ class TrainResult:
     stages_run: list
 
 
+def _propose(proposal_model: keras.Model, features: dict) -> dict:
+    """``{"proposals": [B, P, 4], "num_proposals": [B]}`` of the frozen proposal model.
+
+    Uses ``propose(features, training=True)`` when the model has it (training-time proposal
+    counts; BatchNorm of the frozen copy runs in inference mode); else ``RFCN``'s internal
+    backbone+RPN pass, which computes the same thing.
+    """
+    if hasattr(proposal_model, "propose"):
+        return dict(proposal_model.propose(features, training=True))
+    stage = proposal_model._features_and_proposals(  # RFCN: backbone, RPN head, proposals
+        features["images"], tf.cast(features["image_shapes"], tf.int32), True)
+    return {"proposals": stage["proposals"], "num_proposals": stage["num_proposals"]}
+
+
 def _proposal_features_fn(proposal_model: keras.Model) -> Callable[[dict], dict]:
-    """features -> features + fixed ``proposals`` from ``proposal_model`` (alternating step 2)."""
+    """features -> features + fixed proposals from ``proposal_model`` (alternating step 2)."""
 
     def prepare(features: dict) -> dict:
-        outputs = proposal_model.propose(features, training=False)
         # Constants of the step: the frozen RPN's proposals receive no gradient.
-        fixed = {k: tf.stop_gradient(v) for k, v in outputs.items()}
+        fixed = {k: tf.stop_gradient(v) for k, v in _propose(proposal_model, features).items()}
         return dict(features, **fixed)
 
     return prepare
@@ -247,8 +260,8 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
       init_checkpoint: initial weights when NOT resuming (``restore_model_weights``).
       proposal_model_fn: builds a second model like ``model`` (inside the scope) for the
         frozen proposal copy of alternating step 2; required by such a stage. The model must
-        have ``propose(features, training=False) -> dict`` and ``compute_losses`` must use
-        ``features["proposals"]`` when present.
+        have ``propose(features, training=...) -> {"proposals", "num_proposals"}`` (or be an
+        ``RFCN``) and ``compute_losses`` must use ``features["proposals"]`` when present.
 
     Returns:
       :class:`TrainResult`.
@@ -364,8 +377,8 @@ def _fixed_proposals(model, strategy, checkpoint_dir, index, *, at_stage_start, 
     """Builds the frozen proposal copy for stage ``index`` (snapshot written at its start)."""
     if proposal_model_fn is None:
         raise ValueError("a stage with fixed proposals needs proposal_model_fn (a second model)")
-    if not hasattr(model, "propose"):
-        raise ValueError(f"{type(model).__name__} has no propose(features, training=False): it "
+    if not (hasattr(model, "propose") or hasattr(model, "_features_and_proposals")):
+        raise ValueError(f"{type(model).__name__} has no propose(features, training=...): it "
                          f"cannot provide fixed proposals for alternating training")
     prefix = ckpt_lib.snapshot_prefix(checkpoint_dir, f"stage_{index + 1}_proposals")
     writer_prefix = ckpt_lib.snapshot_prefix(write_dir(checkpoint_dir, strategy),
