@@ -1,1 +1,33 @@
-"""rfcn_tf.data.sources."""
+"""Dataset sources, registered by their `data.source` name.
+
+Every source yields the same example dict (docs/INTERFACES.md, "Examples"; `base.EXAMPLE_KEYS`)
+and a `DatasetInfo`. Each module has a keyword-only builder that never reads the config
+(`shapes_source`, `voc_source`, `coco_source`, `tfds_source`) and a `from_config(data_cfg, *,
+split, shuffle=False, seed=0, shard=None)` that maps a `DataConfig` onto it; `SOURCES` maps
+`data.source` to that `from_config`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from rfcn_tf.data.errors import DataError
+from rfcn_tf.data.sources import coco_json, shapes, tfds, voc_xml
+from rfcn_tf.data.sources.base import EXAMPLE_KEYS, DatasetInfo
+
+__all__ = ["SOURCES", "get_source", "DatasetInfo", "EXAMPLE_KEYS"]
+
+SOURCES: dict[str, Callable] = {
+    "shapes": shapes.from_config,
+    "voc": voc_xml.from_config,
+    "coco_json": coco_json.from_config,
+    "tfds": tfds.from_config,
+}
+
+
+def get_source(name: str) -> Callable:
+    """The `from_config` builder registered as `name` (a `data.source` value)."""
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise DataError(f"unknown data.source {name!r}; sources: {', '.join(SOURCES)}") from None

@@ -1,0 +1,227 @@
+"""tf.data input pipelines: source -> (cache) -> shuffle/repeat -> transform -> pad -> batch.
+
+Shape shorthand:
+    B       images per batch (per replica when an input context is given)
+    Hp, Wp  padded image height and width: the batch's largest resized image, rounded up to
+            a multiple of 16
+    G       padded ground-truth rows (data.max_boxes)
+
+Batched features (docs/INTERFACES.md, "Batched features"):
+    images           uint8   [B, Hp, Wp, 3]  resized, zero-padded bottom/right
+    image_shapes     int32   [B, 2]          (height, width) after resizing, before padding
+    original_shapes  int32   [B, 2]          (height, width) of the source image
+    image_ids        int64   [B]
+    gt_boxes         float32 [B, G, 4]       yxyx pixels of the resized image; padding rows -1
+    gt_classes       int32   [B, G]          1..C (label + 1; 0 is background); padding -1
+    gt_mask          bool    [B, G]          True for real boxes
+    gt_difficult     bool    [B, G]
+    gt_is_crowd      bool    [B, G]
+
+Training vs evaluation:
+    - training: the finite sources repeat forever, the file list is reshuffled every pass
+      (before decoding), each image gets a random shorter side from `data.scales` (R-FCN
+      sec. 4.1 multi-scale training), a random horizontal flip (`data.random_flip`) and optional
+      photometric jitter (`data.photometric`); VOC difficult boxes are dropped unless
+      `data.use_difficult` and COCO crowd boxes are always dropped from the targets (Model
+      Garden's `skip_crowd_during_training`); `data.drop_empty` drops images left without a box;
+      the last incomplete batch is dropped (static B).
+    - evaluation: one pass in source order; every image kept (negatives count as false
+      positives) with difficult and crowd boxes flagged, not dropped; the shorter side is the
+      median of `data.scales` (the lower middle for an even count: 600 for R-FCN's
+      {400, 500, 600, 700, 800}); the last batch may be smaller.
+    - Augmentation randomness is stateless, seeded by (data.seed, element index, worker), so
+      with `data.deterministic` two runs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import tensorflow as tf
+
+from rfcn_tf.data import transforms
+from rfcn_tf.data.errors import DataError
+from rfcn_tf.data.sources import get_source
+from rfcn_tf.data.sources.base import DatasetInfo, logger
+from rfcn_tf.ops import boxes as box_ops
+
+__all__ = ["build_source", "build_dataset", "evaluation_scale", "steps_per_epoch", "FEATURE_KEYS"]
+
+FEATURE_KEYS = ("images", "image_shapes", "original_shapes", "image_ids", "gt_boxes",
+                "gt_classes", "gt_mask", "gt_difficult", "gt_is_crowd")
+
+# Every image in a batch is padded to a multiple of the backbone's stride.
+_PAD_MULTIPLE = 16
+
+
+def evaluation_scale(scales) -> int:
+    """The shorter side used at evaluation: the (lower) median of the training scales."""
+    ordered = sorted(int(s) for s in scales)
+    if not ordered:
+        raise DataError("data.scales is empty: list at least one shorter-side size")
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def build_source(data_cfg, *, split: str, shuffle: bool = False, seed: Optional[int] = None,
+                 shard: Optional[tuple[int, int]] = None):
+    """The examples of one split, before any transform (docs/INTERFACES.md, "Examples").
+
+    Args:
+      data_cfg: a `DataConfig` (`data.source` picks the source).
+      split: split name (`data.train_split`, `data.val_split`, or any the source has).
+      shuffle: reshuffle the file list every pass (training).
+      seed: shuffle seed; None uses `data.seed`.
+      shard: (num_shards, index): this worker's share, taken before decoding.
+
+    Returns:
+      (dataset of example dicts, DatasetInfo). One pass, except the shapes train stream, which
+      is endless.
+
+    Raises:
+      DataError: see the sources (missing files, unknown classes, unknown source or split).
+    """
+    if shard is not None:
+        num, index = shard
+        if not 0 <= index < num:
+            raise DataError(f"shard index must be in [0, {num}), got {index}")
+    builder = get_source(data_cfg.source)
+    return builder(data_cfg, split=split, shuffle=shuffle,
+                   seed=data_cfg.seed if seed is None else seed, shard=shard)
+
+
+def _training_keep(ex, use_difficult: bool) -> tf.Tensor:
+    """bool [N]: boxes that become training targets (no crowd; no difficult unless asked)."""
+    keep = ~ex["is_crowd"]
+    if not use_difficult:
+        keep &= ~ex["is_difficult"]
+    return keep
+
+
+def build_dataset(data_cfg, *, split: str, training: bool, batch_size: int,
+                  input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+    """The batched features the model, training and evaluation consume (module docstring).
+
+    Args:
+      data_cfg: a `DataConfig`.
+      split: split name.
+      training: True: augmented, shuffled, endless, full batches. False: one plain pass.
+      batch_size: the GLOBAL batch size (images per step over all replicas); with an
+        `input_context` each pipeline batches `input_context.get_per_replica_batch_size(
+        batch_size)`.
+      input_context: from `strategy.distribute_datasets_from_function`: the pipeline reads only
+        its shard (`input_pipeline_id` of `num_input_pipelines`), taken before decoding.
+
+    Returns:
+      tf.data.Dataset of feature dicts (FEATURE_KEYS).
+
+    Raises:
+      DataError: an invalid batch size or split, and everything `build_source` raises.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    shard, pipeline_id, num_pipelines = None, 0, 1
+    per_replica = batch_size
+    if input_context is not None:
+        per_replica = input_context.get_per_replica_batch_size(batch_size)
+        num_pipelines = input_context.num_input_pipelines
+        pipeline_id = input_context.input_pipeline_id
+        if num_pipelines > 1:
+            shard = (num_pipelines, pipeline_id)
+    scales = [int(s) for s in data_cfg.scales]
+    if not scales or min(scales) < 1:
+        raise DataError(f"data.scales must list positive shorter-side sizes, got {scales}")
+    if data_cfg.max_boxes < 1:
+        raise DataError(f"data.max_boxes must be >= 1, got {data_cfg.max_boxes}")
+    if data_cfg.source == "shapes" and data_cfg.shapes.max_objects > data_cfg.max_boxes:
+        logger.warning("data.shapes.max_objects=%d > data.max_boxes=%d: boxes past %d per image "
+                       "are dropped", data_cfg.shapes.max_objects, data_cfg.max_boxes,
+                       data_cfg.max_boxes)
+
+    use_cache = bool(data_cfg.cache)
+    dataset, info = build_source(data_cfg, split=split, shuffle=training and not use_cache,
+                                 seed=data_cfg.seed, shard=shard)
+    endless = int(dataset.cardinality()) == tf.data.INFINITE_CARDINALITY
+    if use_cache and endless:
+        logger.warning("data.cache ignored: split %r of source %r is an endless stream", split,
+                       data_cfg.source)
+        use_cache = False
+    if use_cache:
+        dataset = dataset.cache()
+    if training:
+        if use_cache:
+            dataset = dataset.shuffle(data_cfg.shuffle_buffer, seed=data_cfg.seed,
+                                      reshuffle_each_iteration=True)
+        if not endless:
+            dataset = dataset.repeat()
+        if data_cfg.drop_empty:
+            dataset = dataset.filter(lambda ex: tf.reduce_any(
+                _training_keep(ex, data_cfg.use_difficult)))
+
+    prepare = _make_prepare(
+        training=training, scales=scales, eval_scale=evaluation_scale(scales),
+        max_size=int(data_cfg.max_size), max_boxes=int(data_cfg.max_boxes),
+        random_flip=bool(data_cfg.random_flip), photometric=bool(data_cfg.photometric),
+        use_difficult=bool(data_cfg.use_difficult), seed=int(data_cfg.seed),
+        pipeline_id=pipeline_id, num_pipelines=num_pipelines)
+    dataset = dataset.enumerate().map(prepare, num_parallel_calls=data_cfg.num_parallel_calls)
+    dataset = dataset.padded_batch(per_replica, drop_remainder=training)
+    dataset = dataset.map(
+        lambda f: dict(f, images=transforms.pad_to_multiple(f["images"], _PAD_MULTIPLE)),
+        num_parallel_calls=data_cfg.num_parallel_calls)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = bool(data_cfg.deterministic)
+    return dataset.with_options(options)
+
+
+def _make_prepare(*, training, scales, eval_scale, max_size, max_boxes, random_flip,
+                  photometric, use_difficult, seed, pipeline_id, num_pipelines):
+    """The per-image map: example dict -> unbatched features (module docstring)."""
+
+    def prepare(index, ex):
+        # Stateless seed of this element: (data.seed, global element index over workers).
+        element = tf.cast(index, tf.int64) * num_pipelines + pipeline_id
+        seeds = tf.random.experimental.stateless_split(
+            tf.stack([tf.constant(seed, tf.int64), element]), num=3)
+        image = ex["image"]
+        original_shape = tf.shape(image)[:2]
+        boxes, labels = ex["boxes"], ex["labels"]
+        difficult, crowd = ex["is_difficult"], ex["is_crowd"]
+        if training:
+            keep = _training_keep(ex, use_difficult)
+            boxes, labels = tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)
+            difficult, crowd = tf.boolean_mask(difficult, keep), tf.boolean_mask(crowd, keep)
+            min_size = (transforms.choose_scale(scales, seed=seeds[0]) if len(scales) > 1
+                        else scales[0])
+        else:
+            min_size = eval_scale
+        image, _ = transforms.resize_image(image, min_size=min_size, max_size=max_size)
+        if training and random_flip:
+            image, boxes, _ = transforms.random_horizontal_flip(image, boxes, seed=seeds[1])
+        if training and photometric:
+            image = transforms.photometric_jitter(image, seed=seeds[2])
+        image_shape = tf.shape(image)[:2]
+        boxes_px = box_ops.denormalize_boxes(boxes, image_shape)
+        gt = transforms.pad_ground_truth(max_boxes, boxes=boxes_px, classes=labels + 1,
+                                         difficult=difficult, is_crowd=crowd)
+        return {
+            "images": image,
+            "image_shapes": tf.cast(image_shape, tf.int32),
+            "original_shapes": tf.cast(original_shape, tf.int32),
+            "image_ids": ex["image_id"],
+            "gt_boxes": tf.cast(gt["boxes"], tf.float32),
+            "gt_classes": tf.cast(gt["classes"], tf.int32),
+            "gt_mask": gt["mask"],
+            "gt_difficult": gt["difficult"],
+            "gt_is_crowd": gt["is_crowd"],
+        }
+
+    return prepare
+
+
+def steps_per_epoch(info: DatasetInfo, batch_size: int) -> Optional[int]:
+    """Batches in one pass of a finite split (None for an endless stream)."""
+    if info.num_examples is None:
+        return None
+    return math.ceil(info.num_examples / batch_size)
