@@ -205,7 +205,8 @@ def finalize_examples(dataset: tf.data.Dataset, *, skip_corrupt: bool, descripti
     def log_counts(skipped, dropped, seen, names):
         skipped, dropped, seen = int(skipped), int(dropped), int(seen)
         if skipped:
-            named = [n.decode("utf-8", "replace") for n in names.tolist()[:min(skipped, _MAX_NAMED)]]
+            named = [n.decode("utf-8", "replace")
+                     for n in names.numpy().tolist()[:min(skipped, _MAX_NAMED)]]
             more = ", ..." if skipped > len(named) else ""
             logger.warning("%s: skipped %d of %d images that could not be read or decoded "
                            "(data.skip_corrupt=true): %s%s", description, skipped, seen,

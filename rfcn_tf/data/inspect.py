@@ -1,0 +1,214 @@
+"""Look at a dataset before training on it: a grid of samples with boxes, and statistics.
+
+    python -m rfcn_tf.data.inspect --config bccd --split test --num 16 --out grid.png
+
+The grid shows what the model is fed (the batched features: resized, and with `--augment` also
+flipped / jittered / multi-scale as in training) with the ground-truth boxes and class names.
+The statistics are computed on the source's examples (original images, before any transform):
+images, empty images, image sizes, and per class the number of boxes, difficult and crowd boxes
+and the box size sqrt(width * height) in ORIGINAL pixels (min / median / max).
+
+Exit status: 0 on success; 1 with one `error: ...` line on a configuration or data problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+
+__all__ = ["build_parser", "collect_statistics", "format_statistics", "render_grid", "main"]
+
+# An endless split (shapes train) is measured on this many images unless --max-images says.
+_ENDLESS_DEFAULT = 500
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rfcn_tf.data.inspect",
+        description="Draw a grid of dataset samples with their ground-truth boxes and print "
+                    "dataset statistics (images, boxes per class, box sizes in pixels).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None,
+                        help="preset name from configs/ (shapes_tiny, bccd, ...) or a YAML file; "
+                             "default: the default preset (shapes_tiny)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set data.voc_root=/data/BCCD "
+                             "(repeatable; values are parsed as YAML)")
+    parser.add_argument("--split", default=None,
+                        help="split to inspect; default: data.train_split of the config")
+    parser.add_argument("--num", type=int, default=16,
+                        help="number of samples drawn in the grid (0: no grid)")
+    parser.add_argument("--cols", type=int, default=4, help="grid columns")
+    parser.add_argument("--augment", action="store_true",
+                        help="draw the samples with the TRAINING transforms (shuffle, multi-scale, "
+                             "flip, photometric jitter as configured) instead of the evaluation "
+                             "resize")
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="compute statistics on at most this many images; default: the whole "
+                             f"split ({_ENDLESS_DEFAULT} for an endless split such as shapes train)")
+    parser.add_argument("--no-stats", action="store_true", help="skip the statistics pass")
+    parser.add_argument("--out", default="grid.png",
+                        help="PNG file the grid is written to (folders are created)")
+    return parser
+
+
+def render_grid(data_cfg, *, split: str, num: int, cols: int, augment: bool, class_names):
+    """The first `num` samples of the batched features with their boxes, tiled (uint8 RGB)."""
+    import dataclasses
+
+    from rfcn_tf.data.pipeline import build_dataset
+    from rfcn_tf.visualization import draw_boxes, make_grid
+
+    # A few samples only: caching would be thrown away half-read (and tf.data warns about it).
+    data_cfg = dataclasses.replace(data_cfg, cache=False)
+    dataset = build_dataset(data_cfg, split=split, training=augment, batch_size=1)
+    tiles = []
+    for features in dataset.take(num).as_numpy_iterator():
+        height, width = features["image_shapes"][0]
+        image = features["images"][0, :height, :width]
+        mask = features["gt_mask"][0]
+        tiles.append(draw_boxes(image, features["gt_boxes"][0][mask],
+                                classes=features["gt_classes"][0][mask],
+                                class_names=class_names))
+    if not tiles:
+        raise ValueError(f"split {split!r} yielded no images to draw")
+    return make_grid(tiles, cols)
+
+
+def collect_statistics(dataset, class_names, *, max_images: Optional[int] = None,
+                       total: Optional[int] = None, progress: bool = True) -> dict:
+    """Counts over source examples (original pixels).
+
+    Returns:
+      {"images", "empty_images", "image_min_hw", "image_max_hw", "classes": [{"name", "boxes",
+      "difficult", "crowd", "size_min", "size_median", "size_max"}, ...]} (sizes are
+      sqrt(width * height) in pixels, None for a class without boxes).
+    """
+    from tqdm import tqdm
+
+    if max_images is not None:
+        dataset = dataset.take(max_images)
+        total = max_images if total is None else min(total, max_images)
+    sizes = [[] for _ in class_names]
+    difficult = np.zeros(len(class_names), np.int64)
+    crowd = np.zeros(len(class_names), np.int64)
+    images = empty = 0
+    min_hw = max_hw = None
+    for ex in tqdm(dataset.as_numpy_iterator(), total=total, unit="img", disable=not progress,
+                   desc="statistics", file=sys.stderr):
+        images += 1
+        h, w = ex["image"].shape[:2]
+        min_hw = (h, w) if min_hw is None else (min(min_hw[0], h), min(min_hw[1], w))
+        max_hw = (h, w) if max_hw is None else (max(max_hw[0], h), max(max_hw[1], w))
+        boxes = ex["boxes"].astype(np.float64) * np.array([h, w, h, w], np.float64)
+        if len(boxes) == 0:
+            empty += 1
+        side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+        for label, s, d, c in zip(ex["labels"], side, ex["is_difficult"], ex["is_crowd"]):
+            sizes[label].append(s)
+            difficult[label] += int(d)
+            crowd[label] += int(c)
+    classes = []
+    for label, name in enumerate(class_names):
+        values = np.asarray(sizes[label])
+        classes.append({
+            "name": name, "boxes": int(values.size), "difficult": int(difficult[label]),
+            "crowd": int(crowd[label]),
+            "size_min": float(values.min()) if values.size else None,
+            "size_median": float(np.median(values)) if values.size else None,
+            "size_max": float(values.max()) if values.size else None,
+        })
+    return {"images": images, "empty_images": empty, "image_min_hw": min_hw,
+            "image_max_hw": max_hw, "classes": classes}
+
+
+def format_statistics(stats: dict) -> str:
+    """A markdown table of `collect_statistics`'s result, one row per class plus a total row."""
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    lines = [
+        f"images: {stats['images']} ({stats['empty_images']} without boxes); image sizes "
+        f"(h x w) from {_hw(stats['image_min_hw'])} to {_hw(stats['image_max_hw'])}",
+        "",
+        "| class | boxes | difficult | crowd | size min px | size median px | size max px |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in stats["classes"]:
+        lines.append(f"| {c['name']} | {c['boxes']} | {c['difficult']} | {c['crowd']} | "
+                     f"{fmt(c['size_min'])} | {fmt(c['size_median'])} | {fmt(c['size_max'])} |")
+    total = sum(c["boxes"] for c in stats["classes"])
+    lines.append(f"| (all) | {total} | {sum(c['difficult'] for c in stats['classes'])} | "
+                 f"{sum(c['crowd'] for c in stats['classes'])} | | | |")
+    return "\n".join(lines)
+
+
+def _hw(hw) -> str:
+    return "-" if hw is None else f"{hw[0]} x {hw[1]}"
+
+
+def run(args: argparse.Namespace) -> str:
+    """Does the work; returns the one-line summary."""
+    from rfcn_tf.config import load_config
+    from rfcn_tf.data.pipeline import build_source
+
+    if args.num < 0:
+        raise ValueError(f"--num must be >= 0, got {args.num}")
+    if args.cols < 1:
+        raise ValueError(f"--cols must be >= 1, got {args.cols}")
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
+    config = load_config(args.config, args.overrides)
+    data_cfg = config.data
+    split = args.split or data_cfg.train_split
+    dataset, info = build_source(data_cfg, split=split)
+    parts = [f"{data_cfg.source} split {split!r}: {info.num_classes} classes"]
+
+    if not args.no_stats:
+        max_images = args.max_images
+        if max_images is None and info.num_examples is None:
+            max_images = _ENDLESS_DEFAULT
+        stats = collect_statistics(dataset, info.class_names, max_images=max_images,
+                                   total=info.num_examples)
+        print(format_statistics(stats), flush=True)
+        parts.append(f"{stats['images']} images, "
+                     f"{sum(c['boxes'] for c in stats['classes'])} boxes")
+    if args.num > 0:
+        from PIL import Image
+
+        grid = render_grid(data_cfg, split=split, num=args.num, cols=args.cols,
+                           augment=args.augment, class_names=info.class_names)
+        folder = os.path.dirname(os.path.abspath(args.out))
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray(grid).save(args.out)
+        parts.append(f"grid of {args.num} samples ({grid.shape[1]}x{grid.shape[0]}) -> "
+                     f"{args.out}")
+    return "inspected " + "; ".join(parts)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the exit status (0 ok, 1 failure with one message)."""
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import tensorflow as tf
+
+    from rfcn_tf.config import ConfigError
+    from rfcn_tf.data.errors import DataError
+
+    try:
+        summary = run(args)
+    except (ConfigError, DataError, ValueError, OSError, tf.errors.OpError) as exc:
+        message = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return 1
+    print(summary, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
