@@ -1,0 +1,154 @@
+"""The TFDS source on mocked voc/2007, voc/2012 and coco/2017 (nothing is downloaded).
+
+`tfds.testing.mock_data`'s random generator cannot build `objects` sequences of equal lengths,
+so the mock serves hand-made examples through `as_dataset_fn`, encoded and decoded by the real
+TFDS features (so `decoders=SkipDecoding` behaves as with prepared data).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from data_fixtures import data_config, random_pixels
+from rfcn_tf.data.errors import DataError
+from rfcn_tf.data.pipeline import build_source
+from rfcn_tf.data.sources import tfds as tfds_src
+
+NUM = 3
+
+
+def _bbox(i):
+    """Boxes of example i: i + 1 normalized yxyx rows."""
+    return np.array([[0.1 * k, 0.2, 0.1 * k + 0.3, 0.6] for k in range(i + 1)], np.float32)
+
+
+def _objects(features, i):
+    n = i + 1
+    obj = {"bbox": _bbox(i), "label": np.arange(n, dtype=np.int64) + i}
+    for key in features["objects"].feature.keys():
+        if key == "is_difficult":
+            obj[key] = np.arange(n) == 0
+        elif key == "is_crowd":
+            obj[key] = np.arange(n) == n - 1
+        elif key in ("is_truncated",):
+            obj[key] = np.zeros(n, bool)
+        elif key in ("pose", "id", "area"):
+            obj[key] = np.zeros(n, np.int64)
+    return obj
+
+
+def _fake_as_dataset(corrupt_index=None):
+    def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
+        features = self.info.features
+        encoded = []
+        for i in range(NUM):
+            ex = {"image": random_pixels(20 + i, 30, seed=i), "objects": _objects(features, i)}
+            if "image/filename" in features:
+                ex["image/filename"] = f"{2007 if '2007' in self.info.full_name else 2012}_{i:06d}.jpg"
+            if "image/id" in features:
+                ex["image/id"] = 1000 + i
+            for key in ("labels", "labels_no_difficult"):
+                if key in features:
+                    ex[key] = ex["objects"]["label"]
+            enc = features.encode_example(ex)
+            if i == corrupt_index:
+                enc["image"] = b"not an image"
+            encoded.append(enc)
+        specs = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
+                                      features.get_serialized_info())
+        ds = tf.data.Dataset.from_generator(lambda: iter(encoded), output_signature=specs)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(NUM))
+        return ds.map(lambda e: features.decode_example(e, decoders=decoders))
+    return as_dataset
+
+
+@pytest.fixture
+def mocked():
+    with tfds.testing.mock_data(as_dataset_fn=_fake_as_dataset(),
+                                policy=tfds.testing.MockPolicy.USE_CODE):
+        yield
+
+
+def _examples(dataset):
+    return list(dataset.as_numpy_iterator())
+
+
+def test_voc_mapping(mocked):
+    dataset, info = tfds_src.tfds_source("voc/2007", split="train")
+    assert info.class_names[:3] == ["aeroplane", "bicycle", "bird"] and info.num_classes == 20
+    assert info.num_examples == NUM
+    examples = _examples(dataset)
+    for i, ex in enumerate(examples):
+        n = i + 1
+        np.testing.assert_array_equal(ex["image"], random_pixels(20 + i, 30, seed=i))
+        np.testing.assert_allclose(ex["boxes"], _bbox(i))
+        np.testing.assert_array_equal(ex["labels"], np.arange(n) + i)
+        assert ex["labels"].dtype == np.int32
+        np.testing.assert_array_equal(ex["is_difficult"], np.arange(n) == 0)
+        assert not ex["is_crowd"].any()  # VOC has no is_crowd
+        assert ex["filename"] == f"2007_{i:06d}.jpg".encode()
+        assert ex["image_id"] == 2007_000000 + i  # digits of the file name
+
+
+def test_coco_mapping(mocked):
+    dataset, info = tfds_src.tfds_source("coco/2017", split="validation")
+    examples = _examples(dataset)
+    assert [e["image_id"] for e in examples] == [1000, 1001, 1002]  # image/id
+    last = examples[-1]
+    np.testing.assert_array_equal(last["is_crowd"], [False, False, True])
+    assert not last["is_difficult"].any()
+    assert info.category_ids is None
+
+
+@pytest.mark.parametrize("names", ["voc/2007+voc/2012", ["voc/2007", "voc/2012"]])
+def test_concatenation(mocked, names):
+    dataset, info = tfds_src.tfds_source(names, split="train")
+    assert info.num_examples == 2 * NUM
+    files = [e["filename"].decode() for e in _examples(dataset)]
+    assert files[:NUM] == [f"2007_{i:06d}.jpg" for i in range(NUM)]
+    assert files[NUM:] == [f"2012_{i:06d}.jpg" for i in range(NUM)]
+
+
+def test_concatenating_different_classes_fails(mocked):
+    with pytest.raises(DataError, match="different classes"):
+        tfds_src.tfds_source("voc/2007+coco/2017", split="train")
+
+
+def test_registry_class_names_and_errors(mocked):
+    cfg = data_config(source="tfds", tfds_name="voc/2007", class_names=[f"c{i}" for i in range(20)])
+    _, info = build_source(cfg, split="train")
+    assert info.class_names[0] == "c0"
+    with pytest.raises(DataError, match="has 2 names but TFDS voc/2007 has 20 classes"):
+        build_source(data_config(source="tfds", tfds_name="voc/2007", class_names=["a", "b"]),
+                     split="train")
+    with pytest.raises(DataError, match="not a detection dataset"):
+        tfds_src.tfds_source("mnist", split="train")
+    with pytest.raises(DataError, match="unknown TFDS dataset 'no_such_dataset_xyz'"):
+        tfds_src.tfds_source("no_such_dataset_xyz", split="train")
+    with pytest.raises(DataError, match="got 'voc/2007\\+'"):
+        tfds_src.tfds_source("voc/2007+", split="train")
+
+
+def test_corrupt_image_in_records(data_warnings):
+    with tfds.testing.mock_data(as_dataset_fn=_fake_as_dataset(corrupt_index=1),
+                                policy=tfds.testing.MockPolicy.USE_CODE):
+        dataset, _ = tfds_src.tfds_source("voc/2007", split="train")
+        with pytest.raises(tf.errors.InvalidArgumentError, match="2007_000001.jpg"):
+            _examples(dataset)
+        dataset, _ = tfds_src.tfds_source("voc/2007", split="train", skip_corrupt=True)
+        assert [e["filename"] for e in _examples(dataset)] == [b"2007_000000.jpg",
+                                                                b"2007_000002.jpg"]
+    assert any("skipped 1 of 3 images" in m for m in data_warnings())
+
+
+def test_shard_and_shuffle(mocked):
+    first, _ = tfds_src.tfds_source("voc/2007", split="train", shard=(2, 0))
+    second, _ = tfds_src.tfds_source("voc/2007", split="train", shard=(2, 1))
+    assert [e["image_id"] for e in _examples(first)] == [2007_000000, 2007_000002]
+    assert [e["image_id"] for e in _examples(second)] == [2007_000001]
+    shuffled, _ = tfds_src.tfds_source("voc/2007", split="train", shuffle=True, seed=3)
+    assert sorted(e["image_id"] for e in _examples(shuffled)) == [2007_000000 + i
+                                                                   for i in range(NUM)]
