@@ -5,10 +5,11 @@ Prints markdown tables:
      forward vs R-FCN `detect` (300 RoIs), medians, and their ratio (target <= 2.2x);
   2. R-FCN with 300 vs 2000 RoIs (target: growth <= 10%);
   3. the time split: backbone, RPN + proposals, PS head, post-processing (differences of
-     medians of nested stages, each stage its own tf.function).
+     medians of nested stages, each stage its own tf.function; under a fluctuating load a
+     small stage's difference can come out noisy, even negative).
 
 Random weights (nothing is downloaded); every measured function is a tf.function, warmed up
-first; medians of `--repeats` runs. Timings taken while other processes load the CPU are
+first; medians of `--repeats` rounds, each round running every measured function once. Timings taken while other processes load the CPU are
 noisy: compare numbers within one run.
 
     python benchmarks/inference.py [--height 600 --width 1000 --classes 20 --repeats 7]
@@ -32,15 +33,19 @@ from rfcn_tf.model.detector import RFCN  # noqa: E402
 from rfcn_tf.model.postprocess import postprocess_detections  # noqa: E402
 
 
-def median_seconds(fn, repeats):
-    fn()  # warm-up (tracing, oneDNN primitive caches)
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved_medians(fns, repeats):
+    """Median seconds of each zero-argument callable, measured in rounds (each round runs
+    every callable once), so that a change of machine load hits all of them alike."""
+    for fn in fns.values():  # warm-up: tracing, oneDNN primitive caches
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def run_sync(fn, *args):
@@ -110,31 +115,35 @@ def main():
         plain = factory(include_top=False, weights=None, input_shape=(None, None, 3))
         plain_fn = tf.function(lambda x: plain(x, training=False))
         floats = tf.cast(images, tf.float32)
-        t_plain = median_seconds(run_sync(plain_fn, floats), args.repeats)
-        del plain
-
-        times = {}
-        for rois in (300, 2000):
-            model = build_model(depth, args.classes, rois, args.impl)
-            backbone, proposals, head, full = stage_functions(model, image_spec, shape_spec)
-            times[rois] = median_seconds(run_sync(full, images, shapes), args.repeats)
-            if rois == 300:
-                t_backbone = median_seconds(run_sync(backbone, images), args.repeats)
-                t_proposals = median_seconds(run_sync(proposals, images, shapes), args.repeats)
-                t_head = median_seconds(run_sync(head, images, shapes), args.repeats)
-                split_rows.append(
-                    (
-                        f"ResNet-{depth}",
-                        t_backbone,
-                        t_proposals - t_backbone,
-                        t_head - t_proposals,
-                        times[300] - t_head,
-                        times[300],
-                    )
-                )
-            del model
-        rows.append((f"ResNet-{depth}", t_plain, times[300], times[300] / t_plain))
-        roi_rows.append((f"ResNet-{depth}", times[300], times[2000], times[2000] / times[300] - 1))
+        model = build_model(depth, args.classes, 300, args.impl)
+        model_2000 = build_model(depth, args.classes, 2000, args.impl)
+        backbone, proposals, head, full = stage_functions(model, image_spec, shape_spec)
+        full_2000 = stage_functions(model_2000, image_spec, shape_spec)[-1]
+        t = interleaved_medians(
+            {
+                "plain": run_sync(plain_fn, floats),
+                "full": run_sync(full, images, shapes),
+                "full_2000": run_sync(full_2000, images, shapes),
+                "backbone": run_sync(backbone, images),
+                "proposals": run_sync(proposals, images, shapes),
+                "head": run_sync(head, images, shapes),
+            },
+            args.repeats,
+        )
+        del plain, model, model_2000
+        name = f"ResNet-{depth}"
+        rows.append((name, t["plain"], t["full"], t["full"] / t["plain"]))
+        roi_rows.append((name, t["full"], t["full_2000"], t["full_2000"] / t["full"] - 1))
+        split_rows.append(
+            (
+                name,
+                t["backbone"],
+                t["proposals"] - t["backbone"],
+                t["head"] - t["proposals"],
+                t["full"] - t["head"],
+                t["full"],
+            )
+        )
 
     print(f"\nR-FCN inference, {h}x{w}, batch 1, C={args.classes}, k=7, psroi_impl={args.impl}, "
           f"medians of {args.repeats} (seconds)\n")
