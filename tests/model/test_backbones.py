@@ -271,3 +271,14 @@ def test_training_steps_on_several_sizes_in_one_graph_do_not_crash():
     result = subprocess.run([sys.executable, "-c", _TRAIN_STEP_SCRIPT], capture_output=True, text=True,
                             timeout=300, env=env, cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
+
+
+def test_preprocessing_and_subsample_configs_equal_their_kwargs():
+    for layer, kwargs in ((ImagePreprocessing(mode="tf"), {"mode": "tf"}),
+                          (backbones.Subsample2D(stride=3), {"stride": 3})):
+        config = layer.get_config()
+        assert {key: config[key] for key in kwargs} == kwargs
+        clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+        assert type(clone) is type(layer) and clone.get_config() == config
+    with pytest.raises(ValueError, match="stride must be >= 1, got 0"):
+        backbones.Subsample2D(stride=0)

@@ -350,3 +350,22 @@ def test_build_detector_resnet_and_errors(tmp_path):
     with pytest.raises(ValueError, match="'typo'"):
         build_detector(dataclasses.replace(ModelConfig(), roi_sampling="typo"), num_classes=2)
     assert set(builder._OPTIONAL_FIELDS) == {"small_blocks", "small_norm", "seed"}
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_policies_keep_float32_outputs(policy):
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = tiny_model()
+        assert model.rfcn_head.class_maps.compute_dtype == policy.split("_")[1]
+        assert model.backbone.get_layer("stem_conv").compute_dtype == policy.split("_")[1]
+        with tf.GradientTape() as tape:
+            losses = model.compute_losses(make_features())
+        grads = tape.gradient(losses["total_loss"], model.trainable_variables)
+        assert all(v.dtype == tf.float32 for v in losses.values())
+        assert np.isfinite(float(losses["total_loss"])) and all(g is not None for g in grads)
+        result = model.detect(make_images(1, 64, 64), tf.constant([[64, 64]], tf.int32))
+        assert result["detection_boxes"].dtype == tf.float32 and result["detection_scores"].dtype == tf.float32
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
