@@ -366,34 +366,6 @@ def export_saved_model(model: Any, *, class_names: Sequence[str], out_dir: os.Pa
 # Command line
 
 
-def restore_weights(model: Any, checkpoint: str) -> str:
-    """Loads ``checkpoint`` into ``model`` (its variables must exist already).
-
-    Accepts a training folder (its latest ``tf.train`` checkpoint), a ``tf.train`` checkpoint
-    prefix (the ``model`` entry is read; optimizer state is ignored) or a Keras
-    ``.weights.h5`` file. Returns the path read.
-    """
-    path = Path(checkpoint)
-    if path.suffix == ".h5" or str(path).endswith(".weights.h5"):
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file not found: {checkpoint}")
-        model.load_weights(str(path))
-        return str(path)
-    prefix = tf.train.latest_checkpoint(str(path)) if path.is_dir() else str(path)
-    if prefix is None:
-        raise FileNotFoundError(f"no tf.train checkpoint in the folder {checkpoint}")
-    if not tf.io.gfile.exists(prefix + ".index"):
-        raise FileNotFoundError(f"checkpoint not found: {prefix} (no {prefix}.index)")
-    status = tf.train.Checkpoint(model=model).restore(prefix)
-    status.expect_partial()
-    try:
-        status.assert_existing_objects_matched()
-    except AssertionError as exc:
-        raise ExportError(f"{prefix} does not match this model's variables (was it trained "
-                          f"with another config?): {str(exc)[:500]}") from exc
-    return prefix
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rfcn_tf.export",
@@ -401,15 +373,19 @@ def _parser() -> argparse.ArgumentParser:
                     "(<out>/<version>/ with signatures serving_default and serving_encoded and "
                     "assets/labels.txt), optionally converted with TF-TRT or to ONNX.")
     parser.add_argument("--config", default=None,
-                        help="preset name in configs/ or a YAML path (default: shapes_tiny); "
-                             "must match the checkpoint's training config")
+                        help="preset name in configs/ or a YAML path (default: the run's "
+                             "config.yaml found beside the checkpoint, else shapes_tiny); must "
+                             "describe the checkpoint's model. model.psroi_impl is forced to "
+                             "'tf' (stock ops)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE",
                         help="override a config value, e.g. --set data.scales=[800] "
                              "(repeatable)")
     parser.add_argument("--checkpoint", required=True,
-                        help="training folder (latest checkpoint), tf.train checkpoint prefix, "
-                             "or .weights.h5 file")
+                        help="training checkpoint prefix (runs/x/checkpoints/ckpt-1500) or a "
+                             "folder of checkpoints (the latest is used); class names come "
+                             "from data.class_names, else the run's classes.txt, else the "
+                             "dataset")
     parser.add_argument("--out", default=None,
                         help="the model's base path, whose last folder is the model name "
                              "(default: <export.out_dir>/<export.model_name>, e.g. export/rfcn)")
@@ -431,39 +407,63 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _class_names(config: Any) -> list[str]:
+def _class_names(config: Any, checkpoint: str) -> tuple[list[str], str]:
+    """Names of classes 1..C and where they came from: ``data.class_names``, else the
+    ``classes.txt`` training wrote beside its checkpoints, else the dataset source's."""
+    from rfcn_tf.evaluate import find_run_file
+
     if config.data.class_names:
-        return list(config.data.class_names)
+        return list(config.data.class_names), "data.class_names"
+    saved = find_run_file(checkpoint, "classes.txt")
+    if saved is not None:
+        names = [line.strip() for line in Path(saved).read_text(encoding="utf-8").splitlines()
+                 if line.strip()]
+        if names:
+            return names, saved
     from rfcn_tf.data.pipeline import build_source
 
     _, info = build_source(config.data, split=config.data.val_split)
-    return list(info.class_names)
+    return list(info.class_names), f"the {config.data.source} dataset"
+
+
+def _check_checkpoint(checkpoint: str) -> None:
+    """Raises naming ``checkpoint`` when no training checkpoint is there."""
+    from rfcn_tf.engine.checkpoints import resolve_checkpoint
+
+    resolve_checkpoint(checkpoint, what="--checkpoint")
+
+
+def _load_model(config: Any, checkpoint: str, *, num_classes: int) -> tuple[Any, str]:
+    """The detector of ``config.model`` with a training checkpoint's weights (prefix or
+    folder; the class count is checked before restoring)."""
+    from rfcn_tf.evaluate import load_checkpoint_detector
+
+    return load_checkpoint_detector(config, checkpoint, num_classes=num_classes,
+                                    dataset_desc=f"the {num_classes}-class export")
 
 
 def run(args: argparse.Namespace) -> str:
     """The CLI's work; returns the summary line. Raises on failure."""
     started = time.perf_counter()
-    from rfcn_tf.config import load_config
+    from rfcn_tf.evaluate import resolve_config
 
-    overrides = list(args.overrides)
-    config = load_config(args.config, overrides)
-    if config.model.psroi_impl != "tf":  # the export graph must hold stock ops only
-        config = load_config(args.config, overrides + ["model.psroi_impl=tf"])
+    # The serving graph must hold stock ops only: PS-RoI pooling uses the pure-TF twin
+    # whatever the training used (the weights are the same).
+    config, config_from = resolve_config(args.config, list(args.overrides)
+                                         + ["model.psroi_impl=tf"], checkpoint=args.checkpoint)
     if args.tensorrt:  # fail before the slow part when TF-TRT cannot run here
         from rfcn_tf.deploy.tensorrt import require_tensorrt
 
         require_tensorrt()
     out = Path(args.out) if args.out else Path(config.export.out_dir) / config.export.model_name
     version = args.version if args.version is not None else config.export.version
-
-    from rfcn_tf.model.builder import build_detector
-
-    names = _class_names(config)
-    model = build_detector(config.model, num_classes=len(names))
+    if version is not None and (out / str(version)).exists():  # fail before building anything
+        raise ExportError(f"{out / str(version)} already exists; pass another --version (next "
+                          f"free: {next_version(out)}) or remove it")
+    _check_checkpoint(args.checkpoint)
+    names, names_from = _class_names(config, args.checkpoint)
+    model, restored = _load_model(config, args.checkpoint, num_classes=len(names))
     min_size, max_size = int(config.data.scales[0]), int(config.data.max_size)
-    # Create the variables (a detection pass on a blank image) before restoring into them.
-    _build_variables(model, min_size=min_size, max_size=max_size)
-    restored = restore_weights(model, args.checkpoint)
     path = export_saved_model(model, class_names=names, out_dir=out.parent, model_name=out.name,
                               version=version, min_size=min_size, max_size=max_size,
                               verify=not args.no_verify)
@@ -483,20 +483,31 @@ def run(args: argparse.Namespace) -> str:
 
         onnx_path = export_onnx(path, output_path=out.parent / f"{out.name}_onnx" / path.name /
                                 "model.onnx", opset=args.onnx_opset)
-        diff = verify_onnx(onnx_path, path)
-        extras.append(f"ONNX at {onnx_path} (max |ONNX - SavedModel| = {diff:.2g})")
-    summary = (f"exported {out.name} version {path.name} to {path} ({len(names)} classes, "
-               f"resize {min_size}/{max_size}, from {restored}"
-               + (", verified: stock ops, both signatures run" if not args.no_verify else "")
-               + ("; " + "; ".join(extras) if extras else "")
-               + f") in {time.perf_counter() - started:.1f} s")
-    return summary
+        images, described = _onnx_check_images(config)
+        diff = verify_onnx(onnx_path, path, images=images)
+        extras.append(f"ONNX at {onnx_path} (onnxruntime matches on {described}, max |diff| "
+                      f"{diff:.1e})")
+    return (f"exported {out.name} version {path.name} to {path}: {len(names)} classes (from "
+            f"{names_from}), config {config_from}, weights {restored}, resize "
+            f"{min_size}/{max_size}"
+            + (", verified (stock ops, both signatures run)" if not args.no_verify else "")
+            + ("; " + "; ".join(extras) if extras else "")
+            + f"; {time.perf_counter() - started:.1f} s")
 
 
-def _build_variables(model: Any, *, min_size: int, max_size: int) -> None:
-    side = -(-min_size // SIZE_MULTIPLE) * SIZE_MULTIPLE
-    images = tf.zeros([1, side, side, 3], tf.uint8)
-    model.detect(images, tf.constant([[side, side]], tf.int32))
+def _onnx_check_images(config: Any, count: int = 2) -> tuple[Optional[list], str]:
+    """A few validation images (uint8 [1, H, W, 3]) for the ONNX check and their description;
+    (None, why) when the dataset cannot be read here (the check then uses generated images)."""
+    try:
+        from rfcn_tf.data.pipeline import build_source
+
+        examples, _ = build_source(config.data, split=config.data.val_split)
+        images = [example["image"].numpy()[None] for example in examples.take(count)]
+    except Exception as exc:  # the dataset is optional for exporting
+        return None, f"generated images (dataset unreadable: {type(exc).__name__})"
+    if not images:
+        return None, "generated images (empty validation split)"
+    return images, f"{len(images)} {config.data.val_split} images"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -9,8 +9,12 @@ signature is not converted (ONNX has no image decoder; decode before calling the
 
 The check (``verify_onnx``) runs both on the same images and compares the detections:
 ``num_detections`` exactly, then each detection to one of the other side with the same class
-and box and score within ``atol`` (default 1e-4), in order except where float32 score ties let
-NMS emit two detections in either order (``compare_detections``). The first op tf2onnx cannot map is reported by name
+and box and score within ``atol``, in order except where float32 score ties let NMS emit two
+detections in either order (``compare_detections``). The default ``atol`` is 1e-3 (normalized
+box coordinates and scores): where the resize scale is exact (640x480 -> 320x240) the two
+runtimes agree to ~1e-6, but otherwise TF's and onnxruntime's bilinear interpolations differ by
+~1e-3 grey levels, so 0.1-0.5 % of the resized pixels round to the neighbouring uint8 value
+and scores move by up to ~3e-4 (measured on BCCD crops, tests/export/test_deploy_onnx.py). The first op tf2onnx cannot map is reported by name
 (``OnnxConversionError``) instead of leaving a model that fails to load.
 
 Going on to TensorRT (outside this machine)::
@@ -84,19 +88,12 @@ def export_onnx(saved_model_dir: os.PathLike, *, output_path: os.PathLike,
     import onnx
     import tf2onnx
 
+    _check_signature(saved_model_dir, signature)  # from the proto: fails before loading
     loaded = tf.saved_model.load(str(saved_model_dir))
-    if signature not in loaded.signatures:
-        raise ValueError(f"{saved_model_dir} has no signature {signature!r} "
-                         f"(it has {sorted(loaded.signatures)})")
     function = loaded.signatures[signature]
     _, input_specs = function.structured_input_signature
     specs = [tf.TensorSpec(spec.shape, spec.dtype, name=name)
              for name, spec in sorted(input_specs.items())]
-    for spec in specs:
-        if spec.dtype == tf.string:
-            raise ValueError(f"signature {signature!r} takes the string input {spec.name!r}; "
-                             "ONNX has no image decoder: convert the uint8 signature "
-                             f"{SIGNATURE_IMAGE!r}")
     names = [spec.name for spec in specs]
 
     @tf.function(input_signature=specs)
@@ -111,7 +108,7 @@ def export_onnx(saved_model_dir: os.PathLike, *, output_path: os.PathLike,
     try:
         model_proto, _ = tf2onnx.convert.from_function(
             wrapped, input_signature=specs, opset=opset, output_path=None,
-            custom_rewriter=[select_as_where])
+            custom_rewriter=[select_as_where, cast_resize_input_to_float])
     except Exception as exc:
         raise OnnxConversionError(f"tf2onnx failed on {saved_model_dir} ({signature}): "
                                   f"{type(exc).__name__}: {exc}") from exc
@@ -134,6 +131,24 @@ def export_onnx(saved_model_dir: os.PathLike, *, output_path: os.PathLike,
     return output_path
 
 
+def _check_signature(saved_model_dir: os.PathLike, signature: str) -> None:
+    """Raises ValueError unless ``signature`` exists and takes numeric tensors only."""
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((Path(saved_model_dir) / "saved_model.pb").read_bytes())
+    signatures = proto.meta_graphs[0].signature_def
+    if signature not in signatures:
+        raise ValueError(f"{saved_model_dir} has no signature {signature!r} "
+                         f"(it has {sorted(signatures)})")
+    for name, info in signatures[signature].inputs.items():
+        if info.dtype == types_pb2.DT_STRING:
+            raise ValueError(f"signature {signature!r} takes the string input {name!r}; ONNX "
+                             f"has no image decoder: convert the uint8 signature "
+                             f"{SIGNATURE_IMAGE!r}")
+
+
 def select_as_where(graph, ops):
     """tf2onnx rewriter: convert every TF Select/SelectV2 (``tf.where``) to ONNX ``Where``.
 
@@ -147,6 +162,28 @@ def select_as_where(graph, ops):
         if op.type in ("Select", "SelectV2"):
             op.set_attr("handles_nan", True)
     return ops
+
+
+def cast_resize_input_to_float(graph, ops):
+    """tf2onnx rewriter: feed TF's image resizes float32, as TF computes them.
+
+    TF's ``ResizeBilinear`` takes a uint8 image and returns float32 (``tf.image.resize`` on
+    the uint8 image, as ``rfcn_tf.data.transforms.resize_image`` calls it); tf2onnx 1.17 maps
+    it to an ONNX ``Resize`` of the uint8 tensor, whose output is uint8, and onnxruntime rejects
+    the graph (``Type 'tensor(uint8)' of input parameter ... of operator (Round)``). Casting the
+    input to float32 first gives what TF computes (TF's result is identical for a uint8 image
+    and its float32 cast).
+    """
+    from onnx import TensorProto
+
+    for op in ops:
+        if op.type in ("ResizeBilinear", "ResizeBicubic", "ResizeArea", "ResizeNearestNeighbor"):
+            source = op.input[0]
+            if graph.get_dtype(source) not in (TensorProto.FLOAT, None):
+                cast = graph.insert_new_node_on_input(op, "Cast", source, to=TensorProto.FLOAT)
+                graph.set_dtype(cast.output[0], TensorProto.FLOAT)
+                graph.copy_shape(source, cast.output[0])
+    return graph.get_nodes()
 
 
 def fix_loop_carried_types(model_proto) -> int:
@@ -269,14 +306,14 @@ def compare_detections(expected: dict, actual: dict, *, atol: float) -> float:
 
 
 def verify_onnx(onnx_path: os.PathLike, saved_model_dir: os.PathLike, *,
-                images: Optional[Sequence[np.ndarray]] = None, atol: float = 1e-4) -> float:
+                images: Optional[Sequence[np.ndarray]] = None, atol: float = 1e-3) -> float:
     """Runs the ONNX model (onnxruntime, CPU) and the SavedModel's ``serving_default`` on the
     same images and compares the detections (``compare_detections``).
 
     Args:
       images: uint8 [1, H, W, 3] each; by default three seeded random images of different
         sizes (random pixels still give the model's full path: proposals, NMS, padding).
-      atol: tolerance on normalized boxes and on scores.
+      atol: tolerance on normalized boxes and on scores (module docstring: why 1e-3).
 
     Returns:
       the largest absolute difference seen.

@@ -223,15 +223,16 @@ class _Client(abc.ABC):
         self.close()
 
 
-def _json_value(array: np.ndarray) -> Any:
-    """One input tensor -> its JSON value (bytes as {"b64": ...}, TF Serving's convention)."""
+def _json_value(value: Any) -> Any:
+    """One input tensor (or one batch item of it) -> its JSON value; bytes become
+    {"b64": ...} (TF Serving's convention for binary strings)."""
+    if isinstance(value, (bytes, bytearray)):
+        return {"b64": base64.b64encode(bytes(value)).decode("ascii")}
+    array = np.asarray(value)
     if array.dtype == object or array.dtype.kind == "S":
-        def encode(item):
-            if isinstance(item, (bytes, bytearray)):
-                return {"b64": base64.b64encode(bytes(item)).decode("ascii")}
-            return str(item)
-
-        return np.vectorize(encode, otypes=[object])(array).tolist() if array.size else []
+        if array.ndim == 0:
+            return _json_value(array.item())
+        return [_json_value(item) for item in array]
     return array.tolist()
 
 

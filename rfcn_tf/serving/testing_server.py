@@ -158,12 +158,15 @@ def _json_to_array(value: Any, spec: tf.TensorSpec, name: str) -> np.ndarray:
     return array.astype(np_dtype)
 
 
-def _array_to_json(array: np.ndarray) -> Any:
+def _array_to_json(value: Any) -> Any:
+    """An output tensor (or one batch item of it) -> JSON; bytes become {"b64": ...}."""
+    if isinstance(value, (bytes, bytearray)):
+        return {"b64": base64.b64encode(bytes(value)).decode("ascii")}
+    array = np.asarray(value)
     if array.dtype == object or array.dtype.kind == "S":
-        def encode(item):
-            return {"b64": base64.b64encode(bytes(item)).decode("ascii")}
-
-        return np.vectorize(encode, otypes=[object])(array).tolist() if array.size else []
+        if array.ndim == 0:
+            return _array_to_json(array.item())
+        return [_array_to_json(item) for item in array]
     return array.tolist()
 
 

@@ -1,0 +1,130 @@
+"""Shared pieces of the export tests: a tiny real R-FCN, a known-answer stand-in detector, test
+images and an independent in-Python reference of the serving signature.
+
+Shape shorthand: H/W original image, h/w resized image, M max detections.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+MIN_SIZE, MAX_SIZE = 256, 320  # the test exports' resize
+CLASS_NAMES = ["circle", "square", "triangle"]
+BCCD_IMAGE = Path("/work/shared/data/BCCD/JPEGImages/BloodImage_00000.jpg")
+# Overrides of the shapes_tiny preset: the serving graph must be stock TF (psroi_impl=tf);
+# fewer proposals keep the tests fast.
+MODEL_OVERRIDES = ["model.psroi_impl=tf", "model.rpn_pre_nms_top_n_test=300",
+                   "model.rpn_post_nms_top_n_test=50", "model.max_detections=30"]
+
+
+def build_tiny_model(seed: int = 0):
+    """shapes_tiny's R-FCN (small backbone, 3 classes) with random weights whose class and
+    objectness logits are spread out (kernels x100): untrained heads give near-equal scores, and
+    float32 ties would let two runtimes order equal-scored detections differently."""
+    from rfcn_tf.config import load_config
+    from rfcn_tf.model.builder import build_detector
+
+    config = load_config("shapes_tiny", MODEL_OVERRIDES)
+    keras.utils.set_random_seed(seed)
+    model = build_detector(config.model, num_classes=len(CLASS_NAMES))
+    for variable in model.variables:
+        if variable.path.endswith(("rfcn_class_maps/kernel", "rpn_objectness/kernel")):
+            variable.assign(variable * 100.0)
+    return config, model
+
+
+class StandInDetector(tf.Module):
+    """Known-answer stand-in with ``RFCN.detect``'s contract: for the resized size (h, w) it
+    returns 2 of M = 4 rows: box [0, 0, h/2, w/4] class 2 score 0.9 and box
+    [h/4, w/2, h, w] class 1 score 0.5 (yxyx pixels of the resized image), zero padding after.
+    A variable scales the scores so the export must carry variables."""
+
+    def __init__(self):
+        super().__init__()
+        self.score_scale = tf.Variable(1.0)
+
+    def detect(self, images, image_shapes):
+        hw = tf.cast(image_shapes[0], tf.float32)
+        h, w = hw[0], hw[1]
+        zero = tf.zeros([])
+        boxes = tf.stack([tf.stack([zero, zero, h / 2, w / 4]), tf.stack([h / 4, w / 2, h, w]),
+                          tf.zeros([4]), tf.zeros([4])])[None]
+        # Mean of the padded image keeps `images` in the graph (and checks it is uint8).
+        touch = 0.0 * tf.reduce_mean(tf.cast(images, tf.float32))
+        scores = tf.constant([[0.9, 0.5, 0.0, 0.0]]) * self.score_scale + touch
+        return {"detection_boxes": boxes, "detection_scores": scores,
+                "detection_classes": tf.constant([[2, 1, 0, 0]], tf.int32),
+                "num_detections": tf.constant([2], tf.int32)}
+
+
+STANDIN_BOXES = np.array([[0, 0, 0.5, 0.25], [0.25, 0.5, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]])
+
+
+def synthetic_image(height: int = 300, width: int = 400, seed: int = 0) -> np.ndarray:
+    """uint8 [H, W, 3]: coloured discs and squares on a smooth background (structured, unlike
+    noise, so detections are not all ties)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.stack([yy * 200 / height, xx * 200 / width, np.full_like(yy, 60.0)], -1)
+    for _ in range(6):
+        cy, cx = rng.integers(0, height), rng.integers(0, width)
+        r = rng.integers(10, max(11, min(height, width) // 4))
+        colour = rng.integers(0, 256, 3)
+        if rng.random() < 0.5:
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        else:
+            mask = (abs(yy - cy) <= r) & (abs(xx - cx) <= r)
+        image[mask] = colour
+    return image.astype(np.uint8)
+
+
+def sample_jpeg() -> bytes:
+    """A real JPEG: the BCCD image (640x480) where present, else an encoded synthetic one."""
+    if BCCD_IMAGE.is_file():
+        return BCCD_IMAGE.read_bytes()
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(synthetic_image(480, 640)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def decode(encoded: bytes) -> np.ndarray:
+    """The bytes -> uint8 [H, W, 3] as TensorFlow decodes them (the signature's decoder)."""
+    return tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
+
+
+def reference_outputs(model, image: np.ndarray) -> dict[str, np.ndarray]:
+    """The serving signature's outputs computed outside it: resize with the shared
+    ``resize_image``, zero-pad with NumPy, ``model.detect`` eagerly, normalize in float64."""
+    from rfcn_tf.data.transforms import resize_image
+
+    resized, _ = resize_image(tf.constant(image), min_size=MIN_SIZE, max_size=MAX_SIZE)
+    resized = resized.numpy()
+    h, w = resized.shape[:2]
+    padded = np.zeros((-(-h // 16) * 16, -(-w // 16) * 16, 3), np.uint8)
+    padded[:h, :w] = resized
+    out = {k: np.asarray(v) for k, v in
+           model.detect(tf.constant(padded[None]), tf.constant([[h, w]], tf.int32)).items()}
+    boxes = out["detection_boxes"].astype(np.float64) / np.array([h, w, h, w], np.float64)
+    return {"detection_boxes": np.clip(boxes, 0.0, 1.0),
+            "detection_scores": out["detection_scores"].astype(np.float64),
+            "detection_classes": out["detection_classes"].astype(np.float64),
+            "num_detections": out["num_detections"].astype(np.float64)}
+
+
+def assert_outputs_close(actual, expected, *, atol: float) -> None:
+    assert set(actual) == set(expected), (sorted(actual), sorted(expected))
+    for key in expected:
+        got = np.asarray(actual[key], np.float64)
+        want = np.asarray(expected[key], np.float64)
+        assert got.shape == want.shape, (key, got.shape, want.shape)
+        np.testing.assert_allclose(got, want, atol=atol, rtol=0, err_msg=key)

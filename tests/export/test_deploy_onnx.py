@@ -1,0 +1,187 @@
+"""ONNX: the exported serving graph converts (opset 17) and onnxruntime on the CPU gives the
+SavedModel's detections; the tf2onnx pitfalls we work around are pinned by small cases; an
+unconvertible op is named."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tensorflow as tf
+
+from export_helpers import synthetic_image
+from rfcn_tf.deploy.onnx_export import (
+    OnnxConversionError, OnnxMismatchError, compare_detections, export_onnx,
+    fix_loop_carried_types, onnx_session, run_onnx, verify_onnx)
+
+
+@pytest.fixture(scope="module")
+def onnx_path(exported, tmp_path_factory):
+    return export_onnx(exported, output_path=tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+def test_model_contract(onnx_path):
+    model = onnx.load(str(onnx_path))
+    assert model.opset_import[0].version == 17
+    (inp,) = model.graph.input
+    assert inp.name == "input_tensor"
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_value == 1 and dims[3].dim_value == 3
+    assert not dims[1].dim_value and not dims[2].dim_value  # H, W dynamic
+    assert sorted(o.name for o in model.graph.output) == sorted(
+        ["detection_boxes", "detection_scores", "detection_classes", "num_detections"])
+
+
+def test_same_detections_without_resize_rounding(onnx_path, exported, jpeg_image):
+    """640x480 -> 320x240 (scale 1/2 exactly): TF and onnxruntime resize to the same uint8
+    pixels, so the detections agree to float32 round-off (measured about 1e-6)."""
+    if jpeg_image.shape[:2] != (480, 640):
+        pytest.skip("needs the 640x480 BCCD image")
+    worst = verify_onnx(onnx_path, exported, images=[jpeg_image[None]], atol=1e-5)
+    assert worst < 1e-5
+
+
+def test_same_detections_on_other_sizes(onnx_path, exported, jpeg_image):
+    """Sizes whose resize scale is not exact: the float interpolation of TF and onnxruntime
+    differs by ~1e-3 grey levels, so ~0.1-0.5 % of resized pixels round to the neighbouring
+    uint8 value; scores and boxes then move by up to a few 1e-4 (the stated tolerance is
+    1e-3)."""
+    images = [jpeg_image[None, 37:400, 11:523], synthetic_image(150, 410, seed=5)[None],
+              synthetic_image(333, 222, seed=6)[None]]
+    loaded = tf.saved_model.load(str(exported))
+    for image in images:  # real comparisons: each image yields detections
+        out = loaded.signatures["serving_default"](input_tensor=tf.constant(image))
+        assert out["num_detections"].numpy()[0] > 0
+    worst = verify_onnx(onnx_path, exported, images=images, atol=1e-3)
+    assert worst < 1e-3
+
+
+def test_verify_reports_a_mismatch(onnx_path, exported, jpeg_image):
+    session = onnx_session(onnx_path)
+    image = jpeg_image[None, :300, :300]
+    actual = run_onnx(session, image)
+    loaded = tf.saved_model.load(str(exported))
+    expected = {k: v.numpy() for k, v in
+                loaded.signatures["serving_default"](input_tensor=tf.constant(image)).items()}
+    assert compare_detections(expected, actual, atol=1e-3) < 1e-3
+    moved = dict(actual, detection_boxes=actual["detection_boxes"] + 0.01)
+    with pytest.raises(OnnxMismatchError, match="has no ONNX match"):
+        compare_detections(expected, moved, atol=1e-3)
+    fewer = dict(actual, num_detections=actual["num_detections"] - 1)
+    with pytest.raises(OnnxMismatchError, match="num_detections"):
+        compare_detections(expected, fewer, atol=1e-3)
+
+
+def test_swapped_ties_still_match():
+    base = {"detection_boxes": np.array([[[0, 0, .5, .5], [.1, .1, .6, .6], [0, 0, 0, 0]]]),
+            "detection_scores": np.array([[0.7, 0.7, 0.0]]),
+            "detection_classes": np.array([[1.0, 1.0, 0.0]]),
+            "num_detections": np.array([2.0])}
+    swapped = {k: v.copy() for k, v in base.items()}
+    swapped["detection_boxes"][0, [0, 1]] = base["detection_boxes"][0, [1, 0]]
+    assert compare_detections(base, swapped, atol=1e-6) == 0.0
+
+
+# --------------------------------------------------------- tf2onnx pitfalls, pinned small
+
+def _convert(function, specs):
+    import tf2onnx
+
+    from rfcn_tf.deploy.onnx_export import cast_resize_input_to_float, select_as_where
+
+    proto, _ = tf2onnx.convert.from_function(
+        function, input_signature=specs, opset=17,
+        custom_rewriter=[select_as_where, cast_resize_input_to_float])
+    return proto
+
+
+def test_resize_of_a_uint8_image_converts():
+    """tf.image.resize on uint8 (float32 out) must not become an ONNX Resize with uint8 out."""
+    specs = [tf.TensorSpec([None, None, 3], tf.uint8, name="x")]
+
+    @tf.function(input_signature=specs)
+    def resize(x):
+        resized = tf.image.resize(x, [7, 9], method="bilinear")
+        return {"float": resized, "uint8": tf.saturate_cast(tf.round(resized), tf.uint8)}
+
+    proto = _convert(resize, specs)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(names, {"x": x})))
+    want = resize(tf.constant(x))
+    assert got["float"].dtype == np.float32 and got["uint8"].dtype == np.uint8
+    np.testing.assert_allclose(got["float"], want["float"].numpy(), atol=1e-3)
+
+
+def test_where_with_infinite_branch_stays_exact():
+    """tf.where(mask, x, -inf) must not become mask*x + (1-mask)*(-inf) (= NaN)."""
+    specs = [tf.TensorSpec([None], tf.float32, name="x")]
+
+    @tf.function(input_signature=specs)
+    def masked(x):
+        return tf.where(x > 0, x, tf.fill(tf.shape(x), -np.inf))
+
+    proto = _convert(masked, specs)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.array([1.5, -2.0, 3.0], np.float32)
+    (got,) = session.run(None, {"x": x})
+    np.testing.assert_array_equal(got, [1.5, -np.inf, 3.0])
+
+
+def test_fix_loop_carried_types_casts_an_int64_initializer():
+    """An ONNX Loop fed an int64 initializer where its body declares int32 (what tf2onnx 1.17
+    emits for tf.map_fn over a constant-folded batch of one) gets a Cast and then runs."""
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["n_in", "one"], ["n_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("n_in", TensorProto.INT32, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("n_out", TensorProto.INT32, [])],
+        [helper.make_tensor("one", TensorProto.INT32, [], [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trip", "cond", "trip"], ["n_final"], body=body)],
+        "outer", [],
+        [helper.make_tensor_value_info("n_final", TensorProto.INT32, [])],
+        [helper.make_tensor("trip", TensorProto.INT64, [], [3]),
+         helper.make_tensor("cond", TensorProto.BOOL, [], [True])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(Exception, match="mismatch|Type Error"):
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert fix_loop_carried_types(model) == 1
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (n_final,) = session.run(None, {})
+    assert n_final == 6 and n_final.dtype == np.int32  # 3 + three iterations of +1
+
+
+# ---------------------------------------------------------------------------- failures
+
+def test_unconvertible_op_is_named(tmp_path):
+    module = tf.Module()
+    spec = tf.TensorSpec([1, None, None, 3], tf.uint8, name="input_tensor")
+
+    @tf.function(input_signature=[spec])
+    def serve(input_tensor):
+        png = tf.io.encode_png(input_tensor[0])  # no ONNX equivalent
+        return {"num_detections": tf.cast(tf.strings.length(png), tf.float32)[None]}
+
+    module.serve = serve
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": serve})
+    with pytest.raises(OnnxConversionError, match="EncodePng") as info:
+        export_onnx(tmp_path / "sm", output_path=tmp_path / "out.onnx")
+    assert "EncodePng" in info.value.ops
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_encoded_signature_is_refused(exported, tmp_path):
+    with pytest.raises(ValueError, match="ONNX has no image decoder"):
+        export_onnx(exported, output_path=tmp_path / "x.onnx", signature="serving_encoded")
+    with pytest.raises(ValueError, match="has no signature 'nope'"):
+        export_onnx(exported, output_path=tmp_path / "x.onnx", signature="nope")

@@ -1,0 +1,324 @@
+"""The SavedModel export: layout, signatures, known answers, equality with the in-Python model,
+stock ops in a fresh process, TensorFlow's own saved_model_cli, versions, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from export_helpers import (
+    CLASS_NAMES, STANDIN_BOXES, assert_outputs_close, reference_outputs, synthetic_image)
+from rfcn_tf import export as export_mod
+from rfcn_tf.export import (
+    ExportError, export_saved_model, list_versions, next_version, saved_model_op_types,
+    verify_export)
+
+OUTPUTS = {"detection_boxes": (tf.float32, [1, None, 4]),
+           "detection_scores": (tf.float32, [1, None]),
+           "detection_classes": (tf.float32, [1, None]),
+           "num_detections": (tf.float32, [1])}
+
+
+# ------------------------------------------------------------------------------ layout, API
+
+def test_layout_and_labels_asset(exported):
+    assert exported.name == "1" and exported.parent.name == "rfcn"
+    assert (exported / "saved_model.pb").is_file()
+    assert (exported / "variables").is_dir()
+    assert (exported / "assets" / "labels.txt").read_text().splitlines() == CLASS_NAMES
+    # The staging folder is gone: TF Serving sees only complete numeric versions.
+    assert sorted(p.name for p in exported.parent.iterdir()) == ["1"]
+
+
+def test_signatures_inputs_and_outputs(loaded):
+    assert set(loaded.signatures) == {"serving_default", "serving_encoded"}
+    _, image_inputs = loaded.signatures["serving_default"].structured_input_signature
+    assert list(image_inputs) == ["input_tensor"]
+    assert image_inputs["input_tensor"].dtype == tf.uint8
+    assert image_inputs["input_tensor"].shape.as_list() == [1, None, None, 3]
+    _, encoded_inputs = loaded.signatures["serving_encoded"].structured_input_signature
+    assert list(encoded_inputs) == ["encoded_image_string_tensor"]
+    assert encoded_inputs["encoded_image_string_tensor"].dtype == tf.string
+    assert encoded_inputs["encoded_image_string_tensor"].shape.as_list() == [1]
+    for key in ("serving_default", "serving_encoded"):
+        outputs = loaded.signatures[key].structured_outputs
+        assert set(outputs) == set(OUTPUTS)
+        for name, (dtype, shape) in OUTPUTS.items():
+            assert outputs[name].dtype == dtype, (key, name)
+            assert outputs[name].shape.rank == len(shape), (key, name, outputs[name].shape)
+
+
+@pytest.mark.parametrize("height,width", [(40, 60), (200, 90), (333, 97)])
+def test_standin_known_answer(standin_export, height, width):
+    """Boxes are the model's resized-image pixels divided by the resized size: the stand-in's
+    fixed fractions of (h, w) come out exactly, whatever the resize did; classes and counts are
+    float32; padding rows stay zero."""
+    loaded = tf.saved_model.load(str(standin_export))
+    image = synthetic_image(height, width)
+    out = loaded.signatures["serving_default"](input_tensor=tf.constant(image[None]))
+    np.testing.assert_allclose(out["detection_boxes"].numpy()[0], STANDIN_BOXES, atol=1e-6)
+    np.testing.assert_allclose(out["detection_scores"].numpy(), [[0.9, 0.5, 0, 0]], atol=1e-7)
+    np.testing.assert_array_equal(out["detection_classes"].numpy(), [[2.0, 1.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(out["num_detections"].numpy(), [2.0])
+    assert (standin_export / "assets" / "labels.txt").read_text() == "cat\ndog\n"
+
+
+def test_standin_encoded_png_equals_pixels(standin_export):
+    loaded = tf.saved_model.load(str(standin_export))
+    image = synthetic_image(50, 70)
+    png = tf.io.encode_png(image).numpy()
+    a = loaded.signatures["serving_default"](input_tensor=tf.constant(image[None]))
+    b = loaded.signatures["serving_encoded"](encoded_image_string_tensor=tf.constant([png]))
+    for key in a:
+        np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+
+
+# ------------------------------------------------------------------- equality with Python
+
+def test_signature_equals_in_python_model(tiny_model, loaded, jpeg_image):
+    """Both signatures (in this process) give the in-Python model's detections to 1e-4."""
+    _, model = tiny_model
+    expected = reference_outputs(model, jpeg_image)
+    assert expected["num_detections"][0] > 0  # a real comparison, not of empty outputs
+    got = loaded.signatures["serving_default"](input_tensor=tf.constant(jpeg_image[None]))
+    assert_outputs_close({k: v.numpy() for k, v in got.items()}, expected, atol=1e-4)
+
+
+def test_signature_equals_in_python_model_on_odd_sizes(tiny_model, loaded):
+    _, model = tiny_model
+    for seed, (h, w) in enumerate([(123, 457), (501, 77)]):
+        image = synthetic_image(h, w, seed=seed)
+        got = loaded.signatures["serving_default"](input_tensor=tf.constant(image[None]))
+        assert_outputs_close({k: v.numpy() for k, v in got.items()},
+                             reference_outputs(model, image), atol=1e-4)
+
+
+# Runs in a fresh interpreter without rfcn_tf on its path; written independently of
+# rfcn_tf.export's own check.
+FRESH_PROCESS_CHECK = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.python.framework import op_def_registry
+
+    export_dir, jpeg_path, out_path = sys.argv[1:4]
+    proto = saved_model_pb2.SavedModel()
+    with open(export_dir + "/saved_model.pb", "rb") as f:
+        proto.ParseFromString(f.read())
+    ops, functions = set(), 0
+    for meta_graph in proto.meta_graphs:
+        ops.update(node.op for node in meta_graph.graph_def.node)
+        for function in meta_graph.graph_def.library.function:
+            functions += 1
+            ops.update(node.op for node in function.node_def)
+    missing = sorted(op for op in ops if op_def_registry.get(op) is None)
+
+    loaded = tf.saved_model.load(export_dir)
+    jpeg = open(jpeg_path, "rb").read()
+    image = tf.io.decode_image(jpeg, channels=3, expand_animations=False)
+    a = loaded.signatures["serving_default"](input_tensor=image[None])
+    b = loaded.signatures["serving_encoded"](encoded_image_string_tensor=tf.constant([jpeg]))
+    np.savez(out_path, **{"image_" + k: v.numpy() for k, v in a.items()},
+             **{"encoded_" + k: v.numpy() for k, v in b.items()})
+    print(json.dumps({"ops": sorted(ops), "missing": missing, "functions": functions,
+                      "rfcn_tf_imported": any(m.split(".")[0] == "rfcn_tf" for m in sys.modules)}))
+""")
+
+
+def _fresh_env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def test_fresh_process_stock_ops_and_both_signatures(tiny_model, exported, jpeg_bytes,
+                                                     jpeg_image, tmp_path):
+    jpeg_path = tmp_path / "image.jpg"
+    jpeg_path.write_bytes(jpeg_bytes)
+    out_path = tmp_path / "outputs.npz"
+    proc = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS_CHECK, str(exported), str(jpeg_path), str(out_path)],
+        capture_output=True, text=True, timeout=300, env=_fresh_env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["rfcn_tf_imported"] is False
+    assert report["functions"] > 0  # the op list covers the function library, not just nodes
+    assert report["missing"] == [], f"non-stock ops in the export: {report['missing']}"
+    # What the pure-TF PS-RoI pooling and the serving graph bring in, as a sanity check.
+    assert {"ResizeBilinear", "DecodeImage", "EnsureShape", "Conv2D"} <= set(report["ops"])
+    assert not any(op.startswith("Rfcn") for op in report["ops"])
+
+    expected = reference_outputs(tiny_model[1], jpeg_image)
+    outputs = np.load(out_path)
+    for prefix in ("image_", "encoded_"):
+        got = {k[len(prefix):]: outputs[k] for k in outputs.files if k.startswith(prefix)}
+        assert_outputs_close(got, expected, atol=1e-4)
+
+
+def test_op_listing_includes_function_library(exported):
+    ops = saved_model_op_types(exported)
+    # Top-level nodes of a TF2 SavedModel are mostly calls; the model's ops live in functions.
+    assert {"StatefulPartitionedCall", "ResizeBilinear", "Conv2D"} <= ops
+
+
+def test_verify_export_names_a_non_stock_op(standin_export, tmp_path):
+    """A graph with an op stock TF lacks (here: the custom PS-RoI op's name patched into a
+    copy) fails verification with the op named."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    copy = tmp_path / "patched"
+    shutil.copytree(standin_export, copy)
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((copy / "saved_model.pb").read_bytes())
+    patched = False
+    for function in proto.meta_graphs[0].graph_def.library.function:
+        for node in function.node_def:
+            if node.op == "Mean":
+                node.op = "RfcnPsRoiPool"
+                patched = True
+    assert patched
+    (copy / "saved_model.pb").write_bytes(proto.SerializeToString())
+    with pytest.raises(ExportError, match=r"RfcnPsRoiPool.*psroi_impl='tf'"):
+        verify_export(copy)
+
+
+# ------------------------------------------------------------------------- saved_model_cli
+
+def _saved_model_cli() -> str:
+    path = Path(sys.executable).parent / "saved_model_cli"
+    assert path.is_file(), f"saved_model_cli not found next to {sys.executable}"
+    return str(path)
+
+
+def test_saved_model_cli_show_all(exported):
+    proc = subprocess.run([_saved_model_cli(), "show", "--dir", str(exported), "--all"],
+                          capture_output=True, text=True, timeout=300, env=_fresh_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout
+    for expected in ("signature_def['serving_default']", "signature_def['serving_encoded']",
+                     "inputs['input_tensor'] tensor_info:", "dtype: DT_UINT8",
+                     "shape: (1, -1, -1, 3)", "inputs['encoded_image_string_tensor']",
+                     "dtype: DT_STRING", "outputs['detection_boxes']",
+                     "outputs['num_detections']"):
+        assert expected in text, f"{expected!r} missing from saved_model_cli show --all"
+
+
+def test_saved_model_cli_run(tiny_model, exported, tmp_path):
+    image = synthetic_image(180, 260, seed=3)
+    np.save(tmp_path / "image.npy", image[None])
+    outdir = tmp_path / "out"
+    proc = subprocess.run(
+        [_saved_model_cli(), "run", "--dir", str(exported), "--tag_set", "serve",
+         "--signature_def", "serving_default", "--inputs", f"input_tensor={tmp_path}/image.npy",
+         "--outdir", str(outdir)],
+        capture_output=True, text=True, timeout=300, env=_fresh_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = {name: np.load(outdir / f"{name}.npy") for name in OUTPUTS}
+    assert_outputs_close(got, reference_outputs(tiny_model[1], image), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------- versions
+
+def test_versions_next_free_and_never_overwritten(tmp_path):
+    from export_helpers import StandInDetector
+
+    base = tmp_path / "m"
+    assert next_version(base) == 1 and list_versions(base) == []
+    first = export_saved_model(StandInDetector(), class_names=["a"], out_dir=tmp_path,
+                               model_name="m", min_size=32, max_size=32, verify=False)
+    (base / "notes").mkdir()  # non-numeric folders are ignored, as TF Serving does
+    explicit = export_saved_model(StandInDetector(), class_names=["a"], out_dir=tmp_path,
+                                  model_name="m", version=7, min_size=32, max_size=32,
+                                  verify=False)
+    after = export_saved_model(StandInDetector(), class_names=["a"], out_dir=tmp_path,
+                               model_name="m", min_size=32, max_size=32, verify=False)
+    assert (first.name, explicit.name, after.name) == ("1", "7", "8")
+    assert list_versions(base) == [1, 7, 8]
+    with pytest.raises(ExportError, match=r"m/7 already exists.*next free: 9"):
+        export_saved_model(StandInDetector(), class_names=["a"], out_dir=tmp_path,
+                           model_name="m", version=7, min_size=32, max_size=32, verify=False)
+    assert not [p for p in base.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_failed_verification_leaves_no_version(tmp_path, monkeypatch):
+    from export_helpers import StandInDetector
+
+    def fail(path, **kwargs):
+        raise ExportError(f"simulated failure of {path}")
+
+    monkeypatch.setattr(export_mod, "verify_export", fail)
+    with pytest.raises(ExportError, match="simulated failure"):
+        export_saved_model(StandInDetector(), class_names=["a"], out_dir=tmp_path,
+                           model_name="m", min_size=32, max_size=32, verify=True)
+    assert list(Path(tmp_path, "m").iterdir()) == []
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"class_names": []}, "class_names is empty"),
+    ({"class_names": ["a", "b\nc"]}, r"class_names\[1\]"),
+    ({"class_names": ["a", ""]}, r"class_names\[1\]"),
+    ({"model_name": "a/b"}, "model_name must be a plain folder name"),
+    ({"version": 0}, "version must be a positive integer"),
+    ({"min_size": 0}, "need 1 <= min_size <= max_size"),
+    ({"min_size": 64, "max_size": 32}, "need 1 <= min_size <= max_size"),
+])
+def test_export_argument_errors(tmp_path, kwargs, match):
+    from export_helpers import StandInDetector
+
+    args = dict(class_names=["a"], out_dir=tmp_path, model_name="m", min_size=32, max_size=32,
+                verify=False)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        export_saved_model(StandInDetector(), **args)
+
+
+# ------------------------------------------------------------------------------- bad input
+
+def test_wrong_dtype_rejected_by_tensorflow(loaded):
+    with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError),
+                       match="uint8"):
+        loaded.signatures["serving_default"](input_tensor=tf.zeros([1, 8, 8, 3], tf.float32))
+
+
+@pytest.mark.parametrize("shape", [[8, 8, 3], [2, 8, 8, 3], [1, 8, 8, 4], [1, 8, 8, 1]])
+def test_wrong_shape_rejected_before_any_kernel(loaded, shape):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"not compatible with expected shape \[1,\?,\?,3\]"):
+        loaded.signatures["serving_default"](input_tensor=tf.zeros(shape, tf.uint8))
+
+
+def test_empty_image_rejected(loaded):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="height and width >= 1"):
+        loaded.signatures["serving_default"](input_tensor=tf.zeros([1, 0, 5, 3], tf.uint8))
+
+
+@pytest.mark.parametrize("data", [b"definitely not an image", b"", b"\x00" * 64])
+def test_non_image_bytes_rejected(loaded, data):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="is not a JPEG, PNG, GIF or BMP file"):
+        loaded.signatures["serving_encoded"](encoded_image_string_tensor=tf.constant([data]))
+
+
+def test_truncated_jpeg_is_an_invalid_argument(loaded, jpeg_bytes):
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        loaded.signatures["serving_encoded"](
+            encoded_image_string_tensor=tf.constant([jpeg_bytes[:300]]))
+
+
+def test_grayscale_and_rgba_png_become_rgb(standin_export):
+    loaded = tf.saved_model.load(str(standin_export))
+    gray = tf.io.encode_png(np.full((30, 40, 1), 128, np.uint8)).numpy()
+    rgba = tf.io.encode_png(np.full((30, 40, 4), 200, np.uint8)).numpy()
+    for data in (gray, rgba):
+        out = loaded.signatures["serving_encoded"](encoded_image_string_tensor=tf.constant([data]))
+        np.testing.assert_allclose(out["detection_boxes"].numpy()[0], STANDIN_BOXES, atol=1e-6)
