@@ -198,12 +198,16 @@ class BuildPsRoiPoolOp(build_ext):
         return os.environ.get("NVCC") or shutil.which("nvcc") or "nvcc"
 
     def _cuda_home(self) -> str:
-        home = os.environ.get("CUDA_HOME")
-        if home:
-            return home
+        """CUDA_HOME / CUDA_PATH, else the toolkit around nvcc (which may be a
+        wrapper script elsewhere), else /usr/local/cuda."""
+        for var in ("CUDA_HOME", "CUDA_PATH"):
+            if os.environ.get(var):
+                return os.environ[var]
         nvcc = shutil.which(self._nvcc())
         if nvcc:
-            return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+            root = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+            if os.path.exists(os.path.join(root, "include", "cuda.h")):
+                return root
         return "/usr/local/cuda"
 
     @staticmethod

@@ -7,6 +7,11 @@
 // CPU strategy. The C values of one bin are contiguous in NHWC (bin-major
 // layout), so every inner loop runs over a bin's C-channel slice with the
 // per-bin arithmetic (bin bounds, bilinear taps, 1/area) hoisted out.
+// Bilinear bins use the separable form of the interpolation (see
+// AxisWeights): each distinct cell is read (written) once per bin, with the
+// summed weight of the sample points that touch it.
+// The per-RoI geometry (avg cell ranges, bilinear separable weights) is
+// tabulated once per call (BinTable), 2k entries per RoI, not 2 per bin.
 //  * forward: one work unit per output bin (r, i, j); units are disjoint in
 //    the output, so any split across threads gives the same bits.
 //  * backward: one work unit per (image b, bin position (i, j), channel
@@ -65,22 +70,155 @@ int64_t EstimatedBinCells(const Geometry& g) {
   return h * w;
 }
 
-// The sample-point taps of bin (i, j) along both axes (bilinear mode).
-void BinTaps(const Geometry& g, const float* roi, int i, int j, Tap* ty,
-             Tap* tx) {
-  double ys, ybin, xs, xbin;
-  rfcn_psroi::bilinear_roi_axis(roi[1], roi[3], g.spatial_scale, g.k, &ys,
-                                &ybin);
-  rfcn_psroi::bilinear_roi_axis(roi[2], roi[4], g.spatial_scale, g.k, &xs,
-                                &xbin);
-  const int n = g.sampling_ratio;
+// The distinct cells that the n sample points of one bilinear bin read along
+// one axis, with their weights summed over the points (points outside the
+// map add none). The bilinear rule is separable (a point is valid iff its row
+// and its column are, and its four weights are products wy * wx), so a bin is
+//   sum_h sum_w Wy[h] * Wx[w] * features[h, w]
+// with Wy, Wx from this function: each distinct cell is read once instead of
+// 4 reads per sample point. Returns the count (<= 2n).
+int AxisWeights(const Tap* taps, int n, int* cells, double* weights) {
+  int m = 0;
+  auto add = [&](int cell, double weight) {
+    for (int q = 0; q < m; ++q) {
+      if (cells[q] == cell) {
+        weights[q] += weight;
+        return;
+      }
+    }
+    cells[m] = cell;
+    weights[m] = weight;
+    ++m;
+  };
   for (int p = 0; p < n; ++p) {
-    ty[p] = rfcn_psroi::bilinear_tap(
-        rfcn_psroi::bilinear_sample_coord(ys, ybin, i, p, n), g.height);
-    tx[p] = rfcn_psroi::bilinear_tap(
-        rfcn_psroi::bilinear_sample_coord(xs, xbin, j, p, n), g.width);
+    if (!taps[p].valid) continue;
+    add(taps[p].lo, taps[p].wlo);
+    add(taps[p].hi, taps[p].whi);
   }
+  return m;
 }
+
+// Bin geometry of RoIs, tabulated per RoI: 2k axis entries per RoI instead
+// of 2 per bin (k^2 bins), so the per-bin work is table lookups.
+//   avg:      the cell range [lo, hi) of bin index i along y and along x;
+//   bilinear: the distinct cells and summed weights (AxisWeights) of bin
+//             index i along y and along x (at most 2n entries each).
+// Arithmetic: psroi_pool_math.h (the functions the GPU kernels use too).
+// Slots are independent: threads may fill different slots concurrently.
+class BinTable {
+ public:
+  BinTable(const Geometry& g, int64_t capacity)
+      : g_(g),
+        capacity_(capacity),
+        slots_(2 * g.sampling_ratio),
+        y_range_(g.mode == rfcn_psroi::kAvg ? capacity * g.k * 2 : 0),
+        x_range_(y_range_.size()),
+        y_count_(g.mode == rfcn_psroi::kBilinear ? capacity * g.k : 0),
+        x_count_(y_count_.size()),
+        y_cell_(y_count_.size() * slots_),
+        x_cell_(y_cell_.size()),
+        y_weight_(y_cell_.size()),
+        x_weight_(y_cell_.size()) {}
+
+  // Fills `slot` with the geometry of `roi` (5 floats); `taps` is scratch
+  // for sampling_ratio entries.
+  void FillSlot(int64_t slot, const float* roi, Tap* taps) {
+    const int k = g_.k;
+    const int n = g_.sampling_ratio;
+    if (g_.mode == rfcn_psroi::kAvg) {
+      double ys, yl, xs, xl;
+      const bool fy =
+          rfcn_psroi::avg_roi_axis(roi[1], roi[3], g_.spatial_scale, &ys, &yl);
+      const bool fx =
+          rfcn_psroi::avg_roi_axis(roi[2], roi[4], g_.spatial_scale, &xs, &xl);
+      int* yr = &y_range_[slot * k * 2];
+      int* xr = &x_range_[slot * k * 2];
+      for (int i = 0; i < k; ++i) {
+        if (fy && fx) {
+          rfcn_psroi::avg_bin_range(ys, yl, i, k, g_.height, &yr[2 * i],
+                                    &yr[2 * i + 1]);
+          rfcn_psroi::avg_bin_range(xs, xl, i, k, g_.width, &xr[2 * i],
+                                    &xr[2 * i + 1]);
+        } else {  // a non-finite corner: every bin empty
+          yr[2 * i] = yr[2 * i + 1] = xr[2 * i] = xr[2 * i + 1] = 0;
+        }
+      }
+      return;
+    }
+    double ys, ybin, xs, xbin;
+    rfcn_psroi::bilinear_roi_axis(roi[1], roi[3], g_.spatial_scale, k, &ys,
+                                  &ybin);
+    rfcn_psroi::bilinear_roi_axis(roi[2], roi[4], g_.spatial_scale, k, &xs,
+                                  &xbin);
+    for (int i = 0; i < k; ++i) {
+      const int64_t e = slot * k + i;
+      for (int p = 0; p < n; ++p) {
+        taps[p] = rfcn_psroi::bilinear_tap(
+            rfcn_psroi::bilinear_sample_coord(ys, ybin, i, p, n), g_.height);
+      }
+      y_count_[e] = AxisWeights(taps, n, &y_cell_[e * slots_],
+                                &y_weight_[e * slots_]);
+      for (int p = 0; p < n; ++p) {
+        taps[p] = rfcn_psroi::bilinear_tap(
+            rfcn_psroi::bilinear_sample_coord(xs, xbin, i, p, n), g_.width);
+      }
+      x_count_[e] = AxisWeights(taps, n, &x_cell_[e * slots_],
+                                &x_weight_[e * slots_]);
+    }
+  }
+
+  // Fills slot r with row r of rois [capacity, 5], for every r, on the CPU
+  // worker pool.
+  void FillAll(thread::ThreadPool* workers, const float* rois) {
+    const int64_t cost = 60 * g_.k * (g_.mode == rfcn_psroi::kAvg
+                                          ? 2
+                                          : 2 + 2 * g_.sampling_ratio);
+    workers->ParallelFor(
+        capacity_, thread::ThreadPool::SchedulingParams::Adaptive(cost),
+        [&](int64_t begin, int64_t end) {
+          std::vector<Tap> taps(g_.sampling_ratio);
+          for (int64_t r = begin; r < end; ++r) {
+            FillSlot(r, rois + r * 5, taps.data());
+          }
+        });
+  }
+
+  // avg: the cells [*h0, *h1) x [*w0, *w1) of bin (i, j) in `slot`.
+  void AvgCells(int64_t slot, int i, int j, int* h0, int* h1, int* w0,
+                int* w1) const {
+    const int* yr = &y_range_[(slot * g_.k + i) * 2];
+    const int* xr = &x_range_[(slot * g_.k + j) * 2];
+    *h0 = yr[0];
+    *h1 = yr[1];
+    *w0 = xr[0];
+    *w1 = xr[1];
+  }
+
+  // bilinear: the separable cells and weights of bin (i, j) in `slot`.
+  int YCount(int64_t slot, int i) const { return y_count_[slot * g_.k + i]; }
+  int XCount(int64_t slot, int j) const { return x_count_[slot * g_.k + j]; }
+  const int* YCells(int64_t slot, int i) const {
+    return &y_cell_[(slot * g_.k + i) * slots_];
+  }
+  const int* XCells(int64_t slot, int j) const {
+    return &x_cell_[(slot * g_.k + j) * slots_];
+  }
+  const double* YWeights(int64_t slot, int i) const {
+    return &y_weight_[(slot * g_.k + i) * slots_];
+  }
+  const double* XWeights(int64_t slot, int j) const {
+    return &x_weight_[(slot * g_.k + j) * slots_];
+  }
+
+ private:
+  const Geometry g_;
+  const int64_t capacity_;
+  const int64_t slots_;
+  std::vector<int> y_range_, x_range_;
+  std::vector<int> y_count_, x_count_;
+  std::vector<int> y_cell_, x_cell_;
+  std::vector<double> y_weight_, x_weight_;
+};
 
 }  // namespace
 
@@ -96,76 +234,97 @@ struct RfcnPsRoiPoolForward<CPUDevice, T> {
     const int64_t bins = static_cast<int64_t>(k) * k;
     const int64_t total = num_rois * bins;
     if (total == 0 || C == 0) return;
+    thread::ThreadPool* workers = CpuWorkers(ctx);
     const int64_t cost =
         g.mode == rfcn_psroi::kAvg
-            ? 40 + EstimatedBinCells(g) * C * 2
-            : 40 + static_cast<int64_t>(n) * n * (20 + 8 * C);
+            ? 20 + EstimatedBinCells(g) * C * 2
+            : 20 + static_cast<int64_t>(n + 1) * (n + 1) * (4 + 2 * C);
 
+    // Units are output bins (r, i, j) in output order. A shard tabulates the
+    // geometry of the RoI it is in (slot 0 of a one-RoI table) when it
+    // enters it: once per RoI, plus once per shard boundary.
     auto work = [&](int64_t begin, int64_t end) {
-      std::vector<float> acc(C);
-      std::vector<Tap> ty(n), tx(n);
-      for (int64_t u = begin; u < end; ++u) {
-        const int64_t r = u / bins;
-        const int bin = static_cast<int>(u - r * bins);
-        const int i = bin / k;
-        const int j = bin - i * k;
-        const float* roi = rois + r * 5;
-        T* out = output + u * C;
+      std::vector<float> acc_buffer(C);
+      float* __restrict__ acc = acc_buffer.data();
+      BinTable table(g, 1);
+      std::vector<Tap> taps(n);
+      int64_t tabulated = -1;
+      // Pools bin (i, j) (= bin) of RoI r into out[C].
+      auto pool_bin = [&](int64_t r, int bin, int i, int j,
+                          T* __restrict__ out) {
         int b;
-        if (!rfcn_psroi::roi_batch_index(roi[0], g.batch, &b)) {
+        if (!rfcn_psroi::roi_batch_index(rois[r * 5], g.batch, &b)) {
           std::fill(out, out + C, T(0.f));
-          continue;
+          return;
         }
-        std::fill(acc.begin(), acc.end(), 0.f);
-        const int64_t ch0 = static_cast<int64_t>(bin) * C;
+        if (r != tabulated) {
+          table.FillSlot(0, rois + r * 5, taps.data());
+          tabulated = r;
+        }
+        std::fill(acc, acc + C, 0.f);
+        // Channel block (i*k + j) of image b, cell (0, 0).
+        const T* block = features + rfcn_psroi::cell_offset(g, b, 0, 0) +
+                         static_cast<int64_t>(bin) * C;
         float denom;
         if (g.mode == rfcn_psroi::kAvg) {
           int h0, h1, w0, w1;
-          rfcn_psroi::avg_bin_cells(roi, g, i, j, &h0, &h1, &w0, &w1);
+          table.AvgCells(0, i, j, &h0, &h1, &w0, &w1);
           if (h1 <= h0 || w1 <= w0) {  // empty bin: 0 (DESIGN.md)
             std::fill(out, out + C, T(0.f));
-            continue;
+            return;
           }
           for (int h = h0; h < h1; ++h) {
-            const T* p = features + rfcn_psroi::cell_offset(g, b, h, w0) + ch0;
+            const T* p = block + (static_cast<int64_t>(h) * g.width + w0) *
+                                     g.channels;
             for (int w = w0; w < w1; ++w, p += g.channels) {
-              for (int c = 0; c < C; ++c) acc[c] += static_cast<float>(p[c]);
+              const T* __restrict__ v = p;
+              for (int c = 0; c < C; ++c) acc[c] += static_cast<float>(v[c]);
             }
           }
           denom = rfcn_psroi::bin_area(h0, h1, w0, w1);
         } else {
-          BinTaps(g, roi, i, j, ty.data(), tx.data());
-          for (int py = 0; py < n; ++py) {
-            if (!ty[py].valid) continue;
-            const int64_t row_lo = rfcn_psroi::cell_offset(g, b, ty[py].lo, 0);
-            const int64_t row_hi = rfcn_psroi::cell_offset(g, b, ty[py].hi, 0);
-            for (int px = 0; px < n; ++px) {
-              if (!tx[px].valid) continue;
-              const int64_t col_lo = static_cast<int64_t>(tx[px].lo) *
-                                         g.channels + ch0;
-              const int64_t col_hi = static_cast<int64_t>(tx[px].hi) *
-                                         g.channels + ch0;
-              const T* p1 = features + row_lo + col_lo;
-              const T* p2 = features + row_lo + col_hi;
-              const T* p3 = features + row_hi + col_lo;
-              const T* p4 = features + row_hi + col_hi;
-              float w1, w2, w3, w4;
-              rfcn_psroi::bilinear_weights(ty[py], tx[px], &w1, &w2, &w3,
-                                           &w4);
+          const int ny = table.YCount(0, i), nx = table.XCount(0, j);
+          const int* ycells = table.YCells(0, i);
+          const int* xcells = table.XCells(0, j);
+          const double* yw = table.YWeights(0, i);
+          const double* xw = table.XWeights(0, j);
+          for (int q = 0; q < ny; ++q) {
+            const T* row = block + static_cast<int64_t>(ycells[q]) * g.width *
+                                       g.channels;
+            for (int t = 0; t < nx; ++t) {
+              const float wt = static_cast<float>(yw[q] * xw[t]);
+              const T* __restrict__ v =
+                  row + static_cast<int64_t>(xcells[t]) * g.channels;
               for (int c = 0; c < C; ++c) {
-                acc[c] += w1 * static_cast<float>(p1[c]) +
-                          w2 * static_cast<float>(p2[c]) +
-                          w3 * static_cast<float>(p3[c]) +
-                          w4 * static_cast<float>(p4[c]);
+                acc[c] += wt * static_cast<float>(v[c]);
               }
             }
           }
           denom = rfcn_psroi::sample_count(n);
         }
-        for (int c = 0; c < C; ++c) out[c] = static_cast<T>(acc[c] / denom);
+        // One reciprocal per bin, no division per element (<= 1 ulp from
+        // acc / denom).
+        const float inv = 1.f / denom;
+        for (int c = 0; c < C; ++c) out[c] = static_cast<T>(acc[c] * inv);
+      };
+      // Walk (r, i, j) incrementally: no integer division per unit.
+      int64_t r = begin / bins;
+      int bin = static_cast<int>(begin - r * bins);
+      int i = bin / k;
+      int j = bin - i * k;
+      for (int64_t u = begin; u < end; ++u) {
+        pool_bin(r, bin, i, j, output + u * C);
+        if (++j == k) {
+          j = 0;
+          if (++i == k) {
+            i = 0;
+            ++r;
+          }
+        }
+        bin = i * k + j;
       }
     };
-    CpuWorkers(ctx)->ParallelFor(
+    workers->ParallelFor(
         total, thread::ThreadPool::SchedulingParams::Adaptive(cost), work);
   }
 };
@@ -181,6 +340,9 @@ struct RfcnPsRoiPoolBackward<CPUDevice, T> {
     const int64_t bins = static_cast<int64_t>(k) * k;
     const int64_t plane = static_cast<int64_t>(g.height) * g.width;
     if (g.batch == 0 || plane == 0 || C == 0) return;
+    thread::ThreadPool* workers = CpuWorkers(ctx);
+    BinTable table(g, num_rois);
+    table.FillAll(workers, rois);
 
     // RoI rows of each image, ascending (CSR): rows of image b are
     // order[start[b] .. start[b+1]). Invalid batch indices (rejected by the
@@ -205,7 +367,6 @@ struct RfcnPsRoiPoolBackward<CPUDevice, T> {
 
     // Split the C channels of a bin into chunks when (image, bin) units are
     // too few to keep every thread busy (k = 1, say). Chunks of >= 8.
-    thread::ThreadPool* workers = CpuWorkers(ctx);
     const int64_t base_units = static_cast<int64_t>(g.batch) * bins;
     const int64_t want = 4 * static_cast<int64_t>(workers->NumThreads());
     int64_t chunks = 1;
@@ -221,12 +382,12 @@ struct RfcnPsRoiPoolBackward<CPUDevice, T> {
     const int64_t per_roi =
         g.mode == rfcn_psroi::kAvg
             ? 20 + EstimatedBinCells(g) * chunk * 2
-            : 20 + static_cast<int64_t>(n) * n * (20 + 8 * chunk);
+            : 20 + static_cast<int64_t>(n + 1) * (n + 1) * (4 + 2 * chunk);
     const int64_t cost = rois_per_image * per_roi + plane * chunk;
 
     auto work = [&](int64_t begin, int64_t end) {
-      std::vector<float> gs(chunk);
-      std::vector<Tap> ty(n), tx(n);
+      std::vector<float> gs_buffer(chunk);
+      float* __restrict__ gs = gs_buffer.data();
       // float accumulation buffer for half / bfloat16 outputs.
       std::vector<float> scratch(kFloat ? 0 : plane * chunk);
       for (int64_t u = begin; u < end; ++u) {
@@ -256,52 +417,41 @@ struct RfcnPsRoiPoolBackward<CPUDevice, T> {
         }
         for (int64_t o = start[b]; o < start[b + 1]; ++o) {
           const int64_t r = order[o];
-          const float* roi = rois + r * 5;
           const T* gr = grad + (r * bins + bin) * C + c0;
           if (g.mode == rfcn_psroi::kAvg) {
             int h0, h1, w0, w1;
-            rfcn_psroi::avg_bin_cells(roi, g, i, j, &h0, &h1, &w0, &w1);
+            table.AvgCells(r, i, j, &h0, &h1, &w0, &w1);
             if (h1 <= h0 || w1 <= w0) continue;
-            const float area = rfcn_psroi::bin_area(h0, h1, w0, w1);
+            const float inv_area = 1.f / rfcn_psroi::bin_area(h0, h1, w0, w1);
             for (int c = 0; c < len; ++c) {
-              gs[c] = static_cast<float>(gr[c]) / area;
+              gs[c] = static_cast<float>(gr[c]) * inv_area;
             }
             for (int h = h0; h < h1; ++h) {
-              float* d = dst + (static_cast<int64_t>(h) * g.width + w0) * stride;
+              float* d =
+                  dst + (static_cast<int64_t>(h) * g.width + w0) * stride;
               for (int w = w0; w < w1; ++w, d += stride) {
-                for (int c = 0; c < len; ++c) d[c] += gs[c];
+                float* __restrict__ dc = d;
+                for (int c = 0; c < len; ++c) dc[c] += gs[c];
               }
             }
           } else {
-            BinTaps(g, roi, i, j, ty.data(), tx.data());
-            const float count = rfcn_psroi::sample_count(n);
+            const int ny = table.YCount(r, i), nx = table.XCount(r, j);
+            if (ny == 0 || nx == 0) continue;
+            const int* ycells = table.YCells(r, i);
+            const int* xcells = table.XCells(r, j);
+            const double* yw = table.YWeights(r, i);
+            const double* xw = table.XWeights(r, j);
+            const float inv_count = 1.f / rfcn_psroi::sample_count(n);
             for (int c = 0; c < len; ++c) {
-              gs[c] = static_cast<float>(gr[c]) / count;
+              gs[c] = static_cast<float>(gr[c]) * inv_count;
             }
-            for (int py = 0; py < n; ++py) {
-              if (!ty[py].valid) continue;
-              float* row_lo = dst + static_cast<int64_t>(ty[py].lo) *
-                                        g.width * stride;
-              float* row_hi = dst + static_cast<int64_t>(ty[py].hi) *
-                                        g.width * stride;
-              for (int px = 0; px < n; ++px) {
-                if (!tx[px].valid) continue;
-                float* d1 = row_lo + tx[px].lo * stride;
-                float* d2 = row_lo + tx[px].hi * stride;
-                float* d3 = row_hi + tx[px].lo * stride;
-                float* d4 = row_hi + tx[px].hi * stride;
-                float w1, w2, w3, w4;
-                rfcn_psroi::bilinear_weights(ty[py], tx[px], &w1, &w2, &w3,
-                                             &w4);
-                // d1..d4 may alias at the map border; the four
-                // read-modify-writes stay in order per channel.
-                for (int c = 0; c < len; ++c) {
-                  const float v = gs[c];
-                  d1[c] += v * w1;
-                  d2[c] += v * w2;
-                  d3[c] += v * w3;
-                  d4[c] += v * w4;
-                }
+            for (int q = 0; q < ny; ++q) {
+              float* row = dst + static_cast<int64_t>(ycells[q]) * g.width *
+                                     stride;
+              for (int t = 0; t < nx; ++t) {
+                const float wt = static_cast<float>(yw[q] * xw[t]);
+                float* __restrict__ d = row + xcells[t] * stride;
+                for (int c = 0; c < len; ++c) d[c] += gs[c] * wt;
               }
             }
           }

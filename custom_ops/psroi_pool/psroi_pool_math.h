@@ -27,12 +27,13 @@
 //
 //  * kBilinear, PSRoIAlign (Light-Head R-CNN, Deformable R-FCN; the rules of
 //    torchvision.ops.ps_roi_align). Corners are coord*spatial_scale - 0.5,
-//    never rounded (geometry in double); roi_h = y2s - y1s with no minimum (torchvision's
-//    ps_roi_align applies none, so a reversed RoI samples backwards); bin
-//    size roi_h / k. Each bin averages sampling_ratio x sampling_ratio points
-//    at sub-bin centres. A point outside [-1, H] x [-1, W] contributes 0
-//    (and still counts in the mean); a coordinate below 0 is set to 0; one at
-//    or past the last row (column) reads that row (column) alone.
+//    never rounded (geometry in double); roi_h = y2s - y1s with no minimum
+//    (torchvision's ps_roi_align applies none, so a reversed RoI samples
+//    backwards); bin size roi_h / k. Each bin averages sampling_ratio x
+//    sampling_ratio points at sub-bin centres. A point outside
+//    [-1, H] x [-1, W] contributes 0 (and still counts in the mean); a
+//    coordinate below 0 is set to 0; one at or past the last row (column)
+//    reads that row (column) alone.
 //
 // NaN and infinite coordinates: every range test is written as
 // `!(in range)` (or `v >= lo ? ... : lo`) so that a NaN takes the safe branch
@@ -40,10 +41,12 @@
 // a RoI with a non-finite corner pools 0 in every bin; in bilinear mode such
 // coordinates fail the in-range test of every sample point: output 0 too.
 //
-// Accumulation is in float for every T; the order of the sums is fixed
-// (rows, then columns, then sample points in row-major order), so the CPU
-// kernels, which hoist the same arithmetic out of their channel loops, give
-// bit-identical forward results to the per-element functions below.
+// Accumulation is in float for every T, in a fixed order. The per-element
+// functions below are what the CUDA kernels run (one thread per output
+// element); the CPU kernels run the same geometry functions but hoist them
+// out of their channel loops, tabulate them per RoI, and use the separable
+// form of the bilinear weights, so CPU and GPU agree to float rounding
+// (~1e-7 relative), not bit for bit.
 
 #ifndef RFCN_TF_CUSTOM_OPS_PSROI_POOL_PSROI_POOL_MATH_H_
 #define RFCN_TF_CUSTOM_OPS_PSROI_POOL_PSROI_POOL_MATH_H_
