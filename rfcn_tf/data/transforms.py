@@ -108,8 +108,10 @@ def random_horizontal_flip(image: tf.Tensor, boxes_normalized: tf.Tensor, *, see
       (image [H, W, 3], boxes_normalized [N, 4], flipped bool []). Pixel column x moves to
       W - 1 - x, which is exactly where the box's continuous edges 1 - x go.
     """
+    image = tf.convert_to_tensor(image)
+    boxes_normalized = tf.convert_to_tensor(boxes_normalized)
     flipped = tf.random.stateless_uniform([], seed) < probability
-    image = tf.cond(flipped, lambda: tf.reverse(image, axis=[1]), lambda: image)
+    image = tf.cond(flipped, lambda: tf.reverse(image, axis=[1]), lambda: tf.identity(image))
     boxes = tf.cond(flipped, lambda: flip_boxes_horizontally(boxes_normalized),
                     lambda: tf.identity(boxes_normalized))
     return image, boxes, flipped

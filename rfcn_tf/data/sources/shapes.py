@@ -268,7 +268,7 @@ def shapes_source(*, split: str, image_size: int = 256, classes: Sequence[str] =
         return {
             "image": image,
             "image_id": index,
-            "filename": tf.strings.format("shapes/{}/{}", (split_name, index)),
+            "filename": tf.strings.join([f"shapes/{split_name}/", tf.strings.as_string(index)]),
             "boxes": boxes,
             "labels": labels,
             "is_difficult": tf.zeros([n], tf.bool),
