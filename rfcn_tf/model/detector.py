@@ -231,13 +231,24 @@ class RFCN(keras.Model):
             return self.rpn_pre_nms_top_n_train, self.rpn_post_nms_top_n_train
         return self.rpn_pre_nms_top_n_test, self.rpn_post_nms_top_n_test
 
-    def _features_and_proposals(self, images, image_shapes, training):
-        """Backbone, RPN head, anchors and proposals (shared by call and compute_losses)."""
+    def _features_and_proposals(self, images, image_shapes, training, with_proposals=True):
+        """Backbone, RPN head, anchors and (unless with_proposals=False) proposals; shared by
+        call and compute_losses."""
         rpn_features, head_features = self.backbone(images, training=training)
         rpn_logits_map, rpn_deltas_map = self.rpn_head(rpn_features)
         height, width = tf.shape(rpn_features)[1], tf.shape(rpn_features)[2]
         anchors = self.anchor_generator(height, width)  # [N, 4]
         rpn_logits, rpn_deltas = flatten_rpn_outputs(rpn_logits_map, rpn_deltas_map)
+        stage = {
+            "head_features": head_features,
+            "rpn_objectness_logits": tf.cast(rpn_logits_map, tf.float32),
+            "rpn_box_deltas": tf.cast(rpn_deltas_map, tf.float32),
+            "rpn_logits_flat": rpn_logits,
+            "rpn_deltas_flat": rpn_deltas,
+            "anchors": anchors,
+        }
+        if not with_proposals:
+            return stage
         pre_nms_top_n, post_nms_top_n = self._proposal_counts(training)
         # generate_proposals stop_gradients its outputs: approximate joint training
         # (Faster R-CNN sec. 3.2), the head treats proposals as fixed inputs.
@@ -251,17 +262,8 @@ class RFCN(keras.Model):
             nms_iou=self.rpn_nms_iou,
             min_size=self.rpn_min_size,
         )
-        return {
-            "head_features": head_features,
-            "rpn_objectness_logits": tf.cast(rpn_logits_map, tf.float32),
-            "rpn_box_deltas": tf.cast(rpn_deltas_map, tf.float32),
-            "rpn_logits_flat": rpn_logits,
-            "rpn_deltas_flat": rpn_deltas,
-            "anchors": anchors,
-            "proposals": proposals,
-            "proposal_scores": scores,
-            "num_proposals": num_proposals,
-        }
+        stage.update(proposals=proposals, proposal_scores=scores, num_proposals=num_proposals)
+        return stage
 
     def call(self, inputs, training=False):
         images = inputs["images"]
@@ -318,7 +320,10 @@ class RFCN(keras.Model):
         gt_boxes = tf.cast(features["gt_boxes"], tf.float32)
         gt_classes = tf.cast(features["gt_classes"], tf.int32)
         gt_mask = tf.cast(features["gt_mask"], tf.bool)
-        stage = self._features_and_proposals(images, image_shapes, training)
+        given_proposals = "proposals" in features
+        stage = self._features_and_proposals(
+            images, image_shapes, training, with_proposals="rfcn" in include and not given_proposals
+        )
         zero = tf.constant(0.0, tf.float32)
         losses = dict.fromkeys(LOSS_NAMES[:-1], zero)
 
@@ -345,7 +350,7 @@ class RFCN(keras.Model):
             )
 
         if "rfcn" in include:
-            if "proposals" in features:
+            if given_proposals:
                 proposals = tf.stop_gradient(tf.cast(features["proposals"], tf.float32))
                 num_proposals = tf.cast(features["num_proposals"], tf.int32)
             else:
