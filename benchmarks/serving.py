@@ -1,0 +1,167 @@
+"""Inference latency of the deployment paths, one image at 600x1000.
+
+Prints a markdown table of per-image latency (median, 90th percentile, min of ``--runs`` timed
+calls after ``--warmup`` untimed ones) for:
+
+  1. in-Python: ``RFCN.detect`` (the model's tf.function) on the already resized and padded
+     image, the way training-time evaluation calls it;
+  2. SavedModel: the export's ``serving_default`` loaded with ``tf.saved_model.load`` (uint8
+     image in, resize + pad + detect + normalize inside the graph);
+  3. onnxruntime (CPU): the same signature converted by ``rfcn_tf.deploy.onnx_export``.
+
+The model is ``--config`` (default: ResNet-50 with random weights on the VOC preset, 20
+classes, test-time 300 RoIs) built with ``psroi_impl="tf"``; the image is the BCCD blood-cell
+JPEG stretched to HxW when present, else a synthetic one; the serving resize is set to
+(H, W) so it is the identity and every path sees the same pixels. TensorFlow and onnxruntime
+both get ``--threads`` intra-op threads. Timings taken while other processes load the CPU are
+noisy: compare rows of one run, not runs.
+
+    python benchmarks/serving.py [--runs 10 --height 600 --width 1000 --skip-onnx]
+        [--config voc07_resnet101 --set model.backbone=resnet50 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+BCCD_IMAGE = "/work/shared/data/BCCD/JPEGImages/BloodImage_00000.jpg"
+DEFAULT_OVERRIDES = ["model.backbone=resnet50", "model.backbone_weights=null"]
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="voc07_resnet101",
+                        help="preset or YAML of the model (default: voc07_resnet101 with "
+                             "--set model.backbone=resnet50 unless --set is given)")
+    parser.add_argument("--set", dest="overrides", action="append", default=None,
+                        metavar="KEY=VALUE", help="config overrides (repeatable)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="training checkpoint to load (default: random weights)")
+    parser.add_argument("--height", type=int, default=600, help="image height, pixels")
+    parser.add_argument("--width", type=int, default=1000, help="image width, pixels")
+    parser.add_argument("--runs", type=int, default=10, help="timed calls per path")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per path first")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="intra-op threads for TensorFlow and onnxruntime (default: CPUs)")
+    parser.add_argument("--skip-onnx", action="store_true", help="no onnxruntime row")
+    return parser.parse_args()
+
+
+def _image(height: int, width: int):
+    import numpy as np
+    from PIL import Image
+
+    if os.path.isfile(BCCD_IMAGE):
+        with Image.open(BCCD_IMAGE) as img:
+            return np.asarray(img.convert("RGB").resize((width, height), Image.BILINEAR))
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.stack([yy * 255 // height, xx * 255 // width, np.full_like(yy, 90)], -1)
+    for _ in range(12):
+        cy, cx, r = rng.integers(0, height), rng.integers(0, width), rng.integers(20, 120)
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = rng.integers(0, 256, 3)
+    return image.astype(np.uint8)
+
+
+def _time(call, *, runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def main() -> None:
+    args = _parse()
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    import numpy as np
+
+    from rfcn_tf.config import load_config
+    from rfcn_tf.export import INPUT_IMAGE, SIGNATURE_IMAGE, export_saved_model
+    from rfcn_tf.model.builder import build_detector
+
+    overrides = args.overrides if args.overrides is not None else DEFAULT_OVERRIDES
+    cfg = load_config(args.config, list(overrides) + ["model.psroi_impl=tf"])
+    num_classes = len(cfg.data.class_names) if cfg.data.class_names else 20
+    if args.checkpoint:
+        from rfcn_tf.evaluate import load_checkpoint_detector
+
+        model, _ = load_checkpoint_detector(cfg, args.checkpoint, num_classes=num_classes,
+                                            dataset_desc="the benchmark")
+    else:
+        model = build_detector(cfg.model, num_classes=num_classes)
+    height, width = args.height, args.width
+    image = _image(height, width)
+    padded = np.zeros((-(-height // 16) * 16, -(-width // 16) * 16, 3), np.uint8)
+    padded[:height, :width] = image
+    padded_t = tf.constant(padded[None])
+    shapes_t = tf.constant([[height, width]], tf.int32)
+    rows = {}
+
+    rows["in-Python `RFCN.detect` (pre-resized, padded input)"] = _time(
+        lambda: model.detect(padded_t, shapes_t)["num_detections"].numpy(),
+        runs=args.runs, warmup=args.warmup)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        path = export_saved_model(model, class_names=[f"c{i}" for i in range(num_classes)],
+                                  out_dir=tmp, model_name="bench", min_size=min(height, width),
+                                  max_size=max(height, width), verify=False)
+        export_s = time.perf_counter() - started
+        loaded = tf.saved_model.load(str(path))
+        serve = loaded.signatures[SIGNATURE_IMAGE]
+        image_t = tf.constant(image[None])
+        rows["SavedModel `serving_default` (uint8 image in)"] = _time(
+            lambda: serve(**{INPUT_IMAGE: image_t})["num_detections"].numpy(),
+            runs=args.runs, warmup=args.warmup)
+        onnx_s = None
+        if not args.skip_onnx:
+            from rfcn_tf.deploy.onnx_export import export_onnx, onnx_session, run_onnx
+
+            started = time.perf_counter()
+            onnx_path = export_onnx(path, output_path=os.path.join(tmp, "model.onnx"))
+            onnx_s = time.perf_counter() - started
+            session = onnx_session(onnx_path, threads=args.threads)
+            batch = image[None]
+            rows["onnxruntime CPU (same signature, ONNX opset 17)"] = _time(
+                lambda: run_onnx(session, batch), runs=args.runs, warmup=args.warmup)
+            import onnxruntime
+
+            ort_version = onnxruntime.__version__
+
+    print(f"TensorFlow {tf.__version__}"
+          + (f", onnxruntime {ort_version}" if not args.skip_onnx else "")
+          + f"; {os.cpu_count()} CPUs, {args.threads} intra-op threads; "
+          f"median of {args.runs} calls after {args.warmup} warm-up calls")
+    print(f"\n### Per-image latency, {cfg.model.backbone} (backbone_weights="
+          f"{cfg.model.backbone_weights}{', checkpoint ' + args.checkpoint if args.checkpoint else ''}"
+          f"), {num_classes} classes, {height}x{width} image, "
+          f"{cfg.model.rpn_post_nms_top_n_test} RoIs, psroi_impl=tf\n")
+    print("| path | median (ms) | p90 (ms) | min (ms) | vs in-Python |")
+    print("|---|---|---|---|---|")
+    base = statistics.median(next(iter(rows.values())))
+    for name, times in rows.items():
+        ordered = sorted(times)
+        p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+        med = statistics.median(times)
+        print(f"| {name} | {med * 1e3:.1f} | {p90 * 1e3:.1f} | {ordered[0] * 1e3:.1f} | "
+              f"{med / base:.2f}x |")
+    print(f"\nExport (trace + save) took {export_s:.1f} s"
+          + (f"; ONNX conversion {onnx_s:.1f} s." if onnx_s is not None else "."))
+
+
+if __name__ == "__main__":
+    main()
