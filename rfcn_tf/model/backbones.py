@@ -422,8 +422,9 @@ def build_backbone(
 
     Args:
         name: `"resnet50"`, `"resnet101"` or `"small"`.
-        weights: None (random init), `"imagenet"` or a local file path (ResNet only; see
-            `load_pretrained_weights`).
+        weights: None (random init), `"imagenet"` (ResNet only) or a local file path (see
+            `load_pretrained_weights`; for "small", a weights file saved from a SmallBackbone
+            of the same configuration).
         freeze_stages: ResNet only; see `ResNetBackbone`.
         small_widths, small_blocks, small_norm: small backbone only; see `SmallBackbone`.
 
