@@ -426,6 +426,11 @@ def _class_names(config: Any, checkpoint: str) -> tuple[list[str], str]:
     return list(info.class_names), f"the {config.data.source} dataset"
 
 
+def _stage(message: str) -> None:
+    """One progress line on stderr per slow step (stdout keeps only the summary)."""
+    print(f"[export {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def _check_checkpoint(checkpoint: str) -> None:
     """Raises naming ``checkpoint`` when no training checkpoint is there."""
     from rfcn_tf.engine.checkpoints import resolve_checkpoint
@@ -462,8 +467,12 @@ def run(args: argparse.Namespace) -> str:
                           f"free: {next_version(out)}) or remove it")
     _check_checkpoint(args.checkpoint)
     names, names_from = _class_names(config, args.checkpoint)
+    _stage(f"building the {config.model.backbone} model ({len(names)} classes) and restoring "
+           f"{args.checkpoint}")
     model, restored = _load_model(config, args.checkpoint, num_classes=len(names))
     min_size, max_size = int(config.data.scales[0]), int(config.data.max_size)
+    _stage(f"tracing and saving {out}/<version>"
+           + ("; then checking it in a fresh Python process" if not args.no_verify else ""))
     path = export_saved_model(model, class_names=names, out_dir=out.parent, model_name=out.name,
                               version=version, min_size=min_size, max_size=max_size,
                               verify=not args.no_verify)
@@ -471,6 +480,7 @@ def run(args: argparse.Namespace) -> str:
     if args.tensorrt:
         from rfcn_tf.deploy.tensorrt import convert_saved_model, dataset_calibration_images
 
+        _stage(f"converting with TF-TRT ({args.tensorrt})")
         calibration = None
         if args.tensorrt == "int8":
             calibration = dataset_calibration_images(config.data, count=args.calibration_images)
@@ -481,6 +491,7 @@ def run(args: argparse.Namespace) -> str:
     if args.onnx:
         from rfcn_tf.deploy.onnx_export import export_onnx, verify_onnx
 
+        _stage(f"converting to ONNX (opset {args.onnx_opset}) and checking it with onnxruntime")
         onnx_path = export_onnx(path, output_path=out.parent / f"{out.name}_onnx" / path.name /
                                 "model.onnx", opset=args.onnx_opset)
         images, described = _onnx_check_images(config)

@@ -72,7 +72,8 @@ def test_cli_exports_the_checkpoint(trained_run, tmp_path, capsys, monkeypatch):
     onnx_file = tmp_path / "export" / "rfcn_onnx" / "1" / "model.onnx"
     assert calls == [("export", out / "1", onnx_file, 18), ("verify", onnx_file, out / "1")]
     lines = captured.out.strip().splitlines()
-    assert len(lines) == 1  # the one-line summary
+    assert len(lines) == 1  # the one-line summary; progress lines go to stderr
+    assert "[export " in captured.err and "fresh Python process" in captured.err
     summary = lines[0]
     assert summary.startswith(f"exported rfcn version 1 to {out / '1'}: 3 classes (from ")
     assert "classes.txt" in summary and "ckpt-7" in summary
@@ -92,7 +93,8 @@ def test_cli_exports_the_checkpoint(trained_run, tmp_path, capsys, monkeypatch):
                  "--checkpoint", str(run / "checkpoints"), "--out", str(out), "--version", "1"])
     assert code == 1
     err = capsys.readouterr().err
-    assert "error: ExportError:" in err and "already exists" in err and "next free: 2" in err
+    assert err.startswith("error: ExportError:")  # refused before any slow step
+    assert "already exists" in err and "next free: 2" in err
 
 
 @pytest.mark.parametrize("args,match", [
