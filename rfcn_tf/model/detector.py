@@ -222,7 +222,7 @@ class RFCN(keras.Model):
         model can `load_weights` without a forward pass. `input_shape` is ignored."""
         rpn_shape, head_shape = (tuple(t.shape) for t in self.backbone.outputs)
         self.rpn_head.build(rpn_shape)
-        self.rfcn_head.build(head_shape, None)
+        self.rfcn_head.build(head_shape, (None, None, 4))
         self.built = True
 
     # ------------------------------------------------------------------ forward pieces
@@ -385,7 +385,7 @@ class RFCN(keras.Model):
         return {name: losses[name] for name in LOSS_NAMES}
 
     # ------------------------------------------------------------------ inference
-    @tf.function(input_signature=[_IMAGES_SPEC, _SHAPES_SPEC], reduce_retracing=True)
+    @tf.function(input_signature=[_IMAGES_SPEC, _SHAPES_SPEC])
     def detect(self, images, image_shapes):
         """Detections of a batch (one graph for every image size and batch size).
 

@@ -173,8 +173,8 @@ class RFCNHead(keras.layers.Layer):
         box_deltas = tf.ensure_shape(box_deltas, [None, None, 4])
         return class_logits, box_deltas
 
-    def compute_output_shape(self, features_shape, rois_shape):
-        prefix = tuple(rois_shape[:2])
+    def compute_output_shape(self, features_shape, rois_shape=None):
+        prefix = (None, None) if rois_shape is None else tuple(rois_shape[:2])
         return prefix + (self.num_classes + 1,), prefix + (4,)
 
     def get_config(self):

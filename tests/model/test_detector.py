@@ -335,6 +335,9 @@ def test_build_detector_maps_every_model_config_field():
     assert model.anchor_scales == [24.0, 48.0]
     result = model.detect(make_images(1, 64, 64), tf.constant([[64, 64]], tf.int32))
     assert tuple(result["detection_boxes"].shape) == (1, cfg.max_detections, 4)
+    lines = []
+    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+    assert any("rfcn_head" in line for line in lines)
 
 
 def test_build_detector_resnet_and_errors(tmp_path):
