@@ -79,6 +79,7 @@ def in_python(run):
     return metrics, out
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_matches_in_python_evaluation(run, in_python):
     out = str(run["root"] / "cli_out")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
