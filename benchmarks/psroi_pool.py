@@ -3,14 +3,16 @@
 Workload (the R-FCN head at 600 x 1000, stride 16): features 1 x 38 x 63 x (7*7*21), k = 7,
 C = 21, RoIs of 32 to 400 px inside the 600 x 1000 image, R = 300 and R = 2000; both modes.
 Every measured call is a tf.function (forward, and forward + backward through a GradientTape,
-returning both the output and the gradient), warmed up first; the implementations run in turn
-within each repetition (so load changes on a shared machine hit both alike); the table shows
-medians of `--repeats` runs in milliseconds, wall clock and process CPU time (all threads), and
-the ratios custom / twin (target: <= 0.33 in every row). Wall times taken while other processes
-load the CPU are noisy (a descheduled worker thread stalls a whole op): compare within one run,
-and prefer the CPU-time ratio on a shared machine.
+returning both the output and the gradient), warmed up first. The implementations run in
+alternating rounds of `--repeats` calls each (warm caches within a round; load changes on a
+shared machine hit both alike); the table shows medians of all `--rounds` x `--repeats` runs in
+milliseconds, wall clock and process CPU time (all threads), and the ratios custom / twin
+(target: <= 0.33 in every row). Wall times taken while other processes load the CPU are noisy (a
+descheduled worker thread stalls a whole op): compare within one run, and prefer the CPU-time
+ratio on a shared machine.
 
-    python benchmarks/psroi_pool.py [--repeats 15] [--warmup 3] [--rois 300 2000] [--threads N]
+    python benchmarks/psroi_pool.py [--rounds 3] [--repeats 7] [--warmup 3] [--rois 300 2000]
+                                    [--threads N]
 """
 
 from __future__ import annotations
@@ -69,26 +71,30 @@ def build_functions(impl: str, mode: str):
     return forward, forward_backward
 
 
-def interleaved_medians_ms(fns: dict, repeats: int, warmup: int) -> dict:
-    """{name: (median wall ms, median process-CPU ms)} of each zero-argument callable. The
-    callables run in turn within each repetition, so a load change on a shared machine affects
-    them alike; CPU time (all threads of this process) is the less load-sensitive measure."""
+def interleaved_medians_ms(fns: dict, rounds: int, repeats: int, warmup: int) -> dict:
+    """{name: (median wall ms, median process-CPU ms)} of each zero-argument callable.
+
+    Each round runs every callable `repeats` times in a block (warm caches, as in a training
+    loop); the rounds alternate the callables, so a load change on a shared machine affects them
+    alike. CPU time (all threads of this process) is the less load-sensitive measure."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     wall = {name: [] for name in fns}
     cpu = {name: [] for name in fns}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for name, fn in fns.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            cpu[name].append(time.process_time() - start_cpu)
-            wall[name].append(time.perf_counter() - start)
+            fn()  # re-warm after the other callables
+            for _ in range(repeats):
+                start, start_cpu = time.perf_counter(), time.process_time()
+                fn()
+                cpu[name].append(time.process_time() - start_cpu)
+                wall[name].append(time.perf_counter() - start)
     return {name: (1000.0 * statistics.median(wall[name]), 1000.0 * statistics.median(cpu[name]))
             for name in fns}
 
 
-def measure(mode: str, num_rois: int, repeats: int, warmup: int) -> dict:
+def measure(mode: str, num_rois: int, rounds: int, repeats: int, warmup: int) -> dict:
     """{(impl, "fwd" | "fwd_bwd"): median ms} for impl in ("tf", "custom")."""
     features, rois, grad = make_inputs(num_rois)
     fns = {}
@@ -97,13 +103,16 @@ def measure(mode: str, num_rois: int, repeats: int, warmup: int) -> dict:
         fns[(impl, "fwd")] = lambda fwd=forward: fwd(features, rois).numpy()
         fns[(impl, "fwd_bwd")] = lambda fb=forward_backward: [
             t.numpy() for t in fb(features, rois, grad)]
-    return interleaved_medians_ms(fns, repeats, warmup)
+    return interleaved_medians_ms(fns, rounds, repeats, warmup)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=15,
-                        help="timed runs per cell; the median is reported (default 15)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds alternating the implementations (default 3)")
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="timed runs per implementation and round; the median over all "
+                             "rounds is reported (default 7)")
     parser.add_argument("--warmup", type=int, default=3,
                         help="untimed runs first: tracing and caches (default 3)")
     parser.add_argument("--rois", type=int, nargs="+", default=[300, 2000],
@@ -122,14 +131,14 @@ def main(argv=None) -> int:
           f"C={NUM_CLASSES}, RoIs 32..400 px in {IMAGE_H}x{IMAGE_W}; TensorFlow "
           f"{tf.__version__}, intra-op threads "
           f"{tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}; "
-          f"medians of {args.repeats} runs\n")
+          f"medians of {args.rounds} x {args.repeats} runs\n")
     print("| impl | mode | R | fwd ms | fwd+bwd ms | fwd CPU ms | fwd+bwd CPU ms "
           "| custom/twin wall (fwd, fwd+bwd) | custom/twin CPU (fwd, fwd+bwd) |")
     print("|---|---|---|---|---|---|---|---|---|")
     worst = {"wall": 0.0, "cpu": 0.0}
     for mode in ("avg", "bilinear"):
         for num_rois in args.rois:
-            ms = measure(mode, num_rois, args.repeats, args.warmup)
+            ms = measure(mode, num_rois, args.rounds, args.repeats, args.warmup)
             ratios = {}
             for kind, index in (("wall", 0), ("cpu", 1)):
                 ratios[kind] = [ms[("custom", part)][index] / ms[("tf", part)][index]
