@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from rfcn_tf.engine.loop import Hook, TrainLoop
+from rfcn_tf.engine.loop import Hook, NonFiniteLossError, TrainLoop
 
 __all__ = [
     "CheckpointHook",
@@ -34,6 +34,7 @@ __all__ = [
     "ProgressHook",
     "SummaryHook",
     "format_duration",
+    "non_finite_variables",
     "write_images",
     "write_scalar",
 ]
@@ -105,8 +106,26 @@ class _Throughput:
         return float(np.mean(self.times)) if self.times else None
 
 
+def non_finite_variables(variables) -> list[str]:
+    """Paths of the variables holding a NaN or Inf (all float variables are checked)."""
+    floats = [v for v in variables if tf.as_dtype(v.dtype).is_floating]
+    if not floats:
+        return []
+    flags = _all_finite([v.value if hasattr(v, "value") else v for v in floats])
+    return [getattr(v, "path", v.name) for v, ok in zip(floats, flags.numpy()) if not ok]
+
+
+@tf.function(reduce_retracing=True)
+def _all_finite(values):
+    return tf.stack([tf.reduce_all(tf.math.is_finite(tf.cast(v, tf.float32))) for v in values])
+
+
 class CheckpointHook(Hook):
     """Saves ``manager``'s checkpoint every ``every`` steps and at the end (keeps its max_to_keep).
+
+    Before each save the model's variables are checked: a NaN/Inf anywhere (BatchNorm moving
+    statistics can overflow while the loss is still finite) raises ``NonFiniteLossError``
+    instead of overwriting the last good checkpoint.
 
     Args:
       manager: a ``tf.train.CheckpointManager`` over the training checkpoint (model, optimizer,
@@ -115,10 +134,12 @@ class CheckpointHook(Hook):
       save_at_end: also save after the last step (if that step was not just saved).
       discard: remove the manager's directory after each save (non-chief workers of a
         multi-worker run: they must take part in the save but their copy is not kept).
+      check_variables: variables that must be finite for a save (default: the checkpoint's
+        ``model`` variables when it has one).
     """
 
     def __init__(self, manager: tf.train.CheckpointManager, *, every: int, save_at_end: bool = True,
-                 discard: bool = False):
+                 discard: bool = False, check_variables=None):
         if every < 0:
             raise ValueError(f"checkpoint interval must be >= 0 steps, got {every}")
         self.manager = manager
@@ -127,8 +148,22 @@ class CheckpointHook(Hook):
         self.discard = discard
         self.last_saved_step: Optional[int] = None
         self.last_path: Optional[str] = None
+        if check_variables is None:
+            model = getattr(manager.checkpoint, "model", None)
+            check_variables = list(model.weights) if model is not None else []
+        self.check_variables = list(check_variables)
 
     def _save(self, step: int) -> None:
+        bad = non_finite_variables(self.check_variables)
+        if bad:
+            latest = self.manager.latest_checkpoint
+            where = (f"The last good checkpoint is {latest} (not overwritten)." if latest
+                     else "No checkpoint was written yet.")
+            raise NonFiniteLossError(
+                f"non-finite model weights at step {step} (the losses were finite): "
+                f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Training stopped. {where} "
+                f"Lower train.lr, raise train.warmup_steps or set train.clip_norm.",
+                step=step, losses={})
         self.last_path = self.manager.save(checkpoint_number=step)
         self.last_saved_step = step
         if self.discard:

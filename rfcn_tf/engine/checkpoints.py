@@ -24,9 +24,12 @@ import tensorflow as tf
 __all__ = [
     "CheckpointError",
     "CheckpointMeta",
+    "check_num_classes",
+    "checkpoint_exists",
     "read_checkpoint_meta",
     "resolve_checkpoint",
     "restore_model_weights",
+    "snapshot_prefix",
 ]
 
 _VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"

@@ -14,7 +14,7 @@ import tensorflow as tf
 from engine_standin import TinyDetector, dataset_fn
 from rfcn_tf.engine.callbacks import (CheckpointHook, ImageSummaryHook, LoggingHook, ProgressHook,
                                       SummaryHook, format_duration)
-from rfcn_tf.engine.loop import TrainLoop
+from rfcn_tf.engine.loop import Hook, NonFiniteLossError, TrainLoop
 from rfcn_tf.engine.optimizer import build_optimizer
 from rfcn_tf.engine.train_step import build_train_step
 
@@ -140,3 +140,24 @@ def test_format_duration():
     assert format_duration(65) == "1:05"
     assert format_duration(3725.2) == "1:02:05"
     assert format_duration(-3) == "0:00"
+
+
+def test_checkpoint_hook_refuses_non_finite_weights(tmp_path):
+    """BatchNorm statistics can overflow while the loss is finite: no save from such weights."""
+    model = TinyDetector(batch_norm=True)
+    loop, optimizer, counter = _loop(model, [], end_step=4)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=counter)
+    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=3)
+    hook = CheckpointHook(manager, every=2)
+
+    class Poison(Hook):
+        def after_step(self, loop, step, logs):
+            if step == 3:
+                model.backbone.get_layer("bn").moving_variance.assign(np.full([8], np.inf))
+
+    loop.hooks = [hook, Poison()]
+    with pytest.raises(NonFiniteLossError, match=r"non-finite model weights at step 4 \(the losses "
+                       r"were finite\): backbone/bn/moving_variance.*ckpt-2 \(not overwritten\)"):
+        loop.run()
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-2")
+    assert not glob.glob(str(tmp_path / "ckpt-4*"))
