@@ -495,9 +495,9 @@ def run(args: argparse.Namespace) -> str:
         onnx_path = export_onnx(path, output_path=out.parent / f"{out.name}_onnx" / path.name /
                                 "model.onnx", opset=args.onnx_opset)
         images, described = _onnx_check_images(config)
-        diff = verify_onnx(onnx_path, path, images=images)
-        extras.append(f"ONNX at {onnx_path} (onnxruntime matches on {described}, max |diff| "
-                      f"{diff:.1e})")
+        comparison = verify_onnx(onnx_path, path, images=images)
+        extras.append(f"ONNX at {onnx_path} (onnxruntime matches on {described}: "
+                      f"{comparison.describe()})")
     return (f"exported {out.name} version {path.name} to {path}: {len(names)} classes (from "
             f"{names_from}), config {config_from}, weights {restored}, resize "
             f"{min_size}/{max_size}"

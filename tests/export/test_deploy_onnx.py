@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from export_helpers import synthetic_image
 from rfcn_tf.deploy.onnx_export import (
-    OnnxConversionError, OnnxMismatchError, compare_detections, export_onnx,
+    OnnxComparison, OnnxConversionError, OnnxMismatchError, compare_detections, export_onnx,
     fix_loop_carried_types, onnx_session, run_onnx, verify_onnx)
 
 
@@ -39,8 +39,9 @@ def test_same_detections_without_resize_rounding(onnx_path, exported, jpeg_image
     pixels, so the detections agree to float32 round-off (measured about 1e-6)."""
     if jpeg_image.shape[:2] != (480, 640):
         pytest.skip("needs the 640x480 BCCD image")
-    worst = verify_onnx(onnx_path, exported, images=[jpeg_image[None]], atol=1e-5)
-    assert worst < 1e-5
+    result = verify_onnx(onnx_path, exported, images=[jpeg_image[None]], atol=1e-5)
+    assert result.detections > 0 and result.tie_swaps == 0
+    assert result.max_abs_diff < 1e-5
 
 
 def test_same_detections_on_other_sizes(onnx_path, exported, jpeg_image):
@@ -54,8 +55,9 @@ def test_same_detections_on_other_sizes(onnx_path, exported, jpeg_image):
     for image in images:  # real comparisons: each image yields detections
         out = loaded.signatures["serving_default"](input_tensor=tf.constant(image))
         assert out["num_detections"].numpy()[0] > 0
-    worst = verify_onnx(onnx_path, exported, images=images, atol=1e-3)
-    assert worst < 1e-3
+    result = verify_onnx(onnx_path, exported, images=images, atol=1e-3)
+    assert result.detections > 0 and result.tie_swaps == 0
+    assert result.max_abs_diff < 1e-3
 
 
 def test_verify_reports_a_mismatch(onnx_path, exported, jpeg_image):
@@ -65,10 +67,22 @@ def test_verify_reports_a_mismatch(onnx_path, exported, jpeg_image):
     loaded = tf.saved_model.load(str(exported))
     expected = {k: v.numpy() for k, v in
                 loaded.signatures["serving_default"](input_tensor=tf.constant(image)).items()}
-    assert compare_detections(expected, actual, atol=1e-3) < 1e-3
+    result = compare_detections(expected, actual, atol=1e-3)
+    n = int(expected["num_detections"][0])
+    assert result.detections == n >= 8 and result.max_abs_diff < 1e-3
+    # Every box moved, scores kept: not NMS ties but wrong boxes.
     moved = dict(actual, detection_boxes=actual["detection_boxes"] + 0.01)
-    with pytest.raises(OnnxMismatchError, match="has no ONNX match"):
+    with pytest.raises(OnnxMismatchError, match=f"{n} of {n} detections match only by class"):
         compare_detections(expected, moved, atol=1e-3)
+    # One box moved, its score kept: counted as a tie swap.
+    one_moved = {k: v.copy() for k, v in actual.items()}
+    one_moved["detection_boxes"][0, 3] += 0.05
+    assert compare_detections(expected, one_moved, atol=1e-3).tie_swaps == 1
+    # One score changed: no partner at all.
+    rescored = {k: v.copy() for k, v in actual.items()}
+    rescored["detection_scores"][0, 2] -= 0.01
+    with pytest.raises(OnnxMismatchError, match="detection 2 .* has no ONNX match"):
+        compare_detections(expected, rescored, atol=1e-3)
     fewer = dict(actual, num_detections=actual["num_detections"] - 1)
     with pytest.raises(OnnxMismatchError, match="num_detections"):
         compare_detections(expected, fewer, atol=1e-3)
@@ -81,7 +95,7 @@ def test_swapped_ties_still_match():
             "num_detections": np.array([2.0])}
     swapped = {k: v.copy() for k, v in base.items()}
     swapped["detection_boxes"][0, [0, 1]] = base["detection_boxes"][0, [1, 0]]
-    assert compare_detections(base, swapped, atol=1e-6) == 0.0
+    assert compare_detections(base, swapped, atol=1e-6) == OnnxComparison(0.0, 2, 0)
 
 
 # --------------------------------------------------------- tf2onnx pitfalls, pinned small

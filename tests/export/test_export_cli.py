@@ -58,7 +58,7 @@ def test_cli_exports_the_checkpoint(trained_run, tmp_path, capsys, monkeypatch):
 
     def fake_verify(onnx_path, saved_model_dir, *, images):
         calls.append(("verify", onnx_path, saved_model_dir))
-        return 2.5e-7
+        return onnx_export.OnnxComparison(2.5e-7, 10, 1)
 
     monkeypatch.setattr(onnx_export, "export_onnx", fake_export)
     monkeypatch.setattr(onnx_export, "verify_onnx", fake_verify)
@@ -79,7 +79,7 @@ def test_cli_exports_the_checkpoint(trained_run, tmp_path, capsys, monkeypatch):
     assert "classes.txt" in summary and "ckpt-7" in summary
     assert "verified (stock ops, both signatures run)" in summary
     assert f"ONNX at {onnx_file} (onnxruntime matches on " in summary
-    assert "max |diff| 2.5e-07" in summary
+    assert "max |diff| 2.5e-07 over 10 detections, 1 of them kept another box" in summary
 
     assert (out / "1" / "assets" / "labels.txt").read_text().splitlines() == CLASS_NAMES
     loaded = tf.saved_model.load(str(out / "1"))
