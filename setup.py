@@ -94,6 +94,14 @@ def _tensorflow_requirement() -> str:
     return f"tensorflow-cpu{TF_RANGE}"
 
 
+def _build_op() -> bool:
+    """False when RFCN_TF_BUILD_OP=0: no extension at all (a pure-Python install)."""
+    if _flag("RFCN_TF_BUILD_OP", "1") in ("0", "false", "no", "off"):
+        print("RFCN_TF_BUILD_OP=0: not compiling the PS-RoI pooling op")
+        return False
+    return True
+
+
 def _version() -> str:
     with open(os.path.join(HERE, "rfcn_tf", "__init__.py"), encoding="utf-8") as f:
         match = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M)
@@ -128,9 +136,6 @@ class BuildPsRoiPoolOp(build_ext):
         if ext.name != OP_EXT_NAME:
             return super().build_extension(ext)
         output = os.path.abspath(self.get_ext_fullpath(ext.name))
-        if _flag("RFCN_TF_BUILD_OP", "1") in ("0", "false", "no", "off"):
-            print("RFCN_TF_BUILD_OP=0: not compiling the PS-RoI pooling op")
-            return
         sources = [os.path.join(HERE, s) for s in CXX_SOURCES + CUDA_SOURCES + OP_HEADERS]
         if (not self.force and os.path.exists(output)
                 and os.path.getmtime(output) >= max(map(os.path.getmtime, sources))):
@@ -240,7 +245,7 @@ class PlatformWheel(bdist_wheel):
 
     def finalize_options(self):
         super().finalize_options()
-        self.root_is_pure = False
+        self.root_is_pure = not self.distribution.ext_modules
 
 
 def _long_description() -> str:
@@ -261,7 +266,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["rfcn_tf", "rfcn_tf.*"]),
     ext_modules=[Extension(OP_EXT_NAME, sources=CXX_SOURCES + CUDA_SOURCES,
-                           depends=OP_HEADERS)],
+                           depends=OP_HEADERS)] if _build_op() else [],
     cmdclass={"build_ext": BuildPsRoiPoolOp, "bdist_wheel": PlatformWheel},
     install_requires=[
         _tensorflow_requirement(),
