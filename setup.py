@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 try:
     from setuptools.command.bdist_wheel import bdist_wheel
@@ -240,6 +241,21 @@ class BuildPsRoiPoolOp(build_ext):
         return has_nvcc and tf.test.is_built_with_cuda()
 
 
+class BuildPyWithPresets(build_py):
+    """Copies configs/*.yaml into the built package as rfcn_tf/configs/, so a wheel install
+    finds the presets (rfcn_tf.config searches the checkout's configs/ first, then this copy)."""
+
+    def run(self):
+        super().run()
+        if self.editable_mode:  # an editable install reads the checkout's configs/ directly
+            return
+        target = os.path.join(self.build_lib, "rfcn_tf", "configs")
+        os.makedirs(target, exist_ok=True)
+        for name in sorted(os.listdir(os.path.join(HERE, "configs"))):
+            if name.endswith(".yaml"):
+                self.copy_file(os.path.join(HERE, "configs", name), os.path.join(target, name))
+
+
 class PlatformWheel(bdist_wheel):
     """The wheel carries a compiled .so: platform-tagged, never pure."""
 
@@ -267,7 +283,8 @@ setup(
     packages=find_packages(include=["rfcn_tf", "rfcn_tf.*"]),
     ext_modules=[Extension(OP_EXT_NAME, sources=CXX_SOURCES + CUDA_SOURCES,
                            depends=OP_HEADERS)] if _build_op() else [],
-    cmdclass={"build_ext": BuildPsRoiPoolOp, "bdist_wheel": PlatformWheel},
+    cmdclass={"build_ext": BuildPsRoiPoolOp, "build_py": BuildPyWithPresets,
+              "bdist_wheel": PlatformWheel},
     install_requires=[
         _tensorflow_requirement(),
         "keras>=3",
