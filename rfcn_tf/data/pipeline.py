@@ -196,7 +196,8 @@ def _make_prepare(*, training, scales, eval_scale, max_size, max_boxes, random_f
                         else scales[0])
         else:
             min_size = eval_scale
-        image, _ = transforms.resize_image(image, min_size=min_size, max_size=max_size)
+        image, _ = transforms.resize_image_if_needed(image, min_size=min_size,
+                                                     max_size=max_size)
         if training and random_flip:
             image, boxes, _ = transforms.random_horizontal_flip(image, boxes, seed=seeds[1])
         if training and photometric:

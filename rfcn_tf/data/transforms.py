@@ -24,6 +24,8 @@ import tensorflow as tf
 
 __all__ = [
     "resize_image",
+    "resized_shape",
+    "resize_image_if_needed",
     "pad_to_multiple",
     "random_horizontal_flip",
     "flip_boxes_horizontally",
@@ -52,13 +54,42 @@ def resize_image(image: tf.Tensor, *, min_size, max_size):
     image = tf.convert_to_tensor(image)
     if image.shape.rank is not None and image.shape.rank != 3:
         raise ValueError(f"resize_image takes one image [H, W, 3], got shape {image.shape}")
-    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    new_hw, scale = resized_shape(tf.shape(image)[:2], min_size=min_size, max_size=max_size)
+    resized = tf.image.resize(image, new_hw, method="bilinear")
+    resized = tf.saturate_cast(tf.round(resized), tf.uint8)
+    return tf.ensure_shape(resized, [None, None, 3]), scale
+
+
+def resized_shape(image_shape, *, min_size, max_size):
+    """The (height, width) `resize_image` produces for an image of `image_shape`.
+
+    Args:
+      image_shape: int [2] (H0, W0).
+      min_size, max_size: as in `resize_image`.
+
+    Returns:
+      (int32 [2] (H, W), scale float32 []).
+    """
+    hw = tf.cast(image_shape, tf.float32)
     min_size = tf.cast(min_size, tf.float32)
     max_size = tf.cast(max_size, tf.float32)
     scale = tf.minimum(min_size / tf.reduce_min(hw), max_size / tf.reduce_max(hw))
     new_hw = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), 1)
-    resized = tf.image.resize(image, new_hw, method="bilinear")
-    resized = tf.saturate_cast(tf.round(resized), tf.uint8)
+    return new_hw, scale
+
+
+def resize_image_if_needed(image: tf.Tensor, *, min_size, max_size):
+    """`resize_image`, skipping the resampling when the size does not change.
+
+    Bilinear resampling to the same size is the identity, so the output equals
+    `resize_image`'s; the input pipeline uses this to save a full-image pass (shapes drawn at
+    the training size). Same arguments and returns as `resize_image`.
+    """
+    image = tf.convert_to_tensor(image)
+    new_hw, scale = resized_shape(tf.shape(image)[:2], min_size=min_size, max_size=max_size)
+    same = tf.reduce_all(tf.equal(new_hw, tf.shape(image)[:2]))
+    resized = tf.cond(same, lambda: tf.identity(image),
+                      lambda: resize_image(image, min_size=min_size, max_size=max_size)[0])
     return tf.ensure_shape(resized, [None, None, 3]), scale
 
 

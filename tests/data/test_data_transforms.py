@@ -39,6 +39,16 @@ def test_resize_size_follows_formula(height, width, min_size, max_size, expected
     assert scale.dtype == tf.float32 and abs(float(scale) - reference) < 1e-6
 
 
+@pytest.mark.parametrize("min_size, max_size", [(32, 100), (64, 100), (16, 1000), (32, 40)])
+def test_resize_if_needed_equals_resize(min_size, max_size):
+    image = np.random.default_rng(1).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    expected, expected_scale = transforms.resize_image(image, min_size=min_size,
+                                                       max_size=max_size)
+    got, scale = transforms.resize_image_if_needed(image, min_size=min_size, max_size=max_size)
+    np.testing.assert_array_equal(got.numpy(), expected.numpy())
+    assert float(scale) == float(expected_scale)
+
+
 def test_resize_identity_keeps_pixels_and_accepts_tensor_sizes():
     image = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
     resized, scale = transforms.resize_image(image, min_size=tf.constant(32), max_size=100)

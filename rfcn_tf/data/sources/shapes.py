@@ -30,6 +30,7 @@ Splits: `train` is an endless stream (stream 0, index 0, 1, 2, ...); `validation
 from __future__ import annotations
 
 import math
+import sys
 from typing import Optional, Sequence
 
 import tensorflow as tf
@@ -38,7 +39,7 @@ from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.sources.base import DatasetInfo
 from rfcn_tf.ops import boxes as box_ops
 
-__all__ = ["KNOWN_SHAPES", "TRAIN_SPLITS", "VAL_SPLITS", "generate_shapes_image",
+__all__ = ["KNOWN_SHAPES", "TRAIN_SPLITS", "VAL_SPLITS", "generate_shapes_image", "noise_tile",
            "shapes_source", "from_config"]
 
 KNOWN_SHAPES = ("circle", "square", "triangle", "ring", "cross", "diamond")
@@ -77,9 +78,28 @@ def _uniform(seed, shape, low, high):
     return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high, dtype=tf.float32)
 
 
+# Background value ranges (uint8, per channel) and the texture's amplitude: light backgrounds
+# stay >= 155 - 45 = 110 and dark ones <= 100 + 45 = 145, while shape colors on them are <= 102
+# (value <= 0.4) and >= 191 (value >= 0.75) in their brightest channel: a shape never has a
+# background color, and all sums stay inside 0..255 without clipping.
+_LIGHT_BASE, _DARK_BASE = (155.0, 200.0), (55.0, 100.0)
+_TEXTURE_AMPLITUDE = 45.0
+
+
+def noise_tile(image_size: int, seed: int) -> tf.Tensor:
+    """float32 [2S, 2S] uniform noise in [-1, 1]; each image reads a random S x S crop of it.
+
+    Drawing per-pixel Philox noise for every image costs more than the rest of the image at
+    600 px; a fixed tile, deterministic in `seed`, shifted per image, looks the same to a detector.
+    """
+    return tf.random.stateless_uniform([2 * image_size, 2 * image_size],
+                                       tf.constant([seed, 7919], tf.int64), minval=-1.0,
+                                       maxval=1.0)
+
+
 def generate_shapes_image(seed: tf.Tensor, *, image_size: int, classes: Sequence[str],
                           min_objects: int, max_objects: int, min_size: float, max_size: float,
-                          max_overlap_iou: float):
+                          max_overlap_iou: float, noise: Optional[tf.Tensor] = None):
     """Draws one image of the shapes dataset.
 
     Args:
@@ -89,34 +109,48 @@ def generate_shapes_image(seed: tf.Tensor, *, image_size: int, classes: Sequence
       min_objects, max_objects: inclusive range of objects attempted (K = max_objects slots).
       min_size, max_size: side of a shape as a fraction of S.
       max_overlap_iou: the largest IoU allowed between two objects' boxes.
+      noise: `noise_tile(S, ...)` ([2S, 2S] float32); None draws one from seed 0.
 
     Returns:
       image uint8 [S, S, 3] RGB; boxes float32 [N, 4] normalized yxyx, tight on each mask;
       labels int32 [N] in 0..C-1.
+
+    Everything works on [S, S] planes (one per channel, stacked at the end) and every shape only
+    inside its box's window: TF's CPU kernels are several times slower when they broadcast
+    over a trailing channel axis.
     """
     S, K, T, C = int(image_size), int(max_objects), _PLACEMENT_TRIES, len(classes)
     size_f = float(S)
+    if noise is None:
+        noise = noise_tile(S, 0)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=12)
 
-    # --- background: flat base color, light or dark, plus gradient, stripes and noise
+    # --- background texture F [S, S] in [-A, A]: gradient + stripes + noise
     light = _uniform(seeds[0], [], 0.0, 1.0) < 0.5
-    base = tf.where(light, _uniform(seeds[1], [3], 165.0, 235.0),
-                    _uniform(seeds[1], [3], 20.0, 95.0))
+    base = tf.where(light, _uniform(seeds[1], [3], *_LIGHT_BASE),
+                    _uniform(seeds[1], [3], *_DARK_BASE))
     ys = tf.range(S, dtype=tf.float32)[:, None] + 0.5  # [S, 1] pixel centers
     xs = tf.range(S, dtype=tf.float32)[None, :] + 0.5  # [1, S]
     p = _uniform(seeds[2], [8], 0.0, 1.0)
     theta = 2.0 * math.pi * p[0]
-    ramp = (ys * tf.sin(theta) + xs * tf.cos(theta)) / size_f - 0.5  # [S, S] in about [-1, 1]
-    channel_mix = 0.5 + 0.5 * _uniform(seeds[3], [3], 0.0, 1.0)
+    gradient_amp = 20.0 * p[1]
+    # (y sin + x cos) / S - 0.5 lies in about [-1, 1]
+    gradient = (ys * (gradient_amp * tf.sin(theta) / size_f) - gradient_amp * 0.5
+                + xs * (gradient_amp * tf.cos(theta) / size_f))  # [S, S]
     # Stripes sin(a y + b x) = sin(a y) cos(b x) + cos(a y) sin(b x): sines of S values only.
     phi = 2.0 * math.pi * p[2]
     freq = 2.0 * math.pi / (6.0 + 24.0 * p[3])  # period 6..30 pixels
     stripe_amp = tf.cast(p[4] < 0.5, tf.float32) * (5.0 + 10.0 * p[5])
     ay, bx = ys * (freq * tf.sin(phi)), xs * (freq * tf.cos(phi))
-    stripes = stripe_amp * (tf.sin(ay) * tf.cos(bx) + tf.cos(ay) * tf.sin(bx))  # [S, S]
-    noise = _uniform(seeds[4], [S, S], -1.0, 1.0) * (3.0 + 9.0 * p[6])  # luminance noise
-    field = (stripes + noise)[..., None]  # [S, S, 1]
-    background = base + (40.0 * p[1]) * ramp[..., None] * channel_mix + field  # [S, S, 3]
+    stripes = (tf.sin(ay) * stripe_amp) * tf.cos(bx) + (tf.cos(ay) * stripe_amp) * tf.sin(bx)
+    offset = tf.random.stateless_uniform([2], seeds[3], minval=0, maxval=S, dtype=tf.int32)
+    grain = noise[offset[0]:offset[0] + S, offset[1]:offset[1] + S] * (3.0 + 9.0 * p[6])
+    texture = tf.clip_by_value(gradient + stripes + grain, -_TEXTURE_AMPLITUDE,
+                               _TEXTURE_AMPLITUDE)
+    # uint8 planes: (texture + A) + (base - A), both >= 0, sum <= 245.
+    texture_u8 = tf.cast(texture + (_TEXTURE_AMPLITUDE + 0.5), tf.uint8)
+    base_u8 = tf.cast(tf.round(base) - _TEXTURE_AMPLITUDE, tf.uint8)
+    planes = [texture_u8 + base_u8[c] for c in range(3)]
 
     # --- placement: K slots, T candidates each, greedy first-fit under the IoU limit
     count = tf.random.stateless_uniform([], seeds[5], minval=min_objects, maxval=max_objects + 1,
@@ -146,12 +180,12 @@ def generate_shapes_image(seed: tf.Tensor, *, image_size: int, classes: Sequence
                            + _GOLDEN * tf.range(K, dtype=tf.float32), 1.0)
     sat = _uniform(seeds[10], [K], 0.6, 1.0)
     val = tf.where(light, _uniform(seeds[11], [K], 0.1, 0.4), _uniform(seeds[11], [K], 0.75, 1.0))
-    colors = tf.image.hsv_to_rgb(tf.stack([hue, sat, val], axis=-1)) * 255.0  # [K, 3]
+    colors = tf.image.hsv_to_rgb(tf.stack([hue, sat, val], axis=-1))  # [K, 3] in [0, 1]
+    colors = tf.cast(tf.round(colors * 255.0), tf.uint8)
 
-    # --- rasterize, largest first, each mask only inside its box's pixel window; `painted`
-    # holds the slot that colors each pixel (-1: background). Boxes are tight on the masks.
+    # --- rasterize, largest first, each mask only inside its box's pixel window; boxes are the
+    # tight boxes of the masks.
     order = tf.argsort(tf.where(slot_valid, slot_side, -1.0), direction="DESCENDING")
-    painted = tf.fill([S, S], -1)
     boxes, labels, keep = [], [], []
     no = tf.zeros([1], tf.bool)
     for j in range(K):
@@ -180,15 +214,31 @@ def generate_shapes_image(seed: tf.Tensor, *, image_size: int, classes: Sequence
         boxes.append(tf.cast(tight, tf.float32) / size_f)
         labels.append(slot_kind[k])
         keep.append(tf.reduce_any(rows))
-        full = tf.pad(mask, [[r0, S - r1], [c0, S - c1]])  # [S, S]
-        painted = tf.where(full, k, painted)
+        begin, end = tf.stack([r0, c0]), tf.stack([r1, c1])
+        for c in range(3):
+            window = tf.where(mask, colors[k, c], planes[c][r0:r1, c0:c1])
+            planes[c] = tf.raw_ops.TensorStridedSliceUpdate(
+                input=planes[c], begin=begin, end=end, strides=[1, 1], value=window)
     keep = tf.stack(keep)
     boxes = tf.boolean_mask(tf.stack(boxes), keep)
     labels = tf.boolean_mask(tf.stack(labels), keep)
-    palette = tf.concat([tf.zeros([1, 3]), colors], axis=0)  # row 0: background placeholder
-    image = tf.where(painted[..., None] >= 0, tf.gather(palette, painted + 1), background)
-    image = tf.saturate_cast(tf.round(image), tf.uint8)
+    image = _interleave_rgb(planes, S)
     return image, boxes, labels
+
+
+def _interleave_rgb(planes, size: int) -> tf.Tensor:
+    """Three uint8 [S, S] planes -> uint8 [S, S, 3].
+
+    The planes are packed into the bytes of one int32 per pixel and bitcast to 4 bytes: about
+    3x faster than tf.stack(axis=-1) on this CPU, and unlike a uint8 transpose it does not make
+    oneDNN log an error line. The byte order of the bitcast follows the machine's.
+    """
+    # Memory order of the 4 bytes of each word must read (r, g, b, 0).
+    shifts = (0, 8, 16) if sys.byteorder == "little" else (24, 16, 8)
+    words = tf.zeros([size, size], tf.int32)
+    for plane, shift in zip(planes, shifts):
+        words = tf.bitwise.bitwise_or(words, tf.bitwise.left_shift(tf.cast(plane, tf.int32), shift))
+    return tf.reshape(tf.bitcast(words, tf.uint8), [size, size, 4])[..., :3]
 
 
 def _check(*, image_size, classes, min_objects, max_objects, min_size, max_size,
@@ -255,6 +305,7 @@ def shapes_source(*, split: str, image_size: int = 256, classes: Sequence[str] =
     if shard is not None:
         indices = indices.shard(*shard)
     stream_key = tf.constant([seed, stream], tf.int64)
+    noise = noise_tile(image_size, seed)
     split_name = "train" if stream == 0 else "validation"
 
     def draw(index):
@@ -263,7 +314,7 @@ def shapes_source(*, split: str, image_size: int = 256, classes: Sequence[str] =
         image, boxes, labels = generate_shapes_image(
             image_seed, image_size=image_size, classes=classes, min_objects=min_objects,
             max_objects=max_objects, min_size=min_size, max_size=max_size,
-            max_overlap_iou=max_overlap_iou)
+            max_overlap_iou=max_overlap_iou, noise=noise)
         n = tf.shape(labels)[0]
         return {
             "image": image,
