@@ -13,8 +13,8 @@ The model is ``--config`` (default: ResNet-50 with random weights on the VOC pre
 classes, test-time 300 RoIs) built with ``psroi_impl="tf"``; the image is the BCCD blood-cell
 JPEG stretched to HxW when present, else a synthetic one; the serving resize is set to
 (H, W) so it is the identity and every path sees the same pixels. TensorFlow and onnxruntime
-both get ``--threads`` intra-op threads. Timings taken while other processes load the CPU are
-noisy: compare rows of one run, not runs.
+both get ``--threads`` intra-op threads. The paths take turns call by call, so load from
+other processes falls on all of them alike; still, compare rows of one run, not runs.
 
     python benchmarks/serving.py [--runs 10 --height 600 --width 1000 --skip-onnx]
         [--config voc07_resnet101 --set model.backbone=resnet50 ...]
@@ -71,14 +71,18 @@ def _image(height: int, width: int):
     return image.astype(np.uint8)
 
 
-def _time(call, *, runs: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        call()
-    times = []
+def _time_interleaved(calls: dict, *, runs: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each path, the paths taking turns (round-robin) so load from other
+    processes falls on all of them alike."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(runs):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - started)
     return times
 
 
@@ -109,11 +113,8 @@ def main() -> None:
     padded[:height, :width] = image
     padded_t = tf.constant(padded[None])
     shapes_t = tf.constant([[height, width]], tf.int32)
-    rows = {}
-
-    rows["in-Python `RFCN.detect` (pre-resized, padded input)"] = _time(
-        lambda: model.detect(padded_t, shapes_t)["num_detections"].numpy(),
-        runs=args.runs, warmup=args.warmup)
+    calls = {"in-Python `RFCN.detect` (pre-resized, padded input)":
+             lambda: model.detect(padded_t, shapes_t)["num_detections"].numpy()}
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -124,9 +125,8 @@ def main() -> None:
         loaded = tf.saved_model.load(str(path))
         serve = loaded.signatures[SIGNATURE_IMAGE]
         image_t = tf.constant(image[None])
-        rows["SavedModel `serving_default` (uint8 image in)"] = _time(
-            lambda: serve(**{INPUT_IMAGE: image_t})["num_detections"].numpy(),
-            runs=args.runs, warmup=args.warmup)
+        calls["SavedModel `serving_default` (uint8 image in)"] = (
+            lambda: serve(**{INPUT_IMAGE: image_t})["num_detections"].numpy())
         onnx_s = None
         if not args.skip_onnx:
             from rfcn_tf.deploy.onnx_export import export_onnx, onnx_session, run_onnx
@@ -136,16 +136,17 @@ def main() -> None:
             onnx_s = time.perf_counter() - started
             session = onnx_session(onnx_path, threads=args.threads)
             batch = image[None]
-            rows["onnxruntime CPU (same signature, ONNX opset 17)"] = _time(
-                lambda: run_onnx(session, batch), runs=args.runs, warmup=args.warmup)
+            calls["onnxruntime CPU (same signature, ONNX opset 17)"] = (
+                lambda: run_onnx(session, batch))
             import onnxruntime
 
             ort_version = onnxruntime.__version__
+        rows = _time_interleaved(calls, runs=args.runs, warmup=args.warmup)
 
     print(f"TensorFlow {tf.__version__}"
           + (f", onnxruntime {ort_version}" if not args.skip_onnx else "")
           + f"; {os.cpu_count()} CPUs, {args.threads} intra-op threads; "
-          f"median of {args.runs} calls after {args.warmup} warm-up calls")
+          f"median of {args.runs} calls after {args.warmup} warm-up calls, paths interleaved")
     print(f"\n### Per-image latency, {cfg.model.backbone} (backbone_weights="
           f"{cfg.model.backbone_weights}{', checkpoint ' + args.checkpoint if args.checkpoint else ''}"
           f"), {num_classes} classes, {height}x{width} image, "
