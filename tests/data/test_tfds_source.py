@@ -152,3 +152,25 @@ def test_shard_and_shuffle(mocked):
     shuffled, _ = tfds_src.tfds_source("voc/2007", split="train", shuffle=True, seed=3)
     assert sorted(e["image_id"] for e in _examples(shuffled)) == [2007_000000 + i
                                                                    for i in range(NUM)]
+
+
+def test_data_dir_and_manual_dir_are_passed(mocked, monkeypatch):
+    calls = {}
+    real_builder = tfds.builder
+
+    def recording_builder(name, **kwargs):
+        calls["data_dir"] = kwargs.get("data_dir")
+        builder = real_builder(name, **kwargs)
+
+        def download_and_prepare(download_config=None, **_):
+            calls["manual_dir"] = download_config.manual_dir
+
+        monkeypatch.setattr(builder, "download_and_prepare", download_and_prepare)
+        return builder
+
+    monkeypatch.setattr(tfds, "builder", recording_builder)
+    cfg = data_config(source="tfds", tfds_name="voc/2007", data_dir="/data/tfds",
+                      manual_dir="/data/manual")
+    build_source(cfg, split="train")
+    assert calls["data_dir"] == "/data/tfds"
+    assert str(calls["manual_dir"]) == "/data/manual"
