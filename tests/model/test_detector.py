@@ -289,32 +289,6 @@ def test_custom_and_tf_impl_models_agree(mode):
         np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_runs_under_a_distribution_strategy():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    with strategy.scope():
-        model = tiny_model()
-        optimizer = keras.optimizers.SGD(0.01)
-    features = make_features()
-
-    @tf.function
-    def step(features):
-        def replica_step(features):
-            with tf.GradientTape() as tape:
-                losses = model.compute_losses(features)
-            variables = model.trainable_variables
-            optimizer.apply_gradients(zip(tape.gradient(losses["total_loss"], variables), variables))
-            return losses["total_loss"]
-
-        per_replica = strategy.run(replica_step, args=(features,))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-    before = [v.numpy() for v in model.rfcn_head.trainable_weights]
-    total = step(features)
-    assert np.isfinite(float(total))
-    after = [v.numpy() for v in model.rfcn_head.trainable_weights]
-    assert any(not np.array_equal(x, y) for x, y in zip(before, after))
-
-
 def test_build_detector_maps_every_model_config_field():
     cfg = ModelConfig()
     cfg = dataclasses.replace(cfg, backbone="small", small_widths=[8, 8, 16, 16], anchor_scales=[24.0, 48.0],
