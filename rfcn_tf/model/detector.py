@@ -226,14 +226,18 @@ class RFCN(keras.Model):
         self.built = True
 
     # ------------------------------------------------------------------ forward pieces
-    def _proposal_counts(self, training):
-        if training:
+    def _proposal_counts(self, counts):
+        if counts == "train":
             return self.rpn_pre_nms_top_n_train, self.rpn_post_nms_top_n_train
-        return self.rpn_pre_nms_top_n_test, self.rpn_post_nms_top_n_test
+        if counts == "test":
+            return self.rpn_pre_nms_top_n_test, self.rpn_post_nms_top_n_test
+        raise ValueError(f"proposal_counts must be 'train', 'test' or None, got {counts!r}")
 
-    def _features_and_proposals(self, images, image_shapes, training, with_proposals=True):
+    def _features_and_proposals(
+        self, images, image_shapes, training, with_proposals=True, proposal_counts=None
+    ):
         """Backbone, RPN head, anchors and (unless with_proposals=False) proposals; shared by
-        call and compute_losses."""
+        call, propose and compute_losses. proposal_counts None follows `training`."""
         rpn_features, head_features = self.backbone(images, training=training)
         rpn_logits_map, rpn_deltas_map = self.rpn_head(rpn_features)
         height, width = tf.shape(rpn_features)[1], tf.shape(rpn_features)[2]
@@ -249,7 +253,9 @@ class RFCN(keras.Model):
         }
         if not with_proposals:
             return stage
-        pre_nms_top_n, post_nms_top_n = self._proposal_counts(training)
+        if proposal_counts is None:
+            proposal_counts = "train" if training else "test"
+        pre_nms_top_n, post_nms_top_n = self._proposal_counts(proposal_counts)
         # generate_proposals stop_gradients its outputs: approximate joint training
         # (Faster R-CNN sec. 3.2), the head treats proposals as fixed inputs.
         proposals, scores, num_proposals = generate_proposals(
@@ -284,6 +290,33 @@ class RFCN(keras.Model):
             "class_logits": class_logits,
             "class_probs": tf.nn.softmax(class_logits, axis=-1),
             "box_deltas": box_deltas,
+        }
+
+    def propose(self, features, *, training=False, proposal_counts=None):
+        """RPN proposals only (backbone + RPN head + generate_proposals).
+
+        Args:
+            features: dict with `images` uint8 `[B,Hp,Wp,3]` and `image_shapes` int32 `[B,2]`
+                (other keys ignored).
+            training: backbone normalization mode (False: BatchNorm uses moving statistics).
+            proposal_counts: `"train"` (rpn_*_top_n_train), `"test"` (rpn_*_top_n_test) or
+                None (follow `training`). The 4-step alternating scheme's frozen RPN copy uses
+                `training=False, proposal_counts="train"`.
+
+        Returns:
+            `{"proposals": float32 [B,P,4] yxyx pixels (zeros past the count), "scores":
+            float32 [B,P], "num_proposals": int32 [B]}`, all stop_gradient-ed.
+        """
+        stage = self._features_and_proposals(
+            features["images"],
+            tf.cast(features["image_shapes"], tf.int32),
+            training,
+            proposal_counts=proposal_counts,
+        )
+        return {
+            "proposals": stage["proposals"],
+            "scores": stage["proposal_scores"],
+            "num_proposals": stage["num_proposals"],
         }
 
     # ------------------------------------------------------------------ training

@@ -394,3 +394,18 @@ def test_trains_under_a_two_replica_mirrored_strategy():
     result = subprocess.run([sys.executable, "-c", _TWO_REPLICA_SCRIPT], capture_output=True, text=True,
                             timeout=300, env=env, cwd=str(root))
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_propose_returns_the_rpn_proposals_with_chosen_counts():
+    model = tiny_model()
+    features = make_features()
+    test_counts = model.propose(features)
+    assert tuple(test_counts["proposals"].shape) == (2, model.rpn_post_nms_top_n_test, 4)
+    train_counts = model.propose(features, training=False, proposal_counts="train")
+    assert tuple(train_counts["proposals"].shape) == (2, model.rpn_post_nms_top_n_train, 4)
+    assert tuple(train_counts["scores"].shape) == (2, model.rpn_post_nms_top_n_train)
+    out = model({"images": features["images"], "image_shapes": features["image_shapes"]})
+    np.testing.assert_array_equal(test_counts["proposals"].numpy(), out["proposals"].numpy())
+    np.testing.assert_array_equal(test_counts["num_proposals"].numpy(), out["num_proposals"].numpy())
+    with pytest.raises(ValueError, match="'val'"):
+        model.propose(features, proposal_counts="val")
