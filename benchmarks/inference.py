@@ -32,7 +32,6 @@ import tensorflow as tf  # noqa: E402
 
 from rfcn_tf.model.backbones import ResNetBackbone  # noqa: E402
 from rfcn_tf.model.detector import RFCN  # noqa: E402
-from rfcn_tf.model.postprocess import postprocess_detections  # noqa: E402
 
 
 def interleaved_medians(fns, repeats):
@@ -135,7 +134,7 @@ def main():
             },
             args.repeats,
         )
-        del plain, model, model_2000
+        plain = model = model_2000 = None  # free the weights before the next depth
         name = f"ResNet-{depth}"
         rows.append((name, t["plain"], t["full"], t["full"] / t["plain"], t_min["full"] / t_min["plain"]))
         roi_rows.append((name, t["full"], t["full_2000"], t["full_2000"] / t["full"] - 1,
