@@ -81,8 +81,10 @@ class ModelConfig:
 
     backbone: str = "small"  # resnet50 | resnet101 | small
     backbone_weights: Optional[str] = None  # None | "imagenet" | path to a local weights file
-    freeze_stages: int = 1  # resnet: stem and this many first stages frozen
+    freeze_stages: int = 2  # resnet: leading stages not trained (0 none, 1 stem, 2 stem + conv2_x: the paper's setting)
     small_widths: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128, 256])  # small backbone stage widths
+    small_blocks: list[int] = dataclasses.field(default_factory=lambda: [1, 1, 2, 1])  # small backbone: basic blocks per stage
+    small_norm: str = "batch"  # small backbone normalization: batch | group | none
     anchor_scales: list[float] = dataclasses.field(default_factory=lambda: [128.0, 256.0, 512.0])  # sqrt(area), pixels
     anchor_ratios: list[float] = dataclasses.field(default_factory=lambda: [0.5, 1.0, 2.0])  # height / width
     feature_stride: int = 16
@@ -115,6 +117,7 @@ class ModelConfig:
     max_detections: int = 100  # per image
     rpn_loss_weight: float = 1.0
     rfcn_loss_weight: float = 1.0
+    seed: Optional[int] = None  # None: fresh anchor/RoI sampling keys every step; an int repeats them (tests)
 
 
 @dataclasses.dataclass
@@ -314,6 +317,7 @@ def validate(config: Config) -> None:
         "data.source": (config.data.source, ("shapes", "voc", "coco_json", "tfds")),
         "model.backbone": (config.model.backbone, ("small", "resnet50", "resnet101")),
         "model.pooling_mode": (config.model.pooling_mode, ("avg", "bilinear")),
+        "model.small_norm": (config.model.small_norm, ("batch", "group", "none")),
         "model.psroi_impl": (config.model.psroi_impl, ("auto", "custom", "tf")),
         "model.roi_sampling": (config.model.roi_sampling, ("ohem", "balanced")),
         "train.schedule": (config.train.schedule, ("cosine", "step")),

@@ -79,7 +79,7 @@ class DetectorServingModule(tf.Module):
         returning ``detection_boxes`` float32 [1, M, 4] yxyx pixels of the resized image,
         ``detection_scores`` [1, M], ``detection_classes`` int [1, M] in 1..C and
         ``num_detections`` int [1] (``RFCN.detect``, INTERFACES.md). Its variables are saved.
-      min_size: shorter side of the resized image, pixels (``data.scales[0]``).
+      min_size: shorter side of the resized image, pixels (``evaluation_scale(data.scales)``).
       max_size: cap on the longer side of the resized image, pixels (``data.max_size``).
       size_multiple: the padded image's sides are multiples of this (the feature stride).
       labels_path: a text file with one class name per line, saved as the asset labels.txt.
@@ -314,7 +314,7 @@ def export_saved_model(model: Any, *, class_names: Sequence[str], out_dir: os.Pa
       model_name: the model's folder and TF Serving ``MODEL_NAME`` (``rfcn``).
       version: a positive integer; None takes the next free one. An existing version is never
         overwritten.
-      min_size, max_size: the resize of the serving graph, pixels (``data.scales[0]``,
+      min_size, max_size: the resize of the serving graph, pixels (``evaluation_scale(data.scales)``,
         ``data.max_size``).
       size_multiple: padding multiple (the feature stride, 16).
       verify: run ``verify_export`` (fresh process: stock ops, both signatures) before the
@@ -470,7 +470,8 @@ def run(args: argparse.Namespace) -> str:
     _stage(f"building the {config.model.backbone} model ({len(names)} classes) and restoring "
            f"{args.checkpoint}")
     model, restored = _load_model(config, args.checkpoint, num_classes=len(names))
-    min_size, max_size = int(config.data.scales[0]), int(config.data.max_size)
+    from rfcn_tf.data.pipeline import evaluation_scale  # the resize evaluation uses, too
+    min_size, max_size = int(evaluation_scale(config.data.scales)), int(config.data.max_size)
     _stage(f"tracing and saving {out}/<version>"
            + ("; then checking it in a fresh Python process" if not args.no_verify else ""))
     path = export_saved_model(model, class_names=names, out_dir=out.parent, model_name=out.name,

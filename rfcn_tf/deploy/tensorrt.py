@@ -143,7 +143,7 @@ def dataset_calibration_images(data_cfg: Any, *, count: int, split: Optional[str
     """``count`` images of the dataset (validation split by default) for INT8 calibration.
 
     Each is resized (bilinear, aspect ratio not kept) to one common ``size`` (height, width),
-    by default (``data.scales[0]``, ``data.max_size``) capped to a 4:3 landscape, because
+    by default (``evaluation_scale(data.scales)``, ``data.max_size``) capped to a 4:3 landscape, because
     TF-TRT calibrates on one input shape; the serving graph resizes again inside.
 
     Returns:
@@ -151,11 +151,11 @@ def dataset_calibration_images(data_cfg: Any, *, count: int, split: Optional[str
     """
     if count < 1:
         raise ValueError(f"calibration needs at least 1 image, got count={count}")
-    from rfcn_tf.data.pipeline import build_source
+    from rfcn_tf.data.pipeline import build_source, evaluation_scale
 
     examples, _ = build_source(data_cfg, split=split or data_cfg.val_split)
     if size is None:
-        short = int(data_cfg.scales[0])
+        short = int(evaluation_scale(data_cfg.scales))
         size = (short, min(int(data_cfg.max_size), int(round(short * 4 / 3))))
     images = []
     for example in examples.take(count):

@@ -9,18 +9,7 @@ from __future__ import annotations
 from rfcn_tf.model.backbones import build_backbone
 from rfcn_tf.model.detector import RFCN
 
-# ModelConfig fields this builder reads with a default when the config lacks them (fields
-# proposed to the config's owner; older configs keep working).
-_OPTIONAL_FIELDS = {
-    "small_blocks": [1, 1, 2, 1],  # small backbone: basic blocks per stage
-    "small_norm": "batch",  # small backbone: batch | group | none
-    "seed": None,  # reproducible anchor / RoI sampling
-}
-
-
 def _get(model_cfg, name):
-    if name in _OPTIONAL_FIELDS:
-        return getattr(model_cfg, name, _OPTIONAL_FIELDS[name])
     try:
         return getattr(model_cfg, name)
     except AttributeError:
