@@ -309,6 +309,9 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
 
     if start_step >= total_steps:
         logger.info("already trained: %s is at step %d of %d", latest, start_step, total_steps)
+        ckpt_lib.restore_model_weights(model, latest, num_classes=num_classes,
+                                       what="the checkpoint to resume from")
+        step_var.assign(start_step)
         return TrainResult(step=start_step, total_steps=total_steps, last_logs={},
                            checkpoint=latest, resumed_from=latest, stages_run=[])
 

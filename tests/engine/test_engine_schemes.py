@@ -157,9 +157,12 @@ def test_resume_mid_stage_continues_exactly(tmp_path):
     for a, b in zip(reference.weights, second.weights):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
 
-    # A third run has nothing left to do.
-    again = _run(TinyDetector(), tmp_path / "resumed", stages)
+    # A third run has nothing left to do, but still loads the trained weights.
+    third = TinyDetector(seed=123)
+    again = _run(third, tmp_path / "resumed", stages)
     assert again.stages_run == [] and again.step == 14
+    for a, b in zip(second.weights, third.weights):
+        np.testing.assert_array_equal(b.numpy(), a.numpy(), err_msg=a.path)
 
 
 def test_resume_refuses_another_class_count_or_scheme(tmp_path):
