@@ -40,7 +40,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from rfcn_tf.evaluation.voc_metrics import _as_array, _check_classes
+from rfcn_tf.evaluation.inputs import read_detections, read_groundtruth
 from rfcn_tf.ops.boxes import yxyx_to_xywh
 
 __all__ = ["COCO_STAT_NAMES", "build_coco_groundtruth", "build_coco_results", "evaluate_coco"]
@@ -90,28 +90,11 @@ def build_coco_groundtruth(
     images, annotations = [], []
     seen: set[int] = set()
     for gt in groundtruths:
-        image_id = int(gt["image_id"])
-        where = f"groundtruths[image_id={image_id}]"
-        if image_id in seen:
-            raise ValueError(f"ground truth image_id {image_id} appears more than once")
-        seen.add(image_id)
-        for key in ("height", "width"):
-            if key not in gt:
-                raise ValueError(f"{where} has no '{key}' (keys: {sorted(gt)})")
+        image_id, where, boxes, classes, difficult, is_crowd = read_groundtruth(
+            gt, num_classes=num_classes, seen=seen, required_keys=("height", "width"))
         images.append({"id": image_id, "height": int(gt["height"]), "width": int(gt["width"])})
-        boxes = _as_array(gt, "boxes", (4,), np.float64, where)
-        classes = _as_array(gt, "classes", (), np.int64, where)
         n = boxes.shape[0]
-        if classes.shape[0] != n:
-            raise ValueError(f"{where}['classes'] has {classes.shape[0]} entries but 'boxes' has {n}")
-        _check_classes(classes, num_classes, where)
-        flags = np.zeros(n, bool)
-        for key in ("is_crowd", "difficult"):
-            if key in gt and np.asarray(gt[key]).size:
-                f = np.asarray(gt[key], bool).reshape(-1)
-                if f.shape[0] != n:
-                    raise ValueError(f"{where}['{key}'] has {f.shape[0]} entries but 'boxes' has {n}")
-                flags |= f
+        flags = difficult | is_crowd
         xywh = _xywh(boxes)
         if "area" in gt and np.asarray(gt["area"]).size:
             area = np.asarray(gt["area"], np.float64).reshape(-1)
@@ -163,23 +146,9 @@ def build_coco_results(
     results = []
     seen: set[int] = set()
     for det in detections:
-        image_id = int(det["image_id"])
-        where = f"detections[image_id={image_id}]"
-        if image_ids is not None and image_id not in image_ids:
-            raise ValueError(
-                f"{where}: image id {image_id} has detections but no ground-truth entry; every "
-                f"evaluated image needs one (with empty arrays when it has no objects)")
-        if image_id in seen:
-            raise ValueError(f"detections image_id {image_id} appears more than once")
-        seen.add(image_id)
-        boxes = _as_array(det, "boxes", (4,), np.float64, where)
-        scores = _as_array(det, "scores", (), np.float64, where)
-        classes = _as_array(det, "classes", (), np.int64, where)
+        image_id, _, boxes, scores, classes = read_detections(
+            det, num_classes=num_classes, seen=seen, image_ids=image_ids)
         m = boxes.shape[0]
-        for name, arr in (("scores", scores), ("classes", classes)):
-            if arr.shape[0] != m:
-                raise ValueError(f"{where}['{name}'] has {arr.shape[0]} entries but 'boxes' has {m}")
-        _check_classes(classes, num_classes, where)
         xywh = _xywh(boxes)
         for i in range(m):
             results.append({

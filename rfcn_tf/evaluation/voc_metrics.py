@@ -48,6 +48,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from rfcn_tf.evaluation.inputs import read_detections, read_groundtruth
+
 __all__ = ["voc_ap", "box_iou_yxyx", "evaluate_voc"]
 
 
@@ -108,27 +110,6 @@ def box_iou_yxyx(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
     return iou
-
-
-def _as_array(d: Mapping, key: str, shape_tail: tuple, dtype, where: str) -> np.ndarray:
-    if key not in d:
-        raise ValueError(f"{where} has no '{key}' (keys: {sorted(d)})")
-    a = np.asarray(d[key])
-    if a.size == 0:
-        return np.zeros((0,) + shape_tail, dtype)
-    a = a.astype(dtype)
-    if a.ndim != 1 + len(shape_tail) or a.shape[1:] != shape_tail:
-        raise ValueError(f"{where}['{key}'] must be [n{''.join(f', {s}' for s in shape_tail)}], "
-                         f"got shape {a.shape}")
-    return a
-
-
-def _check_classes(classes: np.ndarray, num_classes: int, where: str) -> None:
-    bad = np.flatnonzero((classes < 1) | (classes > num_classes))
-    if bad.size:
-        raise ValueError(
-            f"{where} has class id {classes[bad[0]]} at row {bad[0]}; ids must be 1..{num_classes} "
-            f"(0 is background and never a ground-truth or detection class)")
 
 
 def _match_image(
@@ -215,29 +196,12 @@ def evaluate_voc(
     # ground truth by image id: per class (boxes, ignore flags)
     gt_by_image: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     npos = np.zeros(num_classes + 1, np.int64)
+    seen_gt_images: set[int] = set()
     for gt in groundtruths:
-        image_id = int(gt["image_id"])
-        where = f"groundtruths[image_id={image_id}]"
-        if image_id in gt_by_image:
-            raise ValueError(f"ground truth image_id {image_id} appears more than once")
-        boxes = _as_array(gt, "boxes", (4,), np.float64, where)
-        classes = _as_array(gt, "classes", (), np.int64, where)
-        n = boxes.shape[0]
-        difficult = (np.asarray(gt["difficult"], bool).reshape(-1) if "difficult" in gt
-                     else np.zeros(n, bool))
-        crowd = (np.asarray(gt["is_crowd"], bool).reshape(-1) if "is_crowd" in gt
-                 else np.zeros(n, bool))
-        if difficult.size == 0:
-            difficult = np.zeros(n, bool)
-        if crowd.size == 0:
-            crowd = np.zeros(n, bool)
-        for name, arr in (("classes", classes), ("difficult", difficult), ("is_crowd", crowd)):
-            if arr.shape[0] != n:
-                raise ValueError(f"{where}['{name}'] has {arr.shape[0]} entries but 'boxes' has {n}")
-        _check_classes(classes, num_classes, where)
-        ignore = difficult | crowd
-        np.add.at(npos, classes[~ignore], 1)
-        gt_by_image[image_id] = (boxes, classes, ignore)
+        g = read_groundtruth(gt, num_classes=num_classes, seen=seen_gt_images)
+        ignore = g.difficult | g.is_crowd
+        np.add.at(npos, g.classes[~ignore], 1)
+        gt_by_image[g.image_id] = (g.boxes, g.classes, ignore)
 
     # detections: per class, per image ranked match -> (scores, tp, fp) with global order index
     per_class: list[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = [
@@ -245,23 +209,9 @@ def evaluate_voc(
     order_base = 0
     seen_det_images: set[int] = set()
     for det in detections:
-        image_id = int(det["image_id"])
-        where = f"detections[image_id={image_id}]"
-        if image_id not in gt_by_image:
-            raise ValueError(
-                f"{where}: image id {image_id} has detections but no ground-truth entry; every "
-                f"evaluated image needs one (with empty arrays when it has no objects)")
-        if image_id in seen_det_images:
-            raise ValueError(f"detections image_id {image_id} appears more than once")
-        seen_det_images.add(image_id)
-        boxes = _as_array(det, "boxes", (4,), np.float64, where)
-        scores = _as_array(det, "scores", (), np.float64, where)
-        classes = _as_array(det, "classes", (), np.int64, where)
+        image_id, where, boxes, scores, classes = read_detections(
+            det, num_classes=num_classes, seen=seen_det_images, image_ids=gt_by_image)
         m = boxes.shape[0]
-        for name, arr in (("scores", scores), ("classes", classes)):
-            if arr.shape[0] != m:
-                raise ValueError(f"{where}['{name}'] has {arr.shape[0]} entries but 'boxes' has {m}")
-        _check_classes(classes, num_classes, where)
         if not np.all(np.isfinite(scores)):
             raise ValueError(f"{where}['scores'] has non-finite values: {scores[~np.isfinite(scores)]}")
         gt_boxes, gt_classes, gt_ignore = gt_by_image[image_id]
