@@ -34,6 +34,8 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
+from rfcn_tf.cli_args import add_config_arguments
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __all__ = ["TrainingError", "build_parser", "main", "run"]
@@ -60,13 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m rfcn_tf.train --config voc07_resnet101 --strategy mirrored\n"
                "  python -m rfcn_tf.train --set train.scheme=alternating "
                "--set train.stage_steps=[400,400,200,200]")
-    parser.add_argument("--config", default=None, metavar="NAME_OR_PATH",
-                        help="preset name in configs/ (shapes_tiny, bccd, voc07_resnet101, "
-                             "coco_resnet101) or a YAML file (default: shapes_tiny)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set train.lr=0.01 or "
-                             "--set data.scales=[480] (value parsed as YAML; repeatable)")
+    add_config_arguments(parser, set_example="train.lr=0.01 or --set data.scales=[480]",
+                         config_help="presets: shapes_tiny, bccd, voc07_resnet101, coco_resnet101 "
+                                     "(default: shapes_tiny)")
     parser.add_argument("--work-dir", default=None,
                         help="run folder for config.yaml, checkpoints, TensorBoard events and "
                              "metrics (default: train.work_dir of the config)")
