@@ -37,6 +37,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from rfcn_tf.cli_args import add_config_arguments, add_model_source_arguments
+
 __all__ = [
     "CLIError",
     "find_run_file",
@@ -315,22 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "  python -m rfcn_tf.evaluate --saved-model export/rfcn/1 --max-images 50\n"
                 "  python -m rfcn_tf.evaluate --config voc07_resnet101 --set data.voc_root=VOC "
                 "--checkpoint runs/voc/checkpoints --split test"))
-    parser.add_argument(
-        "--config", default=None, metavar="NAME_OR_YAML",
-        help=("config preset name (configs/<name>.yaml) or path to a YAML file; default: the "
-              "run's saved config.yaml next to --checkpoint, else the shapes_tiny preset"))
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override one config value, e.g. --set eval.batch_size=2 (repeatable; YAML values)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--checkpoint", metavar="PATH_OR_DIR",
-        help=("training checkpoint prefix (.../checkpoints/ckpt-1500) or a folder of checkpoints "
-              "(its latest is used); the model is built from the config"))
-    source.add_argument(
-        "--saved-model", metavar="DIR",
-        help=("exported SavedModel (export/<name>/<version>, or export/<name> for the latest "
-              "version), run through its serving_default signature"))
+    add_config_arguments(
+        parser, set_example="eval.batch_size=2",
+        config_help=("default: the run's saved config.yaml next to --checkpoint, else the "
+                     "shapes_tiny preset"))
+    add_model_source_arguments(parser)
     parser.add_argument(
         "--split", default=None,
         help="dataset split to evaluate; default: eval.split, else data.val_split")

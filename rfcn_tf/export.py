@@ -50,6 +50,8 @@ from typing import Any, Optional, Sequence
 
 import tensorflow as tf
 
+from rfcn_tf.cli_args import add_config_arguments
+
 SIGNATURE_IMAGE = "serving_default"
 SIGNATURE_ENCODED = "serving_encoded"
 INPUT_IMAGE = "input_tensor"
@@ -372,15 +374,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Export a trained R-FCN checkpoint as a SavedModel in TF Serving's layout "
                     "(<out>/<version>/ with signatures serving_default and serving_encoded and "
                     "assets/labels.txt), optionally converted with TF-TRT or to ONNX.")
-    parser.add_argument("--config", default=None,
-                        help="preset name in configs/ or a YAML path (default: the run's "
-                             "config.yaml found beside the checkpoint, else shapes_tiny); must "
-                             "describe the checkpoint's model. model.psroi_impl is forced to "
-                             "'tf' (stock ops)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set data.scales=[800] "
-                             "(repeatable)")
+    add_config_arguments(parser, set_example="data.scales=[800]",
+                         config_help="default: the run's config.yaml found beside the "
+                                     "checkpoint, else shapes_tiny; must describe the "
+                                     "checkpoint's model. model.psroi_impl is forced to 'tf' "
+                                     "(stock ops)")
     parser.add_argument("--checkpoint", required=True,
                         help="training checkpoint prefix (runs/x/checkpoints/ckpt-1500) or a "
                              "folder of checkpoints (the latest is used); class names come "

@@ -33,6 +33,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from rfcn_tf.cli_args import add_config_arguments, add_model_source_arguments
 from rfcn_tf.evaluate import CLIError
 
 __all__ = ["IMAGE_EXTENSIONS", "expand_inputs", "read_image", "main"]
@@ -163,22 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
         "images", nargs="+", metavar="IMAGES",
         help=("image files, folders (their image files, not recursive) or quoted glob "
               "patterns such as 'data/*.jpg' ('**' recurses)"))
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--checkpoint", metavar="PATH_OR_DIR",
-        help=("training checkpoint prefix (.../checkpoints/ckpt-1500) or folder of checkpoints "
-              "(its latest is used); the model is built from the config"))
-    source.add_argument(
-        "--saved-model", metavar="DIR",
-        help=("exported SavedModel (export/<name>/<version>, or export/<name> for the latest), "
-              "run through its serving_default signature; class names from labels.txt"))
-    parser.add_argument(
-        "--config", default=None, metavar="NAME_OR_YAML",
-        help=("config preset or YAML path for --checkpoint (model, input size, class names); "
-              "default: the run's config.yaml next to the checkpoint, else shapes_tiny"))
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override one config value (repeatable), e.g. --set data.scales=[800]")
+    add_model_source_arguments(parser, saved_model_note="; class names from labels.txt")
+    add_config_arguments(
+        parser, set_example="data.scales=[800]",
+        config_help=("used with --checkpoint (model, input size, class names); default: the "
+                     "run's config.yaml next to the checkpoint, else shapes_tiny"))
     parser.add_argument(
         "--out", required=True, metavar="DIR",
         help="output folder (created): annotated images and detections.json")

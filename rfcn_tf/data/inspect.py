@@ -21,6 +21,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from rfcn_tf.cli_args import add_config_arguments
+
 __all__ = ["build_parser", "collect_statistics", "format_statistics", "render_grid", "main"]
 
 # An endless split (shapes train) is measured on this many images unless --max-images says.
@@ -33,13 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Draw a grid of dataset samples with their ground-truth boxes and print "
                     "dataset statistics (images, boxes per class, box sizes in pixels).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", default=None,
-                        help="preset name from configs/ (shapes_tiny, bccd, ...) or a YAML file; "
-                             "default: the default preset (shapes_tiny)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set data.voc_root=/data/BCCD "
-                             "(repeatable; values are parsed as YAML)")
+    add_config_arguments(parser, set_example="data.voc_root=/data/BCCD",
+                         config_help="e.g. shapes_tiny or bccd; default: the default preset "
+                                     "(shapes_tiny)")
     parser.add_argument("--split", default=None,
                         help="split to inspect; default: data.train_split of the config")
     parser.add_argument("--num", type=int, default=16,
