@@ -18,6 +18,8 @@ import tensorflow as tf
 import yaml
 from PIL import Image
 
+from fake_savedmodel import write_fake_export
+
 from rfcn_tf import evaluate as evaluate_cli
 from rfcn_tf.config import load_config
 from rfcn_tf.data.pipeline import build_dataset
@@ -194,42 +196,12 @@ FAKE_SCORES = np.array([0.9, 0.6], np.float32)
 FAKE_CLASSES = np.array([1.0, 2.0], np.float32)
 
 
-def write_fake_export(folder, class_names, m=5):
-    """A SavedModel with DESIGN.md's serving_default contract (uint8 [1, H, W, 3] in; normalized
-    boxes, scores, float classes, float num_detections out; labels.txt asset) whose detections
-    are two fixed normalized boxes: saved in about a second, and every number is known."""
-    scratch = folder + "_labels"  # the asset keeps its file name: labels.txt
-    os.makedirs(scratch)
-    labels = os.path.join(scratch, "labels.txt")
-    with open(labels, "w") as f:
-        f.write("".join(f"{n}\n" for n in class_names))
-
-    class Fake(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.labels = tf.saved_model.Asset(labels)
-
-        @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8,
-                                                    name="input_tensor")])
-        def serve(self, input_tensor):
-            pad = m - FAKE_BOXES.shape[0]
-            return {
-                "detection_boxes": tf.constant(np.pad(FAKE_BOXES, [[0, pad], [0, 0]])[None]),
-                "detection_scores": tf.constant(np.pad(FAKE_SCORES, [0, pad])[None]),
-                "detection_classes": tf.constant(np.pad(FAKE_CLASSES, [0, pad])[None]),
-                "num_detections": tf.constant([float(FAKE_BOXES.shape[0])]),
-            }
-
-    module = Fake()
-    tf.saved_model.save(module, folder, signatures={"serving_default": module.serve})
-    return folder
-
-
 def test_saved_model_source_matches_known_detections(run, capsys):
     from rfcn_tf.evaluation.evaluator import compute_metrics
 
     version = write_fake_export(str(run["root"] / "export" / "fake" / "3"),
-                                run["class_names"])
+                                run["class_names"], boxes=FAKE_BOXES, scores=FAKE_SCORES,
+                                classes=FAKE_CLASSES)
     out = str(run["root"] / "sm_eval")
     # the model folder resolves to its latest version
     code = evaluate_cli.main(["--config", run["config"], "--saved-model",

@@ -17,6 +17,8 @@ import tensorflow as tf
 import yaml
 from PIL import Image
 
+from fake_savedmodel import write_fake_export
+
 from rfcn_tf import predict as predict_cli
 from rfcn_tf.config import load_config
 from rfcn_tf.data.transforms import pad_to_multiple, resize_image
@@ -38,36 +40,6 @@ TINY = {
 FAKE_BOXES = np.array([[0.1, 0.1, 0.6, 0.6], [0.4, 0.3, 0.9, 0.8]], np.float32)  # normalized
 FAKE_SCORES = np.array([0.9, 0.6], np.float32)
 FAKE_CLASSES = np.array([1.0, 3.0], np.float32)
-
-
-def write_fake_export(folder, class_names, m=5):
-    """A SavedModel meeting DESIGN.md's serving_default contract with two fixed normalized
-    detections, and its labels.txt asset (saved in about a second)."""
-    scratch = folder + "_labels"  # the asset keeps its file name: labels.txt
-    os.makedirs(scratch)
-    labels = os.path.join(scratch, "labels.txt")
-    with open(labels, "w") as f:
-        f.write("".join(f"{n}\n" for n in class_names))
-
-    class Fake(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.labels = tf.saved_model.Asset(labels)
-
-        @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8,
-                                                    name="input_tensor")])
-        def serve(self, input_tensor):
-            pad = m - FAKE_BOXES.shape[0]
-            return {
-                "detection_boxes": tf.constant(np.pad(FAKE_BOXES, [[0, pad], [0, 0]])[None]),
-                "detection_scores": tf.constant(np.pad(FAKE_SCORES, [0, pad])[None]),
-                "detection_classes": tf.constant(np.pad(FAKE_CLASSES, [0, pad])[None]),
-                "num_detections": tf.constant([float(FAKE_BOXES.shape[0])]),
-            }
-
-    module = Fake()
-    tf.saved_model.save(module, folder, signatures={"serving_default": module.serve})
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +143,8 @@ def test_checkpoint_predict_with_a_bad_image(setup, capsys):
 
 
 def test_saved_model_predict_subprocess(setup, tmp_path):
-    version = write_fake_export(str(tmp_path / "export" / "fake" / "1"), NAMES)
+    version = write_fake_export(str(tmp_path / "export" / "fake" / "1"), NAMES,
+                                boxes=FAKE_BOXES, scores=FAKE_SCORES, classes=FAKE_CLASSES)
     out = tmp_path / "out_sm"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     proc = subprocess.run(
