@@ -51,30 +51,17 @@ def pipeline_rate(data_cfg, *, split: str, batch_size: int, batches: int, repeat
 
 def train_rate(config, *, steps: int, warmup: int = 3) -> float:
     """Median images/s of the config's training step on a constant batch of its own pipeline."""
-    from rfcn_tf.engine.optimizer import build_optimizer
-    from rfcn_tf.engine.train_step import build_train_step
     from rfcn_tf.model.builder import build_detector
+    from train_step import time_steps  # benchmarks/train_step.py (this script's folder)
 
     data_cfg = config.data
     _, info = build_source(data_cfg, split=data_cfg.train_split)
     batch = next(iter(build_dataset(data_cfg, split=data_cfg.train_split, training=True,
                                     batch_size=config.train.batch_size)))
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
-    strategy = tf.distribute.get_strategy()
     model = build_detector(config.model, num_classes=info.num_classes)
-    variables = model.trainable_variables
-    optimizer = build_optimizer(variables=variables, learning_rate=1e-4, momentum=0.9,
-                                weight_decay=config.train.weight_decay,
-                                clip_norm=config.train.clip_norm)
-    step = build_train_step(model, optimizer, strategy, variables=variables)
-    iterator = iter(strategy.distribute_datasets_from_function(lambda ctx: dataset))
-    for _ in range(warmup):
-        float(step(iterator)["total_loss"])
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        float(step(iterator)["total_loss"])
-        times.append(time.perf_counter() - started)
+    times = time_steps(model, dataset, steps=steps, warmup=warmup,
+                       weight_decay=config.train.weight_decay, clip_norm=config.train.clip_norm)
     return config.train.batch_size / statistics.median(times)
 
 

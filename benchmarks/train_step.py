@@ -55,12 +55,17 @@ def synthetic_batch(*, height: int, width: int, batch: int, num_classes: int, bo
     }
 
 
-def time_steps(model, dataset, *, steps: int, warmup: int = 2) -> list[float]:
-    """Seconds of each of ``steps`` train steps (after ``warmup`` untimed ones)."""
+def time_steps(model, dataset, *, steps: int, warmup: int = 2, weight_decay: float = 1e-4,
+               clip_norm: float | None = 10.0) -> list[float]:
+    """Seconds of each of ``steps`` train steps (after ``warmup`` untimed ones): the engine's
+    train step with SGD (lr 1e-4, momentum 0.9, ``weight_decay``, global-norm ``clip_norm``) fed
+    by ``dataset`` (batches of ``synthetic_batch``'s or the pipeline's format).
+
+    Also used by benchmarks/input_pipeline.py for its training rates."""
     strategy = tf.distribute.get_strategy()
     variables = model.trainable_variables
     optimizer = build_optimizer(variables=variables, learning_rate=1e-4, momentum=0.9,
-                                weight_decay=1e-4, clip_norm=10.0)
+                                weight_decay=weight_decay, clip_norm=clip_norm)
     step = build_train_step(model, optimizer, strategy, variables=variables)
     iterator = iter(strategy.distribute_datasets_from_function(lambda ctx: dataset))
     for _ in range(warmup):
