@@ -11,7 +11,7 @@ take the same step. (Different images per replica are covered with the stand-in 
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
+from engine_standin import replica_dataset_fn
 
 from rfcn_tf.config import load_config
 from rfcn_tf.model.builder import build_detector
@@ -42,14 +42,5 @@ def real_dataset_fn(global_batch_size: int):
         "gt_classes": np.array([1, 3, -1], np.int32),
         "gt_mask": np.array([True, True, False]),
     }
-    stacked = {k: np.stack([v] * 4) for k, v in example.items()}
-
-    def fn(context=None):
-        ds = tf.data.Dataset.from_tensor_slices(stacked).repeat()
-        batch = global_batch_size
-        if context is not None:
-            ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
-            batch = context.get_per_replica_batch_size(global_batch_size)
-        return ds.batch(batch, drop_remainder=True)
-
-    return fn
+    return replica_dataset_fn({k: np.stack([v] * 4) for k, v in example.items()},
+                              global_batch_size)

@@ -136,7 +136,14 @@ def dataset_fn(global_batch_size: int, count: int = 8, seed: int = 0):
     replicas with B/N read the same images at every step.
     """
     data = examples(count, seed)
-    stacked = {k: np.stack([e[k] for e in data]) for k in data[0]}
+    return replica_dataset_fn({k: np.stack([e[k] for e in data]) for k in data[0]},
+                              global_batch_size)
+
+
+def replica_dataset_fn(stacked: dict, global_batch_size: int):
+    """``input_context -> tf.data.Dataset`` over the rows of ``stacked`` (features
+    ``[count, ...]``), repeated, sharded by input pipeline and batched per replica (the rule
+    ``dataset_fn`` documents); without a context, batches of ``global_batch_size``."""
 
     def fn(context: tf.distribute.InputContext | None = None):
         ds = tf.data.Dataset.from_tensor_slices(stacked).repeat()
