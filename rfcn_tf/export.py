@@ -269,7 +269,8 @@ def verify_export(export_dir: os.PathLike, *, timeout_s: float = 600.0) -> dict[
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     env.pop("PYTHONPATH", None)  # the check must not see this checkout's packages
     try:
-        proc = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, str(export_dir)],
+        # Absolute: the check runs in another working directory.
+        proc = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, str(Path(export_dir).resolve())],
                               capture_output=True, text=True, timeout=timeout_s, env=env,
                               cwd=tempfile.gettempdir())
     except subprocess.TimeoutExpired as exc:

@@ -209,15 +209,11 @@ class TrainResult:
 def _propose(proposal_model: keras.Model, features: dict) -> dict:
     """``{"proposals": [B, P, 4], "num_proposals": [B]}`` of the frozen proposal model.
 
-    Uses ``propose(features, training=True)`` when the model has it (training-time proposal
-    counts; BatchNorm of the frozen copy runs in inference mode); else ``RFCN``'s internal
-    backbone+RPN pass, which computes the same thing.
+    ``RFCN.propose`` with the training-time proposal counts; ``training=False`` keeps the frozen
+    copy's BatchNorm in inference mode (moving statistics), as a frozen network should be.
     """
-    if hasattr(proposal_model, "propose"):
-        return dict(proposal_model.propose(features, training=True))
-    stage = proposal_model._features_and_proposals(  # RFCN: backbone, RPN head, proposals
-        features["images"], tf.cast(features["image_shapes"], tf.int32), True)
-    return {"proposals": stage["proposals"], "num_proposals": stage["num_proposals"]}
+    result = proposal_model.propose(features, training=False, proposal_counts="train")
+    return {"proposals": result["proposals"], "num_proposals": result["num_proposals"]}
 
 
 def _proposal_features_fn(proposal_model: keras.Model) -> Callable[[dict], dict]:
@@ -380,7 +376,7 @@ def _fixed_proposals(model, strategy, checkpoint_dir, index, *, at_stage_start, 
     """Builds the frozen proposal copy for stage ``index`` (snapshot written at its start)."""
     if proposal_model_fn is None:
         raise ValueError("a stage with fixed proposals needs proposal_model_fn (a second model)")
-    if not (hasattr(model, "propose") or hasattr(model, "_features_and_proposals")):
+    if not hasattr(model, "propose"):
         raise ValueError(f"{type(model).__name__} has no propose(features, training=...): it "
                          f"cannot provide fixed proposals for alternating training")
     prefix = ckpt_lib.snapshot_prefix(checkpoint_dir, f"stage_{index + 1}_proposals")

@@ -57,8 +57,11 @@ class TinyDetector(keras.Model):
         return {"objectness_logits": self.rpn_head(features),
                 "class_logits": self.rfcn_head(features)}
 
-    def propose(self, features, training=False):
-        return {"proposals": tf.sigmoid(self.call(features, training=training)["objectness_logits"])}
+    def propose(self, features, training=False, proposal_counts=None):
+        """RFCN.propose's contract: a proposals map per image and a count (all of it)."""
+        objectness = tf.sigmoid(self.call(features, training=training)["objectness_logits"])
+        count = tf.reduce_prod(tf.shape(objectness)[1:3])
+        return {"proposals": objectness, "num_proposals": tf.fill(tf.shape(objectness)[:1], count)}
 
     @staticmethod
     def targets(features, side):
