@@ -17,7 +17,6 @@ The numbers are medians over --repeats timed windows of --batches batches each.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import sys
@@ -84,13 +83,8 @@ def main() -> int:
 
     train = {}
     if not args.skip_train:
-        try:
-            import rfcn_tf.model.builder  # noqa: F401
-        except ImportError as exc:
-            print(f"(rfcn_tf.model not importable: {exc}; training rates skipped)")
-        else:
-            train["shapes_tiny"] = train_rate(shapes, steps=args.train_steps)
-            train["bccd"] = train_rate(bccd, steps=args.train_steps)
+        train["shapes_tiny"] = train_rate(shapes, steps=args.train_steps)
+        train["bccd"] = train_rate(bccd, steps=args.train_steps)
 
     default_rate = train.get("shapes_tiny")
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; medians of {args.repeats} "

@@ -174,6 +174,7 @@ def _first_batch(dataset) -> dict:
 def _export_model(cfg, model, *, class_names, num_classes):
     """Exports with the pure-TF PS-RoI pooling (stock ops); returns the version folder."""
     from rfcn_tf import export as export_lib
+    from rfcn_tf.data.pipeline import evaluation_scale
     from rfcn_tf.model.builder import build_detector
 
     if cfg.model.psroi_impl != "tf":
@@ -185,7 +186,7 @@ def _export_model(cfg, model, *, class_names, num_classes):
     return export_lib.export_saved_model(
         export_model, class_names=class_names, out_dir=os.path.abspath(cfg.export.out_dir),
         model_name=cfg.export.model_name, version=cfg.export.version,
-        min_size=int(cfg.data.scales[0]), max_size=int(cfg.data.max_size))
+        min_size=int(evaluation_scale(cfg.data.scales)), max_size=int(cfg.data.max_size))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -345,13 +346,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         logger.info("evaluation on %s: %s", split, format_summary(metrics))
 
     if tcfg.export_at_end and not args.no_export:
-        try:
-            from rfcn_tf import export as export_lib  # noqa: F401
-        except ImportError as exc:
-            report["export_skipped"] = f"rfcn_tf.export is not available ({exc})"
-        else:
-            report["export"] = str(_export_model(cfg, model, class_names=class_names,
-                                                 num_classes=num_classes))
+        report["export"] = str(_export_model(cfg, model, class_names=class_names,
+                                             num_classes=num_classes))
     else:
         report["export_skipped"] = "--no-export" if args.no_export else "train.export_at_end=false"
     report["total_seconds"] = time.perf_counter() - started

@@ -16,7 +16,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

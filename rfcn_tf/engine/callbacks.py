@@ -16,7 +16,6 @@ metadata (scalars; images as ``[width, height, png...]``), so training does not 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from typing import Callable, Mapping, Optional, Sequence

@@ -27,8 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
-from typing import Callable, Iterator, Mapping, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import keras
 import tensorflow as tf

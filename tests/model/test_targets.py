@@ -1,7 +1,6 @@
 """Tests for rfcn_tf.model.targets on hand-built scenes and against the float64 reference."""
 
 import numpy as np
-import pytest
 
 from fn_reference import np_decode, np_encode, np_iou, np_match
 from rfcn_tf.model.anchors import AnchorGenerator
