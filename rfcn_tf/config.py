@@ -51,6 +51,7 @@ class DataConfig:
 
     source: str = "shapes"  # shapes | voc | coco_json | tfds
     tfds_name: str = "voc/2007"  # tfds: dataset name; "voc/2007+voc/2012" concatenates
+    eval_tfds_name: Optional[str] = None  # tfds: dataset of every split but train_split (None: tfds_name)
     data_dir: Optional[str] = None  # tfds: data_dir
     manual_dir: Optional[str] = None  # tfds: manual_dir (download_config)
     voc_root: Optional[str] = None  # voc: folder with Annotations/, JPEGImages/, ImageSets/

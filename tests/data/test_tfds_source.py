@@ -174,3 +174,14 @@ def test_data_dir_and_manual_dir_are_passed(mocked, monkeypatch):
     build_source(cfg, split="train")
     assert calls["data_dir"] == "/data/tfds"
     assert str(calls["manual_dir"]) == "/data/manual"
+
+
+def test_eval_tfds_name_serves_every_split_but_training(mocked):
+    """The paper's VOC recipe: train on voc/2007+voc/2012 trainval, evaluate on voc/2007 test."""
+    cfg = data_config(source="tfds", tfds_name="voc/2007+voc/2012", eval_tfds_name="voc/2007",
+                      train_split="trainval", val_split="test")
+    train, train_info = build_source(cfg, split="trainval")
+    test, test_info = build_source(cfg, split="test")
+    assert train_info.num_examples == 2 * NUM and test_info.num_examples == NUM
+    assert {e["filename"].decode()[:4] for e in _examples(train)} == {"2007", "2012"}
+    assert {e["filename"].decode()[:4] for e in _examples(test)} == {"2007"}

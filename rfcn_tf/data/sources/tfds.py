@@ -177,8 +177,15 @@ def tfds_source(names: Union[str, Sequence[str]], *, split: str, data_dir: Optio
 
 def from_config(data_cfg, *, split: str, shuffle: bool = False, seed: int = 0,
                 shard: Optional[tuple[int, int]] = None):
-    """`tfds_source` with its arguments read from a `DataConfig`."""
-    return tfds_source(data_cfg.tfds_name, split=split, data_dir=data_cfg.data_dir,
+    """`tfds_source` with its arguments read from a `DataConfig`.
+
+    Every split but `data_cfg.train_split` reads `data_cfg.eval_tfds_name` when it is set: the
+    paper's VOC recipe trains on voc/2007+voc/2012 trainval and tests on voc/2007 test only.
+    """
+    name = data_cfg.tfds_name
+    if data_cfg.eval_tfds_name and split != data_cfg.train_split:
+        name = data_cfg.eval_tfds_name
+    return tfds_source(name, split=split, data_dir=data_cfg.data_dir,
                        manual_dir=data_cfg.manual_dir, class_names=data_cfg.class_names,
                        skip_corrupt=data_cfg.skip_corrupt, shuffle=shuffle, seed=seed,
                        shard=shard, shuffle_buffer=data_cfg.shuffle_buffer,
