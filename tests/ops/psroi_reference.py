@@ -171,6 +171,21 @@ def _bin_contributions(roi, i, j, k, height, width, spatial_scale, mode, samplin
         roi, i, j, k, height, width, spatial_scale, sampling_ratio)
 
 
+def _all_contributions(rois, k, num_out, height, width, spatial_scale, mode, sampling_ratio):
+    """Every (r, i, j, b, h, w, channels, weight) term of the pooling, which is linear in the
+    features: output[r, i, j, :] = sum of weight * features[b, h, w, channels] over the terms.
+    Forward and gradient both walk these terms (one reads, the other scatters)."""
+    for r in range(rois.shape[0]):
+        b = int(math.floor(rois[r, 0]))
+        for i in range(k):
+            for j in range(k):
+                c0 = (i * k + j) * num_out  # bin-major: the bin's C channels are contiguous
+                for h, w, wt in _bin_contributions(rois[r], i, j, k, height, width,
+                                                   float(spatial_scale), mode,
+                                                   int(sampling_ratio)):
+                    yield r, i, j, b, h, w, slice(c0, c0 + num_out), wt
+
+
 def ps_roi_pool_reference(features, rois, output_size, spatial_scale, mode="avg",
                           sampling_ratio=2):
     """PS-RoI pooling forward, float64, plain loops.
@@ -190,15 +205,9 @@ def ps_roi_pool_reference(features, rois, output_size, spatial_scale, mode="avg"
     rois, k, num_out = _check_args(features.shape, rois, output_size, mode, sampling_ratio)
     _, height, width, _ = features.shape
     out = np.zeros((rois.shape[0], k, k, num_out), dtype=np.float64)
-    for r in range(rois.shape[0]):
-        b = int(math.floor(rois[r, 0]))
-        for i in range(k):
-            for j in range(k):
-                c0 = (i * k + j) * num_out
-                for h, w, wt in _bin_contributions(rois[r], i, j, k, height, width,
-                                                   float(spatial_scale), mode,
-                                                   int(sampling_ratio)):
-                    out[r, i, j, :] += wt * features[b, h, w, c0:c0 + num_out]
+    for r, i, j, b, h, w, channels, wt in _all_contributions(
+            rois, k, num_out, height, width, spatial_scale, mode, sampling_ratio):
+        out[r, i, j, :] += wt * features[b, h, w, channels]
     return out
 
 
@@ -224,13 +233,7 @@ def ps_roi_pool_reference_grad(features_shape, rois, grad_output, output_size, s
         raise ValueError(f"grad_output must be {expected}, got {grad_output.shape}")
     _, height, width, _ = features_shape
     grad = np.zeros(features_shape, dtype=np.float64)
-    for r in range(rois.shape[0]):
-        b = int(math.floor(rois[r, 0]))
-        for i in range(k):
-            for j in range(k):
-                c0 = (i * k + j) * num_out
-                for h, w, wt in _bin_contributions(rois[r], i, j, k, height, width,
-                                                   float(spatial_scale), mode,
-                                                   int(sampling_ratio)):
-                    grad[b, h, w, c0:c0 + num_out] += wt * grad_output[r, i, j, :]
+    for r, i, j, b, h, w, channels, wt in _all_contributions(
+            rois, k, num_out, height, width, spatial_scale, mode, sampling_ratio):
+        grad[b, h, w, channels] += wt * grad_output[r, i, j, :]
     return grad
