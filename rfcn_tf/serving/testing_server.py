@@ -120,6 +120,15 @@ def _decode_b64(value: Any) -> Any:
     return value
 
 
+def _single_input(value: Any, specs: Mapping[str, tf.TensorSpec], rule: str) -> dict:
+    """Unnamed input data: allowed only when the signature has exactly one input."""
+    if len(specs) != 1:
+        raise ServingStatus("INVALID_ARGUMENT",
+                            f"the signature takes {len(specs)} inputs {sorted(specs)}: {rule}")
+    (key,) = specs
+    return {key: _json_to_array(value, specs[key], key)}
+
+
 def _json_to_array(value: Any, spec: tf.TensorSpec, name: str) -> np.ndarray:
     """A JSON tensor value -> a NumPy array of the signature's dtype (TF Serving's rule)."""
     value = _decode_b64(value)
@@ -283,12 +292,7 @@ class ServingCore:
                 for key, value in instance.items():
                     columns.setdefault(key, []).append(value)
             return {k: _json_to_array(v, specs[k], k) for k, v in columns.items()}
-        if len(specs) != 1:
-            raise ServingStatus("INVALID_ARGUMENT",
-                                f"the signature takes {len(specs)} inputs {sorted(specs)}: each "
-                                "instance must be an object naming them")
-        (key,) = specs
-        return {key: _json_to_array(instances, specs[key], key)}
+        return _single_input(instances, specs, "each instance must be an object naming them")
 
     @staticmethod
     def _columns_to_arrays(inputs: Any, specs: Mapping[str, tf.TensorSpec]) -> dict:
@@ -299,12 +303,7 @@ class ServingCore:
                                     f"'inputs' names {sorted(unknown)}, not inputs of the "
                                     f"signature ({sorted(specs)})")
             return {k: _json_to_array(v, specs[k], k) for k, v in inputs.items()}
-        if len(specs) != 1:
-            raise ServingStatus("INVALID_ARGUMENT",
-                                f"the signature takes {len(specs)} inputs {sorted(specs)}: "
-                                "'inputs' must be an object naming them")
-        (key,) = specs
-        return {key: _json_to_array(inputs, specs[key], key)}
+        return _single_input(inputs, specs, "'inputs' must be an object naming them")
 
     def rest_status(self, name: Optional[str], version: Optional[int]) -> dict:
         if not name:
