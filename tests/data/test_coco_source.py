@@ -120,3 +120,18 @@ def test_corrupt_image(coco, tmp_path, data_warnings):
     (folder / "b.png").unlink()
     with pytest.raises(DataError, match=r"not found: .*b\.png"):
         coco_json.coco_source(annotations, images, split="train")
+
+
+def test_duplicate_and_malformed_image_ids(coco, tmp_path):
+    annotations, images = coco
+    data = json.loads(open(annotations.replace("{split}", "train")).read())
+    path = tmp_path / "dup.json"
+    duplicate = dict(data, images=data["images"] + [{"id": 5, "file_name": "b.png"}])
+    path.write_text(json.dumps(duplicate))
+    # Merging would give image 5 the boxes of both files: refused, naming the id and both files.
+    with pytest.raises(DataError, match=r"image id 5 is used twice, by 'a\.png' and 'b\.png'"):
+        coco_json.coco_source(str(path), images, split="train")
+    no_id = dict(data, images=data["images"] + [{"file_name": "c.png"}])
+    path.write_text(json.dumps(no_id))
+    with pytest.raises(DataError, match=r"images\[3\] needs an integer 'id'.*c\.png"):
+        coco_json.coco_source(str(path), images, split="train")

@@ -84,7 +84,8 @@ def coco_source(annotations, images, *, split: str = "",
 
     Raises:
       DataError: missing files, malformed JSON, an annotation whose category is not in
-        `class_names` or whose image id is unknown, a configured class with no category.
+        `class_names` or whose image id is unknown, an image id used by two images, a
+        configured class with no category.
     """
     json_path = _format_split(annotations, split)
     image_dir = _format_split(images, split)
@@ -107,8 +108,20 @@ def coco_source(annotations, images, *, split: str = "",
         category_ids = [c["id"] for c in categories]
     label_of = {cid: label for label, cid in enumerate(category_ids)}
 
+    for index, im in enumerate(data["images"]):
+        if (not isinstance(im, dict) or isinstance(im.get("id"), bool)
+                or not isinstance(im.get("id"), int) or not isinstance(im.get("file_name"), str)):
+            raise DataError(f"{json_path}: images[{index}] needs an integer 'id' and a "
+                            f"'file_name' string, got {im!r}"[:300])
     image_entries = sorted(data["images"], key=lambda im: im["id"])
-    file_of = {im["id"]: im["file_name"] for im in image_entries}
+    file_of: dict[int, str] = {}
+    for im in image_entries:
+        if im["id"] in file_of:
+            # Merging would give one image the annotations of both files.
+            raise DataError(f"{json_path}: image id {im['id']} is used twice, by "
+                            f"{file_of[im['id']]!r} and {im['file_name']!r}; image ids must be "
+                            f"unique")
+        file_of[im["id"]] = im["file_name"]
     per_image: dict[int, list] = {im["id"]: [] for im in image_entries}
     degenerate: dict[str, int] = {}
     for ann in data["annotations"]:
