@@ -143,6 +143,9 @@ def test_corrupt_images_skipped_with_one_warning_per_pass(voc_root, data_warning
     assert len(skipped) == 2  # one per pass
     assert "skipped 2 of 4 images" in skipped[0]
     assert "img_b.jpg" in skipped[0] and "img_c.jpg" in skipped[0]
+    # img_b's one box is skipped with its image, not counted as dropped after clipping.
+    assert "with their 1 boxes" in skipped[0]
+    assert not [m for m in data_warnings() if "after clipping" in m]
 
 
 def test_missing_image_file(voc_root, data_warnings):

@@ -174,7 +174,8 @@ def finalize_examples(dataset: tf.data.Dataset, *, skip_corrupt: bool, descripti
         whose message starts with "DataError:" and names the file. True: it is skipped.
       description: names the source in messages (e.g. "voc /data/VOC2007 split 'train'").
       report: append the end-of-pass sentinel and log ONE warning per pass with the number of
-        skipped images (quoting up to 5 file names) and of boxes dropped in tf.data.
+        skipped images and of their boxes (quoting up to 5 file names), and of boxes dropped
+        in tf.data from the images kept.
 
     Returns:
       The dataset of example dicts (EXAMPLE_KEYS only).
@@ -202,40 +203,46 @@ def finalize_examples(dataset: tf.data.Dataset, *, skip_corrupt: bool, descripti
     marked = dataset.map(lambda ex: (ex, tf.constant(False)))
     marked = marked.concatenate(tf.data.Dataset.from_tensors((sentinel, tf.constant(True))))
 
-    def log_counts(skipped, dropped, seen, names):
+    def log_counts(skipped, dropped, seen, names, skipped_boxes):
         skipped, dropped, seen = int(skipped), int(dropped), int(seen)
         if skipped:
             named = [n.decode("utf-8", "replace")
                      for n in names.numpy().tolist()[:min(skipped, _MAX_NAMED)]]
             more = ", ..." if skipped > len(named) else ""
-            logger.warning("%s: skipped %d of %d images that could not be read or decoded "
-                           "(data.skip_corrupt=true): %s%s", description, skipped, seen,
-                           ", ".join(named), more)
+            logger.warning("%s: skipped %d of %d images that could not be read or decoded, "
+                           "with their %d boxes (data.skip_corrupt=true): %s%s", description,
+                           skipped, seen, int(skipped_boxes), ", ".join(named), more)
         if dropped:
             logger.warning("%s: dropped %d boxes with no area inside their image after clipping "
                            "(in %d images)", description, dropped, seen)
         return np.int32(0)
 
     def step(state, element):
-        skipped, dropped, seen, names = state
+        skipped, dropped, seen, names, skipped_boxes = state
         ex, is_end = element
         bad = tf.logical_and(~is_end, ~ex["_ok"])
+        # A skipped image's boxes (kept or "dropped" against its empty fallback image) are
+        # counted with the image, not as boxes dropped after clipping.
+        num_boxes = tf.size(ex["labels"], out_type=tf.int32) + ex["_dropped"]
+        skipped_boxes += tf.where(bad, num_boxes, 0)
         names = tf.cond(
             bad & (skipped < _MAX_NAMED),
             lambda: tf.tensor_scatter_nd_update(names, [[tf.minimum(skipped, _MAX_NAMED - 1)]],
                                                 [ex["filename"]]),
             lambda: names)
         skipped += tf.cast(bad, tf.int32)
-        dropped += tf.where(is_end, 0, ex["_dropped"])
+        dropped += tf.where(is_end | bad, 0, ex["_dropped"])
         seen += tf.cast(~is_end, tf.int32)
         done = tf.cond(
             is_end,
-            lambda: tf.py_function(log_counts, [skipped, dropped, seen, names], tf.int32),
+            lambda: tf.py_function(log_counts, [skipped, dropped, seen, names, skipped_boxes],
+                                   tf.int32),
             lambda: tf.constant(0, tf.int32))
         # `done` (always 0) feeds the output so the logging call cannot be pruned.
-        return (skipped + done, dropped, seen, names), (ex, is_end)
+        return (skipped + done, dropped, seen, names, skipped_boxes), (ex, is_end)
 
-    init = (tf.constant(0), tf.constant(0), tf.constant(0), tf.fill([_MAX_NAMED], ""))
+    init = (tf.constant(0), tf.constant(0), tf.constant(0), tf.fill([_MAX_NAMED], ""),
+            tf.constant(0))
     reported = marked.scan(init, step)
     reported = reported.filter(lambda ex, is_end: tf.logical_and(~is_end, ex["_ok"]))
     return reported.map(lambda ex, is_end: strip(ex))
