@@ -4,7 +4,10 @@ Shape shorthand:
     B       images per batch (per replica when an input context is given)
     Hp, Wp  padded image height and width: the batch's largest resized image, rounded up to
             a multiple of 16
-    G       padded ground-truth rows (data.max_boxes)
+    G       padded ground-truth rows: data.max_boxes, raised to the largest box count of one
+            image when the source reports it (static); for sources that cannot tell up front
+            (TFDS) the batch's largest count when that is more (dynamic). No box is ever dropped
+            for lack of rows, in training or evaluation, so the metrics see every box.
 
 Batched features (docs/INTERFACES.md, "Batched features"):
     images           uint8   [B, Hp, Wp, 3]  resized, zero-padded bottom/right
@@ -133,14 +136,11 @@ def build_dataset(data_cfg, *, split: str, training: bool, batch_size: int,
         raise DataError(f"data.scales must list positive shorter-side sizes, got {scales}")
     if data_cfg.max_boxes < 1:
         raise DataError(f"data.max_boxes must be >= 1, got {data_cfg.max_boxes}")
-    if data_cfg.source == "shapes" and data_cfg.shapes.max_objects > data_cfg.max_boxes:
-        logger.warning("data.shapes.max_objects=%d > data.max_boxes=%d: boxes past %d per image "
-                       "are dropped", data_cfg.shapes.max_objects, data_cfg.max_boxes,
-                       data_cfg.max_boxes)
 
     use_cache = bool(data_cfg.cache)
     dataset, info = build_source(data_cfg, split=split, shuffle=training and not use_cache,
                                  seed=data_cfg.seed, shard=shard)
+    max_boxes, fixed_rows = _ground_truth_rows(data_cfg, info, split)
     endless = int(dataset.cardinality()) == tf.data.INFINITE_CARDINALITY
     if use_cache and endless:
         logger.warning("data.cache ignored: split %r of source %r is an endless stream", split,
@@ -160,12 +160,13 @@ def build_dataset(data_cfg, *, split: str, training: bool, batch_size: int,
 
     prepare = _make_prepare(
         training=training, scales=scales, eval_scale=evaluation_scale(scales),
-        max_size=int(data_cfg.max_size), max_boxes=int(data_cfg.max_boxes),
+        max_size=int(data_cfg.max_size), max_boxes=max_boxes, fixed_rows=fixed_rows,
         random_flip=bool(data_cfg.random_flip), photometric=bool(data_cfg.photometric),
         use_difficult=bool(data_cfg.use_difficult), seed=int(data_cfg.seed),
         pipeline_id=pipeline_id, num_pipelines=num_pipelines)
     dataset = dataset.enumerate().map(prepare, num_parallel_calls=data_cfg.num_parallel_calls)
-    dataset = dataset.padded_batch(per_replica, drop_remainder=training)
+    dataset = dataset.padded_batch(per_replica, drop_remainder=training,
+                                   padding_values=_padding_values(dataset.element_spec))
     dataset = dataset.map(
         lambda f: dict(f, images=transforms.pad_to_multiple(f["images"], _PAD_MULTIPLE)),
         num_parallel_calls=data_cfg.num_parallel_calls)
@@ -175,7 +176,27 @@ def build_dataset(data_cfg, *, split: str, training: bool, batch_size: int,
     return dataset.with_options(options)
 
 
-def _make_prepare(*, training, scales, eval_scale, max_size, max_boxes, random_flip,
+def _ground_truth_rows(data_cfg, info: DatasetInfo, split: str) -> tuple[int, bool]:
+    """(G, fixed): ground-truth rows per image, and whether G bounds every image (static)."""
+    known = info.max_boxes_per_image
+    if known is None and data_cfg.source == "shapes":
+        known = int(data_cfg.shapes.max_objects)
+    rows = int(data_cfg.max_boxes)
+    if known is None:
+        return rows, False
+    if known > rows:
+        logger.info("split %r has up to %d boxes per image: ground truth padded to %d rows "
+                    "(data.max_boxes=%d), so none is dropped", split, known, known, rows)
+    return max(rows, int(known)), True
+
+
+def _padding_values(spec) -> dict:
+    """Batch padding like `pad_ground_truth`'s: -1 boxes and classes, 0 pixels, False flags."""
+    return {key: tf.constant(-1 if key in ("gt_boxes", "gt_classes") else 0, s.dtype)
+            if s.dtype != tf.bool else tf.constant(False) for key, s in spec.items()}
+
+
+def _make_prepare(*, training, scales, eval_scale, max_size, max_boxes, fixed_rows, random_flip,
                   photometric, use_difficult, seed, pipeline_id, num_pipelines):
     """The per-image map: example dict -> unbatched features (module docstring)."""
 
@@ -204,8 +225,9 @@ def _make_prepare(*, training, scales, eval_scale, max_size, max_boxes, random_f
             image = transforms.photometric_jitter(image, seed=seeds[2])
         image_shape = tf.shape(image)[:2]
         boxes_px = box_ops.denormalize_boxes(boxes, image_shape)
-        gt = transforms.pad_ground_truth(max_boxes, boxes=boxes_px, classes=labels + 1,
-                                         difficult=difficult, is_crowd=crowd)
+        gt = transforms.pad_ground_truth(max_boxes, fixed_rows, boxes=boxes_px,
+                                         classes=labels + 1, difficult=difficult,
+                                         is_crowd=crowd)
         return {
             "images": image,
             "image_shapes": tf.cast(image_shape, tf.int32),

@@ -5,7 +5,7 @@ Shape shorthand:
     H, W    resized image height and width (pixels)
     Hp, Wp  padded height and width (multiples of 16)
     N       boxes of one image
-    G       padded ground-truth rows (data.max_boxes)
+    G       padded ground-truth rows (at least data.max_boxes; never fewer than the boxes)
 
 Box formats: `boxes_normalized` are yxyx in [0, 1] (DESIGN.md: what sources emit); they do not
 change under resizing. `boxes_px` are yxyx in pixels of the resized image (what the model
@@ -182,29 +182,44 @@ def choose_scale(scales: Sequence[int], *, seed) -> tf.Tensor:
     return scales[index]
 
 
-def pad_ground_truth(max_boxes: int, **per_box: tf.Tensor) -> dict[str, tf.Tensor]:
-    """Truncates or pads per-box tensors to exactly `max_boxes` rows (static shape G).
+def pad_ground_truth(max_boxes: int, fixed: bool = True, **per_box: tf.Tensor
+                     ) -> dict[str, tf.Tensor]:
+    """Pads per-box tensors with filler rows; never drops a box.
 
     Args:
-      max_boxes: G.
+      max_boxes: G. With `fixed` the output has exactly G rows (static shape) and an image
+        with more than G boxes is an error (InvalidArgumentError naming both counts): the
+        caller sizes G from the data (`data.pipeline` takes the largest box count the source
+        reports). Without `fixed` the output has max(N, G) rows (a dynamic shape; batching
+        pads to the batch's largest), for sources whose box counts are not known up front.
+      fixed: see `max_boxes`.
       **per_box: tensors [N, ...] with the same N; padding rows are -1 for numeric dtypes and
         False for bool.
 
     Returns:
-      The same keys with shape [G, ...], plus `mask` bool [G] (True for real rows). Rows past G
-      are dropped (the first G are kept).
+      The same keys with shape [G, ...] (or [max(N, G), ...]), plus `mask` bool (True for the
+      N real rows, which come first in their input order).
     """
     out = {}
     n = None
     for key, value in per_box.items():
         value = tf.convert_to_tensor(value)
         n = tf.shape(value)[0] if n is None else n
-        value = value[:max_boxes]
-        pad = max_boxes - tf.shape(value)[0]
+        rows = tf.maximum(tf.shape(value)[0], max_boxes)
+        if fixed:
+            check = tf.debugging.assert_less_equal(
+                tf.shape(value)[0], max_boxes,
+                message=f"pad_ground_truth: more boxes than the {max_boxes} padded rows "
+                        f"(size the padding from the data)")
+            with tf.control_dependencies([check]):
+                rows = tf.identity(rows)
+        pad = rows - tf.shape(value)[0]
         fill = False if value.dtype == tf.bool else -1
         paddings = [[0, pad]] + [[0, 0]] * (value.shape.rank - 1)
         value = tf.pad(value, paddings, constant_values=tf.constant(fill, value.dtype))
-        out[key] = tf.ensure_shape(value, [max_boxes] + value.shape.as_list()[1:])
-    count = tf.minimum(n, max_boxes) if n is not None else 0
-    out["mask"] = tf.range(max_boxes) < count
+        out[key] = tf.ensure_shape(value, [max_boxes if fixed else None]
+                                   + value.shape.as_list()[1:])
+    n = 0 if n is None else n
+    rows = max_boxes if fixed else tf.maximum(n, max_boxes)
+    out["mask"] = tf.range(rows) < n
     return out

@@ -141,8 +141,22 @@ def test_pad_ground_truth():
     np.testing.assert_array_equal(out["classes"], [3, 1, -1, -1])
     np.testing.assert_array_equal(out["flags"], [True, False, False, False])
     np.testing.assert_array_equal(out["mask"], [True, True, False, False])
-    cut = transforms.pad_ground_truth(1, boxes=boxes, classes=np.array([3, 1], np.int32))
-    np.testing.assert_array_equal(cut["classes"], [3])
-    np.testing.assert_array_equal(cut["mask"], [True])
+    assert out["boxes"].shape.as_list() == [4, 4]  # fixed: static G
     empty = transforms.pad_ground_truth(2, boxes=np.zeros((0, 4), np.float32))
     np.testing.assert_array_equal(empty["mask"], [False, False])
+
+
+def test_pad_ground_truth_never_drops_a_box():
+    boxes = np.arange(12, dtype=np.float32).reshape(3, 4)
+    classes = np.array([3, 1, 2], np.int32)
+    # Fixed rows too few for the image: an error, not the first G rows.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more boxes than the 2 padded rows"):
+        transforms.pad_ground_truth(2, boxes=boxes, classes=classes)
+    # Not fixed: max(N, G) rows, every box kept.
+    grown = transforms.pad_ground_truth(2, False, boxes=boxes, classes=classes)
+    np.testing.assert_array_equal(grown["boxes"], boxes)
+    np.testing.assert_array_equal(grown["classes"], classes)
+    np.testing.assert_array_equal(grown["mask"], [True, True, True])
+    padded = transforms.pad_ground_truth(5, False, boxes=boxes, classes=classes)
+    np.testing.assert_array_equal(padded["classes"], [3, 1, 2, -1, -1])
+    np.testing.assert_array_equal(padded["mask"], [True] * 3 + [False] * 2)

@@ -177,7 +177,8 @@ def coco_source(annotations, images, *, split: str = "",
                             shuffle=shuffle, seed=seed, shard=shard,
                             num_parallel_calls=num_parallel_calls)
     return dataset, DatasetInfo(class_names=names, num_examples=len(image_entries),
-                                category_ids=category_ids)
+                                category_ids=category_ids,
+                                max_boxes_per_image=max(map(len, records["labels"]), default=0))
 
 
 def from_config(data_cfg, *, split: str, shuffle: bool = False, seed: int = 0,

@@ -243,7 +243,8 @@ def voc_source(root, *, split: str, class_names: Optional[Sequence[str]] = None,
     dataset = file_examples(records, description=description, skip_corrupt=skip_corrupt,
                             shuffle=shuffle, seed=seed, shard=shard,
                             num_parallel_calls=num_parallel_calls)
-    return dataset, DatasetInfo(class_names=names, num_examples=len(ids))
+    return dataset, DatasetInfo(class_names=names, num_examples=len(ids),
+                                max_boxes_per_image=max(map(len, records["labels"]), default=0))
 
 
 def from_config(data_cfg, *, split: str, shuffle: bool = False, seed: int = 0,
