@@ -49,7 +49,7 @@ class ShapesConfig:
 class DataConfig:
     """Where the images come from and how they are prepared (DESIGN.md: normalized yxyx)."""
 
-    source: str = "shapes"  # shapes | voc | coco_json | tfds
+    source: str = "shapes"  # shapes | voc | coco_json | tfds | tfrecord
     tfds_name: str = "voc/2007"  # tfds: dataset name; "voc/2007+voc/2012" concatenates
     eval_tfds_name: Optional[str] = None  # tfds: dataset of every split but train_split (None: tfds_name)
     data_dir: Optional[str] = None  # tfds: data_dir
@@ -57,6 +57,8 @@ class DataConfig:
     voc_root: Optional[str] = None  # voc: folder with Annotations/, JPEGImages/, ImageSets/
     coco_annotations: Optional[str] = None  # coco_json: instances_*.json
     coco_images: Optional[str] = None  # coco_json: image folder
+    tfrecord_pattern: Optional[str] = None  # tfrecord: glob of the shard files, {split} replaced (e.g. data/bccd_tfrecord/{split}-*.tfrecord)
+    label_map: Optional[str] = None  # tfrecord: the OD API label_map.pbtxt (None: label_map.pbtxt beside the shards)
     train_split: str = "train"
     val_split: str = "validation"
     class_names: Optional[list[str]] = None  # None: from the source (discovered or TFDS info)
@@ -315,7 +317,7 @@ def apply_override(config: Config, override: str) -> None:
 def validate(config: Config) -> None:
     """Cross-field checks that single types cannot express."""
     choices = {
-        "data.source": (config.data.source, ("shapes", "voc", "coco_json", "tfds")),
+        "data.source": (config.data.source, ("shapes", "voc", "coco_json", "tfds", "tfrecord")),
         "model.backbone": (config.model.backbone, ("small", "resnet50", "resnet101")),
         "model.pooling_mode": (config.model.pooling_mode, ("avg", "bilinear")),
         "model.small_norm": (config.model.small_norm, ("batch", "group", "none")),

@@ -2,9 +2,9 @@
 
 Every source yields the same example dict (docs/INTERFACES.md, "Examples"; `base.EXAMPLE_KEYS`)
 and a `DatasetInfo`. Each module has a keyword-only builder that never reads the config
-(`shapes_source`, `voc_source`, `coco_source`, `tfds_source`) and a `from_config(data_cfg, *,
-split, shuffle=False, seed=0, shard=None)` that maps a `DataConfig` onto it; `SOURCES` maps
-`data.source` to that `from_config`.
+(`shapes_source`, `voc_source`, `coco_source`, `tfds_source`, `tfrecord_source`) and a
+`from_config(data_cfg, *, split, shuffle=False, seed=0, shard=None)` that maps a `DataConfig`
+onto it; `SOURCES` maps `data.source` to that `from_config`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from rfcn_tf.data.errors import DataError
-from rfcn_tf.data.sources import coco_json, shapes, tfds, voc_xml
+from rfcn_tf.data.sources import coco_json, shapes, tfds, tfrecord, voc_xml
 from rfcn_tf.data.sources.base import EXAMPLE_KEYS, DatasetInfo
 
 __all__ = ["SOURCES", "get_source", "DatasetInfo", "EXAMPLE_KEYS"]
@@ -22,6 +22,7 @@ SOURCES: dict[str, Callable] = {
     "voc": voc_xml.from_config,
     "coco_json": coco_json.from_config,
     "tfds": tfds.from_config,
+    "tfrecord": tfrecord.from_config,
 }
 
 

@@ -1,0 +1,397 @@
+"""TFRecord files of tf.train.Examples in the TF Object Detection API's format.
+
+A user migrating from the OD API trains on the files they already have; `python -m
+rfcn_tf.data.convert` writes any other source into this format (docs/ARCHITECTURE.md, "Data").
+
+Shape shorthand: N boxes of one image, C classes, F shard files.
+
+Keys read (every one optional except `image/encoded`; missing lists mean "no boxes" / "all
+False"):
+    image/encoded                       bytes    JPEG/PNG/GIF/BMP/WebP, decoded here
+    image/height, image/width           int64    not used: boxes are normalized already
+    image/filename                      bytes    becomes the example's `filename`
+    image/source_id                     bytes    the image id: a decimal string becomes that
+                                                 number, anything else a 62-bit hash of it
+    image/object/bbox/{ymin,xmin,ymax,xmax}  float [N]  normalized to the image, clipped to
+                                                 [0, 1]; boxes without area are dropped (counted)
+    image/object/class/label            int64 [N]  the label map's ids (1-based, gaps allowed)
+    image/object/class/text             bytes [N]  used only when class/label is absent
+    image/object/difficult              int64 [N]  VOC difficult (0/1)
+    image/object/is_crowd               int64 [N]  COCO iscrowd (0/1)
+
+Classes: the label map (`data.label_map`; default `label_map.pbtxt` in the folder of the
+first shard) lists the ids; dataset label = rank of the id among the label map's ids
+(`rfcn_tf.data.label_map`), class names = the items' display_name (else name).
+
+Files: `data.tfrecord_pattern` is a glob (`{split}` is replaced by the split name), e.g.
+`data/bccd_tfrecord/{split}-*.tfrecord`; the matched files are sorted. They are read
+file-interleaved (block 1, so files written round-robin by the converter read back in their
+original order). With a shard (`num_shards`, `index`) from the input context, each worker reads
+whole files (`files[index::num_shards]`, TF's AutoShardPolicy.FILE) when there are at least as
+many files as workers, and every num_shards-th record of all files otherwise (DATA). Without a
+shard the dataset keeps TF's AUTO policy, which applies the same rule when a strategy
+distributes it. Training reshuffles the file order every pass and the serialized records in a
+`shuffle_buffer`.
+
+The split's size comes from the converter's `<split>-summary.json` beside the shards when its
+file list matches; otherwise it is unknown (None) and nothing counts the records.
+
+Bad data fails with an error naming the shard file and the record's index in it (DataError at
+build time for a missing pattern or label map; inside tf.data an InvalidArgumentError whose
+message starts with "DataError:"): a truncated or corrupt file, a record that is not a
+tf.train.Example with these keys' types, bbox lists of unequal length, a label id missing from
+the label map, or an image that cannot be decoded (that one follows `data.skip_corrupt`).
+"""
+
+from __future__ import annotations
+
+import glob as glob_lib
+import json
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from rfcn_tf.data import label_map as label_map_lib
+from rfcn_tf.data.errors import DATA_ERROR_PREFIX, DataError
+from rfcn_tf.data.sources.base import (DatasetInfo, clip_and_filter_boxes, decode_image_or_flag,
+                                       finalize_examples)
+
+__all__ = ["KEYS", "LABEL_MAP_FILE", "shard_file_name", "summary_path", "resolve_files",
+           "tfrecord_source", "from_config"]
+
+LABEL_MAP_FILE = "label_map.pbtxt"
+
+# The OD API's tf.train.Example keys (object_detection/core/standard_fields.py, TfExampleFields).
+KEYS = {
+    "encoded": "image/encoded",
+    "format": "image/format",
+    "height": "image/height",
+    "width": "image/width",
+    "filename": "image/filename",
+    "source_id": "image/source_id",
+    "xmin": "image/object/bbox/xmin",
+    "ymin": "image/object/bbox/ymin",
+    "xmax": "image/object/bbox/xmax",
+    "ymax": "image/object/bbox/ymax",
+    "label": "image/object/class/label",
+    "text": "image/object/class/text",
+    "difficult": "image/object/difficult",
+    "is_crowd": "image/object/is_crowd",
+}
+
+# TFRecord framing around each record: length (8) + its CRC (4) + data + data CRC (4).
+_FRAME_BYTES = 16
+# Files read at once by the interleave (all of them up to this many: round-robin order kept).
+_MAX_CYCLE = 64
+_HASH_BUCKETS = 2 ** 62
+
+
+def shard_file_name(split: str, index: int, num_shards: int) -> str:
+    """`<split>-00000-of-00004.tfrecord`: the converter's shard names (the OD API's pattern)."""
+    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def summary_path(folder, split: str) -> Path:
+    """The converter's per-split summary (`num_examples`, `files`, ...) in `folder`."""
+    return Path(folder) / f"{split}-summary.json"
+
+
+def _repository_root() -> Path:
+    return Path(__file__).resolve().parents[3]
+
+
+def resolve_files(pattern: str, split: str) -> list[str]:
+    """The sorted files matching `pattern` (`{split}` replaced); a relative pattern is tried from
+    the working directory, then from the repository root. Remote (gs://...) via tf.io.gfile.
+
+    Raises:
+      DataError: no file matches (the message names every pattern tried).
+    """
+    if not pattern:
+        raise DataError("data.tfrecord_pattern is unset: give the shard files' glob, e.g. "
+                        "data/bccd_tfrecord/{split}-*.tfrecord")
+    pattern = str(pattern).replace("{split}", split)
+    if "://" in pattern:
+        files = sorted(tf.io.gfile.glob(pattern))
+        tried = [pattern]
+    else:
+        expanded = os.path.expanduser(pattern)
+        tried = [expanded] if os.path.isabs(expanded) else [
+            os.path.join(os.getcwd(), expanded), str(_repository_root() / expanded)]
+        files = []
+        for candidate in tried:
+            files = sorted(p for p in glob_lib.glob(candidate) if os.path.isfile(p))
+            if files:
+                break
+    if not files:
+        raise DataError(f"no TFRecord files match {' or '.join(tried)} (data.tfrecord_pattern, "
+                        f"split {split!r})")
+    return files
+
+
+def _file_size(path: str) -> int:
+    return int(tf.io.gfile.stat(path).length)
+
+
+def _known_size(files: Sequence[str], split: str) -> Optional[int]:
+    """num_examples from the converter's summary when it describes exactly these files."""
+    folder = os.path.dirname(files[0])
+    path = summary_path(folder, split)
+    try:
+        summary = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if sorted(summary.get("files", [])) != sorted(os.path.basename(f) for f in files):
+        return None
+    if any(os.path.dirname(f) != folder for f in files):
+        return None
+    return int(summary["num_examples"])
+
+
+def _feature_spec():
+    var = tf.io.VarLenFeature
+    return {
+        KEYS["encoded"]: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        KEYS["filename"]: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        KEYS["source_id"]: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        KEYS["xmin"]: var(tf.float32), KEYS["ymin"]: var(tf.float32),
+        KEYS["xmax"]: var(tf.float32), KEYS["ymax"]: var(tf.float32),
+        KEYS["label"]: var(tf.int64), KEYS["text"]: var(tf.string),
+        KEYS["difficult"]: var(tf.int64), KEYS["is_crowd"]: var(tf.int64),
+    }
+
+
+def _parse_or_flag(record: tf.Tensor):
+    """Parses one serialized record -> (dict of dense tensors, ok bool []), never raising.
+
+    A record that is not a tf.train.Example or has a key of the wrong type raises inside
+    parse_single_example; as in `base.decode_image_or_flag`, the parse runs in a one-element
+    dataset with `ignore_errors()` followed by a fallback element.
+    """
+    spec = _feature_spec()
+
+    def parse(r):
+        parsed = tf.io.parse_single_example(r, spec)
+        return {k: tf.sparse.to_dense(v) if isinstance(v, tf.sparse.SparseTensor) else v
+                for k, v in parsed.items()}, tf.constant(True)
+
+    inner = tf.data.Dataset.from_tensors(record).map(parse).ignore_errors()
+    empty = {k: tf.zeros([0], s.dtype) if isinstance(s, tf.io.VarLenFeature) else
+             tf.constant("", tf.string) for k, s in spec.items()}
+    fallback = tf.data.Dataset.from_tensors((empty, tf.constant(False)))
+    return inner.concatenate(fallback).take(1).get_single_element()
+
+
+def _check_file_end(filename, size, consumed, records):
+    """Asserts that the records read from `filename` account for all of its bytes."""
+    return tf.debugging.Assert(tf.equal(consumed, size), [
+        f"{DATA_ERROR_PREFIX} TFRecord file", filename, "is truncated or corrupt after record",
+        records, "(read", consumed, "of", size, "bytes; is it an uncompressed TFRecord file?)"],
+        summarize=1)
+
+
+def _file_records(filename: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
+    """(filename, record index, serialized record) of one file; at the end of the file, an error
+    naming it when the records read do not cover its bytes (TF's own DataLossError names no
+    file, so the reader skips it with ignore_errors and checks the byte count instead)."""
+    records = tf.data.TFRecordDataset(filename).ignore_errors()
+    marked = records.map(lambda r: (r, tf.constant(False)))
+    marked = marked.concatenate(tf.data.Dataset.from_tensors((tf.constant(""),
+                                                              tf.constant(True))))
+
+    def step(state, element):
+        consumed, count = state
+        record, is_end = element
+
+        def at_end():
+            with tf.control_dependencies([_check_file_end(filename, size, consumed, count)]):
+                return tf.identity(count)
+
+        count_out = tf.cond(is_end, at_end, lambda: count)
+        length = tf.cast(tf.strings.length(record), tf.int64) + _FRAME_BYTES
+        consumed = tf.where(is_end, consumed, consumed + length)
+        return (consumed, count_out + tf.cast(~is_end, tf.int64)), (count_out, record, is_end)
+
+    scanned = marked.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), step)
+    scanned = scanned.filter(lambda index, record, is_end: ~is_end)
+    return scanned.map(lambda index, record, is_end: (filename, index, record))
+
+
+def _image_id(source_id: tf.Tensor, fallback: tf.Tensor) -> tf.Tensor:
+    """int64 []: a decimal source_id as its number, otherwise a hash of it (or of `fallback`)."""
+    text = tf.where(tf.strings.length(source_id) > 0, source_id, fallback)
+    numeric = tf.strings.regex_full_match(text, r"-?[0-9]{1,18}")
+    return tf.cond(numeric,
+                   lambda: tf.strings.to_number(text, tf.int64),
+                   lambda: tf.strings.to_hash_bucket_fast(text, _HASH_BUCKETS))
+
+
+def tfrecord_source(files: Sequence[str], *, class_items: Sequence[label_map_lib.LabelMapItem],
+                    split: str = "", skip_corrupt: bool = False, shuffle: bool = False,
+                    seed: int = 0, shard: Optional[tuple[int, int]] = None,
+                    shuffle_buffer: int = 256, num_parallel_calls: int = tf.data.AUTOTUNE,
+                    num_examples: Optional[int] = None):
+    """Examples (base module's dict) of OD API tf.train.Examples in `files`.
+
+    Args:
+      files: the shard files (`resolve_files`), read in this order.
+      class_items: the label map's class items (`label_map.read_label_map`): label = rank of
+        the id.
+      split: names the split in messages.
+      skip_corrupt: an image that cannot be decoded is skipped (counted) instead of failing.
+        Broken records and files always fail.
+      shuffle, seed: reshuffle the file order every pass and records in a `shuffle_buffer`.
+      shard: (num_shards, index): by file when len(files) >= num_shards, else by record.
+      num_parallel_calls: parallelism of the parse/decode map and of the file interleave.
+      num_examples: the split's size when known (DatasetInfo).
+
+    Returns:
+      (dataset of example dicts, one pass; DatasetInfo).
+
+    Raises:
+      DataError: no files, no class items, or an invalid shard.
+    """
+    files = [str(f) for f in files]
+    if not files:
+        raise DataError(f"no TFRecord files for split {split!r}")
+    items = sorted(class_items, key=lambda i: i.id)
+    if not items:
+        raise DataError("the label map has no class items")
+    description = f"tfrecord split {split!r} ({len(files)} files, first {files[0]})"
+    by_data = None
+    if shard is not None:
+        num, index = shard
+        if not 0 <= index < num:
+            raise DataError(f"shard index must be in [0, {num}), got {index}")
+        if len(files) >= num:
+            files = files[index::num]
+        else:
+            by_data = shard
+        num_examples = None  # this worker's share is unknown
+    sizes = [_file_size(f) for f in files]
+
+    ids = tf.constant([i.id for i in items], tf.int64)
+    id_table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(ids, tf.range(len(items), dtype=tf.int32)), -1)
+    name_table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant([i.name for i in items] + [i.display_name or i.name for i in items]),
+            tf.concat([tf.range(len(items), dtype=tf.int32)] * 2, 0)), -1)
+
+    file_ds = tf.data.Dataset.from_tensor_slices((tf.constant(files), tf.constant(sizes,
+                                                                                  tf.int64)))
+    if shuffle:
+        file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    cycle = min(len(files), _MAX_CYCLE)
+    records = file_ds.interleave(_file_records, cycle_length=cycle, block_length=1,
+                                 num_parallel_calls=min(cycle, 8) if cycle > 1 else None)
+    if by_data is not None:
+        records = records.shard(*by_data)
+    if shuffle:
+        records = records.shuffle(max(int(shuffle_buffer), 1), seed=seed,
+                                  reshuffle_each_iteration=True)
+
+    def load(filename, index, record):
+        parsed, parsed_ok = _parse_or_flag(record)
+        where = [filename, "record", index]
+        parse_check = tf.debugging.Assert(parsed_ok, [
+            f"{DATA_ERROR_PREFIX} TFRecord file"] + where + [
+            "is not a tf.train.Example with the OD API keys' types (image/encoded bytes, "
+            "bbox float lists, class/label int64 list, ...)"], summarize=1)
+        with tf.control_dependencies([parse_check]):
+            coords = [parsed[KEYS[k]] for k in ("ymin", "xmin", "ymax", "xmax")]
+        n = tf.size(coords[0])
+        labels_id, texts = parsed[KEYS["label"]], parsed[KEYS["text"]]
+        use_text = tf.logical_and(tf.equal(tf.size(labels_id), 0), tf.size(texts) > 0)
+        labels = tf.cond(use_text, lambda: name_table.lookup(texts),
+                         lambda: id_table.lookup(labels_id))
+        difficult, crowd = parsed[KEYS["difficult"]], parsed[KEYS["is_crowd"]]
+        difficult = tf.cond(tf.equal(tf.size(difficult), 0), lambda: tf.zeros([n], tf.int64),
+                            lambda: difficult)
+        crowd = tf.cond(tf.equal(tf.size(crowd), 0), lambda: tf.zeros([n], tf.int64),
+                        lambda: crowd)
+        lengths = tf.stack([tf.size(c) for c in coords[1:]]
+                           + [tf.size(labels), tf.size(difficult), tf.size(crowd)])
+        checks = [
+            tf.debugging.Assert(tf.reduce_all(tf.equal(lengths, n)), [
+                f"{DATA_ERROR_PREFIX} TFRecord file"] + where + [
+                "has per-box lists of unequal length (ymin: ", n,
+                "; xmin, ymax, xmax, class, difficult, is_crowd:", lengths, ")"], summarize=8),
+            tf.debugging.Assert(tf.reduce_all(labels >= 0), [
+                f"{DATA_ERROR_PREFIX} TFRecord file"] + where + [
+                "has a class not in the label map: ids", labels_id, "texts", texts,
+                f"(label map ids: {[i.id for i in items]})"], summarize=8),
+        ]
+        with tf.control_dependencies(checks):
+            boxes = tf.stack(coords, axis=-1)
+        image, ok = decode_image_or_flag(parsed[KEYS["encoded"]])
+        name = parsed[KEYS["filename"]]
+        record_name = tf.strings.join([filename, "#", tf.strings.as_string(index)])
+        name = tf.where(tf.strings.length(name) > 0, name, record_name)
+        if not skip_corrupt:
+            image_check = tf.debugging.Assert(ok, [
+                f"{DATA_ERROR_PREFIX} TFRecord file"] + where + [
+                "(image/filename", parsed[KEYS["filename"]],
+                "): image/encoded cannot be decoded (missing or corrupt); set "
+                "data.skip_corrupt=true to skip such images"], summarize=1)
+            with tf.control_dependencies([image_check]):
+                ok = tf.identity(ok)
+        boxes, labels, difficult, crowd, dropped = clip_and_filter_boxes(
+            boxes, labels, difficult, crowd)
+        return {
+            "image": image,
+            "image_id": _image_id(parsed[KEYS["source_id"]], record_name),
+            "filename": name,
+            "boxes": boxes,
+            "labels": tf.cast(labels, tf.int32),
+            "is_difficult": difficult > 0,
+            "is_crowd": crowd > 0,
+            "_ok": ok,
+            "_dropped": dropped,
+        }
+
+    dataset = records.map(load, num_parallel_calls=num_parallel_calls)
+    dataset = finalize_examples(dataset, skip_corrupt=skip_corrupt, description=description)
+    info = DatasetInfo(class_names=label_map_lib.class_names_of(items),
+                       num_examples=num_examples)
+    return dataset, info
+
+
+def _resolve_label_map(label_map: Optional[str], files: Sequence[str]) -> str:
+    if label_map is None:
+        path = os.path.join(os.path.dirname(files[0]), LABEL_MAP_FILE)
+        if not tf.io.gfile.exists(path):
+            raise DataError(f"no label map: data.label_map is unset and {path} does not exist "
+                            "(give the OD API's label_map.pbtxt)")
+        return path
+    path = os.path.expanduser(str(label_map))
+    if "://" in path or os.path.isabs(path):
+        return path
+    for candidate in (os.path.join(os.getcwd(), path), str(_repository_root() / path)):
+        if os.path.isfile(candidate):
+            return candidate
+    raise DataError(f"label map not found: data.label_map={label_map!r}")
+
+
+def from_config(data_cfg, *, split: str, shuffle: bool = False, seed: int = 0,
+                shard: Optional[tuple[int, int]] = None):
+    """`tfrecord_source` with its arguments read from a `DataConfig`.
+
+    `data.class_names`, when set, must equal the label map's class names (in id order): the
+    label map is what defines the ids of the files.
+    """
+    files = resolve_files(data_cfg.tfrecord_pattern, split)
+    label_map_path = _resolve_label_map(data_cfg.label_map, files)
+    items = label_map_lib.read_label_map(label_map_path)
+    names = label_map_lib.class_names_of(items)
+    if data_cfg.class_names is not None and list(data_cfg.class_names) != names:
+        raise DataError(f"data.class_names={list(data_cfg.class_names)} differs from the label "
+                        f"map {label_map_path} ({names}); unset data.class_names or fix the map")
+    return tfrecord_source(files, class_items=items, split=split,
+                           skip_corrupt=data_cfg.skip_corrupt, shuffle=shuffle, seed=seed,
+                           shard=shard, shuffle_buffer=data_cfg.shuffle_buffer,
+                           num_parallel_calls=data_cfg.num_parallel_calls,
+                           num_examples=_known_size(files, split))
+
