@@ -17,7 +17,7 @@ both get ``--threads`` intra-op threads. The paths take turns call by call, so l
 other processes falls on all of them alike; still, compare rows of one run, not runs.
 
     python benchmarks/serving.py [--runs 10 --height 600 --width 1000 --skip-onnx]
-        [--config voc07_resnet101 --set model.backbone=resnet50 ...]
+        [--config voc07_resnet101 --set model.backbone.name=resnet50 ...]
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 BCCD_IMAGE = "/work/shared/data/BCCD/JPEGImages/BloodImage_00000.jpg"
-DEFAULT_OVERRIDES = ["model.backbone=resnet50", "model.backbone_weights=null"]
+DEFAULT_OVERRIDES = ["model.backbone.name=resnet50", "model.backbone.weights=null"]
 
 
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="voc07_resnet101",
                         help="preset or YAML of the model (default: voc07_resnet101 with "
-                             "--set model.backbone=resnet50 unless --set is given)")
+                             "--set model.backbone.name=resnet50 unless --set is given)")
     parser.add_argument("--set", dest="overrides", action="append", default=None,
                         metavar="KEY=VALUE", help="config overrides (repeatable)")
     parser.add_argument("--checkpoint", default=None,
@@ -98,7 +98,7 @@ def main() -> None:
     from rfcn_tf.model.builder import build_detector
 
     overrides = args.overrides if args.overrides is not None else DEFAULT_OVERRIDES
-    cfg = load_config(args.config, list(overrides) + ["model.psroi_impl=tf"])
+    cfg = load_config(args.config, list(overrides) + ["model.head.psroi_impl=tf"])
     num_classes = len(cfg.data.class_names) if cfg.data.class_names else 20
     if args.checkpoint:
         from rfcn_tf.evaluate import load_checkpoint_detector
@@ -147,10 +147,10 @@ def main() -> None:
           + (f", onnxruntime {ort_version}" if not args.skip_onnx else "")
           + f"; {os.cpu_count()} CPUs, {args.threads} intra-op threads; "
           f"median of {args.runs} calls after {args.warmup} warm-up calls, paths interleaved")
-    print(f"\n### Per-image latency, {cfg.model.backbone} (backbone_weights="
-          f"{cfg.model.backbone_weights}{', checkpoint ' + args.checkpoint if args.checkpoint else ''}"
+    print(f"\n### Per-image latency, {cfg.model.backbone.name} (backbone_weights="
+          f"{cfg.model.backbone.weights}{', checkpoint ' + args.checkpoint if args.checkpoint else ''}"
           f"), {num_classes} classes, {height}x{width} image, "
-          f"{cfg.model.rpn_post_nms_top_n_test} RoIs, psroi_impl=tf\n")
+          f"{cfg.model.rpn.post_nms_top_n_test} RoIs, psroi_impl=tf\n")
     print("| path | median (ms) | p90 (ms) | min (ms) | vs in-Python |")
     print("|---|---|---|---|---|")
     base = statistics.median(next(iter(rows.values())))

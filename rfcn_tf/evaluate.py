@@ -94,7 +94,7 @@ def resolve_config(config: str | None, overrides: Sequence[str], *, checkpoint: 
     if config is None and checkpoint is not None:
         found = find_run_file(checkpoint, RUN_CONFIG_NAME)
         if found is not None:
-            return load_config(found, overrides), found
+            return load_config(found, overrides, old_layout="migrate"), found
     cfg = load_config(config, overrides)
     return cfg, config or "default preset"
 
@@ -184,7 +184,7 @@ def load_checkpoint_detector(cfg, checkpoint: str, *, num_classes: int, dataset_
         prefix = resolve_checkpoint(checkpoint, what="--checkpoint")
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None
-    check_checkpoint_classes(prefix, num_classes=num_classes, ps_k=cfg.model.ps_k,
+    check_checkpoint_classes(prefix, num_classes=num_classes, ps_k=cfg.model.head.k,
                              dataset_desc=dataset_desc)
     model = build_detector(cfg.model, num_classes=num_classes)
     try:
@@ -363,7 +363,7 @@ def _run(args: argparse.Namespace) -> dict:
     max_images = args.max_images if args.max_images is not None else cfg.eval.max_images
     out_dir = args.out or os.path.join(cfg.train.work_dir, "eval", split)
     if cfg.eval.score_threshold is not None:
-        cfg.model.score_threshold = float(cfg.eval.score_threshold)
+        cfg.model.postprocess.score_threshold = float(cfg.eval.score_threshold)
 
     multiscale = args.multiscale or cfg.eval.multiscale
     if multiscale and args.saved_model:
@@ -394,8 +394,8 @@ def _run(args: argparse.Namespace) -> dict:
         if multiscale:
             detect_fn = multiscale_detect_fn(
                 model.detect, sizes=cfg.eval.multiscale_sizes, max_size=ms_max_size,
-                size_multiple=cfg.model.feature_stride, nms_iou=cfg.model.nms_iou,
-                max_detections=cfg.model.max_detections)
+                size_multiple=cfg.model.backbone.feature_stride, nms_iou=cfg.model.postprocess.nms_iou,
+                max_detections=cfg.model.postprocess.max_detections)
             report_info["multiscale_sizes"] = list(cfg.eval.multiscale_sizes)
     else:
         detector = SavedModelDetector(args.saved_model)
@@ -406,7 +406,7 @@ def _run(args: argparse.Namespace) -> dict:
                 f"but {desc} has {num_classes} ({', '.join(class_names[:5])}"
                 f"{'...' if num_classes > 5 else ''})")
         report_info["saved_model"] = detector.path
-        detect_fn = detector.detect_fn(cfg.model.max_detections)
+        detect_fn = detector.detect_fn(cfg.model.postprocess.max_detections)
 
     dataset = build_dataset(cfg.data, split=split, training=False,
                             batch_size=cfg.eval.batch_size)

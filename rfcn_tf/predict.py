@@ -123,7 +123,7 @@ class _CheckpointPredictor:
 
         self.min_size = int(evaluation_scale(cfg.data.scales))  # as evaluation resizes
         self.max_size = int(cfg.data.max_size)
-        self.multiple = int(cfg.model.feature_stride)
+        self.multiple = int(cfg.model.backbone.feature_stride)
 
     def __call__(self, image) -> dict[str, Any]:
         import numpy as np

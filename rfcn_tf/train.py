@@ -96,12 +96,6 @@ def _setup_logging() -> None:
     root.propagate = False  # one line per message even when a library configured the root
 
 
-def _model_section_diff(saved: dict, current: dict, prefix: str = "model") -> list[str]:
-    keys = sorted(set(saved) | set(current))
-    return [f"{prefix}.{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys
-            if saved.get(k) != current.get(k)]
-
-
 def check_work_dir(work_dir: str, cfg, *, class_names: Sequence[str]) -> None:
     """Refuses to resume a run whose saved model config or classes differ from this one's.
 
@@ -116,12 +110,10 @@ def check_work_dir(work_dir: str, cfg, *, class_names: Sequence[str]) -> None:
         return
     with open(path, encoding="utf-8") as f:
         saved = yaml.safe_load(f) or {}
-    current = cfg.to_dict()
-    # Settings that do not change the variables may differ on resume.
-    harmless = {"psroi_impl", "score_threshold", "nms_iou", "max_detections",
-                "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "backbone_weights"}
-    diff = [d for d in _model_section_diff(saved.get("model", {}), current["model"])
-            if d.split(":")[0].split(".", 1)[1] not in harmless]
+    # Settings that do not change the variables (each section's RESUME_SAFE) may differ.
+    from rfcn_tf.config import model_resume_diff
+
+    diff = model_resume_diff(saved.get("model", {}), cfg)
     saved_names = _saved_class_names(work_dir)
     if saved_names is not None and saved_names != list(class_names):
         diff.append(f"classes: {saved_names} -> {list(class_names)}")
@@ -177,8 +169,9 @@ def _export_model(cfg, model, *, class_names, num_classes):
     from rfcn_tf.data.pipeline import evaluation_scale
     from rfcn_tf.model.builder import build_detector
 
-    if cfg.model.psroi_impl != "tf":
-        tf_cfg = dataclasses.replace(cfg.model, psroi_impl="tf")
+    if cfg.model.head.psroi_impl != "tf":
+        tf_cfg = dataclasses.replace(
+            cfg.model, head=dataclasses.replace(cfg.model.head, psroi_impl="tf"))
         export_model = build_detector(tf_cfg, num_classes=num_classes)
         export_model.set_weights(model.get_weights())
     else:
@@ -303,7 +296,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     logger.info("training %s on %s (%d classes: %s), %d steps of %d images (%s scheme), "
                 "strategy %s with %d replica(s), policy %s; work dir %s",
-                cfg.model.backbone, cfg.data.source, num_classes, ", ".join(class_names[:6]),
+                cfg.model.backbone.name, cfg.data.source, num_classes, ", ".join(class_names[:6]),
                 sum(s.steps for s in stages), tcfg.batch_size, tcfg.scheme, tcfg.strategy,
                 replicas, policy, work_dir)
     train_started = time.perf_counter()

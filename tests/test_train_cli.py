@@ -22,10 +22,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = [
     "data.shapes.image_size=64", "data.scales=[64]", "data.max_size=64", "data.shapes.num_val=6",
-    "data.max_boxes=6", "model.small_widths=[8,16,16,32]", "model.anchor_scales=[16.0,32.0]",
-    "model.rpn_channels=16", "model.head_channels=32", "model.rpn_pre_nms_top_n_train=128",
-    "model.rpn_post_nms_top_n_train=32", "model.rpn_pre_nms_top_n_test=64",
-    "model.rpn_post_nms_top_n_test=16", "model.roi_batch_size=16", "model.rpn_batch_size=64",
+    "data.max_boxes=6", "model.backbone.small_widths=[8,16,16,32]",
+    "model.anchors.scales=[16.0,32.0]",
+    "model.rpn.channels=16", "model.head.channels=32", "model.rpn.pre_nms_top_n_train=128",
+    "model.rpn.post_nms_top_n_train=32", "model.rpn.pre_nms_top_n_test=64",
+    "model.rpn.post_nms_top_n_test=16", "model.roi.batch_size_per_image=16",
+    "model.rpn.batch_size_per_image=64",
     "train.batch_size=2", "train.log_every=5", "train.warmup_steps=5",
     "train.num_summary_images=2",
 ]
@@ -187,7 +189,7 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
 def test_alternating_scheme_end_to_end_and_losses_fall(tmp_path):
     out = _train(tmp_path, "--no-eval", "--no-export", "--set", "train.scheme=alternating",
                  "--set", "train.stage_steps=[60,60,20,20]", "--set", "train.checkpoint_every=50",
-                 "--set", "train.log_every=10", "--set", "model.roi_sampling=balanced")
+                 "--set", "train.log_every=10", "--set", "model.roi.sampling=balanced")
     assert out.returncode == 0, out.stderr[-4000:]
     losses = _losses(out.stderr)
     assert set(losses) == {"rpn", "rfcn", "rpn_finetune", "rfcn_finetune"}

@@ -17,10 +17,11 @@ from rfcn_tf.config import load_config
 from rfcn_tf.model.builder import build_detector
 
 OVERRIDES = [
-    "model.small_widths=[8,16,16,32]", "model.anchor_scales=[16.0,32.0]",
-    "model.rpn_channels=16", "model.head_channels=32", "model.rpn_pre_nms_top_n_train=96",
-    "model.rpn_post_nms_top_n_train=32", "model.rpn_batch_size=256", "model.roi_batch_size=8",
-    "model.roi_sampling=ohem", "model.ps_k=3",
+    "model.backbone.small_widths=[8,16,16,32]", "model.anchors.scales=[16.0,32.0]",
+    "model.rpn.channels=16", "model.head.channels=32", "model.rpn.pre_nms_top_n_train=96",
+    "model.rpn.post_nms_top_n_train=32", "model.rpn.batch_size_per_image=256",
+    "model.roi.batch_size_per_image=8",
+    "model.roi.sampling=ohem", "model.head.k=3",
 ]
 SIDE = 64
 
