@@ -80,20 +80,21 @@ def time_steps(model, dataset, *, steps: int, warmup: int = 2, weight_decay: flo
 
 def resnet_table(args) -> None:
     cfg = load_config("voc07_resnet101", [
-        "model.backbone=resnet50", "model.backbone_weights=null", f"data.scales=[{args.height}]",
+        "model.backbone.name=resnet50", "model.backbone.weights=null", f"data.scales=[{args.height}]",
         f"data.max_size={args.width}"])
     batch = synthetic_batch(height=args.height, width=args.width, batch=1, num_classes=20)
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
     rows = {}
     for sampling in ("balanced", "ohem"):
-        model_cfg = dataclasses.replace(cfg.model, roi_sampling=sampling)
+        model_cfg = dataclasses.replace(
+            cfg.model, roi=dataclasses.replace(cfg.model.roi, sampling=sampling))
         keras.utils.set_random_seed(0)
         model = build_detector(model_cfg, num_classes=20)
         rows[sampling] = time_steps(model, dataset, steps=args.steps)
         del model
     print(f"\n### Training step, ResNet-50 (random weights), {args.height}x{args.width}, batch 1, "
-          f"{cfg.model.rpn_post_nms_top_n_train} RoIs, B = {cfg.model.roi_batch_size}, "
-          f"psroi_impl={cfg.model.psroi_impl}\n")
+          f"{cfg.model.rpn.post_nms_top_n_train} RoIs, B = {cfg.model.roi.batch_size_per_image}, "
+          f"psroi_impl={cfg.model.head.psroi_impl}\n")
     print("| RoI selection | median step (s) | min (s) | images/s |")
     print("|---|---|---|---|")
     for sampling, times in rows.items():
@@ -113,9 +114,9 @@ def default_config_table(args) -> None:
                             batch_size=cfg.train.batch_size).repeat()
     times = time_steps(model, dataset, steps=args.steps * 3, warmup=3)
     med = statistics.median(times)
-    print(f"\n### Default config (shapes_tiny): {cfg.model.backbone} backbone "
-          f"{cfg.model.small_widths}, {cfg.data.scales[0]} px, global batch "
-          f"{cfg.train.batch_size}, {cfg.model.roi_sampling}\n")
+    print(f"\n### Default config (shapes_tiny): {cfg.model.backbone.name} backbone "
+          f"{cfg.model.backbone.small_widths}, {cfg.data.scales[0]} px, global batch "
+          f"{cfg.train.batch_size}, {cfg.model.roi.sampling}\n")
     print("| median step (s) | min (s) | images/s (median) |")
     print("|---|---|---|")
     print(f"| {med:.3f} | {min(times):.3f} | {cfg.train.batch_size / med:.1f} |")
