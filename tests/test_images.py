@@ -112,3 +112,43 @@ def test_read_image_sources_and_errors(tmp_path):
         with pytest.raises(InputError, match=words) as info:
             read_image(source)
         assert isinstance(info.value, RfcnError)
+
+
+def _voc_folder(root, images):
+    """A VOC folder of {id: (jpeg bytes, annotated (height, width), box (xmin, ymin, xmax, ymax))}."""
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for image_id, (data, (h, w), box) in images.items():
+        (root / "JPEGImages" / f"{image_id}.jpg").write_bytes(data)
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><filename>{image_id}.jpg</filename><size><width>{w}</width>"
+            f"<height>{h}</height><depth>3</depth></size><object><name>thing</name>"
+            f"<bndbox><xmin>{box[0]}</xmin><ymin>{box[1]}</ymin><xmax>{box[2]}</xmax>"
+            f"<ymax>{box[3]}</ymax></bndbox></object></annotation>")
+    (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(images) + "\n")
+
+
+def test_voc_training_pixels_follow_the_annotation_orientation(tmp_path):
+    from rfcn_tf.data.sources.voc_xml import voc_source
+
+    data = _jpeg(ARRAY, 6)  # stored 40 x 60, displayed 60 x 40
+    # "upright": annotated on the displayed image (60 high, 40 wide); "stored": on the pixels
+    _voc_folder(tmp_path / "voc", {"upright": (data, (60, 40), (1, 1, 20, 30)),
+                                   "stored": (data, (40, 60), (1, 1, 30, 20))})
+    dataset, _ = voc_source(tmp_path / "voc", split="train", class_names=["thing"])
+    examples = {ex["filename"].numpy().decode().split("/")[-1]: ex for ex in dataset}
+    upright, stored = examples["upright.jpg"], examples["stored.jpg"]
+    np.testing.assert_array_equal(upright["image"].numpy(), decode_image(data).numpy())
+    np.testing.assert_array_equal(stored["image"].numpy(),
+                                  decode_image(data, apply_exif=False).numpy())
+    np.testing.assert_allclose(upright["boxes"].numpy(), [[0, 0, 30 / 60, 20 / 40]])
+    np.testing.assert_allclose(stored["boxes"].numpy(), [[0, 0, 20 / 40, 30 / 60]])
+
+
+def test_voc_image_matching_neither_orientation_is_an_error_naming_it(tmp_path):
+    from rfcn_tf.data.sources.voc_xml import voc_source
+
+    _voc_folder(tmp_path / "voc", {"odd": (_jpeg(ARRAY, 6), (50, 50), (1, 1, 20, 20))})
+    dataset, _ = voc_source(tmp_path / "voc", split="train", class_names=["thing"])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="(?s)DataError: image file.*odd.jpg"):
+        list(dataset)

@@ -36,6 +36,15 @@ from rfcn_tf.ops import boxes as box_ops
 __all__ = ["load_coco_annotations", "coco_source", "from_config"]
 
 
+def _annotated_size(image_entry) -> tuple[int, int]:
+    """(height, width) of a COCO image entry; (0, 0) when absent or not positive (unknown)."""
+    try:
+        hw = (int(image_entry["height"]), int(image_entry["width"]))
+    except (KeyError, TypeError, ValueError):
+        return (0, 0)
+    return hw if min(hw) > 0 else (0, 0)
+
+
 def _format_split(path: str, split: str) -> Path:
     return Path(str(path).replace("{split}", split)).expanduser()
 
@@ -146,7 +155,7 @@ def coco_source(annotations, images, *, split: str = "",
                        sum(degenerate.values()), files)
 
     records = {"path": [], "image_id": [], "boxes": [], "labels": [], "is_difficult": [],
-               "is_crowd": []}
+               "is_crowd": [], "size": []}
     missing = []
     for im in image_entries:
         path = image_dir / im["file_name"]
@@ -160,6 +169,7 @@ def coco_source(annotations, images, *, split: str = "",
         records["labels"].append(np.asarray([a[1] for a in anns], np.int32))
         records["is_difficult"].append(np.zeros(len(anns), bool))
         records["is_crowd"].append(np.asarray([a[2] for a in anns], bool))
+        records["size"].append(_annotated_size(im))  # decides EXIF (rfcn_tf/images.py)
     if missing:
         raise DataError(f"{len(missing)} image file(s) of {json_path} not found: "
                         f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''} "
@@ -171,6 +181,7 @@ def coco_source(annotations, images, *, split: str = "",
     yxyx = box_ops.xywh_to_yxyx(np.concatenate(records["boxes"])).numpy()
     records["boxes"] = np.split(yxyx, np.cumsum(lengths)[:-1])
     records["image_id"] = np.asarray(records["image_id"], np.int64)
+    records["size"] = np.asarray(records["size"], np.int32).reshape(-1, 2)
 
     description = f"coco {json_path}"
     dataset = file_examples(records, description=description, skip_corrupt=skip_corrupt,

@@ -93,12 +93,24 @@ def _number(node, tag: str, xml_path) -> float:
         raise DataError(f"{xml_path}: <{tag}> must be a number, got {raw!r}") from None
 
 
+def _annotated_size(root) -> tuple[int, int]:
+    """(height, width) of `<size>`, (0, 0) when absent or not positive integers (unknown)."""
+    size = root.find("size")
+    try:
+        hw = (int(float(size.findtext("height"))), int(float(size.findtext("width"))))
+    except (AttributeError, TypeError, ValueError):
+        return (0, 0)
+    return hw if min(hw) > 0 else (0, 0)
+
+
 def parse_voc_xml(xml_path) -> dict:
     """Reads one VOC annotation file.
 
     Returns:
       `{"filename": str or None, "objects": [{"name": str, "box": (xmin, ymin, xmax, ymax)
-      floats as written (1-based, inclusive), "difficult": bool}, ...]}`.
+      floats as written (1-based, inclusive), "difficult": bool}, ...], "size": (height,
+      width) of `<size>` or (0, 0)}`; the size decides whether the image's EXIF orientation is
+      applied (`rfcn_tf.images.orient_for_annotation`).
 
     Raises:
       DataError: missing or malformed file, a missing or non-numeric coordinate.
@@ -128,7 +140,7 @@ def parse_voc_xml(xml_path) -> dict:
     filename_node = root.find("filename")
     filename = (filename_node.text.strip()
                 if filename_node is not None and filename_node.text else None)
-    parsed = {"filename": filename, "objects": objects}
+    parsed = {"filename": filename, "objects": objects, "size": _annotated_size(root)}
     _PARSED[xml_path] = (key, parsed)
     return parsed
 
@@ -203,7 +215,7 @@ def voc_source(root, *, split: str, class_names: Optional[Sequence[str]] = None,
     ids = _split_ids(root, split)
 
     records = {"path": [], "image_id": [], "boxes": [], "labels": [], "is_difficult": [],
-               "is_crowd": []}
+               "is_crowd": [], "size": []}
     degenerate: dict[str, int] = {}
     missing = []
     for index, image_id in enumerate(ids):
@@ -230,6 +242,7 @@ def voc_source(root, *, split: str, class_names: Optional[Sequence[str]] = None,
         records["labels"].append(np.asarray(labels, np.int32))
         records["is_difficult"].append(np.asarray(difficult, bool))
         records["is_crowd"].append(np.zeros(len(labels), bool))
+        records["size"].append(parsed.get("size", (0, 0)))
     if missing:
         raise DataError(f"{len(missing)} image file(s) of split {split!r} not found: "
                         f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''} "
@@ -239,6 +252,7 @@ def voc_source(root, *, split: str, class_names: Optional[Sequence[str]] = None,
         logger.warning("voc %s split %r: dropped %d boxes with xmax <= xmin or ymax <= ymin: %s",
                        root, split, sum(degenerate.values()), files)
     records["image_id"] = np.asarray(records["image_id"], np.int64)
+    records["size"] = np.asarray(records["size"], np.int32).reshape(-1, 2)
     description = f"voc {root} split {split!r}"
     dataset = file_examples(records, description=description, skip_corrupt=skip_corrupt,
                             shuffle=shuffle, seed=seed, shard=shard,
