@@ -53,7 +53,7 @@ class Hook:
 
 
 class TrainLoop:
-    """Runs ``step_fn`` until ``step_counter`` reaches ``end_step``.
+    """Runs ``step_fn`` until ``step_counter`` reaches ``end_step`` or a hook requests a stop.
 
     Args:
       step_fn: ``step_fn(iterator) -> dict[str, scalar tensor]`` (``build_train_step``).
@@ -86,6 +86,14 @@ class TrainLoop:
         self.checkpoint_dir = checkpoint_dir
         self.start_step = int(step_counter.numpy())
         self.last_logs: dict[str, float] = {}
+        self.stop_reason: Optional[str] = None
+
+    def request_stop(self, reason: str) -> None:
+        """Ends the loop after the current hook round (early stop); ``on_train_end`` still runs.
+
+        Every process of a multi-worker run must request the same stop at the same step.
+        """
+        self.stop_reason = str(reason)
 
     @property
     def step(self) -> int:
@@ -113,10 +121,11 @@ class TrainLoop:
         """
         step = self.step
         self.start_step = step
+        self.stop_reason = None
         try:
             for hook in self.hooks:
                 hook.on_train_begin(self)
-            while step < self.end_step:
+            while step < self.end_step and self.stop_reason is None:
                 learning_rate = self.learning_rate_fn() if self.learning_rate_fn else None
                 started = time.perf_counter()
                 losses = {k: float(v) for k, v in self.step_fn(self.iterator).items()}

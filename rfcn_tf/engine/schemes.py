@@ -34,6 +34,8 @@ import tensorflow as tf
 
 from rfcn_tf.engine import checkpoints as ckpt_lib
 from rfcn_tf.engine.callbacks import CheckpointHook
+from rfcn_tf.engine.data_resume import checkpoint_has_iterator, skipping_dataset_fn
+from rfcn_tf.engine.ema import EmaHook
 from rfcn_tf.engine.loop import Hook, TrainLoop
 from rfcn_tf.engine.optimizer import inner_optimizer
 from rfcn_tf.engine.strategy import is_chief, write_dir
@@ -195,6 +197,9 @@ class TrainResult:
       checkpoint: the latest checkpoint prefix (None if none was written).
       resumed_from: the checkpoint training resumed from (None for a fresh start).
       stages_run: names of the stages that ran (completely or partly) in this call.
+      stop_reason: why training ended before ``total_steps`` (early stop), else None.
+      data_resume: how the input stream was resumed: ``iterator``, ``skip``, ``none`` (a fresh
+        stream) or None (nothing to resume).
     """
 
     step: int
@@ -203,6 +208,8 @@ class TrainResult:
     checkpoint: Optional[str]
     resumed_from: Optional[str]
     stages_run: list
+    stop_reason: Optional[str] = None
+    data_resume: Optional[str] = None
 
 
 def _propose(proposal_model: keras.Model, features: dict) -> dict:
@@ -234,7 +241,8 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
                  checkpoint_every: int, keep_checkpoints: int = 3,
                  hooks_fn: Optional[Callable[[Stage, int], Sequence[Hook]]] = None,
                  init_checkpoint: Optional[str] = None,
-                 proposal_model_fn: Optional[Callable[[], keras.Model]] = None) -> TrainResult:
+                 proposal_model_fn: Optional[Callable[[], keras.Model]] = None,
+                 ema=None, data_resume: str = "iterator") -> TrainResult:
     """Runs (or resumes) the scheme's stages, checkpointing as it goes.
 
     Args:
@@ -257,6 +265,11 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
         frozen proposal copy of alternating step 2; required by such a stage. The model must
         have ``propose(features, training=...) -> {"proposals", "num_proposals"}`` (or be an
         ``RFCN``) and ``compute_losses`` must use ``features["proposals"]`` when present.
+      ema: a ``WeightEMA`` of ``model`` (``ema.py``): updated after every step, saved in the
+        training checkpoint as ``ema``, reset to the weights when training starts fresh.
+      data_resume: ``iterator`` (the input iterator is checkpointed and restored), ``skip``
+        (a resumed stream drops the batches already trained on) or ``none``
+        (``data_resume.py``; ``choose_data_resume`` turns ``auto`` into one of these).
 
     Returns:
       :class:`TrainResult`.
@@ -265,6 +278,8 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
       CheckpointError: an unusable checkpoint to resume from or to initialize with.
       NonFiniteLossError: a loss became NaN/Inf (no checkpoint is written from that step).
     """
+    if data_resume not in ("iterator", "skip", "none"):
+        raise ValueError(f"data_resume must be iterator, skip or none, got {data_resume!r}")
     stages = list(stages)
     ends = []
     for stage in stages:
@@ -306,12 +321,34 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
         logger.info("already trained: %s is at step %d of %d", latest, start_step, total_steps)
         ckpt_lib.restore_model_weights(model, latest, num_classes=num_classes,
                                        what="the checkpoint to resume from")
+        if ema is not None:
+            tf.train.Checkpoint(ema=ema.checkpointable()).restore(latest).expect_partial()
         step_var.assign(start_step)
         return TrainResult(step=start_step, total_steps=total_steps, last_logs={},
                            checkpoint=latest, resumed_from=latest, stages_run=[])
 
+    resume_by = None
+    save_iterator = data_resume == "iterator"
+    if latest:
+        resume_by = data_resume
+        if resume_by == "iterator" and not checkpoint_has_iterator(latest):
+            resume_by = "skip"  # written without the iterator (another mode or an older run)
+        if resume_by != "iterator":
+            logger.info("input stream resumed by %s", "skipping the %d steps already trained"
+                        % start_step if resume_by == "skip" else "starting afresh (none)")
+    if resume_by == "skip":
+        dataset_fn = skipping_dataset_fn(dataset_fn, start_step)
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    extras = {}
+    if save_iterator:
+        extras["iterator"] = iterator
+    if ema is not None:
+        extras["ema"] = ema.checkpointable()
+        if latest is None:
+            ema.reset()  # shadows start at the weights training starts from (init_checkpoint)
+    restore_extras = {k: v for k, v in extras.items() if k != "iterator" or resume_by == "iterator"}
     last_logs: dict = {}
+    stop_reason = None
     stages_run = []
     restored = latest is None
     last_checkpoint = latest
@@ -322,14 +359,20 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
         with strategy.scope():
             optimizer = optimizer_fn(variables, stage.steps)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var,
-                                         stage=stage_var, num_classes=classes_var)
+                                         stage=stage_var, num_classes=classes_var, **extras)
         if not restored:
             mid_stage = (meta.stage or 0) == index and start_step > starts[index]
             try:
                 if mid_stage:  # this stage's optimizer state is in the checkpoint
-                    checkpoint.restore(latest).assert_existing_objects_matched()
+                    tf.train.Checkpoint(
+                        model=model, optimizer=optimizer, step=step_var, stage=stage_var,
+                        num_classes=classes_var, **restore_extras,
+                    ).restore(latest).expect_partial().assert_existing_objects_matched()
                 else:  # the checkpoint ended the previous stage: fresh optimizer
-                    tf.train.Checkpoint(model=model, step=step_var).restore(latest).expect_partial()
+                    status = tf.train.Checkpoint(model=model, step=step_var, **restore_extras
+                                                 ).restore(latest).expect_partial()
+                    if restore_extras:
+                        status.assert_existing_objects_matched()
             except (AssertionError, ValueError, tf.errors.OpError) as exc:
                 raise ckpt_lib.CheckpointError(
                     f"cannot resume from {latest}: it does not fit this model and optimizer "
@@ -348,7 +391,8 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
                                              checkpoint_name="ckpt")
         checkpoint_hook = CheckpointHook(manager, every=checkpoint_every, save_at_end=True,
                                          discard=not chief)
-        hooks = [checkpoint_hook] + list(hooks_fn(stage, total_steps) if hooks_fn else [])
+        hooks = ([EmaHook(ema)] if ema is not None else []) + [checkpoint_hook]
+        hooks += list(hooks_fn(stage, total_steps) if hooks_fn else [])
         groups = model_groups(model) if set(stage.train_groups) != set(GROUPS) else {}
         frozen_layers = [layer for name, layer in groups.items() if name not in stage.train_groups]
         schedule_owner = inner_optimizer(optimizer)
@@ -366,9 +410,14 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
         stages_run.append(stage.name)
         if chief and checkpoint_hook.last_path:
             last_checkpoint = checkpoint_hook.last_path
+        if loop.stop_reason is not None:
+            stop_reason = loop.stop_reason
+            logger.info("training stopped at step %d of %d: %s", int(step_var.numpy()),
+                        total_steps, stop_reason)
+            break
     return TrainResult(step=int(step_var.numpy()), total_steps=total_steps, last_logs=last_logs,
                        checkpoint=last_checkpoint if chief else None, resumed_from=latest,
-                       stages_run=stages_run)
+                       stages_run=stages_run, stop_reason=stop_reason, data_resume=resume_by)
 
 
 def _fixed_proposals(model, strategy, checkpoint_dir, index, *, at_stage_start, proposal_model_fn):
