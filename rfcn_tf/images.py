@@ -34,12 +34,12 @@ import tensorflow as tf
 from rfcn_tf.errors import InputError
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
+    "apply_orientation",
     "decode_image",
     "exif_orientation",
-    "apply_orientation",
     "orient_for_annotation",
     "read_image",
-    "IMAGE_EXTENSIONS",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")

@@ -115,7 +115,7 @@ def test_read_image_sources_and_errors(tmp_path):
 
 
 def _voc_folder(root, images):
-    """A VOC folder of {id: (jpeg bytes, annotated (height, width), box (xmin, ymin, xmax, ymax))}."""
+    """A VOC folder of {id: (jpeg bytes, annotated (h, w), box (xmin, ymin, xmax, ymax))}."""
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     for image_id, (data, (h, w), box) in images.items():

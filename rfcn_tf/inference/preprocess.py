@@ -41,12 +41,12 @@ import tensorflow as tf
 from rfcn_tf.data.transforms import pad_to_multiple, resize_image
 
 __all__ = [
-    "preprocess",
-    "pad_batch",
-    "boxes_to_original",
-    "normalize_boxes",
-    "detect_images",
     "DETECTION_KEYS",
+    "boxes_to_original",
+    "detect_images",
+    "normalize_boxes",
+    "pad_batch",
+    "preprocess",
 ]
 
 DETECTION_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
