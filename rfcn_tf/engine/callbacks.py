@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from rfcn_tf.engine import checkpoints
 from rfcn_tf.engine.loop import Hook, NonFiniteLossError, TrainLoop
 
 __all__ = [
@@ -163,7 +164,8 @@ class CheckpointHook(Hook):
                 f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Training stopped. {where} "
                 f"Lower train.lr, raise train.warmup_steps or set train.clip_norm.",
                 step=step, losses={})
-        self.last_path = self.manager.save(checkpoint_number=step)
+        # A failed save (disk full) is one CheckpointError naming the path, cleaned up.
+        self.last_path = checkpoints.save_checkpoint(self.manager, step)
         self.last_saved_step = step
         if self.discard:
             shutil.rmtree(self.manager.directory, ignore_errors=True)

@@ -9,34 +9,90 @@ A training checkpoint (``<work_dir>/checkpoints/ckpt-<step>``) is a ``tf.train.C
   checkpoint was taken in (int64; 0 for joint training);
 - ``num_classes``: the model's class count C (int64), checked before any weight is touched.
 
-Rerunning the same command finds the latest checkpoint in the folder and resumes from it.
+Rerunning the same command finds the latest checkpoint in the folder and resumes from it
+(``find_resume_checkpoint``): a checkpoint that cannot be read back (truncated by a full disk or
+a copy cut short) is passed over with a warning naming it, and training resumes from the newest
+intact one. ``save_checkpoint`` turns a failed save (disk full) into one ``CheckpointError``
+naming the path, removes what the failed save left (``ckpt-<step>_temp/``, partial files) and
+keeps the previous checkpoint; stale ``*_temp`` folders of a crashed run are removed on the next
+run. A restore that fails (another architecture) leaves TensorFlow's "value in checkpoint could
+not be found" warnings silenced, so the error is the last thing on screen.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import glob
+import logging
 import os
-from typing import Optional
+import re
+import shutil
+from typing import Iterator, Optional
 
 import keras
 import tensorflow as tf
+
+from rfcn_tf.errors import CheckpointError
 
 __all__ = [
     "CheckpointError",
     "CheckpointMeta",
     "check_num_classes",
     "checkpoint_exists",
+    "find_resume_checkpoint",
+    "quiet_failed_restore",
     "read_checkpoint_meta",
+    "remove_stale_temp",
     "resolve_checkpoint",
     "restore_model_weights",
+    "save_checkpoint",
+    "silence_restore_warnings",
     "snapshot_prefix",
+    "verify_checkpoint",
 ]
+
+logger = logging.getLogger("rfcn_tf.engine")
 
 _VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
 
+# Errors TensorFlow raises reading a damaged checkpoint: a truncated data file gives
+# IndexError("Read less bytes than requested"), a truncated index an OpError.
+_READ_ERRORS = (tf.errors.OpError, ValueError, IndexError, OSError)
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unreadable or does not fit the model being trained."""
+# The warnings TensorFlow logs (often at exit, when the restore's bookkeeping is garbage
+# collected) after a restore that did not match: dozens of lines after our one-line error.
+_RESTORE_WARNINGS = ("Value in checkpoint could not be found", "Unresolved object in checkpoint",
+                     "not all checkpointed values were used", "checkpoint is being deleted with "
+                     "unrestored values", "being deleted with unrestored values",
+                     "expect_partial()")
+
+
+class _DropRestoreWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in _RESTORE_WARNINGS)
+
+
+_DROP_RESTORE_WARNINGS = _DropRestoreWarnings()
+
+
+def silence_restore_warnings() -> None:
+    """Silences TensorFlow's unmatched-value warnings of a failed restore for the rest of the
+    process: they are logged when the restore's bookkeeping is garbage collected, which may be
+    after the one-line error has been printed. Call it when a restore failed."""
+    tf.get_logger().addFilter(_DROP_RESTORE_WARNINGS)
+
+
+@contextlib.contextmanager
+def quiet_failed_restore() -> Iterator[None]:
+    """Runs a restore; if it raises, ``silence_restore_warnings()`` before the error leaves."""
+    try:
+        yield
+    except BaseException:
+        silence_restore_warnings()
+        raise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,16 +136,178 @@ def read_checkpoint_meta(path: str) -> CheckpointMeta:
     """
     try:
         reader = tf.train.load_checkpoint(path)
-    except (tf.errors.OpError, ValueError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    names = reader.get_variable_to_shape_map()
+        names = reader.get_variable_to_shape_map()
 
-    def value(key: str) -> Optional[int]:
-        full = key + _VALUE
-        return int(reader.get_tensor(full)) if full in names else None
+        def value(key: str) -> Optional[int]:
+            full = key + _VALUE
+            return int(reader.get_tensor(full)) if full in names else None
 
-    return CheckpointMeta(path=path, step=value("step"), stage=value("stage"),
-                          num_classes=value("num_classes"))
+        return CheckpointMeta(path=path, step=value("step"), stage=value("stage"),
+                              num_classes=value("num_classes"))
+    except _READ_ERRORS as exc:
+        raise CheckpointError(_unreadable(path, exc)) from exc
+
+
+def _unreadable(prefix: str, exc: BaseException) -> str:
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+    return (f"cannot read checkpoint {prefix} (files {prefix}.index and {prefix}.data-*): "
+            f"{detail} (truncated or not a TensorFlow checkpoint?)")
+
+
+def verify_checkpoint(prefix: str) -> None:
+    """Reads every tensor of a checkpoint back, so a truncated file is found before a restore.
+
+    Raises:
+      CheckpointError: naming the checkpoint's files, when any tensor cannot be read.
+    """
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        variants = []
+        for name, dtype in reader.get_variable_to_dtype_map().items():
+            if dtype == tf.variant:  # e.g. a saved input iterator: NumPy cannot hold it
+                variants.append(name)
+            else:
+                reader.get_tensor(name)
+        if variants:
+            with tf.device("/cpu:0"):
+                tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=variants,
+                                     shape_and_slices=[""] * len(variants),
+                                     dtypes=[tf.variant] * len(variants))
+    except _READ_ERRORS as exc:
+        raise CheckpointError(_unreadable(prefix, exc)) from exc
+
+
+def _step_of(prefix: str) -> int:
+    found = re.search(r"-(\d+)$", prefix)
+    return int(found.group(1)) if found else -1
+
+
+def _candidates(checkpoint_dir: str) -> list[str]:
+    """Checkpoint prefixes in the folder, newest (highest step) first: the state file's list
+    and every ``ckpt-<n>.index`` (the state file itself may be damaged)."""
+    prefixes = set()
+    try:
+        state = tf.train.get_checkpoint_state(checkpoint_dir)
+    except _READ_ERRORS as exc:
+        logger.warning("checkpoint state file %s is unreadable (%s); looking for ckpt-* files",
+                       os.path.join(checkpoint_dir, "checkpoint"), str(exc).splitlines()[-1:])
+        state = None
+    if state is not None:
+        for path in state.all_model_checkpoint_paths:
+            path = path if os.path.isabs(path) else os.path.join(checkpoint_dir, path)
+            if tf.io.gfile.exists(path + ".index"):
+                prefixes.add(path)
+    for index in tf.io.gfile.glob(os.path.join(checkpoint_dir, "ckpt-*.index")):
+        prefixes.add(index[: -len(".index")])
+    return sorted(prefixes, key=lambda p: (_step_of(p), p), reverse=True)
+
+
+def remove_stale_temp(checkpoint_dir: str) -> list[str]:
+    """Removes ``*_temp`` folders a crashed or failed save left in ``checkpoint_dir``.
+
+    Call only while no save is running (at the start of a run, on the chief). Returns the
+    removed paths (each named in one warning).
+    """
+    removed = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(checkpoint_dir), "*_temp"))):
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        logger.warning("removed %d unfinished checkpoint folder(s) of an earlier run: %s",
+                       len(removed), ", ".join(removed))
+    return removed
+
+
+def find_resume_checkpoint(checkpoint_dir: str, *, clean: bool = True) -> Optional[str]:
+    """The newest intact checkpoint of a run's checkpoint folder, to resume from.
+
+    Checkpoints that cannot be read back are passed over, each named in a warning. With
+    ``clean`` (the chief, before training starts), stale ``*_temp`` folders are removed.
+
+    Returns:
+      The prefix, or None when the folder holds no checkpoint (a fresh start).
+
+    Raises:
+      CheckpointError: the folder holds checkpoints but none can be read (naming them): starting
+        from scratch over them would silently throw the run away.
+    """
+    if not tf.io.gfile.isdir(checkpoint_dir):
+        return None
+    if clean:
+        remove_stale_temp(checkpoint_dir)
+    broken = []
+    for prefix in _candidates(checkpoint_dir):
+        try:
+            verify_checkpoint(prefix)
+        except CheckpointError as exc:
+            broken.append(prefix)
+            logger.warning("%s; passing over it", exc)
+            continue
+        if broken:
+            logger.warning("resuming from %s, the newest intact checkpoint (unreadable: %s)",
+                           prefix, ", ".join(broken))
+        return prefix
+    if broken:
+        raise CheckpointError(
+            f"no checkpoint in {checkpoint_dir} can be read ({', '.join(broken)}): delete them "
+            f"to train from scratch, or use a new --work-dir")
+    return None
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return (getattr(exc, "errno", None) == errno.ENOSPC or isinstance(
+        exc, tf.errors.ResourceExhaustedError) or "No space left on device" in str(exc))
+
+
+def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
+    """``manager.save(checkpoint_number=step)``; a failed save is one clear error, cleaned up.
+
+    On failure the files of ``ckpt-<step>`` (the ``_temp`` folder, partial index/data files)
+    are removed unless the state file already lists them, so the folder holds exactly the
+    checkpoints written before, which stay intact (TensorFlow writes the state file last and
+    atomically).
+
+    Returns:
+      The new checkpoint's prefix.
+
+    Raises:
+      CheckpointError: one line with the path and the reason (disk full named as such).
+    """
+    # CheckpointManager names checkpoints "<directory>/<checkpoint_name>-<number>"; the common
+    # prefix is only exposed as the private _prefix ("ckpt" is the name the engine uses).
+    base = getattr(manager, "_prefix", None) or os.path.join(manager.directory, "ckpt")
+    prefix = f"{base}-{int(step)}"
+    try:
+        return manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as exc:
+        listed = _listed(manager.directory)
+        shutil.rmtree(prefix + "_temp", ignore_errors=True)
+        if prefix not in listed:
+            for path in glob.glob(glob.escape(prefix) + ".index") + glob.glob(
+                    glob.escape(prefix) + ".data-*"):
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+        previous = next((p for p in reversed(listed) if p != prefix), None)
+        kept = (f"the previous checkpoint {previous} is intact" if previous
+                else "no earlier checkpoint exists")
+        reason = ("no space left on device" if _is_disk_full(exc)
+                  else (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300])
+        raise CheckpointError(
+            f"cannot write checkpoint {prefix}: {reason} (in {manager.directory}); {kept}; "
+            f"free space and rerun the same command to resume") from exc
+
+
+def _listed(checkpoint_dir: str) -> list[str]:
+    """The state file's checkpoint prefixes (oldest first); [] when it cannot be read."""
+    try:
+        state = tf.train.get_checkpoint_state(checkpoint_dir)
+    except _READ_ERRORS:
+        return []
+    if state is None:
+        return []
+    return [p if os.path.isabs(p) else os.path.join(checkpoint_dir, p)
+            for p in state.all_model_checkpoint_paths]
 
 
 def check_num_classes(meta: CheckpointMeta, num_classes: int, *, what: str) -> None:
@@ -125,9 +343,12 @@ def restore_model_weights(model: keras.Model, path: str, *, num_classes: int,
     meta = read_checkpoint_meta(prefix)
     check_num_classes(meta, num_classes, what=what)
     try:
-        status = tf.train.Checkpoint(model=model).restore(prefix)
-        status.expect_partial()
-        status.assert_existing_objects_matched()
+        with quiet_failed_restore():
+            status = tf.train.Checkpoint(model=model).restore(prefix)
+            status.expect_partial()
+            status.assert_existing_objects_matched()
+    except IndexError as exc:  # a truncated data file
+        raise CheckpointError(_unreadable(prefix, exc)) from exc
     except (AssertionError, ValueError, tf.errors.OpError) as exc:
         detail = str(exc)
         if len(detail) > 1500:

@@ -161,3 +161,53 @@ def test_checkpoint_hook_refuses_non_finite_weights(tmp_path):
         loop.run()
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-2")
     assert not glob.glob(str(tmp_path / "ckpt-4*"))
+
+
+def _fill_disk_at(checkpoint, fail_prefix_suffix):
+    """Makes ``checkpoint``'s save of the prefix ending in ``fail_prefix_suffix`` fail the way
+    SaveV2 does on a full disk: a partial ``<prefix>_temp/`` file, then ResourceExhaustedError."""
+    real_write = checkpoint._write
+
+    def write(prefix, options=None, **kwargs):
+        if not prefix.endswith(fail_prefix_suffix):
+            return real_write(prefix, options=options, **kwargs)
+        os.makedirs(prefix + "_temp")
+        with open(os.path.join(prefix + "_temp", "part-00000-of-00001.data-00000-of-00001"),
+                  "wb") as f:
+            f.write(b"\0" * 100)
+        raise tf.errors.ResourceExhaustedError(
+            None, None, f"{prefix}_temp/part-00000-of-00001.data-00000-of-00001.tempstate1; No "
+            f"space left on device [Op:SaveV2]")
+
+    checkpoint._write = write
+
+
+def test_checkpoint_hook_disk_full_is_one_error_and_keeps_the_previous(tmp_path):
+    from rfcn_tf.engine.checkpoints import CheckpointError, restore_model_weights
+
+    model = TinyDetector()
+    loop, optimizer, counter = _loop(model, [], end_step=4)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=counter)
+    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=3,
+                                         checkpoint_name="ckpt")
+    _fill_disk_at(checkpoint, "ckpt-4")
+    weights = {}
+
+    class Remember(Hook):
+        def after_step(self, loop, step, logs):
+            weights[step] = model.rpn_head.kernel.numpy()
+
+    loop.hooks = [CheckpointHook(manager, every=2), Remember()]
+    with pytest.raises(CheckpointError) as err:
+        loop.run()
+    model_at_2 = weights[2]
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"cannot write checkpoint {tmp_path / 'ckpt-4'}: no space left on device" in message
+    assert f"the previous checkpoint {tmp_path / 'ckpt-2'} is intact" in message
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "ckpt-2.data-00000-of-00001",
+                                            "ckpt-2.index"]  # no ckpt-4_temp left behind
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-2")
+    fresh = TinyDetector(seed=5)
+    assert restore_model_weights(fresh, str(tmp_path), num_classes=2).step == 2  # reads back
+    np.testing.assert_array_equal(fresh.rpn_head.kernel.numpy(), model_at_2)
