@@ -202,6 +202,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.strategy:
         overrides.append(f"train.strategy={args.strategy}")
     cfg = load_config(args.config, overrides)
+    from rfcn_tf.engine.features import TrainingFeatures, resolve_schedule
+
+    cfg = resolve_schedule(cfg)  # train.epochs etc. -> steps (shown by --print-config)
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return {}
@@ -246,9 +249,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         init_prefix = ckpt_lib.resolve_checkpoint(tcfg.init_checkpoint, what="train.init_checkpoint")
         ckpt_lib.check_num_classes(ckpt_lib.read_checkpoint_meta(init_prefix), num_classes,
                                    what="train.init_checkpoint")
-    # A resumed run shuffles differently instead of replaying the first batches (shapes streams
-    # are keyed by data.shapes.seed and are unaffected).
-    train_data_cfg = dataclasses.replace(cfg.data, seed=cfg.data.seed + start_step)
+    # The same seeds on resume: the stream continues where it stopped (train.data_resume).
+    train_data_cfg = cfg.data
 
     with strategy.scope():
         model = build_detector(cfg.model, num_classes=num_classes)
@@ -273,13 +275,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     writer = tf.summary.create_file_writer(tensorboard_dir) if chief else \
         tf.summary.create_noop_writer()
+    features = TrainingFeatures(cfg, model=model, strategy=strategy, class_names=class_names,
+                                writer=writer if chief else None, work_dir=work_dir)
     preview = None
     if chief and tcfg.num_summary_images > 0:
         preview = _first_batch(build_dataset(cfg.data, split=cfg.data.val_split, training=False,
                                              batch_size=tcfg.num_summary_images))
 
     def hooks_fn(stage, total_steps):
-        hooks = [cb.SummaryHook(writer, every=tcfg.log_every)]
+        hooks = features.hooks() + [cb.SummaryHook(writer, every=tcfg.log_every)]
         if preview is not None:
             hooks.append(cb.ImageSummaryHook(
                 writer, detect_fn=model.detect, images=preview["images"],
@@ -308,7 +312,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             optimizer_fn=optimizer_fn, checkpoint_dir=checkpoint_dir, num_classes=num_classes,
             global_batch_size=tcfg.batch_size, checkpoint_every=tcfg.checkpoint_every,
             keep_checkpoints=tcfg.keep_checkpoints, hooks_fn=hooks_fn,
-            init_checkpoint=tcfg.init_checkpoint, proposal_model_fn=proposal_model_fn)
+            init_checkpoint=tcfg.init_checkpoint, proposal_model_fn=proposal_model_fn,
+            **features.run_training_kwargs())
     train_seconds = time.perf_counter() - train_started
     writer.flush()
 
@@ -319,6 +324,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if not chief:
         return report
+    # The weights the run delivers: the best validation checkpoint, else EMA, else the last.
+    final = features.finalize()
+    report.update(final_weights=final["weights"], best=final["best"],
+                  best_line=features.summary_line(final), stop_reason=result.stop_reason)
+    delivered = final["best"]["checkpoint"] if final["best"] else result.checkpoint
 
     if tcfg.evaluate_at_end and not args.no_eval:
         from rfcn_tf.evaluation.evaluator import evaluate_detector, format_summary
@@ -334,7 +344,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             model.detect, dataset, class_names=class_names, category_ids=eval_info.category_ids,
             out_dir=eval_dir, max_images=cfg.eval.max_images, progress=not args.no_progress,
             score_threshold=cfg.eval.score_threshold, num_images=eval_info.num_examples,
-            info={"checkpoint": result.checkpoint, "split": split, "work_dir": work_dir})
+            info={"checkpoint": delivered, "weights": final["weights"], "split": split,
+                  "work_dir": work_dir})
         report.update(metrics=metrics, metrics_dir=eval_dir)
         logger.info("evaluation on %s: %s", split, format_summary(metrics))
 
@@ -364,7 +375,11 @@ def _print_report(report: dict[str, Any]) -> None:
     else:
         lines.append(f"export:       skipped ({report.get('export_skipped', 'not run')})")
     print("\n".join(lines), flush=True)
+    if report.get("best_line"):
+        print(report["best_line"], flush=True)
     summary = f"trained to step {report['step']} in {format_duration(report['train_seconds'])}"
+    if report.get("stop_reason"):
+        summary += " (stopped early)"
     if report.get("resumed_from"):
         summary += f" (resumed from {os.path.basename(report['resumed_from'])})"
     if metrics:
