@@ -32,6 +32,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import keras
 import tensorflow as tf
 
+from rfcn_tf.data.errors import data_error_from
 from rfcn_tf.engine import checkpoints as ckpt_lib
 from rfcn_tf.engine.callbacks import CheckpointHook
 from rfcn_tf.engine.data_resume import checkpoint_has_iterator, skipping_dataset_fn
@@ -297,7 +298,8 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
         classes_var = tf.Variable(num_classes, dtype=tf.int64, trainable=False,
                                   name="num_classes", aggregation=aggregation)
 
-    latest = tf.train.latest_checkpoint(checkpoint_dir) if tf.io.gfile.isdir(checkpoint_dir) else None
+    # The newest checkpoint that reads back (a truncated one is passed over with a warning).
+    latest = ckpt_lib.find_resume_checkpoint(checkpoint_dir, clean=chief)
     meta = None
     start_step = 0
     if latest:
@@ -374,6 +376,7 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
                     if restore_extras:
                         status.assert_existing_objects_matched()
             except (AssertionError, ValueError, tf.errors.OpError) as exc:
+                ckpt_lib.silence_restore_warnings()  # the error stays the last thing on screen
                 raise ckpt_lib.CheckpointError(
                     f"cannot resume from {latest}: it does not fit this model and optimizer "
                     f"(another model config or scheme?): {str(exc)[:1500]}") from exc
@@ -406,7 +409,13 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
             logger.info("stage %d/%d '%s': steps %d..%d, losses %s, training %s",
                         index + 1, len(stages), stage.name, int(step_var.numpy()) + 1, ends[index],
                         "+".join(stage.include), "+".join(stage.train_groups))
-            last_logs = loop.run()
+            try:
+                last_logs = loop.run()
+            except tf.errors.InvalidArgumentError as exc:
+                data_error = data_error_from(exc)  # an unreadable image: one line naming it
+                if data_error is None:
+                    raise
+                raise data_error from exc
         stages_run.append(stage.name)
         if chief and checkpoint_hook.last_path:
             last_checkpoint = checkpoint_hook.last_path
