@@ -11,12 +11,12 @@ This module imports nothing (it is safe to import from anywhere, TF-free).
 from __future__ import annotations
 
 __all__ = [
-    "RfcnError",
+    "CheckpointError",
     "ConfigError",
     "DataError",
-    "InputError",
-    "CheckpointError",
     "ExportError",
+    "InputError",
+    "RfcnError",
     "RunDirError",
     "RunLockedError",
 ]

@@ -32,11 +32,11 @@ TINY = {
     "data": {"source": "shapes", "scales": [64], "max_size": 64, "max_boxes": 4,
              "deterministic": True,
              "shapes": {"image_size": 64, "num_val": 5, "max_objects": 2, "min_size": 0.25}},
-    "model": {"backbone": "small", "small_widths": [8, 16, 16, 32],
-              "anchor_scales": [16.0, 32.0, 64.0], "rpn_channels": 16,
-              "rpn_pre_nms_top_n_test": 64, "rpn_post_nms_top_n_test": 16,
-              "head_channels": 16, "ps_k": 3, "psroi_impl": "tf", "score_threshold": 0.01,
-              "max_detections": 20},
+    "model": {"backbone": {"name": "small", "small_widths": [8, 16, 16, 32]},
+              "anchors": {"scales": [16.0, 32.0, 64.0]},
+              "rpn": {"channels": 16, "pre_nms_top_n_test": 64, "post_nms_top_n_test": 16},
+              "head": {"channels": 16, "k": 3, "psroi_impl": "tf"},
+              "postprocess": {"score_threshold": 0.01, "max_detections": 20}},
     "eval": {"batch_size": 2},
 }
 

@@ -30,11 +30,11 @@ NAMES = ["circle", "square", "triangle"]
 TINY = {
     "data": {"source": "shapes", "scales": [64], "max_size": 96, "max_boxes": 4,
              "shapes": {"image_size": 64, "num_val": 2}},
-    "model": {"backbone": "small", "small_widths": [8, 16, 16, 32],
-              "anchor_scales": [16.0, 32.0, 64.0], "rpn_channels": 16,
-              "rpn_pre_nms_top_n_test": 64, "rpn_post_nms_top_n_test": 16,
-              "head_channels": 16, "ps_k": 3, "psroi_impl": "tf", "score_threshold": 0.01,
-              "max_detections": 20},
+    "model": {"backbone": {"name": "small", "small_widths": [8, 16, 16, 32]},
+              "anchors": {"scales": [16.0, 32.0, 64.0]},
+              "rpn": {"channels": 16, "pre_nms_top_n_test": 64, "post_nms_top_n_test": 16},
+              "head": {"channels": 16, "k": 3, "psroi_impl": "tf"},
+              "postprocess": {"score_threshold": 0.01, "max_detections": 20}},
 }
 
 FAKE_BOXES = np.array([[0.1, 0.1, 0.6, 0.6], [0.4, 0.3, 0.9, 0.8]], np.float32)  # normalized
