@@ -7,7 +7,7 @@ calls after ``--warmup`` untimed ones) for:
      image, the way training-time evaluation calls it;
   2. SavedModel: the export's ``serving_default`` loaded with ``tf.saved_model.load`` (uint8
      image in, resize + pad + detect + normalize inside the graph);
-  3. onnxruntime (CPU): the same signature converted by ``rfcn_tf.deploy.onnx_export``.
+  3. onnxruntime (CPU): the same signature converted by ``rfcn_tf.export.onnx``.
 
 The model is ``--config`` (default: ResNet-50 with random weights on the VOC preset, 20
 classes, test-time 300 RoIs) built with ``psroi_impl="tf"``; the image is the BCCD blood-cell
@@ -94,7 +94,8 @@ def main() -> None:
     import numpy as np
 
     from rfcn_tf.config import load_config
-    from rfcn_tf.export import INPUT_IMAGE, SIGNATURE_IMAGE, export_saved_model
+    from rfcn_tf.export.contract import INPUT_IMAGE, SIGNATURE_IMAGE
+    from rfcn_tf.export.saved_model import export_saved_model
     from rfcn_tf.model.builder import build_detector
 
     overrides = args.overrides if args.overrides is not None else DEFAULT_OVERRIDES
@@ -129,7 +130,7 @@ def main() -> None:
             lambda: serve(**{INPUT_IMAGE: image_t})["num_detections"].numpy())
         onnx_s = None
         if not args.skip_onnx:
-            from rfcn_tf.deploy.onnx_export import export_onnx, onnx_session, run_onnx
+            from rfcn_tf.export.onnx import export_onnx, onnx_session, run_onnx
 
             started = time.perf_counter()
             onnx_path = export_onnx(path, output_path=os.path.join(tmp, "model.onnx"))

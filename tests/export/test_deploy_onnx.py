@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from export_helpers import synthetic_image
-from rfcn_tf.deploy.onnx_export import (
+from rfcn_tf.export.onnx import (
     OnnxComparison, OnnxConversionError, OnnxMismatchError, compare_detections, export_onnx,
     fix_loop_carried_types, onnx_session, run_onnx, verify_onnx)
 
@@ -103,7 +103,7 @@ def test_swapped_ties_still_match():
 def _convert(function, specs):
     import tf2onnx
 
-    from rfcn_tf.deploy.onnx_export import cast_resize_input_to_float, select_as_where
+    from rfcn_tf.export.onnx import cast_resize_input_to_float, select_as_where
 
     proto, _ = tf2onnx.convert.from_function(
         function, input_signature=specs, opset=17,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rfcn_tf.deploy import tensorrt as trt
+from rfcn_tf.export import tensorrt as trt
 
 
 def _tensorrt_in_this_tensorflow() -> bool:
@@ -47,7 +47,7 @@ def test_convert_refuses_before_touching_anything(tmp_path):
 def test_cli_exits_nonzero_with_a_clear_message(tmp_path, capsys):
     if trt.tensorrt_status()[0]:
         pytest.skip("TF-TRT is available on this machine")
-    from rfcn_tf.export import main
+    from rfcn_tf.export.__main__ import main
 
     code = main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "m"),
                  "--tensorrt", "int8"])

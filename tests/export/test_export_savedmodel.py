@@ -16,45 +16,57 @@ import pytest
 import tensorflow as tf
 
 from export_helpers import (
-    CLASS_NAMES, STANDIN_BOXES, assert_outputs_close, reference_outputs, synthetic_image)
-from rfcn_tf import export as export_mod
-from rfcn_tf.export import (
+    CLASS_NAMES, STANDIN_BOXES, STANDIN_MULTICLASS, assert_outputs_close, reference_outputs,
+    synthetic_image)
+from rfcn_tf.export import saved_model as saved_model_mod
+from rfcn_tf.export.contract import ALL_OUTPUT_KEYS, SIGNATURES
+from rfcn_tf.export.saved_model import (
     ExportError, export_saved_model, list_versions, next_version, saved_model_op_types,
     verify_export)
 
-OUTPUTS = {"detection_boxes": (tf.float32, [1, None, 4]),
-           "detection_scores": (tf.float32, [1, None]),
-           "detection_classes": (tf.float32, [1, None]),
-           "num_detections": (tf.float32, [1])}
+OUTPUTS = {"detection_boxes": (tf.float32, 3), "detection_scores": (tf.float32, 2),
+           "detection_classes": (tf.float32, 2), "num_detections": (tf.float32, 1),
+           "detection_multiclass_scores": (tf.float32, 3),
+           "detection_anchor_indices": (tf.float32, 2),
+           "raw_detection_boxes": (tf.float32, 3), "raw_detection_scores": (tf.float32, 3)}
+INPUTS = {"serving_default": {"input_tensor": (tf.uint8, [None, None, None, 3])},
+          "serving_encoded": {"encoded_image_string_tensor": (tf.string, [None])},
+          "tf_example": {"tf_example": (tf.string, [None])},
+          "serving_custom": {"input_tensor": (tf.uint8, [None, None, None, 3]),
+                             "score_threshold": (tf.float32, []),
+                             "iou_threshold": (tf.float32, []),
+                             "max_detections": (tf.int32, [])}}
 
 
 # ------------------------------------------------------------------------------ layout, API
 
-def test_layout_and_labels_asset(exported):
+def test_layout_and_assets(exported):
     assert exported.name == "1" and exported.parent.name == "rfcn"
     assert (exported / "saved_model.pb").is_file()
     assert (exported / "variables").is_dir()
     assert (exported / "assets" / "labels.txt").read_text().splitlines() == CLASS_NAMES
-    # The staging folder is gone: TF Serving sees only complete numeric versions.
-    assert sorted(p.name for p in exported.parent.iterdir()) == ["1"]
+    info = json.loads((exported / "assets" / "export.json").read_text())
+    assert info["postprocess"] == {"score_threshold": 0.05, "iou_threshold": 0.3,
+                                   "max_detections": 30}
+    assert info["resize"]["min_size"] == 256 and info["num_classes"] == 3
+    # The staging folder is gone: TF Serving sees only complete numeric versions; the
+    # batching parameters sit beside them (unmeasured: this export skipped verification).
+    assert sorted(p.name for p in exported.parent.iterdir()) == ["1", "batching_parameters.txt"]
+    text = (exported.parent / "batching_parameters.txt").read_text()
+    assert "not measured" in text and "max_batch_size { value: 8 }" in text
 
 
 def test_signatures_inputs_and_outputs(loaded):
-    assert set(loaded.signatures) == {"serving_default", "serving_encoded"}
-    _, image_inputs = loaded.signatures["serving_default"].structured_input_signature
-    assert list(image_inputs) == ["input_tensor"]
-    assert image_inputs["input_tensor"].dtype == tf.uint8
-    assert image_inputs["input_tensor"].shape.as_list() == [1, None, None, 3]
-    _, encoded_inputs = loaded.signatures["serving_encoded"].structured_input_signature
-    assert list(encoded_inputs) == ["encoded_image_string_tensor"]
-    assert encoded_inputs["encoded_image_string_tensor"].dtype == tf.string
-    assert encoded_inputs["encoded_image_string_tensor"].shape.as_list() == [1]
-    for key in ("serving_default", "serving_encoded"):
+    assert set(loaded.signatures) == set(SIGNATURES) == set(INPUTS)
+    for key, inputs in INPUTS.items():
+        _, specs = loaded.signatures[key].structured_input_signature
+        assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in specs.items()} \
+            == inputs, key
         outputs = loaded.signatures[key].structured_outputs
-        assert set(outputs) == set(OUTPUTS)
-        for name, (dtype, shape) in OUTPUTS.items():
+        assert set(outputs) == set(OUTPUTS) == set(ALL_OUTPUT_KEYS)
+        for name, (dtype, rank) in OUTPUTS.items():
             assert outputs[name].dtype == dtype, (key, name)
-            assert outputs[name].shape.rank == len(shape), (key, name, outputs[name].shape)
+            assert outputs[name].shape.rank == rank, (key, name, outputs[name].shape)
 
 
 @pytest.mark.parametrize("height,width", [(40, 60), (200, 90), (333, 97)])
@@ -69,6 +81,14 @@ def test_standin_known_answer(standin_export, height, width):
     np.testing.assert_allclose(out["detection_scores"].numpy(), [[0.9, 0.5, 0, 0]], atol=1e-7)
     np.testing.assert_array_equal(out["detection_classes"].numpy(), [[2.0, 1.0, 0.0, 0.0]])
     np.testing.assert_array_equal(out["num_detections"].numpy(), [2.0])
+    # The OD API's extra outputs: the source RoI of each detection and its full softmax,
+    # and every RoI before NMS (the two invalid ones zero).
+    np.testing.assert_allclose(out["detection_multiclass_scores"].numpy()[0], STANDIN_MULTICLASS,
+                               atol=1e-7)
+    np.testing.assert_array_equal(out["detection_anchor_indices"].numpy(), [[0, 1, 0, 0]])
+    np.testing.assert_allclose(out["raw_detection_boxes"].numpy()[0], STANDIN_BOXES, atol=1e-6)
+    np.testing.assert_allclose(out["raw_detection_scores"].numpy()[0], STANDIN_MULTICLASS,
+                               atol=1e-7)
     assert (standin_export / "assets" / "labels.txt").read_text() == "cat\ndog\n"
 
 
@@ -126,10 +146,22 @@ FRESH_PROCESS_CHECK = textwrap.dedent("""
     loaded = tf.saved_model.load(export_dir)
     jpeg = open(jpeg_path, "rb").read()
     image = tf.io.decode_image(jpeg, channels=3, expand_animations=False)
-    a = loaded.signatures["serving_default"](input_tensor=image[None])
-    b = loaded.signatures["serving_encoded"](encoded_image_string_tensor=tf.constant([jpeg]))
-    np.savez(out_path, **{"image_" + k: v.numpy() for k, v in a.items()},
-             **{"encoded_" + k: v.numpy() for k, v in b.items()})
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg]))}))
+    calls = {
+        "image": ("serving_default", {"input_tensor": image[None]}),
+        "encoded": ("serving_encoded", {"encoded_image_string_tensor": tf.constant([jpeg])}),
+        "example": ("tf_example", {"tf_example": tf.constant([example.SerializeToString()])}),
+        "custom": ("serving_custom", {"input_tensor": image[None],
+                                      "score_threshold": tf.constant(0.05),
+                                      "iou_threshold": tf.constant(0.3),
+                                      "max_detections": tf.constant(30)}),
+    }
+    arrays = {}
+    for prefix, (key, kwargs) in calls.items():
+        arrays.update({f"{prefix}_{k}": v.numpy()
+                       for k, v in loaded.signatures[key](**kwargs).items()})
+    np.savez(out_path, **arrays)
     print(json.dumps({"ops": sorted(ops), "missing": missing, "functions": functions,
                       "rfcn_tf_imported": any(m.split(".")[0] == "rfcn_tf" for m in sys.modules)}))
 """)
@@ -141,7 +173,7 @@ def _fresh_env():
     return env
 
 
-def test_fresh_process_stock_ops_and_both_signatures(tiny_model, exported, jpeg_bytes,
+def test_fresh_process_stock_ops_and_every_signature(tiny_model, exported, jpeg_bytes,
                                                      jpeg_image, tmp_path):
     jpeg_path = tmp_path / "image.jpg"
     jpeg_path.write_bytes(jpeg_bytes)
@@ -160,8 +192,9 @@ def test_fresh_process_stock_ops_and_both_signatures(tiny_model, exported, jpeg_
 
     expected = reference_outputs(tiny_model[1], jpeg_image)
     outputs = np.load(out_path)
-    for prefix in ("image_", "encoded_"):
+    for prefix in ("image_", "encoded_", "example_", "custom_"):
         got = {k[len(prefix):]: outputs[k] for k in outputs.files if k.startswith(prefix)}
+        assert set(got) == set(ALL_OUTPUT_KEYS), prefix
         assert_outputs_close(got, expected, atol=1e-4)
 
 
@@ -205,26 +238,42 @@ def test_saved_model_cli_show_all(exported):
                           capture_output=True, text=True, timeout=300, env=_fresh_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = proc.stdout
-    for expected in ("signature_def['serving_default']", "signature_def['serving_encoded']",
-                     "inputs['input_tensor'] tensor_info:", "dtype: DT_UINT8",
-                     "shape: (1, -1, -1, 3)", "inputs['encoded_image_string_tensor']",
-                     "dtype: DT_STRING", "outputs['detection_boxes']",
-                     "outputs['num_detections']"):
+    for expected in ["inputs['input_tensor'] tensor_info:", "dtype: DT_UINT8",
+                     "shape: (-1, -1, -1, 3)", "inputs['encoded_image_string_tensor']",
+                     "inputs['tf_example']", "inputs['score_threshold']", "dtype: DT_STRING",
+                     "shape: (-1)"] + [f"signature_def['{key}']" for key in SIGNATURES] \
+            + [f"outputs['{name}']" for name in ALL_OUTPUT_KEYS]:
         assert expected in text, f"{expected!r} missing from saved_model_cli show --all"
 
 
-def test_saved_model_cli_run(tiny_model, exported, tmp_path):
+def test_saved_model_cli_run_on_every_signature(tiny_model, exported, tmp_path):
+    """TensorFlow's own TF1-style runner (as TF Serving loads the model) on each signature:
+    every one gives the in-Python model's detections for the same image."""
     image = synthetic_image(180, 260, seed=3)
+    png = tf.io.encode_png(image).numpy()
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png]))}))
     np.save(tmp_path / "image.npy", image[None])
-    outdir = tmp_path / "out"
-    proc = subprocess.run(
-        [_saved_model_cli(), "run", "--dir", str(exported), "--tag_set", "serve",
-         "--signature_def", "serving_default", "--inputs", f"input_tensor={tmp_path}/image.npy",
-         "--outdir", str(outdir)],
-        capture_output=True, text=True, timeout=300, env=_fresh_env())
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = {name: np.load(outdir / f"{name}.npy") for name in OUTPUTS}
-    assert_outputs_close(got, reference_outputs(tiny_model[1], image), atol=1e-4)
+    np.save(tmp_path / "png.npy", np.array([png], dtype=bytes))
+    np.save(tmp_path / "example.npy", np.array([example.SerializeToString()], dtype=bytes))
+    runs = {
+        "serving_default": ["--inputs", f"input_tensor={tmp_path}/image.npy"],
+        "serving_encoded": ["--inputs", f"encoded_image_string_tensor={tmp_path}/png.npy"],
+        "tf_example": ["--inputs", f"tf_example={tmp_path}/example.npy"],
+        "serving_custom": ["--inputs", f"input_tensor={tmp_path}/image.npy", "--input_exprs",
+                           "score_threshold=0.05;iou_threshold=0.3;max_detections=30"],
+    }
+    expected = reference_outputs(tiny_model[1], image)
+    assert expected["num_detections"][0] > 0
+    for key, args in runs.items():
+        outdir = tmp_path / key
+        proc = subprocess.run(
+            [_saved_model_cli(), "run", "--dir", str(exported), "--tag_set", "serve",
+             "--signature_def", key, *args, "--outdir", str(outdir)],
+            capture_output=True, text=True, timeout=300, env=_fresh_env())
+        assert proc.returncode == 0, (key, proc.stderr[-2000:])
+        got = {name: np.load(outdir / f"{name}.npy") for name in ALL_OUTPUT_KEYS}
+        assert_outputs_close(got, expected, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------- versions
@@ -256,7 +305,7 @@ def test_failed_verification_leaves_no_version(tmp_path, monkeypatch):
     def fail(path, **kwargs):
         raise ExportError(f"simulated failure of {path}")
 
-    monkeypatch.setattr(export_mod, "verify_export", fail)
+    monkeypatch.setattr(saved_model_mod, "verify_export", fail)
     with pytest.raises(ExportError, match="simulated failure"):
         export_saved_model(StandInDetector(), class_names=["a"], out_dir=tmp_path,
                            model_name="m", min_size=32, max_size=32, verify=True)
@@ -290,10 +339,10 @@ def test_wrong_dtype_rejected_by_tensorflow(loaded):
         loaded.signatures["serving_default"](input_tensor=tf.zeros([1, 8, 8, 3], tf.float32))
 
 
-@pytest.mark.parametrize("shape", [[8, 8, 3], [2, 8, 8, 3], [1, 8, 8, 4], [1, 8, 8, 1]])
+@pytest.mark.parametrize("shape", [[8, 8, 3], [1, 8, 8, 4], [1, 8, 8, 1]])
 def test_wrong_shape_rejected_before_any_kernel(loaded, shape):
     with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=r"not compatible with expected shape \[1,\?,\?,3\]"):
+                       match=r"not compatible with expected shape \[\?,\?,\?,3\]"):
         loaded.signatures["serving_default"](input_tensor=tf.zeros(shape, tf.uint8))
 
 
@@ -302,10 +351,44 @@ def test_empty_image_rejected(loaded):
         loaded.signatures["serving_default"](input_tensor=tf.zeros([1, 0, 5, 3], tf.uint8))
 
 
+@pytest.mark.parametrize("key,inputs", [
+    ("serving_default", {"input_tensor": tf.zeros([0, 8, 8, 3], tf.uint8)}),
+    ("serving_encoded", {"encoded_image_string_tensor": tf.zeros([0], tf.string)}),
+    ("tf_example", {"tf_example": tf.zeros([0], tf.string)}),
+])
+def test_empty_batch_rejected(standin_export, key, inputs):
+    loaded = tf.saved_model.load(str(standin_export))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"holds no image \(batch size 0\)"):
+        loaded.signatures[key](**inputs)
+
+
+def test_tf_example_without_image_encoded_is_named(standin_export):
+    loaded = tf.saved_model.load(str(standin_export))
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "image/format": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"png"]))}))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image/encoded"):
+        loaded.signatures["tf_example"](tf_example=tf.constant([example.SerializeToString()]))
+
+
+@pytest.mark.parametrize("name,value,match", [
+    ("score_threshold", -0.1, "score_threshold must be >= 0"),
+    ("iou_threshold", 1.5, r"iou_threshold must be in \[0, 1\]"),
+    ("max_detections", 0, "max_detections must be >= 1"),
+])
+def test_custom_bad_parameters_rejected(standin_export, name, value, match):
+    loaded = tf.saved_model.load(str(standin_export))
+    args = {"score_threshold": tf.constant(0.05), "iou_threshold": tf.constant(0.3),
+            "max_detections": tf.constant(4)}
+    args[name] = tf.constant(value, args[name].dtype)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+        loaded.signatures["serving_custom"](input_tensor=tf.zeros([1, 8, 8, 3], tf.uint8),
+                                            **args)
+
+
 @pytest.mark.parametrize("data", [b"definitely not an image", b"", b"\x00" * 64])
 def test_non_image_bytes_rejected(loaded, data):
     with pytest.raises(tf.errors.InvalidArgumentError,
-                       match="is not a JPEG, PNG, GIF or BMP file"):
+                       match="is not a JPEG, PNG, GIF, BMP or WebP file"):
         loaded.signatures["serving_encoded"](encoded_image_string_tensor=tf.constant([data]))
 
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from rfcn_tf.serving.client import (
     GrpcClient, RestClient, ServingError, detections_from_outputs, main as client_main)
-from rfcn_tf.serving.testing_server import HTTP_STATUS, LoopbackServer
+from serving_testing_server import HTTP_STATUS, LoopbackServer
 
 
 @pytest.fixture(scope="module")

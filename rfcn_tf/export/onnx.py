@@ -43,7 +43,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from rfcn_tf.export import INPUT_IMAGE, OUTPUT_KEYS, SIGNATURE_IMAGE
+from rfcn_tf.export.contract import INPUT_IMAGE, OUTPUT_KEYS, SIGNATURE_IMAGE
 
 DEFAULT_OPSET = 17
 _STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")

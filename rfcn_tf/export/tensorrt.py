@@ -5,9 +5,9 @@ by ``TRTEngineOp`` nodes, in FP32, FP16 or INT8 (calibrated on dataset images). 
 TensorFlow built with TensorRT and a GPU. TensorFlow's pip wheels stopped shipping TensorRT
 support with 2.18, so on a pip install ``tensorrt_status()`` reports it unavailable and
 ``require_tensorrt`` raises ``TensorRTUnavailableError`` whose message points to the ONNX path
-(``--onnx``, then ``trtexec``; see ``rfcn_tf.deploy.onnx_export``).
+(``--onnx``, then ``trtexec``; see ``rfcn_tf.export.onnx``).
 
-The probe (FACTS.md): ``tensorflow.compiler.tf2tensorrt._pywrap_py_utils.is_tensorrt_enabled()``
+The probe: ``tensorflow.compiler.tf2tensorrt._pywrap_py_utils.is_tensorrt_enabled()``
 plus a visible GPU (``tf.config.list_physical_devices("GPU")``).
 
 The converted model keeps TF Serving's layout (``<out>_trt_<precision>/<version>/``); only
@@ -25,13 +25,13 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from rfcn_tf.export import INPUT_IMAGE, SIGNATURE_IMAGE
+from rfcn_tf.export.contract import INPUT_IMAGE, SIGNATURE_IMAGE
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ONNX_HINT = ("Export to ONNX instead (`python -m rfcn_tf.export ... --onnx`, which checks the "
              "model with onnxruntime) and build a TensorRT engine from it on the GPU machine: "
              "`trtexec --onnx=export/rfcn_onnx/<version>/model.onnx --saveEngine=rfcn.plan "
-             "--fp16` (see rfcn_tf/deploy/onnx_export.py); or run this command under a "
+             "--fp16` (see rfcn_tf/export/onnx.py); or run this command under a "
              "TensorFlow built with TensorRT (TF_NEED_TENSORRT=1) on a machine with a GPU.")
 
 

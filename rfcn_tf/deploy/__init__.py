@@ -1,1 +1,0 @@
-"""Deployment beyond TF Serving: TF-TRT conversion (``tensorrt``) and ONNX export (``onnx_export``)."""
