@@ -25,16 +25,17 @@ Exit status: 0 on success; 1 with one `error: ...` line on a configuration or da
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from rfcn_tf.cli_args import add_config_arguments
 
-__all__ = ["build_parser", "convert_split", "make_example", "main"]
+__all__ = ["build_parser", "convert_split", "main", "make_example"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +106,7 @@ def make_example(*, encoded: bytes, image_format: str, height: int, width: int, 
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
-def _image_format(data: bytes) -> Optional[str]:
+def _image_format(data: bytes) -> str | None:
     if data[:3] == b"\xff\xd8\xff":
         return "jpeg"
     if data[:8] == b"\x89PNG\r\n\x1a\n":
@@ -135,13 +136,13 @@ def _label_ids(info) -> list[int]:
     """The label map id of each label: COCO's category ids when they rise with the label
     (the tfrecord reader ranks ids, so the labels come back unchanged), else label + 1."""
     ids = info.category_ids
-    if ids and all(0 < a < b for a, b in zip(ids, ids[1:])) and ids[0] > 0:
+    if ids and ids[0] > 0 and all(a < b for a, b in itertools.pairwise(ids)):
         return list(ids)
     return list(range(1, info.num_classes + 1))
 
 
 def convert_split(data_cfg, *, split: str, out_dir, num_shards: int,
-                  max_images: Optional[int] = None, progress: bool = True) -> dict:
+                  max_images: int | None = None, progress: bool = True) -> dict:
     """Writes `split` of `data_cfg`'s source as OD API TFRecord shards (module docstring).
 
     Args:
@@ -173,9 +174,9 @@ def convert_split(data_cfg, *, split: str, out_dir, num_shards: int,
     if max_images is not None and max_images < 1:
         raise DataError(f"--max-images must be >= 1, got {max_images}")
     dataset, info = build_source(data_cfg, split=split)
-    if info.num_examples is None and max_images is None:
-        if int(dataset.cardinality()) == tf.data.INFINITE_CARDINALITY:
-            raise DataError(f"split {split!r} of source {data_cfg.source!r} is endless: give "
+    endless = int(dataset.cardinality()) == tf.data.INFINITE_CARDINALITY
+    if endless and max_images is None:
+        raise DataError(f"split {split!r} of source {data_cfg.source!r} is endless: give "
                             "--max-images")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,7 +237,7 @@ def convert_split(data_cfg, *, split: str, out_dir, num_shards: int,
     return summary
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 failure with one message)."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

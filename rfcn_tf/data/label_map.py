@@ -23,13 +23,20 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
 
 from rfcn_tf.data.errors import DataError
 
-__all__ = ["LabelMapItem", "parse_label_map", "read_label_map", "format_label_map",
-           "write_label_map", "class_names_of", "items_from_class_names"]
+__all__ = [
+    "LabelMapItem",
+    "class_names_of",
+    "format_label_map",
+    "items_from_class_names",
+    "parse_label_map",
+    "read_label_map",
+    "write_label_map",
+]
 
 BACKGROUND = "background"
 
@@ -54,7 +61,7 @@ class LabelMapItem:
 
     id: int
     name: str
-    display_name: Optional[str] = None
+    display_name: str | None = None
 
     @property
     def class_name(self) -> str:
@@ -145,12 +152,12 @@ class _Parser:
     def items(self):
         result = []
         while self.peek()[0] is not None:
-            kind, value, line = self.take()
+            _, value, line = self.take()
             if value != "item":
                 self.fail(line, f"expected 'item {{', got {value!r}")
             if self.peek()[1] == ":":
                 self.take()
-            kind, value, at = self.take()
+            _, value, at = self.take()
             if value not in ("{", "<"):
                 self.fail(at, f"expected '{{' after 'item', got {value!r}")
             result.append((line, self.block(at)))
@@ -217,7 +224,7 @@ def parse_label_map(text: str, *, source: str = "<label map>") -> list[LabelMapI
     return sorted(classes, key=lambda i: i.id)
 
 
-def read_label_map(path: Union[str, Path]) -> list[LabelMapItem]:
+def read_label_map(path: str | Path) -> list[LabelMapItem]:
     """`parse_label_map` of a file (local path or any tf.io.gfile path such as gs://)."""
     path = str(path)
     try:
@@ -241,7 +248,7 @@ def class_names_of(items: Sequence[LabelMapItem]) -> list[str]:
 
 
 def items_from_class_names(class_names: Iterable[str],
-                           ids: Optional[Sequence[int]] = None) -> list[LabelMapItem]:
+                           ids: Sequence[int] | None = None) -> list[LabelMapItem]:
     """Items for dataset labels 0..C-1: id = label + 1 (or `ids[label]`, e.g. COCO's ids)."""
     names = list(class_names)
     ids = list(range(1, len(names) + 1)) if ids is None else [int(i) for i in ids]
@@ -266,7 +273,7 @@ def format_label_map(items: Sequence[LabelMapItem]) -> str:
     return "\n".join(blocks) + "\n"
 
 
-def write_label_map(path: Union[str, Path], items: Sequence[LabelMapItem]) -> None:
+def write_label_map(path: str | Path, items: Sequence[LabelMapItem]) -> None:
     """Writes `format_label_map(items)` to `path` (parent folders created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,13 +9,13 @@ onto it; `SOURCES` maps `data.source` to that `from_config`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.sources import coco_json, shapes, tfds, tfrecord, voc_xml
 from rfcn_tf.data.sources.base import EXAMPLE_KEYS, DatasetInfo
 
-__all__ = ["SOURCES", "get_source", "DatasetInfo", "EXAMPLE_KEYS"]
+__all__ = ["EXAMPLE_KEYS", "SOURCES", "DatasetInfo", "get_source"]
 
 SOURCES: dict[str, Callable] = {
     "shapes": shapes.from_config,

@@ -48,18 +48,29 @@ from __future__ import annotations
 import glob as glob_lib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import tensorflow as tf
 
 from rfcn_tf.data import label_map as label_map_lib
 from rfcn_tf.data.errors import DATA_ERROR_PREFIX, DataError
-from rfcn_tf.data.sources.base import (DatasetInfo, clip_and_filter_boxes, decode_image_or_flag,
-                                       finalize_examples)
+from rfcn_tf.data.sources.base import (
+    DatasetInfo,
+    clip_and_filter_boxes,
+    decode_image_or_flag,
+    finalize_examples,
+)
 
-__all__ = ["KEYS", "LABEL_MAP_FILE", "shard_file_name", "summary_path", "resolve_files",
-           "tfrecord_source", "from_config"]
+__all__ = [
+    "KEYS",
+    "LABEL_MAP_FILE",
+    "from_config",
+    "resolve_files",
+    "shard_file_name",
+    "summary_path",
+    "tfrecord_source",
+]
 
 LABEL_MAP_FILE = "label_map.pbtxt"
 
@@ -135,7 +146,7 @@ def _file_size(path: str) -> int:
     return int(tf.io.gfile.stat(path).length)
 
 
-def _known_size(files: Sequence[str], split: str) -> Optional[int]:
+def _known_size(files: Sequence[str], split: str) -> int | None:
     """num_examples from the converter's summary when it describes exactly these files."""
     folder = os.path.dirname(files[0])
     path = summary_path(folder, split)
@@ -184,12 +195,28 @@ def _parse_or_flag(record: tf.Tensor):
     return inner.concatenate(fallback).take(1).get_single_element()
 
 
+def _text(part) -> tf.Tensor:
+    """One piece of an error message as a string tensor (strings unquoted, lists formatted)."""
+    if isinstance(part, str):
+        return tf.constant(part)
+    if part.dtype == tf.string and part.shape.rank == 0:
+        return part
+    if part.shape.rank == 0:
+        return tf.strings.as_string(part)
+    return tf.strings.format("{}", [part], summarize=8)
+
+
+def _check(condition, *parts) -> tf.Operation:
+    """Assert(condition) whose message is the parts joined into ONE line (DataError prefix)."""
+    message = tf.strings.join([_text(p) for p in (DATA_ERROR_PREFIX + " ",) + parts])
+    return tf.debugging.Assert(condition, [message], summarize=1)
+
+
 def _check_file_end(filename, size, consumed, records):
     """Asserts that the records read from `filename` account for all of its bytes."""
-    return tf.debugging.Assert(tf.equal(consumed, size), [
-        f"{DATA_ERROR_PREFIX} TFRecord file", filename, "is truncated or corrupt after record",
-        records, "(read", consumed, "of", size, "bytes; is it an uncompressed TFRecord file?)"],
-        summarize=1)
+    return _check(tf.equal(consumed, size), "TFRecord file ", filename,
+                  " is truncated or corrupt after record ", records, " (read ", consumed,
+                  " of ", size, " bytes; is it an uncompressed TFRecord file?)")
 
 
 def _file_records(filename: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
@@ -230,9 +257,9 @@ def _image_id(source_id: tf.Tensor, fallback: tf.Tensor) -> tf.Tensor:
 
 def tfrecord_source(files: Sequence[str], *, class_items: Sequence[label_map_lib.LabelMapItem],
                     split: str = "", skip_corrupt: bool = False, shuffle: bool = False,
-                    seed: int = 0, shard: Optional[tuple[int, int]] = None,
+                    seed: int = 0, shard: tuple[int, int] | None = None,
                     shuffle_buffer: int = 256, num_parallel_calls: int = tf.data.AUTOTUNE,
-                    num_examples: Optional[int] = None):
+                    num_examples: int | None = None):
     """Examples (base module's dict) of OD API tf.train.Examples in `files`.
 
     Args:
@@ -295,11 +322,10 @@ def tfrecord_source(files: Sequence[str], *, class_items: Sequence[label_map_lib
 
     def load(filename, index, record):
         parsed, parsed_ok = _parse_or_flag(record)
-        where = [filename, "record", index]
-        parse_check = tf.debugging.Assert(parsed_ok, [
-            f"{DATA_ERROR_PREFIX} TFRecord file"] + where + [
-            "is not a tf.train.Example with the OD API keys' types (image/encoded bytes, "
-            "bbox float lists, class/label int64 list, ...)"], summarize=1)
+        where = ("TFRecord file ", filename, " record ", index)
+        parse_check = _check(parsed_ok, *where,
+                             " is not a tf.train.Example with the OD API keys' types "
+                             "(image/encoded bytes, bbox float lists, class/label int64 list...)")
         with tf.control_dependencies([parse_check]):
             coords = [parsed[KEYS[k]] for k in ("ymin", "xmin", "ymax", "xmax")]
         n = tf.size(coords[0])
@@ -315,14 +341,12 @@ def tfrecord_source(files: Sequence[str], *, class_items: Sequence[label_map_lib
         lengths = tf.stack([tf.size(c) for c in coords[1:]]
                            + [tf.size(labels), tf.size(difficult), tf.size(crowd)])
         checks = [
-            tf.debugging.Assert(tf.reduce_all(tf.equal(lengths, n)), [
-                f"{DATA_ERROR_PREFIX} TFRecord file"] + where + [
-                "has per-box lists of unequal length (ymin: ", n,
-                "; xmin, ymax, xmax, class, difficult, is_crowd:", lengths, ")"], summarize=8),
-            tf.debugging.Assert(tf.reduce_all(labels >= 0), [
-                f"{DATA_ERROR_PREFIX} TFRecord file"] + where + [
-                "has a class not in the label map: ids", labels_id, "texts", texts,
-                f"(label map ids: {[i.id for i in items]})"], summarize=8),
+            _check(tf.reduce_all(tf.equal(lengths, n)), *where,
+                   " has per-box lists of unequal length (ymin: ", n,
+                   "; xmin, ymax, xmax, class, difficult, is_crowd: ", lengths, ")"),
+            _check(tf.reduce_all(labels >= 0), *where,
+                   " has a class not in the label map: class/label ", labels_id,
+                   ", class/text ", texts, f" (label map ids: {[i.id for i in items]})"),
         ]
         with tf.control_dependencies(checks):
             boxes = tf.stack(coords, axis=-1)
@@ -331,11 +355,9 @@ def tfrecord_source(files: Sequence[str], *, class_items: Sequence[label_map_lib
         record_name = tf.strings.join([filename, "#", tf.strings.as_string(index)])
         name = tf.where(tf.strings.length(name) > 0, name, record_name)
         if not skip_corrupt:
-            image_check = tf.debugging.Assert(ok, [
-                f"{DATA_ERROR_PREFIX} TFRecord file"] + where + [
-                "(image/filename", parsed[KEYS["filename"]],
-                "): image/encoded cannot be decoded (missing or corrupt); set "
-                "data.skip_corrupt=true to skip such images"], summarize=1)
+            image_check = _check(ok, *where, " (image/filename ", parsed[KEYS["filename"]],
+                                 "): image/encoded cannot be decoded (missing or corrupt); "
+                                 "set data.skip_corrupt=true to skip such images")
             with tf.control_dependencies([image_check]):
                 ok = tf.identity(ok)
         boxes, labels, difficult, crowd, dropped = clip_and_filter_boxes(
@@ -359,7 +381,7 @@ def tfrecord_source(files: Sequence[str], *, class_items: Sequence[label_map_lib
     return dataset, info
 
 
-def _resolve_label_map(label_map: Optional[str], files: Sequence[str]) -> str:
+def _resolve_label_map(label_map: str | None, files: Sequence[str]) -> str:
     if label_map is None:
         path = os.path.join(os.path.dirname(files[0]), LABEL_MAP_FILE)
         if not tf.io.gfile.exists(path):
@@ -376,7 +398,7 @@ def _resolve_label_map(label_map: Optional[str], files: Sequence[str]) -> str:
 
 
 def from_config(data_cfg, *, split: str, shuffle: bool = False, seed: int = 0,
-                shard: Optional[tuple[int, int]] = None):
+                shard: tuple[int, int] | None = None):
     """`tfrecord_source` with its arguments read from a `DataConfig`.
 
     `data.class_names`, when set, must equal the label map's class names (in id order): the
