@@ -37,13 +37,15 @@ from rfcn_tf.evaluation.voc_metrics import evaluate_voc
 
 __all__ = [
     "DetectFn",
-    "to_original_pixels",
     "collect_detections",
     "compute_metrics",
-    "write_outputs",
+    "dataset_description",
+    "evaluate_detector",
+    "evaluate_split",
     "format_summary",
     "metrics_markdown",
-    "evaluate_detector",
+    "to_original_pixels",
+    "write_outputs",
 ]
 
 # detect_fn(images uint8 [B, Hp, Wp, 3], image_shapes int32 [B, 2]) -> detections dict
@@ -63,9 +65,12 @@ def to_original_pixels(
 ) -> np.ndarray:
     """Boxes in resized-image pixels -> original-image pixels, clipped to the original image.
 
+    The NumPy face of `rfcn_tf.inference.preprocess.boxes_to_original` (the one rescale every
+    consumer shares), computed in float64 for the metrics.
+
     Args:
         boxes_yxyx: `[N, 4]` yxyx pixels of the resized (unpadded) image.
-        image_shape: `(h, w)` of the resized image (INTERFACES.md `image_shapes`).
+        image_shape: `(h, w)` of the resized image (`image_shapes`).
         original_shape: `(H0, W0)` of the original image (`original_shapes`).
 
     Returns:
@@ -452,3 +457,55 @@ def evaluate_detector(
                                      category_ids=category_ids)
         write_outputs(out_dir, metrics, pr_curves=curves, coco_results=results)
     return metrics
+
+
+def dataset_description(cfg, split: str) -> str:
+    """"the dataset (<source>, split '<split>')" for messages."""
+    source = cfg.data.source
+    if source == "tfds":
+        source = f"tfds '{cfg.data.tfds_name}'"
+    return f"the dataset ({source}, split '{split}')"
+
+
+def evaluate_split(
+    cfg,
+    detect_fn: DetectFn,
+    *,
+    split: str,
+    out_dir: str | None,
+    max_images: int | None = None,
+    progress: bool = True,
+    info: Mapping[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> dict:
+    """Evaluates `detect_fn` on a split of the configured dataset (the evaluate CLI's and the
+    end-of-training evaluation's one path).
+
+    Args:
+        cfg: the config tree (`data.*` builds the split's batched features, resized as
+            evaluation resizes; `eval.batch_size`, `eval.score_threshold`).
+        detect_fn: as `evaluate_detector`'s (resized-image pixels in).
+        split: dataset split.
+        out_dir: where the reports go (None: nowhere).
+        max_images, progress, info: as `evaluate_detector`'s.
+        class_names: the model's class names, checked against the split's (None: no check).
+
+    Raises:
+        ValueError: the model's class count differs from the dataset's (message names both).
+    """
+    from rfcn_tf.data.pipeline import build_dataset, build_source
+
+    _, source_info = build_source(cfg.data, split=split)
+    names = list(source_info.class_names)
+    if class_names is not None and len(class_names) != len(names):
+        raise ValueError(
+            f"the model has {len(class_names)} classes ({', '.join(list(class_names)[:5])}"
+            f"{'...' if len(class_names) > 5 else ''}) but {dataset_description(cfg, split)} "
+            f"has {len(names)} ({', '.join(names[:5])}{'...' if len(names) > 5 else ''})")
+    dataset = build_dataset(cfg.data, split=split, training=False,
+                            batch_size=cfg.eval.batch_size)
+    return evaluate_detector(
+        detect_fn, dataset, class_names=names, category_ids=source_info.category_ids,
+        out_dir=out_dir, max_images=max_images, progress=progress,
+        score_threshold=cfg.eval.score_threshold, num_images=source_info.num_examples,
+        info=info)

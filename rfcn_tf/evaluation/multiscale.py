@@ -13,8 +13,9 @@ Shape shorthand:
 Frames: the wrapper receives the evaluation batch (images already resized by the data pipeline
 to (h, w) and zero-padded) and returns boxes in THAT frame (pixels of the (h, w) image), exactly
 like a single-scale `detect`, so the evaluator's conversion to original pixels is unchanged.
-Each scale resizes the real (h, w) region again with `rfcn_tf.data.transforms.resize_image`
-(shorter side s, longer side <= max_size), so resizing starts from the pipeline's image: feed
+Each scale runs THE inference path on the real (h, w) region (`rfcn_tf.inference.preprocess`:
+`preprocess` resizes it, shorter side s, longer side <= max_size, and pads it to the stride;
+`boxes_to_original` maps the boxes back to (h, w)), so resizing starts from the pipeline's image: feed
 the pipeline images at least as large as the largest test scale (the evaluate CLI sets the
 data scale to max(sizes)) to avoid upsampling an already downsampled image.
 
@@ -29,7 +30,9 @@ from typing import Any
 
 import tensorflow as tf
 
-__all__ = ["multiscale_detect_fn", "merge_detections"]
+from rfcn_tf.inference.preprocess import boxes_to_original, preprocess
+
+__all__ = ["merge_detections", "multiscale_detect_fn"]
 
 
 def merge_detections(
@@ -91,9 +94,9 @@ def multiscale_detect_fn(
     """Wraps a single-scale `detect_fn` into a multi-scale one with the same signature.
 
     For each image of the batch and each size s in `sizes`: the image's real (h, w) region is
-    resized (shorter side s, longer side <= `max_size`; `resize_image`), zero-padded to a
-    multiple of `size_multiple`, run through `detect_fn` as a batch of one, and its boxes are
-    scaled back by (h / h_s, w / w_s). All sizes' detections are merged with
+    resized (shorter side s, longer side <= `max_size`) and zero-padded to a multiple of
+    `size_multiple` (`inference.preprocess.preprocess`), run through `detect_fn` as a batch of
+    one, and its boxes are scaled back by (h / h_s, w / w_s) (`boxes_to_original`). All sizes' detections are merged with
     `merge_detections` (per-class NMS at `nms_iou`, top `max_detections`).
 
     Args:
@@ -122,8 +125,6 @@ def multiscale_detect_fn(
     if max_detections < 1:
         raise ValueError(f"max_detections must be >= 1, got {max_detections}")
 
-    from rfcn_tf.data.transforms import pad_to_multiple, resize_image
-
     def detect(images, image_shapes):
         images = tf.convert_to_tensor(images)
         if images.dtype != tf.uint8 or images.shape.rank != 4:
@@ -136,18 +137,15 @@ def multiscale_detect_fn(
             image = images[b, :h, :w]
             all_boxes, all_scores, all_classes = [], [], []
             for s in sizes:
-                resized, _ = resize_image(image, min_size=s, max_size=max_size)
-                hs, ws = (int(v) for v in resized.shape[:2])
-                padded = pad_to_multiple(resized, multiple=size_multiple)
-                out = detect_fn(padded[None], tf.constant([[hs, ws]], tf.int32))
+                padded, resized_hw = preprocess(image, min_size=s, max_size=max_size,
+                                                size_multiple=size_multiple)
+                out = detect_fn(padded[None], resized_hw[None])
                 n = int(tf.reshape(out["num_detections"], [-1])[0])
-                scale = tf.constant([h / hs, w / ws, h / hs, w / ws], tf.float32)
-                all_boxes.append(tf.cast(out["detection_boxes"][0, :n], tf.float32) * scale)
+                all_boxes.append(boxes_to_original(out["detection_boxes"][0, :n], resized_hw,
+                                                   [h, w]))
                 all_scores.append(tf.cast(out["detection_scores"][0, :n], tf.float32))
                 all_classes.append(tf.cast(out["detection_classes"][0, :n], tf.int32))
-            boxes = tf.concat(all_boxes, 0)
-            limit = tf.constant([h, w, h, w], tf.float32)
-            boxes = tf.clip_by_value(boxes, 0.0, limit)
+            boxes = tf.concat(all_boxes, 0)  # clipped to (h, w) by boxes_to_original
             per_image.append(merge_detections(
                 boxes, tf.concat(all_scores, 0), tf.concat(all_classes, 0),
                 nms_iou=nms_iou, max_detections=max_detections))
