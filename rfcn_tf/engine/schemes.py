@@ -35,7 +35,11 @@ import tensorflow as tf
 from rfcn_tf.data.errors import data_error_from
 from rfcn_tf.engine import checkpoints as ckpt_lib
 from rfcn_tf.engine.callbacks import CheckpointHook
-from rfcn_tf.engine.data_resume import checkpoint_has_iterator, skipping_dataset_fn
+from rfcn_tf.engine.data_resume import (
+    checkpoint_has_iterator,
+    iterator_checkpointable,
+    skipping_dataset_fn,
+)
 from rfcn_tf.engine.ema import EmaHook
 from rfcn_tf.engine.loop import Hook, TrainLoop
 from rfcn_tf.engine.optimizer import inner_optimizer
@@ -271,6 +275,7 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
       data_resume: ``iterator`` (the input iterator is checkpointed and restored), ``skip``
         (a resumed stream drops the batches already trained on) or ``none``
         (``data_resume.py``; ``choose_data_resume`` turns ``auto`` into one of these).
+        ``iterator`` becomes ``skip`` where the strategy's iterator cannot be saved.
 
     Returns:
       :class:`TrainResult`.
@@ -329,6 +334,8 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
         return TrainResult(step=start_step, total_steps=total_steps, last_logs={},
                            checkpoint=latest, resumed_from=latest, stages_run=[])
 
+    if data_resume == "iterator" and not iterator_checkpointable(strategy):
+        data_resume = "skip"  # only the default strategy's iterator can be saved
     resume_by = None
     save_iterator = data_resume == "iterator"
     if latest:
