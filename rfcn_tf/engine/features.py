@@ -141,6 +141,11 @@ class TrainingFeatures:
 
         cfg = self.cfg
         split = cfg.data.val_split
+        if split == (cfg.eval.split or "test") or split == "test":
+            logger.warning("validation during training uses split %r, which is also the test "
+                           "split: the best checkpoint is then picked on test (set "
+                           "data.val_split to a held-out split, as configs/bccd_val.yaml does)",
+                           split)
         _, info = build_source(cfg.data, split=split)
         logger.info("validation every %d steps on split %r (%s images), best by %s%s",
                     cfg.train.eval_every, split, info.num_examples, cfg.train.best_metric,
