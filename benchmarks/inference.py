@@ -32,6 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 from rfcn_tf.model.backbones import ResNetBackbone  # noqa: E402
 from rfcn_tf.model.detector import RFCN  # noqa: E402
+from rfcn_tf.model.sections import HeadConfig, RPNConfig  # noqa: E402
 
 
 def interleaved_medians(fns, repeats):
@@ -64,8 +65,8 @@ def build_model(depth, num_classes, rois, impl):
     return RFCN(
         backbone=ResNetBackbone(depth=depth),
         num_classes=num_classes,
-        rpn_post_nms_top_n_test=rois,
-        psroi_impl=impl,
+        rpn=RPNConfig(post_nms_top_n_test=rois),
+        head=HeadConfig(psroi_impl=impl),
     )
 
 
@@ -78,8 +79,9 @@ def stage_functions(model, image_spec, shape_spec):
 
     @tf.function(input_signature=[image_spec, shape_spec])
     def proposals(images, shapes):
-        stage = model._features_and_proposals(images, shapes, False)
-        return stage["head_features"], stage["proposals"], stage["num_proposals"]
+        rpn_features, head_features = model.backbone(images, training=False)
+        rpn = model.rpn(rpn_features, shapes, proposal_counts="test")
+        return head_features, rpn["proposals"], rpn["num_proposals"]
 
     @tf.function(input_signature=[image_spec, shape_spec])
     def head(images, shapes):

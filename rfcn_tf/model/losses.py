@@ -5,6 +5,7 @@ Shape shorthand:
     N  anchors per image
     R  RoIs per image (proposals + appended ground truth)
     C  object classes (without background); class logits have C + 1 columns, 0 = background
+    q  box classes of the head's deltas: 1 (class-agnostic, the paper) or C (class-specific)
 
 Normalization: every loss is a sum over the selected (sampled) examples of the whole batch
 divided by their number (at least 1), so the value is a per-example mean that does not depend
@@ -13,9 +14,10 @@ on the batch size; the train step divides by the number of replicas.
 
 import tensorflow as tf
 
-from rfcn_tf.model.sampler import sample_balanced, select_hardest
+from rfcn_tf.model.roi_sampling import RoISampler
 
-__all__ = ["smooth_l1", "rpn_losses", "rfcn_losses", "RPN_LOSS_NAMES", "RFCN_LOSS_NAMES"]
+__all__ = ["smooth_l1", "rpn_losses", "rfcn_per_roi_losses", "selected_mean", "rfcn_losses",
+           "RPN_LOSS_NAMES", "RFCN_LOSS_NAMES"]
 
 RPN_LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss")
 RFCN_LOSS_NAMES = ("rfcn_class_loss", "rfcn_box_loss")
@@ -87,7 +89,9 @@ def rfcn_per_roi_losses(class_logits, box_deltas, targets, *, beta=1.0, box_loss
 
     Args:
       class_logits: [B, R, C + 1] float raw logits.
-      box_deltas: [B, R, 4] float predicted class-agnostic deltas (box_weights of roi_targets).
+      box_deltas: [B, R, q, 4] float predicted deltas (box_weights of roi_targets), q = 1
+        (class-agnostic) or C (class-specific: the deltas of the RoI's target class are
+        regressed, as Fast R-CNN); [B, R, 4] is read as q = 1.
       targets: roi_targets' dict (roi_classes, box_targets, foreground).
       beta: smooth-L1 transition point (1 for the head).
       box_loss_weight: lambda of R-FCN eq. 1 multiplying the box term.
@@ -98,13 +102,29 @@ def rfcn_per_roi_losses(class_logits, box_deltas, targets, *, beta=1.0, box_loss
     """
     logits = tf.cast(class_logits, tf.float32)
     deltas = tf.cast(box_deltas, tf.float32)
+    if deltas.shape.rank == 3:
+        deltas = deltas[:, :, None, :]
     classes = tf.cast(targets["roi_classes"], tf.int32)
     foreground = tf.cast(targets["foreground"], tf.bool)
     cls = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=classes, logits=logits)
+    if deltas.shape[2] == 1:
+        deltas = deltas[:, :, 0, :]
+    else:  # class-specific: the target class's deltas (background rows: any, masked below)
+        deltas = tf.gather(deltas, tf.maximum(classes - 1, 0), axis=2, batch_dims=2)
     box = tf.reduce_sum(smooth_l1(deltas - tf.cast(targets["box_targets"], tf.float32), beta),
                         axis=-1)
     box = float(box_loss_weight) * tf.where(foreground, box, 0.0)
     return cls, box
+
+
+def selected_mean(class_loss, box_loss, selected):
+    """`{"rfcn_class_loss", "rfcn_box_loss"}`: the per-RoI losses summed over the `selected`
+    [B, R] RoIs of the batch, divided by their number (at least 1)."""
+    norm = _normalizer(selected)
+    # tf.where (not a multiplication by a 0/1 mask) so non-selected RoIs get exactly zero
+    # gradient even if their loss were inf.
+    return {"rfcn_class_loss": tf.reduce_sum(tf.where(selected, class_loss, 0.0)) / norm,
+            "rfcn_box_loss": tf.reduce_sum(tf.where(selected, box_loss, 0.0)) / norm}
 
 
 def rfcn_losses(class_logits, box_deltas, targets, *, sampling="ohem", batch_size_per_image=128,
@@ -115,16 +135,17 @@ def rfcn_losses(class_logits, box_deltas, targets, *, sampling="ohem", batch_siz
     L(s, t) = L_cls(s_c*) + lambda [c* > 0] L_reg(t, t*), lambda = box_loss_weight.
 
     sampling="ohem" (the paper): the per-RoI loss L is computed for all valid RoIs; the
-    `batch_size_per_image` RoIs with the highest loss per image (select_hardest on
+    `batch_size_per_image` RoIs with the highest loss per image (roi_sampling.ohem_select on
     tf.stop_gradient(L), optionally after NMS at `ohem_nms_iou` among the RoIs) are the only
     ones that contribute, so the other RoIs' gradients are exactly 0.
     sampling="balanced" (Fast R-CNN): a random sample of `batch_size_per_image` valid RoIs with
     up to `foreground_fraction` foreground.
     Both losses are summed over the selected RoIs of the batch and divided by their number.
+    (The detector does the same through `RoISampler.select` and `selected_mean`.)
 
     Args:
       class_logits: [B, R, C + 1] float raw logits.
-      box_deltas: [B, R, 4] float predicted class-agnostic deltas.
+      box_deltas: [B, R, q, 4] (or [B, R, 4]) float predicted deltas.
       targets: roi_targets' dict: rois [B, R, 4], roi_valid, roi_classes, box_targets,
         foreground.
       sampling: "ohem" or "balanced".
@@ -142,22 +163,9 @@ def rfcn_losses(class_logits, box_deltas, targets, *, sampling="ohem", batch_siz
     """
     if sampling not in ("ohem", "balanced"):
         raise ValueError(f"sampling must be 'ohem' or 'balanced', got {sampling!r}")
+    sampler = RoISampler({"sampling": sampling, "batch_size_per_image": batch_size_per_image,
+                          "foreground_fraction": foreground_fraction,
+                          "ohem_nms_iou": ohem_nms_iou})
     cls, box = rfcn_per_roi_losses(class_logits, box_deltas, targets, beta=beta,
                                    box_loss_weight=box_loss_weight)
-    valid = tf.cast(targets["roi_valid"], tf.bool)
-    if sampling == "ohem":
-        selected = select_hardest(tf.stop_gradient(cls + box), valid,
-                                  num_selected=batch_size_per_image,
-                                  boxes=targets.get("rois") if ohem_nms_iou is not None else None,
-                                  nms_iou=ohem_nms_iou)
-    else:
-        labels = tf.where(valid, tf.cast(targets["foreground"], tf.int32), -1)
-        selected = sample_balanced(labels, batch_size_per_image=batch_size_per_image,
-                                   positive_fraction=foreground_fraction, seed=seed)
-    selected = tf.stop_gradient(selected & valid)
-    norm = _normalizer(selected)
-    # tf.where (not a multiplication by a 0/1 mask) so non-selected RoIs get exactly zero
-    # gradient even if their loss were inf.
-    class_loss = tf.reduce_sum(tf.where(selected, cls, 0.0)) / norm
-    box_loss = tf.reduce_sum(tf.where(selected, box, 0.0)) / norm
-    return {"rfcn_class_loss": class_loss, "rfcn_box_loss": box_loss}
+    return selected_mean(cls, box, sampler.select(cls + box, targets, seed=seed))

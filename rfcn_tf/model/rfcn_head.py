@@ -6,30 +6,37 @@ Shape shorthand:
     Cin  channels of the head features (ResNet conv5: 2048)
     D    channels of the dimension-reducing 1x1 conv (`channels`, 1024 in the paper)
     C    object classes (without background); C + 1 with background (class 0)
-    k    PS grid size (`ps_k`, k x k bins, 7 in the paper)
+    k    PS grid size (`config.k`, k x k bins, 7 in the paper); kh x kw for a rectangular
+         `config.grid`
     R    RoIs per image
+    q    box classes: 1 (class-agnostic boxes, the paper) or C (class-specific)
 
 Naming convention:
     *_maps    position-sensitive score maps, NHWC, bin-major channels: bin (i, j), entry c is
-              channel (i*k + j)*n + c (DESIGN.md, "PS-RoI pooling op"), n = C + 1 or 4
+              channel (i*kw + j)*n + c (docs/ARCHITECTURE.md, "PS-RoI pooling op"),
+              n = C + 1 or 4q (box entry c = class*4 + coordinate)
     *_logits  raw class scores (softmax applied only at inference, by the detector)
-    *_deltas  raw class-agnostic (dy, dx, dh, dw), box-coder weights chosen by the detector
+    *_deltas  raw (dy, dx, dh, dw) per box class, encoded with `config.box_weights`
 
 The head: conv5 -> 1x1 conv to D channels (ReLU, "a randomly initialized 1024-d 1x1 conv
 layer for reducing dimension", sec. 2.2) -> sibling 1x1 convs to k^2 (C+1) classification
 maps and 4 k^2 class-agnostic box maps (sec. 2, "Position-sensitive score maps" and "box
-regression") -> PS-RoI pooling of both (`rfcn_tf.ops.psroi_pool.ps_roi_pool`) -> average
+regression"; 4 k^2 C class-specific maps with `class_agnostic_boxes: false`, as py-R-FCN and
+the TF Object Detection API offer) -> PS-RoI pooling of both (`rfcn_tf.ops.psroi_pool.ps_roi_pool`) -> average
 voting over the k x k bins (sec. 2, eq. 2: "we simply vote by averaging the scores"), so the
 logits keep the scale of one bin's score whatever k is.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
-POOLING_MODES = ("avg", "bilinear")
-PSROI_IMPLS = ("auto", "custom", "tf")
+from rfcn_tf.model.sections import POOLING_MODES, PSROI_IMPLS, HeadConfig, as_section
+
+__all__ = ["POOLING_MODES", "PSROI_IMPLS", "RFCNHead", "flatten_rois"]
 
 
 def flatten_rois(rois):
@@ -54,13 +61,12 @@ class RFCNHead(keras.layers.Layer):
 
     Args:
         num_classes: C, object classes without background.
-        channels: D, width of the 1x1 dimension-reducing conv (ReLU), 1024 in the paper.
-        ps_k: k, the PS grid size (7 in the paper).
-        pooling_mode: `"avg"` (the paper's PS-RoI pooling) or `"bilinear"` (PSRoIAlign).
-        sampling_ratio: bilinear samples per bin side (bilinear mode only).
+        config: `HeadConfig` (or its dict; copied): `channels` (D, the 1x1 reducing conv, 1024
+            in the paper), `k` / `grid` (the PS grid), `pooling_mode` ("avg": the paper's
+            PS-RoI pooling, "bilinear": PSRoIAlign), `sampling_ratio` (bilinear samples per
+            bin side, <= 0 adaptive), `psroi_impl` ("auto" | "custom" | "tf", passed to
+            `ps_roi_pool`), `box_weights` (the box coder of the deltas).
         feature_stride: input pixels per feature cell (spatial_scale = 1 / feature_stride).
-        psroi_impl: `"auto"` | `"custom"` (compiled op) | `"tf"` (stock-TF twin, exported
-            graphs), passed to `ps_roi_pool`.
         init_stddev: standard deviation of the Gaussian initializers (0.01), biases 0.
 
     Call arguments:
@@ -69,50 +75,40 @@ class RFCNHead(keras.layers.Layer):
             they pool something finite and the caller masks them).
 
     Returns:
-        `(class_logits [B, R, C+1] float32, box_deltas [B, R, 4] float32)`, raw.
+        `(class_logits [B, R, C+1] float32, box_deltas [B, R, q, 4] float32)`, raw.
 
     Example:
-        >>> head = RFCNHead(num_classes=20, ps_k=7)
+        >>> head = RFCNHead(num_classes=20, config=HeadConfig(k=7))
         >>> logits, deltas = head(tf.zeros([1, 38, 63, 2048]), tf.constant([[[0., 0., 64., 64.]]]))
-        >>> logits.shape, deltas.shape  # (1, 1, 21), (1, 1, 4)
+        >>> logits.shape, deltas.shape  # (1, 1, 21), (1, 1, 1, 4)
     """
 
-    def __init__(
-        self,
-        *,
-        num_classes,
-        channels=1024,
-        ps_k=7,
-        pooling_mode="avg",
-        sampling_ratio=2,
-        feature_stride=16,
-        psroi_impl="auto",
-        init_stddev=0.01,
-        **kwargs,
-    ):
+    def __init__(self, *, num_classes, config=None, feature_stride=16, init_stddev=0.01,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.config = as_section(HeadConfig, config)
+        cfg = self.config
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
-        if int(channels) < 1:
-            raise ValueError(f"channels must be >= 1, got {channels!r}")
-        if int(ps_k) < 1:
-            raise ValueError(f"ps_k must be >= 1, got {ps_k!r}")
-        if pooling_mode not in POOLING_MODES:
-            raise ValueError(f"pooling_mode must be one of {POOLING_MODES}, got {pooling_mode!r}")
-        if int(sampling_ratio) < 1:
-            raise ValueError(f"sampling_ratio must be >= 1, got {sampling_ratio!r}")
+        if int(cfg.channels) < 1:
+            raise ValueError(f"channels must be >= 1, got {cfg.channels!r}")
+        if min(cfg.output_size) < 1:
+            raise ValueError(f"the PS grid must be >= 1 x 1, got {cfg.output_size!r}")
+        if cfg.pooling_mode not in POOLING_MODES:
+            raise ValueError(f"pooling_mode must be one of {POOLING_MODES}, got "
+                             f"{cfg.pooling_mode!r}")
         if not feature_stride > 0:
             raise ValueError(f"feature_stride must be > 0, got {feature_stride!r}")
-        if psroi_impl not in PSROI_IMPLS:
-            raise ValueError(f"psroi_impl must be one of {PSROI_IMPLS}, got {psroi_impl!r}")
+        if cfg.psroi_impl not in PSROI_IMPLS:
+            raise ValueError(f"psroi_impl must be one of {PSROI_IMPLS}, got {cfg.psroi_impl!r}")
+        if len(cfg.box_weights) != 4:
+            raise ValueError(f"box_weights must have 4 values (wy, wx, wh, ww), got "
+                             f"{cfg.box_weights!r}")
         self.num_classes = int(num_classes)
-        self.channels = int(channels)
-        self.ps_k = int(ps_k)
-        self.pooling_mode = pooling_mode
-        self.sampling_ratio = int(sampling_ratio)
         self.feature_stride = feature_stride
-        self.psroi_impl = psroi_impl
         self.init_stddev = float(init_stddev)
+        self.num_bins = cfg.output_size[0] * cfg.output_size[1]
+        self.num_box_classes = 1  # q
 
     def build(self, features_shape, rois_shape=None):
         def conv(filters, name, activation=None):
@@ -126,18 +122,17 @@ class RFCNHead(keras.layers.Layer):
                 dtype=self.dtype_policy,
             )
 
-        k2 = self.ps_k * self.ps_k
-        self.reduce = conv(self.channels, "rfcn_reduce", activation="relu")
+        self.reduce = conv(self.config.channels, "rfcn_reduce", activation="relu")
         self.reduce.build(features_shape)
-        hidden_shape = tuple(features_shape[:-1]) + (self.channels,)
-        self.class_maps = conv(k2 * (self.num_classes + 1), "rfcn_class_maps")
+        hidden_shape = tuple(features_shape[:-1]) + (self.config.channels,)
+        self.class_maps = conv(self.num_bins * (self.num_classes + 1), "rfcn_class_maps")
         self.class_maps.build(hidden_shape)
-        self.box_maps = conv(k2 * 4, "rfcn_box_maps")
+        self.box_maps = conv(self.num_bins * 4 * self.num_box_classes, "rfcn_box_maps")
         self.box_maps.build(hidden_shape)
         self.built = True
 
     def score_maps(self, features):
-        """`(class_maps [B,h,w,k^2 (C+1)], box_maps [B,h,w,4k^2])` float32, bin-major."""
+        """`(class_maps [B,h,w,kh kw (C+1)], box_maps [B,h,w,4 q kh kw])` float32, bin-major."""
         hidden = self.reduce(features)
         return (
             tf.cast(self.class_maps(hidden), tf.float32),
@@ -145,21 +140,22 @@ class RFCNHead(keras.layers.Layer):
         )
 
     def pool_and_vote(self, maps, flat_rois, batch, count):
-        """PS-RoI pooling of `maps` ([B,h,w,k^2 n]) at `flat_rois` ([B*R,5]) then the mean
-        over the k x k bins (average voting) -> `[B, R, n]` float32."""
+        """PS-RoI pooling of `maps` ([B,h,w,kh kw n]) at `flat_rois` ([B*R,5]) then the mean
+        over the bins (average voting) -> `[B, R, n]` float32."""
         from rfcn_tf.ops.psroi_pool import ps_roi_pool  # the op module loads its .so lazily
 
+        kh, kw = self.config.output_size
         pooled = ps_roi_pool(
             maps,
             flat_rois,
-            output_size=self.ps_k,
+            output_size=kh if kh == kw else (kh, kw),
             spatial_scale=1.0 / self.feature_stride,
-            mode=self.pooling_mode,
-            sampling_ratio=self.sampling_ratio,
-            impl=self.psroi_impl,
-        )  # [B*R, k, k, n]
+            mode=self.config.pooling_mode,
+            sampling_ratio=self.config.sampling_ratio,
+            impl=self.config.psroi_impl,
+        )  # [B*R, kh, kw, n]
         voted = tf.reduce_mean(pooled, axis=[1, 2])  # [B*R, n]
-        depth = maps.shape[-1] // (self.ps_k * self.ps_k)
+        depth = maps.shape[-1] // self.num_bins
         return tf.reshape(voted, tf.stack([batch, count, depth]))
 
     def call(self, features, rois):
@@ -170,24 +166,21 @@ class RFCNHead(keras.layers.Layer):
         class_logits = self.pool_and_vote(class_maps, flat_rois, batch, count)
         box_deltas = self.pool_and_vote(box_maps, flat_rois, batch, count)
         class_logits = tf.ensure_shape(class_logits, [None, None, self.num_classes + 1])
-        box_deltas = tf.ensure_shape(box_deltas, [None, None, 4])
+        box_deltas = tf.reshape(box_deltas, tf.stack([batch, count, self.num_box_classes, 4]))
+        box_deltas = tf.ensure_shape(box_deltas, [None, None, self.num_box_classes, 4])
         return class_logits, box_deltas
 
     def compute_output_shape(self, features_shape, rois_shape=None):
         prefix = (None, None) if rois_shape is None else tuple(rois_shape[:2])
-        return prefix + (self.num_classes + 1,), prefix + (4,)
+        return prefix + (self.num_classes + 1,), prefix + (self.num_box_classes, 4)
 
     def get_config(self):
         config = super().get_config()
         config.update(
             {
                 "num_classes": self.num_classes,
-                "channels": self.channels,
-                "ps_k": self.ps_k,
-                "pooling_mode": self.pooling_mode,
-                "sampling_ratio": self.sampling_ratio,
+                "config": dataclasses.asdict(self.config),
                 "feature_stride": self.feature_stride,
-                "psroi_impl": self.psroi_impl,
                 "init_stddev": self.init_stddev,
             }
         )

@@ -1,21 +1,18 @@
-"""Fixed-size training samples: balanced random sampling and online hard example mining.
+"""Fixed-size training samples: balanced random sampling (Faster R-CNN sec. 3.1.3).
 
 Shape shorthand:
     B  images in the batch
-    N  candidates per image (anchors)
-    R  RoIs per image
+    N  candidates per image (anchors or RoIs)
 
-Both samplers return boolean masks of the same shape as their input, built with top_k (a
-static k) and scatter, so they run inside tf.function / XLA with static shapes and no
+The sampler returns a boolean mask of the shape of its input, built with top_k (a static k)
+and scatter, so they run inside tf.function / XLA with static shapes and no
 per-image Python lists.
 """
 
 import numpy as np
 import tensorflow as tf
 
-from rfcn_tf.model.proposals import nms_padded
-
-__all__ = ["sample_balanced", "select_hardest"]
+__all__ = ["mask_from_top_k", "sample_balanced"]
 
 
 def _random_keys(shape, seed):
@@ -35,7 +32,7 @@ def _random_keys(shape, seed):
     return tf.random.stateless_uniform(shape, seed=seed, dtype=tf.float32)
 
 
-def _mask_from_top_k(keys, k, count):
+def mask_from_top_k(keys, k, count):
     """[B, N] bool: the first count[b] of the top-k entries of keys[b] (keys > -inf only).
 
     k is a Python int or scalar tensor (clamped to N); count [B] int32.
@@ -84,54 +81,7 @@ def sample_balanced(labels, *, batch_size_per_image, positive_fraction, seed=Non
     num_neg = batch_size_per_image - num_pos
     pos_keys = tf.where(positive, keys, -np.inf)
     neg_keys = tf.where(negative, keys, -np.inf)
-    selected_pos = _mask_from_top_k(pos_keys, max_pos, num_pos) if max_pos > 0 else \
+    selected_pos = mask_from_top_k(pos_keys, max_pos, num_pos) if max_pos > 0 else \
         tf.zeros_like(positive)
-    selected_neg = _mask_from_top_k(neg_keys, batch_size_per_image, num_neg)
+    selected_neg = mask_from_top_k(neg_keys, batch_size_per_image, num_neg)
     return selected_pos | selected_neg
-
-
-def select_hardest(losses, valid, *, num_selected, boxes=None, nms_iou=None):
-    """Online hard example mining (R-FCN sec. 2, "Training"; Shrivastava et al. 2016, sec. 4).
-
-    Per image, the `num_selected` valid RoIs with the highest loss. With `nms_iou`, hard RoIs
-    are first de-duplicated by NMS among the RoIs with the loss as the score (Shrivastava et
-    al. use 0.7; R-FCN does not), then the highest-loss survivors are taken. Ties go to the
-    lower index (top_k and NMS both keep the lower index first), so the result is
-    deterministic.
-
-    Args:
-      losses: [B, R] float, per-RoI losses (pass them through tf.stop_gradient).
-      valid: [B, R] bool, RoIs that may be selected.
-      num_selected: Python int, RoIs per image (R-FCN: 128).
-      boxes: [B, R, 4] yxyx RoIs, needed with nms_iou.
-      nms_iou: None (no NMS) or the NMS IoU threshold.
-
-    Returns:
-      selected: [B, R] bool with min(num_selected, #valid (after NMS)) True entries per image.
-    """
-    num_selected = int(num_selected)
-    if num_selected <= 0:
-        raise ValueError(f"num_selected must be positive, got {num_selected}")
-    losses = tf.cast(losses, tf.float32)
-    valid = tf.cast(valid, tf.bool)
-    if losses.shape.rank != 2:
-        raise ValueError(f"losses must be [B, R], got shape {losses.shape}")
-    keys = tf.where(valid, losses, -np.inf)
-    count = tf.fill(tf.shape(keys)[:1], num_selected)
-    if nms_iou is None:
-        return _mask_from_top_k(keys, num_selected, count)
-    if boxes is None:
-        raise ValueError(f"select_hardest with nms_iou={nms_iou} needs boxes [B, R, 4]")
-    boxes = tf.cast(boxes, tf.float32)
-    r = tf.shape(keys)[1]
-
-    def _one_image(args):
-        b, s = args
-        idx, n = nms_padded(b, s, max_output_size=num_selected, iou_threshold=nms_iou)
-        take = tf.range(num_selected) < n
-        return tf.scatter_nd(idx[:, None], tf.cast(take, tf.int32), [r]) > 0
-
-    selected = tf.map_fn(_one_image, (boxes, keys),
-                         fn_output_signature=tf.TensorSpec([None], tf.bool))
-    selected.set_shape(keys.shape)
-    return selected

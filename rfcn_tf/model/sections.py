@@ -16,8 +16,9 @@ Units: pixels of the resized input image unless a comment says otherwise.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 __all__ = [
     "BACKBONES",
@@ -31,13 +32,28 @@ __all__ = [
     "PostprocessConfig",
     "RPNConfig",
     "RoIConfig",
+    "as_section",
 ]
+
+_Section = TypeVar("_Section")
 
 BACKBONES = ("small", "resnet50", "resnet101")
 NORMS = ("batch", "group", "none")  # small backbone normalization
 POOLING_MODES = ("avg", "bilinear")  # PS-RoI pooling (paper) | PSRoIAlign
 PSROI_IMPLS = ("auto", "custom", "tf")  # see rfcn_tf.ops.psroi_pool
 ROI_SAMPLINGS = ("ohem", "balanced")  # R-FCN sec. 2 | Fast R-CNN's 1:3
+
+
+def as_section(cls: type[_Section], value: Any) -> _Section:
+    """A component's private copy of its section, given as the dataclass, its dict (a Keras
+    ``get_config``) or None (the defaults)."""
+    if value is None:
+        return cls()
+    if isinstance(value, dict):
+        return cls(**copy.deepcopy(value))
+    if not isinstance(value, cls):
+        raise TypeError(f"expected a {cls.__name__} (or its dict), got {type(value).__name__}")
+    return copy.deepcopy(value)
 
 
 def _error(key: str, value, rule: str):

@@ -1,4 +1,5 @@
-"""Training targets for the RPN (anchors) and the R-FCN head (RoIs).
+"""Training targets of the RPN: anchor labels and box targets (the RoI targets of the head are
+in roi_sampling.py).
 
 Shape shorthand:
     B  images in the batch
@@ -21,7 +22,7 @@ from rfcn_tf.model.sampler import sample_balanced
 from rfcn_tf.ops import boxes as box_ops
 from rfcn_tf.ops.box_coder import encode_boxes
 
-__all__ = ["rpn_targets", "roi_targets", "anchor_validity"]
+__all__ = ["rpn_targets", "anchor_validity"]
 
 
 def anchor_validity(anchors, image_shapes, *, allowed_border=None):
@@ -112,74 +113,4 @@ def rpn_targets(anchors, gt_boxes, gt_mask, image_shapes, *, positive_iou=0.7,
         "box_targets": tf.stop_gradient(targets),
         "matched_gt_index": tf.stop_gradient(matched),
         "matched_labels": tf.stop_gradient(labels),
-    }
-
-
-def roi_targets(proposals, num_proposals, gt_boxes, gt_classes, gt_mask, *,
-                foreground_iou=0.5, background_iou_low=0.0,
-                box_weights=(10.0, 10.0, 5.0, 5.0)):
-    """Class and box targets of the R-FCN head's RoIs (R-FCN sec. 2, "Training").
-
-    The ground-truth boxes are appended to the proposals (Fast R-CNN / R-FCN convention), so
-    every object has at least one perfect RoI. A RoI is foreground if its IoU with some
-    ground truth is >= foreground_iou (0.5), background if the IoU is in
-    [background_iou_low, foreground_iou); below background_iou_low (Fast R-CNN used 0.1) it is
-    not used. An image without ground truth is valid: all its proposals are background.
-    Padded proposal rows (index >= num_proposals) and padded gt rows are invalid; their RoI
-    rows are set to zeros. No sampling happens here: rfcn_losses selects RoIs (OHEM or
-    balanced) among the valid ones.
-
-    Args:
-      proposals: [B, P, 4] float32 yxyx pixels (generate_proposals' output).
-      num_proposals: [B] int32, real rows of proposals.
-      gt_boxes: [B, G, 4] float32 yxyx pixels.
-      gt_classes: [B, G] int32 in 1..C (padding arbitrary).
-      gt_mask: [B, G] bool.
-      foreground_iou: IoU at or above which a RoI is foreground.
-      background_iou_low: lowest IoU of a background RoI.
-      box_weights: (wy, wx, wh, ww) of the box coder for the head's deltas.
-
-    Returns:
-      dict with (R = P + G)
-        rois: [B, R, 4] float32 yxyx pixels, zeros on invalid rows.
-        roi_valid: [B, R] bool, RoIs that take part in the loss (real and foreground or
-          background).
-        roi_classes: [B, R] int32, the matched class 1..C for foreground, 0 otherwise.
-        box_targets: [B, R, 4] float32 deltas (box_weights) to the matched ground truth,
-          zeros where not foreground.
-        foreground: [B, R] bool.
-        matched_iou: [B, R] float32 best IoU with real ground truth (0 without any).
-        matched_gt_index: [B, R] int32 index into G.
-    """
-    proposals = tf.cast(proposals, tf.float32)
-    gt_boxes = tf.cast(gt_boxes, tf.float32)
-    gt_mask = tf.cast(gt_mask, tf.bool)
-    gt_classes = tf.cast(gt_classes, tf.int32)
-    p = tf.shape(proposals)[1]
-    proposal_valid = tf.range(p)[None, :] < tf.cast(num_proposals, tf.int32)[:, None]  # [B, P]
-    real = tf.concat([proposal_valid, gt_mask], axis=1)                              # [B, R]
-    rois = tf.concat([proposals, gt_boxes], axis=1)
-    rois = tf.where(real[:, :, None], rois, 0.0)
-
-    overlaps = box_ops.iou(rois, gt_boxes)                                           # [B, R, G]
-    matcher = Matcher(thresholds=(background_iou_low, foreground_iou), labels=(-1, 0, 1),
-                      allow_low_quality_matches=False)
-    matched, labels = matcher(overlaps, gt_mask)
-    masked = tf.where(gt_mask[:, None, :], overlaps, 0.0)
-    matched_iou = tf.reduce_max(tf.concat([masked, tf.zeros_like(masked[:, :, :1])], -1), -1)
-
-    foreground = real & (labels == 1)
-    valid = real & (labels >= 0)
-    classes = tf.where(foreground, tf.gather(gt_classes, matched, batch_dims=1), 0)
-    matched_boxes = tf.gather(gt_boxes, matched, batch_dims=1)
-    deltas = encode_boxes(matched_boxes, rois, box_weights)
-    deltas = tf.where(foreground[:, :, None], deltas, 0.0)
-    return {
-        "rois": tf.stop_gradient(rois),
-        "roi_valid": valid,
-        "roi_classes": tf.stop_gradient(classes),
-        "box_targets": tf.stop_gradient(deltas),
-        "foreground": foreground,
-        "matched_iou": tf.stop_gradient(matched_iou),
-        "matched_gt_index": tf.stop_gradient(matched),
     }

@@ -7,52 +7,42 @@ import pytest
 import tensorflow as tf
 import keras
 
-from rfcn_tf.config import ModelConfig
+from rfcn_tf.config import OLD_MODEL_KEYS, ModelConfig
 from rfcn_tf.model.backbones import ResNetBackbone, SmallBackbone
 from rfcn_tf.model.builder import build_detector
 from rfcn_tf.model.detector import LOSS_NAMES, RFCN
+from rfcn_tf.model.sections import (
+    AnchorsConfig,
+    BackboneConfig,
+    HeadConfig,
+    PostprocessConfig,
+    RoIConfig,
+    RPNConfig,
+)
 from rfcn_tf.ops import psroi_pool
 
 
-def tiny_kwargs(**overrides):
-    kwargs = dict(
-        num_classes=3,
-        anchor_scales=[16.0, 32.0, 64.0],
-        anchor_ratios=[1.0],
-        feature_stride=16,
-        rpn_channels=16,
-        rpn_pre_nms_top_n_train=200,
-        rpn_pre_nms_top_n_test=100,
-        rpn_post_nms_top_n_train=40,
-        rpn_post_nms_top_n_test=20,
-        rpn_nms_iou=0.7,
-        rpn_min_size=0.0,
-        rpn_positive_iou=0.7,
-        rpn_negative_iou=0.3,
-        rpn_batch_size=64,
-        rpn_positive_fraction=0.5,
-        rpn_allowed_border=None,
-        head_channels=16,
-        ps_k=3,
-        pooling_mode="avg",
-        sampling_ratio=2,
-        psroi_impl="tf",
-        roi_foreground_iou=0.5,
-        roi_background_iou_low=0.0,
-        roi_sampling="ohem",
-        roi_batch_size=16,
-        roi_foreground_fraction=0.25,
-        ohem_nms_iou=None,
-        box_weights=[10.0, 10.0, 5.0, 5.0],
-        score_threshold=0.0,
-        nms_iou=0.3,
-        max_detections=10,
-        rpn_loss_weight=1.0,
-        rfcn_loss_weight=1.0,
-        seed=None,
-    )
-    kwargs.update(overrides)
-    return kwargs
+TINY_SECTIONS = {
+    "anchors": {"scales": [16.0, 32.0, 64.0], "ratios": [1.0]},
+    "rpn": {"channels": 16, "pre_nms_top_n_train": 200, "pre_nms_top_n_test": 100,
+            "post_nms_top_n_train": 40, "post_nms_top_n_test": 20, "batch_size_per_image": 64},
+    "roi": {"sampling": "ohem", "batch_size_per_image": 16},
+    "head": {"channels": 16, "k": 3, "psroi_impl": "tf"},
+    "postprocess": {"score_threshold": 0.0, "max_detections": 10},
+}
+SECTIONS = {"anchors": AnchorsConfig, "rpn": RPNConfig, "roi": RoIConfig, "head": HeadConfig,
+            "postprocess": PostprocessConfig}
+
+
+def tiny_kwargs(num_classes=3, seed=None, **overrides):
+    """RFCN keyword arguments of the tiny test model: one dataclass per section. `overrides`
+    use the flat names (`ps_k=7`, `rpn_loss_weight=2.0`), placed by OLD_MODEL_KEYS."""
+    values = {name: dict(fields) for name, fields in TINY_SECTIONS.items()}
+    for key, value in overrides.items():
+        section, field = OLD_MODEL_KEYS.get(key, key).split(".")
+        values[section][field] = value
+    kwargs = {name: SECTIONS[name](**fields) for name, fields in values.items()}
+    return dict(kwargs, num_classes=num_classes, seed=seed)
 
 
 def tiny_backbone():
@@ -98,7 +88,7 @@ def test_call_returns_the_raw_outputs():
         "roi_valid": (b, p),
         "class_logits": (b, p, 4),
         "class_probs": (b, p, 4),
-        "box_deltas": (b, p, 4),
+        "box_deltas": (b, p, 1, 4),
     }
     assert {key: tuple(value.shape) for key, value in out.items()} == expected
     np.testing.assert_allclose(out["class_probs"].numpy().sum(-1), 1.0, atol=1e-5)
@@ -116,7 +106,7 @@ def test_call_returns_the_raw_outputs():
 def test_detect_shapes_and_padding_for_class_counts(k, num_classes):
     model = tiny_model(ps_k=k, num_classes=num_classes)
     result = model.detect(make_images(2, 64, 80), tf.constant([[64, 80], [50, 60]], tf.int32))
-    m = model.max_detections
+    m = model.postprocessor.config.max_detections
     assert {key: tuple(v.shape) for key, v in result.items()} == {
         "detection_boxes": (2, m, 4), "detection_scores": (2, m),
         "detection_classes": (2, m), "num_detections": (2,)}
@@ -238,16 +228,21 @@ def test_config_equals_constructor_kwargs_and_from_config_rebuilds():
     model = RFCN(backbone=backbone, **kwargs)
     config = model.get_config()
     assert set(config) - set(kwargs) == {"backbone", "name", "trainable"}
-    assert {key: config[key] for key in kwargs} == kwargs
+    # every section comes from the component it configures (not a hand-kept list)
+    expected = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                for k, v in kwargs.items()}
+    assert {key: config[key] for key in kwargs} == expected
+    assert model.rpn.config == kwargs["rpn"] and model.rpn.anchors_config == kwargs["anchors"]
+    assert model.roi_sampler.config == kwargs["roi"] and model.rfcn_head.config == kwargs["head"]
+    assert model.postprocessor.config == kwargs["postprocess"]
     assert config["backbone"] == keras.saving.serialize_keras_object(backbone)
     clone = RFCN.from_config(config)
     assert isinstance(clone.backbone, SmallBackbone) and clone.backbone.widths == [8, 8, 16, 16]
     assert clone.get_config() == config
-    # Constructor copies list arguments.
-    scales = [16.0, 32.0]
-    other = RFCN(backbone=tiny_backbone(), **tiny_kwargs(anchor_scales=scales))
-    scales.append(64.0)
-    assert other.anchor_scales == [16.0, 32.0]
+    # Components copy their sections: mutating the caller's config does not reach the model.
+    kwargs["anchors"].scales.append(128.0)
+    kwargs["head"].k = 5
+    assert model.rpn.anchors_config.scales == [16.0, 32.0, 64.0] and model.rfcn_head.config.k == 3
 
 
 def test_saved_weights_load_into_a_fresh_model_with_identical_outputs(tmp_path):
@@ -288,44 +283,52 @@ def test_custom_and_tf_impl_models_agree(mode):
         np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_build_detector_maps_every_model_config_field():
-    cfg = ModelConfig()
-    cfg = dataclasses.replace(cfg, backbone="small", small_widths=[8, 8, 16, 16], anchor_scales=[24.0, 48.0],
-                              anchor_ratios=[1.0], rpn_channels=32, head_channels=24, ps_k=3,
-                              roi_sampling="balanced", rpn_allowed_border=0.0, psroi_impl="tf")
+def test_build_detector_hands_every_section_to_its_component():
+    cfg = ModelConfig(
+        backbone=BackboneConfig(small_widths=[8, 8, 16, 16]),
+        anchors=AnchorsConfig(scales=[24.0, 48.0], ratios=[1.0]),
+        rpn=RPNConfig(channels=32, allowed_border=0.0, nms_iou=0.6),
+        roi=RoIConfig(sampling="balanced"),
+        head=HeadConfig(channels=24, k=3, psroi_impl="tf"),
+        postprocess=PostprocessConfig(max_detections=7),
+        seed=5,
+    )
     model = build_detector(cfg, num_classes=5)
     config = model.get_config()
     for field in dataclasses.fields(ModelConfig):
-        if field.name in ("backbone", "backbone_weights", "freeze_stages", "small_widths", "small_blocks",
-                          "small_norm"):
-            continue  # backbone construction arguments
+        if field.name == "backbone":
+            continue  # the backbone's construction arguments
         value = getattr(cfg, field.name)
-        assert field.name in config, f"ModelConfig.{field.name} is not mapped by build_detector"
-        assert config[field.name] == (list(value) if isinstance(value, (list, tuple)) else value), field.name
+        got = config[field.name]
+        assert got == (dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
     assert config["num_classes"] == 5
     assert isinstance(model.backbone, SmallBackbone) and model.backbone.widths == [8, 8, 16, 16]
-    # The builder copies lists: mutating the config afterwards does not reach the model.
-    cfg.anchor_scales.append(96.0)
-    assert model.anchor_scales == [24.0, 48.0]
+    assert model.rpn_head.channels == 32 and model.rfcn_head.reduce.filters == 24
+    # The builder's components copy their sections: later config edits do not reach the model.
+    cfg.anchors.scales.append(96.0)
+    assert model.rpn.anchors_config.scales == [24.0, 48.0]
     result = model.detect(make_images(1, 64, 64), tf.constant([[64, 64]], tf.int32))
-    assert tuple(result["detection_boxes"].shape) == (1, cfg.max_detections, 4)
+    assert tuple(result["detection_boxes"].shape) == (1, 7, 4)
     lines = []
     model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
     assert any("rfcn_head" in line for line in lines)
 
 
 def test_build_detector_resnet_and_errors(tmp_path):
-    cfg = dataclasses.replace(ModelConfig(), backbone="resnet50", backbone_weights=None, freeze_stages=2)
+    cfg = ModelConfig(backbone=BackboneConfig(name="resnet50", freeze_stages=2))
     model = build_detector(cfg, num_classes=20)
     assert isinstance(model.backbone, ResNetBackbone) and model.backbone.freeze_stages == 2
     assert model.rfcn_head.class_maps.filters == 7 * 7 * 21
     with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
         build_detector(ModelConfig(), num_classes=0)
+    missing = str(tmp_path / "missing.weights.h5")
     with pytest.raises(FileNotFoundError, match="missing.weights.h5"):
-        build_detector(dataclasses.replace(ModelConfig(), backbone="resnet50",
-                                           backbone_weights=str(tmp_path / "missing.weights.h5")), num_classes=2)
+        build_detector(ModelConfig(backbone=BackboneConfig(name="resnet50", weights=missing)),
+                       num_classes=2)
     with pytest.raises(ValueError, match="'typo'"):
-        build_detector(dataclasses.replace(ModelConfig(), roi_sampling="typo"), num_classes=2)
+        build_detector(ModelConfig(roi=RoIConfig(sampling="typo")), num_classes=2)
+    with pytest.raises(ValueError, match="feature_stride=8 differs"):
+        build_detector(ModelConfig(backbone=BackboneConfig(feature_stride=8)), num_classes=2)
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
@@ -399,10 +402,10 @@ def test_propose_returns_the_rpn_proposals_with_chosen_counts():
     model = tiny_model()
     features = make_features()
     test_counts = model.propose(features)
-    assert tuple(test_counts["proposals"].shape) == (2, model.rpn_post_nms_top_n_test, 4)
+    assert tuple(test_counts["proposals"].shape) == (2, model.rpn.config.post_nms_top_n_test, 4)
     train_counts = model.propose(features, training=False, proposal_counts="train")
-    assert tuple(train_counts["proposals"].shape) == (2, model.rpn_post_nms_top_n_train, 4)
-    assert tuple(train_counts["scores"].shape) == (2, model.rpn_post_nms_top_n_train)
+    assert tuple(train_counts["proposals"].shape) == (2, model.rpn.config.post_nms_top_n_train, 4)
+    assert tuple(train_counts["scores"].shape) == (2, model.rpn.config.post_nms_top_n_train)
     out = model({"images": features["images"], "image_shapes": features["image_shapes"]})
     np.testing.assert_array_equal(test_counts["proposals"].numpy(), out["proposals"].numpy())
     np.testing.assert_array_equal(test_counts["num_proposals"].numpy(), out["num_proposals"].numpy())

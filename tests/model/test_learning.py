@@ -22,6 +22,13 @@ from rfcn_tf.data.sources.shapes import shapes_source
 from rfcn_tf.evaluation.voc_metrics import evaluate_voc
 from rfcn_tf.model.backbones import SmallBackbone
 from rfcn_tf.model.detector import RFCN
+from rfcn_tf.model.sections import (
+    AnchorsConfig,
+    HeadConfig,
+    PostprocessConfig,
+    RoIConfig,
+    RPNConfig,
+)
 
 IMAGE_SIZE = 128
 MAX_BOXES = 3
@@ -77,20 +84,12 @@ def test_overfits_four_images_loss_drops_and_ap50_is_1(pooling_mode, min_loss_ra
     model = RFCN(
         backbone=SmallBackbone(widths=[16, 32, 64, 64], blocks=[1, 1, 1, 1]),
         num_classes=len(CLASSES),
-        anchor_scales=[24.0, 48.0, 96.0],
-        anchor_ratios=[1.0],
-        rpn_channels=64,
-        rpn_pre_nms_top_n_train=300,
-        rpn_post_nms_top_n_train=64,
-        rpn_pre_nms_top_n_test=200,
-        rpn_post_nms_top_n_test=32,
-        rpn_batch_size=64,
-        head_channels=128,
-        ps_k=3,
-        pooling_mode=pooling_mode,
-        roi_batch_size=32,
-        score_threshold=0.05,
-        max_detections=20,
+        anchors=AnchorsConfig(scales=[24.0, 48.0, 96.0], ratios=[1.0]),
+        rpn=RPNConfig(channels=64, pre_nms_top_n_train=300, post_nms_top_n_train=64,
+                      pre_nms_top_n_test=200, post_nms_top_n_test=32, batch_size_per_image=64),
+        roi=RoIConfig(batch_size_per_image=32),
+        head=HeadConfig(channels=128, k=3, pooling_mode=pooling_mode),
+        postprocess=PostprocessConfig(score_threshold=0.05, max_detections=20),
     )
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, STEPS))
 

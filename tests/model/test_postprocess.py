@@ -21,6 +21,7 @@ def _run(rois, probs, deltas=None, shapes=((100, 100),), valid=None, **kw):
     probs = np.asarray(probs, np.float32)[None] if np.ndim(probs) == 2 else np.asarray(probs)
     if deltas is None:
         deltas = np.zeros(rois.shape, np.float32)
+    deltas = np.asarray(deltas, np.float32)[None] if np.ndim(deltas) == 2 else np.asarray(deltas)
     if valid is None:
         valid = np.ones(rois.shape[:2], bool)
     return {k: v.numpy() for k, v in postprocess_detections(

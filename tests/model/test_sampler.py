@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 from fn_reference import np_iou
-from rfcn_tf.model.sampler import sample_balanced, select_hardest
+from rfcn_tf.model.roi_sampling import ohem_select as select_hardest
+from rfcn_tf.model.sampler import sample_balanced
 
 
 def _labels(num_pos, num_neg, num_ign, rng):

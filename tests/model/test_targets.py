@@ -4,7 +4,8 @@ import numpy as np
 
 from fn_reference import np_decode, np_encode, np_iou, np_match
 from rfcn_tf.model.anchors import AnchorGenerator
-from rfcn_tf.model.targets import anchor_validity, roi_targets, rpn_targets
+from rfcn_tf.model.roi_sampling import roi_targets
+from rfcn_tf.model.targets import anchor_validity, rpn_targets
 
 ANCHORS = AnchorGenerator(stride=16, scales=(32, 64), aspect_ratios=(0.5, 1.0, 2.0))(8, 8).numpy()
 BIG = dict(batch_size_per_image=10_000, positive_fraction=1.0)  # sample everything
