@@ -1,0 +1,85 @@
+"""A short real training run with validation during training (``python -m rfcn_tf.train``).
+
+The tiny shapes config (64-pixel images, narrow small backbone) trains 12 steps validating
+every 4: the best checkpoint and best.json land in the run folder, the validation scalars in
+TensorBoard, the end-of-training evaluation uses the best checkpoint and the summary names its
+step and score. ``--print-config`` shows the steps a schedule in epochs derives.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from test_train_cli import TINY  # noqa: E402
+
+
+def _env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def _train(tmp_path, *overrides, extra=()):
+    args = [sys.executable, "-m", "rfcn_tf.train", "--work-dir", str(tmp_path / "run"),
+            "--no-progress", "--no-export"]
+    for override in list(TINY) + list(overrides):
+        args += ["--set", override]
+    return subprocess.run(args + list(extra), cwd=str(tmp_path), env=_env(),
+                          capture_output=True, text=True, timeout=600)
+
+
+def _tags(event_dir):
+    tags = set()
+    for path in glob.glob(os.path.join(event_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_training_validates_keeps_the_best_and_evaluates_it(tmp_path):
+    out = _train(tmp_path, "train.steps=12", "train.eval_every=4", "train.checkpoint_every=6",
+                 "train.ema_decay=0.9", "train.log_every=4")
+    assert out.returncode == 0, out.stderr[-4000:]
+    run = tmp_path / "run"
+    record = json.loads((run / "best.json").read_text())
+    assert record["metric"] == "coco/AP50"
+    assert [h["step"] for h in record["history"]] == [4, 8, 12]
+    values = {h["step"]: h["value"] for h in record["history"]}
+    assert record["value"] == max(values.values())
+    best_step = min(s for s, v in values.items() if v == record["value"])  # ties keep the first
+    assert record["step"] == best_step
+    prefix = run / "checkpoints" / "best" / f"ckpt-{best_step}"
+    assert os.path.isfile(f"{prefix}.index")
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-12")
+    # Console: one line per validation, the summary names the best step and its score.
+    assert len(re.findall(r"validation at step (4|8|12) ", out.stderr)) == 3, out.stderr[-3000:]
+    assert f"best checkpoint: step {best_step}, coco/AP50 {record['value']:.4f}" in out.stdout
+    # The end-of-training evaluation ran on the best checkpoint.
+    metrics = json.loads(next(run.glob("eval/*/metrics.json")).read_text())
+    assert metrics["info"]["checkpoint"] == str(prefix)
+    tags = _tags(run / "tensorboard" / "train")
+    for tag in ("val/coco_AP", "val/coco_AP50", "val/voc2010_mAP", "val/best_coco_AP50"):
+        assert tag in tags, (tag, sorted(tags))
+
+
+def test_print_config_shows_the_steps_derived_from_epochs(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "rfcn_tf.train", "--config", "bccd_val",
+                          "--print-config"], cwd=str(tmp_path), env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # 205 train images, global batch 2: 41 epochs = ceil(41 * 102.5) = 4203 steps, warmup 1.4
+    # epochs = 144 steps, validation every 4 epochs = 410 steps.
+    for line in ("steps: 4203", "epochs: 41.0", "warmup_steps: 144", "eval_every: 410",
+                 "train_split: train", "val_split: val"):
+        assert re.search(rf"^\s+{re.escape(line)}$", out.stdout, re.M), line
