@@ -124,7 +124,7 @@ def _quiet_tensorflow_after_error() -> None:
 
 
 def run_cli(parser: argparse.ArgumentParser, main_fn: Callable[[argparse.Namespace], int | None],
-            argv: Sequence[str] | None = None) -> int:
+            argv: Sequence[str] | None = None, *, interrupted: str = "interrupted") -> int:
     """Parses `argv` and runs `main_fn(args)` under the one-line error policy (module docstring).
 
     Returns:
@@ -136,7 +136,7 @@ def run_cli(parser: argparse.ArgumentParser, main_fn: Callable[[argparse.Namespa
     try:
         status = main_fn(args)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr, flush=True)
+        print(f"error: {interrupted}", file=sys.stderr, flush=True)
         return 130
     except SystemExit:
         raise

@@ -19,6 +19,7 @@ __all__ = [
     "RfcnError",
     "RunDirError",
     "RunLockedError",
+    "TrainingError",
 ]
 
 
@@ -53,3 +54,7 @@ class RunDirError(RfcnError, RuntimeError):
 
 class RunLockedError(RunDirError):
     """Another live process holds the work dir's lock."""
+
+
+class TrainingError(RfcnError, RuntimeError):
+    """A training run that cannot start or continue as configured (work dir, batch size)."""
