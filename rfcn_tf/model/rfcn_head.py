@@ -108,7 +108,7 @@ class RFCNHead(keras.layers.Layer):
         self.feature_stride = feature_stride
         self.init_stddev = float(init_stddev)
         self.num_bins = cfg.output_size[0] * cfg.output_size[1]
-        self.num_box_classes = 1  # q
+        self.num_box_classes = 1 if cfg.class_agnostic_boxes else self.num_classes  # q
 
     def build(self, features_shape, rois_shape=None):
         def conv(filters, name, activation=None):

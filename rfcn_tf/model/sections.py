@@ -205,6 +205,8 @@ class HeadConfig:
     pooling_mode: str = "avg"  # avg (paper) | bilinear (PSRoIAlign)
     sampling_ratio: int = 2  # bilinear: samples per bin side; <= 0: adaptive, ceil(RoI size / bins)
     psroi_impl: str = "auto"  # auto | custom | tf
+    # true: 4k^2 box maps shared by all classes (the paper); false: 4k^2 C, one box per class
+    class_agnostic_boxes: bool = True
     # 1 / (0.1, 0.1, 0.2, 0.2)
     box_weights: list[float] = dataclasses.field(default_factory=lambda: [10.0, 10.0, 5.0, 5.0])
     loss_weight: float = 1.0  # weight of the R-FCN losses in total_loss

@@ -36,7 +36,8 @@ SECTIONS = {"anchors": AnchorsConfig, "rpn": RPNConfig, "roi": RoIConfig, "head"
 
 def tiny_kwargs(num_classes=3, seed=None, **overrides):
     """RFCN keyword arguments of the tiny test model: one dataclass per section. `overrides`
-    use the flat names (`ps_k=7`, `rpn_loss_weight=2.0`), placed by OLD_MODEL_KEYS."""
+    use the flat names (`ps_k=7`, `rpn_loss_weight=2.0`), placed by OLD_MODEL_KEYS, or dotted
+    ones (`**{"head.k": 7}`)."""
     values = {name: dict(fields) for name, fields in TINY_SECTIONS.items()}
     for key, value in overrides.items():
         section, field = OLD_MODEL_KEYS.get(key, key).split(".")
