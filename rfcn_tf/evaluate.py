@@ -1,14 +1,10 @@
-"""Evaluate a trained R-FCN detector: ``python -m rfcn_tf.evaluate``.
+"""Evaluate a trained R-FCN detector: ``python -m rfcn_tf.evaluate`` (COCO AP, VOC07 and
+VOC2010+ mAP, overall and per class; metrics.json, metrics.md, pr_curves/, detections.json).
 
-Runs a checkpoint (or an exported SavedModel) over an evaluation split and reports COCO AP,
-VOC07 11-point mAP and VOC2010+ mAP, overall and per class (R-FCN sec. 4). Writes
-``metrics.json``, ``metrics.md``, ``pr_curves/*.png`` and ``detections.json`` to ``--out``.
-
-Model sources: ``--checkpoint`` (a run folder: its best checkpoint, else its latest; a folder
-of checkpoints; a prefix), built from the run's config.yaml unless --config; or
-``--saved-model`` (an export version, or the model base's latest version), through its
-``serving_default`` signature. The library pieces: `rfcn_tf.inference.backends` (loading),
-`rfcn_tf.evaluation.evaluator.evaluate_split` (metrics), `rfcn_tf.evaluation.multiscale`.
+``--checkpoint``: a run folder (its best checkpoint, else the latest), a checkpoint folder or
+prefix, built from the run's config.yaml unless --config; ``--saved-model``: an export version
+or model base, through ``serving_default``. Library: `rfcn_tf.inference.backends`,
+`rfcn_tf.evaluation.evaluator.evaluate_split`, `rfcn_tf.evaluation.multiscale`.
 """
 
 from __future__ import annotations
@@ -83,8 +79,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     multiscale = args.multiscale or cfg.eval.multiscale
     if multiscale and args.saved_model:
-        raise InputError("--multiscale needs --checkpoint (also eval.multiscale): an export "
-                         "runs one fixed test scale")
+        raise InputError("--multiscale needs --checkpoint (also eval.multiscale)")
     split = args.split or cfg.eval.split or cfg.data.val_split
     max_images = args.max_images if args.max_images is not None else cfg.eval.max_images
     out_dir = args.out or os.path.join(cfg.train.work_dir, "eval", split)
@@ -134,17 +129,15 @@ def _run(args: argparse.Namespace) -> int:
 _MOVED = {"resolve_config": ("rfcn_tf.run_dir", "resolve_config"),
           "find_run_file": ("rfcn_tf.run_dir", "find_run_file"),
           "load_checkpoint_detector": ("rfcn_tf.inference.backends", "load_checkpoint_model"),
-          "SavedModelDetector": ("rfcn_tf.inference.backends", "SavedModelBackend"),
-          "CLIError": ("rfcn_tf.errors", "InputError")}
+          "SavedModelDetector": ("rfcn_tf.inference.backends", "SavedModelBackend")}
 
 
 def __getattr__(name: str):
-    if name not in _MOVED:
-        raise AttributeError(f"module 'rfcn_tf.evaluate' has no attribute {name!r}")
     import importlib
 
-    module, attr = _MOVED[name]
-    return getattr(importlib.import_module(module), attr)
+    if name not in _MOVED:
+        raise AttributeError(f"module 'rfcn_tf.evaluate' has no attribute {name!r}")
+    return getattr(importlib.import_module(_MOVED[name][0]), _MOVED[name][1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

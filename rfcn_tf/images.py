@@ -32,6 +32,7 @@ from typing import Any
 import tensorflow as tf
 
 from rfcn_tf.errors import InputError
+from rfcn_tf.inference.inputs import IMAGE_EXTENSIONS, expand_inputs
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -43,7 +44,6 @@ __all__ = [
     "read_image",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 _ORIENTATION_TAG = 0x0112
 _MAX_SEGMENTS = 32  # JPEG markers walked before giving up on finding APP1 (Exif)
@@ -278,44 +278,3 @@ def read_image(source: Any, *, apply_exif: bool = True):
         raise InputError(f"image {name} is empty: shape {array.shape}")
     return np.ascontiguousarray(array)
 
-
-def expand_inputs(inputs) -> tuple[list[str], list[dict]]:
-    """Files, folders and glob patterns -> image paths (input order, duplicates removed).
-
-    Args:
-        inputs: command-line arguments. A folder contributes its entries with an image
-            extension (`IMAGE_EXTENSIONS`, case-insensitive), sorted, not recursive, dangling
-            symbolic links included (reading reports them); a pattern with `*`, `?` or `[` is
-            expanded with `glob` (`**` recursive), sorted; a plain path is taken as is
-            (whatever its extension: reading decides).
-
-    Returns:
-        `(paths, failed)`: `failed` lists `{"file", "error"}` for missing paths, dangling
-        links given by name, patterns without match and folders without images.
-    """
-    import glob
-
-    paths: list[str] = []
-    failed: list[dict] = []
-    for item in inputs:
-        if os.path.isdir(item):
-            found = sorted(os.path.join(item, name) for name in os.listdir(item)
-                           if name.lower().endswith(IMAGE_EXTENSIONS)
-                           and not os.path.isdir(os.path.join(item, name)))
-            if not found:
-                failed.append({"file": item, "error": "folder holds no image file "
-                               f"({', '.join(IMAGE_EXTENSIONS)})"})
-            paths.extend(found)
-        elif os.path.isfile(item):
-            paths.append(item)
-        elif os.path.islink(item):
-            failed.append({"file": item, "error": "dangling symbolic link to "
-                           f"{os.readlink(item)}"})
-        elif set("*?[") & set(item):
-            found = sorted(p for p in glob.glob(item, recursive=True) if not os.path.isdir(p))
-            if not found:
-                failed.append({"file": item, "error": "no file matches this pattern"})
-            paths.extend(found)
-        else:
-            failed.append({"file": item, "error": "no such file or folder"})
-    return list(dict.fromkeys(paths)), failed

@@ -33,7 +33,7 @@ from rfcn_tf.cli_args import (
     run_cli,
 )
 from rfcn_tf.errors import InputError
-from rfcn_tf.images import IMAGE_EXTENSIONS, expand_inputs
+from rfcn_tf.inference.inputs import IMAGE_EXTENSIONS, expand_inputs
 
 __all__ = ["IMAGE_EXTENSIONS", "build_parser", "expand_inputs", "main"]
 
