@@ -249,6 +249,65 @@ class RFCN(keras.Model):
                                 + self.rfcn_head.config.loss_weight * rfcn_total)
         return {name: losses[name] for name in LOSS_NAMES}
 
+    # ------------------------------------------------------------------ Keras fit()
+    # `model.compile(optimizer=...)` then `model.fit(dataset)` on batched features from
+    # rfcn_tf.data trains with the same step as the custom loop (rfcn_tf/engine/train_step.py):
+    # losses = compute_losses(features); gradients of total_loss over the trainable variables;
+    # optimizer.apply_gradients (weight decay and clipping live in the optimizer). The custom
+    # loop stays the CLI's engine (stages, hooks, multi-worker); fit() is for Keras users.
+
+    def compile(self, *args, jit_compile=False, **kwargs):
+        """`keras.Model.compile` with XLA off by default (the compiled PS-RoI op and the NMS
+        ops have no XLA kernels); give the optimizer, e.g. `engine.optimizer.build_optimizer`'s
+        DetectionSGD (the paper's coupled weight decay). No `loss`: the model has its own."""
+        super().compile(*args, jit_compile=jit_compile, **kwargs)
+
+    @property
+    def metrics(self):
+        """Keras' metrics plus one running mean per named loss (reset by fit every epoch)."""
+        return list(super().metrics) + list(self._loss_means().values())
+
+    def _loss_means(self):
+        means = self.__dict__.get("_rfcn_loss_means")
+        if means is None:
+            # Kept out of Keras/TF tracking (plain __dict__ entry): the running means are no
+            # model state, so checkpoints and weights stay as they were.
+            means = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+            self.__dict__["_rfcn_loss_means"] = means
+        return means
+
+    def _log_losses(self, losses):
+        means = self._loss_means()
+        for name in LOSS_NAMES:
+            means[name].update_state(losses[name])
+        logs = {name: mean.result() for name, mean in means.items()}
+        logs["loss"] = logs["total_loss"]  # Keras' conventional key (EarlyStopping, History)
+        return logs
+
+    @staticmethod
+    def _features(data):
+        return data[0] if isinstance(data, (tuple, list)) else data
+
+    def train_step(self, data):
+        """One Keras fit() step on a batched-features dict (docs/INTERFACES.md); returns the
+        running means of the named losses (and `loss` = total_loss)."""
+        features = self._features(data)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            losses = self.compute_losses(features, training=True)
+            # as the engine's step: the optimizer sums the replicas' gradients
+            loss = losses["total_loss"] / replicas
+            if hasattr(self.optimizer, "scale_loss"):  # mixed precision: LossScaleOptimizer
+                loss = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return self._log_losses(losses)
+
+    def test_step(self, data):
+        """The named losses of one batch in inference mode (BatchNorm statistics, test
+        proposal counts), for `model.evaluate` and fit's validation."""
+        return self._log_losses(self.compute_losses(self._features(data), training=False))
+
     # ------------------------------------------------------------------ serialization
     def section_configs(self):
         """`{"anchors", "rpn", "roi", "head", "postprocess"}`: the components' own sections."""

@@ -77,8 +77,12 @@ def _voc_ap(model, features):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pooling_mode,min_loss_ratio", [("bilinear", 10.0), ("avg", 3.0)])
-def test_overfits_four_images_loss_drops_and_ap50_is_1(pooling_mode, min_loss_ratio):
+@pytest.mark.parametrize("pooling_mode,min_loss_ratio,class_agnostic_boxes", [
+    ("bilinear", 10.0, True), ("avg", 3.0, True),
+    ("bilinear", 10.0, False),  # class-specific boxes: 4k^2 C box maps
+])
+def test_overfits_four_images_loss_drops_and_ap50_is_1(pooling_mode, min_loss_ratio,
+                                                       class_agnostic_boxes):
     keras.utils.set_random_seed(0)
     features = _four_images()
     model = RFCN(
@@ -88,7 +92,8 @@ def test_overfits_four_images_loss_drops_and_ap50_is_1(pooling_mode, min_loss_ra
         rpn=RPNConfig(channels=64, pre_nms_top_n_train=300, post_nms_top_n_train=64,
                       pre_nms_top_n_test=200, post_nms_top_n_test=32, batch_size_per_image=64),
         roi=RoIConfig(batch_size_per_image=32),
-        head=HeadConfig(channels=128, k=3, pooling_mode=pooling_mode),
+        head=HeadConfig(channels=128, k=3, pooling_mode=pooling_mode,
+                        class_agnostic_boxes=class_agnostic_boxes),
         postprocess=PostprocessConfig(score_threshold=0.05, max_detections=20),
     )
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, STEPS))
