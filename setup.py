@@ -300,5 +300,6 @@ setup(
         "test": ["pytest", "pytest-xdist"],
         "export": ["tf2onnx", "onnxruntime", "onnx", "grpcio", "requests"],
     },
+    entry_points={"console_scripts": ["rfcn-tf = rfcn_tf.cli:main"]},
     zip_safe=False,
 )
