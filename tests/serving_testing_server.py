@@ -42,8 +42,9 @@ import http.server
 import json
 import re
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -182,7 +183,7 @@ def _array_to_json(value: Any) -> Any:
 class ServingCore:
     """The model registry and the predict logic that REST and gRPC share."""
 
-    def __init__(self, models: Mapping[str, Union[str, Path]]):
+    def __init__(self, models: Mapping[str, str | Path]):
         if not models:
             raise ValueError("LoopbackServer needs at least one model: {name: base_path}")
         self.servables: dict[str, _Servable] = {}
@@ -193,7 +194,7 @@ class ServingCore:
             version, path = _latest_version(base)
             self.servables[name] = _Servable(name, version, path)
 
-    def servable(self, name: str, version: Optional[int]) -> _Servable:
+    def servable(self, name: str, version: int | None) -> _Servable:
         servable = self.servables.get(name)
         if servable is None or (version is not None and version != servable.version):
             request = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
@@ -207,7 +208,7 @@ class ServingCore:
                                 f"signature def (available: {sorted(servable.input_specs)})")
         return servable.input_specs[signature]
 
-    def predict(self, name: str, version: Optional[int], signature: str,
+    def predict(self, name: str, version: int | None, signature: str,
                 inputs: Mapping[str, Any]) -> tuple[_Servable, dict[str, np.ndarray]]:
         """Runs ``signature`` of the model on ``inputs`` (name -> array or tensor)."""
         signature = signature or DEFAULT_SIGNATURE
@@ -230,7 +231,7 @@ class ServingCore:
 
     # REST ----------------------------------------------------------------------------------
 
-    def rest_predict(self, name: str, version: Optional[int], body: bytes) -> dict:
+    def rest_predict(self, name: str, version: int | None, body: bytes) -> dict:
         try:
             request = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -305,7 +306,7 @@ class ServingCore:
             return {k: _json_to_array(v, specs[k], k) for k, v in inputs.items()}
         return _single_input(inputs, specs, "'inputs' must be an object naming them")
 
-    def rest_status(self, name: Optional[str], version: Optional[int]) -> dict:
+    def rest_status(self, name: str | None, version: int | None) -> dict:
         if not name:
             raise ServingStatus("INVALID_ARGUMENT", "Missing model name in request.")
         servable = self.servable(name, version)
@@ -341,7 +342,7 @@ def _make_handler(core: ServingCore, max_body_bytes: int):
                                     f"server's limit of {max_body_bytes} bytes")
             return self.rfile.read(length)
 
-        def do_POST(self):  # noqa: N802 (http.server's naming)
+        def do_POST(self):
             path = self.path.split("?", 1)[0]
             try:
                 body = self._read_body()
@@ -359,7 +360,7 @@ def _make_handler(core: ServingCore, max_body_bytes: int):
                 return self._error(status)
             self._reply(200, payload)
 
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             path = self.path.split("?", 1)[0]
             try:
                 match = _STATUS_PATH.fullmatch(path)
@@ -389,7 +390,7 @@ class LoopbackServer:
     (``127.0.0.1:<port>``), ``core`` (the ``ServingCore``).
     """
 
-    def __init__(self, models: Mapping[str, Union[str, Path]], *, rest: bool = True,
+    def __init__(self, models: Mapping[str, str | Path], *, rest: bool = True,
                  grpc: bool = True, max_workers: int = 4, max_body_bytes: int = 64 << 20,
                  lifetime_s: float = 600.0):
         if not (rest or grpc):
@@ -399,15 +400,15 @@ class LoopbackServer:
         self._max_workers = max_workers
         self._max_body_bytes = max_body_bytes
         self._lifetime_s = lifetime_s
-        self._http: Optional[http.server.ThreadingHTTPServer] = None
-        self._http_thread: Optional[threading.Thread] = None
+        self._http: http.server.ThreadingHTTPServer | None = None
+        self._http_thread: threading.Thread | None = None
         self._grpc_server = None
-        self._watchdog: Optional[threading.Timer] = None
+        self._watchdog: threading.Timer | None = None
         self._lock = threading.Lock()
-        self.rest_url: Optional[str] = None
-        self.grpc_target: Optional[str] = None
+        self.rest_url: str | None = None
+        self.grpc_target: str | None = None
 
-    def start(self) -> "LoopbackServer":
+    def start(self) -> LoopbackServer:
         if self._want_rest:
             server = http.server.ThreadingHTTPServer(
                 ("127.0.0.1", 0), _make_handler(self.core, self._max_body_bytes))
@@ -432,7 +433,7 @@ class LoopbackServer:
         core = self.core
 
         class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-            def Predict(self, request, context):  # noqa: N802 (gRPC's naming)
+            def Predict(self, request, context):
                 spec = request.model_spec
                 try:
                     if spec.WhichOneof("version_choice") == "version_label":
@@ -488,7 +489,7 @@ class LoopbackServer:
     def running(self) -> bool:
         return self._http is not None or self._grpc_server is not None
 
-    def __enter__(self) -> "LoopbackServer":
+    def __enter__(self) -> LoopbackServer:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

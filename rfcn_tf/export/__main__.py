@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from rfcn_tf.cli_args import add_config_arguments
 
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> str:
             + f"; {time.perf_counter() - started:.1f} s")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         print(run(args))

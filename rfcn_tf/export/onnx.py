@@ -37,8 +37,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -243,7 +243,7 @@ def _all_nodes(graph) -> Iterable:
                 yield from _all_nodes(sub)
 
 
-def onnx_session(onnx_path: os.PathLike, *, threads: Optional[int] = None):
+def onnx_session(onnx_path: os.PathLike, *, threads: int | None = None):
     """An onnxruntime CPU session for ``onnx_path``."""
     import onnxruntime as ort
 
@@ -281,7 +281,7 @@ class OnnxComparison:
     detections: int
     tie_swaps: int
 
-    def __add__(self, other: "OnnxComparison") -> "OnnxComparison":
+    def __add__(self, other: OnnxComparison) -> OnnxComparison:
         return OnnxComparison(max(self.max_abs_diff, other.max_abs_diff),
                               self.detections + other.detections,
                               self.tie_swaps + other.tie_swaps)
@@ -358,7 +358,7 @@ def compare_detections(expected: dict, actual: dict, *, atol: float,
 
 
 def verify_onnx(onnx_path: os.PathLike, saved_model_dir: os.PathLike, *,
-                images: Optional[Sequence[np.ndarray]] = None,
+                images: Sequence[np.ndarray] | None = None,
                 atol: float = 1e-3) -> OnnxComparison:
     """Runs the ONNX model (onnxruntime, CPU) and the SavedModel's ``serving_default`` on the
     same images and compares the detections (``compare_detections``).

@@ -25,20 +25,40 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import tensorflow as tf
 
 from rfcn_tf.errors import ExportError
 from rfcn_tf.export.contract import (
-    ALL_OUTPUT_KEYS, BATCHING_PARAMETERS_FILENAME, EXPORT_INFO_FILENAME, INPUT_ENCODED,
-    INPUT_IMAGE, INPUT_TF_EXAMPLE, LABELS_FILENAME, SIGNATURE_CUSTOM, SIGNATURE_ENCODED,
-    SIGNATURE_IMAGE, SIGNATURE_TF_EXAMPLE, SIGNATURES, SIZE_MULTIPLE, TF_EXAMPLE_IMAGE_KEY)
+    ALL_OUTPUT_KEYS,
+    BATCHING_PARAMETERS_FILENAME,
+    EXPORT_INFO_FILENAME,
+    INPUT_ENCODED,
+    INPUT_IMAGE,
+    INPUT_TF_EXAMPLE,
+    LABELS_FILENAME,
+    SIGNATURE_CUSTOM,
+    SIGNATURE_ENCODED,
+    SIGNATURE_IMAGE,
+    SIGNATURE_TF_EXAMPLE,
+    SIGNATURES,
+    SIZE_MULTIPLE,
+    TF_EXAMPLE_IMAGE_KEY,
+)
 from rfcn_tf.export.serving_module import DetectorServingModule
 
-__all__ = ["ExportError", "export_saved_model", "verify_export", "list_versions",
-           "next_version", "saved_model_op_types", "write_batching_parameters"]
+__all__ = [
+    "ExportError",
+    "export_saved_model",
+    "list_versions",
+    "next_version",
+    "saved_model_op_types",
+    "verify_export",
+    "write_batching_parameters",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,7 +172,7 @@ _VERIFY_SCRIPT = textwrap.dedent("""
 """)
 
 
-def verify_export(export_dir: os.PathLike, *, defaults: Optional[dict] = None,
+def verify_export(export_dir: os.PathLike, *, defaults: dict | None = None,
                   measure: bool = False, timeout_s: float = 900.0) -> dict[str, Any]:
     """Checks a SavedModel in a fresh Python process that does not import rfcn_tf.
 
@@ -220,8 +240,8 @@ def verify_export(export_dir: os.PathLike, *, defaults: Optional[dict] = None,
     return result
 
 
-def write_batching_parameters(model_base: os.PathLike, *, timing: Optional[dict] = None,
-                              max_batch_size: int = 8, num_batch_threads: Optional[int] = None,
+def write_batching_parameters(model_base: os.PathLike, *, timing: dict | None = None,
+                              max_batch_size: int = 8, num_batch_threads: int | None = None,
                               note: str = "") -> Path:
     """Writes TF Serving's ``--batching_parameters_file`` into the model base.
 
@@ -266,9 +286,9 @@ def write_batching_parameters(model_base: os.PathLike, *, timing: Optional[dict]
 
 
 def export_saved_model(model: Any, *, class_names: Sequence[str], out_dir: os.PathLike,
-                       model_name: str, version: Optional[int] = None, min_size: int,
+                       model_name: str, version: int | None = None, min_size: int,
                        max_size: int, size_multiple: int = SIZE_MULTIPLE,
-                       verify: bool = True, measure_batching: Optional[bool] = None) -> Path:
+                       verify: bool = True, measure_batching: bool | None = None) -> Path:
     """Writes ``model`` as ``<out_dir>/<model_name>/<version>/`` for TF Serving.
 
     Args:

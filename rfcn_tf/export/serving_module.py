@@ -32,14 +32,25 @@ per image, C classes without background.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import tensorflow as tf
 
 from rfcn_tf.export.contract import (
-    INPUT_ENCODED, INPUT_IMAGE, INPUT_IOU_THRESHOLD, INPUT_MAX_DETECTIONS,
-    INPUT_SCORE_THRESHOLD, INPUT_TF_EXAMPLE, IMAGE_MAGIC, SIGNATURE_CUSTOM, SIGNATURE_ENCODED,
-    SIGNATURE_IMAGE, SIGNATURE_TF_EXAMPLE, SIZE_MULTIPLE, TF_EXAMPLE_IMAGE_KEY)
+    IMAGE_MAGIC,
+    INPUT_ENCODED,
+    INPUT_IMAGE,
+    INPUT_IOU_THRESHOLD,
+    INPUT_MAX_DETECTIONS,
+    INPUT_SCORE_THRESHOLD,
+    INPUT_TF_EXAMPLE,
+    SIGNATURE_CUSTOM,
+    SIGNATURE_ENCODED,
+    SIGNATURE_IMAGE,
+    SIGNATURE_TF_EXAMPLE,
+    SIZE_MULTIPLE,
+    TF_EXAMPLE_IMAGE_KEY,
+)
 from rfcn_tf.images import decode_image
 from rfcn_tf.inference.preprocess import normalize_boxes, pad_batch, preprocess
 from rfcn_tf.model.postprocess import postprocess_detections, raw_detections
@@ -59,8 +70,10 @@ class DetectorServingModule(tf.Module):
       model: an ``RFCN`` (built with ``psroi_impl="tf"`` for a stock-op graph), or anything
         with its inference contract: ``model({"images": uint8 [N, Hp, Wp, 3], "image_shapes":
         int32 [N, 2]}, training=False)`` returning ``rois`` [N, R, 4], ``class_probs``
-        [N, R, C+1], ``box_deltas`` [N, R, 4], ``roi_valid`` [N, R], and the attributes
-        ``box_weights``, ``score_threshold``, ``nms_iou``, ``max_detections``.
+        [N, R, C+1], ``box_deltas`` [N, R, 4] (or [N, R, C, 4]), ``roi_valid`` [N, R], the
+        attribute ``num_classes`` and ``postprocessor`` (``rfcn_tf.model.postprocess.
+        PostProcessor``: ``box_weights`` and ``config.score_threshold``, ``nms_iou``,
+        ``max_detections``).
       min_size: shorter side of the resized image, pixels (``evaluation_scale(data.scales)``).
       max_size: cap on the longer side of the resized image, pixels (``data.max_size``).
       size_multiple: the padded image's sides are multiples of this (the feature stride).
@@ -73,7 +86,7 @@ class DetectorServingModule(tf.Module):
     """
 
     def __init__(self, model: Any, *, min_size: int, max_size: int,
-                 size_multiple: int = SIZE_MULTIPLE, assets: Optional[list[str]] = None):
+                 size_multiple: int = SIZE_MULTIPLE, assets: list[str] | None = None):
         super().__init__(name="rfcn_serving")
         if min_size < 1 or max_size < min_size:
             raise ValueError(f"need 1 <= min_size <= max_size, got min_size={min_size}, "
@@ -84,9 +97,10 @@ class DetectorServingModule(tf.Module):
         self.min_size = int(min_size)
         self.max_size = int(max_size)
         self.size_multiple = int(size_multiple)
-        self.defaults = {"score_threshold": float(model.score_threshold),
-                         "iou_threshold": float(model.nms_iou),
-                         "max_detections": int(model.max_detections)}
+        post = model.postprocessor.config
+        self.defaults = {"score_threshold": float(post.score_threshold),
+                         "iou_threshold": float(post.nms_iou),
+                         "max_detections": int(post.max_detections)}
         self.assets = [tf.saved_model.Asset(path) for path in assets or []]
         image_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_IMAGE)
         self.serve_images = tf.function(self._serve_images, input_signature=[image_spec])
@@ -220,7 +234,7 @@ class DetectorServingModule(tf.Module):
 
     def _output_spec(self) -> dict[str, tf.TensorSpec]:
         """The outputs' specs with the batch dimension (M and C+1 static, R left open)."""
-        m = int(self._view.model.max_detections)
+        m = self.defaults["max_detections"]
         c1 = int(self._view.model.num_classes) + 1
         f32 = tf.float32
         return {"detection_boxes": tf.TensorSpec([None, m, 4], f32),
@@ -237,14 +251,15 @@ class DetectorServingModule(tf.Module):
         model = self._view.model
         image_shapes = tf.cast(resized_hw, tf.int32)
         out = model({"images": padded, "image_shapes": image_shapes}, training=False)
-        limit = int(model.max_detections)  # M, the static output size
+        limit = self.defaults["max_detections"]  # M, the static output size
+        box_weights = model.postprocessor.box_weights
         det = postprocess_detections(
             out["rois"], out["class_probs"], out["box_deltas"], image_shapes, out["roi_valid"],
-            box_weights=model.box_weights, score_threshold=score_threshold,
+            box_weights=box_weights, score_threshold=score_threshold,
             nms_iou=iou_threshold, max_detections=limit, max_detections_per_class=limit)
         raw_boxes, raw_scores = raw_detections(
             out["rois"], out["class_probs"], out["box_deltas"], image_shapes, out["roi_valid"],
-            box_weights=model.box_weights)
+            box_weights=box_weights)
         # max_detections below M: the detections are sorted by score, so keeping the first k
         # rows equals NMS with max_total_size k (per class, k <= M keeps the same top k).
         keep_k = tf.minimum(tf.cast(max_detections, tf.int32), limit)
@@ -272,14 +287,15 @@ class DetectorServingModule(tf.Module):
 def _source_rois(raw_boxes, raw_scores, boxes, scores, classes):
     """For each detection, the RoI it came from: int32 [N, M] in 0..R-1.
 
-    NMS copies its inputs, so a detection of class c equals one RoI's box and that RoI's
-    class-c probability exactly; the RoI with the smallest difference is taken (0 for
-    padding rows, which callers mask).
+    NMS copies its inputs, so a detection of class c equals one RoI's class-c probability
+    exactly, and with class-agnostic boxes that RoI's raw box too: the RoI with the smallest
+    score difference is taken, the box difference breaking ties (0 for padding rows, which
+    callers mask).
     """
     class_scores = tf.gather(raw_scores, classes, axis=2, batch_dims=1)            # [N, R, M]
     score_gap = tf.abs(class_scores - scores[:, None, :])
     box_gap = tf.reduce_max(tf.abs(raw_boxes[:, :, None, :] - boxes[:, None, :, :]), -1)
-    return tf.argmin(score_gap + box_gap, axis=1, output_type=tf.int32)
+    return tf.argmin(score_gap * 1e4 + box_gap, axis=1, output_type=tf.int32)
 
 
 def _assert_batch(tensor, what: str):

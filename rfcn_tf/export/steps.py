@@ -6,12 +6,13 @@ run folder the way evaluate and predict do.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 
-def resolve_config(config: Optional[str], overrides: Sequence[str], *,
-                   checkpoint: Optional[str]) -> tuple[Any, str]:
+def resolve_config(config: str | None, overrides: Sequence[str], *,
+                   checkpoint: str | None) -> tuple[Any, str]:
     """The config (``--config``, else the run's config.yaml beside the checkpoint, else
     shapes_tiny) with ``overrides``; returns (config, where it came from)."""
     from rfcn_tf.evaluate import resolve_config as resolve
@@ -49,7 +50,7 @@ def load_model(config: Any, checkpoint: str, *, num_classes: int) -> tuple[Any, 
                                     dataset_desc=f"the {num_classes}-class export")
 
 
-def onnx_check_images(config: Any, count: int = 2) -> tuple[Optional[list], str]:
+def onnx_check_images(config: Any, count: int = 2) -> tuple[list | None, str]:
     """A few validation images (uint8 [1, H, W, 3]) for the ONNX check and their description;
     (None, why) when the dataset cannot be read here (the check then uses generated images)."""
     try:

@@ -19,8 +19,9 @@ shapes build engines at run time (``allow_build_at_runtime``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -76,8 +77,8 @@ def _input_fn(images: Sequence[np.ndarray]) -> Callable[[], Any]:
 
 
 def convert_saved_model(saved_model_dir: os.PathLike, *, output_dir: os.PathLike,
-                        precision: str, calibration_images: Optional[Sequence[np.ndarray]] = None,
-                        build_images: Optional[Sequence[np.ndarray]] = None,
+                        precision: str, calibration_images: Sequence[np.ndarray] | None = None,
+                        build_images: Sequence[np.ndarray] | None = None,
                         max_workspace_size_bytes: int = 1 << 30,
                         minimum_segment_size: int = 3) -> Path:
     """Converts ``serving_default`` of a SavedModel with TF-TRT and saves the result.
@@ -138,8 +139,8 @@ def convert_saved_model(saved_model_dir: os.PathLike, *, output_dir: os.PathLike
     return output_dir
 
 
-def dataset_calibration_images(data_cfg: Any, *, count: int, split: Optional[str] = None,
-                               size: Optional[tuple[int, int]] = None) -> list[np.ndarray]:
+def dataset_calibration_images(data_cfg: Any, *, count: int, split: str | None = None,
+                               size: tuple[int, int] | None = None) -> list[np.ndarray]:
     """``count`` images of the dataset (validation split by default) for INT8 calibration.
 
     Each is resized (bilinear, aspect ratio not kept) to one common ``size`` (height, width),

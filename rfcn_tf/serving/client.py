@@ -1,19 +1,19 @@
 """A TF Serving client for the exported R-FCN detector: REST and gRPC.
 
-What the export serves (DESIGN.md, "Export"; ``rfcn_tf.export``):
+What the export serves is ``rfcn_tf.export.contract`` (imported from there, TF-free):
 
-- ``serving_default``: input ``input_tensor`` uint8 ``[1, H, W, 3]`` RGB, any H, W.
-- ``serving_encoded``: input ``encoded_image_string_tensor`` string ``[1]``, the bytes of a JPEG,
-  PNG, GIF or BMP file (over REST as ``{"b64": "<base64>"}``).
-- outputs of both: ``detection_boxes`` float32 ``[1, M, 4]`` normalized yxyx (w.r.t. the
-  original image), ``detection_scores`` float32 ``[1, M]``, ``detection_classes`` float32
-  ``[1, M]`` in 1..C, ``num_detections`` float32 ``[1]``; rows past ``num_detections`` are zero.
+- ``serving_default``: input ``input_tensor`` uint8 ``[N, H, W, 3]`` RGB, one size per batch.
+- ``serving_encoded``: input ``encoded_image_string_tensor`` string ``[N]``, the bytes of JPEG,
+  PNG, GIF, BMP or WebP files of any sizes (over REST as ``{"b64": "<base64>"}``).
+- outputs (among others): ``detection_boxes`` float32 ``[N, M, 4]`` normalized yxyx (w.r.t.
+  the original image), ``detection_scores`` float32 ``[N, M]``, ``detection_classes`` float32
+  ``[N, M]`` in 1..C, ``num_detections`` float32 ``[N]``; rows past ``num_detections`` are zero.
 
-Shape shorthand: M padded detections (the model's ``max_detections``), D real detections
-(``num_detections``), H/W original image height/width in pixels.
+Shape shorthand: N images per request, M padded detections (the model's ``max_detections``),
+D real detections (``num_detections``), H/W original image height/width in pixels.
 
 The client turns those outputs into the detections dict every part of rfcn_tf uses for one
-image (the evaluation's format, INTERFACES.md), trimmed to the real detections:
+image (the evaluation's format), trimmed to the real detections:
 
     {"boxes": float32 [D, 4] yxyx, pixels of the ORIGINAL image,
      "boxes_normalized": float32 [D, 4] yxyx in [0, 1],
@@ -21,8 +21,12 @@ image (the evaluation's format, INTERFACES.md), trimmed to the real detections:
      "classes": int32 [D] in 1..C (0 is background and never appears),
      "num_detections": int D}
 
-``detections_from_outputs`` does that conversion for any source of signature outputs (REST,
-gRPC, or the SavedModel loaded in-process), so remote and local inference return equal dicts.
+``detections_from_outputs`` (one image) and ``detections_from_batch`` (N) do that conversion for
+any source of signature outputs (REST, gRPC, or the SavedModel loaded in-process), so remote and
+local inference return equal dicts. A response that is not a valid detection (a NaN or
+infinite box or score, a class id outside 1..C or not an integer, a count outside [0, M]) is
+refused with a ``ValueError`` naming the output, the image and the row: a server must not
+hand such values to the caller as detections.
 
 Transports:
 
@@ -41,6 +45,7 @@ Command line::
 
     python -m rfcn_tf.serving.client IMAGE [IMAGE ...] --model rfcn \\
         [--url http://localhost:8501 | --grpc localhost:8500] [--version N] [--raw-pixels]
+        [--batch-size N]
 """
 
 from __future__ import annotations
@@ -52,16 +57,30 @@ import io
 import json
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 
-SIGNATURE_IMAGE = "serving_default"
-SIGNATURE_ENCODED = "serving_encoded"
-INPUT_IMAGE = "input_tensor"
-INPUT_ENCODED = "encoded_image_string_tensor"
-OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+from rfcn_tf.export.contract import (
+    INPUT_ENCODED,
+    INPUT_IMAGE,
+    LABELS_FILENAME,
+    OUTPUT_KEYS,
+    SIGNATURE_ENCODED,
+    SIGNATURE_IMAGE,
+)
+
+__all__ = [
+    "LABELS_FILENAME",
+    "GrpcClient",
+    "RestClient",
+    "ServingError",
+    "detections_from_batch",
+    "detections_from_outputs",
+    "read_labels",
+]
 
 ImageInput = Union[np.ndarray, bytes]
 
@@ -77,7 +96,7 @@ class ServingError(RuntimeError):
       target: the URL or gRPC target the request went to.
     """
 
-    def __init__(self, server_message: str, *, status: Union[int, str, None], target: str):
+    def __init__(self, server_message: str, *, status: int | str | None, target: str):
         self.status = status
         self.server_message = server_message
         self.target = target
@@ -90,48 +109,101 @@ class ServingError(RuntimeError):
 
 
 def detections_from_outputs(outputs: Mapping[str, Any], *, image_height: int,
-                            image_width: int) -> dict[str, Any]:
-    """Serving-signature outputs of one image -> the detections dict (module docstring).
+                            image_width: int, num_classes: int | None = None
+                            ) -> dict[str, Any]:
+    """Serving-signature outputs of ONE image (batch dimension 1) -> the detections dict.
 
     Args:
       outputs: ``detection_boxes`` [1, M, 4] normalized yxyx, ``detection_scores`` [1, M],
         ``detection_classes`` [1, M] (float in 1..C), ``num_detections`` [1]; array-likes
         (NumPy, nested lists, or eager tensors).
-      image_height, image_width: size of the ORIGINAL image in pixels (the boxes are normalized
-        w.r.t. it).
+      image_height, image_width: size of the ORIGINAL image in pixels.
+      num_classes: C when known (the labels' count): class ids above it are refused too.
 
     Returns:
-      the detections dict: ``boxes`` float32 [D, 4] yxyx original pixels, ``boxes_normalized``
-      float32 [D, 4], ``scores`` float32 [D], ``classes`` int32 [D], ``num_detections`` int D.
+      the detections dict (module docstring).
+
+    Raises:
+      ValueError: missing outputs, wrong shapes, or values that are not detections.
+    """
+    num = np.asarray(outputs["num_detections"]) if "num_detections" in outputs else None
+    if num is not None and num.reshape(-1).shape != (1,):
+        raise ValueError(f"num_detections must be [1], got shape {num.shape}")
+    return detections_from_batch(outputs, [(image_height, image_width)],
+                                 num_classes=num_classes)[0]
+
+
+def detections_from_batch(outputs: Mapping[str, Any], image_sizes: Sequence[tuple[int, int]],
+                          *, num_classes: int | None = None) -> list[dict[str, Any]]:
+    """Serving-signature outputs of N images -> one detections dict per image.
+
+    Args:
+      outputs: ``detection_boxes`` [N, M, 4], ``detection_scores`` [N, M],
+        ``detection_classes`` [N, M], ``num_detections`` [N].
+      image_sizes: N (height, width) of the ORIGINAL images in pixels.
+      num_classes: C when known: class ids above it are refused.
+
+    Raises:
+      ValueError: naming the output, image and row of anything that is not a detection.
     """
     missing = [k for k in OUTPUT_KEYS if k not in outputs]
     if missing:
         raise ValueError(f"serving outputs lack {missing}; got keys {sorted(outputs)}")
-    if image_height <= 0 or image_width <= 0:
-        raise ValueError(f"image size must be positive, got {image_height}x{image_width}")
+    for height, width in image_sizes:
+        if height <= 0 or width <= 0:
+            raise ValueError(f"image size must be positive, got {height}x{width}")
     boxes = np.asarray(outputs["detection_boxes"], dtype=np.float32)
     scores = np.asarray(outputs["detection_scores"], dtype=np.float32)
-    classes = np.asarray(outputs["detection_classes"])
-    num = np.asarray(outputs["num_detections"]).reshape(-1)
-    if boxes.ndim != 3 or boxes.shape[0] != 1 or boxes.shape[2] != 4:
-        raise ValueError(f"detection_boxes must be [1, M, 4], got {boxes.shape}")
+    classes = np.asarray(outputs["detection_classes"], dtype=np.float64)
+    num = np.asarray(outputs["num_detections"], dtype=np.float64).reshape(-1)
+    n = len(image_sizes)
+    if boxes.ndim != 3 or boxes.shape[0] != n or boxes.shape[2] != 4:
+        raise ValueError(f"detection_boxes must be [{n}, M, 4], got {boxes.shape}")
     if scores.shape != boxes.shape[:2] or classes.shape != boxes.shape[:2]:
         raise ValueError(f"detection_scores {scores.shape} and detection_classes "
-                         f"{classes.shape} must be [1, M] with M = {boxes.shape[1]}")
-    if num.shape != (1,):
-        raise ValueError(f"num_detections must be [1], got shape {num.shape}")
-    count = int(round(float(num[0])))
-    if not 0 <= count <= boxes.shape[1]:
-        raise ValueError(f"num_detections = {count} outside [0, {boxes.shape[1]}]")
-    normalized = boxes[0, :count]
-    scale = np.array([image_height, image_width, image_height, image_width], np.float32)
-    return {
-        "boxes": normalized * scale,
-        "boxes_normalized": normalized,
-        "scores": scores[0, :count],
-        "classes": np.rint(classes[0, :count]).astype(np.int32),
-        "num_detections": count,
-    }
+                         f"{classes.shape} must be [{n}, M] with M = {boxes.shape[1]}")
+    if num.shape != (n,):
+        raise ValueError(f"num_detections must be [{n}], got shape {num.shape}")
+    results = []
+    for index, (height, width) in enumerate(image_sizes):
+        where = f"image {index} of the response" if n > 1 else "the response"
+        if not np.isfinite(num[index]) or num[index] != np.rint(num[index]):
+            raise ValueError(f"num_detections of {where} is {float(num[index])}, not a count")
+        count = int(num[index])
+        if not 0 <= count <= boxes.shape[1]:
+            raise ValueError(f"num_detections = {count} outside [0, {boxes.shape[1]}] in {where}")
+        _check_rows(boxes[index, :count], scores[index, :count], classes[index, :count], where,
+                    num_classes)
+        normalized = boxes[index, :count]
+        scale = np.array([height, width, height, width], np.float32)
+        results.append({
+            "boxes": normalized * scale,
+            "boxes_normalized": normalized,
+            "scores": scores[index, :count],
+            "classes": np.rint(classes[index, :count]).astype(np.int32),
+            "num_detections": count,
+        })
+    return results
+
+
+def _check_rows(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, where: str,
+                num_classes: int | None) -> None:
+    """Refuses values a detection cannot have (issue: a server's NaN boxes or negative class
+    ids were printed as detections)."""
+    for name, values in (("detection_boxes", boxes), ("detection_scores", scores)):
+        bad = np.argwhere(~np.isfinite(values))
+        if bad.size:
+            row = int(bad[0][0])
+            raise ValueError(f"the server returned a non-finite {name} value in {where}, "
+                             f"detection {row}: {np.asarray(values[row]).tolist()}")
+    bad = np.flatnonzero(~np.isfinite(classes) | (classes != np.rint(classes)) | (classes < 1)
+                         | ((classes > num_classes) if num_classes else False))
+    if bad.size:
+        row = int(bad[0])
+        allowed = f"1..{num_classes}" if num_classes else "1..C"
+        raise ValueError(f"the server returned detection_classes {float(classes[row])} in "
+                         f"{where}, detection {row}: class ids must be integers in {allowed} "
+                         "(0 is background)")
 
 
 def image_size_of(encoded: bytes) -> tuple[int, int]:
@@ -146,7 +218,7 @@ def image_size_of(encoded: bytes) -> tuple[int, int]:
     return height, width
 
 
-def load_image(path: Union[str, Path]) -> np.ndarray:
+def load_image(path: str | Path) -> np.ndarray:
     """An image file -> uint8 [H, W, 3] RGB (Pillow; grayscale and alpha are converted)."""
     from PIL import Image
 
@@ -158,8 +230,8 @@ def _as_image_batch(image: np.ndarray) -> np.ndarray:
     array = np.asarray(image)
     if array.ndim == 3:
         array = array[None]
-    if array.ndim != 4 or array.shape[0] != 1 or array.shape[3] != 3:
-        raise ValueError(f"image must be [H, W, 3] or [1, H, W, 3] RGB, got {array.shape}")
+    if array.ndim != 4 or array.shape[0] < 1 or array.shape[3] != 3:
+        raise ValueError(f"image must be [H, W, 3] or [N, H, W, 3] RGB, got {array.shape}")
     if array.dtype != np.uint8:
         raise ValueError(f"image must be uint8 RGB pixels, got dtype {array.dtype}")
     return array
@@ -174,7 +246,9 @@ class _Client(abc.ABC):
 
     target: str
 
-    def __init__(self, model: str, *, version: Optional[int], timeout: float):
+    num_classes: int | None = None  # C when known (labels): class ids above it are refused
+
+    def __init__(self, model: str, *, version: int | None, timeout: float):
         if not model or "/" in model or ":" in model:
             raise ValueError(f"model name must be non-empty without '/' or ':', got {model!r}")
         if version is not None and int(version) < 0:
@@ -189,10 +263,10 @@ class _Client(abc.ABC):
     def predict(self, inputs: Mapping[str, Any], *,
                 signature_name: str = SIGNATURE_IMAGE) -> dict[str, np.ndarray]:
         """Runs one signature. ``inputs`` maps input names to arrays (batch dimension included;
-        bytes or a [1] object array of bytes for string inputs). Returns output name -> array
+        bytes or an [N] object array of bytes for string inputs). Returns output name -> array
         with the batch dimension."""
 
-    def detect(self, image: ImageInput, *, image_size: Optional[tuple[int, int]] = None
+    def detect(self, image: ImageInput, *, image_size: tuple[int, int] | None = None
                ) -> dict[str, Any]:
         """Detections for one image (the dict of ``detections_from_outputs``).
 
@@ -202,16 +276,49 @@ class _Client(abc.ABC):
           image_size: (height, width) of the original image; read from the encoded image's
             header when None.
         """
-        if isinstance(image, (bytes, bytearray)):
-            encoded = bytes(image)
-            height, width = image_size if image_size is not None else image_size_of(encoded)
-            outputs = self.predict({INPUT_ENCODED: np.array([encoded], dtype=object)},
+        if not isinstance(image, (bytes, bytearray)) and np.asarray(image).ndim == 4 \
+                and np.asarray(image).shape[0] != 1:
+            raise ValueError(f"detect takes one image; use detect_batch for a batch of "
+                             f"{np.asarray(image).shape[0]}")
+        sizes = None if image_size is None else [image_size]
+        return self.detect_batch([image], image_sizes=sizes)[0]
+
+    def detect_batch(self, images: Sequence[ImageInput], *,
+                     image_sizes: Sequence[tuple[int, int]] | None = None
+                     ) -> list[dict[str, Any]]:
+        """Detections for N images in ONE request (one dict per image, in order).
+
+        Args:
+          images: all uint8 [H, W, 3] arrays of ONE size (-> ``serving_default``, which takes
+            one size per batch), or all encoded image files as bytes, of any sizes
+            (-> ``serving_encoded``).
+          image_sizes: (height, width) of each original image; read from the encoded images'
+            headers when None.
+        """
+        images = list(images)
+        if not images:
+            raise ValueError("detect_batch needs at least one image")
+        encoded = [isinstance(image, (bytes, bytearray)) for image in images]
+        if any(encoded) and not all(encoded):
+            raise ValueError("a batch mixes encoded images (bytes) and pixel arrays; send one "
+                             "kind per request")
+        if all(encoded):
+            data = [bytes(image) for image in images]
+            sizes = list(image_sizes) if image_sizes is not None else \
+                [image_size_of(item) for item in data]
+            outputs = self.predict({INPUT_ENCODED: np.array(data, dtype=object)},
                                    signature_name=SIGNATURE_ENCODED)
         else:
-            batch = _as_image_batch(image)
-            height, width = batch.shape[1:3]
+            arrays = [_as_image_batch(image) for image in images]
+            shapes = sorted({a.shape[1:3] for a in arrays})
+            if len(shapes) > 1:
+                raise ValueError(f"{SIGNATURE_IMAGE} takes one image size per batch; this batch "
+                                 f"has the sizes {[list(s) for s in shapes]} (send encoded "
+                                 "images, which may differ, or one size per batch)")
+            batch = np.concatenate(arrays)
+            sizes = [tuple(batch.shape[1:3])] * batch.shape[0]
             outputs = self.predict({INPUT_IMAGE: batch}, signature_name=SIGNATURE_IMAGE)
-        return detections_from_outputs(outputs, image_height=height, image_width=width)
+        return detections_from_batch(outputs, sizes, num_classes=self.num_classes)
 
     def close(self) -> None:
         pass
@@ -246,7 +353,7 @@ class RestClient(_Client):
       timeout: seconds per request.
     """
 
-    def __init__(self, url: str, model: str, *, version: Optional[int] = None,
+    def __init__(self, url: str, model: str, *, version: int | None = None,
                  timeout: float = 60.0):
         super().__init__(model, version=version, timeout=timeout)
         if not url.startswith(("http://", "https://")):
@@ -260,7 +367,7 @@ class RestClient(_Client):
         self.model_url = f"{self.url}/v1/models/{self.model}{version_part}"
         self.target = self.model_url
 
-    def _call(self, method: str, url: str, body: Optional[dict] = None) -> dict:
+    def _call(self, method: str, url: str, body: dict | None = None) -> dict:
         try:
             if method == "POST":
                 response = self._session.post(url, data=json.dumps(body), timeout=self.timeout,
@@ -285,30 +392,40 @@ class RestClient(_Client):
 
     def predict(self, inputs: Mapping[str, Any], *,
                 signature_name: str = SIGNATURE_IMAGE) -> dict[str, np.ndarray]:
-        """Row format: each input's batch of one becomes one instance; ``predictions[0]`` (a
-        dict of outputs without the batch dimension) gets the batch dimension back."""
+        """Row format: item i of each input's batch becomes instance i; ``predictions`` (one
+        dict of outputs per instance, without the batch dimension) are stacked back."""
         arrays = {name: np.asarray(value) if not isinstance(value, (bytes, bytearray))
                   else np.array([bytes(value)], dtype=object) for name, value in inputs.items()}
-        for name, array in arrays.items():
-            if array.ndim == 0 or array.shape[0] != 1:
-                raise ValueError(f"input {name!r} must have a batch dimension of 1, "
-                                 f"got shape {array.shape}")
+        sizes = {name: (array.shape[0] if array.ndim else None) for name, array in arrays.items()}
+        if None in sizes.values() or 0 in sizes.values() or len(set(sizes.values())) != 1:
+            raise ValueError(f"every input needs the same batch dimension >= 1, got shapes "
+                             f"{ {name: array.shape for name, array in arrays.items()} }")
+        count = next(iter(sizes.values()))
         if len(arrays) == 1:
             (array,) = arrays.values()
-            instance: Any = _json_value(array[0])
+            instances: list = [_json_value(array[i]) for i in range(count)]
         else:
-            instance = {name: _json_value(array[0]) for name, array in arrays.items()}
+            instances = [{name: _json_value(array[i]) for name, array in arrays.items()}
+                         for i in range(count)]
         payload = self._call("POST", f"{self.model_url}:predict",
-                             {"signature_name": signature_name, "instances": [instance]})
+                             {"signature_name": signature_name, "instances": instances})
         predictions = payload.get("predictions")
-        if not isinstance(predictions, list) or len(predictions) != 1:
-            raise ServingError(f"expected 'predictions' with one instance, got "
+        if not isinstance(predictions, list) or len(predictions) != count:
+            raise ServingError(f"expected 'predictions' with {count} instance(s), got "
                                f"{str(payload)[:200]}", status=200, target=self.model_url)
-        first = predictions[0]
-        if not isinstance(first, dict):
-            raise ServingError(f"expected named outputs in predictions[0], got "
-                               f"{str(first)[:200]}", status=200, target=self.model_url)
-        return {name: np.asarray(value)[None] for name, value in first.items()}
+        if not all(isinstance(item, dict) for item in predictions):
+            raise ServingError(f"expected named outputs in each prediction, got "
+                               f"{str(predictions[0])[:200]}", status=200, target=self.model_url)
+        names = set(predictions[0])
+        if any(set(item) != names for item in predictions):
+            raise ServingError("the predictions name different outputs", status=200,
+                               target=self.model_url)
+        try:
+            return {name: np.stack([np.asarray(item[name], dtype=np.float64)
+                                    for item in predictions]) for name in names}
+        except (ValueError, TypeError) as exc:
+            raise ServingError(f"the predictions are not numeric tensors of one shape: {exc}",
+                               status=200, target=self.model_url) from exc
 
     def model_status(self) -> dict:
         """``GET /v1/models/{model}[/versions/{v}]``: TF Serving's model version status JSON."""
@@ -327,7 +444,7 @@ class GrpcClient(_Client):
       max_message_bytes: send/receive limit of the channel (a 1000x1000 RGB image is 3 MB).
     """
 
-    def __init__(self, target: str, model: str, *, version: Optional[int] = None,
+    def __init__(self, target: str, model: str, *, version: int | None = None,
                  timeout: float = 60.0, max_message_bytes: int = 64 << 20):
         super().__init__(model, version=version, timeout=timeout)
         if "://" in target or ":" not in target:
@@ -378,7 +495,7 @@ class GrpcClient(_Client):
 # Command line
 
 
-def read_labels(path: Union[str, Path]) -> list[str]:
+def read_labels(path: str | Path) -> list[str]:
     """``labels.txt`` of an export (line i, counting from 1, names class id i) -> names."""
     return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()
             if line.strip()]
@@ -390,7 +507,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Send images to a TF Serving model exported by `python -m rfcn_tf.export` "
                     "and print its detections (boxes in original-image pixels, yxyx).")
     parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help="image files (JPEG/PNG/GIF/BMP)")
+                        help="image files (JPEG/PNG/GIF/BMP/WebP)")
     parser.add_argument("--model", default="rfcn",
                         help="model name on the server (MODEL_NAME; default: rfcn)")
     transport = parser.add_mutually_exclusive_group()
@@ -407,13 +524,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="the export's assets/labels.txt, to print class names")
     parser.add_argument("--min-score", type=float, default=0.0,
                         help="hide detections scoring below this (default: show all)")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="N",
+                        help="images per request (default 1); the batched signatures take N "
+                             "images at once (with --raw-pixels they must share one size)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object per image instead of text lines")
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         names = read_labels(args.labels) if args.labels else None
@@ -426,44 +546,50 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.batch_size < 1:
+        print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+        return 2
+    client.num_classes = len(names) if names else None
     total = 0
     started = time.perf_counter()
     with client:
-        for path in args.images:
+        for first in range(0, len(args.images), args.batch_size):
+            paths = args.images[first:first + args.batch_size]
+            where = paths[0] if len(paths) == 1 else f"{paths[0]} (batch of {len(paths)})"
             try:
-                if args.raw_pixels:
-                    image: ImageInput = load_image(path)
-                else:
-                    image = Path(path).read_bytes()
+                images = [load_image(p) if args.raw_pixels else Path(p).read_bytes()
+                          for p in paths]
                 tic = time.perf_counter()
-                dets = client.detect(image)
+                batch = client.detect_batch(images)
                 seconds = time.perf_counter() - tic
-            except (OSError, ValueError) as exc:
-                print(f"error: {path}: {exc}", file=sys.stderr)
+            except (OSError, ValueError, ServingError) as exc:
+                print(f"error: {where}: {exc}", file=sys.stderr)
                 return 1
-            except ServingError as exc:
-                print(f"error: {path}: {exc}", file=sys.stderr)
-                return 1
-            keep = dets["scores"] >= args.min_score
-            total += int(keep.sum())
-            rows = []
-            for box, score, cls in zip(dets["boxes"][keep], dets["scores"][keep],
-                                       dets["classes"][keep]):
-                name = names[cls - 1] if names and 1 <= cls <= len(names) else str(int(cls))
-                rows.append({"class": int(cls), "name": name, "score": float(score),
-                             "box_yxyx": [round(float(v), 1) for v in box]})
-            if args.json:
-                print(json.dumps({"image": str(path), "seconds": round(seconds, 4),
-                                  "detections": rows}))
-            else:
-                for row in rows:
-                    print(f"{path}\t{row['name']}\t{row['score']:.3f}\t"
-                          + " ".join(f"{v:.1f}" for v in row["box_yxyx"]))
+            for path, dets in zip(paths, batch):
+                total += _print_detections(path, dets, names, args, seconds / len(paths))
     transport_name = f"gRPC {args.grpc}" if args.grpc else f"REST {client.target}"
     print(f"{len(args.images)} image(s), {total} detection(s) scoring >= {args.min_score} "
           f"from {transport_name} in {time.perf_counter() - started:.2f} s",
           file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _print_detections(path: str, dets: dict, names: list[str] | None,
+                      args: argparse.Namespace, seconds: float) -> int:
+    """Prints one image's detections scoring >= --min-score; returns how many."""
+    keep = dets["scores"] >= args.min_score
+    rows = []
+    for box, score, cls in zip(dets["boxes"][keep], dets["scores"][keep], dets["classes"][keep]):
+        name = names[cls - 1] if names and 1 <= cls <= len(names) else str(int(cls))
+        rows.append({"class": int(cls), "name": name, "score": float(score),
+                     "box_yxyx": [round(float(v), 1) for v in box]})
+    if args.json:
+        print(json.dumps({"image": str(path), "seconds": round(seconds, 4), "detections": rows}))
+    else:
+        for row in rows:
+            print(f"{path}\t{row['name']}\t{row['score']:.3f}\t"
+                  + " ".join(f"{v:.1f}" for v in row["box_yxyx"]))
+    return len(rows)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))  # tests/serving_testing_server.py
 
-from export_helpers import (  # noqa: E402
-    CLASS_NAMES, MAX_SIZE, MIN_SIZE, StandInDetector, build_tiny_model, decode, sample_jpeg)
+from export_helpers import (
+    CLASS_NAMES,
+    MAX_SIZE,
+    MIN_SIZE,
+    StandInDetector,
+    build_tiny_model,
+    decode,
+    sample_jpeg,
+)
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
 MIN_SIZE, MAX_SIZE = 256, 320  # the test exports' resize
 CLASS_NAMES = ["circle", "square", "triangle"]
@@ -52,14 +52,14 @@ class StandInDetector(tf.Module):
     must carry variables."""
 
     num_classes = 2
-    box_weights = (10.0, 10.0, 5.0, 5.0)
-    score_threshold = 0.05
-    nms_iou = 0.3
-    max_detections = 4
 
     def __init__(self):
         super().__init__()
+        from rfcn_tf.model.postprocess import PostProcessor
+
         self.score_scale = tf.Variable(1.0)
+        self.postprocessor = PostProcessor({"score_threshold": 0.05, "nms_iou": 0.3,
+                                            "max_detections": 4})
 
     def __call__(self, inputs, training=False):
         images, image_shapes = inputs["images"], inputs["image_shapes"]

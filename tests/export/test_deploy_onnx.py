@@ -9,11 +9,19 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tensorflow as tf
-
 from export_helpers import synthetic_image
+
 from rfcn_tf.export.onnx import (
-    OnnxComparison, OnnxConversionError, OnnxMismatchError, compare_detections, export_onnx,
-    fix_loop_carried_types, onnx_session, run_onnx, verify_onnx)
+    OnnxComparison,
+    OnnxConversionError,
+    OnnxMismatchError,
+    compare_detections,
+    export_onnx,
+    fix_loop_carried_types,
+    onnx_session,
+    run_onnx,
+    verify_onnx,
+)
 
 
 @pytest.fixture(scope="module")

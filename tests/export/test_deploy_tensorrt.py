@@ -60,7 +60,7 @@ def test_cli_exits_nonzero_with_a_clear_message(tmp_path, capsys):
 class RecordingConverter:
     """Stands in for TrtGraphConverterV2: records its arguments and the calls made on it."""
 
-    instances: list["RecordingConverter"] = []
+    instances: list[RecordingConverter] = []
 
     def __init__(self, **kwargs):
         self.kwargs = kwargs

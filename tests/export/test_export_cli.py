@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import pytest
 import tensorflow as tf
-
 from export_helpers import (
-    CLASS_NAMES, MAX_SIZE, MIN_SIZE, MODEL_OVERRIDES, assert_outputs_close, build_tiny_model,
-    reference_outputs, synthetic_image)
+    CLASS_NAMES,
+    MAX_SIZE,
+    MIN_SIZE,
+    MODEL_OVERRIDES,
+    assert_outputs_close,
+    build_tiny_model,
+    reference_outputs,
+    synthetic_image,
+)
+
 from rfcn_tf.export.__main__ import _parser, main
 
 SIZE_FLAGS = ["--set", f"data.scales=[{MIN_SIZE}]", "--set", f"data.max_size={MAX_SIZE}"]

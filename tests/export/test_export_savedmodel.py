@@ -14,15 +14,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from export_helpers import (
-    CLASS_NAMES, STANDIN_BOXES, STANDIN_MULTICLASS, assert_outputs_close, reference_outputs,
-    synthetic_image)
+    CLASS_NAMES,
+    STANDIN_BOXES,
+    STANDIN_MULTICLASS,
+    assert_outputs_close,
+    reference_outputs,
+    synthetic_image,
+)
+
 from rfcn_tf.export import saved_model as saved_model_mod
 from rfcn_tf.export.contract import ALL_OUTPUT_KEYS, SIGNATURES
 from rfcn_tf.export.saved_model import (
-    ExportError, export_saved_model, list_versions, next_version, saved_model_op_types,
-    verify_export)
+    ExportError,
+    export_saved_model,
+    list_versions,
+    next_version,
+    saved_model_op_types,
+    verify_export,
+)
 
 OUTPUTS = {"detection_boxes": (tf.float32, 3), "detection_scores": (tf.float32, 2),
            "detection_classes": (tf.float32, 2), "num_detections": (tf.float32, 1),

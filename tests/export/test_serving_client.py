@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
+from serving_testing_server import HTTP_STATUS, LoopbackServer
 
 from rfcn_tf.serving.client import (
-    GrpcClient, RestClient, ServingError, detections_from_outputs, main as client_main)
-from serving_testing_server import HTTP_STATUS, LoopbackServer
+    GrpcClient, RestClient, ServingError, detections_from_batch, detections_from_outputs)
+from rfcn_tf.serving.client import main as client_main
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +122,72 @@ def test_rest_model_status(server):
     assert status["model_version_status"][0]["state"] == "AVAILABLE"
 
 
+# ------------------------------------------------------------------------------ batches
+
+@pytest.fixture(scope="module")
+def crops(jpeg_image):
+    """Two crops of one size and one of another, with their PNGs and in-process detections."""
+    same = [np.ascontiguousarray(jpeg_image[y:y + 120, x:x + 160]) for y, x in ((0, 0), (90, 200))]
+    other = np.ascontiguousarray(jpeg_image[200:340, 300:400])
+    return same, other
+
+
+def _local(loaded, image):
+    out = loaded.signatures["serving_default"](input_tensor=tf.constant(image[None]))
+    return detections_from_outputs(out, image_height=image.shape[0], image_width=image.shape[1])
+
+
+def test_rest_and_grpc_batches_equal_single_images(server, loaded, crops):
+    same, other = crops
+    want = [_local(loaded, im) for im in same + [other]]
+    pngs = [tf.io.encode_png(im).numpy() for im in same + [other]]
+    with RestClient(server.rest_url, "rfcn") as rest, \
+            GrpcClient(server.grpc_target, "rfcn") as grpc:
+        for client in (rest, grpc):
+            pixels = client.detect_batch(same)
+            encoded = client.detect_batch([pngs[2], pngs[0], pngs[1]])  # mixed sizes
+            assert len(pixels) == 2 and len(encoded) == 3
+            for got, expected in zip(pixels + encoded, want[:2] + [want[2], want[0], want[1]]):
+                if expected["num_detections"]:
+                    assert_same_detections(got, expected, atol=1e-4)
+            with pytest.raises(ValueError, match="one image size per batch"):
+                client.detect_batch([same[0], other])
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"detection_boxes": [[float("nan"), 0.1, 0.5, 0.5]]}, "non-finite detection_boxes"),
+    ({"detection_scores": [float("inf")]}, "non-finite detection_scores"),
+    ({"detection_classes": [-1.0]}, r"detection_classes -1.0 .*integers in 1\.\.3"),
+    ({"detection_classes": [7.0]}, r"integers in 1\.\.3"),
+    ({"detection_classes": [1.5]}, "integers"),
+    ({"num_detections": float("nan")}, "not a count"),
+])
+def test_client_rejects_invalid_server_answers(monkeypatch, bad, match):
+    """A server answering NaN boxes or class ids outside 1..C gets a clear error, not printed
+    detections (REST's JSON carries NaN and Infinity as TF Serving writes them)."""
+    good = {"detection_boxes": [[0.1, 0.1, 0.5, 0.5]], "detection_scores": [0.9],
+            "detection_classes": [2.0], "num_detections": 1.0}
+    good.update(bad)
+    client = RestClient("http://127.0.0.1:1", "rfcn")
+    client.num_classes = 3
+    monkeypatch.setattr(client, "_call", lambda *args: json.loads(json.dumps(
+        {"predictions": [good]})))
+    with pytest.raises(ValueError, match=match):
+        client.detect(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_detections_from_batch_splits_per_image():
+    outputs = {"detection_boxes": np.tile([[[0, 0, 0.5, 0.5], [0, 0, 0, 0]]], (2, 1, 1)),
+               "detection_scores": [[0.9, 0.0], [0.8, 0.7]],
+               "detection_classes": [[1.0, 0.0], [2.0, 1.0]], "num_detections": [1.0, 2.0]}
+    first, second = detections_from_batch(outputs, [(10, 20), (100, 200)])
+    assert first["num_detections"] == 1 and second["num_detections"] == 2
+    np.testing.assert_allclose(first["boxes"], [[0, 0, 5, 10]])
+    np.testing.assert_allclose(second["boxes"][0], [0, 0, 50, 100])
+    with pytest.raises(ValueError, match=r"must be \[3, M, 4\]"):
+        detections_from_batch(outputs, [(1, 1)] * 3)
+
+
 # ------------------------------------------------------------------------------ errors
 
 @pytest.mark.parametrize("model,version,status,match", [
@@ -135,14 +202,14 @@ def test_rest_unknown_model_or_version(server, jpeg_bytes, model, version, statu
 
 def test_rest_not_an_image(server):
     client = RestClient(server.rest_url, "rfcn")
-    with pytest.raises(ServingError, match="is not a JPEG, PNG, GIF or BMP file") as info:
+    with pytest.raises(ServingError, match="is not a JPEG, PNG, GIF, BMP or WebP file") as info:
         client.detect(b"plain text, not an image", image_size=(10, 10))
     assert info.value.status == 400
 
 
 def test_rest_wrong_rank_gets_tensorflows_message(server):
     client = RestClient(server.rest_url, "rfcn")
-    with pytest.raises(ServingError, match=r"not compatible with expected shape \[1,\?,\?,3\]") \
+    with pytest.raises(ServingError, match=r"not compatible with expected shape \[\?,\?,\?,3\]") \
             as info:
         client.predict({"input_tensor": np.zeros((1, 8, 3), np.uint8)})
     assert info.value.status == 400
@@ -193,7 +260,7 @@ def test_grpc_wrong_dtype_gets_tensorflows_message(server):
 
 def test_grpc_errors(server, jpeg_bytes):
     with GrpcClient(server.grpc_target, "rfcn") as client:
-        with pytest.raises(ServingError, match="is not a JPEG, PNG, GIF or BMP file") as info:
+        with pytest.raises(ServingError, match="is not a JPEG, PNG, GIF, BMP or WebP file") as info:
             client.detect(b"GIF? no", image_size=(4, 4))
         assert info.value.status == "INVALID_ARGUMENT"
         with pytest.raises(ServingError, match="not found in signature def") as info:
@@ -292,6 +359,28 @@ def test_client_cli_rest_and_grpc(server, exported, jpeg_bytes, local, tmp_path,
     assert all(d["score"] >= 0.3 for d in record["detections"])
     assert len(record["detections"]) == int(np.sum(local["scores"] >= 0.3))
     assert "gRPC" in captured.err
+
+
+def test_client_cli_batch_size(server, loaded, crops, tmp_path, capsys):
+    same, other = crops
+    paths = []
+    for index, image in enumerate(same + [other]):
+        path = tmp_path / f"crop{index}.png"
+        tf.io.write_file(str(path), tf.io.encode_png(image))
+        paths.append(str(path))
+    want = sum(_local(loaded, im)["num_detections"] for im in same + [other])
+    assert client_main(paths + ["--url", server.rest_url, "--batch-size", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    records = [json.loads(line) for line in captured.out.strip().splitlines()]
+    assert [r["image"] for r in records] == paths
+    assert sum(len(r["detections"]) for r in records) == want
+    assert captured.err.strip().endswith("s") and "3 image(s)" in captured.err
+    # Raw pixels of two sizes in one batch: a clear error naming the batch.
+    assert client_main(paths[1:] + ["--url", server.rest_url, "--batch-size", "2",
+                                    "--raw-pixels"]) == 1
+    err = capsys.readouterr().err
+    assert "(batch of 2)" in err and "one image size per batch" in err
+    assert client_main(paths + ["--url", server.rest_url, "--batch-size", "0"]) == 2
 
 
 def test_client_cli_reports_server_errors(server, tmp_path, capsys):
