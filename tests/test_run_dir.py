@@ -95,3 +95,22 @@ def test_stale_lock_warns(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="rfcn_tf.run_dir"), run_dir.WorkDirLock(work):
         pass
     assert any(f"stale lock of process {dead.pid}" in r.getMessage() for r in caplog.records)
+
+
+def test_no_silent_dataset_fallback():
+    from rfcn_tf.config import load_config
+    from rfcn_tf.data.pipeline import build_source
+    from rfcn_tf.data.sources import voc_xml
+    from rfcn_tf.errors import RfcnError
+
+    cfg = load_config("shapes_tiny", ["data.source=voc"])  # a VOC config without its folder
+    with pytest.raises(Exception, match="data.voc_root is not set.*--set data.voc_root=PATH") \
+            as info:
+        build_source(cfg.data, split="train")
+    assert isinstance(info.value, (RfcnError, ValueError))
+    # only the bccd preset names the BCCD folder
+    assert load_config("bccd").data.voc_root == voc_xml.BCCD_ROOT
+    try:
+        assert voc_xml.resolve_voc_root(voc_xml.BCCD_ROOT) == voc_xml.default_voc_root()
+    except ValueError as exc:  # a checkout without the BCCD folder: the message says where
+        assert "VOC folder not found" in str(exc) and voc_xml.BCCD_ROOT in str(exc)

@@ -21,7 +21,7 @@ from rfcn_tf.data.sources import voc_xml as voc
 
 def _bccd_root():
     try:
-        return voc.resolve_voc_root(None)
+        return voc.resolve_voc_root(voc.BCCD_ROOT)
     except DataError:
         return None
 

@@ -162,7 +162,7 @@ def test_registry_and_root_resolution(voc_root, monkeypatch, tmp_path):
     dataset, info = build_source(cfg, split="val")
     assert info.num_examples == 2 and len(_examples(dataset)) == 2
     monkeypatch.setenv(voc.BCCD_ENV_VAR, str(voc_root))
-    assert voc.resolve_voc_root(None) == voc_root
+    assert voc.resolve_voc_root(voc.BCCD_ROOT) == voc_root
     monkeypatch.chdir(tmp_path)
     assert voc.resolve_voc_root("voc") == tmp_path / "voc"  # relative to the working directory
 
@@ -202,7 +202,7 @@ def test_drop_empty_in_training_only(voc_root):
 
 def _bccd_root():
     try:
-        return voc.resolve_voc_root(None)
+        return voc.resolve_voc_root(voc.BCCD_ROOT)
     except DataError:
         return None
 

@@ -31,10 +31,13 @@ import tensorflow as tf
 from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.sources.base import DatasetInfo, file_examples, logger
 
-__all__ = ["BCCD_ENV_VAR", "default_voc_root", "resolve_voc_root", "parse_voc_xml",
+__all__ = ["BCCD_ENV_VAR", "BCCD_ROOT", "default_voc_root", "resolve_voc_root", "parse_voc_xml",
            "discover_class_names", "voc_source", "from_config"]
 
 BCCD_ENV_VAR = "RFCN_BCCD_DIR"
+# The one data.voc_root value with a default folder (the bccd preset's): $RFCN_BCCD_DIR, else
+# ../shared/data/BCCD from the repository root. Any other VOC config must name its folder.
+BCCD_ROOT = "@bccd"
 
 # Parsed annotations by path, reused while the file is unchanged (mtime, size).
 _PARSED: dict[str, tuple[tuple[int, int], dict]] = {}
@@ -55,13 +58,19 @@ def default_voc_root() -> Path:
 def resolve_voc_root(voc_root: Optional[str]) -> Path:
     """`data.voc_root` -> an existing folder path.
 
-    None means `default_voc_root()`. A relative path is tried from the working directory, then
-    from the repository root.
+    `BCCD_ROOT` ("@bccd", the bccd preset's value) means `default_voc_root()`. A relative path
+    is tried from the working directory, then from the repository root. None is an error: no
+    VOC config silently falls back to the BCCD folder.
 
     Raises:
-      DataError: the folder does not exist (the message names every path tried).
+      DataError: unset, or the folder does not exist (the message names every path tried).
     """
     if voc_root is None:
+        raise DataError("data.voc_root is not set: a VOC source needs its folder (with "
+                        "Annotations/, JPEGImages/, ImageSets/Main/); set it in the YAML or "
+                        "with --set data.voc_root=PATH (only the bccd preset has a default "
+                        f"folder, data.voc_root: \"{BCCD_ROOT}\")")
+    if voc_root == BCCD_ROOT:
         candidates = [default_voc_root()]
     else:
         path = Path(voc_root).expanduser()
@@ -70,8 +79,8 @@ def resolve_voc_root(voc_root: Optional[str]) -> Path:
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
-    how = (f"data.voc_root={voc_root!r}" if voc_root is not None
-           else f"data.voc_root is unset and ${BCCD_ENV_VAR}="
+    how = (f"data.voc_root={voc_root!r}" if voc_root != BCCD_ROOT
+           else f"data.voc_root={BCCD_ROOT!r} and ${BCCD_ENV_VAR}="
                 f"{os.environ.get(BCCD_ENV_VAR, '(unset)')}")
     raise DataError(f"VOC folder not found: {', '.join(str(c) for c in candidates)} ({how})")
 
