@@ -6,12 +6,22 @@
 - ``alternating``: R-FCN sec. 3 ("we adopt the 4-step alternating training [18], alternating
   between training RPN and training R-FCN"), i.e. Faster R-CNN sec. 3.2:
 
-  1. ``rpn``: train the backbone and the RPN head on the RPN loss;
-  2. ``rfcn``: train the backbone and the R-FCN head on the R-FCN loss, with the proposals of
-     the step-1 RPN held FIXED: a frozen copy of the model as it was at the end of step 1
-     (snapshot ``checkpoints/stage_2_proposals``) computes them;
-  3. ``rpn_finetune``: backbone frozen, fine-tune the RPN head (RPN loss);
+  1. ``rpn``: train the backbone and the RPN head on the RPN loss, from the initial weights
+     (ImageNet or ``model.backbone.weights`` / ``train.init_checkpoint``; snapshot
+     ``checkpoints/initial_backbone``);
+  2. ``rfcn``: train a detection network, the backbone and the R-FCN head, on the R-FCN loss,
+     with the proposals of the step-1 RPN held FIXED: a frozen copy of the model as it was at
+     the end of step 1 (snapshot ``checkpoints/stage_2_proposals``) computes them. "This
+     detection network is also initialized by the ImageNet-pre-trained model": the backbone
+     starts again from the initial weights (``Stage.reset_backbone``), not from step 1's;
+  3. ``rpn_finetune``: the shared conv layers (backbone) frozen at step 2's weights, fine-tune
+     the layers unique to the RPN (its head, continuing from step 1) on the RPN loss;
   4. ``rfcn_finetune``: backbone (and RPN) frozen, fine-tune the R-FCN head (R-FCN loss).
+
+What the steps share: steps 1 and 2 share nothing but the initial weights (step 2 sees step 1
+only through its fixed proposals); from step 3 on the RPN and the detector share step 2's
+backbone ("now the two networks share conv layers"), which no later step changes; the RPN head
+is step 1's until step 3 fine-tunes it, the R-FCN head step 2's until step 4 does.
 
 Freezing is the choice of the variables the stage's optimizer updates, plus Keras'
 ``trainable = False`` on the frozen parts so their BatchNorm layers run in inference mode (their
@@ -82,6 +92,8 @@ class Stage:
       train_groups: the parts whose variables the stage updates (subset of ``GROUPS``).
       fixed_proposals: proposals come from a frozen copy of the model as it was when the
         stage began (alternating step 2).
+      reset_backbone: the stage starts its backbone from the weights it had when training
+        began (before stage 1), not from the previous stage's (alternating step 2).
     """
 
     name: str
@@ -89,6 +101,7 @@ class Stage:
     include: tuple[str, ...]
     train_groups: tuple[str, ...] = GROUPS
     fixed_proposals: bool = False
+    reset_backbone: bool = False
 
 
 def build_stages(scheme: str, *, steps: int, stage_steps: Sequence[int] = ()) -> list[Stage]:
@@ -113,7 +126,8 @@ def build_stages(scheme: str, *, steps: int, stage_steps: Sequence[int] = ()) ->
         raise ValueError(f"the alternating scheme needs 4 positive stage lengths, got {lengths}")
     return [
         Stage("rpn", int(lengths[0]), ("rpn",), ("backbone", "rpn")),
-        Stage("rfcn", int(lengths[1]), ("rfcn",), ("backbone", "rfcn"), fixed_proposals=True),
+        Stage("rfcn", int(lengths[1]), ("rfcn",), ("backbone", "rfcn"), fixed_proposals=True,
+              reset_backbone=True),
         Stage("rpn_finetune", int(lengths[2]), ("rpn",), ("rpn",)),
         Stage("rfcn_finetune", int(lengths[3]), ("rfcn",), ("rfcn",)),
     ]
@@ -347,6 +361,11 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
                         % start_step if resume_by == "skip" else "starting afresh (none)")
     if resume_by == "skip":
         dataset_fn = skipping_dataset_fn(dataset_fn, start_step)
+    if start_step == 0 and any(stage.reset_backbone for stage in stages):
+        # The initial backbone (after init_checkpoint), for the stages that start from it.
+        _backbone_checkpoint(model).write(
+            ckpt_lib.snapshot_prefix(write_dir(checkpoint_dir, strategy), INITIAL_BACKBONE))
+
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     extras = {}
     if save_iterator:
@@ -390,11 +409,14 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
             restored = True
         stage_var.assign(index)
 
+        at_stage_start = int(step_var.numpy()) == starts[index]
         prepare_features = None
         if stage.fixed_proposals:
             prepare_features = _fixed_proposals(model, strategy, checkpoint_dir, index,
-                                                at_stage_start=int(step_var.numpy()) == starts[index],
+                                                at_stage_start=at_stage_start,
                                                 proposal_model_fn=proposal_model_fn)
+        if stage.reset_backbone and at_stage_start:
+            _reset_backbone(model, strategy, checkpoint_dir, fresh=latest is None)
 
         manager_dir = write_dir(checkpoint_dir, strategy)
         manager = tf.train.CheckpointManager(checkpoint, manager_dir, max_to_keep=keep_checkpoints,
@@ -434,6 +456,29 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
     return TrainResult(step=int(step_var.numpy()), total_steps=total_steps, last_logs=last_logs,
                        checkpoint=last_checkpoint if chief else None, resumed_from=latest,
                        stages_run=stages_run, stop_reason=stop_reason, data_resume=resume_by)
+
+
+INITIAL_BACKBONE = "initial_backbone"
+
+
+def _backbone_checkpoint(model: keras.Model) -> tf.train.Checkpoint:
+    return tf.train.Checkpoint(backbone=model_groups(model)["backbone"])
+
+
+def _reset_backbone(model, strategy, checkpoint_dir, *, fresh):
+    """Restores the backbone written when training began (alternating step 2's start).
+
+    ``fresh``: this process wrote the snapshot (read back its own copy); otherwise a resumed
+    run reads the chief's.
+    """
+    folder = write_dir(checkpoint_dir, strategy) if fresh else checkpoint_dir
+    prefix = ckpt_lib.snapshot_prefix(folder, INITIAL_BACKBONE)
+    if not ckpt_lib.checkpoint_exists(prefix):
+        raise ckpt_lib.CheckpointError(
+            f"the alternating scheme's step 2 starts from the initial backbone {prefix}, which "
+            f"is missing (written when training began); use a new --work-dir")
+    _backbone_checkpoint(model).read(prefix).assert_existing_objects_matched()
+    logger.info("stage 2 starts its backbone from the initial weights (%s)", prefix)
 
 
 def _fixed_proposals(model, strategy, checkpoint_dir, index, *, at_stage_start, proposal_model_fn):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import keras
 import numpy as np
 import pytest
@@ -25,12 +27,16 @@ def optimizer_fn(variables, steps):
 
 
 class Record(Hook):
-    """Losses per stage, and a copy of every weight at each stage's end."""
+    """Losses per stage, and a copy of every weight at each stage's start and end."""
 
     def __init__(self, model):
         self.model = model
         self.losses = {}
+        self.weights_at_begin = {}
         self.weights_at_end = {}
+
+    def on_train_begin(self, loop):
+        self.weights_at_begin[loop.name] = {v.path: v.numpy().copy() for v in self.model.weights}
 
     def after_step(self, loop, step, logs):
         self.losses.setdefault(loop.name, []).append(logs["total_loss"])
@@ -68,6 +74,7 @@ def test_build_stages():
     assert [s.train_groups for s in stages] == [("backbone", "rpn"), ("backbone", "rfcn"),
                                                 ("rpn",), ("rfcn",)]
     assert [s.fixed_proposals for s in stages] == [False, True, False, False]
+    assert [s.reset_backbone for s in stages] == [False, True, False, False]
     assert [s.steps for s in build_stages("alternating", steps=7)] == [7, 7, 7, 7]
     with pytest.raises(ValueError, match="unknown training scheme 'fancy'"):
         build_stages("fancy", steps=1)
@@ -115,6 +122,12 @@ def test_alternating_four_steps_freeze_the_right_parts_and_losses_fall(tmp_path)
     tf.train.Checkpoint(model=snapshot).read(
         ckpt_lib.snapshot_prefix(str(tmp_path), "stage_2_proposals")).assert_existing_objects_matched()
     assert same({v.path: v.numpy() for v in snapshot.weights}, ends["rpn"])
+    # Step 2 starts its backbone (weights and BatchNorm statistics) from the initial weights
+    # (Faster R-CNN sec. 3.2), not from step 1's; the RPN head stays step 1's.
+    begins = record.weights_at_begin
+    assert not same(part(begins["rpn"], "backbone"), part(ends["rpn"], "backbone"))
+    assert same(part(begins["rfcn"], "backbone"), part(begins["rpn"], "backbone"))
+    assert same(part(begins["rfcn"], "rpn"), part(ends["rpn"], "rpn"))
     # Step 2 trains the backbone and the R-FCN head, never the RPN head.
     assert same(part(ends["rpn"], "rpn"), part(ends["rfcn"], "rpn"))
     assert not same(part(ends["rpn"], "backbone"), part(ends["rfcn"], "backbone"))
@@ -163,6 +176,29 @@ def test_resume_mid_stage_continues_exactly(tmp_path):
     assert again.stages_run == [] and again.step == 14
     for a, b in zip(second.weights, third.weights):
         np.testing.assert_array_equal(b.numpy(), a.numpy(), err_msg=a.path)
+
+
+def test_resume_at_the_start_of_step_2_resets_the_backbone_like_a_straight_run(tmp_path):
+    """Interrupted right after step 1 (checkpoint at its end), a rerun starts step 2 from the
+    initial backbone snapshot written when training began: the same weights as a straight run."""
+    stages = build_stages("alternating", steps=0, stage_steps=[4, 2, 2, 2])
+    data = {"count": 2}
+    reference = TinyDetector()
+    _run(reference, tmp_path / "straight", stages, data=data)
+    first = TinyDetector()
+    with pytest.raises(KeyboardInterrupt):
+        _run(first, tmp_path / "resumed", stages, [StopAt(5)], data=data)
+    assert tf.train.latest_checkpoint(str(tmp_path / "resumed")).endswith("ckpt-4")
+    shutil.copytree(tmp_path / "resumed", tmp_path / "no_snapshot")
+    second = TinyDetector(seed=77)  # another init: only the snapshot can give the initial one
+    result = _run(second, tmp_path / "resumed", stages, data=data)
+    assert result.stages_run == ["rfcn", "rpn_finetune", "rfcn_finetune"]
+    for a, b in zip(reference.weights, second.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    # Without the snapshot the rerun refuses instead of silently keeping step 1's backbone.
+    shutil.rmtree(tmp_path / "no_snapshot" / "initial_backbone")
+    with pytest.raises(ckpt_lib.CheckpointError, match="initial backbone .* is missing"):
+        _run(TinyDetector(), tmp_path / "no_snapshot", stages, data=data)
 
 
 def test_resume_refuses_another_class_count_or_scheme(tmp_path):
