@@ -6,7 +6,10 @@ Prints markdown tables:
   2. R-FCN with 300 vs 2000 RoIs (target: growth <= 10%);
   3. the time split: backbone, RPN + proposals, PS head, post-processing (differences of
      medians of nested stages, each stage its own tf.function; under a fluctuating load a
-     small stage's difference can come out noisy, even negative).
+     small stage's difference can come out noisy, even negative), and the end-to-end time of
+     an original image of the same size through THE inference path (`rfcn_tf.inference.
+     preprocess.detect_images`: resize to the shorter side --height, pad, detect, rescale to
+     original pixels), what `rfcn_tf.load(...).predict` and the serving graph run.
 
 Random weights (nothing is downloaded); every measured function is a tf.function, warmed up
 first; medians of `--repeats` rounds, each round running every measured function once (the
@@ -30,6 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from rfcn_tf.inference.preprocess import detect_images  # noqa: E402
 from rfcn_tf.model.backbones import ResNetBackbone  # noqa: E402
 from rfcn_tf.model.detector import RFCN  # noqa: E402
 from rfcn_tf.model.sections import HeadConfig, RPNConfig  # noqa: E402
@@ -125,6 +129,10 @@ def main():
         model_2000 = build_model(depth, args.classes, 2000, args.impl)
         backbone, proposals, head, full = stage_functions(model, image_spec, shape_spec)
         full_2000 = stage_functions(model_2000, image_spec, shape_spec)[-1]
+        end_to_end = tf.function(
+            lambda x, m=model: detect_images(m.detect, [x], min_size=min(h, w),
+                                             max_size=max(h, w)),
+            input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
         t, t_min = interleaved_medians(
             {
                 "plain": run_sync(plain_fn, floats),
@@ -133,6 +141,7 @@ def main():
                 "backbone": run_sync(backbone, images),
                 "proposals": run_sync(proposals, images, shapes),
                 "head": run_sync(head, images, shapes),
+                "end_to_end": run_sync(end_to_end, images[0]),
             },
             args.repeats,
         )
@@ -149,6 +158,7 @@ def main():
                 t["head"] - t["proposals"],
                 t["full"] - t["head"],
                 t["full"],
+                t["end_to_end"],
             )
         )
 
@@ -163,8 +173,9 @@ def main():
     print("|---|---|---|---|---|")
     for name, t300, t2000, growth, growth_min in roi_rows:
         print(f"| {name} | {t300:.3f} | {t2000:.3f} | {100 * growth:+.1f}% | {100 * growth_min:+.1f}% |")
-    print("\n| backbone | backbone (dilated) | RPN + proposals | PS head | post-processing | total |")
-    print("|---|---|---|---|---|---|")
+    print("\n| backbone | backbone (dilated) | RPN + proposals | PS head | post-processing | total "
+          "| end-to-end (rfcn_tf.inference) |")
+    print("|---|---|---|---|---|---|---|")
     for name, *values in split_rows:
         print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
 
