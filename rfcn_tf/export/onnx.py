@@ -2,10 +2,12 @@
 
 What is converted: the exported SavedModel's ``serving_default`` signature, resize, padding,
 detection and normalization included, so the ONNX model has the same contract as the
-signature: input ``input_tensor`` uint8 [1, H, W, 3] (H, W dynamic), outputs
-``detection_boxes`` float32 [1, M, 4] normalized yxyx, ``detection_scores`` [1, M],
-``detection_classes`` float32 [1, M] in 1..C, ``num_detections`` float32 [1]. The encoded-image
-signature is not converted (ONNX has no image decoder; decode before calling the model).
+signature: input ``input_tensor`` uint8 [N, H, W, 3] (N, H, W dynamic; one size per batch),
+outputs those of ``rfcn_tf.export.contract`` (``detection_boxes`` float32 [N, M, 4] normalized
+yxyx, ``detection_scores`` [N, M], ``detection_classes`` float32 [N, M] in 1..C,
+``num_detections`` float32 [N], and the OD API's multiclass, anchor-index and raw outputs). The
+encoded-image signatures are not converted (ONNX has no image decoder; decode before calling
+the model).
 
 The check (``verify_onnx``) runs both on the same images and compares the detections:
 ``num_detections`` exactly, then each detection to one of the other side with the same class
@@ -21,8 +23,8 @@ and scores move by up to ~3e-4 (measured on BCCD crops, tests/export/test_deploy
 Going on to TensorRT (outside this machine)::
 
     trtexec --onnx=export/rfcn_onnx/1/model.onnx --saveEngine=rfcn_fp16.plan --fp16 \\
-        --minShapes=input_tensor:1x64x64x3 --optShapes=input_tensor:1x600x1000x3 \\
-        --maxShapes=input_tensor:1x1333x1333x3
+        --minShapes=input_tensor:1x64x64x3 --optShapes=input_tensor:4x600x1000x3 \\
+        --maxShapes=input_tensor:8x1333x1333x3
 
 (``--int8 --calib=<calibration cache>`` for INT8). The graph is data-dependent (NMS,
 top-k, gathers of a variable number of boxes): whether every node maps to a TensorRT layer
@@ -255,7 +257,8 @@ def onnx_session(onnx_path: os.PathLike, *, threads: int | None = None):
 
 
 def run_onnx(session, image: np.ndarray) -> dict[str, np.ndarray]:
-    """Runs the converted signature: uint8 [1, H, W, 3] -> outputs dict (names of OUTPUT_KEYS)."""
+    """Runs the converted signature: uint8 [N, H, W, 3] -> outputs dict (OUTPUT_KEYS and the
+    contract's other outputs)."""
     names = [o.name for o in session.get_outputs()]
     missing = set(OUTPUT_KEYS) - set(names)
     if missing:
@@ -364,8 +367,8 @@ def verify_onnx(onnx_path: os.PathLike, saved_model_dir: os.PathLike, *,
     same images and compares the detections (``compare_detections``).
 
     Args:
-      images: uint8 [1, H, W, 3] each; by default three seeded random images of different
-        sizes (random pixels still give the model's full path: proposals, NMS, padding).
+      images: uint8 [N, H, W, 3] each (a batch of one size); by default three seeded random
+        images of different sizes (random pixels still give the model's full path: proposals, NMS, padding).
       atol: tolerance on normalized boxes and on scores (module docstring: why 1e-3).
 
     Returns:
@@ -385,8 +388,12 @@ def verify_onnx(onnx_path: os.PathLike, saved_model_dir: os.PathLike, *,
     for index, image in enumerate(images):
         expected = {k: v.numpy() for k, v in function(**{INPUT_IMAGE: tf.constant(image)}).items()}
         actual = run_onnx(session, image)
-        try:
-            total = total + compare_detections(expected, actual, atol=atol)
-        except OnnxMismatchError as exc:
-            raise OnnxMismatchError(f"image {index} of shape {image.shape}: {exc}") from None
+        for row in range(np.shape(image)[0]):  # each image of a batch on its own
+            try:
+                total = total + compare_detections(
+                    {k: v[row:row + 1] for k, v in expected.items()},
+                    {k: v[row:row + 1] for k, v in actual.items()}, atol=atol)
+            except OnnxMismatchError as exc:
+                raise OnnxMismatchError(f"input {index} of shape {np.shape(image)}, image "
+                                        f"{row}: {exc}") from None
     return total

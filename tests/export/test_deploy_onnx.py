@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 from export_helpers import synthetic_image
 
+from rfcn_tf.export.contract import ALL_OUTPUT_KEYS
 from rfcn_tf.export.onnx import (
     OnnxComparison,
     OnnxConversionError,
@@ -36,10 +37,16 @@ def test_model_contract(onnx_path):
     assert inp.name == "input_tensor"
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = inp.type.tensor_type.shape.dim
-    assert dims[0].dim_value == 1 and dims[3].dim_value == 3
-    assert not dims[1].dim_value and not dims[2].dim_value  # H, W dynamic
-    assert sorted(o.name for o in model.graph.output) == sorted(
-        ["detection_boxes", "detection_scores", "detection_classes", "num_detections"])
+    assert dims[3].dim_value == 3
+    assert not any(d.dim_value for d in dims[:3])  # N, H, W dynamic
+    assert sorted(o.name for o in model.graph.output) == sorted(ALL_OUTPUT_KEYS)
+
+
+def test_batch_equals_the_savedmodel_batch(onnx_path, exported):
+    """A batch of two images of one size: each row matches the SavedModel's row."""
+    images = np.stack([synthetic_image(200, 260, seed=s) for s in (21, 22)])
+    result = verify_onnx(onnx_path, exported, images=[images], atol=1e-3)
+    assert result.detections > 0 and result.tie_swaps == 0
 
 
 def test_same_detections_without_resize_rounding(onnx_path, exported, jpeg_image):
