@@ -5,12 +5,17 @@ Usage: python engine_dist_worker.py MODE OUT_NPZ [MODEL]
         or ``multi_worker`` (TF_CONFIG set by the caller; 1 image per worker).
   MODEL: ``standin`` (default) or ``rfcn`` (the real small detector, deterministic settings).
 
+Environment (the resume test): ``STEPS`` (default 3), ``CKPT_DIR`` (a fixed checkpoint folder,
+shared by the workers; default a fresh one per process), ``CKPT_EVERY`` (default 0: only at
+the end), ``KILL_AT`` (this process kills itself with SIGKILL right after that step).
+
 Logical devices must be configured before TensorFlow initializes, hence a fresh process.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -21,7 +26,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 GLOBAL_BATCH = 2
-STEPS = 3
+STEPS = int(os.environ.get("STEPS", "3"))
 
 
 def main(mode: str, out: str, model_kind: str = "standin") -> None:
@@ -69,17 +74,22 @@ def main(mode: str, out: str, model_kind: str = "standin") -> None:
                                    weight_decay=0.01, clip_norm=float(os.environ.get("CLIP", "0.5")))
 
     logs = []
+    kill_at = int(os.environ.get("KILL_AT", "0"))
 
     class Record(Hook):
         def after_step(self, loop, step, step_logs):
             logs.append(step_logs["total_loss"])
+            if step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)  # kill -9: no cleanup, no final save
 
-    workdir = os.path.join(os.path.dirname(out), f"ckpt_{mode}_{os.getpid()}")
+    workdir = os.environ.get("CKPT_DIR") or os.path.join(os.path.dirname(out),
+                                                         f"ckpt_{mode}_{os.getpid()}")
     schemes.run_training(model=model, strategy=strategy, dataset_fn=data_fn,
                          stages=schemes.build_stages("joint", steps=STEPS),
                          optimizer_fn=optimizer_fn, checkpoint_dir=workdir,
                          num_classes=num_classes, global_batch_size=GLOBAL_BATCH,
-                         checkpoint_every=0, hooks_fn=lambda stage, total: [Record()])
+                         checkpoint_every=int(os.environ.get("CKPT_EVERY", "0")),
+                         hooks_fn=lambda stage, total: [Record()])
     weights = {f"w{i}": np.asarray(v.numpy()) for i, v in enumerate(model.trainable_weights)}
     np.savez(out, losses=np.array(logs), **weights)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -72,8 +73,8 @@ def test_mirrored_two_logical_cpus_matches_one_device(single, tmp_path):
     _assert_same(single, mirrored, "MirroredStrategy (2 logical CPUs)")
 
 
-@pytest.mark.slow
-def test_multi_worker_two_processes_match_one_device(single, tmp_path):
+def _start_workers(tmp_path, model="standin", env_of=lambda index: {}):
+    """2 local worker processes of one MultiWorkerMirroredStrategy cluster."""
     ports = [_free_port(), _free_port()]
     workers = [f"127.0.0.1:{p}" for p in ports]
     procs = []
@@ -81,16 +82,25 @@ def test_multi_worker_two_processes_match_one_device(single, tmp_path):
         tf_config = json.dumps({"cluster": {"worker": workers},
                                 "task": {"type": "worker", "index": index}})
         procs.append(subprocess.Popen(
-            [sys.executable, WORKER, "multi_worker", str(tmp_path / f"w{index}.npz")],
-            env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
+            [sys.executable, WORKER, "multi_worker", str(tmp_path / f"w{index}.npz"), model],
+            env=_env(TF_CONFIG=tf_config, **env_of(index)), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _finish(procs, timeout=300):
     for index, proc in enumerate(procs):
         try:
-            _, err = proc.communicate(timeout=300)
+            _, err = proc.communicate(timeout=timeout)
         finally:
             if proc.poll() is None:
                 proc.kill()
         assert proc.returncode == 0, f"worker {index} failed:\n{err[-4000:]}"
+
+
+@pytest.mark.slow
+def test_multi_worker_two_processes_match_one_device(single, tmp_path):
+    _finish(_start_workers(tmp_path))
     for index in range(2):
         _assert_same(single, dict(np.load(tmp_path / f"w{index}.npz")),
                      f"MultiWorkerMirroredStrategy worker {index}")
@@ -106,3 +116,51 @@ def test_real_detector_mirrored_matches_one_device(tmp_path):
     mirrored = _run("mirrored", tmp_path / "mirrored.npz", model="rfcn")
     assert len(single["losses"]) == 3 and np.all(np.isfinite(single["losses"]))
     _assert_same(single, mirrored, "MirroredStrategy, real R-FCN detector")
+
+
+@pytest.mark.slow
+def test_real_detector_multi_worker_matches_one_device_and_resumes_after_kill(tmp_path):
+    # Reference: one device, 4 steps of the real small R-FCN with global batch 2.
+    single = _run("single", tmp_path / "single.npz", model="rfcn", STEPS="4")
+    assert len(single["losses"]) == 4 and np.all(np.isfinite(single["losses"]))
+    # Uninterrupted: 2 worker processes, 1 image each, match it.
+    (tmp_path / "full").mkdir()
+    _finish(_start_workers(tmp_path / "full", model="rfcn", env_of=lambda index: {"STEPS": "4"}))
+    for index in range(2):
+        _assert_same(single, dict(np.load(tmp_path / "full" / f"w{index}.npz")),
+                     f"MultiWorkerMirroredStrategy worker {index}, real R-FCN detector")
+
+    # Interrupted: checkpoints every 2 steps in one shared folder; worker 1 is killed -9 after
+    # step 3 (worker 0 then waits in the next all-reduce and is stopped too); restarting both
+    # resumes from the chief's step-2 checkpoint and ends with the same weights.
+    shared = tmp_path / "shared_ckpt"
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    env = {"STEPS": "4", "CKPT_DIR": str(shared), "CKPT_EVERY": "2"}
+    procs = _start_workers(cut, model="rfcn",
+                           env_of=lambda index: dict(env, KILL_AT="3" if index == 1 else "0"))
+    procs[1].communicate(timeout=300)
+    assert procs[1].returncode == -signal.SIGKILL
+    try:
+        procs[0].communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        procs[0].kill()
+        procs[0].communicate()
+    assert tf_latest(shared).endswith("ckpt-2")
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    _finish(_start_workers(resumed, model="rfcn", env_of=lambda index: env))
+    for index in range(2):
+        got = dict(np.load(resumed / f"w{index}.npz"))
+        assert len(got["losses"]) == 2  # steps 3 and 4 only: resumed at 2
+        np.testing.assert_allclose(got["losses"], single["losses"][2:], atol=1e-4)
+        for key in single:
+            if key != "losses":
+                np.testing.assert_allclose(got[key], single[key], atol=1e-4,
+                                           err_msg=f"resumed worker {index}: weight {key}")
+
+
+def tf_latest(folder):
+    import tensorflow as tf
+
+    return tf.train.latest_checkpoint(str(folder)) or ""
