@@ -136,6 +136,9 @@ class DataConfig:
     coco_images: Optional[str] = None  # coco_json: image folder
     tfrecord_pattern: Optional[str] = None  # tfrecord: glob of the shard files, {split} replaced (e.g. data/bccd_tfrecord/{split}-*.tfrecord)
     label_map: Optional[str] = None  # tfrecord: the OD API label_map.pbtxt (None: label_map.pbtxt beside the shards)
+    service: Optional[str] = None  # tf.data service dispatcher "grpc://host:port": training preprocessing runs on its workers (None: in this process)
+    aspect_grouping: Optional[bool] = None  # batch training images of one height/width group together (None: on when the per-replica batch > 1)
+    aspect_ratio_boundaries: list[float] = dataclasses.field(default_factory=lambda: [1.0])  # height/width group edges: [1.0] = landscape | portrait
     train_split: str = "train"
     val_split: str = "validation"
     class_names: Optional[list[str]] = None  # None: from the source (discovered or TFDS info)

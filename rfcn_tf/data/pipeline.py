@@ -27,7 +27,11 @@ Training vs evaluation:
       photometric jitter (`data.photometric`); VOC difficult boxes are dropped unless
       `data.use_difficult` and COCO crowd boxes are always dropped from the targets (Model
       Garden's `skip_crowd_during_training`); `data.drop_empty` drops images left without a box;
-      the last incomplete batch is dropped (static B).
+      the last incomplete batch is dropped (static B). With more than one image per replica
+      batch, images are batched within their height/width group (`data.aspect_grouping`,
+      `data.aspect_ratio_boundaries`: landscape | portrait by default), so little is padded.
+    - `data.service: grpc://host:port` runs the training pipeline on tf.data service workers
+      (rfcn_tf/data/service.py); the trainers then receive distinct batches without sharding.
     - evaluation: one pass in source order; every image kept (negatives count as false
       positives) with difficult and crowd boxes flagged, not dropped; the shorter side is the
       median of `data.scales` (the lower middle for an even count: 600 for R-FCN's
@@ -38,18 +42,21 @@ Training vs evaluation:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
 import tensorflow as tf
 
+from rfcn_tf.data import service as service_lib
 from rfcn_tf.data import transforms
 from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.sources import get_source
-from rfcn_tf.data.sources.base import DatasetInfo, logger
+from rfcn_tf.data.sources.base import DatasetInfo, logger, without_python_callbacks
 from rfcn_tf.ops import boxes as box_ops
 
-__all__ = ["build_source", "build_dataset", "evaluation_scale", "steps_per_epoch", "FEATURE_KEYS"]
+__all__ = ["build_source", "build_dataset", "evaluation_scale", "steps_per_epoch", "FEATURE_KEYS",
+           "aspect_group", "group_by_aspect_ratio"]
 
 FEATURE_KEYS = ("images", "image_shapes", "original_shapes", "image_ids", "gt_boxes",
                 "gt_classes", "gt_mask", "gt_difficult", "gt_is_crowd")
@@ -125,11 +132,14 @@ def build_dataset(data_cfg, *, split: str, training: bool, batch_size: int,
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     shard, pipeline_id, num_pipelines = None, 0, 1
     per_replica = batch_size
+    # tf.data service (rfcn_tf/data/service.py): the workers split the source among them and
+    # each batch reaches one trainer, so the trainers do not shard.
+    service = data_cfg.service if training else None
     if input_context is not None:
         per_replica = input_context.get_per_replica_batch_size(batch_size)
-        num_pipelines = input_context.num_input_pipelines
-        pipeline_id = input_context.input_pipeline_id
-        if num_pipelines > 1:
+        if input_context.num_input_pipelines > 1 and not service:
+            num_pipelines = input_context.num_input_pipelines
+            pipeline_id = input_context.input_pipeline_id
             shard = (num_pipelines, pipeline_id)
     scales = [int(s) for s in data_cfg.scales]
     if not scales or min(scales) < 1:
@@ -138,8 +148,11 @@ def build_dataset(data_cfg, *, split: str, training: bool, batch_size: int,
         raise DataError(f"data.max_boxes must be >= 1, got {data_cfg.max_boxes}")
 
     use_cache = bool(data_cfg.cache)
-    dataset, info = build_source(data_cfg, split=split, shuffle=training and not use_cache,
-                                 seed=data_cfg.seed, shard=shard)
+    if service:
+        service_lib.parse_address(service)  # a bad address fails before any work
+    with without_python_callbacks() if service else contextlib.nullcontext():
+        dataset, info = build_source(data_cfg, split=split, shuffle=training and not use_cache,
+                                     seed=data_cfg.seed, shard=shard)
     max_boxes, fixed_rows = _ground_truth_rows(data_cfg, info, split)
     endless = int(dataset.cardinality()) == tf.data.INFINITE_CARDINALITY
     if use_cache and endless:
@@ -165,15 +178,62 @@ def build_dataset(data_cfg, *, split: str, training: bool, batch_size: int,
         use_difficult=bool(data_cfg.use_difficult), seed=int(data_cfg.seed),
         pipeline_id=pipeline_id, num_pipelines=num_pipelines)
     dataset = dataset.enumerate().map(prepare, num_parallel_calls=data_cfg.num_parallel_calls)
-    dataset = dataset.padded_batch(per_replica, drop_remainder=training,
-                                   padding_values=_padding_values(dataset.element_spec))
+    padding = _padding_values(dataset.element_spec)
+    grouping = data_cfg.aspect_grouping
+    if grouping is None:
+        grouping = per_replica > 1
+    if training and grouping:
+        dataset = group_by_aspect_ratio(dataset, per_replica, data_cfg.aspect_ratio_boundaries,
+                                        padding_values=padding)
+    else:
+        dataset = dataset.padded_batch(per_replica, drop_remainder=training,
+                                       padding_values=padding)
     dataset = dataset.map(
         lambda f: dict(f, images=transforms.pad_to_multiple(f["images"], _PAD_MULTIPLE)),
         num_parallel_calls=data_cfg.num_parallel_calls)
+    if service:
+        dataset = service_lib.distribute(dataset, address=service, job=service_lib.job_name(
+            data_cfg, split=split, per_replica_batch=per_replica))
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = bool(data_cfg.deterministic)
     return dataset.with_options(options)
+
+
+def aspect_group(image_shapes: tf.Tensor, boundaries) -> tf.Tensor:
+    """int64 []: the group of an image of (height, width) `image_shapes` among the height/width
+    ratio intervals the sorted `boundaries` cut: 0 below boundaries[0], ..., len(boundaries)
+    at or above the last (with [1.0]: 0 landscape, 1 square or portrait)."""
+    hw = tf.cast(image_shapes, tf.float32)
+    ratio = hw[0] / tf.maximum(hw[1], 1.0)
+    edges = tf.constant(sorted(float(b) for b in boundaries), tf.float32)
+    return tf.reduce_sum(tf.cast(ratio >= edges, tf.int64))
+
+
+def group_by_aspect_ratio(dataset: tf.data.Dataset, batch_size: int, boundaries, *,
+                          padding_values) -> tf.data.Dataset:
+    """Full batches of images from ONE height/width group each (less padding per batch).
+
+    As Deformable-ConvNets' ASPECT_GROUPING and detectron2's AspectRatioGroupedDataset: each
+    group collects images until it has `batch_size`, then emits them as one padded batch, so a
+    landscape and a portrait image are never padded to their common bounding box. Training
+    only (an endless stream; a group's incomplete batch is dropped at the end of a finite one).
+
+    Args:
+      dataset: unbatched features with `image_shapes` (int32 [2], after resizing).
+      batch_size: images per batch (per replica).
+      boundaries: height/width ratios between the groups (`aspect_group`).
+      padding_values: `padded_batch` padding values for the feature dict.
+    """
+    boundaries = [float(b) for b in boundaries]
+    if any(not b > 0 for b in boundaries):
+        raise DataError(f"data.aspect_ratio_boundaries must be positive height/width ratios, "
+                        f"got {boundaries}")
+    return dataset.group_by_window(
+        key_func=lambda f: aspect_group(f["image_shapes"], boundaries),
+        reduce_func=lambda _, window: window.padded_batch(
+            batch_size, drop_remainder=True, padding_values=padding_values),
+        window_size=batch_size)
 
 
 def _ground_truth_rows(data_cfg, info: DatasetInfo, split: str) -> tuple[int, bool]:

@@ -116,8 +116,10 @@ class TrainingFeatures:
         replicas = strategy.num_replicas_in_sync
         try:
             check_distribution(strategy, early_stop_patience=tcfg.early_stop_patience)
-            self.data_resume = choose_data_resume(tcfg.data_resume, cached=bool(cfg.data.cache),
-                                                  strategy=strategy)
+            # A tf.data service iterator cannot be saved either (TF: SaveInternal unsupported).
+            self.data_resume = choose_data_resume(
+                tcfg.data_resume, cached=bool(cfg.data.cache or cfg.data.service),
+                strategy=strategy)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if tcfg.sync_batchnorm:

@@ -22,6 +22,7 @@ example and reports the counts in ONE warning at the end of each pass (`skip_cor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from typing import Callable, Optional, Sequence
@@ -40,6 +41,7 @@ __all__ = [
     "read_image_or_flag",
     "clip_and_filter_boxes",
     "finalize_examples",
+    "without_python_callbacks",
     "example_spec",
     "records_dataset",
     "file_examples",
@@ -186,8 +188,23 @@ def _empty_like(spec):
     return tf.zeros(shape, spec.dtype)
 
 
+# False inside `without_python_callbacks()`: what `finalize_examples(report=None)` does.
+_REPORT_DEFAULT = [True]
+
+
+@contextlib.contextmanager
+def without_python_callbacks():
+    """Sources built inside skip the end-of-pass warning (a tf.py_function): tf.data service
+    workers in other processes run the dataset's graph and cannot call back into this one."""
+    _REPORT_DEFAULT.append(False)
+    try:
+        yield
+    finally:
+        _REPORT_DEFAULT.pop()
+
+
 def finalize_examples(dataset: tf.data.Dataset, *, skip_corrupt: bool, description: str,
-                      report: bool = True) -> tf.data.Dataset:
+                      report: Optional[bool] = None) -> tf.data.Dataset:
     """Applies the corrupt-image policy, reports per-pass counts, strips internal keys.
 
     Args:
@@ -199,11 +216,13 @@ def finalize_examples(dataset: tf.data.Dataset, *, skip_corrupt: bool, descripti
       description: names the source in messages (e.g. "voc /data/VOC2007 split 'train'").
       report: append the end-of-pass sentinel and log ONE warning per pass with the number of
         skipped images and of their boxes (quoting up to 5 file names), and of boxes dropped
-        in tf.data from the images kept.
+        in tf.data from the images kept. None: True, except inside `without_python_callbacks()`.
 
     Returns:
       The dataset of example dicts (EXAMPLE_KEYS only).
     """
+    if report is None:
+        report = _REPORT_DEFAULT[-1]
     if not skip_corrupt:
         def check(ex):
             assertion = tf.debugging.Assert(ex["_ok"], [
