@@ -180,12 +180,31 @@ class CheckpointBackend:
         self.size_multiple = int(cfg.model.backbone.feature_stride)
 
     def detect(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """Detections of original uint8 [H, W, 3] images, one batched model call."""
-        from rfcn_tf.inference.preprocess import detect_images
+        """Detections of original uint8 [H, W, 3] images.
 
-        out = detect_images(self.model.detect, images, min_size=self.min_size,
-                            max_size=self.max_size, size_multiple=self.size_multiple)
-        return _split(out)
+        Images whose padded size is the same share one model call; others are separate calls,
+        because a larger zero padding changes the RPN's proposals near the border (anchors
+        over the padding are clipped to the image), so an image gets the detections it gets
+        alone (and through the SavedModel, which takes one image per call).
+        """
+        from rfcn_tf.inference.preprocess import boxes_to_original, pad_batch, preprocess
+
+        prepared = [preprocess(image, min_size=self.min_size, max_size=self.max_size,
+                               size_multiple=self.size_multiple) for image in images]
+        groups: dict[tuple, list[int]] = {}
+        for i, (padded, _) in enumerate(prepared):
+            groups.setdefault(tuple(padded.shape.as_list()), []).append(i)
+        results: list[dict[str, np.ndarray]] = [{} for _ in images]
+        for members in groups.values():
+            batch, shapes = pad_batch([prepared[i][0] for i in members],
+                                      size_multiple=self.size_multiple,
+                                      image_shapes=[prepared[i][1] for i in members])
+            out = dict(self.model.detect(batch, shapes))
+            original = [np.asarray(images[i]).shape[:2] for i in members]
+            out["detection_boxes"] = boxes_to_original(out["detection_boxes"], shapes, original)
+            for i, det in zip(members, _split(out)):
+                results[i] = det
+        return results
 
 
 def _split(out) -> list[dict[str, np.ndarray]]:

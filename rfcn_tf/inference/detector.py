@@ -146,8 +146,8 @@ class Detector:
         Args:
             images: one image (a path, encoded bytes, a uint8 [H, W, 3] NumPy array, a PIL
                 image) or a list of them (any sizes).
-            batch_size: images per model call (the checkpoint backend pads a batch to one
-                size; the SavedModel's signature takes one image per call).
+            batch_size: images read and detected per step (the checkpoint backend runs the
+                images of one padded size together; the SavedModel takes one per call).
             score_threshold: keep detections scoring at least this (None: the detector's
                 `score_threshold`).
             box_format: "xyxy" (default), "yxyx" or "xywh", pixels of the original image.
