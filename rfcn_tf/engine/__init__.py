@@ -10,4 +10,9 @@
   checkpoints, TensorBoard scalars and images, progress bar, log lines.
 - ``schemes.build_stages(scheme, ...)``, ``schemes.run_training(...)``: joint or 4-step
   alternating training, resumable from ``checkpoints`` (``checkpoints.restore_model_weights``).
+- ``features.resolve_schedule(cfg)`` (schedules in epochs, ``epochs.py``) and
+  ``features.TrainingFeatures``: what a run assembles from the ``train.*`` options --
+  validation during training with the best checkpoint and early stop (``validation.py``,
+  ``best_checkpoint.py``: ``checkpoints/best/`` + ``best.json``), weight EMA (``ema.py``),
+  synchronized BatchNorm (``sync_batchnorm.py``), exact data resume (``data_resume.py``).
 """

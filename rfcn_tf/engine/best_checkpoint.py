@@ -24,7 +24,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import tensorflow as tf
 
@@ -67,7 +68,7 @@ def metric_value(metrics: Mapping[str, Any], name: str) -> float:
     return float(values[key])
 
 
-def read_best_record(work_dir: str) -> Optional[dict]:
+def read_best_record(work_dir: str) -> dict | None:
     """The run's ``best.json`` (None when there is none or it cannot be parsed)."""
     path = os.path.join(work_dir, BEST_RECORD)
     if not tf.io.gfile.exists(path):
@@ -80,7 +81,7 @@ def read_best_record(work_dir: str) -> Optional[dict]:
     return record if isinstance(record, dict) else None
 
 
-def find_best_checkpoint(work_dir: str) -> Optional[str]:
+def find_best_checkpoint(work_dir: str) -> str | None:
     """The best checkpoint's prefix of a run folder, or None when the run kept none.
 
     ``rfcn_tf.load(run_dir)``, export and the end-of-training evaluation use it when it exists.
@@ -107,7 +108,7 @@ class BestCheckpoint:
       min_delta: an improvement must exceed the best by more than this.
     """
 
-    def __init__(self, work_dir: str, *, model=None, num_classes: Optional[int] = None,
+    def __init__(self, work_dir: str, *, model=None, num_classes: int | None = None,
                  metric: str = "coco/AP50", patience: int = 0, min_delta: float = 0.0):
         check_metric_name(metric)
         if patience < 0:
@@ -117,8 +118,8 @@ class BestCheckpoint:
         self.patience = int(patience)
         self.min_delta = float(min_delta)
         self.history: list[dict] = []
-        self.best_step: Optional[int] = None
-        self.best_value: Optional[float] = None
+        self.best_step: int | None = None
+        self.best_value: float | None = None
         self.manager = None
         self._step_var = None
         if model is not None:
@@ -163,7 +164,7 @@ class BestCheckpoint:
         self._write()
         return improved
 
-    def checkpoint_path(self) -> Optional[str]:
+    def checkpoint_path(self) -> str | None:
         if self.manager is None or self.best_step is None:
             return None
         return os.path.join("checkpoints", BEST_DIR, f"ckpt-{self.best_step}")
@@ -196,5 +197,5 @@ def _float(value) -> float:
     return math.nan if value is None else float(value)
 
 
-def _json_float(value: Optional[float]) -> Optional[float]:
+def _json_float(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)

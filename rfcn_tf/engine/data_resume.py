@@ -24,7 +24,7 @@ order vary slightly between runs anyway).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 

@@ -20,7 +20,7 @@ keeps them (after training). The shadows and the update count are a ``tf.Module`
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import keras
 import tensorflow as tf

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
 
 __all__ = ["epoch_steps", "resolve_epochs", "steps_per_epoch", "uses_epochs"]
 
@@ -59,7 +58,7 @@ def epoch_steps(epochs: float, num_images: int, global_batch_size: int, *,
     return max(1, math.ceil(exact))
 
 
-def resolve_epochs(cfg, num_train_images: Optional[int]):
+def resolve_epochs(cfg, num_train_images: int | None):
     """``cfg`` with ``train.steps`` (and warmup, lr boundaries, eval interval) from epochs.
 
     Args:

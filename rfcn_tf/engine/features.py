@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -47,7 +47,7 @@ __all__ = ["TrainingFeatures", "resolve_schedule"]
 logger = logging.getLogger("rfcn_tf.train")
 
 
-def resolve_schedule(cfg, *, num_train_images: Optional[int] = None):
+def resolve_schedule(cfg, *, num_train_images: int | None = None):
     """``cfg`` with its epoch-stated schedule turned into steps (``epochs.resolve_epochs``).
 
     Args:
@@ -99,7 +99,7 @@ class TrainingFeatures:
     """
 
     def __init__(self, cfg, *, model, strategy: tf.distribute.Strategy,
-                 class_names: Sequence[str], writer=None, work_dir: Optional[str] = None):
+                 class_names: Sequence[str], writer=None, work_dir: str | None = None):
         from rfcn_tf.config import ConfigError
         from rfcn_tf.engine.ema import WeightEMA
         from rfcn_tf.engine.strategy import is_chief
@@ -129,8 +129,8 @@ class TrainingFeatures:
         if tcfg.ema_decay is not None:
             with strategy.scope():
                 self.ema = WeightEMA(model, tcfg.ema_decay)
-        self.best: Optional[BestCheckpoint] = None
-        self._hook: Optional[ValidationHook] = None
+        self.best: BestCheckpoint | None = None
+        self._hook: ValidationHook | None = None
         if tcfg.eval_every and self.chief:
             self.best = BestCheckpoint(self.work_dir, model=model, num_classes=len(class_names),
                                        metric=tcfg.best_metric,
@@ -195,7 +195,7 @@ class TrainingFeatures:
         return {"weights": "last", "best": None}
 
     @staticmethod
-    def summary_line(final: dict) -> Optional[str]:
+    def summary_line(final: dict) -> str | None:
         """``best checkpoint: step S, coco/AP50 0.9123 on validation (path)``, or None."""
         record = (final or {}).get("best")
         if not record:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
@@ -39,16 +39,16 @@ class Hook:
     ``images_per_sec`` (global batch / step_time) and ``global_batch_size``.
     """
 
-    def on_train_begin(self, loop: "TrainLoop") -> None:
+    def on_train_begin(self, loop: TrainLoop) -> None:
         """Before the first step of this loop (``loop.start_step`` steps already done)."""
 
-    def after_step(self, loop: "TrainLoop", step: int, logs: Mapping[str, float]) -> None:
+    def after_step(self, loop: TrainLoop, step: int, logs: Mapping[str, float]) -> None:
         """After step ``step`` (1-based, global) completed with finite losses."""
 
-    def on_train_end(self, loop: "TrainLoop", logs: Mapping[str, float]) -> None:
+    def on_train_end(self, loop: TrainLoop, logs: Mapping[str, float]) -> None:
         """After the last step of the loop, when it ended normally."""
 
-    def on_train_failed(self, loop: "TrainLoop", error: BaseException) -> None:
+    def on_train_failed(self, loop: TrainLoop, error: BaseException) -> None:
         """When a step or a hook raised; nothing must be saved from the current weights."""
 
 
@@ -70,9 +70,9 @@ class TrainLoop:
 
     def __init__(self, *, step_fn: Callable[[object], Mapping[str, tf.Tensor]], iterator,
                  step_counter: tf.Variable, end_step: int, global_batch_size: int,
-                 learning_rate_fn: Optional[Callable[[], float]] = None,
+                 learning_rate_fn: Callable[[], float] | None = None,
                  hooks: Sequence[Hook] = (), name: str = "train",
-                 checkpoint_dir: Optional[str] = None):
+                 checkpoint_dir: str | None = None):
         if global_batch_size < 1:
             raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
         self.step_fn = step_fn
@@ -86,7 +86,7 @@ class TrainLoop:
         self.checkpoint_dir = checkpoint_dir
         self.start_step = int(step_counter.numpy())
         self.last_logs: dict[str, float] = {}
-        self.stop_reason: Optional[str] = None
+        self.stop_reason: str | None = None
 
     def request_stop(self, reason: str) -> None:
         """Ends the loop after the current hook round (early stop); ``on_train_end`` still runs.

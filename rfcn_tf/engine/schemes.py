@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from typing import Callable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import keras
 import tensorflow as tf
@@ -224,11 +224,11 @@ class TrainResult:
     step: int
     total_steps: int
     last_logs: dict
-    checkpoint: Optional[str]
-    resumed_from: Optional[str]
+    checkpoint: str | None
+    resumed_from: str | None
     stages_run: list
-    stop_reason: Optional[str] = None
-    data_resume: Optional[str] = None
+    stop_reason: str | None = None
+    data_resume: str | None = None
 
 
 def _propose(proposal_model: keras.Model, features: dict) -> dict:
@@ -258,9 +258,9 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
                  optimizer_fn: Callable[[Sequence[keras.Variable], int], keras.optimizers.Optimizer],
                  checkpoint_dir: str, num_classes: int, global_batch_size: int,
                  checkpoint_every: int, keep_checkpoints: int = 3,
-                 hooks_fn: Optional[Callable[[Stage, int], Sequence[Hook]]] = None,
-                 init_checkpoint: Optional[str] = None,
-                 proposal_model_fn: Optional[Callable[[], keras.Model]] = None,
+                 hooks_fn: Callable[[Stage, int], Sequence[Hook]] | None = None,
+                 init_checkpoint: str | None = None,
+                 proposal_model_fn: Callable[[], keras.Model] | None = None,
                  ema=None, data_resume: str = "iterator") -> TrainResult:
     """Runs (or resumes) the scheme's stages, checkpointing as it goes.
 
@@ -357,8 +357,9 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
         if resume_by == "iterator" and not checkpoint_has_iterator(latest):
             resume_by = "skip"  # written without the iterator (another mode or an older run)
         if resume_by != "iterator":
-            logger.info("input stream resumed by %s", "skipping the %d steps already trained"
-                        % start_step if resume_by == "skip" else "starting afresh (none)")
+            logger.info("input stream resumed by %s",
+                        f"skipping the {start_step} steps already trained"
+                        if resume_by == "skip" else "starting afresh (none)")
     if resume_by == "skip":
         dataset_fn = skipping_dataset_fn(dataset_fn, start_step)
     if start_step == 0 and any(stage.reset_backbone for stage in stages):
@@ -433,7 +434,8 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
                                        include=stage.include, prepare_features=prepare_features)
             loop = TrainLoop(step_fn=step_fn, iterator=iterator, step_counter=step_var,
                              end_step=ends[index], global_batch_size=global_batch_size,
-                             learning_rate_fn=lambda: float(schedule_owner.learning_rate),
+                             learning_rate_fn=lambda owner=schedule_owner: float(
+                                 owner.learning_rate),
                              hooks=hooks, name=stage.name, checkpoint_dir=checkpoint_dir)
             logger.info("stage %d/%d '%s': steps %d..%d, losses %s, training %s",
                         index + 1, len(stages), stage.name, int(step_var.numpy()) + 1, ends[index],

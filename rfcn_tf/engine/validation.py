@@ -25,7 +25,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -59,9 +60,9 @@ _SCALARS = {
 
 
 def dataset_evaluate_fn(detect_fn: Callable, dataset_fn: Callable[[], Any], *,
-                        class_names, category_ids=None, num_images: Optional[int] = None,
-                        max_images: Optional[int] = None,
-                        score_threshold: Optional[float] = None) -> Callable[[int], dict]:
+                        class_names, category_ids=None, num_images: int | None = None,
+                        max_images: int | None = None,
+                        score_threshold: float | None = None) -> Callable[[int], dict]:
     """``evaluate_fn(step) -> metrics`` over one pass of ``dataset_fn()`` (no files written).
 
     Args:
@@ -98,7 +99,7 @@ class ValidationHook(Hook):
 
     def __init__(self, evaluate_fn: Callable[[int], Mapping], *, every: int,
                  best: BestCheckpoint, writer=None, ema=None,
-                 log: Optional[logging.Logger] = None):
+                 log: logging.Logger | None = None):
         if every < 1:
             raise ValueError(f"validation interval must be >= 1 step, got {every}")
         self.evaluate_fn = evaluate_fn
@@ -107,7 +108,7 @@ class ValidationHook(Hook):
         self.writer = writer
         self.ema = ema
         self.log = log or logger
-        self.last_validated: Optional[int] = None
+        self.last_validated: int | None = None
         self.seconds = 0.0  # time spent validating in this process
         self.count = 0
 
@@ -169,7 +170,7 @@ class ValidationHook(Hook):
             self.validate(loop, loop.step)
 
 
-def use_best_weights(model: keras.Model, work_dir: str, *, num_classes: int) -> Optional[dict]:
+def use_best_weights(model: keras.Model, work_dir: str, *, num_classes: int) -> dict | None:
     """Loads the run's best checkpoint into ``model``; returns its record, or None if none.
 
     The record: ``{"metric", "step", "value", "checkpoint", "history"}`` (``best.json``) with

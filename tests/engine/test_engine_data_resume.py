@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from engine_standin import IMAGE_SIZE, TinyDetector
+
 from rfcn_tf.config import load_config
 from rfcn_tf.data.pipeline import build_dataset
 from rfcn_tf.engine import schemes

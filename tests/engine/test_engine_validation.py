@@ -14,8 +14,8 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from engine_standin import TinyDetector, dataset_fn
+
 from rfcn_tf.engine import schemes
 from rfcn_tf.engine.best_checkpoint import BestCheckpoint, find_best_checkpoint, metric_value
 from rfcn_tf.engine.checkpoints import read_checkpoint_meta, restore_model_weights
@@ -72,12 +72,12 @@ def test_best_checkpoint_and_early_stop_follow_the_metric_sequence(tmp_path):
               20: 0.9}
     model = TinyDetector()
     validation = StandInValidation(model, values)
-    result, best = _train(tmp_path, model, validation, steps=20, every=2, patience=3)
+    result, _ = _train(tmp_path, model, validation, steps=20, every=2, patience=3)
 
     assert validation.calls == [2, 4, 6, 8, 10, 12]
     assert result.step == 12 and result.total_steps == 20
     assert result.stop_reason and "3 validations without improvement" in result.stop_reason
-    record = json.load(open(tmp_path / "best.json"))
+    record = json.loads((tmp_path / "best.json").read_text())
     assert record["metric"] == "coco/AP50" and record["step"] == 6 and record["value"] == 0.5
     assert record["checkpoint"] == os.path.join("checkpoints", "best", "ckpt-6")
     assert [h["step"] for h in record["history"]] == [2, 4, 6, 8, 10, 12]
