@@ -59,6 +59,7 @@ def test_bccd_round_trip_four_shards_same_boxes_and_statistics(tmp_path):
     source, info = build_source(cfg, split="val")
     converted, tinfo = build_source(tcfg, split="val")
     assert tinfo.class_names == info.class_names and tinfo.num_examples == 87
+    assert tinfo.max_boxes_per_image == info.max_boxes_per_image == summary["max_boxes_per_image"]
     original, read_back = _by_id(source), _by_id(converted)
     _assert_same_examples(original, read_back)
     assert collect_statistics(source, info.class_names, progress=False) == collect_statistics(

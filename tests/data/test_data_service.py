@@ -16,8 +16,8 @@ import sys
 import time
 
 import pytest
-
 from data_fixtures import data_config
+
 from rfcn_tf.data import service
 from rfcn_tf.data.convert import convert_split
 from rfcn_tf.data.errors import DataError

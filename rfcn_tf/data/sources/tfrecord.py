@@ -33,8 +33,9 @@ shard the dataset keeps TF's AUTO policy, which applies the same rule when a str
 distributes it. Training reshuffles the file order every pass and the serialized records in a
 `shuffle_buffer`.
 
-The split's size comes from the converter's `<split>-summary.json` beside the shards when its
-file list matches; otherwise it is unknown (None) and nothing counts the records.
+The split's size and its most boxes per image come from the converter's `<split>-summary.json`
+beside the shards when its file list matches; otherwise they are unknown (None) and nothing
+counts the records (ground truth is then padded per batch).
 
 Bad data fails with an error naming the shard file and the record's index in it (DataError at
 build time for a missing pattern or label map; inside tf.data an InvalidArgumentError whose
@@ -146,19 +147,18 @@ def _file_size(path: str) -> int:
     return int(tf.io.gfile.stat(path).length)
 
 
-def _known_size(files: Sequence[str], split: str) -> int | None:
-    """num_examples from the converter's summary when it describes exactly these files."""
+def _summary(files: Sequence[str], split: str) -> dict:
+    """The converter's summary when it describes exactly these files, else {}."""
     folder = os.path.dirname(files[0])
-    path = summary_path(folder, split)
     try:
-        summary = json.loads(Path(path).read_text())
+        summary = json.loads(Path(summary_path(folder, split)).read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    if not isinstance(summary, dict) or any(os.path.dirname(f) != folder for f in files):
+        return {}
     if sorted(summary.get("files", [])) != sorted(os.path.basename(f) for f in files):
-        return None
-    if any(os.path.dirname(f) != folder for f in files):
-        return None
-    return int(summary["num_examples"])
+        return {}
+    return summary
 
 
 def _feature_spec():
@@ -259,7 +259,8 @@ def tfrecord_source(files: Sequence[str], *, class_items: Sequence[label_map_lib
                     split: str = "", skip_corrupt: bool = False, shuffle: bool = False,
                     seed: int = 0, shard: tuple[int, int] | None = None,
                     shuffle_buffer: int = 256, num_parallel_calls: int = tf.data.AUTOTUNE,
-                    num_examples: int | None = None):
+                    num_examples: int | None = None,
+                    max_boxes_per_image: int | None = None):
     """Examples (base module's dict) of OD API tf.train.Examples in `files`.
 
     Args:
@@ -272,7 +273,8 @@ def tfrecord_source(files: Sequence[str], *, class_items: Sequence[label_map_lib
       shuffle, seed: reshuffle the file order every pass and records in a `shuffle_buffer`.
       shard: (num_shards, index): by file when len(files) >= num_shards, else by record.
       num_parallel_calls: parallelism of the parse/decode map and of the file interleave.
-      num_examples: the split's size when known (DatasetInfo).
+      num_examples, max_boxes_per_image: the split's size and most boxes in one image, when
+        known (DatasetInfo; the converter's summary has them).
 
     Returns:
       (dataset of example dicts, one pass; DatasetInfo).
@@ -377,7 +379,7 @@ def tfrecord_source(files: Sequence[str], *, class_items: Sequence[label_map_lib
     dataset = records.map(load, num_parallel_calls=num_parallel_calls)
     dataset = finalize_examples(dataset, skip_corrupt=skip_corrupt, description=description)
     info = DatasetInfo(class_names=label_map_lib.class_names_of(items),
-                       num_examples=num_examples)
+                       num_examples=num_examples, max_boxes_per_image=max_boxes_per_image)
     return dataset, info
 
 
@@ -405,6 +407,7 @@ def from_config(data_cfg, *, split: str, shuffle: bool = False, seed: int = 0,
     label map is what defines the ids of the files.
     """
     files = resolve_files(data_cfg.tfrecord_pattern, split)
+    summary = _summary(files, split)
     label_map_path = _resolve_label_map(data_cfg.label_map, files)
     items = label_map_lib.read_label_map(label_map_path)
     names = label_map_lib.class_names_of(items)
@@ -415,5 +418,6 @@ def from_config(data_cfg, *, split: str, shuffle: bool = False, seed: int = 0,
                            skip_corrupt=data_cfg.skip_corrupt, shuffle=shuffle, seed=seed,
                            shard=shard, shuffle_buffer=data_cfg.shuffle_buffer,
                            num_parallel_calls=data_cfg.num_parallel_calls,
-                           num_examples=_known_size(files, split))
+                           num_examples=summary.get("num_examples"),
+                           max_boxes_per_image=summary.get("max_boxes_per_image"))
 
