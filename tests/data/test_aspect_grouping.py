@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from data_fixtures import data_config, make_voc
+
 from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.pipeline import aspect_group, build_dataset
 
