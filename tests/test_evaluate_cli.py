@@ -250,3 +250,28 @@ def test_saved_model_source_matches_known_detections(run, capsys):
     code = evaluate_cli.main(["--config", run["config"], "--saved-model",
                               str(run["root"] / "export")])
     assert code == 1 and "no SavedModel there" in capsys.readouterr().err
+
+
+def test_truncated_checkpoint_names_the_file_and_other_architecture_ends_on_the_error(run,
+                                                                                     tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken" / "checkpoints"
+    shutil.copytree(os.path.join(run["work_dir"], "checkpoints"), broken)
+    data = next(p for p in broken.iterdir() if ".data-" in p.name)
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    base = [sys.executable, "-m", "rfcn_tf.evaluate", "--config", run["config"], "--out",
+            str(tmp_path / "out"), "--max-images", "1", "--no-progress"]
+    proc = subprocess.run(base + ["--checkpoint", str(broken)], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot read checkpoint") and str(data) in last, last
+    # a checkpoint of another architecture: TF's ~60 restore warnings stay silent
+    proc = subprocess.run(base + ["--checkpoint", run["prefix"], "--set", "model.head.channels=24"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "does not fit this model" in lines[-1], lines[-5:]
+    assert not any("Value in checkpoint could not be found" in line for line in lines)
