@@ -78,11 +78,15 @@ def set_args(overrides: list[str]) -> list[str]:
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under root (to assert inputs are untouched)."""
+    """{relative path: sha256} of every file under root (to assert inputs are untouched); a
+    symbolic link records its target instead."""
     out = {}
     for folder, _, files in os.walk(root):
         for name in files:
             full = os.path.join(folder, name)
+            if os.path.islink(full):
+                out[os.path.relpath(full, root)] = "-> " + os.readlink(full)
+                continue
             with open(full, "rb") as f:
                 out[os.path.relpath(full, root)] = hashlib.sha256(f.read()).hexdigest()
     return out
