@@ -200,3 +200,34 @@ def test_alternating_scheme_end_to_end_and_losses_fall(tmp_path):
     assert tf.train.latest_checkpoint(str(run)).endswith("ckpt-160")
     reader = tf.train.load_checkpoint(str(run / "ckpt-160"))
     assert int(reader.get_tensor("stage/.ATTRIBUTES/VARIABLE_VALUE")) == 3
+
+
+def test_a_second_run_on_a_locked_work_dir_refuses_naming_the_first(tmp_path):
+    import json
+    import socket
+
+    work = tmp_path / "run"
+    work.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (work / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                "started": "earlier", "command": "first run"}))
+        out = _train(tmp_path, "--set", "train.steps=5", timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert f"is in use by process {holder.pid} on {socket.gethostname()}" in last, last
+    assert not (work / "config.yaml").exists()  # nothing written by the refused run
+
+
+def test_end_of_training_export_goes_under_the_work_dir_by_default():
+    from rfcn_tf.config import load_config
+    from rfcn_tf.training import export_dir_for
+
+    cfg = load_config("shapes_tiny", ["train.work_dir=runs/x"])
+    assert export_dir_for(cfg) == os.path.abspath(os.path.join("runs/x", "export"))
+    assert export_dir_for(cfg, "elsewhere") == os.path.abspath("elsewhere")
+    cfg = load_config("shapes_tiny", ["train.work_dir=runs/x", "export.out_dir=served"])
+    assert export_dir_for(cfg) == os.path.abspath("served")
