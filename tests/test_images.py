@@ -152,3 +152,19 @@ def test_voc_image_matching_neither_orientation_is_an_error_naming_it(tmp_path):
     dataset, _ = voc_source(tmp_path / "voc", split="train", class_names=["thing"])
     with pytest.raises(tf.errors.InvalidArgumentError, match="(?s)DataError: image file.*odd.jpg"):
         list(dataset)
+
+
+def test_expand_inputs_reports_dangling_links_instead_of_skipping_them(tmp_path):
+    from rfcn_tf.inference.inputs import expand_inputs
+
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"")
+    (folder / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (tmp_path / "named.jpg").symlink_to(tmp_path / "also_deleted.jpg")
+    paths, failed = expand_inputs([str(folder), str(tmp_path / "named.jpg")])
+    assert paths == [str(folder / "a.png"), str(folder / "gone.jpg")]  # reading reports it
+    assert failed == [{"file": str(tmp_path / "named.jpg"),
+                       "error": f"dangling symbolic link to {tmp_path / 'also_deleted.jpg'}"}]
+    with pytest.raises(InputError, match="gone.jpg: dangling symbolic link"):
+        read_image(paths[1])
