@@ -170,6 +170,10 @@ class DataConfig:
         _require(where, "num_parallel_calls", self.num_parallel_calls,
                  self.num_parallel_calls == -1 or self.num_parallel_calls >= 1,
                  "-1 (autotune) or >= 1")
+        _require(where, "aspect_ratio_boundaries", self.aspect_ratio_boundaries,
+                 all(_finite(b) and b > 0 for b in self.aspect_ratio_boundaries)
+                 and list(self.aspect_ratio_boundaries) == sorted(set(
+                     self.aspect_ratio_boundaries)), "increasing height/width ratios > 0")
         self.shapes.validate(f"{where}.shapes")
 
 
@@ -264,6 +268,26 @@ class TrainConfig:
         _require(where, "work_dir", self.work_dir, bool(self.work_dir), "a folder")
         _require(where, "num_summary_images", self.num_summary_images,
                  self.num_summary_images >= 0, ">= 0")
+        for name in ("epochs", "eval_every_epochs"):
+            value = getattr(self, name)
+            if value is not None:
+                _require(where, name, value, _finite(value) and value > 0, "> 0 or null")
+        if self.warmup_epochs is not None:
+            _require(where, "warmup_epochs", self.warmup_epochs,
+                     _finite(self.warmup_epochs) and self.warmup_epochs >= 0, ">= 0 or null")
+        _require(where, "lr_epochs", self.lr_epochs,
+                 all(_finite(e) and e > 0 for e in self.lr_epochs)
+                 and list(self.lr_epochs) == sorted(set(self.lr_epochs)),
+                 "increasing epoch numbers > 0")
+        _require(where, "eval_every", self.eval_every, self.eval_every >= 0, ">= 0 (0: off)")
+        _require(where, "early_stop_patience", self.early_stop_patience,
+                 self.early_stop_patience >= 0, ">= 0 (0: off)")
+        if self.ema_decay is not None:
+            _require(where, "ema_decay", self.ema_decay, 0.0 < self.ema_decay < 1.0,
+                     "in (0, 1) or null (off)")
+        _require(where, "data_resume", self.data_resume,
+                 self.data_resume in ("auto", "iterator", "skip", "none"),
+                 "one of auto, iterator, skip, none")
         for name in ("epochs", "warmup_epochs", "eval_every_epochs"):
             value = getattr(self, name)
             if value is not None:

@@ -18,7 +18,10 @@ BAD_VALUES = [
     ("train.warmup_factor=0", "train.warmup_factor must be in (0, 1], got 0.0"),
     ("train.keep_checkpoints=0", "train.keep_checkpoints must be >= 1, got 0"),
     ("train.clip_norm=-1", "train.clip_norm must be > 0 or null (off), got -1.0"),
+    ("train.epochs=0", "train.epochs must be > 0 or null, got 0.0"),
+    ("train.ema_decay=1", "train.ema_decay must be in (0, 1) or null (off), got 1.0"),
     ("data.max_boxes=0", "data.max_boxes must be >= 1, got 0"),
+    ("data.aspect_ratio_boundaries=[2,1]", "data.aspect_ratio_boundaries must be increasing"),
     ("data.scales=[600,0]", "data.scales must be a non-empty list of sizes >= 1 (pixels), "
                             "got [600, 0]"),
     ("data.shapes.max_objects=0", "data.shapes.max_objects must be >= 1"),
