@@ -34,9 +34,10 @@ __all__ = [
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, config_help: str,
-                         set_example: str, print_config: bool = True) -> None:
-    """Adds `--config` (dest `config`, default None), `--set` (dest `overrides`, a list) and
-    `--print-config` (print the resolved, validated config as YAML and exit).
+                         set_example: str, print_config: bool = False) -> None:
+    """Adds `--config` (dest `config`, default None), `--set` (dest `overrides`, a list) and,
+    with `print_config=True`, `--print-config` (the tool prints the resolved, validated config
+    as YAML and exits: it must handle `args.print_config`).
 
     Args:
         parser: the CLI's parser (or argument group).

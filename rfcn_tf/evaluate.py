@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "  python -m rfcn_tf.evaluate --config voc07_resnet101 --set data.voc_root=VOC "
                 "--checkpoint runs/voc/checkpoints --split test"))
     add_config_arguments(
-        parser, set_example="eval.batch_size=2",
+        parser, print_config=True, set_example="eval.batch_size=2",
         config_help=("default: the run's saved config.yaml next to --checkpoint, else the "
                      "shapes_tiny preset"))
     add_model_source_arguments(parser)

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
               "patterns such as 'data/*.jpg' ('**' recurses)"))
     add_model_source_arguments(parser, saved_model_note="; class names from labels.txt")
     add_config_arguments(
-        parser, set_example="data.scales=[800]",
+        parser, print_config=True, set_example="data.scales=[800]",
         config_help=("used with --checkpoint (model, input size, class names); default: the "
                      "run's config.yaml next to the checkpoint, else shapes_tiny"))
     parser.add_argument(

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m rfcn_tf.train --config voc07_resnet101 --strategy mirrored\n"
                "  python -m rfcn_tf.train --set train.scheme=alternating "
                "--set train.stage_steps=[400,400,200,200]")
-    add_config_arguments(parser, set_example="train.lr=0.01 or --set data.scales=[480]",
+    add_config_arguments(parser, print_config=True,
+                         set_example="train.lr=0.01 or --set data.scales=[480]",
                          config_help="presets: shapes_tiny, bccd, voc07_resnet101, coco_resnet101 "
                                      "(default: shapes_tiny)")
     parser.add_argument("--work-dir", default=None,
