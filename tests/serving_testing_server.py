@@ -30,7 +30,8 @@ manager::
     with LoopbackServer({"rfcn": "export/rfcn"}) as server:
         client = RestClient(server.rest_url, "rfcn")
 
-It is a test fixture, not a production server: no batching, no model reloading, no labels.
+It is a test fixture, not a production server: requests run as sent (no server-side
+batching), no model reloading, no labels.
 """
 
 from __future__ import annotations

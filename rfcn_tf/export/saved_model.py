@@ -343,12 +343,13 @@ def export_saved_model(model: Any, *, class_names: Sequence[str], out_dir: os.Pa
             info.write_text(json.dumps({
                 "resize": {"min_size": int(min_size), "max_size": int(max_size),
                            "size_multiple": int(size_multiple)},
-                "postprocess": module.defaults, "num_classes": len(names)}, indent=1) + "\n")
+                "postprocess": dict(module.defaults), "num_classes": len(names)}, indent=1) + "\n")
             module.assets.append(tf.saved_model.Asset(str(info)))
             saved = staging / "model"
             tf.saved_model.save(module, str(saved), signatures=module.signatures())
         if verify:
-            timing = verify_export(saved, defaults=module.defaults, measure=measure).get("timing")
+            timing = verify_export(saved, defaults=dict(module.defaults),
+                                   measure=measure).get("timing")
         if target.exists():  # written by someone else meanwhile
             raise ExportError(f"{target} appeared while exporting; not overwriting it")
         os.replace(saved, target)

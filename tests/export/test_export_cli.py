@@ -89,6 +89,10 @@ def test_cli_exports_the_checkpoint(trained_run, tmp_path, capsys, monkeypatch):
     assert "max |diff| 2.5e-07 over 10 detections, 1 of them kept another box" in summary
 
     assert (out / "1" / "assets" / "labels.txt").read_text().splitlines() == CLASS_NAMES
+    # TF Serving's batching parameters, from the verification process's own timing.
+    batching = (out / "batching_parameters.txt").read_text()
+    assert "# measured" in batching and "ms at batch 1" in batching, batching
+    assert "max_batch_size { value: 8 }" in batching and "batch_timeout_micros" in batching
     loaded = tf.saved_model.load(str(out / "1"))
     image = synthetic_image(240, 300, seed=9)
     got = loaded.signatures["serving_default"](input_tensor=tf.constant(image[None]))
