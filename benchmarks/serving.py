@@ -38,19 +38,33 @@ DEFAULT_OVERRIDES = ["model.backbone.name=resnet50", "model.backbone.weights=nul
 
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="voc07_resnet101",
-                        help="preset or YAML of the model (default: voc07_resnet101 with "
-                             "--set model.backbone.name=resnet50 unless --set is given)")
-    parser.add_argument("--set", dest="overrides", action="append", default=None,
-                        metavar="KEY=VALUE", help="config overrides (repeatable)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="training checkpoint to load (default: random weights)")
+    parser.add_argument(
+        "--config",
+        default="voc07_resnet101",
+        help="preset or YAML of the model (default: voc07_resnet101 with "
+        "--set model.backbone.name=resnet50 unless --set is given)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="config overrides (repeatable)",
+    )
+    parser.add_argument(
+        "--checkpoint", default=None, help="training checkpoint to load (default: random weights)"
+    )
     parser.add_argument("--height", type=int, default=600, help="image height, pixels")
     parser.add_argument("--width", type=int, default=1000, help="image width, pixels")
     parser.add_argument("--runs", type=int, default=10, help="timed calls per path")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per path first")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(),
-                        help="intra-op threads for TensorFlow and onnxruntime (default: CPUs)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="intra-op threads for TensorFlow and onnxruntime (default: CPUs)",
+    )
     parser.add_argument("--skip-onnx", action="store_true", help="no onnxruntime row")
     return parser.parse_args()
 
@@ -104,8 +118,9 @@ def main() -> None:
     if args.checkpoint:
         from rfcn_tf.evaluate import load_checkpoint_detector
 
-        model, _ = load_checkpoint_detector(cfg, args.checkpoint, num_classes=num_classes,
-                                            dataset_desc="the benchmark")
+        model, _ = load_checkpoint_detector(
+            cfg, args.checkpoint, num_classes=num_classes, dataset_desc="the benchmark"
+        )
     else:
         model = build_detector(cfg.model, num_classes=num_classes)
     height, width = args.height, args.width
@@ -114,20 +129,30 @@ def main() -> None:
     padded[:height, :width] = image
     padded_t = tf.constant(padded[None])
     shapes_t = tf.constant([[height, width]], tf.int32)
-    calls = {"in-Python `RFCN.detect` (pre-resized, padded input)":
-             lambda: model.detect(padded_t, shapes_t)["num_detections"].numpy()}
+    calls = {
+        "in-Python `RFCN.detect` (pre-resized, padded input)": lambda: model.detect(
+            padded_t, shapes_t
+        )["num_detections"].numpy()
+    }
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        path = export_saved_model(model, class_names=[f"c{i}" for i in range(num_classes)],
-                                  out_dir=tmp, model_name="bench", min_size=min(height, width),
-                                  max_size=max(height, width), verify=False)
+        path = export_saved_model(
+            model,
+            class_names=[f"c{i}" for i in range(num_classes)],
+            out_dir=tmp,
+            model_name="bench",
+            min_size=min(height, width),
+            max_size=max(height, width),
+            verify=False,
+        )
         export_s = time.perf_counter() - started
         loaded = tf.saved_model.load(str(path))
         serve = loaded.signatures[SIGNATURE_IMAGE]
         image_t = tf.constant(image[None])
-        calls["SavedModel `serving_default` (uint8 image in)"] = (
-            lambda: serve(**{INPUT_IMAGE: image_t})["num_detections"].numpy())
+        calls["SavedModel `serving_default` (uint8 image in)"] = lambda: serve(
+            **{INPUT_IMAGE: image_t}
+        )["num_detections"].numpy()
         onnx_s = None
         if not args.skip_onnx:
             from rfcn_tf.export.onnx import export_onnx, onnx_session, run_onnx
@@ -137,21 +162,26 @@ def main() -> None:
             onnx_s = time.perf_counter() - started
             session = onnx_session(onnx_path, threads=args.threads)
             batch = image[None]
-            calls["onnxruntime CPU (same signature, ONNX opset 17)"] = (
-                lambda: run_onnx(session, batch))
+            calls["onnxruntime CPU (same signature, ONNX opset 17)"] = lambda: run_onnx(
+                session, batch
+            )
             import onnxruntime
 
             ort_version = onnxruntime.__version__
         rows = _time_interleaved(calls, runs=args.runs, warmup=args.warmup)
 
-    print(f"TensorFlow {tf.__version__}"
-          + (f", onnxruntime {ort_version}" if not args.skip_onnx else "")
-          + f"; {os.cpu_count()} CPUs, {args.threads} intra-op threads; "
-          f"median of {args.runs} calls after {args.warmup} warm-up calls, paths interleaved")
-    print(f"\n### Per-image latency, {cfg.model.backbone.name} (backbone_weights="
-          f"{cfg.model.backbone.weights}{', checkpoint ' + args.checkpoint if args.checkpoint else ''}"
-          f"), {num_classes} classes, {height}x{width} image, "
-          f"{cfg.model.rpn.post_nms_top_n_test} RoIs, psroi_impl=tf\n")
+    print(
+        f"TensorFlow {tf.__version__}"
+        + (f", onnxruntime {ort_version}" if not args.skip_onnx else "")
+        + f"; {os.cpu_count()} CPUs, {args.threads} intra-op threads; "
+        f"median of {args.runs} calls after {args.warmup} warm-up calls, paths interleaved"
+    )
+    print(
+        f"\n### Per-image latency, {cfg.model.backbone.name} (backbone_weights="
+        f"{cfg.model.backbone.weights}{', checkpoint ' + args.checkpoint if args.checkpoint else ''}"
+        f"), {num_classes} classes, {height}x{width} image, "
+        f"{cfg.model.rpn.post_nms_top_n_test} RoIs, psroi_impl=tf\n"
+    )
     print("| path | median (ms) | p90 (ms) | min (ms) | vs in-Python |")
     print("|---|---|---|---|---|")
     base = statistics.median(next(iter(rows.values())))
@@ -159,10 +189,14 @@ def main() -> None:
         ordered = sorted(times)
         p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
         med = statistics.median(times)
-        print(f"| {name} | {med * 1e3:.1f} | {p90 * 1e3:.1f} | {ordered[0] * 1e3:.1f} | "
-              f"{med / base:.2f}x |")
-    print(f"\nExport (trace + save) took {export_s:.1f} s"
-          + (f"; ONNX conversion {onnx_s:.1f} s." if onnx_s is not None else "."))
+        print(
+            f"| {name} | {med * 1e3:.1f} | {p90 * 1e3:.1f} | {ordered[0] * 1e3:.1f} | "
+            f"{med / base:.2f}x |"
+        )
+    print(
+        f"\nExport (trace + save) took {export_s:.1f} s"
+        + (f"; ONNX conversion {onnx_s:.1f} s." if onnx_s is not None else ".")
+    )
 
 
 if __name__ == "__main__":

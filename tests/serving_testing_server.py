@@ -52,23 +52,48 @@ import tensorflow as tf
 
 # TF status code -> HTTP status (tensorflow_serving/model_servers/http_server.cc).
 HTTP_STATUS = {
-    "OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400,
-    "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404, "ALREADY_EXISTS": 409,
-    "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400,
-    "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501, "INTERNAL": 500,
-    "UNAVAILABLE": 503, "DATA_LOSS": 500, "UNAUTHENTICATED": 401,
+    "OK": 200,
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
+    "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
+    "UNAUTHENTICATED": 401,
 }
 # tf.errors.OpError.error_code (error_codes.proto numbers) -> status name.
 _CODE_NAMES = {
-    1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED",
-    5: "NOT_FOUND", 6: "ALREADY_EXISTS", 7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED",
-    9: "FAILED_PRECONDITION", 10: "ABORTED", 11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED",
-    13: "INTERNAL", 14: "UNAVAILABLE", 15: "DATA_LOSS", 16: "UNAUTHENTICATED",
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    6: "ALREADY_EXISTS",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    15: "DATA_LOSS",
+    16: "UNAUTHENTICATED",
 }
 DEFAULT_SIGNATURE = "serving_default"
 
-_PREDICT_PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+))?:(classify|regress|predict)",
-                           re.IGNORECASE)
+_PREDICT_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:/versions/(\d+))?:(classify|regress|predict)", re.IGNORECASE
+)
 _STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+))?", re.IGNORECASE)
 
 
@@ -98,8 +123,11 @@ class _Servable:
 
 
 def _latest_version(base: Path) -> tuple[int, Path]:
-    versions = sorted((int(p.name), p) for p in base.iterdir()
-                      if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file())
+    versions = sorted(
+        (int(p.name), p)
+        for p in base.iterdir()
+        if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()
+    )
     if not versions:
         raise FileNotFoundError(f"no numeric version folder with a saved_model.pb under {base}")
     return versions[-1]
@@ -112,11 +140,13 @@ def _decode_b64(value: Any) -> Any:
             try:
                 return base64.b64decode(value["b64"], validate=True)
             except (binascii.Error, ValueError) as exc:
-                raise ServingStatus("INVALID_ARGUMENT",
-                                    f"'b64' value is not valid base64: {exc}") from exc
-        raise ServingStatus("INVALID_ARGUMENT",
-                            f"an object inside a tensor value may only be {{\"b64\": ...}}, "
-                            f"got keys {sorted(value)}")
+                raise ServingStatus(
+                    "INVALID_ARGUMENT", f"'b64' value is not valid base64: {exc}"
+                ) from exc
+        raise ServingStatus(
+            "INVALID_ARGUMENT",
+            f'an object inside a tensor value may only be {{"b64": ...}}, got keys {sorted(value)}',
+        )
     if isinstance(value, list):
         return [_decode_b64(v) for v in value]
     return value
@@ -125,8 +155,9 @@ def _decode_b64(value: Any) -> Any:
 def _single_input(value: Any, specs: Mapping[str, tf.TensorSpec], rule: str) -> dict:
     """Unnamed input data: allowed only when the signature has exactly one input."""
     if len(specs) != 1:
-        raise ServingStatus("INVALID_ARGUMENT",
-                            f"the signature takes {len(specs)} inputs {sorted(specs)}: {rule}")
+        raise ServingStatus(
+            "INVALID_ARGUMENT", f"the signature takes {len(specs)} inputs {sorted(specs)}: {rule}"
+        )
     (key,) = specs
     return {key: _json_to_array(value, specs[key], key)}
 
@@ -140,32 +171,44 @@ def _json_to_array(value: Any, spec: tf.TensorSpec, name: str) -> np.ndarray:
         flat = array.reshape(-1)
         for item in flat:
             if not isinstance(item, (bytes, str)):
-                raise ServingStatus("INVALID_ARGUMENT",
-                                    f"input '{name}' is a string tensor; got the value "
-                                    f"{str(item)[:50]!r} of type {type(item).__name__}")
-        return np.array([i.encode() if isinstance(i, str) else i for i in flat],
-                        dtype=object).reshape(array.shape)
+                raise ServingStatus(
+                    "INVALID_ARGUMENT",
+                    f"input '{name}' is a string tensor; got the value "
+                    f"{str(item)[:50]!r} of type {type(item).__name__}",
+                )
+        return np.array(
+            [i.encode() if isinstance(i, str) else i for i in flat], dtype=object
+        ).reshape(array.shape)
     try:
         array = np.array(value)
     except ValueError as exc:  # ragged nested lists
-        raise ServingStatus("INVALID_ARGUMENT",
-                            f"input '{name}' is not a rectangular tensor: {exc}") from exc
-    if (array.dtype == object or array.dtype.kind in "US"
-            or (array.dtype.kind == "b") != (dtype == tf.bool)):
-        raise ServingStatus("INVALID_ARGUMENT",
-                            f"input '{name}' expects {dtype.name} numbers; got a value of "
-                            f"NumPy dtype {array.dtype} (ragged lists, strings or booleans)")
+        raise ServingStatus(
+            "INVALID_ARGUMENT", f"input '{name}' is not a rectangular tensor: {exc}"
+        ) from exc
+    if (
+        array.dtype == object
+        or array.dtype.kind in "US"
+        or (array.dtype.kind == "b") != (dtype == tf.bool)
+    ):
+        raise ServingStatus(
+            "INVALID_ARGUMENT",
+            f"input '{name}' expects {dtype.name} numbers; got a value of "
+            f"NumPy dtype {array.dtype} (ragged lists, strings or booleans)",
+        )
     np_dtype = dtype.as_numpy_dtype
     if dtype.is_integer:
         if array.size and array.dtype.kind == "f" and not np.all(np.equal(np.mod(array, 1), 0)):
-            raise ServingStatus("INVALID_ARGUMENT",
-                                f"input '{name}' expects {dtype.name}; got non-integer numbers")
+            raise ServingStatus(
+                "INVALID_ARGUMENT", f"input '{name}' expects {dtype.name}; got non-integer numbers"
+            )
         info = np.iinfo(np_dtype)
         if array.size and (array.min() < info.min or array.max() > info.max):
-            raise ServingStatus("INVALID_ARGUMENT",
-                                f"input '{name}' expects {dtype.name}; values "
-                                f"[{array.min()}, {array.max()}] are out of range "
-                                f"[{info.min}, {info.max}]")
+            raise ServingStatus(
+                "INVALID_ARGUMENT",
+                f"input '{name}' expects {dtype.name}; values "
+                f"[{array.min()}, {array.max()}] are out of range "
+                f"[{info.min}, {info.max}]",
+            )
     return array.astype(np_dtype)
 
 
@@ -204,13 +247,16 @@ class ServingCore:
 
     def signature_inputs(self, servable: _Servable, signature: str) -> dict[str, tf.TensorSpec]:
         if signature not in servable.input_specs:
-            raise ServingStatus("INVALID_ARGUMENT",
-                                f"Serving signature name: \"{signature}\" not found in "
-                                f"signature def (available: {sorted(servable.input_specs)})")
+            raise ServingStatus(
+                "INVALID_ARGUMENT",
+                f'Serving signature name: "{signature}" not found in '
+                f"signature def (available: {sorted(servable.input_specs)})",
+            )
         return servable.input_specs[signature]
 
-    def predict(self, name: str, version: int | None, signature: str,
-                inputs: Mapping[str, Any]) -> tuple[_Servable, dict[str, np.ndarray]]:
+    def predict(
+        self, name: str, version: int | None, signature: str, inputs: Mapping[str, Any]
+    ) -> tuple[_Servable, dict[str, np.ndarray]]:
         """Runs ``signature`` of the model on ``inputs`` (name -> array or tensor)."""
         signature = signature or DEFAULT_SIGNATURE
         servable = self.servable(name, version)
@@ -220,7 +266,8 @@ class ServingCore:
                 "INVALID_ARGUMENT",
                 f"inputs do not match signature '{signature}': sent {sorted(inputs)}, the "
                 f"signature takes {sorted(specs)} (missing {sorted(set(specs) - set(inputs))}, "
-                f"extra {sorted(set(inputs) - set(specs))})")
+                f"extra {sorted(set(inputs) - set(specs))})",
+            )
         try:
             tensors = {k: tf.constant(v) for k, v in inputs.items()}
             outputs = servable.signatures[signature](**tensors)
@@ -238,18 +285,24 @@ class ServingCore:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ServingStatus("INVALID_ARGUMENT", f"JSON Parse error: {exc}") from exc
         if not isinstance(request, dict):
-            raise ServingStatus("INVALID_ARGUMENT",
-                                "the request body must be a JSON object with 'instances' or "
-                                f"'inputs', got {type(request).__name__}")
+            raise ServingStatus(
+                "INVALID_ARGUMENT",
+                "the request body must be a JSON object with 'instances' or "
+                f"'inputs', got {type(request).__name__}",
+            )
         has_rows, has_columns = "instances" in request, "inputs" in request
         if has_rows == has_columns:
-            raise ServingStatus("INVALID_ARGUMENT",
-                                "Missing 'inputs' or 'instances' key" if not has_rows else
-                                "expected only one of 'inputs' or 'instances' keys")
+            raise ServingStatus(
+                "INVALID_ARGUMENT",
+                "Missing 'inputs' or 'instances' key"
+                if not has_rows
+                else "expected only one of 'inputs' or 'instances' keys",
+            )
         signature = request.get("signature_name") or DEFAULT_SIGNATURE
         if not isinstance(signature, str):
-            raise ServingStatus("INVALID_ARGUMENT",
-                                f"'signature_name' must be a string, got {signature!r}")
+            raise ServingStatus(
+                "INVALID_ARGUMENT", f"'signature_name' must be a string, got {signature!r}"
+            )
         specs = self.signature_inputs(self.servable(name, version), signature)
         if has_rows:
             arrays = self._rows_to_arrays(request["instances"], specs)
@@ -263,26 +316,34 @@ class ServingCore:
         sizes = {k: (v.shape[0] if v.ndim else None) for k, v in outputs.items()}
         batch = {s for s in sizes.values()}
         if len(batch) != 1 or None in batch:
-            raise ServingStatus("INVALID_ARGUMENT",
-                                f"row format needs every output batched alike; output batch "
-                                f"sizes are {sizes} (use the 'inputs' column format)")
+            raise ServingStatus(
+                "INVALID_ARGUMENT",
+                f"row format needs every output batched alike; output batch "
+                f"sizes are {sizes} (use the 'inputs' column format)",
+            )
         (count,) = batch
         if len(outputs) == 1:
             (value,) = outputs.values()
             return {"predictions": [_array_to_json(value[i]) for i in range(count)]}
-        return {"predictions": [{k: _array_to_json(v[i]) for k, v in outputs.items()}
-                                for i in range(count)]}
+        return {
+            "predictions": [
+                {k: _array_to_json(v[i]) for k, v in outputs.items()} for i in range(count)
+            ]
+        }
 
     @staticmethod
     def _rows_to_arrays(instances: Any, specs: Mapping[str, tf.TensorSpec]) -> dict:
         if not isinstance(instances, list) or not instances:
-            raise ServingStatus("INVALID_ARGUMENT",
-                                "'instances' must be a non-empty list (one element per batch "
-                                f"item), got {str(instances)[:80]}")
+            raise ServingStatus(
+                "INVALID_ARGUMENT",
+                "'instances' must be a non-empty list (one element per batch "
+                f"item), got {str(instances)[:80]}",
+            )
         named = [isinstance(i, dict) and set(i) != {"b64"} for i in instances]
         if any(named) and not all(named):
-            raise ServingStatus("INVALID_ARGUMENT",
-                                "'instances' mixes objects of named inputs with plain values")
+            raise ServingStatus(
+                "INVALID_ARGUMENT", "'instances' mixes objects of named inputs with plain values"
+            )
         if all(named):
             columns: dict[str, list] = {}
             for index, instance in enumerate(instances):
@@ -290,7 +351,8 @@ class ServingCore:
                     raise ServingStatus(
                         "INVALID_ARGUMENT",
                         f"instances[{index}] has inputs {sorted(instance)}, the signature "
-                        f"takes {sorted(specs)}")
+                        f"takes {sorted(specs)}",
+                    )
                 for key, value in instance.items():
                     columns.setdefault(key, []).append(value)
             return {k: _json_to_array(v, specs[k], k) for k, v in columns.items()}
@@ -301,9 +363,11 @@ class ServingCore:
         if isinstance(inputs, dict) and set(inputs) != {"b64"}:
             unknown = set(inputs) - set(specs)
             if unknown:
-                raise ServingStatus("INVALID_ARGUMENT",
-                                    f"'inputs' names {sorted(unknown)}, not inputs of the "
-                                    f"signature ({sorted(specs)})")
+                raise ServingStatus(
+                    "INVALID_ARGUMENT",
+                    f"'inputs' names {sorted(unknown)}, not inputs of the "
+                    f"signature ({sorted(specs)})",
+                )
             return {k: _json_to_array(v, specs[k], k) for k, v in inputs.items()}
         return _single_input(inputs, specs, "'inputs' must be an object naming them")
 
@@ -311,9 +375,15 @@ class ServingCore:
         if not name:
             raise ServingStatus("INVALID_ARGUMENT", "Missing model name in request.")
         servable = self.servable(name, version)
-        return {"model_version_status": [{
-            "version": str(servable.version), "state": "AVAILABLE",
-            "status": {"error_code": "OK", "error_message": ""}}]}
+        return {
+            "model_version_status": [
+                {
+                    "version": str(servable.version),
+                    "state": "AVAILABLE",
+                    "status": {"error_code": "OK", "error_message": ""},
+                }
+            ]
+        }
 
 
 def _make_handler(core: ServingCore, max_body_bytes: int):
@@ -338,9 +408,11 @@ def _make_handler(core: ServingCore, max_body_bytes: int):
             length = int(self.headers.get("Content-Length") or 0)
             if length > max_body_bytes:
                 self.close_connection = True
-                raise ServingStatus("RESOURCE_EXHAUSTED",
-                                    f"request body of {length} bytes exceeds the loopback "
-                                    f"server's limit of {max_body_bytes} bytes")
+                raise ServingStatus(
+                    "RESOURCE_EXHAUSTED",
+                    f"request body of {length} bytes exceeds the loopback "
+                    f"server's limit of {max_body_bytes} bytes",
+                )
             return self.rfile.read(length)
 
         def do_POST(self):
@@ -352,11 +424,11 @@ def _make_handler(core: ServingCore, max_body_bytes: int):
                     raise ServingStatus("INVALID_ARGUMENT", f"Malformed request: POST {path}")
                 name, version, method = match.groups()
                 if method.lower() != "predict":
-                    raise ServingStatus("UNIMPLEMENTED",
-                                        f"the loopback server implements :predict only, "
-                                        f"not :{method}")
-                payload = core.rest_predict(name, None if version is None else int(version),
-                                            body)
+                    raise ServingStatus(
+                        "UNIMPLEMENTED",
+                        f"the loopback server implements :predict only, not :{method}",
+                    )
+                payload = core.rest_predict(name, None if version is None else int(version), body)
             except ServingStatus as status:
                 return self._error(status)
             self._reply(200, payload)
@@ -391,9 +463,16 @@ class LoopbackServer:
     (``127.0.0.1:<port>``), ``core`` (the ``ServingCore``).
     """
 
-    def __init__(self, models: Mapping[str, str | Path], *, rest: bool = True,
-                 grpc: bool = True, max_workers: int = 4, max_body_bytes: int = 64 << 20,
-                 lifetime_s: float = 600.0):
+    def __init__(
+        self,
+        models: Mapping[str, str | Path],
+        *,
+        rest: bool = True,
+        grpc: bool = True,
+        max_workers: int = 4,
+        max_body_bytes: int = 64 << 20,
+        lifetime_s: float = 600.0,
+    ):
         if not (rest or grpc):
             raise ValueError("LoopbackServer needs rest=True, grpc=True or both")
         self.core = ServingCore(models)
@@ -412,12 +491,16 @@ class LoopbackServer:
     def start(self) -> LoopbackServer:
         if self._want_rest:
             server = http.server.ThreadingHTTPServer(
-                ("127.0.0.1", 0), _make_handler(self.core, self._max_body_bytes))
+                ("127.0.0.1", 0), _make_handler(self.core, self._max_body_bytes)
+            )
             server.daemon_threads = True
             self._http = server
-            self._http_thread = threading.Thread(target=server.serve_forever,
-                                                 kwargs={"poll_interval": 0.1},
-                                                 name="loopback-rest", daemon=True)
+            self._http_thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.1},
+                name="loopback-rest",
+                daemon=True,
+            )
             self._http_thread.start()
             self.rest_url = f"http://127.0.0.1:{server.server_address[1]}"
         if self._want_grpc:
@@ -438,13 +521,16 @@ class LoopbackServer:
                 spec = request.model_spec
                 try:
                     if spec.WhichOneof("version_choice") == "version_label":
-                        raise ServingStatus("UNIMPLEMENTED",
-                                            "version labels are not supported by the loopback "
-                                            "server; give a numeric version")
+                        raise ServingStatus(
+                            "UNIMPLEMENTED",
+                            "version labels are not supported by the loopback "
+                            "server; give a numeric version",
+                        )
                     version = spec.version.value if spec.HasField("version") else None
                     inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-                    servable, outputs = core.predict(spec.name, version, spec.signature_name,
-                                                     inputs)
+                    servable, outputs = core.predict(
+                        spec.name, version, spec.signature_name, inputs
+                    )
                 except ServingStatus as status:
                     context.abort(grpc.StatusCode[status.code], status.message)
                 except (TypeError, ValueError) as exc:  # an undecodable TensorProto
@@ -457,10 +543,16 @@ class LoopbackServer:
                     response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
                 return response
 
-        options = [("grpc.max_send_message_length", self._max_body_bytes),
-                   ("grpc.max_receive_message_length", self._max_body_bytes)]
-        server = grpc.server(concurrent.futures.ThreadPoolExecutor(
-            max_workers=self._max_workers, thread_name_prefix="loopback-grpc"), options=options)
+        options = [
+            ("grpc.max_send_message_length", self._max_body_bytes),
+            ("grpc.max_receive_message_length", self._max_body_bytes),
+        ]
+        server = grpc.server(
+            concurrent.futures.ThreadPoolExecutor(
+                max_workers=self._max_workers, thread_name_prefix="loopback-grpc"
+            ),
+            options=options,
+        )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Servicer(), server)
         port = server.add_insecure_port("127.0.0.1:0")
         if port == 0:

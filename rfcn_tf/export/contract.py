@@ -57,8 +57,12 @@ TF_EXAMPLE_IMAGE_KEY = "image/encoded"
 # The four outputs every detection client reads ...
 OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 # ... and the rest of the OD API's set.
-EXTRA_OUTPUT_KEYS = ("detection_multiclass_scores", "detection_anchor_indices",
-                     "raw_detection_boxes", "raw_detection_scores")
+EXTRA_OUTPUT_KEYS = (
+    "detection_multiclass_scores",
+    "detection_anchor_indices",
+    "raw_detection_boxes",
+    "raw_detection_scores",
+)
 ALL_OUTPUT_KEYS = OUTPUT_KEYS + EXTRA_OUTPUT_KEYS
 
 LABELS_FILENAME = "labels.txt"  # assets/labels.txt: line i names class id i (1..C)
@@ -68,5 +72,10 @@ BATCHING_PARAMETERS_FILENAME = "batching_parameters.txt"
 SIZE_MULTIPLE = 16  # the serving graph pads to the backbone's stride
 
 # Leading bytes of the formats the encoded signatures decode.
-IMAGE_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"),
-               (b"BM", "BMP"), (b"RIFF", "WebP"))
+IMAGE_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"RIFF", "WebP"),
+)

@@ -72,8 +72,13 @@ class _Capture(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def export_onnx(saved_model_dir: os.PathLike, *, output_path: os.PathLike,
-                opset: int = DEFAULT_OPSET, signature: str = SIGNATURE_IMAGE) -> Path:
+def export_onnx(
+    saved_model_dir: os.PathLike,
+    *,
+    output_path: os.PathLike,
+    opset: int = DEFAULT_OPSET,
+    signature: str = SIGNATURE_IMAGE,
+) -> Path:
     """Converts ``signature`` of a SavedModel to an ONNX file.
 
     Args:
@@ -96,8 +101,10 @@ def export_onnx(saved_model_dir: os.PathLike, *, output_path: os.PathLike,
     loaded = tf.saved_model.load(str(saved_model_dir))
     function = loaded.signatures[signature]
     _, input_specs = function.structured_input_signature
-    specs = [tf.TensorSpec(spec.shape, spec.dtype, name=name)
-             for name, spec in sorted(input_specs.items())]
+    specs = [
+        tf.TensorSpec(spec.shape, spec.dtype, name=name)
+        for name, spec in sorted(input_specs.items())
+    ]
     names = [spec.name for spec in specs]
 
     @tf.function(input_signature=specs)
@@ -111,21 +118,32 @@ def export_onnx(saved_model_dir: os.PathLike, *, output_path: os.PathLike,
     tf2onnx_logger.addHandler(capture)
     try:
         model_proto, _ = tf2onnx.convert.from_function(
-            wrapped, input_signature=specs, opset=opset, output_path=None,
-            custom_rewriter=[select_as_where, cast_resize_input_to_float])
+            wrapped,
+            input_signature=specs,
+            opset=opset,
+            output_path=None,
+            custom_rewriter=[select_as_where, cast_resize_input_to_float],
+        )
     except Exception as exc:
-        raise OnnxConversionError(f"tf2onnx failed on {saved_model_dir} ({signature}): "
-                                  f"{type(exc).__name__}: {exc}") from exc
+        raise OnnxConversionError(
+            f"tf2onnx failed on {saved_model_dir} ({signature}): {type(exc).__name__}: {exc}"
+        ) from exc
     finally:
         tf2onnx_logger.removeHandler(capture)
-    leftover = sorted({node.op_type for node in _all_nodes(model_proto.graph)
-                       if node.domain not in _STANDARD_DOMAINS
-                       or not onnx.defs.has(node.op_type, node.domain)})
+    leftover = sorted(
+        {
+            node.op_type
+            for node in _all_nodes(model_proto.graph)
+            if node.domain not in _STANDARD_DOMAINS or not onnx.defs.has(node.op_type, node.domain)
+        }
+    )
     if leftover:
         detail = "; ".join(m for m in capture.messages if "nsupported" in m)
         raise OnnxConversionError(
             f"tf2onnx (opset {opset}) left TensorFlow ops it cannot convert: {leftover}"
-            + (f" ({detail})" if detail else ""), ops=leftover)
+            + (f" ({detail})" if detail else ""),
+            ops=leftover,
+        )
     fix_loop_carried_types(model_proto)
     try:
         onnx.checker.check_model(model_proto)
@@ -144,13 +162,16 @@ def _check_signature(saved_model_dir: os.PathLike, signature: str) -> None:
     proto.ParseFromString((Path(saved_model_dir) / "saved_model.pb").read_bytes())
     signatures = proto.meta_graphs[0].signature_def
     if signature not in signatures:
-        raise ValueError(f"{saved_model_dir} has no signature {signature!r} "
-                         f"(it has {sorted(signatures)})")
+        raise ValueError(
+            f"{saved_model_dir} has no signature {signature!r} (it has {sorted(signatures)})"
+        )
     for name, info in signatures[signature].inputs.items():
         if info.dtype == types_pb2.DT_STRING:
-            raise ValueError(f"signature {signature!r} takes the string input {name!r}; ONNX "
-                             f"has no image decoder: convert the uint8 signature "
-                             f"{SIGNATURE_IMAGE!r}")
+            raise ValueError(
+                f"signature {signature!r} takes the string input {name!r}; ONNX "
+                f"has no image decoder: convert the uint8 signature "
+                f"{SIGNATURE_IMAGE!r}"
+            )
 
 
 def select_as_where(graph, ops):
@@ -223,8 +244,9 @@ def fix_loop_carried_types(model_proto) -> int:
                 have = types.get(outer)
                 if outer and want and have and have != want:
                     cast_name = f"{outer}__cast_to_{want}_{inserted}"
-                    new_nodes.append(helper.make_node("Cast", [outer], [cast_name], to=want,
-                                                      name=cast_name))
+                    new_nodes.append(
+                        helper.make_node("Cast", [outer], [cast_name], to=want, name=cast_name)
+                    )
                     node.input[index] = cast_name
                     inserted += 1
         new_nodes.append(node)
@@ -252,8 +274,9 @@ def onnx_session(onnx_path: os.PathLike, *, threads: int | None = None):
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(onnx_path), sess_options=options,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
 
 
 def run_onnx(session, image: np.ndarray) -> dict[str, np.ndarray]:
@@ -285,23 +308,25 @@ class OnnxComparison:
     tie_swaps: int
 
     def __add__(self, other: OnnxComparison) -> OnnxComparison:
-        return OnnxComparison(max(self.max_abs_diff, other.max_abs_diff),
-                              self.detections + other.detections,
-                              self.tie_swaps + other.tie_swaps)
+        return OnnxComparison(
+            max(self.max_abs_diff, other.max_abs_diff),
+            self.detections + other.detections,
+            self.tie_swaps + other.tie_swaps,
+        )
 
     def describe(self) -> str:
         text = f"max |diff| {self.max_abs_diff:.1e} over {self.detections} detections"
         if self.tie_swaps:
-            text += (f", {self.tie_swaps} of them kept another box of the same score "
-                     "(NMS tie)")
+            text += f", {self.tie_swaps} of them kept another box of the same score (NMS tie)"
         return text
 
 
 TIE_TOLERANCE = 1e-6  # scores this close are float32 ties (one ulp near 1 is 6e-8)
 
 
-def compare_detections(expected: dict, actual: dict, *, atol: float,
-                       max_tie_fraction: float = 0.25) -> OnnxComparison:
+def compare_detections(
+    expected: dict, actual: dict, *, atol: float, max_tie_fraction: float = 0.25
+) -> OnnxComparison:
     """Compares two outputs of the serving signature (SavedModel vs ONNX) for one image.
 
     Counts must be equal. Rows are matched one to one, in order where possible, else to an
@@ -344,25 +369,35 @@ def compare_detections(expected: dict, actual: dict, *, atol: float,
         used[j] = True
         worst = max(worst, gap(i, j))
     for i in leftover:
-        ties = [k for k in np.flatnonzero(~used)
-                if cls_a[k] == cls_e[i] and abs(sc_a[k] - sc_e[i]) <= TIE_TOLERANCE]
+        ties = [
+            k
+            for k in np.flatnonzero(~used)
+            if cls_a[k] == cls_e[i] and abs(sc_a[k] - sc_e[i]) <= TIE_TOLERANCE
+        ]
         if not ties:
             raise OnnxMismatchError(
                 f"SavedModel detection {i} (class {cls_e[i]:g}, score {sc_e[i]:.6f}, box "
                 f"{np.round(box_e[i], 5).tolist()}) has no ONNX match within atol {atol}; "
                 f"ONNX row {i}: class {cls_a[i]:g}, score {sc_a[i]:.6f}, box "
-                f"{np.round(box_a[i], 5).tolist()}")
+                f"{np.round(box_a[i], 5).tolist()}"
+            )
         used[min(ties, key=lambda k: abs(sc_a[k] - sc_e[i]))] = True
     if n_exp and len(leftover) > max_tie_fraction * n_exp:
-        raise OnnxMismatchError(f"{len(leftover)} of {n_exp} detections match only by class "
-                                f"and score, not box (more than {max_tie_fraction:.0%}: not "
-                                "NMS ties but wrong boxes)")
+        raise OnnxMismatchError(
+            f"{len(leftover)} of {n_exp} detections match only by class "
+            f"and score, not box (more than {max_tie_fraction:.0%}: not "
+            "NMS ties but wrong boxes)"
+        )
     return OnnxComparison(worst, n_exp, len(leftover))
 
 
-def verify_onnx(onnx_path: os.PathLike, saved_model_dir: os.PathLike, *,
-                images: Sequence[np.ndarray] | None = None,
-                atol: float = 1e-3) -> OnnxComparison:
+def verify_onnx(
+    onnx_path: os.PathLike,
+    saved_model_dir: os.PathLike,
+    *,
+    images: Sequence[np.ndarray] | None = None,
+    atol: float = 1e-3,
+) -> OnnxComparison:
     """Runs the ONNX model (onnxruntime, CPU) and the SavedModel's ``serving_default`` on the
     same images and compares the detections (``compare_detections``).
 
@@ -379,8 +414,10 @@ def verify_onnx(onnx_path: os.PathLike, saved_model_dir: os.PathLike, *,
     """
     if images is None:
         rng = np.random.default_rng(0)
-        images = [rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8)
-                  for h, w in ((120, 160), (97, 203), (256, 256))]
+        images = [
+            rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+            for h, w in ((120, 160), (97, 203), (256, 256))
+        ]
     loaded = tf.saved_model.load(str(saved_model_dir))
     function = loaded.signatures[SIGNATURE_IMAGE]
     session = onnx_session(onnx_path)
@@ -391,9 +428,12 @@ def verify_onnx(onnx_path: os.PathLike, saved_model_dir: os.PathLike, *,
         for row in range(np.shape(image)[0]):  # each image of a batch on its own
             try:
                 total = total + compare_detections(
-                    {k: v[row:row + 1] for k, v in expected.items()},
-                    {k: v[row:row + 1] for k, v in actual.items()}, atol=atol)
+                    {k: v[row : row + 1] for k, v in expected.items()},
+                    {k: v[row : row + 1] for k, v in actual.items()},
+                    atol=atol,
+                )
             except OnnxMismatchError as exc:
-                raise OnnxMismatchError(f"input {index} of shape {np.shape(image)}, image "
-                                        f"{row}: {exc}") from None
+                raise OnnxMismatchError(
+                    f"input {index} of shape {np.shape(image)}, image {row}: {exc}"
+                ) from None
     return total

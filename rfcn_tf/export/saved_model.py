@@ -85,8 +85,10 @@ def _check_class_names(class_names: Sequence[str]) -> list[str]:
         raise ValueError("class_names is empty: the export needs one name per class 1..C")
     for index, name in enumerate(names):
         if not isinstance(name, str) or not name.strip() or "\n" in name or "\r" in name:
-            raise ValueError(f"class_names[{index}] = {name!r}: names must be non-empty "
-                             "single-line strings (labels.txt has one per line)")
+            raise ValueError(
+                f"class_names[{index}] = {name!r}: names must be non-empty "
+                "single-line strings (labels.txt has one per line)"
+            )
     return names
 
 
@@ -172,8 +174,13 @@ _VERIFY_SCRIPT = textwrap.dedent("""
 """)
 
 
-def verify_export(export_dir: os.PathLike, *, defaults: dict | None = None,
-                  measure: bool = False, timeout_s: float = 900.0) -> dict[str, Any]:
+def verify_export(
+    export_dir: os.PathLike,
+    *,
+    defaults: dict | None = None,
+    measure: bool = False,
+    timeout_s: float = 900.0,
+) -> dict[str, Any]:
     """Checks a SavedModel in a fresh Python process that does not import rfcn_tf.
 
     Checks: every op type of the graph and its function library is registered in stock
@@ -198,33 +205,50 @@ def verify_export(export_dir: os.PathLike, *, defaults: dict | None = None,
     if defaults is None:
         info = json.loads((export_dir / "assets" / EXPORT_INFO_FILENAME).read_text())
         defaults = info["postprocess"]
-    args = {"image": SIGNATURE_IMAGE, "encoded": SIGNATURE_ENCODED,
-            "tf_example": SIGNATURE_TF_EXAMPLE, "custom": SIGNATURE_CUSTOM,
-            "input_image": INPUT_IMAGE, "input_encoded": INPUT_ENCODED,
-            "input_tf_example": INPUT_TF_EXAMPLE, "example_key": TF_EXAMPLE_IMAGE_KEY,
-            "defaults": defaults, "time": bool(measure)}
+    args = {
+        "image": SIGNATURE_IMAGE,
+        "encoded": SIGNATURE_ENCODED,
+        "tf_example": SIGNATURE_TF_EXAMPLE,
+        "custom": SIGNATURE_CUSTOM,
+        "input_image": INPUT_IMAGE,
+        "input_encoded": INPUT_ENCODED,
+        "input_tf_example": INPUT_TF_EXAMPLE,
+        "example_key": TF_EXAMPLE_IMAGE_KEY,
+        "defaults": defaults,
+        "time": bool(measure),
+    }
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     env.pop("PYTHONPATH", None)  # the check must not see this checkout's packages
     try:
-        proc = subprocess.run([sys.executable, "-c", _VERIFY_SCRIPT, str(export_dir),
-                               json.dumps(args)], capture_output=True, text=True,
-                              timeout=timeout_s, env=env, cwd=tempfile.gettempdir())
+        proc = subprocess.run(
+            [sys.executable, "-c", _VERIFY_SCRIPT, str(export_dir), json.dumps(args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=env,
+            cwd=tempfile.gettempdir(),
+        )
     except subprocess.TimeoutExpired as exc:
         raise ExportError(f"verifying {export_dir} took over {timeout_s} s") from exc
     lines = [line for line in proc.stdout.splitlines() if line.startswith("VERIFY ")]
     if proc.returncode != 0 or not lines:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise ExportError(f"the exported model at {export_dir} failed to load or run in a "
-                          f"fresh TensorFlow process (exit {proc.returncode}):\n{tail}")
-    result = json.loads(lines[-1][len("VERIFY "):])
+        raise ExportError(
+            f"the exported model at {export_dir} failed to load or run in a "
+            f"fresh TensorFlow process (exit {proc.returncode}):\n{tail}"
+        )
+    result = json.loads(lines[-1][len("VERIFY ") :])
     if result["modules"]:
-        raise ExportError(f"the verification process imported {result['modules']}; it must "
-                          "check the export without rfcn_tf")
+        raise ExportError(
+            f"the verification process imported {result['modules']}; it must "
+            "check the export without rfcn_tf"
+        )
     if result["non_stock_ops"]:
         raise ExportError(
             f"the export at {export_dir} uses ops stock TensorFlow does not register: "
             f"{result['non_stock_ops']}; build the model with psroi_impl='tf' "
-            "(--set model.head.psroi_impl=tf) so PS-RoI pooling uses the pure-TF twin")
+            "(--set model.head.psroi_impl=tf) so PS-RoI pooling uses the pure-TF twin"
+        )
     missing = set(SIGNATURES) - set(result["signatures"])
     if missing:
         raise ExportError(f"{export_dir} lacks the signatures {sorted(missing)}")
@@ -232,17 +256,24 @@ def verify_export(export_dir: os.PathLike, *, defaults: dict | None = None,
     if missing:
         raise ExportError(f"{SIGNATURE_IMAGE} of {export_dir} lacks outputs {sorted(missing)}")
     if result["problems"]:
-        raise ExportError(f"the signatures of {export_dir} disagree with {SIGNATURE_IMAGE} on "
-                          f"the same images: {'; '.join(result['problems'])}")
+        raise ExportError(
+            f"the signatures of {export_dir} disagree with {SIGNATURE_IMAGE} on "
+            f"the same images: {'; '.join(result['problems'])}"
+        )
     result.pop("modules")
     result.pop("non_stock_ops")
     result.pop("problems")
     return result
 
 
-def write_batching_parameters(model_base: os.PathLike, *, timing: dict | None = None,
-                              max_batch_size: int = 8, num_batch_threads: int | None = None,
-                              note: str = "") -> Path:
+def write_batching_parameters(
+    model_base: os.PathLike,
+    *,
+    timing: dict | None = None,
+    max_batch_size: int = 8,
+    num_batch_threads: int | None = None,
+    note: str = "",
+) -> Path:
     """Writes TF Serving's ``--batching_parameters_file`` into the model base.
 
     The values: ``max_batch_size`` 8 (the clients' largest batch); ``batch_timeout_micros``
@@ -262,20 +293,23 @@ def write_batching_parameters(model_base: os.PathLike, *, timing: dict | None = 
         t1, t4 = float(timing["batch1_s"]), float(timing["batch4_s"])
         speedup = t1 / max(t4 / 4.0, 1e-9)
         timeout = int(min(max(0.1 * t1 * 1e6, 1000), 100000)) if speedup > 1 / 0.95 else 1000
-        measured = (f"# measured {time.strftime('%Y-%m-%d')} with {threads} CPU threads "
-                    f"{note}: serving_default {t1 * 1e3:.1f} ms at batch 1, "
-                    f"{t4 / 4 * 1e3:.1f} ms/image at batch 4 ({speedup:.2f}x per image)\n")
+        measured = (
+            f"# measured {time.strftime('%Y-%m-%d')} with {threads} CPU threads "
+            f"{note}: serving_default {t1 * 1e3:.1f} ms at batch 1, "
+            f"{t4 / 4 * 1e3:.1f} ms/image at batch 4 ({speedup:.2f}x per image)\n"
+        )
     else:
         timeout = 1000
         measured = "# not measured (export written without verification): defaults\n"
-    text = ("# TF Serving batching parameters for this model (tensorflow_model_server "
-            "--enable_batching\n# --batching_parameters_file=<this file>), written by "
-            "rfcn_tf.export.\n" + measured +
-            f"max_batch_size {{ value: {int(max_batch_size)} }}\n"
-            f"batch_timeout_micros {{ value: {timeout} }}\n"
-            "max_enqueued_batches { value: 16 }\n"
-            f"num_batch_threads {{ value: {threads} }}\n"
-            "pad_variable_length_inputs: false\n")
+    text = (
+        "# TF Serving batching parameters for this model (tensorflow_model_server "
+        "--enable_batching\n# --batching_parameters_file=<this file>), written by "
+        "rfcn_tf.export.\n" + measured + f"max_batch_size {{ value: {int(max_batch_size)} }}\n"
+        f"batch_timeout_micros {{ value: {timeout} }}\n"
+        "max_enqueued_batches { value: 16 }\n"
+        f"num_batch_threads {{ value: {threads} }}\n"
+        "pad_variable_length_inputs: false\n"
+    )
     path = Path(model_base) / BATCHING_PARAMETERS_FILENAME
     path.write_text(text, encoding="utf-8")
     return path
@@ -285,10 +319,19 @@ def write_batching_parameters(model_base: os.PathLike, *, timing: dict | None = 
 # Export
 
 
-def export_saved_model(model: Any, *, class_names: Sequence[str], out_dir: os.PathLike,
-                       model_name: str, version: int | None = None, min_size: int,
-                       max_size: int, size_multiple: int = SIZE_MULTIPLE,
-                       verify: bool = True, measure_batching: bool | None = None) -> Path:
+def export_saved_model(
+    model: Any,
+    *,
+    class_names: Sequence[str],
+    out_dir: os.PathLike,
+    model_name: str,
+    version: int | None = None,
+    min_size: int,
+    max_size: int,
+    size_multiple: int = SIZE_MULTIPLE,
+    verify: bool = True,
+    measure_batching: bool | None = None,
+) -> Path:
     """Writes ``model`` as ``<out_dir>/<model_name>/<version>/`` for TF Serving.
 
     Args:
@@ -327,8 +370,10 @@ def export_saved_model(model: Any, *, class_names: Sequence[str], out_dir: os.Pa
     version = int(version)
     target = base / str(version)
     if target.exists():
-        raise ExportError(f"{target} already exists; pass another version (next free: "
-                          f"{next_version(base)}) or remove it")
+        raise ExportError(
+            f"{target} already exists; pass another version (next free: "
+            f"{next_version(base)}) or remove it"
+        )
     measure = verify if measure_batching is None else bool(measure_batching) and verify
     base.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base))
@@ -337,19 +382,36 @@ def export_saved_model(model: Any, *, class_names: Sequence[str], out_dir: os.Pa
         with tempfile.TemporaryDirectory() as scratch:
             labels = Path(scratch) / LABELS_FILENAME
             labels.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
-            module = DetectorServingModule(model, min_size=min_size, max_size=max_size,
-                                           size_multiple=size_multiple, assets=[str(labels)])
+            module = DetectorServingModule(
+                model,
+                min_size=min_size,
+                max_size=max_size,
+                size_multiple=size_multiple,
+                assets=[str(labels)],
+            )
             info = Path(scratch) / EXPORT_INFO_FILENAME
-            info.write_text(json.dumps({
-                "resize": {"min_size": int(min_size), "max_size": int(max_size),
-                           "size_multiple": int(size_multiple)},
-                "postprocess": dict(module.defaults), "num_classes": len(names)}, indent=1) + "\n")
+            info.write_text(
+                json.dumps(
+                    {
+                        "resize": {
+                            "min_size": int(min_size),
+                            "max_size": int(max_size),
+                            "size_multiple": int(size_multiple),
+                        },
+                        "postprocess": dict(module.defaults),
+                        "num_classes": len(names),
+                    },
+                    indent=1,
+                )
+                + "\n"
+            )
             module.assets.append(tf.saved_model.Asset(str(info)))
             saved = staging / "model"
             tf.saved_model.save(module, str(saved), signatures=module.signatures())
         if verify:
-            timing = verify_export(saved, defaults=dict(module.defaults),
-                                   measure=measure).get("timing")
+            timing = verify_export(saved, defaults=dict(module.defaults), measure=measure).get(
+                "timing"
+            )
         if target.exists():  # written by someone else meanwhile
             raise ExportError(f"{target} appeared while exporting; not overwriting it")
         os.replace(saved, target)

@@ -85,12 +85,20 @@ class DetectorServingModule(tf.Module):
         what ``serving_default`` uses and ``serving_custom`` is compared against.
     """
 
-    def __init__(self, model: Any, *, min_size: int, max_size: int,
-                 size_multiple: int = SIZE_MULTIPLE, assets: list[str] | None = None):
+    def __init__(
+        self,
+        model: Any,
+        *,
+        min_size: int,
+        max_size: int,
+        size_multiple: int = SIZE_MULTIPLE,
+        assets: list[str] | None = None,
+    ):
         super().__init__(name="rfcn_serving")
         if min_size < 1 or max_size < min_size:
-            raise ValueError(f"need 1 <= min_size <= max_size, got min_size={min_size}, "
-                             f"max_size={max_size}")
+            raise ValueError(
+                f"need 1 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}"
+            )
         if size_multiple < 1:
             raise ValueError(f"size_multiple must be >= 1, got {size_multiple}")
         self._view = _ModelView(model)
@@ -98,27 +106,37 @@ class DetectorServingModule(tf.Module):
         self.max_size = int(max_size)
         self.size_multiple = int(size_multiple)
         post = model.postprocessor.config
-        self.defaults = {"score_threshold": float(post.score_threshold),
-                         "iou_threshold": float(post.nms_iou),
-                         "max_detections": int(post.max_detections)}
+        self.defaults = {
+            "score_threshold": float(post.score_threshold),
+            "iou_threshold": float(post.nms_iou),
+            "max_detections": int(post.max_detections),
+        }
         self.assets = [tf.saved_model.Asset(path) for path in assets or []]
         image_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_IMAGE)
         self.serve_images = tf.function(self._serve_images, input_signature=[image_spec])
         self.serve_encoded = tf.function(
             self._serve_encoded,
-            input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_ENCODED)])
+            input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_ENCODED)],
+        )
         self.serve_tf_example = tf.function(
             self._serve_tf_example,
-            input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_TF_EXAMPLE)])
-        self.serve_custom = tf.function(self._serve_custom, input_signature=[
-            image_spec, tf.TensorSpec([], tf.float32, name=INPUT_SCORE_THRESHOLD),
-            tf.TensorSpec([], tf.float32, name=INPUT_IOU_THRESHOLD),
-            tf.TensorSpec([], tf.int32, name=INPUT_MAX_DETECTIONS)])
+            input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_TF_EXAMPLE)],
+        )
+        self.serve_custom = tf.function(
+            self._serve_custom,
+            input_signature=[
+                image_spec,
+                tf.TensorSpec([], tf.float32, name=INPUT_SCORE_THRESHOLD),
+                tf.TensorSpec([], tf.float32, name=INPUT_IOU_THRESHOLD),
+                tf.TensorSpec([], tf.int32, name=INPUT_MAX_DETECTIONS),
+            ],
+        )
         self._concrete = {
             SIGNATURE_IMAGE: self.serve_images.get_concrete_function(),
             SIGNATURE_ENCODED: self.serve_encoded.get_concrete_function(),
             SIGNATURE_TF_EXAMPLE: self.serve_tf_example.get_concrete_function(),
-            SIGNATURE_CUSTOM: self.serve_custom.get_concrete_function()}
+            SIGNATURE_CUSTOM: self.serve_custom.get_concrete_function(),
+        }
         # Track exactly the tf.Variables the signatures capture (as Keras' own ExportArchive
         # does). Tracking the Keras model instead saves each Keras 3 variable as a second
         # resource: TF2's loader remaps captures to it, but TF1-style loaders (TF Serving,
@@ -143,21 +161,30 @@ class DetectorServingModule(tf.Module):
 
     def _serve_custom(self, input_tensor, score_threshold, iou_threshold, max_detections):
         checks = [
-            tf.debugging.assert_greater_equal(score_threshold, 0.0, message=(
-                f"{INPUT_SCORE_THRESHOLD} must be >= 0")),
-            tf.debugging.assert_less_equal(score_threshold, 1.0, message=(
-                f"{INPUT_SCORE_THRESHOLD} must be <= 1")),
-            tf.debugging.assert_greater_equal(iou_threshold, 0.0, message=(
-                f"{INPUT_IOU_THRESHOLD} must be in [0, 1]")),
-            tf.debugging.assert_less_equal(iou_threshold, 1.0, message=(
-                f"{INPUT_IOU_THRESHOLD} must be in [0, 1]")),
-            tf.debugging.assert_greater_equal(max_detections, 1, message=(
-                f"{INPUT_MAX_DETECTIONS} must be >= 1"))]
+            tf.debugging.assert_greater_equal(
+                score_threshold, 0.0, message=(f"{INPUT_SCORE_THRESHOLD} must be >= 0")
+            ),
+            tf.debugging.assert_less_equal(
+                score_threshold, 1.0, message=(f"{INPUT_SCORE_THRESHOLD} must be <= 1")
+            ),
+            tf.debugging.assert_greater_equal(
+                iou_threshold, 0.0, message=(f"{INPUT_IOU_THRESHOLD} must be in [0, 1]")
+            ),
+            tf.debugging.assert_less_equal(
+                iou_threshold, 1.0, message=(f"{INPUT_IOU_THRESHOLD} must be in [0, 1]")
+            ),
+            tf.debugging.assert_greater_equal(
+                max_detections, 1, message=(f"{INPUT_MAX_DETECTIONS} must be >= 1")
+            ),
+        ]
         with tf.control_dependencies(checks):
             score_threshold = tf.identity(score_threshold)
-        return self._detect_same_size(input_tensor, score_threshold=score_threshold,
-                                      iou_threshold=iou_threshold,
-                                      max_detections=max_detections)
+        return self._detect_same_size(
+            input_tensor,
+            score_threshold=score_threshold,
+            iou_threshold=iou_threshold,
+            max_detections=max_detections,
+        )
 
     def _serve_encoded(self, encoded_image_string_tensor):
         return self._detect_encoded(encoded_image_string_tensor, INPUT_ENCODED)
@@ -165,20 +192,25 @@ class DetectorServingModule(tf.Module):
     def _serve_tf_example(self, tf_example):
         tf_example = _assert_batch(tf_example, INPUT_TF_EXAMPLE)
         features = tf.io.parse_example(
-            tf_example, {TF_EXAMPLE_IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)})
-        return self._detect_encoded(features[TF_EXAMPLE_IMAGE_KEY],
-                                    f"{INPUT_TF_EXAMPLE}'s {TF_EXAMPLE_IMAGE_KEY}")
+            tf_example, {TF_EXAMPLE_IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)}
+        )
+        return self._detect_encoded(
+            features[TF_EXAMPLE_IMAGE_KEY], f"{INPUT_TF_EXAMPLE}'s {TF_EXAMPLE_IMAGE_KEY}"
+        )
 
     # ------------------------------------------------------------------------ the steps
 
     def _default_tensors(self) -> dict[str, tf.Tensor]:
-        return {"score_threshold": tf.constant(self.defaults["score_threshold"], tf.float32),
-                "iou_threshold": tf.constant(self.defaults["iou_threshold"], tf.float32),
-                "max_detections": tf.constant(self.defaults["max_detections"], tf.int32)}
+        return {
+            "score_threshold": tf.constant(self.defaults["score_threshold"], tf.float32),
+            "iou_threshold": tf.constant(self.defaults["iou_threshold"], tf.float32),
+            "max_detections": tf.constant(self.defaults["max_detections"], tf.int32),
+        }
 
     def _preprocess(self, image):
-        return preprocess(image, min_size=self.min_size, max_size=self.max_size,
-                          size_multiple=self.size_multiple)
+        return preprocess(
+            image, min_size=self.min_size, max_size=self.max_size, size_multiple=self.size_multiple
+        )
 
     def _detect_same_size(self, images, **post):
         """uint8 [N, H, W, 3], one size -> outputs: one batch."""
@@ -186,9 +218,13 @@ class DetectorServingModule(tf.Module):
         images = _assert_batch(images, INPUT_IMAGE)
         images = _assert_not_empty(images, tf.shape(images)[1:3], INPUT_IMAGE)
         padded, resized_hw = tf.map_fn(
-            self._preprocess, images,
-            fn_output_signature=(tf.TensorSpec([None, None, 3], tf.uint8),
-                                 tf.TensorSpec([2], tf.int32)))
+            self._preprocess,
+            images,
+            fn_output_signature=(
+                tf.TensorSpec([None, None, 3], tf.uint8),
+                tf.TensorSpec([2], tf.int32),
+            ),
+        )
         return self._detect(padded, resized_hw, **post)
 
     def _detect_encoded(self, strings, what: str):
@@ -198,12 +234,24 @@ class DetectorServingModule(tf.Module):
 
         def decode_and_preprocess(data):
             head = tf.strings.substr(data, 0, 8)
-            is_image = tf.reduce_any(tf.stack(
-                [tf.equal(tf.strings.substr(head, 0, len(magic)), magic)
-                 for magic, _ in IMAGE_MAGIC]))
-            check = tf.debugging.Assert(is_image, [
-                f"an element of {what} is not a JPEG, PNG, GIF, BMP or WebP file; its length in "
-                "bytes and first bytes are:", tf.strings.length(data), head], summarize=8)
+            is_image = tf.reduce_any(
+                tf.stack(
+                    [
+                        tf.equal(tf.strings.substr(head, 0, len(magic)), magic)
+                        for magic, _ in IMAGE_MAGIC
+                    ]
+                )
+            )
+            check = tf.debugging.Assert(
+                is_image,
+                [
+                    f"an element of {what} is not a JPEG, PNG, GIF, BMP or WebP file; its length in "
+                    "bytes and first bytes are:",
+                    tf.strings.length(data),
+                    head,
+                ],
+                summarize=8,
+            )
             with tf.control_dependencies([check]):
                 image = decode_image(data)
             image = _assert_not_empty(image, tf.shape(image)[:2], what)
@@ -211,12 +259,21 @@ class DetectorServingModule(tf.Module):
             return tf.RaggedTensor.from_tensor(padded), resized_hw
 
         ragged, resized_hw = tf.map_fn(
-            decode_and_preprocess, strings,
-            fn_output_signature=(tf.RaggedTensorSpec([None, None, 3], tf.uint8, ragged_rank=1),
-                                 tf.TensorSpec([2], tf.int32)))
+            decode_and_preprocess,
+            strings,
+            fn_output_signature=(
+                tf.RaggedTensorSpec([None, None, 3], tf.uint8, ragged_rank=1),
+                tf.TensorSpec([2], tf.int32),
+            ),
+        )
         batch, _ = pad_batch(ragged, size_multiple=self.size_multiple)
-        padded_hw = tf.stack([ragged.row_lengths(axis=1),
-                              tf.gather(ragged.values.row_lengths(), ragged.row_starts())], 1)
+        padded_hw = tf.stack(
+            [
+                ragged.row_lengths(axis=1),
+                tf.gather(ragged.values.row_lengths(), ragged.row_starts()),
+            ],
+            1,
+        )
         same_size = tf.reduce_all(tf.equal(padded_hw, padded_hw[:1]))
         post = self._default_tensors()
 
@@ -226,8 +283,10 @@ class DetectorServingModule(tf.Module):
                 out = self._detect(image[None], resized_hw[index][None], **post)
                 return {key: value[0] for key, value in out.items()}
 
-            spec = {key: tf.TensorSpec(value.shape[1:], value.dtype)
-                    for key, value in self._output_spec().items()}
+            spec = {
+                key: tf.TensorSpec(value.shape[1:], value.dtype)
+                for key, value in self._output_spec().items()
+            }
             return tf.map_fn(one, tf.range(tf.shape(strings)[0]), fn_output_signature=spec)
 
         return tf.cond(same_size, lambda: self._detect(batch, resized_hw, **post), one_by_one)
@@ -237,14 +296,16 @@ class DetectorServingModule(tf.Module):
         m = self.defaults["max_detections"]
         c1 = int(self._view.model.num_classes) + 1
         f32 = tf.float32
-        return {"detection_boxes": tf.TensorSpec([None, m, 4], f32),
-                "detection_scores": tf.TensorSpec([None, m], f32),
-                "detection_classes": tf.TensorSpec([None, m], f32),
-                "num_detections": tf.TensorSpec([None], f32),
-                "detection_multiclass_scores": tf.TensorSpec([None, m, c1], f32),
-                "detection_anchor_indices": tf.TensorSpec([None, m], f32),
-                "raw_detection_boxes": tf.TensorSpec([None, None, 4], f32),
-                "raw_detection_scores": tf.TensorSpec([None, None, c1], f32)}
+        return {
+            "detection_boxes": tf.TensorSpec([None, m, 4], f32),
+            "detection_scores": tf.TensorSpec([None, m], f32),
+            "detection_classes": tf.TensorSpec([None, m], f32),
+            "num_detections": tf.TensorSpec([None], f32),
+            "detection_multiclass_scores": tf.TensorSpec([None, m, c1], f32),
+            "detection_anchor_indices": tf.TensorSpec([None, m], f32),
+            "raw_detection_boxes": tf.TensorSpec([None, None, 4], f32),
+            "raw_detection_scores": tf.TensorSpec([None, None, c1], f32),
+        }
 
     def _detect(self, padded, resized_hw, *, score_threshold, iou_threshold, max_detections):
         """A padded batch -> the contract's outputs (normalized to each resized image)."""
@@ -254,17 +315,30 @@ class DetectorServingModule(tf.Module):
         limit = self.defaults["max_detections"]  # M, the static output size
         box_weights = model.postprocessor.box_weights
         det = postprocess_detections(
-            out["rois"], out["class_probs"], out["box_deltas"], image_shapes, out["roi_valid"],
-            box_weights=box_weights, score_threshold=score_threshold,
-            nms_iou=iou_threshold, max_detections=limit, max_detections_per_class=limit)
+            out["rois"],
+            out["class_probs"],
+            out["box_deltas"],
+            image_shapes,
+            out["roi_valid"],
+            box_weights=box_weights,
+            score_threshold=score_threshold,
+            nms_iou=iou_threshold,
+            max_detections=limit,
+            max_detections_per_class=limit,
+        )
         raw_boxes, raw_scores = raw_detections(
-            out["rois"], out["class_probs"], out["box_deltas"], image_shapes, out["roi_valid"],
-            box_weights=box_weights)
+            out["rois"],
+            out["class_probs"],
+            out["box_deltas"],
+            image_shapes,
+            out["roi_valid"],
+            box_weights=box_weights,
+        )
         # max_detections below M: the detections are sorted by score, so keeping the first k
         # rows equals NMS with max_total_size k (per class, k <= M keeps the same top k).
         keep_k = tf.minimum(tf.cast(max_detections, tf.int32), limit)
         num = tf.minimum(tf.cast(det["num_detections"], tf.int32), keep_k)
-        valid = tf.range(limit)[None, :] < num[:, None]                     # [N, M]
+        valid = tf.range(limit)[None, :] < num[:, None]  # [N, M]
         classes = tf.where(valid, tf.cast(det["detection_classes"], tf.int32), 0)
         boxes = tf.where(valid[:, :, None], det["detection_boxes"], 0.0)
         scores = tf.where(valid, det["detection_scores"], 0.0)
@@ -272,8 +346,9 @@ class DetectorServingModule(tf.Module):
         source = tf.where(valid, source, 0)
         multiclass = tf.where(valid[:, :, None], tf.gather(raw_scores, source, batch_dims=1), 0.0)
         return {
-            "detection_boxes": tf.where(valid[:, :, None], normalize_boxes(boxes, image_shapes),
-                                        0.0),
+            "detection_boxes": tf.where(
+                valid[:, :, None], normalize_boxes(boxes, image_shapes), 0.0
+            ),
             "detection_scores": scores,
             "detection_classes": tf.cast(classes, tf.float32),
             "num_detections": tf.cast(num, tf.float32),
@@ -292,7 +367,7 @@ def _source_rois(raw_boxes, raw_scores, boxes, scores, classes):
     score difference is taken, the box difference breaking ties (0 for padding rows, which
     callers mask).
     """
-    class_scores = tf.gather(raw_scores, classes, axis=2, batch_dims=1)            # [N, R, M]
+    class_scores = tf.gather(raw_scores, classes, axis=2, batch_dims=1)  # [N, R, M]
     score_gap = tf.abs(class_scores - scores[:, None, :])
     box_gap = tf.reduce_max(tf.abs(raw_boxes[:, :, None, :] - boxes[:, None, :, :]), -1)
     return tf.argmin(score_gap * 1e4 + box_gap, axis=1, output_type=tf.int32)
@@ -300,14 +375,17 @@ def _source_rois(raw_boxes, raw_scores, boxes, scores, classes):
 
 def _assert_batch(tensor, what: str):
     """``tensor``, checked at run time to hold at least one image (InvalidArgument)."""
-    check = tf.debugging.assert_greater(tf.shape(tensor)[0], 0, message=(
-        f"{what} holds no image (batch size 0); send at least one"))
+    check = tf.debugging.assert_greater(
+        tf.shape(tensor)[0], 0, message=(f"{what} holds no image (batch size 0); send at least one")
+    )
     with tf.control_dependencies([check]):
         return tf.identity(tensor)
 
 
 def _assert_not_empty(image, hw, what: str):
-    check = tf.debugging.Assert(tf.reduce_all(hw >= 1), [
-        f"{what}: every image must have height and width >= 1; got (H, W) =", hw])
+    check = tf.debugging.Assert(
+        tf.reduce_all(hw >= 1),
+        [f"{what}: every image must have height and width >= 1; got (H, W) =", hw],
+    )
     with tf.control_dependencies([check]):
         return tf.identity(image)

@@ -7,14 +7,16 @@ evaluate and predict do.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rfcn_tf.run_dir import class_names_for, find_checkpoint
 from rfcn_tf.run_dir import resolve_config as _resolve_config
 
 
-def resolve_config(config: Optional[str], overrides: Sequence[str], *,
-                   checkpoint: Optional[str]) -> tuple[Any, str]:
+def resolve_config(
+    config: str | None, overrides: Sequence[str], *, checkpoint: str | None
+) -> tuple[Any, str]:
     """The config (``--config``, else the run's config.yaml beside the checkpoint, else the
     default preset) with ``overrides``; returns (config, where it came from)."""
     return _resolve_config(config, overrides, checkpoint=checkpoint)
@@ -34,11 +36,12 @@ def load_model(config: Any, checkpoint: str, *, num_classes: int) -> tuple[Any, 
     (model, the checkpoint prefix restored)."""
     from rfcn_tf.inference.backends import load_checkpoint_model
 
-    return load_checkpoint_model(config, checkpoint, num_classes=num_classes,
-                                 dataset_desc=f"the {num_classes}-class export")
+    return load_checkpoint_model(
+        config, checkpoint, num_classes=num_classes, dataset_desc=f"the {num_classes}-class export"
+    )
 
 
-def onnx_check_images(config: Any, count: int = 2) -> tuple[Optional[list], str]:
+def onnx_check_images(config: Any, count: int = 2) -> tuple[list | None, str]:
     """A few validation images (uint8 [1, H, W, 3]) for the ONNX check and their description;
     (None, why) when the dataset cannot be read here (the check then uses generated images)."""
     try:

@@ -29,11 +29,13 @@ import tensorflow as tf
 from rfcn_tf.export.contract import INPUT_IMAGE, SIGNATURE_IMAGE
 
 PRECISIONS = ("fp32", "fp16", "int8")
-ONNX_HINT = ("Export to ONNX instead (`python -m rfcn_tf.export ... --onnx`, which checks the "
-             "model with onnxruntime) and build a TensorRT engine from it on the GPU machine: "
-             "`trtexec --onnx=export/rfcn_onnx/<version>/model.onnx --saveEngine=rfcn.plan "
-             "--fp16` (see rfcn_tf/export/onnx.py); or run this command under a "
-             "TensorFlow built with TensorRT (TF_NEED_TENSORRT=1) on a machine with a GPU.")
+ONNX_HINT = (
+    "Export to ONNX instead (`python -m rfcn_tf.export ... --onnx`, which checks the "
+    "model with onnxruntime) and build a TensorRT engine from it on the GPU machine: "
+    "`trtexec --onnx=export/rfcn_onnx/<version>/model.onnx --saveEngine=rfcn.plan "
+    "--fp16` (see rfcn_tf/export/onnx.py); or run this command under a "
+    "TensorFlow built with TensorRT (TF_NEED_TENSORRT=1) on a machine with a GPU."
+)
 
 
 class TensorRTUnavailableError(RuntimeError):
@@ -47,8 +49,10 @@ def tensorrt_status() -> tuple[bool, str]:
     except ImportError as exc:
         return False, f"this TensorFlow {tf.__version__} has no tf2tensorrt module ({exc})"
     if not _pywrap_py_utils.is_tensorrt_enabled():
-        return False, (f"this TensorFlow {tf.__version__} was built without TensorRT (pip "
-                       "wheels since TF 2.18 ship without it)")
+        return False, (
+            f"this TensorFlow {tf.__version__} was built without TensorRT (pip "
+            "wheels since TF 2.18 ship without it)"
+        )
     if not tf.config.list_physical_devices("GPU"):
         return False, "TensorFlow sees no GPU (TF-TRT builds engines on a GPU)"
     return True, f"TensorRT enabled in TensorFlow {tf.__version__}, GPU visible"
@@ -76,11 +80,16 @@ def _input_fn(images: Sequence[np.ndarray]) -> Callable[[], Any]:
     return generate
 
 
-def convert_saved_model(saved_model_dir: os.PathLike, *, output_dir: os.PathLike,
-                        precision: str, calibration_images: Sequence[np.ndarray] | None = None,
-                        build_images: Sequence[np.ndarray] | None = None,
-                        max_workspace_size_bytes: int = 1 << 30,
-                        minimum_segment_size: int = 3) -> Path:
+def convert_saved_model(
+    saved_model_dir: os.PathLike,
+    *,
+    output_dir: os.PathLike,
+    precision: str,
+    calibration_images: Sequence[np.ndarray] | None = None,
+    build_images: Sequence[np.ndarray] | None = None,
+    max_workspace_size_bytes: int = 1 << 30,
+    minimum_segment_size: int = 3,
+) -> Path:
     """Converts ``serving_default`` of a SavedModel with TF-TRT and saves the result.
 
     Args:
@@ -109,8 +118,9 @@ def convert_saved_model(saved_model_dir: os.PathLike, *, output_dir: os.PathLike
             raise ValueError("INT8 needs calibration_images (uint8 [1, H, W, 3], one shape)")
         shapes = {tuple(np.shape(image)) for image in calibration_images}
         if len(shapes) != 1 or len(next(iter(shapes))) != 4:
-            raise ValueError(f"calibration images must share one [1, H, W, 3] shape, got "
-                             f"{sorted(shapes)}")
+            raise ValueError(
+                f"calibration images must share one [1, H, W, 3] shape, got {sorted(shapes)}"
+            )
     output_dir = Path(output_dir)
     if output_dir.exists():
         raise FileExistsError(f"{output_dir} already exists; not overwriting it")
@@ -126,7 +136,8 @@ def convert_saved_model(saved_model_dir: os.PathLike, *, output_dir: os.PathLike
         minimum_segment_size=minimum_segment_size,
         maximum_cached_engines=16,
         use_calibration=precision == "int8",
-        allow_build_at_runtime=True)
+        allow_build_at_runtime=True,
+    )
     if precision == "int8":
         converter.convert(calibration_input_fn=_input_fn(calibration_images))
     else:
@@ -139,8 +150,9 @@ def convert_saved_model(saved_model_dir: os.PathLike, *, output_dir: os.PathLike
     return output_dir
 
 
-def dataset_calibration_images(data_cfg: Any, *, count: int, split: str | None = None,
-                               size: tuple[int, int] | None = None) -> list[np.ndarray]:
+def dataset_calibration_images(
+    data_cfg: Any, *, count: int, split: str | None = None, size: tuple[int, int] | None = None
+) -> list[np.ndarray]:
     """``count`` images of the dataset (validation split by default) for INT8 calibration.
 
     Each is resized (bilinear, aspect ratio not kept) to one common ``size`` (height, width),
@@ -161,8 +173,7 @@ def dataset_calibration_images(data_cfg: Any, *, count: int, split: str | None =
     images = []
     for example in examples.take(count):
         resized = tf.image.resize(example["image"], size, method="bilinear")
-        images.append(tf.cast(tf.round(tf.clip_by_value(resized, 0, 255)), tf.uint8)[None]
-                      .numpy())
+        images.append(tf.cast(tf.round(tf.clip_by_value(resized, 0, 255)), tf.uint8)[None].numpy())
     if not images:
         raise ValueError(f"the {split or data_cfg.val_split} split yielded no images")
     return images

@@ -59,7 +59,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +82,7 @@ __all__ = [
     "read_labels",
 ]
 
-ImageInput = Union[np.ndarray, bytes]
+ImageInput = np.ndarray | bytes
 
 
 class ServingError(RuntimeError):
@@ -108,9 +108,13 @@ class ServingError(RuntimeError):
 # Output conversion (shared by REST, gRPC and in-process inference)
 
 
-def detections_from_outputs(outputs: Mapping[str, Any], *, image_height: int,
-                            image_width: int, num_classes: int | None = None
-                            ) -> dict[str, Any]:
+def detections_from_outputs(
+    outputs: Mapping[str, Any],
+    *,
+    image_height: int,
+    image_width: int,
+    num_classes: int | None = None,
+) -> dict[str, Any]:
     """Serving-signature outputs of ONE image (batch dimension 1) -> the detections dict.
 
     Args:
@@ -129,12 +133,15 @@ def detections_from_outputs(outputs: Mapping[str, Any], *, image_height: int,
     num = np.asarray(outputs["num_detections"]) if "num_detections" in outputs else None
     if num is not None and num.reshape(-1).shape != (1,):
         raise ValueError(f"num_detections must be [1], got shape {num.shape}")
-    return detections_from_batch(outputs, [(image_height, image_width)],
-                                 num_classes=num_classes)[0]
+    return detections_from_batch(outputs, [(image_height, image_width)], num_classes=num_classes)[0]
 
 
-def detections_from_batch(outputs: Mapping[str, Any], image_sizes: Sequence[tuple[int, int]],
-                          *, num_classes: int | None = None) -> list[dict[str, Any]]:
+def detections_from_batch(
+    outputs: Mapping[str, Any],
+    image_sizes: Sequence[tuple[int, int]],
+    *,
+    num_classes: int | None = None,
+) -> list[dict[str, Any]]:
     """Serving-signature outputs of N images -> one detections dict per image.
 
     Args:
@@ -160,8 +167,10 @@ def detections_from_batch(outputs: Mapping[str, Any], image_sizes: Sequence[tupl
     if boxes.ndim != 3 or boxes.shape[0] != n or boxes.shape[2] != 4:
         raise ValueError(f"detection_boxes must be [{n}, M, 4], got {boxes.shape}")
     if scores.shape != boxes.shape[:2] or classes.shape != boxes.shape[:2]:
-        raise ValueError(f"detection_scores {scores.shape} and detection_classes "
-                         f"{classes.shape} must be [{n}, M] with M = {boxes.shape[1]}")
+        raise ValueError(
+            f"detection_scores {scores.shape} and detection_classes "
+            f"{classes.shape} must be [{n}, M] with M = {boxes.shape[1]}"
+        )
     if num.shape != (n,):
         raise ValueError(f"num_detections must be [{n}], got shape {num.shape}")
     results = []
@@ -172,38 +181,50 @@ def detections_from_batch(outputs: Mapping[str, Any], image_sizes: Sequence[tupl
         count = int(num[index])
         if not 0 <= count <= boxes.shape[1]:
             raise ValueError(f"num_detections = {count} outside [0, {boxes.shape[1]}] in {where}")
-        _check_rows(boxes[index, :count], scores[index, :count], classes[index, :count], where,
-                    num_classes)
+        _check_rows(
+            boxes[index, :count], scores[index, :count], classes[index, :count], where, num_classes
+        )
         normalized = boxes[index, :count]
         scale = np.array([height, width, height, width], np.float32)
-        results.append({
-            "boxes": normalized * scale,
-            "boxes_normalized": normalized,
-            "scores": scores[index, :count],
-            "classes": np.rint(classes[index, :count]).astype(np.int32),
-            "num_detections": count,
-        })
+        results.append(
+            {
+                "boxes": normalized * scale,
+                "boxes_normalized": normalized,
+                "scores": scores[index, :count],
+                "classes": np.rint(classes[index, :count]).astype(np.int32),
+                "num_detections": count,
+            }
+        )
     return results
 
 
-def _check_rows(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, where: str,
-                num_classes: int | None) -> None:
+def _check_rows(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, where: str, num_classes: int | None
+) -> None:
     """Refuses values a detection cannot have (issue: a server's NaN boxes or negative class
     ids were printed as detections)."""
     for name, values in (("detection_boxes", boxes), ("detection_scores", scores)):
         bad = np.argwhere(~np.isfinite(values))
         if bad.size:
             row = int(bad[0][0])
-            raise ValueError(f"the server returned a non-finite {name} value in {where}, "
-                             f"detection {row}: {np.asarray(values[row]).tolist()}")
-    bad = np.flatnonzero(~np.isfinite(classes) | (classes != np.rint(classes)) | (classes < 1)
-                         | ((classes > num_classes) if num_classes else False))
+            raise ValueError(
+                f"the server returned a non-finite {name} value in {where}, "
+                f"detection {row}: {np.asarray(values[row]).tolist()}"
+            )
+    bad = np.flatnonzero(
+        ~np.isfinite(classes)
+        | (classes != np.rint(classes))
+        | (classes < 1)
+        | ((classes > num_classes) if num_classes else False)
+    )
     if bad.size:
         row = int(bad[0])
         allowed = f"1..{num_classes}" if num_classes else "1..C"
-        raise ValueError(f"the server returned detection_classes {float(classes[row])} in "
-                         f"{where}, detection {row}: class ids must be integers in {allowed} "
-                         "(0 is background)")
+        raise ValueError(
+            f"the server returned detection_classes {float(classes[row])} in "
+            f"{where}, detection {row}: class ids must be integers in {allowed} "
+            "(0 is background)"
+        )
 
 
 def image_size_of(encoded: bytes) -> tuple[int, int]:
@@ -260,14 +281,16 @@ class _Client(abc.ABC):
         self.timeout = float(timeout)
 
     @abc.abstractmethod
-    def predict(self, inputs: Mapping[str, Any], *,
-                signature_name: str = SIGNATURE_IMAGE) -> dict[str, np.ndarray]:
+    def predict(
+        self, inputs: Mapping[str, Any], *, signature_name: str = SIGNATURE_IMAGE
+    ) -> dict[str, np.ndarray]:
         """Runs one signature. ``inputs`` maps input names to arrays (batch dimension included;
         bytes or an [N] object array of bytes for string inputs). Returns output name -> array
         with the batch dimension."""
 
-    def detect(self, image: ImageInput, *, image_size: tuple[int, int] | None = None
-               ) -> dict[str, Any]:
+    def detect(
+        self, image: ImageInput, *, image_size: tuple[int, int] | None = None
+    ) -> dict[str, Any]:
         """Detections for one image (the dict of ``detections_from_outputs``).
 
         Args:
@@ -276,16 +299,21 @@ class _Client(abc.ABC):
           image_size: (height, width) of the original image; read from the encoded image's
             header when None.
         """
-        if not isinstance(image, (bytes, bytearray)) and np.asarray(image).ndim == 4 \
-                and np.asarray(image).shape[0] != 1:
-            raise ValueError(f"detect takes one image; use detect_batch for a batch of "
-                             f"{np.asarray(image).shape[0]}")
+        if (
+            not isinstance(image, (bytes, bytearray))
+            and np.asarray(image).ndim == 4
+            and np.asarray(image).shape[0] != 1
+        ):
+            raise ValueError(
+                f"detect takes one image; use detect_batch for a batch of "
+                f"{np.asarray(image).shape[0]}"
+            )
         sizes = None if image_size is None else [image_size]
         return self.detect_batch([image], image_sizes=sizes)[0]
 
-    def detect_batch(self, images: Sequence[ImageInput], *,
-                     image_sizes: Sequence[tuple[int, int]] | None = None
-                     ) -> list[dict[str, Any]]:
+    def detect_batch(
+        self, images: Sequence[ImageInput], *, image_sizes: Sequence[tuple[int, int]] | None = None
+    ) -> list[dict[str, Any]]:
         """Detections for N images in ONE request (one dict per image, in order).
 
         Args:
@@ -300,28 +328,35 @@ class _Client(abc.ABC):
             raise ValueError("detect_batch needs at least one image")
         encoded = [isinstance(image, (bytes, bytearray)) for image in images]
         if any(encoded) and not all(encoded):
-            raise ValueError("a batch mixes encoded images (bytes) and pixel arrays; send one "
-                             "kind per request")
+            raise ValueError(
+                "a batch mixes encoded images (bytes) and pixel arrays; send one kind per request"
+            )
         if all(encoded):
             data = [bytes(image) for image in images]
-            sizes = list(image_sizes) if image_sizes is not None else \
-                [image_size_of(item) for item in data]
-            outputs = self.predict({INPUT_ENCODED: np.array(data, dtype=object)},
-                                   signature_name=SIGNATURE_ENCODED)
+            sizes = (
+                list(image_sizes)
+                if image_sizes is not None
+                else [image_size_of(item) for item in data]
+            )
+            outputs = self.predict(
+                {INPUT_ENCODED: np.array(data, dtype=object)}, signature_name=SIGNATURE_ENCODED
+            )
         else:
             arrays = [_as_image_batch(image) for image in images]
             shapes = sorted({a.shape[1:3] for a in arrays})
             if len(shapes) > 1:
-                raise ValueError(f"{SIGNATURE_IMAGE} takes one image size per batch; this batch "
-                                 f"has the sizes {[list(s) for s in shapes]} (send encoded "
-                                 "images, which may differ, or one size per batch)")
+                raise ValueError(
+                    f"{SIGNATURE_IMAGE} takes one image size per batch; this batch "
+                    f"has the sizes {[list(s) for s in shapes]} (send encoded "
+                    "images, which may differ, or one size per batch)"
+                )
             batch = np.concatenate(arrays)
             sizes = [tuple(batch.shape[1:3])] * batch.shape[0]
             outputs = self.predict({INPUT_IMAGE: batch}, signature_name=SIGNATURE_IMAGE)
         return detections_from_batch(outputs, sizes, num_classes=self.num_classes)
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 (a transport with nothing to close keeps this)
+        """Releases the transport's connection (nothing for the base class)."""
 
     def __enter__(self):
         return self
@@ -353,8 +388,7 @@ class RestClient(_Client):
       timeout: seconds per request.
     """
 
-    def __init__(self, url: str, model: str, *, version: int | None = None,
-                 timeout: float = 60.0):
+    def __init__(self, url: str, model: str, *, version: int | None = None, timeout: float = 60.0):
         super().__init__(model, version=version, timeout=timeout)
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {url!r}")
@@ -370,8 +404,12 @@ class RestClient(_Client):
     def _call(self, method: str, url: str, body: dict | None = None) -> dict:
         try:
             if method == "POST":
-                response = self._session.post(url, data=json.dumps(body), timeout=self.timeout,
-                                              headers={"Content-Type": "application/json"})
+                response = self._session.post(
+                    url,
+                    data=json.dumps(body),
+                    timeout=self.timeout,
+                    headers={"Content-Type": "application/json"},
+                )
             else:
                 response = self._session.get(url, timeout=self.timeout)
         except self._requests.RequestException as exc:
@@ -386,46 +424,73 @@ class RestClient(_Client):
                 message = response.text.strip() or response.reason
             raise ServingError(str(message), status=response.status_code, target=url)
         if not isinstance(payload, dict):
-            raise ServingError(f"answer is not a JSON object: {response.text[:200]!r}",
-                               status=response.status_code, target=url)
+            raise ServingError(
+                f"answer is not a JSON object: {response.text[:200]!r}",
+                status=response.status_code,
+                target=url,
+            )
         return payload
 
-    def predict(self, inputs: Mapping[str, Any], *,
-                signature_name: str = SIGNATURE_IMAGE) -> dict[str, np.ndarray]:
+    def predict(
+        self, inputs: Mapping[str, Any], *, signature_name: str = SIGNATURE_IMAGE
+    ) -> dict[str, np.ndarray]:
         """Row format: item i of each input's batch becomes instance i; ``predictions`` (one
         dict of outputs per instance, without the batch dimension) are stacked back."""
-        arrays = {name: np.asarray(value) if not isinstance(value, (bytes, bytearray))
-                  else np.array([bytes(value)], dtype=object) for name, value in inputs.items()}
+        arrays = {
+            name: np.asarray(value)
+            if not isinstance(value, (bytes, bytearray))
+            else np.array([bytes(value)], dtype=object)
+            for name, value in inputs.items()
+        }
         sizes = {name: (array.shape[0] if array.ndim else None) for name, array in arrays.items()}
         if None in sizes.values() or 0 in sizes.values() or len(set(sizes.values())) != 1:
-            raise ValueError(f"every input needs the same batch dimension >= 1, got shapes "
-                             f"{ {name: array.shape for name, array in arrays.items()} }")
+            raise ValueError(
+                f"every input needs the same batch dimension >= 1, got shapes "
+                f"{ {name: array.shape for name, array in arrays.items()} }"
+            )
         count = next(iter(sizes.values()))
         if len(arrays) == 1:
             (array,) = arrays.values()
             instances: list = [_json_value(array[i]) for i in range(count)]
         else:
-            instances = [{name: _json_value(array[i]) for name, array in arrays.items()}
-                         for i in range(count)]
-        payload = self._call("POST", f"{self.model_url}:predict",
-                             {"signature_name": signature_name, "instances": instances})
+            instances = [
+                {name: _json_value(array[i]) for name, array in arrays.items()}
+                for i in range(count)
+            ]
+        payload = self._call(
+            "POST",
+            f"{self.model_url}:predict",
+            {"signature_name": signature_name, "instances": instances},
+        )
         predictions = payload.get("predictions")
         if not isinstance(predictions, list) or len(predictions) != count:
-            raise ServingError(f"expected 'predictions' with {count} instance(s), got "
-                               f"{str(payload)[:200]}", status=200, target=self.model_url)
+            raise ServingError(
+                f"expected 'predictions' with {count} instance(s), got {str(payload)[:200]}",
+                status=200,
+                target=self.model_url,
+            )
         if not all(isinstance(item, dict) for item in predictions):
-            raise ServingError(f"expected named outputs in each prediction, got "
-                               f"{str(predictions[0])[:200]}", status=200, target=self.model_url)
+            raise ServingError(
+                f"expected named outputs in each prediction, got {str(predictions[0])[:200]}",
+                status=200,
+                target=self.model_url,
+            )
         names = set(predictions[0])
         if any(set(item) != names for item in predictions):
-            raise ServingError("the predictions name different outputs", status=200,
-                               target=self.model_url)
+            raise ServingError(
+                "the predictions name different outputs", status=200, target=self.model_url
+            )
         try:
-            return {name: np.stack([np.asarray(item[name], dtype=np.float64)
-                                    for item in predictions]) for name in names}
+            return {
+                name: np.stack([np.asarray(item[name], dtype=np.float64) for item in predictions])
+                for name in names
+            }
         except (ValueError, TypeError) as exc:
-            raise ServingError(f"the predictions are not numeric tensors of one shape: {exc}",
-                               status=200, target=self.model_url) from exc
+            raise ServingError(
+                f"the predictions are not numeric tensors of one shape: {exc}",
+                status=200,
+                target=self.model_url,
+            ) from exc
 
     def model_status(self) -> dict:
         """``GET /v1/models/{model}[/versions/{v}]``: TF Serving's model version status JSON."""
@@ -444,8 +509,15 @@ class GrpcClient(_Client):
       max_message_bytes: send/receive limit of the channel (a 1000x1000 RGB image is 3 MB).
     """
 
-    def __init__(self, target: str, model: str, *, version: int | None = None,
-                 timeout: float = 60.0, max_message_bytes: int = 64 << 20):
+    def __init__(
+        self,
+        target: str,
+        model: str,
+        *,
+        version: int | None = None,
+        timeout: float = 60.0,
+        max_message_bytes: int = 64 << 20,
+    ):
         super().__init__(model, version=version, timeout=timeout)
         if "://" in target or ":" not in target:
             raise ValueError(f"gRPC target must be host:port, got {target!r}")
@@ -457,18 +529,22 @@ class GrpcClient(_Client):
             raise ImportError(
                 f"the gRPC client needs grpcio and tensorflow-serving-api ({exc}); install with "
                 "`pip install --no-deps 'tensorflow-serving-api>=2.21,<2.22'` (it names the "
-                "`tensorflow` distribution, which tensorflow-cpu satisfies in practice)") from exc
+                "`tensorflow` distribution, which tensorflow-cpu satisfies in practice)"
+            ) from exc
         self._grpc = grpc
         self._tf = tf
         self._predict_pb2 = predict_pb2
         self.target = target
-        options = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes)]
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
         self._channel = grpc.insecure_channel(target, options=options)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
-    def predict(self, inputs: Mapping[str, Any], *,
-                signature_name: str = SIGNATURE_IMAGE) -> dict[str, np.ndarray]:
+    def predict(
+        self, inputs: Mapping[str, Any], *, signature_name: str = SIGNATURE_IMAGE
+    ) -> dict[str, np.ndarray]:
         request = self._predict_pb2.PredictRequest()
         request.model_spec.name = self.model
         request.model_spec.signature_name = signature_name
@@ -483,8 +559,9 @@ class GrpcClient(_Client):
         except self._grpc.RpcError as exc:
             code = exc.code()  # an unreachable server is UNAVAILABLE
             status = code.name if code is not None else "UNKNOWN"
-            raise ServingError(exc.details() or str(exc), status=status,
-                               target=self.target) from exc
+            raise ServingError(
+                exc.details() or str(exc), status=status, target=self.target
+            ) from exc
         return {name: self._tf.make_ndarray(proto) for name, proto in response.outputs.items()}
 
     def close(self) -> None:
@@ -497,39 +574,69 @@ class GrpcClient(_Client):
 
 def read_labels(path: str | Path) -> list[str]:
     """``labels.txt`` of an export (line i, counting from 1, names class id i) -> names."""
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    return [
+        line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rfcn_tf.serving.client",
         description="Send images to a TF Serving model exported by `python -m rfcn_tf.export` "
-                    "and print its detections (boxes in original-image pixels, yxyx).")
-    parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help="image files (JPEG/PNG/GIF/BMP/WebP)")
-    parser.add_argument("--model", default="rfcn",
-                        help="model name on the server (MODEL_NAME; default: rfcn)")
+        "and print its detections (boxes in original-image pixels, yxyx).",
+    )
+    parser.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image files (JPEG/PNG/GIF/BMP/WebP)"
+    )
+    parser.add_argument(
+        "--model", default="rfcn", help="model name on the server (MODEL_NAME; default: rfcn)"
+    )
     transport = parser.add_mutually_exclusive_group()
-    transport.add_argument("--url", default=None,
-                           help="REST root, e.g. http://localhost:8501 (the default transport)")
-    transport.add_argument("--grpc", default=None, metavar="HOST:PORT",
-                           help="use gRPC at HOST:PORT instead of REST, e.g. localhost:8500")
-    parser.add_argument("--version", type=int, default=None,
-                        help="model version to query (default: the server's latest)")
-    parser.add_argument("--raw-pixels", action="store_true",
-                        help="decode here and send uint8 pixels to serving_default instead of "
-                             "the file's bytes to serving_encoded (large over REST)")
-    parser.add_argument("--labels", default=None, metavar="LABELS_TXT",
-                        help="the export's assets/labels.txt, to print class names")
-    parser.add_argument("--min-score", type=float, default=0.0,
-                        help="hide detections scoring below this (default: show all)")
-    parser.add_argument("--batch-size", type=int, default=1, metavar="N",
-                        help="images per request (default 1); the batched signatures take N "
-                             "images at once (with --raw-pixels they must share one size)")
+    transport.add_argument(
+        "--url", default=None, help="REST root, e.g. http://localhost:8501 (the default transport)"
+    )
+    transport.add_argument(
+        "--grpc",
+        default=None,
+        metavar="HOST:PORT",
+        help="use gRPC at HOST:PORT instead of REST, e.g. localhost:8500",
+    )
+    parser.add_argument(
+        "--version",
+        type=int,
+        default=None,
+        help="model version to query (default: the server's latest)",
+    )
+    parser.add_argument(
+        "--raw-pixels",
+        action="store_true",
+        help="decode here and send uint8 pixels to serving_default instead of "
+        "the file's bytes to serving_encoded (large over REST)",
+    )
+    parser.add_argument(
+        "--labels",
+        default=None,
+        metavar="LABELS_TXT",
+        help="the export's assets/labels.txt, to print class names",
+    )
+    parser.add_argument(
+        "--min-score",
+        type=float,
+        default=0.0,
+        help="hide detections scoring below this (default: show all)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        metavar="N",
+        help="images per request (default 1); the batched signatures take N "
+        "images at once (with --raw-pixels they must share one size)",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object per image instead of text lines")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object per image instead of text lines"
+    )
     return parser
 
 
@@ -538,11 +645,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         names = read_labels(args.labels) if args.labels else None
         if args.grpc:
-            client: _Client = GrpcClient(args.grpc, args.model, version=args.version,
-                                         timeout=args.timeout)
+            client: _Client = GrpcClient(
+                args.grpc, args.model, version=args.version, timeout=args.timeout
+            )
         else:
-            client = RestClient(args.url or "http://localhost:8501", args.model,
-                                version=args.version, timeout=args.timeout)
+            client = RestClient(
+                args.url or "http://localhost:8501",
+                args.model,
+                version=args.version,
+                timeout=args.timeout,
+            )
     except (OSError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -554,11 +666,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     with client:
         for first in range(0, len(args.images), args.batch_size):
-            paths = args.images[first:first + args.batch_size]
+            paths = args.images[first : first + args.batch_size]
             where = paths[0] if len(paths) == 1 else f"{paths[0]} (batch of {len(paths)})"
             try:
-                images = [load_image(p) if args.raw_pixels else Path(p).read_bytes()
-                          for p in paths]
+                images = [load_image(p) if args.raw_pixels else Path(p).read_bytes() for p in paths]
                 tic = time.perf_counter()
                 batch = client.detect_batch(images)
                 seconds = time.perf_counter() - tic
@@ -568,27 +679,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path, dets in zip(paths, batch):
                 total += _print_detections(path, dets, names, args, seconds / len(paths))
     transport_name = f"gRPC {args.grpc}" if args.grpc else f"REST {client.target}"
-    print(f"{len(args.images)} image(s), {total} detection(s) scoring >= {args.min_score} "
-          f"from {transport_name} in {time.perf_counter() - started:.2f} s",
-          file=sys.stderr if args.json else sys.stdout)
+    print(
+        f"{len(args.images)} image(s), {total} detection(s) scoring >= {args.min_score} "
+        f"from {transport_name} in {time.perf_counter() - started:.2f} s",
+        file=sys.stderr if args.json else sys.stdout,
+    )
     return 0
 
 
-def _print_detections(path: str, dets: dict, names: list[str] | None,
-                      args: argparse.Namespace, seconds: float) -> int:
+def _print_detections(
+    path: str, dets: dict, names: list[str] | None, args: argparse.Namespace, seconds: float
+) -> int:
     """Prints one image's detections scoring >= --min-score; returns how many."""
     keep = dets["scores"] >= args.min_score
     rows = []
     for box, score, cls in zip(dets["boxes"][keep], dets["scores"][keep], dets["classes"][keep]):
         name = names[cls - 1] if names and 1 <= cls <= len(names) else str(int(cls))
-        rows.append({"class": int(cls), "name": name, "score": float(score),
-                     "box_yxyx": [round(float(v), 1) for v in box]})
+        rows.append(
+            {
+                "class": int(cls),
+                "name": name,
+                "score": float(score),
+                "box_yxyx": [round(float(v), 1) for v in box],
+            }
+        )
     if args.json:
         print(json.dumps({"image": str(path), "seconds": round(seconds, 4), "detections": rows}))
     else:
         for row in rows:
-            print(f"{path}\t{row['name']}\t{row['score']:.3f}\t"
-                  + " ".join(f"{v:.1f}" for v in row["box_yxyx"]))
+            print(
+                f"{path}\t{row['name']}\t{row['score']:.3f}\t"
+                + " ".join(f"{v:.1f}" for v in row["box_yxyx"])
+            )
     return len(rows)
 
 

@@ -35,9 +35,15 @@ def exported(tmp_path_factory, tiny_model):
     from rfcn_tf.export import export_saved_model
 
     out = tmp_path_factory.mktemp("export")
-    return export_saved_model(tiny_model[1], class_names=CLASS_NAMES, out_dir=out,
-                              model_name="rfcn", min_size=MIN_SIZE, max_size=MAX_SIZE,
-                              verify=False)
+    return export_saved_model(
+        tiny_model[1],
+        class_names=CLASS_NAMES,
+        out_dir=out,
+        model_name="rfcn",
+        min_size=MIN_SIZE,
+        max_size=MAX_SIZE,
+        verify=False,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -64,5 +70,12 @@ def standin_export(tmp_path_factory):
     from rfcn_tf.export import export_saved_model
 
     out = tmp_path_factory.mktemp("models")
-    return export_saved_model(StandInDetector(), class_names=["cat", "dog"], out_dir=out,
-                              model_name="standin", min_size=64, max_size=96, verify=False)
+    return export_saved_model(
+        StandInDetector(),
+        class_names=["cat", "dog"],
+        out_dir=out,
+        model_name="standin",
+        min_size=64,
+        max_size=96,
+        verify=False,
+    )

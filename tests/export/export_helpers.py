@@ -21,8 +21,12 @@ CLASS_NAMES = ["circle", "square", "triangle"]
 BCCD_IMAGE = Path("/work/shared/data/BCCD/JPEGImages/BloodImage_00000.jpg")
 # Overrides of the shapes_tiny preset: the serving graph must be stock TF (psroi_impl=tf);
 # fewer proposals keep the tests fast.
-MODEL_OVERRIDES = ["model.head.psroi_impl=tf", "model.rpn.pre_nms_top_n_test=300",
-                   "model.rpn.post_nms_top_n_test=50", "model.postprocess.max_detections=30"]
+MODEL_OVERRIDES = [
+    "model.head.psroi_impl=tf",
+    "model.rpn.pre_nms_top_n_test=300",
+    "model.rpn.post_nms_top_n_test=50",
+    "model.postprocess.max_detections=30",
+]
 
 
 def build_tiny_model(seed: int = 0):
@@ -58,8 +62,9 @@ class StandInDetector(tf.Module):
         from rfcn_tf.model.postprocess import PostProcessor
 
         self.score_scale = tf.Variable(1.0)
-        self.postprocessor = PostProcessor({"score_threshold": 0.05, "nms_iou": 0.3,
-                                            "max_detections": 4})
+        self.postprocessor = PostProcessor(
+            {"score_threshold": 0.05, "nms_iou": 0.3, "max_detections": 4}
+        )
 
     def __call__(self, inputs, training=False):
         images, image_shapes = inputs["images"], inputs["image_shapes"]
@@ -67,15 +72,25 @@ class StandInDetector(tf.Module):
         hw = tf.cast(image_shapes, tf.float32)
         h, w = hw[:, 0], hw[:, 1]
         zero = tf.zeros_like(h)
-        rois = tf.stack([tf.stack([zero, zero, h / 2, w / 4], -1),
-                         tf.stack([h / 4, w / 2, h, w], -1),
-                         tf.zeros([batch, 4]), tf.zeros([batch, 4])], axis=1)
+        rois = tf.stack(
+            [
+                tf.stack([zero, zero, h / 2, w / 4], -1),
+                tf.stack([h / 4, w / 2, h, w], -1),
+                tf.zeros([batch, 4]),
+                tf.zeros([batch, 4]),
+            ],
+            axis=1,
+        )
         # Mean of the padded image keeps `images` in the graph (and checks it is uint8).
         touch = 0.0 * tf.reduce_mean(tf.cast(images, tf.float32))
         probs = tf.constant([[0.1, 0.0, 0.9], [0.5, 0.5, 0.0], [1, 0, 0], [1, 0, 0]])
         probs = tf.tile(probs[None], [batch, 1, 1]) * self.score_scale + touch
-        return {"rois": rois, "class_probs": probs, "box_deltas": tf.zeros([batch, 4, 4]),
-                "roi_valid": tf.tile(tf.constant([[True, True, False, False]]), [batch, 1])}
+        return {
+            "rois": rois,
+            "class_probs": probs,
+            "box_deltas": tf.zeros([batch, 4, 4]),
+            "roi_valid": tf.tile(tf.constant([[True, True, False, False]]), [batch, 1]),
+        }
 
 
 STANDIN_BOXES = np.array([[0, 0, 0.5, 0.25], [0.25, 0.5, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]])
@@ -126,13 +141,17 @@ def reference_outputs(model, image: np.ndarray) -> dict[str, np.ndarray]:
     h, w = resized.shape[:2]
     padded = np.zeros((-(-h // 16) * 16, -(-w // 16) * 16, 3), np.uint8)
     padded[:h, :w] = resized
-    out = {k: np.asarray(v) for k, v in
-           model.detect(tf.constant(padded[None]), tf.constant([[h, w]], tf.int32)).items()}
+    out = {
+        k: np.asarray(v)
+        for k, v in model.detect(tf.constant(padded[None]), tf.constant([[h, w]], tf.int32)).items()
+    }
     boxes = out["detection_boxes"].astype(np.float64) / np.array([h, w, h, w], np.float64)
-    return {"detection_boxes": np.clip(boxes, 0.0, 1.0),
-            "detection_scores": out["detection_scores"].astype(np.float64),
-            "detection_classes": out["detection_classes"].astype(np.float64),
-            "num_detections": out["num_detections"].astype(np.float64)}
+    return {
+        "detection_boxes": np.clip(boxes, 0.0, 1.0),
+        "detection_scores": out["detection_scores"].astype(np.float64),
+        "detection_classes": out["detection_classes"].astype(np.float64),
+        "num_detections": out["num_detections"].astype(np.float64),
+    }
 
 
 def assert_outputs_close(actual, expected, *, atol: float) -> None:

@@ -64,8 +64,11 @@ def test_same_detections_on_other_sizes(onnx_path, exported, jpeg_image):
     differs by ~1e-3 grey levels, so ~0.1-0.5 % of resized pixels round to the neighbouring
     uint8 value; scores and boxes then move by up to a few 1e-4 (the stated tolerance is
     1e-3)."""
-    images = [jpeg_image[None, 37:400, 11:523], synthetic_image(150, 410, seed=5)[None],
-              synthetic_image(333, 222, seed=6)[None]]
+    images = [
+        jpeg_image[None, 37:400, 11:523],
+        synthetic_image(150, 410, seed=5)[None],
+        synthetic_image(333, 222, seed=6)[None],
+    ]
     loaded = tf.saved_model.load(str(exported))
     for image in images:  # real comparisons: each image yields detections
         out = loaded.signatures["serving_default"](input_tensor=tf.constant(image))
@@ -80,8 +83,10 @@ def test_verify_reports_a_mismatch(onnx_path, exported, jpeg_image):
     image = jpeg_image[None, :300, :300]
     actual = run_onnx(session, image)
     loaded = tf.saved_model.load(str(exported))
-    expected = {k: v.numpy() for k, v in
-                loaded.signatures["serving_default"](input_tensor=tf.constant(image)).items()}
+    expected = {
+        k: v.numpy()
+        for k, v in loaded.signatures["serving_default"](input_tensor=tf.constant(image)).items()
+    }
     result = compare_detections(expected, actual, atol=1e-3)
     n = int(expected["num_detections"][0])
     assert result.detections == n >= 8 and result.max_abs_diff < 1e-3
@@ -104,10 +109,12 @@ def test_verify_reports_a_mismatch(onnx_path, exported, jpeg_image):
 
 
 def test_swapped_ties_still_match():
-    base = {"detection_boxes": np.array([[[0, 0, .5, .5], [.1, .1, .6, .6], [0, 0, 0, 0]]]),
-            "detection_scores": np.array([[0.7, 0.7, 0.0]]),
-            "detection_classes": np.array([[1.0, 1.0, 0.0]]),
-            "num_detections": np.array([2.0])}
+    base = {
+        "detection_boxes": np.array([[[0, 0, 0.5, 0.5], [0.1, 0.1, 0.6, 0.6], [0, 0, 0, 0]]]),
+        "detection_scores": np.array([[0.7, 0.7, 0.0]]),
+        "detection_classes": np.array([[1.0, 1.0, 0.0]]),
+        "num_detections": np.array([2.0]),
+    }
     swapped = {k: v.copy() for k, v in base.items()}
     swapped["detection_boxes"][0, [0, 1]] = base["detection_boxes"][0, [1, 0]]
     assert compare_detections(base, swapped, atol=1e-6) == OnnxComparison(0.0, 2, 0)
@@ -115,14 +122,18 @@ def test_swapped_ties_still_match():
 
 # --------------------------------------------------------- tf2onnx pitfalls, pinned small
 
+
 def _convert(function, specs):
     import tf2onnx
 
     from rfcn_tf.export.onnx import cast_resize_input_to_float, select_as_where
 
     proto, _ = tf2onnx.convert.from_function(
-        function, input_signature=specs, opset=17,
-        custom_rewriter=[select_as_where, cast_resize_input_to_float])
+        function,
+        input_signature=specs,
+        opset=17,
+        custom_rewriter=[select_as_where, cast_resize_input_to_float],
+    )
     return proto
 
 
@@ -166,21 +177,32 @@ def test_fix_loop_carried_types_casts_an_int64_initializer():
     from onnx import TensorProto, helper
 
     body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("Add", ["n_in", "one"], ["n_out"])],
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["n_in", "one"], ["n_out"]),
+        ],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("n_in", TensorProto.INT32, [])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("n_out", TensorProto.INT32, [])],
-        [helper.make_tensor("one", TensorProto.INT32, [], [1])])
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("n_in", TensorProto.INT32, []),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("n_out", TensorProto.INT32, []),
+        ],
+        [helper.make_tensor("one", TensorProto.INT32, [], [1])],
+    )
     graph = helper.make_graph(
         [helper.make_node("Loop", ["trip", "cond", "trip"], ["n_final"], body=body)],
-        "outer", [],
+        "outer",
+        [],
         [helper.make_tensor_value_info("n_final", TensorProto.INT32, [])],
-        [helper.make_tensor("trip", TensorProto.INT64, [], [3]),
-         helper.make_tensor("cond", TensorProto.BOOL, [], [True])])
+        [
+            helper.make_tensor("trip", TensorProto.INT64, [], [3]),
+            helper.make_tensor("cond", TensorProto.BOOL, [], [True]),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(Exception, match="mismatch|Type Error"):
         ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -191,6 +213,7 @@ def test_fix_loop_carried_types_casts_an_int64_initializer():
 
 
 # ---------------------------------------------------------------------------- failures
+
 
 def test_unconvertible_op_is_named(tmp_path):
     module = tf.Module()

@@ -49,8 +49,16 @@ def test_cli_exits_nonzero_with_a_clear_message(tmp_path, capsys):
         pytest.skip("TF-TRT is available on this machine")
     from rfcn_tf.export.__main__ import main
 
-    code = main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "m"),
-                 "--tensorrt", "int8"])
+    code = main(
+        [
+            "--checkpoint",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "m"),
+            "--tensorrt",
+            "int8",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "TensorRTUnavailableError" in err and "--onnx" in err
@@ -88,8 +96,9 @@ def fake_tensorrt(monkeypatch):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "FP16"])
 def test_float_conversion_arguments(fake_tensorrt, tmp_path, precision):
-    out = trt.convert_saved_model(tmp_path / "rfcn" / "1", output_dir=tmp_path / "trt" / "1",
-                                  precision=precision)
+    out = trt.convert_saved_model(
+        tmp_path / "rfcn" / "1", output_dir=tmp_path / "trt" / "1", precision=precision
+    )
     assert out == tmp_path / "trt" / "1"
     (converter,) = fake_tensorrt.instances
     assert converter.kwargs == {
@@ -109,8 +118,13 @@ def test_float_conversion_arguments(fake_tensorrt, tmp_path, precision):
 
 def test_int8_calibrates_and_builds_on_the_images(fake_tensorrt, tmp_path):
     images = [np.full((1, 48, 64, 3), i, np.uint8) for i in range(3)]
-    trt.convert_saved_model(tmp_path / "in", output_dir=tmp_path / "out", precision="int8",
-                            calibration_images=images, minimum_segment_size=5)
+    trt.convert_saved_model(
+        tmp_path / "in",
+        output_dir=tmp_path / "out",
+        precision="int8",
+        calibration_images=images,
+        minimum_segment_size=5,
+    )
     (converter,) = fake_tensorrt.instances
     assert converter.kwargs["precision_mode"] == "INT8"
     assert converter.kwargs["use_calibration"] is True
@@ -125,13 +139,24 @@ def test_int8_calibrates_and_builds_on_the_images(fake_tensorrt, tmp_path):
             np.testing.assert_array_equal(batch["input_tensor"].numpy(), images[i])
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    ({"precision": "int4"}, ValueError, "precision must be one of"),
-    ({"precision": "int8"}, ValueError, "INT8 needs calibration_images"),
-    ({"precision": "int8", "calibration_images": [np.zeros((1, 8, 8, 3), np.uint8),
-                                                  np.zeros((1, 8, 9, 3), np.uint8)]},
-     ValueError, "must share one"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"precision": "int4"}, ValueError, "precision must be one of"),
+        ({"precision": "int8"}, ValueError, "INT8 needs calibration_images"),
+        (
+            {
+                "precision": "int8",
+                "calibration_images": [
+                    np.zeros((1, 8, 8, 3), np.uint8),
+                    np.zeros((1, 8, 9, 3), np.uint8),
+                ],
+            },
+            ValueError,
+            "must share one",
+        ),
+    ],
+)
 def test_argument_errors(fake_tensorrt, tmp_path, kwargs, error, match):
     with pytest.raises(error, match=match):
         trt.convert_saved_model(tmp_path / "in", output_dir=tmp_path / "out", **kwargs)

@@ -17,7 +17,7 @@ def _np(outputs):
 
 
 def _row(outputs, index):
-    return {k: v[index:index + 1] for k, v in outputs.items()}
+    return {k: v[index : index + 1] for k, v in outputs.items()}
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,10 @@ def images():
 @pytest.fixture(scope="module")
 def singles(loaded, images):
     same, other = images
-    return [_np(loaded.signatures["serving_default"](input_tensor=tf.constant(im[None])))
-            for im in same + [other]]
+    return [
+        _np(loaded.signatures["serving_default"](input_tensor=tf.constant(im[None])))
+        for im in same + [other]
+    ]
 
 
 def test_batch_of_three_equals_three_single_calls(tiny_model, loaded, images, singles):
@@ -51,12 +53,16 @@ def test_encoded_mixed_sizes_equal_single_calls(loaded, images, singles):
     (one padded batch): every row equals that image's own call."""
     same, other = images
     pngs = [tf.io.encode_png(im).numpy() for im in same + [other]]
-    mixed = _np(loaded.signatures["serving_encoded"](
-        encoded_image_string_tensor=tf.constant([pngs[3], pngs[0], pngs[1]])))
+    mixed = _np(
+        loaded.signatures["serving_encoded"](
+            encoded_image_string_tensor=tf.constant([pngs[3], pngs[0], pngs[1]])
+        )
+    )
     for row, single in enumerate([singles[3], singles[0], singles[1]]):
         assert_outputs_close(_row(mixed, row), single, atol=1e-4)
-    uniform = _np(loaded.signatures["serving_encoded"](
-        encoded_image_string_tensor=tf.constant(pngs[:3])))
+    uniform = _np(
+        loaded.signatures["serving_encoded"](encoded_image_string_tensor=tf.constant(pngs[:3]))
+    )
     for row in range(3):
         assert_outputs_close(_row(uniform, row), singles[row], atol=1e-4)
 
@@ -66,13 +72,18 @@ def test_tf_example_batch(loaded, images, singles):
 
     def example(image):
         png = tf.io.encode_png(image).numpy()
-        return tf.train.Example(features=tf.train.Features(feature={
-            "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
-            "image/format": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"png"]))})
+        return tf.train.Example(
+            features=tf.train.Features(
+                feature={
+                    "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
+                    "image/format": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"png"])),
+                }
+            )
         ).SerializeToString()
 
-    out = _np(loaded.signatures["tf_example"](
-        tf_example=tf.constant([example(other), example(same[2])])))
+    out = _np(
+        loaded.signatures["tf_example"](tf_example=tf.constant([example(other), example(same[2])]))
+    )
     assert_outputs_close(_row(out, 0), singles[3], atol=1e-4)
     assert_outputs_close(_row(out, 1), singles[2], atol=1e-4)
 
@@ -93,22 +104,33 @@ def test_raw_outputs_consistent_with_detections(loaded, singles):
     rows = out["detection_anchor_indices"][0, :count].astype(int)
     assert np.all((rows >= 0) & (rows < r))
     classes = out["detection_classes"][0, :count].astype(int)
-    np.testing.assert_allclose(out["raw_detection_boxes"][0, rows],
-                               out["detection_boxes"][0, :count], atol=1e-6)
-    np.testing.assert_allclose(out["raw_detection_scores"][0, rows, classes],
-                               out["detection_scores"][0, :count], atol=1e-6)
-    np.testing.assert_allclose(out["detection_multiclass_scores"][0, :count],
-                               out["raw_detection_scores"][0, rows], atol=1e-6)
-    np.testing.assert_allclose(out["detection_multiclass_scores"][0, :count].sum(-1), 1.0,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        out["raw_detection_boxes"][0, rows], out["detection_boxes"][0, :count], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        out["raw_detection_scores"][0, rows, classes], out["detection_scores"][0, :count], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        out["detection_multiclass_scores"][0, :count],
+        out["raw_detection_scores"][0, rows],
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        out["detection_multiclass_scores"][0, :count].sum(-1), 1.0, atol=1e-5
+    )
     assert not out["detection_multiclass_scores"][0, count:].any()
     assert np.all((out["raw_detection_boxes"] >= 0) & (out["raw_detection_boxes"] <= 1))
 
 
 def _custom(loaded, image, score, iou, limit):
-    return _np(loaded.signatures["serving_custom"](
-        input_tensor=tf.constant(image[None]), score_threshold=tf.constant(score),
-        iou_threshold=tf.constant(iou), max_detections=tf.constant(limit)))
+    return _np(
+        loaded.signatures["serving_custom"](
+            input_tensor=tf.constant(image[None]),
+            score_threshold=tf.constant(score),
+            iou_threshold=tf.constant(iou),
+            max_detections=tf.constant(limit),
+        )
+    )
 
 
 def test_custom_with_defaults_equals_serving_default(loaded, images, singles):

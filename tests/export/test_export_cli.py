@@ -42,8 +42,9 @@ def trained_run(tmp_path_factory):
     prove the weights were restored."""
     run = tmp_path_factory.mktemp("run")
     _, model = build_tiny_model(seed=3)
-    checkpoint = tf.train.Checkpoint(model=model, step=tf.Variable(7, dtype=tf.int64),
-                                     num_classes=tf.Variable(3, dtype=tf.int64))
+    checkpoint = tf.train.Checkpoint(
+        model=model, step=tf.Variable(7, dtype=tf.int64), num_classes=tf.Variable(3, dtype=tf.int64)
+    )
     manager = tf.train.CheckpointManager(checkpoint, str(run / "checkpoints"), max_to_keep=1)
     manager.save(checkpoint_number=7)
     (run / "classes.txt").write_text("".join(f"{n}\n" for n in CLASS_NAMES))
@@ -71,9 +72,21 @@ def test_cli_exports_the_checkpoint(trained_run, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(onnx_export, "verify_onnx", fake_verify)
     run, model = trained_run
     out = tmp_path / "export" / "rfcn"
-    code = main(["--config", "shapes_tiny", *MODEL_FLAGS, *SIZE_FLAGS,
-                 "--checkpoint", str(run / "checkpoints"), "--out", str(out), "--onnx",
-                 "--onnx-opset", "18"])
+    code = main(
+        [
+            "--config",
+            "shapes_tiny",
+            *MODEL_FLAGS,
+            *SIZE_FLAGS,
+            "--checkpoint",
+            str(run / "checkpoints"),
+            "--out",
+            str(out),
+            "--onnx",
+            "--onnx-opset",
+            "18",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     onnx_file = tmp_path / "export" / "rfcn_onnx" / "1" / "model.onnx"
@@ -96,23 +109,40 @@ def test_cli_exports_the_checkpoint(trained_run, tmp_path, capsys, monkeypatch):
     loaded = tf.saved_model.load(str(out / "1"))
     image = synthetic_image(240, 300, seed=9)
     got = loaded.signatures["serving_default"](input_tensor=tf.constant(image[None]))
-    assert_outputs_close({k: v.numpy() for k, v in got.items()},
-                         reference_outputs(model, image), atol=1e-4)
+    assert_outputs_close(
+        {k: v.numpy() for k, v in got.items()}, reference_outputs(model, image), atol=1e-4
+    )
 
     # The same version again is refused, with the next free one named.
-    code = main(["--config", "shapes_tiny", *MODEL_FLAGS, *SIZE_FLAGS, "--no-verify",
-                 "--checkpoint", str(run / "checkpoints"), "--out", str(out), "--version", "1"])
+    code = main(
+        [
+            "--config",
+            "shapes_tiny",
+            *MODEL_FLAGS,
+            *SIZE_FLAGS,
+            "--no-verify",
+            "--checkpoint",
+            str(run / "checkpoints"),
+            "--out",
+            str(out),
+            "--version",
+            "1",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ExportError:")  # refused before any slow step
     assert "already exists" in err and "next free: 2" in err
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--checkpoint", "/nonexistent/ckpt-1"], "/nonexistent/ckpt-1"),
-    (["--checkpoint", "x", "--set", "model.bakbone=small"], "did you mean 'model.backbone'"),
-    (["--checkpoint", "x", "--config", "no_such_preset"], "unknown config 'no_such_preset'"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--checkpoint", "/nonexistent/ckpt-1"], "/nonexistent/ckpt-1"),
+        (["--checkpoint", "x", "--set", "model.bakbone=small"], "did you mean 'model.backbone'"),
+        (["--checkpoint", "x", "--config", "no_such_preset"], "unknown config 'no_such_preset'"),
+    ],
+)
 def test_cli_failures_exit_1_with_the_culprit(args, match, capsys, tmp_path):
     assert main(args + ["--out", str(tmp_path / "m")]) == 1
     err = capsys.readouterr().err
@@ -122,8 +152,19 @@ def test_cli_failures_exit_1_with_the_culprit(args, match, capsys, tmp_path):
 
 def test_cli_checkpoint_of_another_class_count(trained_run, tmp_path, capsys):
     run, _ = trained_run
-    code = main(["--config", "shapes_tiny", *MODEL_FLAGS, "--set", "data.class_names=[a, b]",
-                 "--checkpoint", str(run / "checkpoints"), "--out", str(tmp_path / "m")])
+    code = main(
+        [
+            "--config",
+            "shapes_tiny",
+            *MODEL_FLAGS,
+            "--set",
+            "data.class_names=[a, b]",
+            "--checkpoint",
+            str(run / "checkpoints"),
+            "--out",
+            str(tmp_path / "m"),
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "ckpt-7 was trained for 3 classes" in err, err

@@ -15,7 +15,12 @@ import tensorflow as tf
 from serving_testing_server import HTTP_STATUS, LoopbackServer
 
 from rfcn_tf.serving.client import (
-    GrpcClient, RestClient, ServingError, detections_from_batch, detections_from_outputs)
+    GrpcClient,
+    RestClient,
+    ServingError,
+    detections_from_batch,
+    detections_from_outputs,
+)
 from rfcn_tf.serving.client import main as client_main
 
 
@@ -51,6 +56,7 @@ def _free_port() -> int:
 
 # ------------------------------------------------------------------------- detections
 
+
 def test_detections_dict_format(local, jpeg_image):
     height, width = jpeg_image.shape[:2]
     n = local["num_detections"]
@@ -62,13 +68,20 @@ def test_detections_dict_format(local, jpeg_image):
 
 
 def test_detections_from_outputs_checks_its_input():
-    good = {"detection_boxes": np.zeros((1, 3, 4)), "detection_scores": np.zeros((1, 3)),
-            "detection_classes": np.zeros((1, 3)), "num_detections": np.array([4.0])}
+    good = {
+        "detection_boxes": np.zeros((1, 3, 4)),
+        "detection_scores": np.zeros((1, 3)),
+        "detection_classes": np.zeros((1, 3)),
+        "num_detections": np.array([4.0]),
+    }
     with pytest.raises(ValueError, match=r"num_detections = 4 outside \[0, 3\]"):
         detections_from_outputs(good, image_height=10, image_width=10)
     with pytest.raises(ValueError, match=r"lack \['num_detections'\]"):
-        detections_from_outputs({k: v for k, v in good.items() if k != "num_detections"},
-                                image_height=10, image_width=10)
+        detections_from_outputs(
+            {k: v for k, v in good.items() if k != "num_detections"},
+            image_height=10,
+            image_width=10,
+        )
     with pytest.raises(ValueError, match="image size must be positive"):
         detections_from_outputs(good, image_height=0, image_width=10)
 
@@ -101,14 +114,21 @@ def test_rest_column_format_and_single_value_instances(server, loaded, jpeg_byte
     url = f"{server.rest_url}/v1/models/rfcn:predict"
     b64 = {"b64": base64.b64encode(jpeg_bytes).decode()}
     local = loaded.signatures["serving_encoded"](
-        encoded_image_string_tensor=tf.constant([jpeg_bytes]))
-    columns = requests.post(url, json={"signature_name": "serving_encoded",
-                                       "inputs": {"encoded_image_string_tensor": [b64]}},
-                            timeout=60)
+        encoded_image_string_tensor=tf.constant([jpeg_bytes])
+    )
+    columns = requests.post(
+        url,
+        json={
+            "signature_name": "serving_encoded",
+            "inputs": {"encoded_image_string_tensor": [b64]},
+        },
+        timeout=60,
+    )
     assert columns.status_code == 200, columns.text
     outputs = columns.json()["outputs"]
-    rows = requests.post(url, json={"signature_name": "serving_encoded", "instances": [b64]},
-                         timeout=60)
+    rows = requests.post(
+        url, json={"signature_name": "serving_encoded", "instances": [b64]}, timeout=60
+    )
     assert rows.status_code == 200, rows.text
     (prediction,) = rows.json()["predictions"]
     for key, value in local.items():
@@ -124,10 +144,13 @@ def test_rest_model_status(server):
 
 # ------------------------------------------------------------------------------ batches
 
+
 @pytest.fixture(scope="module")
 def crops(jpeg_image):
     """Two crops of one size and one of another, with their PNGs and in-process detections."""
-    same = [np.ascontiguousarray(jpeg_image[y:y + 120, x:x + 160]) for y, x in ((0, 0), (90, 200))]
+    same = [
+        np.ascontiguousarray(jpeg_image[y : y + 120, x : x + 160]) for y, x in ((0, 0), (90, 200))
+    ]
     other = np.ascontiguousarray(jpeg_image[200:340, 300:400])
     return same, other
 
@@ -141,8 +164,10 @@ def test_rest_and_grpc_batches_equal_single_images(server, loaded, crops):
     same, other = crops
     want = [_local(loaded, im) for im in same + [other]]
     pngs = [tf.io.encode_png(im).numpy() for im in same + [other]]
-    with RestClient(server.rest_url, "rfcn") as rest, \
-            GrpcClient(server.grpc_target, "rfcn") as grpc:
+    with (
+        RestClient(server.rest_url, "rfcn") as rest,
+        GrpcClient(server.grpc_target, "rfcn") as grpc,
+    ):
         for client in (rest, grpc):
             pixels = client.detect_batch(same)
             encoded = client.detect_batch([pngs[2], pngs[0], pngs[1]])  # mixed sizes
@@ -154,32 +179,43 @@ def test_rest_and_grpc_batches_equal_single_images(server, loaded, crops):
                 client.detect_batch([same[0], other])
 
 
-@pytest.mark.parametrize("bad,match", [
-    ({"detection_boxes": [[float("nan"), 0.1, 0.5, 0.5]]}, "non-finite detection_boxes"),
-    ({"detection_scores": [float("inf")]}, "non-finite detection_scores"),
-    ({"detection_classes": [-1.0]}, r"detection_classes -1.0 .*integers in 1\.\.3"),
-    ({"detection_classes": [7.0]}, r"integers in 1\.\.3"),
-    ({"detection_classes": [1.5]}, "integers"),
-    ({"num_detections": float("nan")}, "not a count"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"detection_boxes": [[float("nan"), 0.1, 0.5, 0.5]]}, "non-finite detection_boxes"),
+        ({"detection_scores": [float("inf")]}, "non-finite detection_scores"),
+        ({"detection_classes": [-1.0]}, r"detection_classes -1.0 .*integers in 1\.\.3"),
+        ({"detection_classes": [7.0]}, r"integers in 1\.\.3"),
+        ({"detection_classes": [1.5]}, "integers"),
+        ({"num_detections": float("nan")}, "not a count"),
+    ],
+)
 def test_client_rejects_invalid_server_answers(monkeypatch, bad, match):
     """A server answering NaN boxes or class ids outside 1..C gets a clear error, not printed
     detections (REST's JSON carries NaN and Infinity as TF Serving writes them)."""
-    good = {"detection_boxes": [[0.1, 0.1, 0.5, 0.5]], "detection_scores": [0.9],
-            "detection_classes": [2.0], "num_detections": 1.0}
+    good = {
+        "detection_boxes": [[0.1, 0.1, 0.5, 0.5]],
+        "detection_scores": [0.9],
+        "detection_classes": [2.0],
+        "num_detections": 1.0,
+    }
     good.update(bad)
     client = RestClient("http://127.0.0.1:1", "rfcn")
     client.num_classes = 3
-    monkeypatch.setattr(client, "_call", lambda *args: json.loads(json.dumps(
-        {"predictions": [good]})))
+    monkeypatch.setattr(
+        client, "_call", lambda *args: json.loads(json.dumps({"predictions": [good]}))
+    )
     with pytest.raises(ValueError, match=match):
         client.detect(np.zeros((8, 8, 3), np.uint8))
 
 
 def test_detections_from_batch_splits_per_image():
-    outputs = {"detection_boxes": np.tile([[[0, 0, 0.5, 0.5], [0, 0, 0, 0]]], (2, 1, 1)),
-               "detection_scores": [[0.9, 0.0], [0.8, 0.7]],
-               "detection_classes": [[1.0, 0.0], [2.0, 1.0]], "num_detections": [1.0, 2.0]}
+    outputs = {
+        "detection_boxes": np.tile([[[0, 0, 0.5, 0.5], [0, 0, 0, 0]]], (2, 1, 1)),
+        "detection_scores": [[0.9, 0.0], [0.8, 0.7]],
+        "detection_classes": [[1.0, 0.0], [2.0, 1.0]],
+        "num_detections": [1.0, 2.0],
+    }
     first, second = detections_from_batch(outputs, [(10, 20), (100, 200)])
     assert first["num_detections"] == 1 and second["num_detections"] == 2
     np.testing.assert_allclose(first["boxes"], [[0, 0, 5, 10]])
@@ -190,10 +226,14 @@ def test_detections_from_batch_splits_per_image():
 
 # ------------------------------------------------------------------------------ errors
 
-@pytest.mark.parametrize("model,version,status,match", [
-    ("nope", None, 404, r"Servable not found for request: Latest\(nope\)"),
-    ("rfcn", 9, 404, r"Servable not found for request: Specific\(rfcn, 9\)"),
-])
+
+@pytest.mark.parametrize(
+    "model,version,status,match",
+    [
+        ("nope", None, 404, r"Servable not found for request: Latest\(nope\)"),
+        ("rfcn", 9, 404, r"Servable not found for request: Specific\(rfcn, 9\)"),
+    ],
+)
 def test_rest_unknown_model_or_version(server, jpeg_bytes, model, version, status, match):
     with pytest.raises(ServingError, match=match) as info:
         RestClient(server.rest_url, model, version=version).detect(jpeg_bytes)
@@ -209,23 +249,29 @@ def test_rest_not_an_image(server):
 
 def test_rest_wrong_rank_gets_tensorflows_message(server):
     client = RestClient(server.rest_url, "rfcn")
-    with pytest.raises(ServingError, match=r"not compatible with expected shape \[\?,\?,\?,3\]") \
-            as info:
+    with pytest.raises(
+        ServingError, match=r"not compatible with expected shape \[\?,\?,\?,3\]"
+    ) as info:
         client.predict({"input_tensor": np.zeros((1, 8, 3), np.uint8)})
     assert info.value.status == 400
 
 
-@pytest.mark.parametrize("body,match", [
-    ("{not json", "JSON Parse error"),
-    ('{"signature_name": "serving_default"}', "Missing 'inputs' or 'instances' key"),
-    ('{"instances": [1], "inputs": [1]}', "only one of 'inputs' or 'instances'"),
-    ('{"signature_name": "nope", "instances": [1]}',
-     'Serving signature name: "nope" not found in signature def'),
-    ('{"instances": [[[[300, 0, 0]]]]}', r"values \[0, 300\] are out of range \[0, 255\]"),
-    ('{"instances": [[[["a", "b", "c"]]]]}', "expects uint8 numbers"),
-    ('{"instances": [[[[0, 0, 0]], [[0, 0]]]]}', "not a rectangular tensor|expects uint8"),
-    ('{"instances": [{"wrong_name": 1}]}', r"has inputs \['wrong_name'\]"),
-])
+@pytest.mark.parametrize(
+    "body,match",
+    [
+        ("{not json", "JSON Parse error"),
+        ('{"signature_name": "serving_default"}', "Missing 'inputs' or 'instances' key"),
+        ('{"instances": [1], "inputs": [1]}', "only one of 'inputs' or 'instances'"),
+        (
+            '{"signature_name": "nope", "instances": [1]}',
+            'Serving signature name: "nope" not found in signature def',
+        ),
+        ('{"instances": [[[[300, 0, 0]]]]}', r"values \[0, 300\] are out of range \[0, 255\]"),
+        ('{"instances": [[[["a", "b", "c"]]]]}', "expects uint8 numbers"),
+        ('{"instances": [[[[0, 0, 0]], [[0, 0]]]]}', "not a rectangular tensor|expects uint8"),
+        ('{"instances": [{"wrong_name": 1}]}', r"has inputs \['wrong_name'\]"),
+    ],
+)
 def test_rest_bad_requests_are_400_with_message(server, body, match):
     response = requests.post(f"{server.rest_url}/v1/models/rfcn:predict", data=body, timeout=30)
     assert response.status_code == 400, response.text
@@ -236,8 +282,9 @@ def test_rest_bad_requests_are_400_with_message(server, body, match):
 
 
 def test_rest_malformed_path_and_unimplemented_method(server):
-    bad = requests.post(f"{server.rest_url}/v1/models/rfcn/versions/x:predict", data="{}",
-                        timeout=30)
+    bad = requests.post(
+        f"{server.rest_url}/v1/models/rfcn/versions/x:predict", data="{}", timeout=30
+    )
     assert bad.status_code == 400 and "Malformed request" in bad.json()["error"]
     classify = requests.post(f"{server.rest_url}/v1/models/rfcn:classify", data="{}", timeout=30)
     assert classify.status_code == 501 and ":predict only" in classify.json()["error"]
@@ -264,8 +311,9 @@ def test_grpc_errors(server, jpeg_bytes):
             client.detect(b"GIF? no", image_size=(4, 4))
         assert info.value.status == "INVALID_ARGUMENT"
         with pytest.raises(ServingError, match="not found in signature def") as info:
-            client.predict({"input_tensor": np.zeros((1, 8, 8, 3), np.uint8)},
-                           signature_name="nope")
+            client.predict(
+                {"input_tensor": np.zeros((1, 8, 8, 3), np.uint8)}, signature_name="nope"
+            )
         assert info.value.status == "INVALID_ARGUMENT"
         with pytest.raises(ServingError, match=r"missing \['input_tensor'\]") as info:
             client.predict({"image": np.zeros((1, 8, 8, 3), np.uint8)})
@@ -287,12 +335,15 @@ def test_unreachable_server():
     assert info.value.status == "UNAVAILABLE"
 
 
-@pytest.mark.parametrize("factory,match", [
-    (lambda: RestClient("localhost:8501", "rfcn"), "must start with http"),
-    (lambda: RestClient("http://x", "a/b"), "model name"),
-    (lambda: GrpcClient("http://x:1", "rfcn"), "host:port"),
-    (lambda: RestClient("http://x", "rfcn", timeout=0), "timeout must be positive"),
-])
+@pytest.mark.parametrize(
+    "factory,match",
+    [
+        (lambda: RestClient("localhost:8501", "rfcn"), "must start with http"),
+        (lambda: RestClient("http://x", "a/b"), "model name"),
+        (lambda: GrpcClient("http://x:1", "rfcn"), "host:port"),
+        (lambda: RestClient("http://x", "rfcn", timeout=0), "timeout must be positive"),
+    ],
+)
 def test_client_argument_errors(factory, match):
     with pytest.raises(ValueError, match=match):
         factory()
@@ -309,6 +360,7 @@ def test_client_image_checks(server):
 
 
 # ----------------------------------------------------------------------- server lifecycle
+
 
 def test_server_binds_loopback_and_stops(exported):
     server = LoopbackServer({"m": exported.parent}, lifetime_s=60).start()
@@ -339,12 +391,17 @@ def test_server_rejects_a_folder_without_versions(tmp_path):
 
 # ---------------------------------------------------------------------------- command line
 
+
 def test_client_cli_rest_and_grpc(server, exported, jpeg_bytes, local, tmp_path, capsys):
     image = tmp_path / "cells.jpg"
     image.write_bytes(jpeg_bytes)
     labels = exported / "assets" / "labels.txt"
-    assert client_main([str(image), "--url", server.rest_url, "--model", "rfcn",
-                        "--labels", str(labels)]) == 0
+    assert (
+        client_main(
+            [str(image), "--url", server.rest_url, "--model", "rfcn", "--labels", str(labels)]
+        )
+        == 0
+    )
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == local["num_detections"] + 1
     first = out[0].split("\t")
@@ -352,8 +409,22 @@ def test_client_cli_rest_and_grpc(server, exported, jpeg_bytes, local, tmp_path,
     assert float(first[2]) == pytest.approx(local["scores"][0], abs=1e-3)
     assert out[-1].startswith(f"1 image(s), {local['num_detections']} detection(s)")
 
-    assert client_main([str(image), "--grpc", server.grpc_target, "--model", "rfcn",
-                        "--raw-pixels", "--json", "--min-score", "0.3"]) == 0
+    assert (
+        client_main(
+            [
+                str(image),
+                "--grpc",
+                server.grpc_target,
+                "--model",
+                "rfcn",
+                "--raw-pixels",
+                "--json",
+                "--min-score",
+                "0.3",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     record = json.loads(captured.out.strip().splitlines()[0])
     assert all(d["score"] >= 0.3 for d in record["detections"])
@@ -376,8 +447,10 @@ def test_client_cli_batch_size(server, loaded, crops, tmp_path, capsys):
     assert sum(len(r["detections"]) for r in records) == want
     assert captured.err.strip().endswith("s") and "3 image(s)" in captured.err
     # Raw pixels of two sizes in one batch: a clear error naming the batch.
-    assert client_main(paths[1:] + ["--url", server.rest_url, "--batch-size", "2",
-                                    "--raw-pixels"]) == 1
+    assert (
+        client_main(paths[1:] + ["--url", server.rest_url, "--batch-size", "2", "--raw-pixels"])
+        == 1
+    )
     err = capsys.readouterr().err
     assert "(batch of 2)" in err and "one image size per batch" in err
     assert client_main(paths + ["--url", server.rest_url, "--batch-size", "0"]) == 2
