@@ -7,7 +7,9 @@ Usage: python engine_dist_worker.py MODE OUT_NPZ [MODEL]
 
 Environment (the resume test): ``STEPS`` (default 3), ``CKPT_DIR`` (a fixed checkpoint folder,
 shared by the workers; default a fresh one per process), ``CKPT_EVERY`` (default 0: only at
-the end), ``KILL_AT`` (this process kills itself with SIGKILL right after that step).
+the end), ``KILL_AT`` (this process kills itself with SIGKILL right after that step),
+``VALIDATE`` (1: the chief validates every step with a stand-in metric, keeping the best
+checkpoint in ``<OUT folder>/run_chief``, as training does on the chief only).
 
 Logical devices must be configured before TensorFlow initializes, hence a fresh process.
 """
@@ -39,7 +41,7 @@ def main(mode: str, out: str, model_kind: str = "standin") -> None:
     from rfcn_tf.engine import optimizer as opt
     from rfcn_tf.engine import schemes
     from rfcn_tf.engine.loop import Hook
-    from rfcn_tf.engine.strategy import build_strategy
+    from rfcn_tf.engine.strategy import build_strategy, is_chief
 
     if mode == "single":
         strategy = build_strategy("default")
@@ -84,12 +86,24 @@ def main(mode: str, out: str, model_kind: str = "standin") -> None:
 
     workdir = os.environ.get("CKPT_DIR") or os.path.join(os.path.dirname(out),
                                                          f"ckpt_{mode}_{os.getpid()}")
+    hooks = [Record()]
+    if os.environ.get("VALIDATE") == "1" and is_chief(strategy):
+        from rfcn_tf.engine.best_checkpoint import BestCheckpoint
+        from rfcn_tf.engine.validation import ValidationHook
+
+        def evaluate(step):  # a stand-in metric: best at step 2
+            value = {1: 0.1, 2: 0.5}.get(step, 0.2)
+            return {"coco": {"AP": value, "AP50": value}, "voc2010": {"mAP": value}}
+
+        best = BestCheckpoint(os.path.join(os.path.dirname(out), "run_chief"), model=model,
+                              num_classes=num_classes)
+        hooks.append(ValidationHook(evaluate, every=1, best=best))
     schemes.run_training(model=model, strategy=strategy, dataset_fn=data_fn,
                          stages=schemes.build_stages("joint", steps=STEPS),
                          optimizer_fn=optimizer_fn, checkpoint_dir=workdir,
                          num_classes=num_classes, global_batch_size=GLOBAL_BATCH,
                          checkpoint_every=int(os.environ.get("CKPT_EVERY", "0")),
-                         hooks_fn=lambda stage, total: [Record()])
+                         hooks_fn=lambda stage, total: hooks)
     weights = {f"w{i}": np.asarray(v.numpy()) for i, v in enumerate(model.trainable_weights)}
     np.savez(out, losses=np.array(logs), **weights)
 

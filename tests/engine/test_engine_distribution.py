@@ -100,7 +100,12 @@ def _finish(procs, timeout=300):
 
 @pytest.mark.slow
 def test_multi_worker_two_processes_match_one_device(single, tmp_path):
-    _finish(_start_workers(tmp_path))
+    # The chief also validates after every step (stand-in metric) and saves the best
+    # checkpoint on its own: the other worker goes on training, nothing waits or diverges.
+    _finish(_start_workers(tmp_path, env_of=lambda index: {"VALIDATE": "1"}))
+    record = json.loads((tmp_path / "run_chief" / "best.json").read_text())
+    assert record["step"] == 2 and [h["step"] for h in record["history"]] == [1, 2, 3]
+    assert os.path.isfile(tmp_path / "run_chief" / "checkpoints" / "best" / "ckpt-2.index")
     for index in range(2):
         _assert_same(single, dict(np.load(tmp_path / f"w{index}.npz")),
                      f"MultiWorkerMirroredStrategy worker {index}")
