@@ -95,7 +95,8 @@ class TrainingFeatures:
       work_dir: the run folder (default ``cfg.train.work_dir``).
 
     Raises:
-      ConfigError: early stop under multi-worker training, ``data_resume=iterator`` there.
+      ConfigError: early stop without validation or under multi-worker training,
+        ``data_resume=iterator`` where the iterator cannot be saved.
     """
 
     def __init__(self, cfg, *, model, strategy: tf.distribute.Strategy,
@@ -114,6 +115,10 @@ class TrainingFeatures:
         self.writer = writer
         self.chief = is_chief(strategy)
         replicas = strategy.num_replicas_in_sync
+        if tcfg.early_stop_patience and not tcfg.eval_every:
+            raise ConfigError(f"train.early_stop_patience={tcfg.early_stop_patience} needs "
+                              f"validation during training: set train.eval_every (steps) or "
+                              f"train.eval_every_epochs")
         try:
             check_distribution(strategy, early_stop_patience=tcfg.early_stop_patience)
             # A tf.data service iterator cannot be saved either (TF: SaveInternal unsupported).

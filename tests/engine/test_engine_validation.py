@@ -205,3 +205,26 @@ def test_ema_is_checkpointed_and_validation_and_best_use_it(tmp_path):
     fresh = TinyDetector(seed=3)
     restore_model_weights(fresh, find_best_checkpoint(str(tmp_path / "val")), num_classes=2)
     np.testing.assert_allclose(weights_of(fresh)[0], ema.shadows[0].numpy(), atol=1e-6)
+
+
+def test_training_features_refuse_early_stop_without_validation_and_deliver_ema(tmp_path):
+    from rfcn_tf.config import ConfigError, load_config
+    from rfcn_tf.engine.features import TrainingFeatures
+
+    strategy = tf.distribute.get_strategy()
+    model = TinyDetector()
+    with pytest.raises(ConfigError, match="early_stop_patience=2 needs validation"):
+        TrainingFeatures(load_config("shapes_tiny", ["train.early_stop_patience=2"]),
+                         model=model, strategy=strategy, class_names=["a", "b"],
+                         work_dir=str(tmp_path))
+    cfg = load_config("shapes_tiny", ["train.ema_decay=0.5"])
+    features = TrainingFeatures(cfg, model=model, strategy=strategy, class_names=["a", "b"],
+                                work_dir=str(tmp_path))
+    assert features.hooks() == [] and features.run_training_kwargs()["data_resume"] == "iterator"
+    model.trainable_variables[0].assign(model.trainable_variables[0] + 1.0)
+    features.ema.update()
+    final = features.finalize()  # no best checkpoint: the EMA weights are delivered
+    assert final == {"weights": "ema", "best": None}
+    np.testing.assert_allclose(model.trainable_variables[0].numpy(),
+                               features.ema.shadows[0].numpy())
+    assert TrainingFeatures.summary_line(final) is None
