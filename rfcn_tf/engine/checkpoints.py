@@ -183,22 +183,28 @@ def _step_of(prefix: str) -> int:
 
 
 def _candidates(checkpoint_dir: str) -> list[str]:
-    """Checkpoint prefixes in the folder, newest (highest step) first: the state file's list
-    and every ``ckpt-<n>.index`` (the state file itself may be damaged)."""
-    prefixes = set()
+    """Checkpoint prefixes of the folder, newest (highest step) first: the state file's list
+    (TensorFlow writes it after each complete save), or every ``ckpt-<n>.index`` when the state
+    file is missing or damaged."""
     try:
         state = tf.train.get_checkpoint_state(checkpoint_dir)
     except _READ_ERRORS as exc:
         logger.warning("checkpoint state file %s is unreadable (%s); looking for ckpt-* files",
-                       os.path.join(checkpoint_dir, "checkpoint"), str(exc).splitlines()[-1:])
+                       os.path.join(checkpoint_dir, "checkpoint"),
+                       (str(exc).strip().splitlines() or [type(exc).__name__])[-1])
         state = None
+    prefixes = set()
     if state is not None:
         for path in state.all_model_checkpoint_paths:
             path = path if os.path.isabs(path) else os.path.join(checkpoint_dir, path)
             if tf.io.gfile.exists(path + ".index"):
                 prefixes.add(path)
-    for index in tf.io.gfile.glob(os.path.join(checkpoint_dir, "ckpt-*.index")):
-        prefixes.add(index[: -len(".index")])
+    else:
+        for index in tf.io.gfile.glob(os.path.join(checkpoint_dir, "ckpt-*.index")):
+            prefixes.add(index[: -len(".index")])
+        if prefixes:  # TF returns None for a state file it cannot parse, as for none
+            logger.warning("checkpoint state file %s is missing or unreadable; using the "
+                           "ckpt-* files found", os.path.join(checkpoint_dir, "checkpoint"))
     return sorted(prefixes, key=lambda p: (_step_of(p), p), reverse=True)
 
 

@@ -201,3 +201,14 @@ def test_another_architecture_is_the_last_thing_said(tmp_path):
     assert last.startswith(f"error: cannot resume from {directory / 'ckpt-1'}: it does not fit"), (
         done.stderr[-2000:])
     assert "Value in checkpoint could not be found" not in done.stderr
+
+
+def test_damaged_state_file_falls_back_to_the_checkpoint_files(tmp_path, caplog):
+    directory = tmp_path / "checkpoints"
+    _train(directory, 2)
+    (directory / "checkpoint").write_text("model_checkpoint_path: \x00\x01 garbage {")
+    with caplog.at_level(logging.WARNING, logger="rfcn_tf.engine"):
+        _, result = _train(directory, 3)
+    assert result.resumed_from == str(directory / "ckpt-2") and result.step == 3
+    assert any(f"checkpoint state file {directory / 'checkpoint'} is missing or unreadable"
+               in r.getMessage() for r in caplog.records)
