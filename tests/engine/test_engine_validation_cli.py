@@ -2,8 +2,8 @@
 
 The tiny shapes config (64-pixel images, narrow small backbone) trains 12 steps validating
 every 4: the best checkpoint and best.json land in the run folder, the validation scalars in
-TensorBoard, the end-of-training evaluation uses the best checkpoint and the summary names its
-step and score. ``--print-config`` shows the steps a schedule in epochs derives.
+TensorBoard, the end-of-training evaluation and ``rfcn_tf.load(run_dir)`` use the best
+checkpoint and the summary names its step and score. ``--print-config`` shows the steps a schedule in epochs derives.
 """
 
 from __future__ import annotations
@@ -68,6 +68,11 @@ def test_training_validates_keeps_the_best_and_evaluates_it(tmp_path):
     # The end-of-training evaluation ran on the best checkpoint.
     metrics = json.loads(next(run.glob("eval/*/metrics.json")).read_text())
     assert metrics["info"]["checkpoint"] == str(prefix)
+    # rfcn_tf.load(run folder) delivers the best checkpoint; which="latest" the last one.
+    import rfcn_tf
+
+    assert rfcn_tf.load(run).info["checkpoint"] == str(prefix)
+    assert rfcn_tf.load(run, which="latest").info["checkpoint"].endswith("ckpt-12")
     tags = _tags(run / "tensorboard" / "train")
     for tag in ("val/coco_AP", "val/coco_AP50", "val/voc2010_mAP", "val/best_coco_AP50"):
         assert tag in tags, (tag, sorted(tags))
