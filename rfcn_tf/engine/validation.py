@@ -117,10 +117,11 @@ class ValidationHook(Hook):
             loop.request_stop(self._stop_message())
 
     def _stop_message(self) -> str:
+        best = (f"best {self.best.best_value:.4f} at step {self.best.best_step}"
+                if self.best.best_value is not None else "no finite value yet")
         return (f"early stop: {self.best.validations_without_improvement()} validations "
-                f"without improvement of {self.best.metric} (best {self.best.best_value:.4f} "
-                f"at step {self.best.best_step}; train.early_stop_patience="
-                f"{self.best.patience})")
+                f"without improvement of {self.best.metric} ({best}; "
+                f"train.early_stop_patience={self.best.patience})")
 
     def validate(self, loop: TrainLoop, step: int) -> dict:
         started = time.perf_counter()

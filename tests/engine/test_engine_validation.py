@@ -128,6 +128,11 @@ def test_nan_never_becomes_best_and_metric_names_are_checked(tmp_path):
     best.update(6, 0.0)
     assert best.should_stop()
     assert find_best_checkpoint(str(tmp_path)) is None  # record only, no model saved
+    nan_only = BestCheckpoint(str(tmp_path / "nan"), model=None, patience=1)
+    nan_only.update(1, math.nan)
+    assert nan_only.should_stop()
+    hook = ValidationHook(lambda step: _metrics(math.nan), every=1, best=nan_only)
+    assert "no finite value yet" in hook._stop_message()
     assert metric_value(_metrics(0.7), "coco/AP") == pytest.approx(0.35)
     with pytest.raises(ValueError, match="reports no 'AP60' under 'coco'"):
         metric_value(_metrics(0.7), "coco/AP60")
