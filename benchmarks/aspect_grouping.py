@@ -27,13 +27,13 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import tensorflow as tf
+from PIL import Image
 
-from rfcn_tf.config import load_config  # noqa: E402
-from rfcn_tf.data.errors import DataError  # noqa: E402
-from rfcn_tf.data.pipeline import build_dataset  # noqa: E402
+from rfcn_tf.config import load_config
+from rfcn_tf.data.errors import DataError
+from rfcn_tf.data.pipeline import build_dataset
 
 # (height, width) -> share of VOC 2007 trainval images (rounded; the rest of the 500-px sizes
 # folded into the nearest of these).

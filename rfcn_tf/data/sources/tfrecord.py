@@ -97,6 +97,8 @@ KEYS = {
 _FRAME_BYTES = 16
 # Files read at once by the interleave (all of them up to this many: round-robin order kept).
 _MAX_CYCLE = 64
+# Records per step of the per-file byte count (`_file_records`).
+_RECORDS_PER_STEP = 8
 _HASH_BUCKETS = 2 ** 62
 
 
@@ -222,28 +224,32 @@ def _check_file_end(filename, size, consumed, records):
 def _file_records(filename: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
     """(filename, record index, serialized record) of one file; at the end of the file, an error
     naming it when the records read do not cover its bytes (TF's own DataLossError names no
-    file, so the reader skips it with ignore_errors and checks the byte count instead)."""
-    records = tf.data.TFRecordDataset(filename).ignore_errors()
-    marked = records.map(lambda r: (r, tf.constant(False)))
-    marked = marked.concatenate(tf.data.Dataset.from_tensors((tf.constant(""),
+    file, so the reader skips it with ignore_errors and checks the byte count instead).
+
+    The byte count runs over small batches of records (one scan step per batch, not per
+    record), then the batches are split again.
+    """
+    batches = tf.data.TFRecordDataset(filename).ignore_errors().batch(_RECORDS_PER_STEP)
+    marked = batches.map(lambda r: (r, tf.constant(False)))
+    marked = marked.concatenate(tf.data.Dataset.from_tensors((tf.zeros([0], tf.string),
                                                               tf.constant(True))))
 
     def step(state, element):
         consumed, count = state
-        record, is_end = element
+        records, is_end = element
 
         def at_end():
             with tf.control_dependencies([_check_file_end(filename, size, consumed, count)]):
                 return tf.identity(count)
 
-        count_out = tf.cond(is_end, at_end, lambda: count)
-        length = tf.cast(tf.strings.length(record), tf.int64) + _FRAME_BYTES
-        consumed = tf.where(is_end, consumed, consumed + length)
-        return (consumed, count_out + tf.cast(~is_end, tf.int64)), (count_out, record, is_end)
+        count = tf.cond(is_end, at_end, lambda: count)
+        n = tf.size(records, out_type=tf.int64)
+        consumed += tf.reduce_sum(tf.cast(tf.strings.length(records), tf.int64)) + (
+            _FRAME_BYTES * n)
+        return (consumed, count + n), (tf.fill([n], filename), count + tf.range(n), records)
 
     scanned = marked.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), step)
-    scanned = scanned.filter(lambda index, record, is_end: ~is_end)
-    return scanned.map(lambda index, record, is_end: (filename, index, record))
+    return scanned.unbatch()
 
 
 def _image_id(source_id: tf.Tensor, fallback: tf.Tensor) -> tf.Tensor:
