@@ -10,7 +10,6 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from rfcn_tf.cli_args import add_config_arguments
 
@@ -79,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
         "and check it against the SavedModel with onnxruntime",
     )
     parser.add_argument("--onnx-opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="with --onnx: also write model_int8.onnx, statically quantized "
+        "(onnxruntime; convolutions INT8 per channel, calibrated on "
+        "--calibration-images validation images) and compared with fp32",
+    )
     return parser
 
 
@@ -88,86 +94,22 @@ def _stage(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> str:
-    """The CLI's work; returns the summary line. Raises on failure."""
-    started = time.perf_counter()
-    from rfcn_tf.export.saved_model import ExportError, export_saved_model, next_version
-    from rfcn_tf.export.steps import class_names, load_model, onnx_check_images, resolve_config
+    """The CLI's work (``rfcn_tf.export.steps.export_checkpoint``); returns the summary line."""
+    from rfcn_tf.export.steps import export_checkpoint
 
-    # The serving graph must hold stock ops only: PS-RoI pooling uses the pure-TF twin
-    # whatever the training used (the weights are the same).
-    config, config_from = resolve_config(
-        args.config, list(args.overrides) + ["model.head.psroi_impl=tf"], checkpoint=args.checkpoint
-    )
-    if args.tensorrt:  # fail before the slow part when TF-TRT cannot run here
-        from rfcn_tf.export.tensorrt import require_tensorrt
-
-        require_tensorrt()
-    out = Path(args.out) if args.out else Path(config.export.out_dir) / config.export.model_name
-    version = args.version if args.version is not None else config.export.version
-    if version is not None and (out / str(version)).exists():  # fail before building anything
-        raise ExportError(
-            f"{out / str(version)} already exists; pass another --version (next "
-            f"free: {next_version(out)}) or remove it"
-        )
-    names, names_from = class_names(config, args.checkpoint)
-    _stage(
-        f"building the {config.model.backbone.name} model ({len(names)} classes) and restoring "
-        f"{args.checkpoint}"
-    )
-    model, restored = load_model(config, args.checkpoint, num_classes=len(names))
-    from rfcn_tf.data.pipeline import evaluation_scale  # the resize evaluation uses, too
-
-    min_size, max_size = int(evaluation_scale(config.data.scales)), int(config.data.max_size)
-    _stage(
-        f"tracing and saving {out}/<version>"
-        + ("; then checking it in a fresh Python process" if not args.no_verify else "")
-    )
-    path = export_saved_model(
-        model,
-        class_names=names,
-        out_dir=out.parent,
-        model_name=out.name,
-        version=version,
-        min_size=min_size,
-        max_size=max_size,
+    return export_checkpoint(
+        args.checkpoint,
+        config=args.config,
+        overrides=args.overrides,
+        out=args.out,
+        version=args.version,
         verify=not args.no_verify,
-    )
-    extras = []
-    if args.tensorrt:
-        from rfcn_tf.export.tensorrt import convert_saved_model, dataset_calibration_images
-
-        _stage(f"converting with TF-TRT ({args.tensorrt})")
-        calibration = None
-        if args.tensorrt == "int8":
-            calibration = dataset_calibration_images(config.data, count=args.calibration_images)
-        trt_path = convert_saved_model(
-            path,
-            output_dir=out.parent / f"{out.name}_trt_{args.tensorrt}" / path.name,
-            precision=args.tensorrt,
-            calibration_images=calibration,
-        )
-        extras.append(f"TF-TRT {args.tensorrt} at {trt_path}")
-    if args.onnx:
-        from rfcn_tf.export import onnx as onnx_lib
-
-        _stage(f"converting to ONNX (opset {args.onnx_opset}) and checking it with onnxruntime")
-        onnx_path = onnx_lib.export_onnx(
-            path,
-            output_path=out.parent / f"{out.name}_onnx" / path.name / "model.onnx",
-            opset=args.onnx_opset,
-        )
-        images, described = onnx_check_images(config)
-        comparison = onnx_lib.verify_onnx(onnx_path, path, images=images)
-        extras.append(
-            f"ONNX at {onnx_path} (onnxruntime matches on {described}: {comparison.describe()})"
-        )
-    return (
-        f"exported {out.name} version {path.name} to {path}: {len(names)} classes (from "
-        f"{names_from}), config {config_from}, weights {restored}, resize "
-        f"{min_size}/{max_size}"
-        + (", verified (stock ops, every signature runs)" if not args.no_verify else "")
-        + ("; " + "; ".join(extras) if extras else "")
-        + f"; {time.perf_counter() - started:.1f} s"
+        tensorrt=args.tensorrt,
+        onnx=args.onnx,
+        onnx_opset=args.onnx_opset,
+        int8=args.int8,
+        calibration_images=args.calibration_images,
+        stage=_stage,
     )
 
 

@@ -437,3 +437,116 @@ def verify_onnx(
                     f"input {index} of shape {np.shape(image)}, image {row}: {exc}"
                 ) from None
     return total
+
+
+# --------------------------------------------------------------------------------------------
+# INT8 (static quantization for CPU serving)
+
+# What is quantized: the convolutions (backbone, RPN and the position-sensitive score maps,
+# the bulk of the compute). NMS, top-k, the PS-RoI pooling gathers and the softmax stay fp32:
+# they are data-dependent index work, and quantizing the pooled scores would move the
+# detection scores the NMS threshold compares.
+INT8_OP_TYPES = ("Conv",)
+
+
+class _CalibrationReader:
+    """onnxruntime's CalibrationDataReader over uint8 [1, H, W, 3] images."""
+
+    def __init__(self, images: Sequence[np.ndarray]):
+        self._images = iter([np.asarray(image, np.uint8) for image in images])
+
+    def get_next(self):
+        image = next(self._images, None)
+        return None if image is None else {INPUT_IMAGE: image}
+
+
+def quantize_onnx_int8(
+    onnx_path: os.PathLike,
+    *,
+    output_path: os.PathLike,
+    calibration_images: Sequence[np.ndarray],
+    per_channel: bool = True,
+    op_types: Sequence[str] = INT8_OP_TYPES,
+) -> Path:
+    """Statically quantizes an exported ONNX model to INT8 (onnxruntime.quantization).
+
+    Activations are calibrated (min/max) on ``calibration_images`` run through the model; the
+    weights of ``op_types`` nodes are quantized per output channel (``per_channel``); QDQ
+    format, signed INT8 activations and weights. Nodes of other types stay fp32
+    (``INT8_OP_TYPES``: why).
+
+    Args:
+      onnx_path: the fp32 model of ``export_onnx``.
+      output_path: the INT8 ``.onnx`` to write.
+      calibration_images: uint8 [1, H, W, 3] dataset images (a few dozen).
+
+    Returns:
+      ``output_path``.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    if not calibration_images:
+        raise ValueError("INT8 quantization needs calibration images (uint8 [1, H, W, 3])")
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    quantize_static(
+        str(onnx_path),
+        str(output_path),
+        _CalibrationReader(calibration_images),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=per_channel,
+        op_types_to_quantize=list(op_types),
+    )
+    return output_path
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of yxyx boxes a [P, 4] and b [Q, 4] -> [P, Q]."""
+    y1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    x1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    y2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    x2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(y2 - y1, 0, None) * np.clip(x2 - x1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def detection_overlap(
+    reference: dict, other: dict, *, min_score: float = 0.0
+) -> tuple[float, int, int]:
+    """How well ``other``'s detections (one image, batch of 1) cover ``reference``'s.
+
+    Each reference detection scoring >= ``min_score`` is matched greedily (highest score
+    first) to the unused ``other`` detection of the same class with the largest IoU.
+
+    Returns:
+      (mean IoU of the matched pairs, matched, reference detections); (1.0, 0, 0) when the
+      reference has none.
+    """
+
+    def rows(out):
+        n = int(np.asarray(out["num_detections"]).reshape(-1)[0])
+        keep = np.asarray(out["detection_scores"])[0, :n] >= min_score
+        return (
+            np.asarray(out["detection_boxes"], np.float64)[0, :n][keep],
+            np.asarray(out["detection_classes"])[0, :n][keep],
+        )
+
+    ref_boxes, ref_classes = rows(reference)
+    oth_boxes, oth_classes = rows(other)
+    if not len(ref_boxes):
+        return 1.0, 0, 0
+    ious = _iou(ref_boxes, oth_boxes) if len(oth_boxes) else np.zeros((len(ref_boxes), 0))
+    used = np.zeros(len(oth_boxes), bool)
+    matched = []
+    for i in range(len(ref_boxes)):
+        candidates = np.flatnonzero((oth_classes == ref_classes[i]) & ~used)
+        if candidates.size:
+            j = candidates[np.argmax(ious[i, candidates])]
+            if ious[i, j] > 0:
+                used[j] = True
+                matched.append(ious[i, j])
+    return (float(np.mean(matched)) if matched else 0.0), len(matched), len(ref_boxes)
