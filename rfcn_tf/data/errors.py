@@ -11,9 +11,8 @@ the CLIs raise that instead of TensorFlow's many-line graph error).
 from __future__ import annotations
 
 import re
-from typing import Optional
 
-__all__ = ["DataError", "DATA_ERROR_PREFIX", "data_error_from"]
+__all__ = ["DATA_ERROR_PREFIX", "DataError", "data_error_from"]
 
 # The first words of in-graph assertion messages, so callers can recognise our errors in a
 # tf.errors.InvalidArgumentError's message.
@@ -28,7 +27,7 @@ class DataError(ValueError):
 _ASSERT_PARTS = re.compile(re.escape(DATA_ERROR_PREFIX) + r" ([^\]\n]*)\] \[([^\n]*?)\] \[([^\n]*)\]")
 
 
-def data_error_from(error: BaseException) -> Optional[DataError]:
+def data_error_from(error: BaseException) -> DataError | None:
     """The one-line DataError an in-graph data assertion stands for, or None for other errors.
 
     Args:

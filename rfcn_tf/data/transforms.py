@@ -18,20 +18,20 @@ shorter side scaled to `min_size`, longer side capped at `max_size`).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 
 __all__ = [
-    "resize_image",
-    "resized_shape",
-    "resize_image_if_needed",
-    "pad_to_multiple",
-    "random_horizontal_flip",
-    "flip_boxes_horizontally",
-    "photometric_jitter",
     "choose_scale",
+    "flip_boxes_horizontally",
     "pad_ground_truth",
+    "pad_to_multiple",
+    "photometric_jitter",
+    "random_horizontal_flip",
+    "resize_image",
+    "resize_image_if_needed",
+    "resized_shape",
 ]
 
 

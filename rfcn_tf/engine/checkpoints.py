@@ -29,7 +29,7 @@ import logging
 import os
 import re
 import shutil
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import keras
 import tensorflow as tf
@@ -100,9 +100,9 @@ class CheckpointMeta:
     """The counters of a training checkpoint (None where the checkpoint lacks them)."""
 
     path: str
-    step: Optional[int]
-    stage: Optional[int]
-    num_classes: Optional[int]
+    step: int | None
+    stage: int | None
+    num_classes: int | None
 
 
 def resolve_checkpoint(path: str, *, what: str) -> str:
@@ -138,7 +138,7 @@ def read_checkpoint_meta(path: str) -> CheckpointMeta:
         reader = tf.train.load_checkpoint(path)
         names = reader.get_variable_to_shape_map()
 
-        def value(key: str) -> Optional[int]:
+        def value(key: str) -> int | None:
             full = key + _VALUE
             return int(reader.get_tensor(full)) if full in names else None
 
@@ -225,7 +225,7 @@ def remove_stale_temp(checkpoint_dir: str) -> list[str]:
     return removed
 
 
-def find_resume_checkpoint(checkpoint_dir: str, *, clean: bool = True) -> Optional[str]:
+def find_resume_checkpoint(checkpoint_dir: str, *, clean: bool = True) -> str | None:
     """The newest intact checkpoint of a run's checkpoint folder, to resume from.
 
     Checkpoints that cannot be read back are passed over, each named in a warning. With

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from data_fixtures import data_config, make_coco, random_pixels, truncated_jpeg
+
 from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.pipeline import build_source
 from rfcn_tf.data.sources import coco_json
@@ -81,7 +82,7 @@ def test_configured_classes_reorder_and_reject(coco):
 def test_split_placeholder_and_registry(coco):
     annotations, images = coco
     cfg = data_config(source="coco_json", coco_annotations=annotations, coco_images=images)
-    dataset, info = build_source(cfg, split="train")
+    _, info = build_source(cfg, split="train")
     assert info.num_examples == 3
     with pytest.raises(DataError, match=r"instances_val\.json"):
         build_source(cfg, split="val")
@@ -98,7 +99,7 @@ def test_bad_files(tmp_path, coco):
     path.write_text(json.dumps({"images": [], "annotations": []}))
     with pytest.raises(DataError, match="'categories' list is missing"):
         coco_json.coco_source(str(path), images, split="train")
-    data = json.loads(open(annotations.replace("{split}", "train")).read())
+    data = json.loads(Path(annotations.replace("{split}", "train")).read_text())
     data["annotations"].append({"id": 99, "image_id": 1234, "category_id": 1,
                                 "bbox": [0, 0, 1, 1]})
     path.write_text(json.dumps(data))
@@ -124,7 +125,7 @@ def test_corrupt_image(coco, tmp_path, data_warnings):
 
 def test_duplicate_and_malformed_image_ids(coco, tmp_path):
     annotations, images = coco
-    data = json.loads(open(annotations.replace("{split}", "train")).read())
+    data = json.loads(Path(annotations.replace("{split}", "train")).read_text())
     path = tmp_path / "dup.json"
     duplicate = dict(data, images=data["images"] + [{"id": 5, "file_name": "b.png"}])
     path.write_text(json.dumps(duplicate))

@@ -8,9 +8,16 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import tensorflow as tf
+from data_fixtures import (
+    VOC_IMAGES,
+    data_config,
+    make_voc,
+    random_pixels,
+    text_as_jpeg,
+    truncated_jpeg,
+    voc_xml,
+)
 
-from data_fixtures import (VOC_IMAGES, data_config, make_voc, random_pixels, text_as_jpeg,
-                           truncated_jpeg, voc_xml)
 from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.pipeline import build_dataset, build_source
 from rfcn_tf.data.sources import voc_xml as voc

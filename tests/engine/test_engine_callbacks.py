@@ -10,10 +10,16 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from engine_standin import TinyDetector, dataset_fn
-from rfcn_tf.engine.callbacks import (CheckpointHook, ImageSummaryHook, LoggingHook, ProgressHook,
-                                      SummaryHook, format_duration)
+
+from rfcn_tf.engine.callbacks import (
+    CheckpointHook,
+    ImageSummaryHook,
+    LoggingHook,
+    ProgressHook,
+    SummaryHook,
+    format_duration,
+)
 from rfcn_tf.engine.loop import Hook, NonFiniteLossError, TrainLoop
 from rfcn_tf.engine.optimizer import build_optimizer
 from rfcn_tf.engine.train_step import build_train_step

@@ -23,8 +23,8 @@ Conventions:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -33,7 +33,7 @@ from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.sources.base import DatasetInfo, file_examples, logger
 from rfcn_tf.ops import boxes as box_ops
 
-__all__ = ["load_coco_annotations", "coco_source", "from_config"]
+__all__ = ["coco_source", "from_config", "load_coco_annotations"]
 
 
 def _annotated_size(image_entry) -> tuple[int, int]:
@@ -72,8 +72,8 @@ def load_coco_annotations(path) -> dict:
 
 
 def coco_source(annotations, images, *, split: str = "",
-                class_names: Optional[Sequence[str]] = None, skip_corrupt: bool = False,
-                shuffle: bool = False, seed: int = 0, shard: Optional[tuple[int, int]] = None,
+                class_names: Sequence[str] | None = None, skip_corrupt: bool = False,
+                shuffle: bool = False, seed: int = 0, shard: tuple[int, int] | None = None,
                 num_parallel_calls: int = tf.data.AUTOTUNE):
     """Examples of a COCO instances file.
 
@@ -193,7 +193,7 @@ def coco_source(annotations, images, *, split: str = "",
 
 
 def from_config(data_cfg, *, split: str, shuffle: bool = False, seed: int = 0,
-                shard: Optional[tuple[int, int]] = None):
+                shard: tuple[int, int] | None = None):
     """`coco_source` with its arguments read from a `DataConfig`."""
     if not data_cfg.coco_annotations or not data_cfg.coco_images:
         raise DataError("data.source=coco_json needs data.coco_annotations (instances JSON) and "

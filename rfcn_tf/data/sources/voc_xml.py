@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -31,8 +31,16 @@ import tensorflow as tf
 from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.sources.base import DatasetInfo, file_examples, logger
 
-__all__ = ["BCCD_ENV_VAR", "BCCD_ROOT", "default_voc_root", "resolve_voc_root", "parse_voc_xml",
-           "discover_class_names", "voc_source", "from_config"]
+__all__ = [
+    "BCCD_ENV_VAR",
+    "BCCD_ROOT",
+    "default_voc_root",
+    "discover_class_names",
+    "from_config",
+    "parse_voc_xml",
+    "resolve_voc_root",
+    "voc_source",
+]
 
 BCCD_ENV_VAR = "RFCN_BCCD_DIR"
 # The one data.voc_root value with a default folder (the bccd preset's): $RFCN_BCCD_DIR, else
@@ -55,7 +63,7 @@ def default_voc_root() -> Path:
     return (_repository_root() / ".." / "shared" / "data" / "BCCD").resolve()
 
 
-def resolve_voc_root(voc_root: Optional[str]) -> Path:
+def resolve_voc_root(voc_root: str | None) -> Path:
     """`data.voc_root` -> an existing folder path.
 
     `BCCD_ROOT` ("@bccd", the bccd preset's value) means `default_voc_root()`. A relative path
@@ -185,7 +193,7 @@ def _split_ids(root: Path, split: str) -> list[str]:
     return ids
 
 
-def _image_path(root: Path, image_id: str, xml_filename: Optional[str]) -> Path:
+def _image_path(root: Path, image_id: str, xml_filename: str | None) -> Path:
     default = root / "JPEGImages" / f"{image_id}.jpg"
     if default.is_file() or not xml_filename:
         return default
@@ -193,9 +201,9 @@ def _image_path(root: Path, image_id: str, xml_filename: Optional[str]) -> Path:
     return named if named.is_file() else default
 
 
-def voc_source(root, *, split: str, class_names: Optional[Sequence[str]] = None,
+def voc_source(root, *, split: str, class_names: Sequence[str] | None = None,
                skip_corrupt: bool = False, shuffle: bool = False, seed: int = 0,
-               shard: Optional[tuple[int, int]] = None,
+               shard: tuple[int, int] | None = None,
                num_parallel_calls: int = tf.data.AUTOTUNE):
     """Examples of one split of a VOC-layout folder.
 
@@ -271,7 +279,7 @@ def voc_source(root, *, split: str, class_names: Optional[Sequence[str]] = None,
 
 
 def from_config(data_cfg, *, split: str, shuffle: bool = False, seed: int = 0,
-                shard: Optional[tuple[int, int]] = None):
+                shard: tuple[int, int] | None = None):
     """`voc_source` with its arguments read from a `DataConfig`."""
     return voc_source(resolve_voc_root(data_cfg.voc_root), split=split,
                       class_names=data_cfg.class_names, skip_corrupt=data_cfg.skip_corrupt,
