@@ -16,8 +16,15 @@ import tensorflow as tf
 
 from rfcn_tf.model.roi_sampling import RoISampler
 
-__all__ = ["smooth_l1", "rpn_losses", "rfcn_per_roi_losses", "selected_mean", "rfcn_losses",
-           "RPN_LOSS_NAMES", "RFCN_LOSS_NAMES"]
+__all__ = [
+    "RFCN_LOSS_NAMES",
+    "RPN_LOSS_NAMES",
+    "rfcn_losses",
+    "rfcn_per_roi_losses",
+    "rpn_losses",
+    "selected_mean",
+    "smooth_l1",
+]
 
 RPN_LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss")
 RFCN_LOSS_NAMES = ("rfcn_class_loss", "rfcn_box_loss")

@@ -22,7 +22,7 @@ from rfcn_tf.model.sampler import sample_balanced
 from rfcn_tf.ops import boxes as box_ops
 from rfcn_tf.ops.box_coder import encode_boxes
 
-__all__ = ["rpn_targets", "anchor_validity"]
+__all__ = ["anchor_validity", "rpn_targets"]
 
 
 def anchor_validity(anchors, image_shapes, *, allowed_border=None):

@@ -2,16 +2,16 @@
 the loss regresses the target class's box, each class is decoded from its own box, and the
 detector's outputs and its stock-op export keep the class-agnostic shapes and meaning."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
+from test_detector import make_features, make_images, tiny_model
 
 from rfcn_tf.model.losses import rfcn_per_roi_losses
 from rfcn_tf.model.postprocess import postprocess_detections, raw_detections
 from rfcn_tf.model.rfcn_head import RFCNHead
 from rfcn_tf.model.sections import HeadConfig
-from test_detector import make_features, make_images, tiny_model
 
 
 def test_head_has_4k2c_box_maps_in_class_then_coordinate_order():

@@ -5,9 +5,9 @@ data), logs the named losses and works with Keras' ModelCheckpoint and TensorBoa
 import glob
 import os
 
+import keras
 import numpy as np
 import tensorflow as tf
-import keras
 
 from rfcn_tf.config import load_config
 from rfcn_tf.data.pipeline import build_dataset
