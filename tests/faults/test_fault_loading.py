@@ -1,4 +1,4 @@
-"""Loading faults through the evaluate and predict CLIs (in process): a truncated checkpoint
+"""Loading faults through the evaluate, predict and export CLIs (in process): a truncated checkpoint
 names its file (issue 12 item 9), another class count or architecture is one clear error that
 is the last line on stderr (item 12), and the checkpoint is left as it was."""
 
@@ -15,6 +15,7 @@ from PIL import Image
 from rfcn_tf import evaluate as evaluate_cli
 from rfcn_tf import predict as predict_cli
 from rfcn_tf.config import load_config
+from rfcn_tf.export import __main__ as export_cli
 from rfcn_tf.model.builder import build_detector
 
 
@@ -62,7 +63,11 @@ def test_truncated_checkpoint_is_named(saved_run, tmp_path, capfd):
                 lambda: predict_cli.main(["--config", "shapes_tiny",
                                           *set_args(saved_run["overrides"]),
                                           "--checkpoint", broken, str(_image(tmp_path)),
-                                          "--out", str(tmp_path / "pred")])):
+                                          "--out", str(tmp_path / "pred")]),
+                lambda: export_cli.main(["--config", "shapes_tiny",
+                                         *set_args(saved_run["overrides"]),
+                                         "--checkpoint", broken, "--out",
+                                         str(tmp_path / "export")])):
         code = run()
         err = capfd.readouterr().err
         assert code == 1
