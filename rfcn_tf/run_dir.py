@@ -136,7 +136,7 @@ def resolve_config(config: str | None, overrides: Sequence[str] = (), *,
     if config is None and checkpoint is not None:
         found = find_run_file(checkpoint, RUN_CONFIG_NAME)
         if found is not None:
-            return load_config(found, list(overrides)), found
+            return load_config(found, list(overrides), old_layout="migrate"), found
     cfg = load_config(config, list(overrides))
     return cfg, config or "default preset"
 

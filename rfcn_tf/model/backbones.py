@@ -437,7 +437,7 @@ def build_backbone(
         if weights == "imagenet":
             raise ValueError(
                 "backbone 'small' is trained from scratch: it has no ImageNet weights "
-                "(set backbone_weights to None or to a local weights file)"
+                "(set model.backbone.weights to null or to a local weights file)"
             )
         backbone = SmallBackbone(widths=small_widths, blocks=small_blocks, norm=small_norm)
     else:
@@ -482,7 +482,7 @@ def _reference_for_weights(backbone, weights):
                 "(or save keras.applications.ResNet"
                 f"{backbone.depth}(include_top=False, weights='imagenet').save_weights("
                 "'resnet.weights.h5')) and pass its local path as the weights "
-                "(model.backbone_weights=/path/to/file)"
+                "(model.backbone.weights=/path/to/file)"
             ) from error
     path = os.fspath(weights)
     if not os.path.exists(path):

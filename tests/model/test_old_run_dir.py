@@ -57,3 +57,16 @@ def test_an_old_run_folder_loads_its_config_and_checkpoint(tmp_path):
     a, b = model.detect(images, shapes), again.detect(images, shapes)
     for key in a:
         np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+
+
+def test_the_run_folder_module_migrates_an_old_config_next_to_a_checkpoint(tmp_path):
+    run_dir = pytest.importorskip("rfcn_tf.run_dir")
+    cfg = config_lib.load_config(None, TINY + ["model.roi.sampling=balanced"])
+    (tmp_path / "checkpoints").mkdir()
+    saved = dict(cfg.to_dict(), model=_flat_model_section(cfg))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    with pytest.warns(config_lib.ConfigWarning, match="old flat model keys"):
+        found, where = run_dir.resolve_config(None, ["model.postprocess.nms_iou=0.4"],
+                                              checkpoint=str(tmp_path / "checkpoints" / "ckpt-7"))
+    assert where.endswith("config.yaml") and found.model.roi.sampling == "balanced"
+    assert found.model.postprocess.nms_iou == 0.4
