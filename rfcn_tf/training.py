@@ -24,8 +24,25 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import keras
+import tensorflow as tf
+import yaml
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from rfcn_tf import export as export_lib
 from rfcn_tf import run_dir
+from rfcn_tf.config import load_config, model_resume_diff, validate
+from rfcn_tf.data.pipeline import build_dataset, build_source, evaluation_scale
+from rfcn_tf.engine import callbacks as cb
+from rfcn_tf.engine import checkpoints as ckpt_lib
+from rfcn_tf.engine.callbacks import format_duration
+from rfcn_tf.engine.features import TrainingFeatures, resolve_schedule
+from rfcn_tf.engine.optimizer import build_lr_schedule, build_optimizer, configure_mixed_precision
+from rfcn_tf.engine.schemes import build_stages, run_training
+from rfcn_tf.engine.strategy import build_strategy, is_chief
 from rfcn_tf.errors import TrainingError
+from rfcn_tf.evaluation.evaluator import evaluate_split, format_summary
+from rfcn_tf.model.builder import build_detector
 
 __all__ = [
     "RunContext",
@@ -50,9 +67,6 @@ def load_run_config(config: str | None, overrides: Sequence[str] = (), *,
                     work_dir: str | None = None, strategy: str | None = None):
     """The resolved, validated config of a run (epochs turned into steps), before anything is
     written; `--print-config` prints this."""
-    from rfcn_tf.config import load_config, validate
-    from rfcn_tf.engine.features import resolve_schedule
-
     overrides = list(overrides)
     if work_dir:
         overrides.append(f"train.work_dir={work_dir}")
@@ -79,9 +93,6 @@ def check_work_dir(work_dir: str, cfg, *, class_names: Sequence[str]) -> None:
     Raises:
         TrainingError: naming the differing keys (the checkpoints would not fit).
     """
-    import yaml
-
-    from rfcn_tf.config import model_resume_diff
 
     path = os.path.join(work_dir, run_dir.RUN_CONFIG_NAME)
     checkpoints = os.path.join(work_dir, run_dir.CHECKPOINTS_DIR)
@@ -102,7 +113,6 @@ def check_work_dir(work_dir: str, cfg, *, class_names: Sequence[str]) -> None:
 @dataclasses.dataclass
 class RunContext:
     """What the steps share: the config, distribution, classes and the run's folders."""
-
     cfg: Any
     strategy: Any
     chief: bool
@@ -121,12 +131,6 @@ class RunContext:
 def setup(cfg) -> RunContext:
     """Strategy, precision, classes; checks the work dir, takes its lock (chief only) and
     writes config.yaml + classes.txt. The caller releases `ctx.lock`."""
-    import keras
-
-    from rfcn_tf.data.pipeline import build_source
-    from rfcn_tf.engine import checkpoints as ckpt_lib
-    from rfcn_tf.engine.optimizer import configure_mixed_precision
-    from rfcn_tf.engine.strategy import build_strategy, is_chief
 
     tcfg = cfg.train
     keras.utils.set_random_seed(tcfg.seed)
@@ -157,10 +161,6 @@ def setup(cfg) -> RunContext:
 def build_model(ctx: RunContext) -> None:
     """The detector (in the strategy's scope), the TensorBoard writer and the engine's
     validation/best/EMA/data-resume features."""
-    import tensorflow as tf
-
-    from rfcn_tf.engine.features import TrainingFeatures
-    from rfcn_tf.model.builder import build_detector
 
     with ctx.strategy.scope():
         ctx.model = build_detector(ctx.cfg.model, num_classes=len(ctx.class_names))
@@ -190,14 +190,6 @@ def _first_batch(dataset) -> dict:
 
 def fit(ctx: RunContext, *, progress: bool = True):
     """Trains (resuming from the work dir's checkpoints); returns the engine's result."""
-    import tensorflow as tf
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    from rfcn_tf.data.pipeline import build_dataset
-    from rfcn_tf.engine import callbacks as cb
-    from rfcn_tf.engine.optimizer import build_lr_schedule, build_optimizer
-    from rfcn_tf.engine.schemes import build_stages, run_training
-    from rfcn_tf.model.builder import build_detector
 
     cfg, tcfg, model = ctx.cfg, ctx.cfg.train, ctx.model
     num_classes = len(ctx.class_names)
@@ -259,8 +251,6 @@ def fit(ctx: RunContext, *, progress: bool = True):
 def evaluate(ctx: RunContext, *, delivered: str, weights: str, progress: bool = True) -> tuple:
     """The delivered weights on the evaluation split, reports in `<work_dir>/eval/<split>`;
     returns (metrics, folder)."""
-    from rfcn_tf.evaluation.evaluator import evaluate_split, format_summary
-
     cfg = ctx.cfg
     split = cfg.eval.split or cfg.data.val_split
     out_dir = os.path.join(ctx.work_dir, "eval", split)
@@ -277,10 +267,6 @@ def evaluate(ctx: RunContext, *, delivered: str, weights: str, progress: bool = 
 def export(ctx: RunContext, *, export_dir: str | None = None) -> str:
     """A SavedModel of the delivered weights with the pure-TF PS-RoI pooling (stock ops),
     resized at the evaluation scale; returns the version folder."""
-    from rfcn_tf import export as export_lib
-    from rfcn_tf.data.pipeline import evaluation_scale
-    from rfcn_tf.model.builder import build_detector
-
     cfg, model = ctx.cfg, ctx.model
     if cfg.model.head.psroi_impl != "tf":
         tf_cfg = dataclasses.replace(
@@ -330,8 +316,6 @@ def run(cfg, *, progress: bool = True, evaluate_at_end: bool = True,
 
 def format_report(report: dict[str, Any]) -> str:
     """The lines the train CLI prints: where everything went, then a one-line summary."""
-    from rfcn_tf.engine.callbacks import format_duration
-
     lines = [f"work dir:     {report['work_dir']}",
              f"checkpoints:  {os.path.join(report['work_dir'], run_dir.CHECKPOINTS_DIR)}"
              f" (latest {report['checkpoint']})",
