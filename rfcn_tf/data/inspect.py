@@ -23,7 +23,13 @@ import numpy as np
 
 from rfcn_tf.cli_args import add_config_arguments
 
-__all__ = ["build_parser", "collect_statistics", "format_statistics", "render_grid", "main"]
+__all__ = ["build_parser", "collect_statistics", "format_statistics", "render_grid", "main",
+           "training_scale_boxes", "unmatched_share", "suggest_anchors", "format_suggestion"]
+
+# --suggest: a box matches an anchor when their IoU, centred on each other, reaches this.
+_MATCH_IOU = 0.5
+# --suggest: boxes smaller than this many feature cells (sqrt(area) / stride) get a warning.
+_MIN_CELLS = 2.0
 
 # An endless split (shapes train) is measured on this many images unless --max-images says.
 _ENDLESS_DEFAULT = 500
@@ -51,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compute statistics on at most this many images; default: the whole "
                              f"split ({_ENDLESS_DEFAULT} for an endless split such as shapes train)")
     parser.add_argument("--no-stats", action="store_true", help="skip the statistics pass")
+    parser.add_argument("--suggest", action="store_true",
+                        help="suggest model.anchors scales and ratios covering the split's boxes "
+                             "at the training scale, with the share of boxes no anchor matches "
+                             "at IoU 0.5 (suggested and configured anchors)")
     parser.add_argument("--out", default="grid.png",
                         help="PNG file the grid is written to (folders are created)")
     return parser
@@ -145,6 +155,98 @@ def format_statistics(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def training_scale_boxes(dataset, *, scale: int, max_size: int,
+                         max_images: Optional[int] = None) -> np.ndarray:
+    """float64 [N, 2]: (height, width) in pixels of every box after the training resize
+    (shorter side to `scale`, longer side capped at `max_size`, as the pipeline resizes)."""
+    if max_images is not None:
+        dataset = dataset.take(max_images)
+    rows = []
+    for ex in dataset.as_numpy_iterator():
+        h, w = ex["image"].shape[:2]
+        factor = min(scale / max(min(h, w), 1), max_size / max(h, w, 1))
+        boxes = ex["boxes"].astype(np.float64)
+        rows.append(np.stack([(boxes[:, 2] - boxes[:, 0]) * h * factor,
+                              (boxes[:, 3] - boxes[:, 1]) * w * factor], axis=1))
+    return np.concatenate(rows) if rows else np.zeros((0, 2))
+
+
+def _anchor_hw(scales, ratios) -> np.ndarray:
+    """[A, 2] (height, width) of anchors of sqrt(area) `scale` and height/width `ratio`."""
+    return np.array([(s * np.sqrt(r), s / np.sqrt(r)) for s in scales for r in ratios],
+                    np.float64).reshape(-1, 2)
+
+
+def unmatched_share(boxes_hw: np.ndarray, scales, ratios, iou: float = _MATCH_IOU) -> float:
+    """Share of boxes whose best anchor shape, centred on the box, has IoU < `iou`.
+
+    The anchor grid puts an anchor every stride pixels, so a box's centre is at most half a
+    stride from an anchor centre; the centred IoU is the shape's best case, the measure
+    k-means anchor studies (YOLOv2 sec. 2) use.
+    """
+    if len(boxes_hw) == 0:
+        return 0.0
+    anchors = _anchor_hw(scales, ratios)
+    inter = (np.minimum(boxes_hw[:, None, 0], anchors[None, :, 0])
+             * np.minimum(boxes_hw[:, None, 1], anchors[None, :, 1]))
+    union = (boxes_hw[:, 0] * boxes_hw[:, 1])[:, None] + (anchors[:, 0] * anchors[:, 1])[None]
+    best = (inter / np.maximum(union - inter, 1e-12)).max(axis=1)
+    return float(np.mean(best < iou))
+
+
+def suggest_anchors(boxes_hw: np.ndarray, *, target: float = 0.05) -> dict:
+    """Anchor scales and ratios that cover `boxes_hw` (training-scale pixels).
+
+    Scales: a geometric series from the 2nd to the 98th percentile of sqrt(area), a factor of
+    2 apart (as R-FCN's 128/256/512), then sqrt(2) apart when more than `target` of the boxes
+    stay unmatched. Ratios: the 10th, 50th and 90th percentiles of height/width (rounded,
+    duplicates merged).
+
+    Returns:
+      {"scales", "ratios", "unmatched"} (unmatched: the share at IoU 0.5).
+    """
+    if len(boxes_hw) == 0:
+        raise ValueError("the split has no boxes to fit anchors to")
+    sizes = np.sqrt(boxes_hw[:, 0] * boxes_hw[:, 1])
+    aspect = boxes_hw[:, 0] / np.maximum(boxes_hw[:, 1], 1e-12)
+    low, high = np.percentile(sizes, [2, 98])
+    ratios = sorted({round(float(r), 2) for r in np.percentile(aspect, [10, 50, 90])})
+    best = None
+    for step in (2.0, 2.0 ** 0.5):
+        count = max(1, int(np.ceil(np.log(high / low) / np.log(step) - 1e-9)) + 1)
+        scales = [round(float(v), 1) for v in np.geomspace(low, high, count)]
+        result = {"scales": scales, "ratios": ratios,
+                  "unmatched": unmatched_share(boxes_hw, scales, ratios)}
+        best = result
+        if result["unmatched"] <= target:
+            break
+    return best
+
+
+def format_suggestion(boxes_hw: np.ndarray, suggestion: dict, *, configured: dict, scale: int,
+                      stride: int) -> str:
+    """The --suggest report: suggested anchors, both unmatched shares, small-box warning."""
+    sizes = np.sqrt(boxes_hw[:, 0] * boxes_hw[:, 1])
+    lines = [
+        f"anchors for {len(boxes_hw)} boxes at the training scale {scale} px: "
+        f"sqrt(area) p2/p50/p98 = "
+        f"{' / '.join(f'{v:.1f}' for v in np.percentile(sizes, [2, 50, 98]))} px",
+        f"suggested: --set model.anchors.scales={suggestion['scales']} "
+        f"--set model.anchors.ratios={suggestion['ratios']}",
+        f"unmatched at IoU {_MATCH_IOU}: suggested {100 * suggestion['unmatched']:.1f}%, "
+        f"configured (scales {configured['scales']}, ratios {configured['ratios']}) "
+        f"{100 * configured['unmatched']:.1f}%",
+    ]
+    small = float(np.mean(sizes < _MIN_CELLS * stride))
+    if small > 0:
+        lines.append(
+            f"warning: {100 * small:.1f}% of the boxes are smaller than {_MIN_CELLS:g} feature "
+            f"cells ({_MIN_CELLS * stride:g} px at stride {stride}): consider "
+            f"model.head.pooling_mode: bilinear, a larger data.scales, or a smaller stride "
+            f"where the backbone allows it")
+    return "\n".join(lines)
+
+
 def _hw(hw) -> str:
     return "-" if hw is None else f"{hw[0]} x {hw[1]}"
 
@@ -175,6 +277,23 @@ def run(args: argparse.Namespace) -> str:
         print(format_statistics(stats), flush=True)
         parts.append(f"{stats['images']} images, "
                      f"{sum(c['boxes'] for c in stats['classes'])} boxes")
+    if args.suggest:
+        from rfcn_tf.data.pipeline import evaluation_scale
+
+        scale = evaluation_scale(data_cfg.scales)
+        max_images = args.max_images
+        if max_images is None and info.num_examples is None:
+            max_images = _ENDLESS_DEFAULT
+        boxes_hw = training_scale_boxes(dataset, scale=scale, max_size=int(data_cfg.max_size),
+                                        max_images=max_images)
+        suggestion = suggest_anchors(boxes_hw)
+        anchors = config.model.anchors
+        configured = {"scales": list(anchors.scales), "ratios": list(anchors.ratios),
+                      "unmatched": unmatched_share(boxes_hw, anchors.scales, anchors.ratios)}
+        stride = int(getattr(config.model.backbone, "feature_stride", 16))
+        print(format_suggestion(boxes_hw, suggestion, configured=configured, scale=scale,
+                                stride=stride), flush=True)
+        parts.append(f"anchors suggested ({100 * suggestion['unmatched']:.1f}% unmatched)")
     if args.num > 0:
         from PIL import Image
 

@@ -92,7 +92,8 @@ def test_endless_split_needs_max_images_and_label_maps_must_agree(tmp_path):
     summary = convert.convert_split(cfg, split="train", out_dir=tmp_path, num_shards=2,
                                     max_images=3, progress=False)
     assert summary["num_examples"] == 3
-    other = dataclasses.replace(cfg, shapes=dataclasses.replace(cfg.shapes, classes=["ring", "cross"]))
+    other = dataclasses.replace(
+        cfg, shapes=dataclasses.replace(cfg.shapes, classes=["ring", "cross"]))
     with pytest.raises(DataError, match="already lists other classes"):
         convert.convert_split(other, split="validation", out_dir=tmp_path, num_shards=1)
     with pytest.raises(DataError, match="--shards must be >= 1, got 0"):

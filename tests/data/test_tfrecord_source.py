@@ -176,7 +176,8 @@ def test_unequal_box_lists_name_file_and_record(tmp_path):
 def test_label_missing_from_label_map_names_file(tmp_path):
     rec, _ = _example(0, ids=[3])
     message = _error_of(_write(tmp_path / "a.tfrecord", [rec]))
-    assert "record 0 has a class not in the label map" in message and "(label map ids: [1, 5])" in message and "class/label [3]" in message
+    assert "record 0 has a class not in the label map" in message
+    assert "(label map ids: [1, 5])" in message and "class/label [3]" in message
 
 
 def test_undecodable_image_fails_or_is_skipped(tmp_path, data_warnings):
