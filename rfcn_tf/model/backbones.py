@@ -10,7 +10,7 @@ Shape shorthand:
 Every backbone is a functional `keras.Model` that takes raw uint8 RGB images `[B, H, W, 3]`
 and returns `(rpn_features [B, h, w, Cr], head_features [B, h, w, Ch])`, both at stride 16.
 The pixel normalization is the model's first layer (`ImagePreprocessing`), so a serving
-graph can take raw uint8 pixels (DESIGN.md, "Boxes, images, classes").
+graph can take raw uint8 pixels (docs/ARCHITECTURE.md, "Boxes, images, classes").
 
 ResNet (R-FCN sec. 2.2 "Backbone architecture" and sec. 3 "Implementation details"):
     * the layers and their names are those of `keras.applications.ResNet50/ResNet101`

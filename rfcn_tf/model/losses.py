@@ -1,4 +1,4 @@
-"""RPN and R-FCN losses, returned as dicts with fixed names (STYLE.md habit 8).
+"""RPN and R-FCN losses, returned as dicts with fixed names (the train step sums them).
 
 Shape shorthand:
     B  images in the batch
