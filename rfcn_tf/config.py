@@ -122,6 +122,10 @@ class ShapesConfig:
         _names(where, "classes", self.classes)
 
 
+# Sources whose training split can be cut to its first data.max_train_images ids.
+FIRST_N_SOURCES = ("voc", "coco_json")
+
+
 @dataclasses.dataclass
 class DataConfig:
     """Where the images come from and how they are prepared (DESIGN.md: normalized yxyx)."""
@@ -141,11 +145,18 @@ class DataConfig:
     aspect_ratio_boundaries: list[float] = dataclasses.field(default_factory=lambda: [1.0])  # height/width group edges: [1.0] = landscape | portrait
     train_split: str = "train"
     val_split: str = "validation"
+    # voc/coco_json: train on the first N ids of train_split, sorted by id (None: all of it)
+    max_train_images: Optional[int] = None
     class_names: Optional[list[str]] = None  # None: from the source (discovered or TFDS info)
     scales: list[int] = dataclasses.field(default_factory=lambda: [600])  # shorter side(s); several = multi-scale training
     max_size: int = 1000  # cap on the longer side after resizing
     random_flip: bool = True  # horizontal flip in training
     photometric: bool = False  # brightness/contrast/saturation/hue jitter in training
+    scale_jitter: Optional[list[float]] = None  # training: [low, high] log-uniform factor on the chosen shorter side, e.g. [0.8, 1.25]
+    random_crop: bool = False  # training: SSD-style IoU-constrained crop; boxes keeping < crop_min_visible of their area are dropped
+    crop_min_visible: float = 0.5  # random_crop: share of a box's area that must stay inside the crop
+    vertical_flip: bool = False  # training: random up-down flip (aerial, microscopy)
+    rot90: bool = False  # training: random 0/90/180/270-degree rotation (aerial, microscopy)
     max_boxes: int = 100  # ground truth padded (with -1 and a mask) to at least this many rows; images with more boxes keep them all
     skip_corrupt: bool = False  # True: skip unreadable images with one counted warning
     drop_empty: bool = False  # True: drop images without boxes in training
@@ -161,6 +172,13 @@ class DataConfig:
         """Ranges of the data settings (ConfigError naming the key and value)."""
         for name in ("train_split", "val_split"):
             _require(where, name, getattr(self, name), bool(getattr(self, name)), "a split name")
+        if self.max_train_images is not None:
+            _require(where, "max_train_images", self.max_train_images,
+                     self.max_train_images >= 1, ">= 1 or null (the whole split)")
+            _require(where, "max_train_images", self.max_train_images,
+                     self.source in FIRST_N_SOURCES,
+                     f"null for data.source={self.source!r} (the first N ids of a split exist "
+                     f"for the folder sources {', '.join(FIRST_N_SOURCES)} only)")
         if self.class_names is not None:
             _names(where, "class_names", self.class_names)
         _sizes(where, "scales", self.scales)

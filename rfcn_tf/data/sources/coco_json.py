@@ -74,7 +74,7 @@ def load_coco_annotations(path) -> dict:
 def coco_source(annotations, images, *, split: str = "",
                 class_names: Sequence[str] | None = None, skip_corrupt: bool = False,
                 shuffle: bool = False, seed: int = 0, shard: tuple[int, int] | None = None,
-                num_parallel_calls: int = tf.data.AUTOTUNE):
+                num_parallel_calls: int = tf.data.AUTOTUNE, max_images: int | None = None):
     """Examples of a COCO instances file.
 
     Args:
@@ -87,6 +87,8 @@ def coco_source(annotations, images, *, split: str = "",
       shuffle, seed: shuffle the image list every pass (before decoding).
       shard: (num_shards, index): this worker's share of the images.
       num_parallel_calls: decoding parallelism.
+      max_images: keep only the first N images by ascending id (a deterministic subset,
+        `data.max_train_images`); None keeps them all.
 
     Returns:
       (examples dataset, DatasetInfo with category_ids): one pass over the images.
@@ -157,6 +159,8 @@ def coco_source(annotations, images, *, split: str = "",
     records = {"path": [], "image_id": [], "boxes": [], "labels": [], "is_difficult": [],
                "is_crowd": [], "size": []}
     missing = []
+    if max_images is not None:
+        image_entries = image_entries[:max_images]  # sorted by id above
     for im in image_entries:
         path = image_dir / im["file_name"]
         if not skip_corrupt and not path.is_file():
@@ -202,4 +206,6 @@ def from_config(data_cfg, *, split: str, shuffle: bool = False, seed: int = 0,
     return coco_source(data_cfg.coco_annotations, data_cfg.coco_images, split=split,
                        class_names=data_cfg.class_names, skip_corrupt=data_cfg.skip_corrupt,
                        shuffle=shuffle, seed=seed, shard=shard,
-                       num_parallel_calls=data_cfg.num_parallel_calls)
+                       num_parallel_calls=data_cfg.num_parallel_calls,
+                       max_images=data_cfg.max_train_images
+                       if split == data_cfg.train_split else None)

@@ -204,7 +204,7 @@ def _image_path(root: Path, image_id: str, xml_filename: str | None) -> Path:
 def voc_source(root, *, split: str, class_names: Sequence[str] | None = None,
                skip_corrupt: bool = False, shuffle: bool = False, seed: int = 0,
                shard: tuple[int, int] | None = None,
-               num_parallel_calls: int = tf.data.AUTOTUNE):
+               num_parallel_calls: int = tf.data.AUTOTUNE, max_images: int | None = None):
     """Examples of one split of a VOC-layout folder.
 
     Args:
@@ -216,6 +216,8 @@ def voc_source(root, *, split: str, class_names: Sequence[str] | None = None,
       shuffle, seed: shuffle the file list every pass (before decoding).
       shard: (num_shards, index): this worker's share of the files.
       num_parallel_calls: decoding parallelism.
+      max_images: keep only the first N ids of the split file, sorted by id (a deterministic
+        subset, `data.max_train_images`); None keeps the split file's ids in its order.
 
     Returns:
       (examples dataset, DatasetInfo): one pass over the split.
@@ -230,6 +232,8 @@ def voc_source(root, *, split: str, class_names: Sequence[str] | None = None,
     names = list(class_names) if class_names else discover_class_names(root)
     label_of = {name: i for i, name in enumerate(names)}
     ids = _split_ids(root, split)
+    if max_images is not None:
+        ids = sorted(ids)[:max_images]
 
     records = {"path": [], "image_id": [], "boxes": [], "labels": [], "is_difficult": [],
                "is_crowd": [], "size": []}
@@ -284,4 +288,6 @@ def from_config(data_cfg, *, split: str, shuffle: bool = False, seed: int = 0,
     return voc_source(resolve_voc_root(data_cfg.voc_root), split=split,
                       class_names=data_cfg.class_names, skip_corrupt=data_cfg.skip_corrupt,
                       shuffle=shuffle, seed=seed, shard=shard,
-                      num_parallel_calls=data_cfg.num_parallel_calls)
+                      num_parallel_calls=data_cfg.num_parallel_calls,
+                      max_images=data_cfg.max_train_images
+                      if split == data_cfg.train_split else None)
