@@ -1,13 +1,15 @@
-"""Inference latency of the deployment paths, one image at 600x1000.
+"""Inference latency and throughput of the deployment paths at 600x1000, batch 1, 4, 8.
 
-Prints a markdown table of per-image latency (median, 90th percentile, min of ``--runs`` timed
-calls after ``--warmup`` untimed ones) for:
+Prints a markdown table (median and min of ``--runs`` timed calls after ``--warmup`` untimed
+ones, images/s, ratio to in-Python at the same batch) for each batch size of ``--batch-sizes``
+and each path:
 
   1. in-Python: ``RFCN.detect`` (the model's tf.function) on the already resized and padded
      image, the way training-time evaluation calls it;
   2. SavedModel: the export's ``serving_default`` loaded with ``tf.saved_model.load`` (uint8
      image in, resize + pad + detect + normalize inside the graph);
-  3. onnxruntime (CPU): the same signature converted by ``rfcn_tf.export.onnx``.
+  3. onnxruntime (CPU): the same signature converted by ``rfcn_tf.export.onnx``;
+  4. with ``--int8``: onnxruntime on its static INT8 quantization (``quantize_onnx_int8``).
 
 The model is ``--config`` (default: ResNet-50 with random weights on the VOC preset, 20
 classes, test-time 300 RoIs) built with ``psroi_impl="tf"``; the image is the BCCD blood-cell
@@ -17,6 +19,7 @@ both get ``--threads`` intra-op threads. The paths take turns call by call, so l
 other processes falls on all of them alike; still, compare rows of one run, not runs.
 
     python benchmarks/serving.py [--runs 10 --height 600 --width 1000 --skip-onnx]
+        [--batch-sizes 1,4,8 --int8]
         [--config voc07_resnet101 --set model.backbone.name=resnet50 ...]
 """
 
@@ -66,6 +69,17 @@ def _parse() -> argparse.Namespace:
         help="intra-op threads for TensorFlow and onnxruntime (default: CPUs)",
     )
     parser.add_argument("--skip-onnx", action="store_true", help="no onnxruntime row")
+    parser.add_argument(
+        "--batch-sizes",
+        default="1",
+        help="comma-separated batch sizes, e.g. 1,4,8 (one row per path and size; images/s)",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also onnxruntime on the INT8 model (rfcn_tf.export.onnx.quantize_onnx_int8, "
+        "calibrated on 4 crops of the image)",
+    )
     return parser.parse_args()
 
 
@@ -116,9 +130,9 @@ def main() -> None:
     cfg = load_config(args.config, list(overrides) + ["model.head.psroi_impl=tf"])
     num_classes = len(cfg.data.class_names) if cfg.data.class_names else 20
     if args.checkpoint:
-        from rfcn_tf.evaluate import load_checkpoint_detector
+        from rfcn_tf.inference.backends import load_checkpoint_model
 
-        model, _ = load_checkpoint_detector(
+        model, _ = load_checkpoint_model(
             cfg, args.checkpoint, num_classes=num_classes, dataset_desc="the benchmark"
         )
     else:
@@ -127,13 +141,23 @@ def main() -> None:
     image = _image(height, width)
     padded = np.zeros((-(-height // 16) * 16, -(-width // 16) * 16, 3), np.uint8)
     padded[:height, :width] = image
-    padded_t = tf.constant(padded[None])
-    shapes_t = tf.constant([[height, width]], tf.int32)
-    calls = {
-        "in-Python `RFCN.detect` (pre-resized, padded input)": lambda: model.detect(
-            padded_t, shapes_t
-        )["num_detections"].numpy()
-    }
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    image_batches = {b: np.stack([image] * b) for b in sizes}
+    image_batches_t = {b: tf.constant(image_batches[b]) for b in sizes}
+    calls, images_per_call = {}, {}
+
+    def add(name, batch, call):
+        calls[f"{name}, batch {batch}"] = call
+        images_per_call[f"{name}, batch {batch}"] = batch
+
+    for b in sizes:
+        padded_t = tf.constant(np.stack([padded] * b))
+        shapes_t = tf.constant([[height, width]] * b, tf.int32)
+        add(
+            "in-Python `RFCN.detect` (pre-resized, padded input)",
+            b,
+            lambda p=padded_t, s=shapes_t: model.detect(p, s)["num_detections"].numpy(),
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -149,10 +173,12 @@ def main() -> None:
         export_s = time.perf_counter() - started
         loaded = tf.saved_model.load(str(path))
         serve = loaded.signatures[SIGNATURE_IMAGE]
-        image_t = tf.constant(image[None])
-        calls["SavedModel `serving_default` (uint8 image in)"] = lambda: serve(
-            **{INPUT_IMAGE: image_t}
-        )["num_detections"].numpy()
+        for b in sizes:
+            add(
+                "SavedModel `serving_default` (uint8 image in)",
+                b,
+                lambda b=b: serve(**{INPUT_IMAGE: image_batches_t[b]})["num_detections"].numpy(),
+            )
         onnx_s = None
         if not args.skip_onnx:
             from rfcn_tf.export.onnx import export_onnx, onnx_session, run_onnx
@@ -161,10 +187,28 @@ def main() -> None:
             onnx_path = export_onnx(path, output_path=os.path.join(tmp, "model.onnx"))
             onnx_s = time.perf_counter() - started
             session = onnx_session(onnx_path, threads=args.threads)
-            batch = image[None]
-            calls["onnxruntime CPU (same signature, ONNX opset 17)"] = lambda: run_onnx(
-                session, batch
-            )
+            for b in sizes:
+                add(
+                    "onnxruntime CPU fp32 (same signature)",
+                    b,
+                    lambda b=b: run_onnx(session, image_batches[b]),
+                )
+            if args.int8:
+                from rfcn_tf.export.onnx import quantize_onnx_int8
+
+                crops = [
+                    np.ascontiguousarray(np.roll(image, 37 * k, axis=1))[None] for k in range(4)
+                ]
+                int8_path = quantize_onnx_int8(
+                    onnx_path, output_path=os.path.join(tmp, "int8.onnx"), calibration_images=crops
+                )
+                session8 = onnx_session(int8_path, threads=args.threads)
+                for b in sizes:
+                    add(
+                        "onnxruntime CPU int8 (static, Conv per channel)",
+                        b,
+                        lambda b=b: run_onnx(session8, image_batches[b]),
+                    )
             import onnxruntime
 
             ort_version = onnxruntime.__version__
@@ -182,16 +226,16 @@ def main() -> None:
         f"), {num_classes} classes, {height}x{width} image, "
         f"{cfg.model.rpn.post_nms_top_n_test} RoIs, psroi_impl=tf\n"
     )
-    print("| path | median (ms) | p90 (ms) | min (ms) | vs in-Python |")
+    print("| path | median per call (ms) | min (ms) | images/s | vs in-Python, same batch |")
     print("|---|---|---|---|---|")
-    base = statistics.median(next(iter(rows.values())))
+    base = {}
     for name, times in rows.items():
-        ordered = sorted(times)
-        p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+        batch = images_per_call[name]
         med = statistics.median(times)
+        base.setdefault(batch, med)
         print(
-            f"| {name} | {med * 1e3:.1f} | {p90 * 1e3:.1f} | {ordered[0] * 1e3:.1f} | "
-            f"{med / base:.2f}x |"
+            f"| {name} | {med * 1e3:.1f} | {min(times) * 1e3:.1f} | {batch / med:.2f} | "
+            f"{med / base[batch]:.2f}x |"
         )
     print(
         f"\nExport (trace + save) took {export_s:.1f} s"
