@@ -227,23 +227,37 @@ def _check_rows(
         )
 
 
+# EXIF orientations 5..8 turn the image by 90 degrees (rfcn_tf/images.py applies them all).
+_EXIF_ORIENTATION = 0x0112
+
+
 def image_size_of(encoded: bytes) -> tuple[int, int]:
-    """(height, width) in pixels of an encoded image, from its header (Pillow)."""
+    """(height, width) in pixels of an encoded image as the serving graph decodes it: from its
+    header (Pillow), turned by the EXIF orientation (5..8 swap the sides), which the graph's
+    decoder applies."""
     from PIL import Image  # local: only needed for encoded images
 
     try:
         with Image.open(io.BytesIO(encoded)) as img:
             width, height = img.size
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception as exc:  # Pillow raises several types for non-images
         raise ValueError(f"not a readable image ({len(encoded)} bytes): {exc}") from exc
-    return height, width
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """An image file -> uint8 [H, W, 3] RGB (Pillow; grayscale and alpha are converted)."""
-    from PIL import Image
+    """An image file -> uint8 [H, W, 3] RGB as rfcn_tf.images decodes it (Pillow here, TF-free):
+    grayscale and alpha converted, 16-bit values scaled to 8 bits (Pillow's own conversion
+    clips them to white), the EXIF orientation applied."""
+    from PIL import Image, ImageOps
 
     with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        if img.mode.startswith("I"):  # 16-bit (I;16, I;16B) or 32-bit integer grayscale
+            deep = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+            gray = (deep >> 8).astype(np.uint8)  # TF's uint16 -> uint8 conversion
+            return np.repeat(gray[..., None], 3, axis=-1)
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 

@@ -5,6 +5,7 @@ line with the server's message; NaN boxes and invalid class ids from a server ar
 
 from __future__ import annotations
 
+import json
 import socket
 
 import numpy as np
@@ -85,3 +86,34 @@ def test_server_down_names_the_url(server, capfd):
     err = capfd.readouterr().err
     assert code == 1 and f"127.0.0.1:{port}" in err and "unreachable" in err
     assert "Traceback" not in err
+
+
+def _exif_jpeg(path, height, width, orientation):
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[: height // 4] = 250
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, format="JPEG", quality=95, exif=exif.tobytes())
+
+
+def test_client_decodes_16_bit_and_exif_images_like_the_model(server, tmp_path, capfd):
+    """Issue 12 items 2-3 on the client side: --raw-pixels sends what rfcn_tf.images decodes
+    (16-bit scaled, not white; EXIF applied), and boxes are scaled by the EXIF-applied size."""
+    from rfcn_tf.images import read_image
+    from rfcn_tf.serving.client import image_size_of, load_image
+
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((24, 32), 20000, np.uint16)).save(deep)
+    rotated = tmp_path / "rotated.jpg"
+    _exif_jpeg(rotated, 30, 50, 6)
+    np.testing.assert_array_equal(load_image(deep), read_image(str(deep)))
+    here, there = load_image(rotated), read_image(str(rotated))
+    assert here.shape == there.shape == (50, 30, 3)  # turned as the model's decoder turns it
+    assert np.abs(here.astype(int) - there).mean() < 1.0  # two JPEG decoders: round-off only
+    assert load_image(deep)[0, 0].tolist() == [78, 78, 78]  # 20000 >> 8, not 255
+    assert image_size_of(rotated.read_bytes()) == (50, 30)
+    code = client_main([str(rotated), "--url", server["url"], "--model", "good",
+                        "--raw-pixels", "--json"])
+    assert code == 0
+    (box,) = [d["box_yxyx"] for d in json.loads(capfd.readouterr().out)["detections"]]
+    np.testing.assert_allclose(box, np.array(GOOD["boxes"][0]) * [50, 30, 50, 30], atol=0.1)
