@@ -110,7 +110,7 @@ def random_crop(image: tf.Tensor, boxes: tf.Tensor, *per_box: tf.Tensor, seed,
     """
     image = tf.convert_to_tensor(image)
     boxes = tf.convert_to_tensor(boxes, tf.float32)
-    seeds = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed, tf.int64), 2)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
     overlaps = tf.constant(list(min_overlaps), tf.float32)
     pick = tf.random.stateless_uniform([], seeds[0], minval=0, maxval=len(min_overlaps),
                                        dtype=tf.int32)

@@ -30,6 +30,10 @@ Training vs evaluation:
       the last incomplete batch is dropped (static B). With more than one image per replica
       batch, images are batched within their height/width group (`data.aspect_grouping`,
       `data.aspect_ratio_boundaries`: landscape | portrait by default), so little is padded.
+    - geometric augmentation (rfcn_tf/data/augment.py, each off by default): `data.random_crop`
+      (IoU-constrained, before resizing; boxes keeping < `data.crop_min_visible` of their area
+      are dropped), `data.scale_jitter` (a factor on the chosen shorter side),
+      `data.vertical_flip` and `data.rot90` (after the horizontal flip).
     - `data.service: grpc://host:port` runs the training pipeline on tf.data service workers
       (rfcn_tf/data/service.py); the trainers then receive distinct batches without sharding.
     - evaluation: one pass in source order; every image kept (negatives count as false
@@ -48,8 +52,8 @@ from typing import Optional
 
 import tensorflow as tf
 
+from rfcn_tf.data import augment, transforms
 from rfcn_tf.data import service as service_lib
-from rfcn_tf.data import transforms
 from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.sources import get_source
 from rfcn_tf.data.sources.base import DatasetInfo, logger, without_python_callbacks
@@ -176,7 +180,8 @@ def build_dataset(data_cfg, *, split: str, training: bool, batch_size: int,
         max_size=int(data_cfg.max_size), max_boxes=max_boxes, fixed_rows=fixed_rows,
         random_flip=bool(data_cfg.random_flip), photometric=bool(data_cfg.photometric),
         use_difficult=bool(data_cfg.use_difficult), seed=int(data_cfg.seed),
-        pipeline_id=pipeline_id, num_pipelines=num_pipelines)
+        pipeline_id=pipeline_id, num_pipelines=num_pipelines,
+        geometric=_geometric_options(data_cfg))
     dataset = dataset.enumerate().map(prepare, num_parallel_calls=data_cfg.num_parallel_calls)
     padding = _padding_values(dataset.element_spec)
     grouping = data_cfg.aspect_grouping
@@ -256,9 +261,36 @@ def _padding_values(spec) -> dict:
             if s.dtype != tf.bool else tf.constant(False) for key, s in spec.items()}
 
 
+def _fold(seed, salt: int):
+    """A stateless seed [2] derived from `seed` and `salt` (independent streams)."""
+    return tf.random.experimental.stateless_fold_in(seed, salt)
+
+
+def _geometric_options(data_cfg) -> dict:
+    """The `rfcn_tf.data.augment` options of `data_cfg` (training only), checked."""
+    jitter = data_cfg.scale_jitter
+    if jitter is not None:
+        if len(jitter) != 2 or not 0 < float(jitter[0]) <= float(jitter[1]):
+            raise DataError(f"data.scale_jitter must be [low, high] with 0 < low <= high, "
+                            f"got {jitter}")
+        jitter = (float(jitter[0]), float(jitter[1]))
+    if not 0.0 < float(data_cfg.crop_min_visible) <= 1.0:
+        raise DataError(f"data.crop_min_visible must be in (0, 1], got "
+                        f"{data_cfg.crop_min_visible}")
+    return {"scale_jitter": jitter, "random_crop": bool(data_cfg.random_crop),
+            "crop_min_visible": float(data_cfg.crop_min_visible),
+            "vertical_flip": bool(data_cfg.vertical_flip), "rot90": bool(data_cfg.rot90)}
+
+
 def _make_prepare(*, training, scales, eval_scale, max_size, max_boxes, fixed_rows, random_flip,
-                  photometric, use_difficult, seed, pipeline_id, num_pipelines):
-    """The per-image map: example dict -> unbatched features (module docstring)."""
+                  photometric, use_difficult, seed, pipeline_id, num_pipelines, geometric=None):
+    """The per-image map: example dict -> unbatched features (module docstring).
+
+    `geometric` (training only): `_geometric_options`; each augmentation draws from its own
+    seed, folded from the element's seed, so turning one on leaves the others' draws as they
+    were.
+    """
+    geometric = geometric or {}
 
     def prepare(index, ex):
         # Stateless seed of this element: (data.seed, global element index over workers).
@@ -273,14 +305,26 @@ def _make_prepare(*, training, scales, eval_scale, max_size, max_boxes, fixed_ro
             keep = _training_keep(ex, use_difficult)
             boxes, labels = tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)
             difficult, crowd = tf.boolean_mask(difficult, keep), tf.boolean_mask(crowd, keep)
+            if geometric.get("random_crop"):
+                image, boxes, labels, difficult, crowd = augment.random_crop(
+                    image, boxes, labels, difficult, crowd, seed=_fold(seeds[0], 1),
+                    min_visible=geometric["crop_min_visible"])
             min_size = (transforms.choose_scale(scales, seed=seeds[0]) if len(scales) > 1
                         else scales[0])
+            if geometric.get("scale_jitter"):
+                low, high = geometric["scale_jitter"]
+                min_size = augment.jitter_scale(min_size, seed=_fold(seeds[0], 2), low=low,
+                                                high=high)
         else:
             min_size = eval_scale
         image, _ = transforms.resize_image_if_needed(image, min_size=min_size,
                                                      max_size=max_size)
         if training and random_flip:
             image, boxes, _ = transforms.random_horizontal_flip(image, boxes, seed=seeds[1])
+        if training and geometric.get("vertical_flip"):
+            image, boxes, _ = augment.random_vertical_flip(image, boxes, seed=_fold(seeds[0], 3))
+        if training and geometric.get("rot90"):
+            image, boxes, _ = augment.random_rot90(image, boxes, seed=_fold(seeds[0], 4))
         if training and photometric:
             image = transforms.photometric_jitter(image, seed=seeds[2])
         image_shape = tf.shape(image)[:2]

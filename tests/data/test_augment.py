@@ -106,3 +106,33 @@ def test_crop_without_boxes_and_scale_jitter():
     assert int(augment.jitter_scale(600, seed=[0, 9], low=0.8, high=1.25)) == values[9]
     with pytest.raises(ValueError, match=r"data.scale_jitter must be \[low, high\]"):
         augment.jitter_scale(600, seed=[0, 0], low=1.2, high=0.8)
+
+
+def test_pipeline_applies_the_geometric_options(tmp_path):
+    from data_fixtures import data_config, make_voc
+    from rfcn_tf.data.errors import DataError
+    from rfcn_tf.data.pipeline import build_dataset
+
+    images = {f"img_{i}": (40, 60, [("cat", 11, 5, 30, 20, 0), ("dog", 35, 22, 58, 38, 0)])
+              for i in range(4)}
+    root = make_voc(tmp_path / "voc", images=images, splits={"train": list(images)})
+    base = dict(source="voc", voc_root=str(root), scales=[40], max_size=80, max_boxes=4,
+                random_flip=False)
+    plain = build_dataset(data_config(**base), split="train", training=True, batch_size=1)
+    assert {tuple(f["image_shapes"].numpy()[0]) for f in plain.take(8)} == {(40, 60)}
+    cfg = data_config(**base, rot90=True, vertical_flip=True, scale_jitter=[0.8, 1.25],
+                      random_crop=True, crop_min_visible=0.6)
+    shapes, kept = set(), []
+    for f in build_dataset(cfg, split="train", training=True, batch_size=1).take(16):
+        shapes.add(tuple(f["image_shapes"].numpy()[0]))
+        mask = f["gt_mask"].numpy()[0]
+        boxes = f["gt_boxes"].numpy()[0][mask]
+        h, w = f["image_shapes"].numpy()[0]
+        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+        assert (boxes >= 0).all() and (boxes[:, 2] <= h).all() and (boxes[:, 3] <= w).all()
+        kept.append(int(mask.sum()))
+    assert any(hw[0] > hw[1] for hw in shapes) and len(shapes) > 3  # rotated, jittered
+    assert min(kept) < 2 <= max(kept)  # crops drop boxes that are mostly outside
+    with pytest.raises(DataError, match=r"data.scale_jitter must be \[low, high\]"):
+        build_dataset(data_config(**base, scale_jitter=[1.2]), split="train", training=True,
+                      batch_size=1)
