@@ -23,8 +23,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
+from rfcn_tf.data.pipeline import evaluation_scale
+from rfcn_tf.engine import checkpoints as ckpt_lib
 from rfcn_tf.errors import CheckpointError, ExportError, InputError
+from rfcn_tf.inference.preprocess import boxes_to_original, pad_batch, preprocess
+from rfcn_tf.model.builder import build_detector
+from rfcn_tf.run_dir import broken_checkpoint_file, find_checkpoint
 
 __all__ = [
     "CheckpointBackend",
@@ -54,7 +60,6 @@ def _class_maps_key(reader_shapes: dict[str, list[int]]) -> str | None:
 
 
 def _unreadable(prefix: str, exc: BaseException) -> CheckpointError:
-    from rfcn_tf.run_dir import broken_checkpoint_file
 
     broken = broken_checkpoint_file(prefix) or f"{prefix}.index / {prefix}.data-*"
     detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
@@ -77,7 +82,6 @@ def check_checkpoint_classes(prefix: str, *, num_classes: int, ps_k: int,
         ps_k: k of the model config (to turn channels into a class count).
         dataset_desc: where C comes from, for the message.
     """
-    import tensorflow as tf
 
     try:
         reader = tf.train.load_checkpoint(prefix)
@@ -129,9 +133,6 @@ def load_checkpoint_model(cfg, checkpoint: str, *, num_classes: int, dataset_des
             (checked before restoring), or a restore failure (other architecture); TF's
             restore warnings are silenced so the error is the last thing printed.
     """
-    from rfcn_tf.engine import checkpoints as ckpt_lib
-    from rfcn_tf.model.builder import build_detector
-    from rfcn_tf.run_dir import find_checkpoint
 
     prefix = find_checkpoint(checkpoint, which=which)
     check_checkpoint_classes(prefix, num_classes=num_classes, ps_k=cfg.model.head.k,
@@ -168,7 +169,6 @@ class CheckpointBackend:
 
     def __init__(self, cfg, checkpoint: str, *, class_names: Sequence[str],
                  names_from: str = "the class names", which: str = "best"):
-        from rfcn_tf.data.pipeline import evaluation_scale
 
         self.class_names = list(class_names)
         self.model, self.prefix = load_checkpoint_model(
@@ -187,7 +187,6 @@ class CheckpointBackend:
         over the padding are clipped to the image), so an image gets the detections it gets
         alone (and through the SavedModel, which takes one image per call).
         """
-        from rfcn_tf.inference.preprocess import boxes_to_original, pad_batch, preprocess
 
         prepared = [preprocess(image, min_size=self.min_size, max_size=self.max_size,
                                size_multiple=self.size_multiple) for image in images]
@@ -260,7 +259,6 @@ class SavedModelBackend:
     kind = "saved_model"
 
     def __init__(self, path: str):
-        import tensorflow as tf
 
         self.path = resolve_saved_model(path)
         try:
@@ -282,7 +280,6 @@ class SavedModelBackend:
 
     def detect_one(self, image) -> dict[str, np.ndarray]:
         """Detections of one original uint8 [H, W, 3] image (boxes yxyx original pixels)."""
-        import tensorflow as tf
 
         image = tf.convert_to_tensor(image)
         height, width = int(image.shape[0]), int(image.shape[1])

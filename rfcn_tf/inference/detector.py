@@ -21,6 +21,10 @@ from typing import Any
 import numpy as np
 
 from rfcn_tf.errors import InputError
+from rfcn_tf.images import _describe, read_image
+from rfcn_tf.inference.backends import CheckpointBackend, SavedModelBackend, is_saved_model_path
+from rfcn_tf.run_dir import class_names_for, resolve_config
+from rfcn_tf.visualization import draw_boxes
 
 __all__ = ["BOX_FORMATS", "Detections", "Detector", "convert_boxes", "load", "load_checkpoint",
            "load_saved_model"]
@@ -74,8 +78,6 @@ class Detections:
 
     def draw(self, image: Any) -> np.ndarray:
         """The image (anything `predict` takes) with these detections drawn: uint8 [H, W, 3]."""
-        from rfcn_tf.images import read_image
-        from rfcn_tf.visualization import draw_boxes
 
         array = read_image(image)
         names = sorted(set(self.class_names), key=self.class_names.index)
@@ -158,7 +160,6 @@ class Detector:
         Raises:
             InputError: an image that cannot be read (the message names it), a bad argument.
         """
-        from rfcn_tf.images import read_image
 
         if box_format not in BOX_FORMATS:
             raise InputError(f"box_format={box_format!r}: choose one of {', '.join(BOX_FORMATS)}")
@@ -178,7 +179,6 @@ class Detector:
         return results[0] if single else results
 
     def _detections(self, item, array, det, threshold, box_format) -> Detections:
-        from rfcn_tf.images import _describe
 
         keep = det["scores"] >= threshold
         classes = det["classes"][keep]
@@ -196,7 +196,6 @@ class Detector:
 def load_saved_model(path: str | os.PathLike, *,
                      score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> Detector:
     """A Detector over an exported SavedModel (version folder or model base)."""
-    from rfcn_tf.inference.backends import SavedModelBackend
 
     backend = SavedModelBackend(os.fspath(path))
     return Detector(backend, class_names=backend.class_names, score_threshold=score_threshold,
@@ -209,8 +208,6 @@ def load_checkpoint(path: str | os.PathLike, *, config: str | None = None,
                     which: str = "best") -> Detector:
     """A Detector over a training checkpoint (run folder, checkpoint folder or prefix); the
     model is built from `cfg`, else `config` + `overrides`, else the run's config.yaml."""
-    from rfcn_tf.inference.backends import CheckpointBackend
-    from rfcn_tf.run_dir import class_names_for, resolve_config
 
     path = os.fspath(path)
     config_source = "given config"
@@ -241,7 +238,6 @@ def load(path: str | os.PathLike, *, config: str | None = None, overrides: Seque
         InputError: nothing loadable at `path`. CheckpointError, ExportError: a model that
         cannot be loaded (message names the file).
     """
-    from rfcn_tf.inference.backends import is_saved_model_path
 
     path = os.fspath(path)
     if not os.path.exists(path) and not os.path.isfile(path + ".index"):
