@@ -18,6 +18,13 @@ When no window qualifies after the sampler's attempts, the whole image is kept.
 
 Scale jitter multiplies the shorter side chosen for an image by a log-uniform factor in
 `[low, high]` (`jitter_scale`), so sizes vary continuously around the configured scales.
+
+Which to use (`data.*`, all off by default except the horizontal flip):
+    - photos (VOC, COCO): `random_flip` (horizontal), `scale_jitter: [0.8, 1.25]`, and for
+      small sets `random_crop`; never `vertical_flip` / `rot90` (people and cars have an up).
+    - aerial and microscopy images (BCCD, satellite tiles): add `vertical_flip` and `rot90`,
+      which have no "up" there; `random_crop` with `crop_min_visible: 0.5` for dense scenes.
+    - `photometric` for either when lighting or staining varies between scenes.
 """
 
 from __future__ import annotations
