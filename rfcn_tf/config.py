@@ -35,6 +35,7 @@ from typing import Any, Optional
 
 import yaml
 
+from rfcn_tf.errors import ConfigError  # the package's (an RfcnError); importable from here too
 from rfcn_tf.model.sections import (
     AnchorsConfig,
     BackboneConfig,
@@ -45,10 +46,6 @@ from rfcn_tf.model.sections import (
 )
 
 DEFAULT_CONFIG = "shapes_tiny"
-
-
-class ConfigError(ValueError):
-    """A configuration file or override that does not fit the tree (unknown key, wrong type)."""
 
 
 class ConfigWarning(UserWarning):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from rfcn_tf.errors import DataError  # the package's (an RfcnError); importable from here too
+
 __all__ = ["DATA_ERROR_PREFIX", "DataError", "data_error_from"]
 
 # The first words of in-graph assertion messages, so callers can recognise our errors in a
@@ -19,8 +21,6 @@ __all__ = ["DATA_ERROR_PREFIX", "DataError", "data_error_from"]
 DATA_ERROR_PREFIX = "DataError:"
 
 
-class DataError(ValueError):
-    """A dataset that cannot be read as configured; the message names the file and the value."""
 
 
 # tf.debugging.Assert prints each message part in brackets: [DataError: what] [file] [rest].

@@ -20,6 +20,8 @@ import copy
 import dataclasses
 from typing import Any, ClassVar, TypeVar
 
+from rfcn_tf.errors import ConfigError
+
 __all__ = [
     "BACKBONES",
     "NORMS",
@@ -57,8 +59,6 @@ def as_section(cls: type[_Section], value: Any) -> _Section:
 
 
 def _error(key: str, value, rule: str):
-    from rfcn_tf.config import ConfigError  # config.py imports this module
-
     return ConfigError(f"{key} must be {rule}, got {value!r}")
 
 
