@@ -9,9 +9,9 @@ import pytest
 from data_fixtures import data_config, make_coco, make_voc
 
 from rfcn_tf.config import ConfigError, load_config
+from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.pipeline import build_source
 from rfcn_tf.data.sources import voc_xml as voc
-from rfcn_tf.data.errors import DataError
 
 
 def _filenames(dataset) -> list[str]:
