@@ -2,7 +2,7 @@
 
 A tiny random-weight R-FCN checkpoint (small backbone, 64-px images) in a run folder laid out as
 training leaves it (config.yaml, classes.txt, checkpoints/ckpt-N), and a SavedModel with
-DESIGN.md's serving_default contract whose detections are known boxes.
+the serving_default contract (docs/ARCHITECTURE.md, "Export") whose detections are known boxes.
 """
 
 import json

@@ -102,7 +102,8 @@ def collect_detections(
         detect_fn: `(images, image_shapes) -> {"detection_boxes": [B, M, 4] yxyx resized-image
             pixels, "detection_scores": [B, M], "detection_classes": [B, M] int 1..C,
             "num_detections": [B]}` (tensors or arrays), e.g. `RFCN.detect`.
-        dataset: iterable of batched-feature dicts (INTERFACES.md "Batched features"), one pass;
+        dataset: iterable of batched-feature dicts (docs/INTERFACES.md "Batched features"), one
+            pass;
             a row whose `image_ids` is negative is batch padding and skipped.
         max_images: stop after this many images (None: the whole dataset).
         score_threshold: drop detections scoring below it (None: keep all `detect_fn` returns).
@@ -111,7 +112,7 @@ def collect_detections(
 
     Returns:
         `(groundtruths, detections, timing)`: per-image dicts in original pixels
-        (INTERFACES.md "Evaluation"), and `{"num_images", "detect_seconds",
+        (docs/INTERFACES.md "Evaluation"), and `{"num_images", "detect_seconds",
         "images_per_second"}` where detect_seconds sums the wall time of `detect_fn` calls,
         the first (tracing) call included.
     """
@@ -207,7 +208,7 @@ def compute_metrics(
     """COCO (pycocotools), VOC07 11-point and VOC2010+ all-point metrics of per-image dicts.
 
     Args:
-        groundtruths, detections: per-image dicts in original pixels (INTERFACES.md).
+        groundtruths, detections: per-image dicts in original pixels (docs/INTERFACES.md).
         class_names: C names (`class_names[0]` is class 1).
         category_ids: optional COCO category ids per class (for COCO sources).
 
@@ -423,8 +424,8 @@ def evaluate_detector(
 
     Args:
         detect_fn: `(images uint8 [B, Hp, Wp, 3], image_shapes int32 [B, 2]) -> detections dict`
-            (INTERFACES.md `detect`: boxes yxyx in resized-image pixels, classes 1..C).
-        dataset: batched features (INTERFACES.md), eval split, finite (one pass is taken).
+            (docs/INTERFACES.md `detect`: boxes yxyx in resized-image pixels, classes 1..C).
+        dataset: batched features (docs/INTERFACES.md), eval split, finite (one pass is taken).
         class_names: C names, `class_names[0]` is class 1 (`DatasetInfo.class_names`).
         category_ids: COCO category id per class (`DatasetInfo.category_ids`) or None (1..C).
         out_dir: where to write metrics.json, metrics.md, pr_curves/*.png, detections.json;

@@ -15,12 +15,12 @@ to (h, w) and zero-padded) and returns boxes in THAT frame (pixels of the (h, w)
 like a single-scale `detect`, so the evaluator's conversion to original pixels is unchanged.
 Each scale runs THE inference path on the real (h, w) region (`rfcn_tf.inference.preprocess`:
 `preprocess` resizes it, shorter side s, longer side <= max_size, and pads it to the stride;
-`boxes_to_original` maps the boxes back to (h, w)), so resizing starts from the pipeline's image: feed
-the pipeline images at least as large as the largest test scale (the evaluate CLI sets the
-data scale to max(sizes)) to avoid upsampling an already downsampled image.
+`boxes_to_original` maps the boxes back to (h, w)), so resizing starts from the pipeline's
+image: feed the pipeline images at least as large as the largest test scale (the evaluate CLI
+sets the data scale to max(sizes)) to avoid upsampling an already downsampled image.
 
-Naming convention: `detections` dicts use INTERFACES.md's keys (`detection_boxes` yxyx pixels,
-`detection_scores`, `detection_classes` 1..C, `num_detections`).
+Naming convention: `detections` dicts use docs/INTERFACES.md's keys (`detection_boxes` yxyx
+pixels, `detection_scores`, `detection_classes` 1..C, `num_detections`).
 """
 
 from __future__ import annotations
@@ -96,12 +96,13 @@ def multiscale_detect_fn(
     For each image of the batch and each size s in `sizes`: the image's real (h, w) region is
     resized (shorter side s, longer side <= `max_size`) and zero-padded to a multiple of
     `size_multiple` (`inference.preprocess.preprocess`), run through `detect_fn` as a batch of
-    one, and its boxes are scaled back by (h / h_s, w / w_s) (`boxes_to_original`). All sizes' detections are merged with
-    `merge_detections` (per-class NMS at `nms_iou`, top `max_detections`).
+    one, and its boxes are scaled back by (h / h_s, w / w_s) (`boxes_to_original`). All
+    sizes' detections are merged with `merge_detections` (per-class NMS at `nms_iou`, top
+    `max_detections`).
 
     Args:
         detect_fn: `(images uint8 [1, Hs, Ws, 3], image_shapes int32 [1, 2]) -> detections`
-            (INTERFACES.md `detect`), e.g. a `tf.function` of `RFCN.detect` with a
+            (docs/INTERFACES.md `detect`), e.g. a `tf.function` of `RFCN.detect` with a
             shape-agnostic input signature (each size gives another image shape).
         sizes: shorter sides to test, pixels (R-FCN sec. 4.2: 200, 400, 600, 800, 1000).
         max_size: cap on the longer side of each resized image, pixels.

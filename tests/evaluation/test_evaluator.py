@@ -18,7 +18,7 @@ G = 4  # padded ground truth per image
 
 
 def _batch(ids, orig_shapes, image_shapes, boxes_resized, classes, difficult=None):
-    """Batched features (INTERFACES.md) as NumPy: boxes in resized pixels, padded to G."""
+    """Batched features (docs/INTERFACES.md) as NumPy: boxes in resized pixels, padded to G."""
     b = len(ids)
     hp = max(s[0] for s in image_shapes)
     wp = max(s[1] for s in image_shapes)
