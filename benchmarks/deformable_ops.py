@@ -33,16 +33,16 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from rfcn_tf.ops.deform_conv import deform_conv2d  # noqa: E402
-from rfcn_tf.ops.deform_psroi_pool import (  # noqa: E402
+from rfcn_tf.ops.deform_conv import deform_conv2d
+from rfcn_tf.ops.deform_psroi_pool import (
     custom_op_available,
     custom_op_load_error,
     deform_ps_roi_pool,
 )
-from rfcn_tf.ops.psroi_pool import ps_roi_pool  # noqa: E402
+from rfcn_tf.ops.psroi_pool import ps_roi_pool
 
 HEIGHT, WIDTH, K, NUM_CLASSES, STRIDE = 38, 63, 7, 21, 16
 IMAGE_H, IMAGE_W = 600, 1000
@@ -79,7 +79,8 @@ def pool_functions(num_rois: int, seed: int = 0) -> dict:
         [np.zeros(num_rois), y1, x1, y1 + size[:, 0], x1 + size[:, 1]]).astype(np.float32))
     offsets = tf.constant(rng.standard_normal((num_rois, K, K, 2)).astype(np.float32))
     grad = tf.constant(rng.standard_normal((num_rois, K, K, NUM_CLASSES)).astype(np.float32))
-    common = dict(output_size=K, spatial_scale=1.0 / STRIDE, sampling_ratio=2, impl="custom")
+    common = {"output_size": K, "spatial_scale": 1.0 / STRIDE, "sampling_ratio": 2,
+              "impl": "custom"}
 
     @tf.function
     def plain(f):
@@ -195,11 +196,12 @@ def torchvision_rows(python: str, rounds: int, repeats: int, threads: int):
     """{(name, part): (wall ms, CPU ms)} from torchvision in `python`, or an error string."""
     try:
         proc = subprocess.run([python, "-c", _TORCH_SCRIPT, str(rounds), str(repeats),
-                               str(threads)], capture_output=True, text=True, timeout=600)
+                               str(threads)], capture_output=True, text=True, timeout=600,
+                              check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{type(exc).__name__}: {exc}"
     if proc.returncode != 0:
-        return (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]
+        return (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
     rows, version = proc.stdout.strip().splitlines()[-2:]
     return {(name, part): (wall, cpu) for name, part, wall, cpu in json.loads(rows)}, version
 

@@ -27,7 +27,7 @@ from rfcn_tf.ops.deform_conv import deform_conv2d, normalize_conv_args
 from rfcn_tf.ops.deform_psroi_pool import deform_ps_roi_pool
 from rfcn_tf.ops.psroi_pool import ps_roi_pool
 
-__all__ = ["DeformablePSRoIPooling", "DeformableConv2D"]
+__all__ = ["DeformableConv2D", "DeformablePSRoIPooling"]
 
 _IMPLS = ("auto", "custom", "tf")
 

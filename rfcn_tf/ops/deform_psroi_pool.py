@@ -40,9 +40,9 @@ import threading
 import tensorflow as tf
 
 __all__ = [
-    "deform_ps_roi_pool",
     "custom_op_available",
     "custom_op_load_error",
+    "deform_ps_roi_pool",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def load_library():
             else:
                 try:
                     _state["module"] = tf.load_op_library(_SO_PATH)
-                except Exception as exc:  # NotFoundError, OSError, ...
+                except Exception as exc:  # noqa: BLE001 (NotFoundError, OSError, ...)
                     _state["error"] = (
                         f"tf.load_op_library({_SO_PATH!r}) failed with {type(exc).__name__}: "
                         f"{exc}; it may have been built against another TensorFlow "

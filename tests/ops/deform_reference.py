@@ -19,8 +19,12 @@ import math
 
 import numpy as np
 
-__all__ = ["deform_ps_roi_pool_reference", "deform_conv2d_reference", "conv_output_size",
-           "numeric_gradient"]
+__all__ = [
+    "conv_output_size",
+    "deform_conv2d_reference",
+    "deform_ps_roi_pool_reference",
+    "numeric_gradient",
+]
 
 
 def _pool_axis_value(v, size):
@@ -28,7 +32,7 @@ def _pool_axis_value(v, size):
     if not (-1.0 <= v <= size):
         return None
     v = max(v, 0.0)
-    lo = int(math.floor(v))
+    lo = math.floor(v)
     if lo >= size - 1:
         return [(size - 1, 1.0)]
     frac = v - lo

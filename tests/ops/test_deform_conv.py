@@ -6,8 +6,8 @@ tf.nn.conv2d at zero offsets / mask 1 (strides, dilations, SAME / VALID / explic
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from deform_reference import conv_output_size, deform_conv2d_reference, numeric_gradient
+
 from rfcn_tf.ops.deform_conv import deform_conv2d
 from rfcn_tf.ops.deform_psroi_pool import custom_op_available, custom_op_load_error
 
@@ -46,10 +46,10 @@ def _run(x, offsets, w, mask, grad, impl, **conv):
 
 
 CONFIGS = [
-    dict(strides=(1, 1), dilations=(1, 1), padding="SAME"),
-    dict(strides=(2, 2), dilations=(1, 1), padding="SAME"),
-    dict(strides=(1, 2), dilations=(2, 1), padding="VALID"),
-    dict(strides=(1, 1), dilations=(1, 1), padding=((2, 0), (1, 1))),
+    {"strides": (1, 1), "dilations": (1, 1), "padding": "SAME"},
+    {"strides": (2, 2), "dilations": (1, 1), "padding": "SAME"},
+    {"strides": (1, 2), "dilations": (2, 1), "padding": "VALID"},
+    {"strides": (1, 1), "dilations": (1, 1), "padding": ((2, 0), (1, 1))},
 ]
 
 

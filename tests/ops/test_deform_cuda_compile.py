@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from deform_reference import deform_conv2d_reference, deform_ps_roi_pool_reference
+
 from rfcn_tf.ops.deform_conv import deform_conv2d
 from rfcn_tf.ops.deform_psroi_pool import deform_ps_roi_pool
 
@@ -34,7 +34,8 @@ needs_nvcc = pytest.mark.skipif(
 
 
 def _run(cmd, timeout=600):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          check=False)
     assert proc.returncode == 0, (
         f"exit {proc.returncode}: {' '.join(map(str, cmd))}\n{proc.stdout[-2000:]}\n"
         f"{proc.stderr[-4000:]}")
@@ -106,7 +107,7 @@ def _gpu_visible():
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return False
-    proc = subprocess.run([smi, "-L"], capture_output=True, text=True)
+    proc = subprocess.run([smi, "-L"], capture_output=True, text=True, check=False)
     return proc.returncode == 0 and "GPU" in proc.stdout
 
 
@@ -117,7 +118,8 @@ def test_cuda_harness_compiles_and_passes_where_a_gpu_exists(cuda_build):
     _run([NVCC, "-std=c++17", "-O2", "-o", str(binary), str(OP_DIR / "cuda_harness.cu")])
     assert binary.stat().st_size > 10_000
     if _gpu_visible():
-        proc = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300,
+                              check=False)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "OK" in proc.stdout
 
@@ -286,7 +288,7 @@ def test_per_element_conv_math_of_the_cuda_kernels(host_driver, tmp_path, stride
     grad_input = values[sizes[0]:sizes[1]].reshape(inputs.shape)
     grad_offsets = values[sizes[1]:sizes[2]].reshape(offsets.shape)
     grad_mask = values[sizes[2]:].reshape(mask.shape)
-    conv = dict(strides=stride, dilations=dilation, padding=padding)
+    conv = {"strides": stride, "dilations": dilation, "padding": padding}
     np.testing.assert_allclose(
         cols.reshape(-1, kh * kw * cin) @ filters.reshape(-1, cout),
         deform_conv2d_reference(inputs, offsets, filters, mask, (stride,) * 2, (dilation,) * 2,

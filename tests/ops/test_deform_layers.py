@@ -3,10 +3,10 @@ plain op (bilinear PS-RoI pooling, Conv2D), gradients reach their zero-initializ
 branches, custom and stock-op paths agree, configs round-trip, and a SavedModel of the "tf"
 path holds no custom op."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from rfcn_tf.model.deformable import DeformableConv2D, DeformablePSRoIPooling
 from rfcn_tf.ops.psroi_pool import ps_roi_pool

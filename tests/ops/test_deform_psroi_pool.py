@@ -6,9 +6,9 @@ offsets. Random offsets, RoIs partly outside the map, k = 3 and 7, batch > 1, of
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from deform_reference import deform_ps_roi_pool_reference, numeric_gradient
 from psroi_reference import ps_roi_pool_reference
+
 from rfcn_tf.ops.deform_psroi_pool import (
     custom_op_available,
     custom_op_load_error,
