@@ -6,13 +6,14 @@
 // backward is race-free and deterministic: each output element is written
 // by one work unit, which sums its contributions in a fixed order):
 //  * pool forward: one unit per output bin (r, i, j); per offset group the
-//    n row taps and n column taps are computed once, then the inner loops
-//    run over the group's contiguous channel slice.
-//  * pool backward, offsets: one unit per bin (r, i, j) (disjoint outputs).
-//  * pool backward, features: one unit per (image b, bin position (i, j)):
-//    bin (i, j) of every RoI reads only channel block (i*k + j) of its
-//    image, so units write disjoint cells; a unit visits the RoIs of image b
-//    in ascending row order (the plain PS-RoI op's partition).
+//    sample points are reduced to their distinct rows and columns with summed
+//    weights (separable bilinear form, AxisCells), then the inner loops run
+//    over the group's contiguous channel slice.
+//  * pool backward, one fused pass: one unit per (image b, bin position
+//    (i, j)): bin (i, j) of every RoI reads only channel block (i*k + j) of
+//    its image, so units write disjoint cells of the feature gradient (the
+//    plain PS-RoI op's partition) and disjoint offset gradients; a unit visits
+//    the RoIs of image b in ascending row order.
 //  * im2col forward: one unit per output pixel; tap weights once per (pixel,
 //    tap) with the mask folded in, then a loop over Cin channels.
 //  * im2col backward, offsets and mask: one unit per output pixel
@@ -85,6 +86,66 @@ RoiAxes ReadRoi(const PoolGeometry& g, const float* roi) {
   return a;
 }
 
+// The distinct cells that the n sample points of one shifted bin read along
+// one axis, with the interpolation weights summed over the valid points (w)
+// and their derivatives with respect to the bin's coordinate (dw: -gate for
+// a low cell, +gate for a high one). Bilinear sampling is separable (a point
+// is valid iff its row and its column are; its weights are wy * wx), so a
+// bin is sum_q sum_t Wy[q] Wx[t] f(q, t) and its y derivative is
+// sum_q sum_t DWy[q] Wx[t] f(q, t): each distinct cell is read (written)
+// once per bin, not 4 times per sample point. Returns the count (<= 2n).
+int AxisCells(const Tap* taps, int n, int* cells, double* w, double* dw) {
+  int m = 0;
+  auto add = [&](int cell, double weight, double deriv) {
+    for (int q = 0; q < m; ++q) {
+      if (cells[q] == cell) {
+        w[q] += weight;
+        dw[q] += deriv;
+        return;
+      }
+    }
+    cells[m] = cell;
+    w[m] = weight;
+    dw[m] = deriv;
+    ++m;
+  };
+  for (int p = 0; p < n; ++p) {
+    if (!taps[p].valid) continue;
+    add(taps[p].lo, taps[p].wlo, -taps[p].gate);
+    add(taps[p].hi, taps[p].whi, taps[p].gate);
+  }
+  return m;
+}
+
+// Separable cells of one (RoI, bin, offset group): scratch reused per call.
+struct BinCells {
+  explicit BinCells(int n)
+      : taps(n), ycell(2 * n), xcell(2 * n), yw(2 * n), xw(2 * n),
+        ydw(2 * n), xdw(2 * n) {}
+
+  template <typename T>
+  void Fill(const PoolGeometry& g, const RoiAxes& a, const T* offsets,
+            int64_t r, int i, int j, int grp) {
+    const int n = g.sampling_ratio;
+    const int64_t oi = rfcn_deform::pool_offset_index(g, r, i, j, grp, 0);
+    BinTaps(rfcn_deform::pool_bin_start(a.ys, a.yext, a.ybin, i,
+                                        static_cast<double>(offsets[oi]),
+                                        g.trans_std),
+            a.ybin, n, g.height, taps.data());
+    ny = AxisCells(taps.data(), n, ycell.data(), yw.data(), ydw.data());
+    BinTaps(rfcn_deform::pool_bin_start(a.xs, a.xext, a.xbin, j,
+                                        static_cast<double>(offsets[oi + 1]),
+                                        g.trans_std),
+            a.xbin, n, g.width, taps.data());
+    nx = AxisCells(taps.data(), n, xcell.data(), xw.data(), xdw.data());
+  }
+
+  int ny = 0, nx = 0;
+  std::vector<Tap> taps;
+  std::vector<int> ycell, xcell;
+  std::vector<double> yw, xw, ydw, xdw;
+};
+
 }  // namespace
 
 namespace functor {
@@ -99,12 +160,14 @@ struct RfcnDeformPoolForward<CPUDevice, T> {
     const int64_t bins = static_cast<int64_t>(k) * k;
     const int64_t total = num_rois * bins;
     if (total == 0 || C == 0) return;
-    const int64_t cost = 40 * g.groups + static_cast<int64_t>(n) * n * (8 + 8 * C);
+    const int64_t cost = 40 * g.groups + static_cast<int64_t>(n + 1) * (n + 1) * (4 + 2 * C);
     auto work = [&](int64_t begin, int64_t end) {
       std::vector<T> acc_buffer(C);
-      std::vector<Tap> ytaps(n), xtaps(n);
+      BinCells cells(n);
       T* __restrict__ acc = acc_buffer.data();
       const T inv = T(1) / static_cast<T>(n * n);
+      RoiAxes a{};
+      int64_t read_roi = -1;
       for (int64_t u = begin; u < end; ++u) {
         const int64_t r = u / bins;
         const int bin = static_cast<int>(u - r * bins);
@@ -115,40 +178,24 @@ struct RfcnDeformPoolForward<CPUDevice, T> {
           std::fill(out, out + C, T(0));
           continue;
         }
-        const RoiAxes a = ReadRoi(g, rois + r * 5);
+        if (r != read_roi) {  // once per RoI (and per shard boundary)
+          a = ReadRoi(g, rois + r * 5);
+          read_roi = r;
+        }
         std::fill(acc, acc + C, T(0));
         const T* block = features + rfcn_deform::pool_cell(g, b, 0, 0) +
                          static_cast<int64_t>(bin) * C;
         for (int grp = 0; grp < g.groups; ++grp) {
-          const int64_t oi = rfcn_deform::pool_offset_index(g, r, i, j, grp, 0);
-          BinTaps(rfcn_deform::pool_bin_start(a.ys, a.yext, a.ybin, i,
-                                              offsets[oi], g.trans_std),
-                  a.ybin, n, g.height, ytaps.data());
-          BinTaps(rfcn_deform::pool_bin_start(a.xs, a.xext, a.xbin, j,
-                                              offsets[oi + 1], g.trans_std),
-                  a.xbin, n, g.width, xtaps.data());
+          cells.Fill(g, a, offsets, r, i, j, grp);
           T* __restrict__ ag = acc + grp * cg;
-          for (int py = 0; py < n; ++py) {
-            const Tap& ty = ytaps[py];
-            if (!ty.valid) continue;
-            const T* rlo = block + static_cast<int64_t>(ty.lo) * g.width * g.channels;
-            const T* rhi = block + static_cast<int64_t>(ty.hi) * g.width * g.channels;
-            for (int px = 0; px < n; ++px) {
-              const Tap& tx = xtaps[px];
-              if (!tx.valid) continue;
-              const T w1 = static_cast<T>(ty.wlo * tx.wlo);
-              const T w2 = static_cast<T>(ty.wlo * tx.whi);
-              const T w3 = static_cast<T>(ty.whi * tx.wlo);
-              const T w4 = static_cast<T>(ty.whi * tx.whi);
-              const int64_t lo = static_cast<int64_t>(tx.lo) * g.channels + grp * cg;
-              const int64_t hi = static_cast<int64_t>(tx.hi) * g.channels + grp * cg;
-              const T* __restrict__ v1 = rlo + lo;
-              const T* __restrict__ v2 = rlo + hi;
-              const T* __restrict__ v3 = rhi + lo;
-              const T* __restrict__ v4 = rhi + hi;
-              for (int c = 0; c < cg; ++c) {
-                ag[c] += w1 * v1[c] + w2 * v2[c] + w3 * v3[c] + w4 * v4[c];
-              }
+          for (int q = 0; q < cells.ny; ++q) {
+            const T* row = block + static_cast<int64_t>(cells.ycell[q]) *
+                                       g.width * g.channels + grp * cg;
+            for (int t = 0; t < cells.nx; ++t) {
+              const T wt = static_cast<T>(cells.yw[q] * cells.xw[t]);
+              const T* __restrict__ v =
+                  row + static_cast<int64_t>(cells.xcell[t]) * g.channels;
+              for (int c = 0; c < cg; ++c) ag[c] += wt * v[c];
             }
           }
         }
@@ -160,6 +207,11 @@ struct RfcnDeformPoolForward<CPUDevice, T> {
   }
 };
 
+// One fused pass: a unit is (image b, bin position (i, j)); it owns channel
+// block (i*k + j) of image b in grad_features and the offset gradients of
+// bin (i, j) of the RoIs of image b, and visits those RoIs in ascending row
+// order. Per distinct cell it reads the features once (for the offset
+// gradient's channel dot product) and writes the feature gradient once.
 template <typename T>
 struct RfcnDeformPoolBackward<CPUDevice, T> {
   void operator()(OpKernelContext* ctx, const PoolGeometry& g,
@@ -170,78 +222,9 @@ struct RfcnDeformPoolBackward<CPUDevice, T> {
     const int cg = C / g.groups;
     const int64_t bins = static_cast<int64_t>(k) * k;
     const int64_t plane = static_cast<int64_t>(g.height) * g.width;
-    thread::ThreadPool* workers = CpuWorkers(ctx);
     const T inv = T(1) / static_cast<T>(n * n);
-    const int64_t per_bin = 40 * g.groups + static_cast<int64_t>(n) * n * (8 + 12 * C);
-
-    // Offsets: one unit per bin (r, i, j).
-    auto offset_work = [&](int64_t begin, int64_t end) {
-      std::vector<Tap> ytaps(n), xtaps(n);
-      for (int64_t u = begin; u < end; ++u) {
-        const int64_t r = u / bins;
-        const int bin = static_cast<int>(u - r * bins);
-        const int i = bin / k, j = bin - (bin / k) * k;
-        T* go = grad_offsets + u * 2 * g.groups;
-        int b;
-        if (!rfcn_deform::roi_batch_index(rois[r * 5], g.batch, &b)) {
-          std::fill(go, go + 2 * g.groups, T(0));
-          continue;
-        }
-        const RoiAxes a = ReadRoi(g, rois + r * 5);
-        const T* block = features + rfcn_deform::pool_cell(g, b, 0, 0) +
-                         static_cast<int64_t>(bin) * C;
-        const T* gr = grad + u * C;
-        for (int grp = 0; grp < g.groups; ++grp) {
-          const int64_t oi = rfcn_deform::pool_offset_index(g, r, i, j, grp, 0);
-          BinTaps(rfcn_deform::pool_bin_start(a.ys, a.yext, a.ybin, i,
-                                              offsets[oi], g.trans_std),
-                  a.ybin, n, g.height, ytaps.data());
-          BinTaps(rfcn_deform::pool_bin_start(a.xs, a.xext, a.xbin, j,
-                                              offsets[oi + 1], g.trans_std),
-                  a.xbin, n, g.width, xtaps.data());
-          const T* __restrict__ gg = gr + grp * cg;
-          T gy = T(0), gx = T(0);
-          for (int py = 0; py < n; ++py) {
-            const Tap& ty = ytaps[py];
-            if (!ty.valid) continue;
-            const T* rlo = block + static_cast<int64_t>(ty.lo) * g.width * g.channels;
-            const T* rhi = block + static_cast<int64_t>(ty.hi) * g.width * g.channels;
-            for (int px = 0; px < n; ++px) {
-              const Tap& tx = xtaps[px];
-              if (!tx.valid) continue;
-              const int64_t lo = static_cast<int64_t>(tx.lo) * g.channels + grp * cg;
-              const int64_t hi = static_cast<int64_t>(tx.hi) * g.channels + grp * cg;
-              const T* __restrict__ v1 = rlo + lo;
-              const T* __restrict__ v2 = rlo + hi;
-              const T* __restrict__ v3 = rhi + lo;
-              const T* __restrict__ v4 = rhi + hi;
-              // Channel sums of grad * (f3 - f1), (f4 - f2), (f2 - f1), (f4 - f3).
-              T s31 = T(0), s42 = T(0), s21 = T(0), s43 = T(0);
-              for (int c = 0; c < cg; ++c) {
-                s31 += gg[c] * (v3[c] - v1[c]);
-                s42 += gg[c] * (v4[c] - v2[c]);
-                s21 += gg[c] * (v2[c] - v1[c]);
-                s43 += gg[c] * (v4[c] - v3[c]);
-              }
-              gy += static_cast<T>(ty.gate) *
-                    (static_cast<T>(tx.wlo) * s31 + static_cast<T>(tx.whi) * s42);
-              gx += static_cast<T>(tx.gate) *
-                    (static_cast<T>(ty.wlo) * s21 + static_cast<T>(ty.whi) * s43);
-            }
-          }
-          go[2 * grp] = gy * inv * static_cast<T>(g.trans_std * a.yext);
-          go[2 * grp + 1] = gx * inv * static_cast<T>(g.trans_std * a.xext);
-        }
-      }
-    };
-    if (num_rois * bins > 0) {
-      workers->ParallelFor(num_rois * bins,
-                           thread::ThreadPool::SchedulingParams::Adaptive(per_bin),
-                           offset_work);
-    }
-
-    // Features: one unit per (image b, bin position).
-    if (g.batch == 0 || plane == 0 || C == 0) return;
+    // RoI rows of each image, ascending (CSR); rows with an invalid batch
+    // index (rejected by the op on CPU) get zero offset gradients.
     std::vector<int64_t> start(g.batch + 1, 0);
     std::vector<int> batch_of(num_rois, -1);
     for (int64_t r = 0; r < num_rois; ++r) {
@@ -249,7 +232,14 @@ struct RfcnDeformPoolBackward<CPUDevice, T> {
       if (rfcn_deform::roi_batch_index(rois[r * 5], g.batch, &b)) {
         batch_of[r] = b;
         ++start[b + 1];
+      } else {
+        std::fill(grad_offsets + r * bins * 2 * g.groups,
+                  grad_offsets + (r + 1) * bins * 2 * g.groups, T(0));
       }
+    }
+    if (g.batch == 0 || plane == 0 || C == 0) {
+      std::fill(grad_offsets, grad_offsets + num_rois * bins * 2 * g.groups, T(0));
+      return;
     }
     for (int b = 0; b < g.batch; ++b) start[b + 1] += start[b];
     std::vector<int64_t> order(start[g.batch]);
@@ -261,64 +251,72 @@ struct RfcnDeformPoolBackward<CPUDevice, T> {
     }
     const int64_t rois_per_image =
         std::max<int64_t>(1, static_cast<int64_t>(order.size()) / g.batch);
-    const int64_t cost = rois_per_image * per_bin + plane * C;
-    auto feature_work = [&](int64_t begin, int64_t end) {
-      std::vector<Tap> ytaps(n), xtaps(n);
-      std::vector<T> gs_buffer(C);
-      T* __restrict__ gs = gs_buffer.data();
+    const int64_t cost =
+        rois_per_image * (40 * g.groups + static_cast<int64_t>(n + 1) * (n + 1) * (4 + 4 * C)) +
+        plane * C;
+    auto work = [&](int64_t begin, int64_t end) {
+      BinCells cells(n);
+      std::vector<T> sums(2 * static_cast<size_t>(cg));
+      T* sum_y = sums.data();
+      T* sum_x = sums.data() + cg;
       for (int64_t u = begin; u < end; ++u) {
         const int b = static_cast<int>(u / bins);
         const int bin = static_cast<int>(u - static_cast<int64_t>(b) * bins);
         const int i = bin / k, j = bin - (bin / k) * k;
-        T* block = grad_features + rfcn_deform::pool_cell(g, b, 0, 0) +
-                   static_cast<int64_t>(bin) * C;
+        const int64_t base = rfcn_deform::pool_cell(g, b, 0, 0) +
+                             static_cast<int64_t>(bin) * C;
+        T* gblock = grad_features + base;
+        const T* fblock = features + base;
         for (int64_t q = 0; q < plane; ++q) {
-          std::fill(block + q * g.channels, block + q * g.channels + C, T(0));
+          std::fill(gblock + q * g.channels, gblock + q * g.channels + C, T(0));
         }
         for (int64_t o = start[b]; o < start[b + 1]; ++o) {
           const int64_t r = order[o];
           const RoiAxes a = ReadRoi(g, rois + r * 5);
           const T* gr = grad + (r * bins + bin) * C;
-          for (int c = 0; c < C; ++c) gs[c] = gr[c] * inv;
+          T* go = grad_offsets + (r * bins + bin) * 2 * g.groups;
           for (int grp = 0; grp < g.groups; ++grp) {
-            const int64_t oi = rfcn_deform::pool_offset_index(g, r, i, j, grp, 0);
-            BinTaps(rfcn_deform::pool_bin_start(a.ys, a.yext, a.ybin, i,
-                                                offsets[oi], g.trans_std),
-                    a.ybin, n, g.height, ytaps.data());
-            BinTaps(rfcn_deform::pool_bin_start(a.xs, a.xext, a.xbin, j,
-                                                offsets[oi + 1], g.trans_std),
-                    a.xbin, n, g.width, xtaps.data());
-            const T* __restrict__ gsg = gs + grp * cg;
-            for (int py = 0; py < n; ++py) {
-              const Tap& ty = ytaps[py];
-              if (!ty.valid) continue;
-              T* rlo = block + static_cast<int64_t>(ty.lo) * g.width * g.channels;
-              T* rhi = block + static_cast<int64_t>(ty.hi) * g.width * g.channels;
-              for (int px = 0; px < n; ++px) {
-                const Tap& tx = xtaps[px];
-                if (!tx.valid) continue;
-                const T w[4] = {static_cast<T>(ty.wlo * tx.wlo),
-                                static_cast<T>(ty.wlo * tx.whi),
-                                static_cast<T>(ty.whi * tx.wlo),
-                                static_cast<T>(ty.whi * tx.whi)};
-                const int64_t lo = static_cast<int64_t>(tx.lo) * g.channels + grp * cg;
-                const int64_t hi = static_cast<int64_t>(tx.hi) * g.channels + grp * cg;
-                // Four corners in turn (they may coincide at the border).
-                T* dst[4] = {rlo + lo, rlo + hi, rhi + lo, rhi + hi};
-                for (int s = 0; s < 4; ++s) {
-                  T* __restrict__ d = dst[s];
-                  const T ws = w[s];
-                  for (int c = 0; c < cg; ++c) d[c] += gsg[c] * ws;
+            cells.Fill(g, a, offsets, r, i, j, grp);
+            const int64_t ch = grp * cg;
+            // d out / d dy = sum_c grad[c] * sum_cells DWy Wx f[c]: the cell
+            // sums are accumulated per channel (element-wise; a per-cell
+            // channel dot product would be a serial float reduction), then
+            // one dot product per (bin, group).
+            T* __restrict__ sy = sum_y;
+            T* __restrict__ sx = sum_x;
+            std::fill(sy, sy + cg, T(0));
+            std::fill(sx, sx + cg, T(0));
+            const T* __restrict__ gg = gr + ch;
+            for (int q = 0; q < cells.ny; ++q) {
+              const int64_t row = static_cast<int64_t>(cells.ycell[q]) * g.width;
+              for (int t = 0; t < cells.nx; ++t) {
+                const int64_t cell = (row + cells.xcell[t]) * g.channels + ch;
+                const T wt = static_cast<T>(cells.yw[q] * cells.xw[t]) * inv;
+                const T wy = static_cast<T>(cells.ydw[q] * cells.xw[t]);
+                const T wx = static_cast<T>(cells.yw[q] * cells.xdw[t]);
+                const T* __restrict__ f = fblock + cell;
+                T* __restrict__ d = gblock + cell;
+                for (int c = 0; c < cg; ++c) {
+                  d[c] += gg[c] * wt;
+                  sy[c] += wy * f[c];
+                  sx[c] += wx * f[c];
                 }
               }
             }
+            T gy = T(0), gx = T(0);
+            for (int c = 0; c < cg; ++c) {
+              gy += gg[c] * sy[c];
+              gx += gg[c] * sx[c];
+            }
+            go[2 * grp] = gy * inv * static_cast<T>(g.trans_std * a.yext);
+            go[2 * grp + 1] = gx * inv * static_cast<T>(g.trans_std * a.xext);
           }
         }
       }
     };
-    workers->ParallelFor(static_cast<int64_t>(g.batch) * bins,
-                         thread::ThreadPool::SchedulingParams::Adaptive(cost),
-                         feature_work);
+    CpuWorkers(ctx)->ParallelFor(
+        static_cast<int64_t>(g.batch) * bins,
+        thread::ThreadPool::SchedulingParams::Adaptive(cost), work);
   }
 };
 
