@@ -1,7 +1,8 @@
 """Build and install rfcn_tf, compiling the PS-RoI pooling op.
 
 `pip install .`, `pip install -e .` and `python setup.py build_ext --inplace`
-compile custom_ops/psroi_pool into ``rfcn_tf/ops/_psroi_pool_ops.so`` with g++
+compile custom_ops/psroi_pool into ``rfcn_tf/ops/_psroi_pool_ops.so`` (and the
+deformable ops, custom_ops/deformable, into ``rfcn_tf/ops/_deformable_ops.so``) with g++
 and the flags of the TensorFlow that is importable during the build
 (``tf.sysconfig.get_compile_flags()`` / ``get_link_flags()``; they carry
 ``-std=c++17`` and the C++ ABI flag, so none are added here). The .so is
