@@ -1,7 +1,8 @@
 """Build and install rfcn_tf, compiling the PS-RoI pooling op.
 
 `pip install .`, `pip install -e .` and `python setup.py build_ext --inplace`
-compile custom_ops/psroi_pool into ``rfcn_tf/ops/_psroi_pool_ops.so`` with g++
+compile custom_ops/psroi_pool into ``rfcn_tf/ops/_psroi_pool_ops.so`` (and the
+deformable ops, custom_ops/deformable, into ``rfcn_tf/ops/_deformable_ops.so``) with g++
 and the flags of the TensorFlow that is importable during the build
 (``tf.sysconfig.get_compile_flags()`` / ``get_link_flags()``; they carry
 ``-std=c++17`` and the C++ ABI flag, so none are added here). The .so is
@@ -66,6 +67,16 @@ OP_HEADERS = [
         "psroi_pool_cuda_kernels.cuh",
     )
 ]
+# The deformable ops (custom_ops/deformable): a second library, loaded by
+# rfcn_tf/ops/deform_psroi_pool.py (tf.load_op_library returns each library's
+# ops only once per process, so the two ops' loaders need separate files).
+DEFORM_DIR = os.path.join("custom_ops", "deformable")
+DEFORM_EXT_NAME = "rfcn_tf.ops._deformable_ops"
+DEFORM_SOURCES = [os.path.join(DEFORM_DIR, n) for n in (
+    "deformable_ops.cc", "deformable_kernels.cc", "deformable_kernels.cu.cc")]
+DEFORM_HEADERS = [os.path.join(DEFORM_DIR, n) for n in (
+    "deformable_math.h", "deformable_functor.h", "deformable_cuda_kernels.cuh")]
+OP_EXT_NAMES = (OP_EXT_NAME, DEFORM_EXT_NAME)
 TF_RANGE = ">=2.21,<2.22"
 DEFAULT_CUDA_ARCHS = "80;86;90"
 
@@ -129,15 +140,17 @@ class BuildPsRoiPoolOp(build_ext):
         # "_psroi_pool_ops.so", not "<name>.cpython-311-x86_64-linux-gnu.so":
         # tf.load_op_library loads it by this fixed path.
         # distutils asks with the last component, setuptools with the full name.
-        if fullname.split(".")[-1] == OP_EXT_NAME.split(".")[-1]:
+        if fullname.split(".")[-1] in [n.split(".")[-1] for n in OP_EXT_NAMES]:
             return os.path.join(*fullname.split(".")) + ".so"
         return super().get_ext_filename(fullname)
 
     def build_extension(self, ext):
-        if ext.name != OP_EXT_NAME:
+        if ext.name not in OP_EXT_NAMES:
             return super().build_extension(ext)
         output = os.path.abspath(self.get_ext_fullpath(ext.name))
-        sources = [os.path.join(HERE, s) for s in CXX_SOURCES + CUDA_SOURCES + OP_HEADERS]
+        cxx_sources = [s for s in ext.sources if not s.endswith(".cu.cc")]
+        cuda_sources = [s for s in ext.sources if s.endswith(".cu.cc")]
+        sources = [os.path.join(HERE, s) for s in ext.sources + ext.depends]
         if (not self.force and os.path.exists(output)
                 and os.path.getmtime(output) >= max(map(os.path.getmtime, sources))):
             print(f"{output} is up to date")
@@ -154,7 +167,7 @@ class BuildPsRoiPoolOp(build_ext):
         compile_flags = list(tf.sysconfig.get_compile_flags())
         link_flags = list(tf.sysconfig.get_link_flags())
         cxx = os.environ.get("CXX", "g++")
-        tmp = os.path.abspath(os.path.join(self.build_temp, "psroi_pool"))
+        tmp = os.path.abspath(os.path.join(self.build_temp, ext.name.split(".")[-1]))
         os.makedirs(tmp, exist_ok=True)
         os.makedirs(os.path.dirname(output), exist_ok=True)
 
@@ -167,7 +180,7 @@ class BuildPsRoiPoolOp(build_ext):
                              f"-I{os.path.join(cuda_home, 'include')}"]
         jobs = []
         objects = []
-        for src in CXX_SOURCES:
+        for src in cxx_sources:
             obj = os.path.join(tmp, os.path.basename(src) + ".o")
             objects.append(obj)
             jobs.append([cxx, "-c", os.path.join(HERE, src), "-o", obj, "-O3", "-fPIC",
@@ -180,7 +193,7 @@ class BuildPsRoiPoolOp(build_ext):
             gencode = [f"-gencode=arch=compute_{sm},code=sm_{sm}" for sm in sms]
             gencode.append(f"-gencode=arch=compute_{sms[-1]},code=compute_{sms[-1]}")
             nv_flags = [f.replace("--std=", "-std=") for f in compile_flags]
-            for src in CUDA_SOURCES:
+            for src in cuda_sources:
                 obj = os.path.join(tmp, os.path.basename(src) + ".o")
                 objects.append(obj)
                 jobs.append([nvcc, "-c", os.path.join(HERE, src), "-o", obj, "-x", "cu",
@@ -188,7 +201,7 @@ class BuildPsRoiPoolOp(build_ext):
                              "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC", "-w",
                              *gencode, *cuda_includes, *nv_flags])
         start = time.time()
-        print(f"compiling the PS-RoI pooling op ({'CPU + CUDA' if use_cuda else 'CPU'}) "
+        print(f"compiling {ext.name} ({'CPU + CUDA' if use_cuda else 'CPU'}) "
               f"against TensorFlow {tf.__version__}")
         with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
             for future in [pool.submit(_run, job) for job in jobs]:
@@ -282,7 +295,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["rfcn_tf", "rfcn_tf.*"]),
     ext_modules=[Extension(OP_EXT_NAME, sources=CXX_SOURCES + CUDA_SOURCES,
-                           depends=OP_HEADERS)] if _build_op() else [],
+                           depends=OP_HEADERS),
+                 Extension(DEFORM_EXT_NAME, sources=DEFORM_SOURCES,
+                           depends=DEFORM_HEADERS)] if _build_op() else [],
     cmdclass={"build_ext": BuildPsRoiPoolOp, "build_py": BuildPyWithPresets,
               "bdist_wheel": PlatformWheel},
     install_requires=[

@@ -1,0 +1,810 @@
+// CPU kernels of the deformable ops and the op kernel classes shared with
+// the GPU (registered for DEVICE_GPU under GOOGLE_CUDA). Arithmetic and
+// layouts: deformable_math.h.
+//
+// CPU strategy (threaded with the CPU worker pool's ParallelFor; every
+// backward is race-free and deterministic: each output element is written
+// by one work unit, which sums its contributions in a fixed order):
+//  * pool forward: one unit per output bin (r, i, j); per offset group the
+//    sample points are reduced to their distinct rows and columns with summed
+//    weights (separable bilinear form, AxisCells), then the inner loops run
+//    over the group's contiguous channel slice.
+//  * pool backward, one fused pass: one unit per (image b, bin position
+//    (i, j)): bin (i, j) of every RoI reads only channel block (i*k + j) of
+//    its image, so units write disjoint cells of the feature gradient (the
+//    plain PS-RoI op's partition) and disjoint offset gradients; a unit visits
+//    the RoIs of image b in ascending row order.
+//  * im2col forward: one unit per output pixel; tap weights once per (pixel,
+//    tap) with the mask folded in, then a loop over Cin channels.
+//  * im2col backward, offsets and mask: one unit per output pixel
+//    (conv_offset_grad of the math header, the GPU's code).
+//  * im2col backward, input: one unit per (image b, channel chunk): a unit
+//    owns its channel slice of the whole image, visits every (pixel, tap)
+//    in order and scatters only into that slice.
+
+#define EIGEN_USE_THREADS
+#if GOOGLE_CUDA
+#ifndef EIGEN_USE_GPU
+#define EIGEN_USE_GPU
+#endif
+#endif
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "deformable_functor.h"
+#include "deformable_math.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/register_types.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/platform/threadpool.h"
+#include "unsupported/Eigen/CXX11/Tensor"
+
+namespace tensorflow {
+
+typedef Eigen::ThreadPoolDevice CPUDevice;
+#if GOOGLE_CUDA
+typedef Eigen::GpuDevice GPUDevice;
+#endif
+
+using rfcn_deform::ConvGeometry;
+using rfcn_deform::Corners;
+using rfcn_deform::PoolGeometry;
+using rfcn_deform::Tap;
+
+namespace {
+
+thread::ThreadPool* CpuWorkers(OpKernelContext* ctx) {
+  return ctx->device()->tensorflow_cpu_worker_threads()->workers;
+}
+
+// The n row (or column) taps of a shifted bin.
+void BinTaps(double bin_start, double bin_size, int n, int size, Tap* taps) {
+  for (int p = 0; p < n; ++p) {
+    taps[p] = rfcn_deform::pool_tap(
+        rfcn_deform::pool_sample(bin_start, bin_size, p, n), size);
+  }
+}
+
+// RoI geometry of both axes.
+struct RoiAxes {
+  double ys, yext, ybin, xs, xext, xbin;
+};
+
+RoiAxes ReadRoi(const PoolGeometry& g, const float* roi) {
+  RoiAxes a;
+  rfcn_deform::pool_roi_axis(roi[1], roi[3], g.spatial_scale, g.k, &a.ys,
+                             &a.yext, &a.ybin);
+  rfcn_deform::pool_roi_axis(roi[2], roi[4], g.spatial_scale, g.k, &a.xs,
+                             &a.xext, &a.xbin);
+  return a;
+}
+
+// The distinct cells that the n sample points of one shifted bin read along
+// one axis, with the interpolation weights summed over the valid points (w)
+// and their derivatives with respect to the bin's coordinate (dw: -gate for
+// a low cell, +gate for a high one). Bilinear sampling is separable (a point
+// is valid iff its row and its column are; its weights are wy * wx), so a
+// bin is sum_q sum_t Wy[q] Wx[t] f(q, t) and its y derivative is
+// sum_q sum_t DWy[q] Wx[t] f(q, t): each distinct cell is read (written)
+// once per bin, not 4 times per sample point. Returns the count (<= 2n).
+int AxisCells(const Tap* taps, int n, int* cells, double* w, double* dw) {
+  int m = 0;
+  auto add = [&](int cell, double weight, double deriv) {
+    for (int q = 0; q < m; ++q) {
+      if (cells[q] == cell) {
+        w[q] += weight;
+        dw[q] += deriv;
+        return;
+      }
+    }
+    cells[m] = cell;
+    w[m] = weight;
+    dw[m] = deriv;
+    ++m;
+  };
+  for (int p = 0; p < n; ++p) {
+    if (!taps[p].valid) continue;
+    add(taps[p].lo, taps[p].wlo, -taps[p].gate);
+    add(taps[p].hi, taps[p].whi, taps[p].gate);
+  }
+  return m;
+}
+
+// Separable cells of one (RoI, bin, offset group): scratch reused per call.
+struct BinCells {
+  explicit BinCells(int n)
+      : taps(n), ycell(2 * n), xcell(2 * n), yw(2 * n), xw(2 * n),
+        ydw(2 * n), xdw(2 * n) {}
+
+  template <typename T>
+  void Fill(const PoolGeometry& g, const RoiAxes& a, const T* offsets,
+            int64_t r, int i, int j, int grp) {
+    const int n = g.sampling_ratio;
+    const int64_t oi = rfcn_deform::pool_offset_index(g, r, i, j, grp, 0);
+    BinTaps(rfcn_deform::pool_bin_start(a.ys, a.yext, a.ybin, i,
+                                        static_cast<double>(offsets[oi]),
+                                        g.trans_std),
+            a.ybin, n, g.height, taps.data());
+    ny = AxisCells(taps.data(), n, ycell.data(), yw.data(), ydw.data());
+    BinTaps(rfcn_deform::pool_bin_start(a.xs, a.xext, a.xbin, j,
+                                        static_cast<double>(offsets[oi + 1]),
+                                        g.trans_std),
+            a.xbin, n, g.width, taps.data());
+    nx = AxisCells(taps.data(), n, xcell.data(), xw.data(), xdw.data());
+  }
+
+  int ny = 0, nx = 0;
+  std::vector<Tap> taps;
+  std::vector<int> ycell, xcell;
+  std::vector<double> yw, xw, ydw, xdw;
+};
+
+}  // namespace
+
+namespace functor {
+
+template <typename T>
+struct RfcnDeformPoolForward<CPUDevice, T> {
+  void operator()(OpKernelContext* ctx, const PoolGeometry& g,
+                  int64_t num_rois, const T* features, const float* rois,
+                  const T* offsets, T* output) {
+    const int k = g.k, C = g.c_out, n = g.sampling_ratio;
+    const int cg = C / g.groups;
+    const int64_t bins = static_cast<int64_t>(k) * k;
+    const int64_t total = num_rois * bins;
+    if (total == 0 || C == 0) return;
+    const int64_t cost = 40 * g.groups + static_cast<int64_t>(n + 1) * (n + 1) * (4 + 2 * C);
+    auto work = [&](int64_t begin, int64_t end) {
+      std::vector<T> acc_buffer(C);
+      BinCells cells(n);
+      T* __restrict__ acc = acc_buffer.data();
+      const T inv = T(1) / static_cast<T>(n * n);
+      RoiAxes a{};
+      int64_t read_roi = -1;
+      for (int64_t u = begin; u < end; ++u) {
+        const int64_t r = u / bins;
+        const int bin = static_cast<int>(u - r * bins);
+        const int i = bin / k, j = bin - (bin / k) * k;
+        T* out = output + u * C;
+        int b;
+        if (!rfcn_deform::roi_batch_index(rois[r * 5], g.batch, &b)) {
+          std::fill(out, out + C, T(0));
+          continue;
+        }
+        if (r != read_roi) {  // once per RoI (and per shard boundary)
+          a = ReadRoi(g, rois + r * 5);
+          read_roi = r;
+        }
+        std::fill(acc, acc + C, T(0));
+        const T* block = features + rfcn_deform::pool_cell(g, b, 0, 0) +
+                         static_cast<int64_t>(bin) * C;
+        for (int grp = 0; grp < g.groups; ++grp) {
+          cells.Fill(g, a, offsets, r, i, j, grp);
+          T* __restrict__ ag = acc + grp * cg;
+          for (int q = 0; q < cells.ny; ++q) {
+            const T* row = block + static_cast<int64_t>(cells.ycell[q]) *
+                                       g.width * g.channels + grp * cg;
+            for (int t = 0; t < cells.nx; ++t) {
+              const T wt = static_cast<T>(cells.yw[q] * cells.xw[t]);
+              const T* __restrict__ v =
+                  row + static_cast<int64_t>(cells.xcell[t]) * g.channels;
+              for (int c = 0; c < cg; ++c) ag[c] += wt * v[c];
+            }
+          }
+        }
+        for (int c = 0; c < C; ++c) out[c] = acc[c] * inv;
+      }
+    };
+    CpuWorkers(ctx)->ParallelFor(
+        total, thread::ThreadPool::SchedulingParams::Adaptive(cost), work);
+  }
+};
+
+// One fused pass: a unit is (image b, bin position (i, j)); it owns channel
+// block (i*k + j) of image b in grad_features and the offset gradients of
+// bin (i, j) of the RoIs of image b, and visits those RoIs in ascending row
+// order. Per distinct cell it reads the features once (for the offset
+// gradient's channel dot product) and writes the feature gradient once.
+template <typename T>
+struct RfcnDeformPoolBackward<CPUDevice, T> {
+  void operator()(OpKernelContext* ctx, const PoolGeometry& g,
+                  int64_t num_rois, const T* features, const float* rois,
+                  const T* offsets, const T* grad, T* grad_features,
+                  T* grad_offsets) {
+    const int k = g.k, C = g.c_out, n = g.sampling_ratio;
+    const int cg = C / g.groups;
+    const int64_t bins = static_cast<int64_t>(k) * k;
+    const int64_t plane = static_cast<int64_t>(g.height) * g.width;
+    const T inv = T(1) / static_cast<T>(n * n);
+    // RoI rows of each image, ascending (CSR); rows with an invalid batch
+    // index (rejected by the op on CPU) get zero offset gradients.
+    std::vector<int64_t> start(g.batch + 1, 0);
+    std::vector<int> batch_of(num_rois, -1);
+    for (int64_t r = 0; r < num_rois; ++r) {
+      int b;
+      if (rfcn_deform::roi_batch_index(rois[r * 5], g.batch, &b)) {
+        batch_of[r] = b;
+        ++start[b + 1];
+      } else {
+        std::fill(grad_offsets + r * bins * 2 * g.groups,
+                  grad_offsets + (r + 1) * bins * 2 * g.groups, T(0));
+      }
+    }
+    if (g.batch == 0 || plane == 0 || C == 0) {
+      std::fill(grad_offsets, grad_offsets + num_rois * bins * 2 * g.groups, T(0));
+      return;
+    }
+    for (int b = 0; b < g.batch; ++b) start[b + 1] += start[b];
+    std::vector<int64_t> order(start[g.batch]);
+    {
+      std::vector<int64_t> fill(start.begin(), start.end() - 1);
+      for (int64_t r = 0; r < num_rois; ++r) {
+        if (batch_of[r] >= 0) order[fill[batch_of[r]]++] = r;
+      }
+    }
+    const int64_t rois_per_image =
+        std::max<int64_t>(1, static_cast<int64_t>(order.size()) / g.batch);
+    const int64_t cost =
+        rois_per_image * (40 * g.groups + static_cast<int64_t>(n + 1) * (n + 1) * (4 + 4 * C)) +
+        plane * C;
+    auto work = [&](int64_t begin, int64_t end) {
+      BinCells cells(n);
+      std::vector<T> sums(2 * static_cast<size_t>(cg));
+      T* sum_y = sums.data();
+      T* sum_x = sums.data() + cg;
+      for (int64_t u = begin; u < end; ++u) {
+        const int b = static_cast<int>(u / bins);
+        const int bin = static_cast<int>(u - static_cast<int64_t>(b) * bins);
+        const int i = bin / k, j = bin - (bin / k) * k;
+        const int64_t base = rfcn_deform::pool_cell(g, b, 0, 0) +
+                             static_cast<int64_t>(bin) * C;
+        T* gblock = grad_features + base;
+        const T* fblock = features + base;
+        for (int64_t q = 0; q < plane; ++q) {
+          std::fill(gblock + q * g.channels, gblock + q * g.channels + C, T(0));
+        }
+        for (int64_t o = start[b]; o < start[b + 1]; ++o) {
+          const int64_t r = order[o];
+          const RoiAxes a = ReadRoi(g, rois + r * 5);
+          const T* gr = grad + (r * bins + bin) * C;
+          T* go = grad_offsets + (r * bins + bin) * 2 * g.groups;
+          for (int grp = 0; grp < g.groups; ++grp) {
+            cells.Fill(g, a, offsets, r, i, j, grp);
+            const int64_t ch = grp * cg;
+            // d out / d dy = sum_c grad[c] * sum_cells DWy Wx f[c]: the cell
+            // sums are accumulated per channel (element-wise; a per-cell
+            // channel dot product would be a serial float reduction), then
+            // one dot product per (bin, group).
+            T* __restrict__ sy = sum_y;
+            T* __restrict__ sx = sum_x;
+            std::fill(sy, sy + cg, T(0));
+            std::fill(sx, sx + cg, T(0));
+            const T* __restrict__ gg = gr + ch;
+            for (int q = 0; q < cells.ny; ++q) {
+              const int64_t row = static_cast<int64_t>(cells.ycell[q]) * g.width;
+              for (int t = 0; t < cells.nx; ++t) {
+                const int64_t cell = (row + cells.xcell[t]) * g.channels + ch;
+                const T wt = static_cast<T>(cells.yw[q] * cells.xw[t]) * inv;
+                const T wy = static_cast<T>(cells.ydw[q] * cells.xw[t]);
+                const T wx = static_cast<T>(cells.yw[q] * cells.xdw[t]);
+                const T* __restrict__ f = fblock + cell;
+                T* __restrict__ d = gblock + cell;
+                for (int c = 0; c < cg; ++c) {
+                  d[c] += gg[c] * wt;
+                  sy[c] += wy * f[c];
+                  sx[c] += wx * f[c];
+                }
+              }
+            }
+            T gy = T(0), gx = T(0);
+            for (int c = 0; c < cg; ++c) {
+              gy += gg[c] * sy[c];
+              gx += gg[c] * sx[c];
+            }
+            go[2 * grp] = gy * inv * static_cast<T>(g.trans_std * a.yext);
+            go[2 * grp + 1] = gx * inv * static_cast<T>(g.trans_std * a.xext);
+          }
+        }
+      }
+    };
+    CpuWorkers(ctx)->ParallelFor(
+        static_cast<int64_t>(g.batch) * bins,
+        thread::ThreadPool::SchedulingParams::Adaptive(cost), work);
+  }
+};
+
+template <typename T>
+struct RfcnDeformIm2ColForward<CPUDevice, T> {
+  void operator()(OpKernelContext* ctx, const ConvGeometry& g, const T* input,
+                  const T* offsets, const T* mask, T* columns) {
+    const int taps = g.kh * g.kw, C = g.channels;
+    const int64_t pixels = static_cast<int64_t>(g.batch) * g.out_h * g.out_w;
+    if (pixels == 0) return;
+    const int64_t cost = taps * (60 + 5 * static_cast<int64_t>(C));
+    auto work = [&](int64_t begin, int64_t end) {
+      for (int64_t pix = begin; pix < end; ++pix) {
+        const int wo = static_cast<int>(pix % g.out_w);
+        const int ho = static_cast<int>((pix / g.out_w) % g.out_h);
+        const int b = static_cast<int>(pix / (static_cast<int64_t>(g.out_w) * g.out_h));
+        const T* off = offsets + pix * 2 * taps;
+        const T* m = mask + pix * taps;
+        for (int t = 0; t < taps; ++t) {
+          double y, x;
+          rfcn_deform::conv_position(g, off, ho, wo, t / g.kw, t % g.kw, &y, &x);
+          Corners q;
+          rfcn_deform::conv_corners(y, x, g, b, &q);
+          T* __restrict__ dst = columns + (pix * taps + t) * C;
+          bool first = true;
+          for (int s = 0; s < 4; ++s) {
+            if (q.w[s] == 0.0) continue;
+            const T w = static_cast<T>(q.w[s]) * m[t];
+            const T* __restrict__ f = input + q.cell[s];
+            if (first) {
+              for (int c = 0; c < C; ++c) dst[c] = w * f[c];
+              first = false;
+            } else {
+              for (int c = 0; c < C; ++c) dst[c] += w * f[c];
+            }
+          }
+          if (first) std::fill(dst, dst + C, T(0));
+        }
+      }
+    };
+    CpuWorkers(ctx)->ParallelFor(
+        pixels, thread::ThreadPool::SchedulingParams::Adaptive(cost), work);
+  }
+};
+
+template <typename T>
+struct RfcnDeformIm2ColBackward<CPUDevice, T> {
+  void operator()(OpKernelContext* ctx, const ConvGeometry& g, const T* input,
+                  const T* offsets, const T* mask, const T* grad_columns,
+                  T* grad_input, T* grad_offsets, T* grad_mask) {
+    const int taps = g.kh * g.kw, C = g.channels;
+    const int64_t out_plane = static_cast<int64_t>(g.out_h) * g.out_w;
+    const int64_t pixels = g.batch * out_plane;
+    thread::ThreadPool* workers = CpuWorkers(ctx);
+    // Offsets and mask: one unit per output pixel.
+    if (pixels > 0) {
+      auto work = [&](int64_t begin, int64_t end) {
+        for (int64_t pix = begin; pix < end; ++pix) {
+          const int wo = static_cast<int>(pix % g.out_w);
+          const int ho = static_cast<int>((pix / g.out_w) % g.out_h);
+          const int b = static_cast<int>(pix / out_plane);
+          for (int t = 0; t < taps; ++t) {
+            rfcn_deform::conv_offset_grad(
+                input, offsets, mask, grad_columns + (pix * taps + t) * C, g, b,
+                ho, wo, t, &grad_offsets[(pix * taps + t) * 2],
+                &grad_offsets[(pix * taps + t) * 2 + 1],
+                &grad_mask[pix * taps + t]);
+          }
+        }
+      };
+      workers->ParallelFor(
+          pixels,
+          thread::ThreadPool::SchedulingParams::Adaptive(taps * (60 + 8 * C)),
+          work);
+    }
+    // Input: one unit per (image, channel chunk); chunks of >= 16 channels,
+    // enough units to keep every thread busy.
+    const int64_t plane = static_cast<int64_t>(g.height) * g.width;
+    if (g.batch == 0 || plane == 0 || C == 0) return;
+    const int64_t want = 4 * static_cast<int64_t>(workers->NumThreads());
+    int64_t chunks = std::max<int64_t>(1, (want + g.batch - 1) / g.batch);
+    chunks = std::min<int64_t>(chunks, std::max(1, C / 16));
+    const int chunk = static_cast<int>((C + chunks - 1) / chunks);
+    chunks = (C + chunk - 1) / chunk;
+    const int64_t cost = out_plane * taps * (60 + 8 * chunk) + plane * chunk;
+    auto work = [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {
+        const int b = static_cast<int>(u / chunks);
+        const int c0 = static_cast<int>(u - static_cast<int64_t>(b) * chunks) * chunk;
+        const int len = std::min(chunk, C - c0);
+        T* image = grad_input + static_cast<int64_t>(b) * plane * C + c0;
+        for (int64_t q = 0; q < plane; ++q) {
+          std::fill(image + q * C, image + q * C + len, T(0));
+        }
+        for (int64_t p = 0; p < out_plane; ++p) {
+          const int64_t pix = b * out_plane + p;
+          const int ho = static_cast<int>(p / g.out_w);
+          const int wo = static_cast<int>(p - static_cast<int64_t>(ho) * g.out_w);
+          const T* off = offsets + pix * 2 * taps;
+          const T* m = mask + pix * taps;
+          for (int t = 0; t < taps; ++t) {
+            double y, x;
+            rfcn_deform::conv_position(g, off, ho, wo, t / g.kw, t % g.kw, &y, &x);
+            Corners q;
+            rfcn_deform::conv_corners(y, x, g, b, &q);
+            const T* __restrict__ gc = grad_columns + (pix * taps + t) * C + c0;
+            for (int s = 0; s < 4; ++s) {
+              if (q.w[s] == 0.0) continue;
+              const T w = static_cast<T>(q.w[s]) * m[t];
+              T* __restrict__ d = grad_input + q.cell[s] + c0;
+              for (int c = 0; c < len; ++c) d[c] += w * gc[c];
+            }
+          }
+        }
+      }
+    };
+    workers->ParallelFor(static_cast<int64_t>(g.batch) * chunks,
+                         thread::ThreadPool::SchedulingParams::Adaptive(cost),
+                         work);
+  }
+};
+
+}  // namespace functor
+
+namespace {
+
+// ------------------------------------------------------------ pool kernels
+
+struct PoolAttrs {
+  int k;
+  float spatial_scale;
+  int sampling_ratio;
+  float trans_std;
+  int groups;
+};
+
+absl::Status ReadPoolAttrs(OpKernelConstruction* ctx, PoolAttrs* a) {
+  TF_RETURN_IF_ERROR(ctx->GetAttr("output_size", &a->k));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("spatial_scale", &a->spatial_scale));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("sampling_ratio", &a->sampling_ratio));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("trans_std", &a->trans_std));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("offset_groups", &a->groups));
+  if (!(std::isfinite(a->spatial_scale) && a->spatial_scale > 0.f)) {
+    return errors::InvalidArgument(
+        "RfcnDeformPsRoiPool: spatial_scale must be a finite number > 0, got ",
+        a->spatial_scale);
+  }
+  if (!std::isfinite(a->trans_std)) {
+    return errors::InvalidArgument(
+        "RfcnDeformPsRoiPool: trans_std must be finite, got ", a->trans_std);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPoolInputs(const Tensor& features, const Tensor& rois,
+                             const Tensor& offsets, const PoolAttrs& a,
+                             PoolGeometry* g) {
+  if (features.dims() != 4) {
+    return errors::InvalidArgument(
+        "RfcnDeformPsRoiPool: features must be rank 4 [B, H, W, k*k*C], got "
+        "shape ", features.shape().DebugString());
+  }
+  for (int d = 0; d < 4; ++d) {
+    if (features.dim_size(d) > INT_MAX / 2) {
+      return errors::InvalidArgument("RfcnDeformPsRoiPool: features dimension ",
+                                     d, " is too large");
+    }
+  }
+  if (features.dim_size(1) < 1 || features.dim_size(2) < 1) {
+    return errors::InvalidArgument(
+        "RfcnDeformPsRoiPool: features height and width must be >= 1, got "
+        "shape ", features.shape().DebugString());
+  }
+  if (rois.dims() != 2 || rois.dim_size(1) != 5) {
+    return errors::InvalidArgument(
+        "RfcnDeformPsRoiPool: rois must be [R, 5] rows (batch_index, y1, x1, "
+        "y2, x2), got shape ", rois.shape().DebugString());
+  }
+  const int64_t kk = static_cast<int64_t>(a.k) * a.k;
+  if (features.dim_size(3) % (kk * a.groups) != 0) {
+    return errors::InvalidArgument(
+        "RfcnDeformPsRoiPool: features channels (", features.dim_size(3),
+        ") must be divisible by output_size^2 * offset_groups = ", kk, " * ",
+        a.groups);
+  }
+  const TensorShape expected({rois.dim_size(0), a.k, a.k, 2 * a.groups});
+  if (offsets.shape() != expected) {
+    return errors::InvalidArgument(
+        "RfcnDeformPsRoiPool: offsets must be [R, k, k, 2*offset_groups] = ",
+        expected.DebugString(), ", got shape ", offsets.shape().DebugString());
+  }
+  g->batch = static_cast<int>(features.dim_size(0));
+  g->height = static_cast<int>(features.dim_size(1));
+  g->width = static_cast<int>(features.dim_size(2));
+  g->channels = static_cast<int>(features.dim_size(3));
+  g->k = a.k;
+  g->c_out = static_cast<int>(features.dim_size(3) / kk);
+  g->groups = a.groups;
+  g->spatial_scale = a.spatial_scale;
+  g->sampling_ratio = a.sampling_ratio;
+  g->trans_std = a.trans_std;
+  return absl::OkStatus();
+}
+
+absl::Status CheckBatchIndices(const Tensor& rois, int batch) {
+  const auto r = rois.matrix<float>();
+  for (int64_t row = 0; row < rois.dim_size(0); ++row) {
+    int b;
+    if (!rfcn_deform::roi_batch_index(r(row, 0), batch, &b)) {
+      return errors::InvalidArgument(
+          "RfcnDeformPsRoiPool: rois row ", row, " has batch_index ",
+          r(row, 0), ", outside [0, ", batch, ") for features with batch size ",
+          batch);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+template <typename Device, typename T>
+class RfcnDeformPsRoiPoolOp : public OpKernel {
+ public:
+  explicit RfcnDeformPsRoiPoolOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReadPoolAttrs(ctx, &attrs_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& features = ctx->input(0);
+    const Tensor& rois = ctx->input(1);
+    const Tensor& offsets = ctx->input(2);
+    PoolGeometry g;
+    OP_REQUIRES_OK(ctx, CheckPoolInputs(features, rois, offsets, attrs_, &g));
+    if (std::is_same<Device, CPUDevice>::value) {
+      OP_REQUIRES_OK(ctx, CheckBatchIndices(rois, g.batch));
+    }
+    const int64_t num_rois = rois.dim_size(0);
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({num_rois, g.k, g.k, g.c_out}),
+                            &output));
+    if (output->NumElements() == 0) return;
+    functor::RfcnDeformPoolForward<Device, T>()(
+        ctx, g, num_rois, features.flat<T>().data(), rois.flat<float>().data(),
+        offsets.flat<T>().data(), output->flat<T>().data());
+  }
+
+ private:
+  PoolAttrs attrs_;
+};
+
+template <typename Device, typename T>
+class RfcnDeformPsRoiPoolGradOp : public OpKernel {
+ public:
+  explicit RfcnDeformPsRoiPoolGradOp(OpKernelConstruction* ctx)
+      : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReadPoolAttrs(ctx, &attrs_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& features = ctx->input(0);
+    const Tensor& rois = ctx->input(1);
+    const Tensor& offsets = ctx->input(2);
+    const Tensor& grad = ctx->input(3);
+    PoolGeometry g;
+    OP_REQUIRES_OK(ctx, CheckPoolInputs(features, rois, offsets, attrs_, &g));
+    const int64_t num_rois = rois.dim_size(0);
+    const TensorShape expected({num_rois, g.k, g.k, g.c_out});
+    OP_REQUIRES(ctx, grad.shape() == expected,
+                errors::InvalidArgument(
+                    "RfcnDeformPsRoiPoolGrad: grad must be [R, k, k, C] = ",
+                    expected.DebugString(), ", got shape ",
+                    grad.shape().DebugString()));
+    if (std::is_same<Device, CPUDevice>::value) {
+      OP_REQUIRES_OK(ctx, CheckBatchIndices(rois, g.batch));
+    }
+    Tensor* grad_features = nullptr;
+    Tensor* grad_offsets = nullptr;
+    OP_REQUIRES_OK(ctx,
+                   ctx->allocate_output(0, features.shape(), &grad_features));
+    OP_REQUIRES_OK(ctx,
+                   ctx->allocate_output(1, offsets.shape(), &grad_offsets));
+    if (grad_features->NumElements() == 0 && grad_offsets->NumElements() == 0) {
+      return;
+    }
+    functor::RfcnDeformPoolBackward<Device, T>()(
+        ctx, g, num_rois, features.flat<T>().data(), rois.flat<float>().data(),
+        offsets.flat<T>().data(), grad.flat<T>().data(),
+        grad_features->flat<T>().data(), grad_offsets->flat<T>().data());
+  }
+
+ private:
+  PoolAttrs attrs_;
+};
+
+// ---------------------------------------------------------- im2col kernels
+
+namespace {
+
+struct ConvAttrs {
+  std::vector<int32> kernel_size, strides, dilations, pads;
+  int padding;
+};
+
+absl::Status ReadConvAttrs(OpKernelConstruction* ctx, ConvAttrs* a) {
+  std::string padding;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("kernel_size", &a->kernel_size));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("strides", &a->strides));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("dilations", &a->dilations));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("padding", &padding));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("explicit_paddings", &a->pads));
+  if (a->kernel_size.size() != 2 || a->strides.size() != 2 ||
+      a->dilations.size() != 2) {
+    return errors::InvalidArgument(
+        "RfcnDeformIm2Col: kernel_size, strides and dilations must have 2 "
+        "entries (rows, columns)");
+  }
+  for (int d = 0; d < 2; ++d) {
+    if (a->kernel_size[d] < 1 || a->strides[d] < 1 || a->dilations[d] < 1) {
+      return errors::InvalidArgument(
+          "RfcnDeformIm2Col: kernel_size, strides and dilations must be >= 1");
+    }
+  }
+  a->padding = padding == "SAME"    ? rfcn_deform::kSame
+               : padding == "VALID" ? rfcn_deform::kValid
+                                    : rfcn_deform::kExplicit;
+  if (a->padding == rfcn_deform::kExplicit) {
+    if (a->pads.size() != 4 || *std::min_element(a->pads.begin(), a->pads.end()) < 0) {
+      return errors::InvalidArgument(
+          "RfcnDeformIm2Col: padding EXPLICIT needs explicit_paddings = [top, "
+          "bottom, left, right] >= 0");
+    }
+  } else {
+    a->pads.assign(4, 0);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckConvInputs(const Tensor& input, const Tensor& offsets,
+                             const Tensor& mask, const ConvAttrs& a,
+                             ConvGeometry* g) {
+  if (input.dims() != 4) {
+    return errors::InvalidArgument(
+        "RfcnDeformIm2Col: input must be rank 4 [B, H, W, Cin], got shape ",
+        input.shape().DebugString());
+  }
+  for (int d = 0; d < 4; ++d) {
+    if (input.dim_size(d) > INT_MAX / 4) {
+      return errors::InvalidArgument("RfcnDeformIm2Col: input dimension ", d,
+                                     " is too large");
+    }
+  }
+  g->batch = static_cast<int>(input.dim_size(0));
+  g->height = static_cast<int>(input.dim_size(1));
+  g->width = static_cast<int>(input.dim_size(2));
+  g->channels = static_cast<int>(input.dim_size(3));
+  g->kh = a.kernel_size[0];
+  g->kw = a.kernel_size[1];
+  g->stride_h = a.strides[0];
+  g->stride_w = a.strides[1];
+  g->dil_h = a.dilations[0];
+  g->dil_w = a.dilations[1];
+  rfcn_deform::conv_axis(a.padding, g->height, g->kh, g->stride_h, g->dil_h,
+                         a.pads[0], a.pads[1], &g->out_h, &g->pad_top);
+  rfcn_deform::conv_axis(a.padding, g->width, g->kw, g->stride_w, g->dil_w,
+                         a.pads[2], a.pads[3], &g->out_w, &g->pad_left);
+  if (g->out_h < 1 || g->out_w < 1) {
+    return errors::InvalidArgument(
+        "RfcnDeformIm2Col: input ", input.shape().DebugString(),
+        " is smaller than the dilated kernel with this padding: no output");
+  }
+  const int64_t taps = static_cast<int64_t>(g->kh) * g->kw;
+  const TensorShape off_shape({g->batch, g->out_h, g->out_w, 2 * taps});
+  const TensorShape mask_shape({g->batch, g->out_h, g->out_w, taps});
+  if (offsets.shape() != off_shape) {
+    return errors::InvalidArgument(
+        "RfcnDeformIm2Col: offsets must be [B, Ho, Wo, 2*kh*kw] = ",
+        off_shape.DebugString(), ", got shape ", offsets.shape().DebugString());
+  }
+  if (mask.shape() != mask_shape) {
+    return errors::InvalidArgument(
+        "RfcnDeformIm2Col: mask must be [B, Ho, Wo, kh*kw] = ",
+        mask_shape.DebugString(), ", got shape ", mask.shape().DebugString());
+  }
+  return absl::OkStatus();
+}
+
+TensorShape ColumnsShape(const ConvGeometry& g) {
+  return TensorShape({g.batch, g.out_h, g.out_w,
+                      static_cast<int64_t>(g.kh) * g.kw * g.channels});
+}
+
+}  // namespace
+
+template <typename Device, typename T>
+class RfcnDeformIm2ColOp : public OpKernel {
+ public:
+  explicit RfcnDeformIm2ColOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReadConvAttrs(ctx, &attrs_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& input = ctx->input(0);
+    const Tensor& offsets = ctx->input(1);
+    const Tensor& mask = ctx->input(2);
+    ConvGeometry g;
+    OP_REQUIRES_OK(ctx, CheckConvInputs(input, offsets, mask, attrs_, &g));
+    Tensor* columns = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ColumnsShape(g), &columns));
+    if (columns->NumElements() == 0) return;
+    functor::RfcnDeformIm2ColForward<Device, T>()(
+        ctx, g, input.flat<T>().data(), offsets.flat<T>().data(),
+        mask.flat<T>().data(), columns->flat<T>().data());
+  }
+
+ private:
+  ConvAttrs attrs_;
+};
+
+template <typename Device, typename T>
+class RfcnDeformIm2ColGradOp : public OpKernel {
+ public:
+  explicit RfcnDeformIm2ColGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ReadConvAttrs(ctx, &attrs_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& input = ctx->input(0);
+    const Tensor& offsets = ctx->input(1);
+    const Tensor& mask = ctx->input(2);
+    const Tensor& grad = ctx->input(3);
+    ConvGeometry g;
+    OP_REQUIRES_OK(ctx, CheckConvInputs(input, offsets, mask, attrs_, &g));
+    OP_REQUIRES(ctx, grad.shape() == ColumnsShape(g),
+                errors::InvalidArgument(
+                    "RfcnDeformIm2ColGrad: grad_columns must be ",
+                    ColumnsShape(g).DebugString(), ", got shape ",
+                    grad.shape().DebugString()));
+    Tensor *grad_input = nullptr, *grad_offsets = nullptr, *grad_mask = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, input.shape(), &grad_input));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, offsets.shape(), &grad_offsets));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, mask.shape(), &grad_mask));
+    if (grad_input->NumElements() == 0 && grad_offsets->NumElements() == 0) {
+      return;
+    }
+    functor::RfcnDeformIm2ColBackward<Device, T>()(
+        ctx, g, input.flat<T>().data(), offsets.flat<T>().data(),
+        mask.flat<T>().data(), grad.flat<T>().data(),
+        grad_input->flat<T>().data(), grad_offsets->flat<T>().data(),
+        grad_mask->flat<T>().data());
+  }
+
+ private:
+  ConvAttrs attrs_;
+};
+
+#define RFCN_DEFORM_REGISTER(DEV, DEVICE, T)                               \
+  REGISTER_KERNEL_BUILDER(                                                 \
+      Name("RfcnDeformPsRoiPool").Device(DEV).TypeConstraint<T>("T"),      \
+      RfcnDeformPsRoiPoolOp<DEVICE, T>);                                   \
+  REGISTER_KERNEL_BUILDER(                                                 \
+      Name("RfcnDeformPsRoiPoolGrad").Device(DEV).TypeConstraint<T>("T"),  \
+      RfcnDeformPsRoiPoolGradOp<DEVICE, T>);                               \
+  REGISTER_KERNEL_BUILDER(                                                 \
+      Name("RfcnDeformIm2Col").Device(DEV).TypeConstraint<T>("T"),         \
+      RfcnDeformIm2ColOp<DEVICE, T>);                                      \
+  REGISTER_KERNEL_BUILDER(                                                 \
+      Name("RfcnDeformIm2ColGrad").Device(DEV).TypeConstraint<T>("T"),     \
+      RfcnDeformIm2ColGradOp<DEVICE, T>);
+
+RFCN_DEFORM_REGISTER(DEVICE_CPU, CPUDevice, float);
+RFCN_DEFORM_REGISTER(DEVICE_CPU, CPUDevice, double);
+
+#if GOOGLE_CUDA
+namespace functor {
+#define RFCN_DEFORM_DECLARE_GPU(T)                              \
+  extern template struct RfcnDeformPoolForward<GPUDevice, T>;   \
+  extern template struct RfcnDeformPoolBackward<GPUDevice, T>;  \
+  extern template struct RfcnDeformIm2ColForward<GPUDevice, T>; \
+  extern template struct RfcnDeformIm2ColBackward<GPUDevice, T>;
+RFCN_DEFORM_DECLARE_GPU(float);
+RFCN_DEFORM_DECLARE_GPU(double);
+#undef RFCN_DEFORM_DECLARE_GPU
+}  // namespace functor
+
+RFCN_DEFORM_REGISTER(DEVICE_GPU, GPUDevice, float);
+RFCN_DEFORM_REGISTER(DEVICE_GPU, GPUDevice, double);
+#endif  // GOOGLE_CUDA
+#undef RFCN_DEFORM_REGISTER
+
+}  // namespace tensorflow
