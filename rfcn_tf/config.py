@@ -446,6 +446,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if value is None:
             return None
         inner = [a for a in args if a is not type(None)]
+        if str in inner[1:] and isinstance(value, str):  # list[float] | str: "auto"
+            return value
         return _coerce(value, inner[0], where)
     if value is None:
         raise ConfigError(f"{where} may not be null")

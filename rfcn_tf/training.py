@@ -32,6 +32,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from rfcn_tf import export as export_lib
 from rfcn_tf import run_dir
 from rfcn_tf.config import load_config, model_resume_diff, validate
+from rfcn_tf.data.anchor_stats import resolve_auto_anchors
 from rfcn_tf.data.pipeline import build_dataset, build_source, evaluation_scale
 from rfcn_tf.engine import callbacks as cb
 from rfcn_tf.engine import checkpoints as ckpt_lib
@@ -65,14 +66,14 @@ _DEFAULT_EXPORT_DIR = "export"  # ExportConfig.out_dir's default: under the work
 
 def load_run_config(config: str | None, overrides: Sequence[str] = (), *,
                     work_dir: str | None = None, strategy: str | None = None):
-    """The resolved, validated config of a run (epochs turned into steps), before anything is
-    written; `--print-config` prints this."""
+    """The resolved, validated config of a run (epochs turned into steps, `auto` anchors into
+    numbers), before anything is written; `--print-config` prints this."""
     overrides = list(overrides)
     if work_dir:
         overrides.append(f"train.work_dir={work_dir}")
     if strategy:
         overrides.append(f"train.strategy={strategy}")
-    cfg = resolve_schedule(load_config(config, overrides))
+    cfg = resolve_auto_anchors(resolve_schedule(load_config(config, overrides)))
     validate(cfg)
     return cfg
 

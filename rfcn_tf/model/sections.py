@@ -114,16 +114,22 @@ class BackboneConfig:
 class AnchorsConfig:
     """The RPN's anchor grid (Faster R-CNN sec. 3.1.1; anchors.py)."""
 
-    # sqrt(area), pixels
-    scales: list[float] = dataclasses.field(default_factory=lambda: [128.0, 256.0, 512.0])
-    # height / width
-    ratios: list[float] = dataclasses.field(default_factory=lambda: [0.5, 1.0, 2.0])
+    # sqrt(area), pixels; "auto": fitted to the training split when training starts
+    # (rfcn_tf/data/anchor_stats.py), the run's config.yaml records the numbers
+    scales: list[float] | str = dataclasses.field(default_factory=lambda: [128.0, 256.0, 512.0])
+    # height / width; "auto" as for scales
+    ratios: list[float] | str = dataclasses.field(default_factory=lambda: [0.5, 1.0, 2.0])
 
     RESUME_SAFE: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, where: str = "model.anchors") -> None:
-        _positive_list(where, "scales", self.scales)
-        _positive_list(where, "ratios", self.ratios)
+        for name in ("scales", "ratios"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                if value != "auto":
+                    raise _error(f"{where}.{name}", value, 'a list of positive numbers or "auto"')
+            else:
+                _positive_list(where, name, value)
 
 
 @dataclasses.dataclass
