@@ -27,6 +27,14 @@ used by the CPU configs (`shapes_tiny`, `bccd`): stem (7x7/2 conv + 3x3/2 max-po
 four stages of basic blocks with widths `widths`, strides 1, 2, 2 and a last stage at
 stride 1 with dilation 2 (the same layout as the ResNet: RPN on stage 4, head on stage 5).
 
+Deformable conv5 (Deformable ConvNets, Dai et al. ICCV 2017, sec. 2.1; DCN v2 with
+`deformable_modulated`): `deformable_blocks = n` turns the 3x3 conv (`{block}_2_conv`) of the
+last n blocks of the head stage (ResNet conv5: n = 3 is res5a/b/c, the reference code's
+setting; small: stage 5) into a `DeformableConv2D` of the same name, kernel and dilation
+(rfcn_tf/model/deformable.py). Its offsets start at 0, so at initialization the network is the
+plain one; name-based weight loading copies a plain conv's kernel and bias into it
+(`set_conv_weights`). `deformable_impl` is the deformable op's impl ("tf" in exports: stock ops).
+
 Weights: `load_pretrained_weights(backbone, weights)` copies weights by layer name from
 keras.applications' ImageNet ResNet (`"imagenet"`), from a local `.weights.h5` / `.h5`
 file in keras.applications' layout, or from a `.keras` model file.
@@ -38,6 +46,8 @@ import os
 
 import keras
 import tensorflow as tf
+
+from rfcn_tf.model.deformable import DeformableConv2D
 
 # keras.applications.resnet.preprocess_input ("caffe" mode): BGR channel means, pixels 0..255.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -138,9 +148,27 @@ def _strided_1x1_conv(x, filters, *, stride, name, **conv_kwargs):
     return keras.layers.Conv2D(filters, 1, name=name, **conv_kwargs)(x)
 
 
-def _resnet_block(x, filters, *, stride, dilation, conv_shortcut, name, trainable_bn):
+def _conv3x3(filters, *, dilation, name, deformable, **kwargs):
+    """The blocks' 3x3 conv (`{block}_2_conv`): a Conv2D, or with `deformable` (a dict of
+    DeformableConv2D's `modulated` and `impl`) a DeformableConv2D of the same name and kernel."""
+    if deformable:
+        return DeformableConv2D(filters, 3, padding="same", dilation_rate=dilation, name=name,
+                                **deformable, **kwargs)
+    return keras.layers.Conv2D(filters, 3, padding="same", dilation_rate=dilation, name=name,
+                               **kwargs)
+
+
+def _deformable_args(block, blocks, count, modulated, impl):
+    """DeformableConv2D arguments for `block` (1-based) of a stage of `blocks` blocks whose last
+    `count` are deformable, or None."""
+    return dict(modulated=modulated, impl=impl) if block > blocks - count else None
+
+
+def _resnet_block(x, filters, *, stride, dilation, conv_shortcut, name, trainable_bn,
+                  deformable=None):
     """keras.applications' `residual_block_v1` (bottleneck, stride on the 1x1 conv), with an
-    optional dilation of the 3x3 conv. Layer names match keras.applications."""
+    optional dilation of the 3x3 conv (deformable with `deformable`, see `_conv3x3`). Layer
+    names match keras.applications."""
     bn = dict(axis=3, epsilon=_BN_EPSILON, trainable=trainable_bn)
     if conv_shortcut:
         shortcut = _strided_1x1_conv(x, 4 * filters, stride=stride, name=f"{name}_0_conv")
@@ -150,9 +178,7 @@ def _resnet_block(x, filters, *, stride, dilation, conv_shortcut, name, trainabl
     x = _strided_1x1_conv(x, filters, stride=stride, name=f"{name}_1_conv")
     x = keras.layers.BatchNormalization(name=f"{name}_1_bn", **bn)(x)
     x = keras.layers.Activation("relu", name=f"{name}_1_relu")(x)
-    x = keras.layers.Conv2D(
-        filters, 3, padding="same", dilation_rate=dilation, name=f"{name}_2_conv"
-    )(x)
+    x = _conv3x3(filters, dilation=dilation, name=f"{name}_2_conv", deformable=deformable)(x)
     x = keras.layers.BatchNormalization(name=f"{name}_2_bn", **bn)(x)
     x = keras.layers.Activation("relu", name=f"{name}_2_relu")(x)
     x = keras.layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
@@ -177,6 +203,9 @@ class ResNetBackbone(keras.Model):
             (R-FCN sec. 2.2, "a trous"); if False, conv5 is keras.applications' original
             (stride 32), which is only useful to check weight transfer.
         preprocessing: `ImagePreprocessing` mode (`"caffe"` matches keras.applications).
+        deformable_blocks: the last n conv5 blocks whose 3x3 conv is deformable (0..3).
+        deformable_modulated: DCN v2 mask term in those convs.
+        deformable_impl: "auto" | "custom" | "tf", the deformable op's implementation.
 
     Call arguments:
         images: uint8 `[B, H, W, 3]` RGB pixels (padding zeros allowed).
@@ -202,12 +231,18 @@ class ResNetBackbone(keras.Model):
         freeze_batchnorm=True,
         dilate_conv5=True,
         preprocessing="caffe",
+        deformable_blocks=0,
+        deformable_modulated=False,
+        deformable_impl="auto",
         **kwargs,
     ):
         if depth not in RESNET_BLOCKS:
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_BLOCKS)}, got {depth!r}")
         if not 0 <= int(freeze_stages) <= 5:
             raise ValueError(f"freeze_stages must be in [0, 5], got {freeze_stages!r}")
+        if not 0 <= int(deformable_blocks) <= RESNET_BLOCKS[depth][3]:
+            raise ValueError(f"deformable_blocks must be in [0, {RESNET_BLOCKS[depth][3]}] (conv5 "
+                             f"blocks), got {deformable_blocks!r}")
         kwargs.setdefault("name", f"resnet{depth}_backbone")
         trainable_bn = not freeze_batchnorm
 
@@ -240,6 +275,9 @@ class ResNetBackbone(keras.Model):
                     conv_shortcut=block == 1,
                     name=f"conv{stage}_block{block}",
                     trainable_bn=trainable_bn,
+                    deformable=stage == 5 and _deformable_args(
+                        block, blocks, int(deformable_blocks), bool(deformable_modulated),
+                        deformable_impl),
                 )
             outputs[stage] = x
         super().__init__(inputs=images, outputs=[outputs[4], outputs[5]], **kwargs)
@@ -249,6 +287,9 @@ class ResNetBackbone(keras.Model):
         self.freeze_batchnorm = bool(freeze_batchnorm)
         self.dilate_conv5 = bool(dilate_conv5)
         self.preprocessing = preprocessing
+        self.deformable_blocks = int(deformable_blocks)
+        self.deformable_modulated = bool(deformable_modulated)
+        self.deformable_impl = deformable_impl
         self.rpn_channels = 1024
         self.head_channels = 2048
         for layer in self.layers:
@@ -265,6 +306,9 @@ class ResNetBackbone(keras.Model):
             "freeze_batchnorm": self.freeze_batchnorm,
             "dilate_conv5": self.dilate_conv5,
             "preprocessing": self.preprocessing,
+            "deformable_blocks": self.deformable_blocks,
+            "deformable_modulated": self.deformable_modulated,
+            "deformable_impl": self.deformable_impl,
         }
 
 
@@ -289,8 +333,9 @@ def _norm_layer(norm, name):
     raise ValueError(f"norm must be 'batch', 'group' or 'none', got {norm!r}")
 
 
-def _basic_block(x, filters, *, stride, dilation, norm, name):
-    """ResNet-18 basic block (two 3x3 convs), projection shortcut when the shape changes."""
+def _basic_block(x, filters, *, stride, dilation, norm, name, deformable=None):
+    """ResNet-18 basic block (two 3x3 convs), projection shortcut when the shape changes; the
+    second 3x3 conv is deformable with `deformable` (see `_conv3x3`)."""
     init = "he_normal"
     if stride != 1 or x.shape[-1] != filters:
         shortcut = _strided_1x1_conv(
@@ -305,10 +350,8 @@ def _basic_block(x, filters, *, stride, dilation, norm, name):
     )(x)
     x = _norm_layer(norm, f"{name}_1_norm")(x)
     x = keras.layers.Activation("relu", name=f"{name}_1_relu")(x)
-    x = keras.layers.Conv2D(
-        filters, 3, padding="same", dilation_rate=dilation, use_bias=False,
-        kernel_initializer=init, name=f"{name}_2_conv",
-    )(x)
+    x = _conv3x3(filters, dilation=dilation, name=f"{name}_2_conv", deformable=deformable,
+                 use_bias=False, kernel_initializer=init)(x)
     x = _norm_layer(norm, f"{name}_2_norm")(x)
     x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
     return keras.layers.Activation("relu", name=f"{name}_out")(x)
@@ -328,6 +371,8 @@ class SmallBackbone(keras.Model):
         norm: `"batch"` (trainable BatchNorm, momentum 0.9), `"group"` (8 groups) or
             `"none"`.
         preprocessing: `ImagePreprocessing` mode (default `"tf"`: pixels to [-1, 1]).
+        deformable_blocks: the last n stage-5 blocks whose second 3x3 conv is deformable.
+        deformable_modulated, deformable_impl: as `ResNetBackbone`.
 
     Call arguments:
         images: uint8 `[B, H, W, 3]` RGB pixels.
@@ -351,6 +396,9 @@ class SmallBackbone(keras.Model):
         blocks=(1, 1, 2, 1),
         norm="batch",
         preprocessing="tf",
+        deformable_blocks=0,
+        deformable_modulated=False,
+        deformable_impl="auto",
         **kwargs,
     ):
         widths = [int(v) for v in widths]
@@ -361,6 +409,9 @@ class SmallBackbone(keras.Model):
             raise ValueError(f"blocks must be 4 positive ints, got {blocks!r}")
         if norm == "group" and any(v % 8 for v in widths):
             raise ValueError(f"norm='group' (8 groups) needs widths divisible by 8, got {widths!r}")
+        if not 0 <= int(deformable_blocks) <= blocks[3]:
+            raise ValueError(f"deformable_blocks must be in [0, {blocks[3]}] (stage-5 blocks), "
+                             f"got {deformable_blocks!r}")
         _norm_layer(norm, "probe")  # validates `norm` before building anything
         kwargs.setdefault("name", "small_backbone")
 
@@ -385,6 +436,9 @@ class SmallBackbone(keras.Model):
                     dilation=dilation,
                     norm=norm,
                     name=f"stage{stage}_block{block}",
+                    deformable=stage == 5 and _deformable_args(
+                        block, count, int(deformable_blocks), bool(deformable_modulated),
+                        deformable_impl),
                 )
             outputs[stage] = x
         super().__init__(inputs=images, outputs=[outputs[4], outputs[5]], **kwargs)
@@ -392,6 +446,9 @@ class SmallBackbone(keras.Model):
         self.blocks = blocks
         self.norm = norm
         self.preprocessing = preprocessing
+        self.deformable_blocks = int(deformable_blocks)
+        self.deformable_modulated = bool(deformable_modulated)
+        self.deformable_impl = deformable_impl
         self.rpn_channels = widths[2]
         self.head_channels = widths[3]
 
@@ -403,6 +460,9 @@ class SmallBackbone(keras.Model):
             "blocks": list(self.blocks),
             "norm": self.norm,
             "preprocessing": self.preprocessing,
+            "deformable_blocks": self.deformable_blocks,
+            "deformable_modulated": self.deformable_modulated,
+            "deformable_impl": self.deformable_impl,
         }
 
 
@@ -417,6 +477,9 @@ def build_backbone(
     small_widths=(32, 64, 128, 256),
     small_blocks=(1, 1, 2, 1),
     small_norm="batch",
+    deformable_blocks=0,
+    deformable_modulated=False,
+    deformable_impl="auto",
 ):
     """Builds a backbone by name and loads its initial weights.
 
@@ -427,19 +490,25 @@ def build_backbone(
             of the same configuration).
         freeze_stages: ResNet only; see `ResNetBackbone`.
         small_widths, small_blocks, small_norm: small backbone only; see `SmallBackbone`.
+        deformable_blocks, deformable_modulated, deformable_impl: deformable 3x3 convs in the
+            last stage (see the module docstring).
 
     Returns:
         A `ResNetBackbone` or `SmallBackbone`.
     """
+    deformable = dict(deformable_blocks=deformable_blocks,
+                      deformable_modulated=deformable_modulated, deformable_impl=deformable_impl)
     if name in ("resnet50", "resnet101"):
-        backbone = ResNetBackbone(depth=int(name[len("resnet"):]), freeze_stages=freeze_stages)
+        backbone = ResNetBackbone(depth=int(name[len("resnet"):]), freeze_stages=freeze_stages,
+                                  **deformable)
     elif name == "small":
         if weights == "imagenet":
             raise ValueError(
                 "backbone 'small' is trained from scratch: it has no ImageNet weights "
                 "(set model.backbone.weights to null or to a local weights file)"
             )
-        backbone = SmallBackbone(widths=small_widths, blocks=small_blocks, norm=small_norm)
+        backbone = SmallBackbone(widths=small_widths, blocks=small_blocks, norm=small_norm,
+                                 **deformable)
     else:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {name!r}")
     if weights is not None:
@@ -521,7 +590,9 @@ def load_pretrained_weights(backbone, weights):
             RuntimeError that says so and suggests the local-file path), or a path to a
             local `.weights.h5` / legacy `.h5` in keras.applications' ResNet layout
             (with or without the top), or a `.keras` model containing those layers (possibly
-            nested). Dilation does not change kernel shapes, so conv5 weights transfer.
+            nested). Dilation does not change kernel shapes, so conv5 weights transfer; a
+            `DeformableConv2D` takes a plain conv's kernel and bias (its offset conv keeps
+            its zero init), or all its weights from a deformable source.
 
     Returns:
         The list of layer names whose weights were copied.
@@ -537,16 +608,22 @@ def load_pretrained_weights(backbone, weights):
         if not layer.weights:
             continue
         src = source.get(layer.name)
-        if src is None or len(src.weights) != len(layer.weights):
+        plain_into_deformable = (isinstance(layer, DeformableConv2D) and src is not None
+                                 and not isinstance(src, DeformableConv2D))
+        targets = layer.weights[:len(src.weights)] if plain_into_deformable else layer.weights
+        if src is None or len(src.weights) != len(targets):
             missing.append(layer.name)
             continue
-        for dst_var, src_var in zip(layer.weights, src.weights):
+        for dst_var, src_var in zip(targets, src.weights):
             if tuple(dst_var.shape) != tuple(src_var.shape):
                 raise ValueError(
                     f"weights {weights!r}: layer {layer.name!r} variable {dst_var.name!r} has "
                     f"shape {tuple(src_var.shape)} in the source, {tuple(dst_var.shape)} here"
                 )
-        layer.set_weights([v.numpy() for v in src.weights])
+        if plain_into_deformable:
+            layer.set_conv_weights(*[v.numpy() for v in src.weights])
+        else:
+            layer.set_weights([v.numpy() for v in src.weights])
         copied.append(layer.name)
     if missing:
         raise ValueError(

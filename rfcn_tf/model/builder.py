@@ -40,6 +40,9 @@ def build_detector(model_cfg, *, num_classes):
         small_widths=list(b.small_widths),
         small_blocks=list(b.small_blocks),
         small_norm=b.small_norm,
+        deformable_blocks=b.deformable_blocks,
+        deformable_modulated=b.deformable_modulated,
+        deformable_impl=model_cfg.head.psroi_impl,  # exports force "tf": stock ops only
     )
     if backbone.feature_stride != b.feature_stride:
         raise ValueError(f"model.backbone.feature_stride={b.feature_stride!r} differs from the "

@@ -25,6 +25,15 @@ regression"; 4 k^2 C class-specific maps with `class_agnostic_boxes: false`, as 
 the TF Object Detection API offer) -> PS-RoI pooling of both (`rfcn_tf.ops.psroi_pool.ps_roi_pool`) -> average
 voting over the k x k bins (sec. 2, eq. 2: "we simply vote by averaging the scores"), so the
 logits keep the scale of one bin's score whatever k is.
+
+Deformable R-FCN (Dai et al., "Deformable Convolutional Networks", ICCV 2017, sec. 2.2;
+`pooling_mode: deformable`): both poolings are `DeformablePSRoIPooling` layers
+(rfcn_tf/model/deformable.py), each with its own zero-initialized 1x1 offset conv on the head's
+1x1-reduced features D (the reference code's `rfcn_cls_offset_t` / `rfcn_bbox_offset_t`), whose
+maps are pooled per RoI and bin by the plain bilinear PS-RoI pooling; the class maps get one
+offset field for all classes (`deformable_class_offsets: false`, the default) or one per class
+(true, the reference's setting), the box maps always one. At initialization the offsets are 0
+and the head equals the bilinear head (same sampling_ratio) exactly.
 """
 
 from __future__ import annotations
@@ -63,9 +72,11 @@ class RFCNHead(keras.layers.Layer):
         num_classes: C, object classes without background.
         config: `HeadConfig` (or its dict; copied): `channels` (D, the 1x1 reducing conv, 1024
             in the paper), `k` / `grid` (the PS grid), `pooling_mode` ("avg": the paper's
-            PS-RoI pooling, "bilinear": PSRoIAlign), `sampling_ratio` (bilinear samples per
-            bin side, <= 0 adaptive), `psroi_impl` ("auto" | "custom" | "tf", passed to
-            `ps_roi_pool`), `box_weights` (the box coder of the deltas).
+            PS-RoI pooling, "bilinear": PSRoIAlign, "deformable": deformable PS-RoI pooling),
+            `sampling_ratio` (bilinear / deformable samples per bin side, <= 0 adaptive:
+            bilinear only), `trans_std` and `deformable_class_offsets` (deformable),
+            `psroi_impl` ("auto" | "custom" | "tf", passed to `ps_roi_pool` and the deformable
+            layers), `box_weights` (the box coder of the deltas).
         feature_stride: input pixels per feature cell (spatial_scale = 1 / feature_stride).
         init_stddev: standard deviation of the Gaussian initializers (0.01), biases 0.
 
@@ -99,6 +110,8 @@ class RFCNHead(keras.layers.Layer):
                              f"{cfg.pooling_mode!r}")
         if not feature_stride > 0:
             raise ValueError(f"feature_stride must be > 0, got {feature_stride!r}")
+        if cfg.pooling_mode == "deformable":
+            cfg.validate()  # square grid, sampling_ratio >= 1: a ConfigError naming the key
         if cfg.psroi_impl not in PSROI_IMPLS:
             raise ValueError(f"psroi_impl must be one of {PSROI_IMPLS}, got {cfg.psroi_impl!r}")
         if len(cfg.box_weights) != 4:
@@ -129,42 +142,73 @@ class RFCNHead(keras.layers.Layer):
         self.class_maps.build(hidden_shape)
         self.box_maps = conv(self.num_bins * 4 * self.num_box_classes, "rfcn_box_maps")
         self.box_maps.build(hidden_shape)
+        self.class_pool = self.box_pool = None
+        if self.config.pooling_mode == "deformable":
+            from rfcn_tf.model.deformable import DeformablePSRoIPooling
+
+            def pool(groups, name):
+                layer = DeformablePSRoIPooling(
+                    output_size=self.config.k if self.config.grid is None else self.config.grid[0],
+                    spatial_scale=1.0 / self.feature_stride,
+                    sampling_ratio=self.config.sampling_ratio, trans_std=self.config.trans_std,
+                    offset_groups=groups, impl=self.config.psroi_impl, name=name,
+                    dtype=self.dtype_policy)
+                layer.build(None, hidden_shape, (None, 5))
+                return layer
+
+            classes = self.num_classes + 1
+            self.class_pool = pool(classes if self.config.deformable_class_offsets else 1,
+                                   "rfcn_class_pool")
+            self.box_pool = pool(1, "rfcn_box_pool")
         self.built = True
 
-    def score_maps(self, features):
-        """`(class_maps [B,h,w,kh kw (C+1)], box_maps [B,h,w,4 q kh kw])` float32, bin-major."""
+    def features_and_maps(self, features):
+        """`(hidden [B,h,w,D], class_maps [B,h,w,kh kw (C+1)], box_maps [B,h,w,4 q kh kw])`:
+        the 1x1-reduced features (what the deformable offset convs read) and the score maps,
+        float32, bin-major."""
         hidden = self.reduce(features)
         return (
+            hidden,
             tf.cast(self.class_maps(hidden), tf.float32),
             tf.cast(self.box_maps(hidden), tf.float32),
         )
 
-    def pool_and_vote(self, maps, flat_rois, batch, count):
+    def score_maps(self, features):
+        """`(class_maps [B,h,w,kh kw (C+1)], box_maps [B,h,w,4 q kh kw])` float32, bin-major."""
+        return self.features_and_maps(features)[1:]
+
+    def pool_and_vote(self, maps, flat_rois, batch, count, *, hidden=None, layer=None):
         """PS-RoI pooling of `maps` ([B,h,w,kh kw n]) at `flat_rois` ([B*R,5]) then the mean
-        over the bins (average voting) -> `[B, R, n]` float32."""
+        over the bins (average voting) -> `[B, R, n]` float32. With a deformable pooling
+        `layer`, it pools `layer(maps, hidden, flat_rois)` (offsets from `hidden`)."""
         from rfcn_tf.ops.psroi_pool import ps_roi_pool  # the op module loads its .so lazily
 
         kh, kw = self.config.output_size
-        pooled = ps_roi_pool(
-            maps,
-            flat_rois,
-            output_size=kh if kh == kw else (kh, kw),
-            spatial_scale=1.0 / self.feature_stride,
-            mode=self.config.pooling_mode,
-            sampling_ratio=self.config.sampling_ratio,
-            impl=self.config.psroi_impl,
-        )  # [B*R, kh, kw, n]
+        if layer is not None:
+            pooled = layer(maps, hidden, flat_rois)  # [B*R, k, k, n]
+        else:
+            pooled = ps_roi_pool(
+                maps,
+                flat_rois,
+                output_size=kh if kh == kw else (kh, kw),
+                spatial_scale=1.0 / self.feature_stride,
+                mode=self.config.pooling_mode,
+                sampling_ratio=self.config.sampling_ratio,
+                impl=self.config.psroi_impl,
+            )  # [B*R, kh, kw, n]
         voted = tf.reduce_mean(pooled, axis=[1, 2])  # [B*R, n]
         depth = maps.shape[-1] // self.num_bins
         return tf.reshape(voted, tf.stack([batch, count, depth]))
 
     def call(self, features, rois):
-        class_maps, box_maps = self.score_maps(features)
+        hidden, class_maps, box_maps = self.features_and_maps(features)
         rois = tf.cast(rois, tf.float32)
         batch, count = tf.shape(rois)[0], tf.shape(rois)[1]
         flat_rois = flatten_rois(rois)
-        class_logits = self.pool_and_vote(class_maps, flat_rois, batch, count)
-        box_deltas = self.pool_and_vote(box_maps, flat_rois, batch, count)
+        class_logits = self.pool_and_vote(class_maps, flat_rois, batch, count, hidden=hidden,
+                                          layer=self.class_pool)
+        box_deltas = self.pool_and_vote(box_maps, flat_rois, batch, count, hidden=hidden,
+                                        layer=self.box_pool)
         class_logits = tf.ensure_shape(class_logits, [None, None, self.num_classes + 1])
         box_deltas = tf.reshape(box_deltas, tf.stack([batch, count, self.num_box_classes, 4]))
         box_deltas = tf.ensure_shape(box_deltas, [None, None, self.num_box_classes, 4])

@@ -41,7 +41,7 @@ _Section = TypeVar("_Section")
 
 BACKBONES = ("small", "resnet50", "resnet101")
 NORMS = ("batch", "group", "none")  # small backbone normalization
-POOLING_MODES = ("avg", "bilinear")  # PS-RoI pooling (paper) | PSRoIAlign
+POOLING_MODES = ("avg", "bilinear", "deformable")  # PS-RoI pooling (paper) | PSRoIAlign | DCN
 PSROI_IMPLS = ("auto", "custom", "tf")  # see rfcn_tf.ops.psroi_pool
 ROI_SAMPLINGS = ("ohem", "balanced")  # R-FCN sec. 2 | Fast R-CNN's 1:3
 
@@ -97,6 +97,11 @@ class BackboneConfig:
     small_blocks: list[int] = dataclasses.field(default_factory=lambda: [1, 1, 2, 1])
     small_norm: str = "batch"  # small: batch | group | none
     feature_stride: int = 16  # input pixels per feature cell (every backbone here has 16)
+    # Deformable ConvNets sec. 2.1: the 3x3 conv of the LAST n blocks of the head stage
+    # (ResNet conv5, 3 blocks: 3 = res5a/b/c as the reference; small: stage 5) becomes a
+    # DeformableConv2D (zero-initialized offsets: starts as the plain net); 0 = none
+    deformable_blocks: int = 0
+    deformable_modulated: bool = False  # DCN v2 (Zhu et al. 2019): the extra mask term
 
     RESUME_SAFE: ClassVar[tuple[str, ...]] = ("weights",)  # may differ when a run resumes
 
@@ -108,6 +113,10 @@ class BackboneConfig:
         _positive_list(where, "small_widths", self.small_widths, 4)
         _positive_list(where, "small_blocks", self.small_blocks, 4)
         _positive(where, "feature_stride", self.feature_stride)
+        stage5 = self.small_blocks[3] if self.name == "small" else 3
+        if not 0 <= self.deformable_blocks <= stage5:
+            raise _error(f"{where}.deformable_blocks", self.deformable_blocks,
+                         f"in 0..{stage5} (the {self.name} backbone's last-stage blocks)")
 
 
 @dataclasses.dataclass
@@ -208,8 +217,17 @@ class HeadConfig:
     channels: int = 1024  # 1x1 conv to 1024-d before the score maps (sec. 2.2)
     k: int = 7  # k x k position-sensitive grid
     grid: list[int] | None = None  # [kh, kw]: a rectangular grid instead of k x k (None: [k, k])
-    pooling_mode: str = "avg"  # avg (paper) | bilinear (PSRoIAlign)
-    sampling_ratio: int = 2  # bilinear: samples per bin side; <= 0: adaptive, ceil(RoI size / bins)
+    # avg (paper) | bilinear (PSRoIAlign) | deformable (Deformable ConvNets sec. 2.2: bilinear
+    # bins shifted by learned per-RoI offsets; square grid, sampling_ratio >= 1)
+    pooling_mode: str = "avg"
+    # bilinear / deformable: samples per bin side; <= 0 (bilinear only): adaptive,
+    # ceil(RoI size / bins)
+    sampling_ratio: int = 2
+    trans_std: float = 0.1  # deformable: a bin moves by offset * trans_std * RoI size (gamma)
+    # deformable: false = one offset field for all classes (class-agnostic); true = one per
+    # class incl. background (the reference code's class maps); the box maps' offsets are
+    # always class-agnostic
+    deformable_class_offsets: bool = False
     psroi_impl: str = "auto"  # auto | custom | tf
     # true: 4k^2 box maps shared by all classes (the paper); false: 4k^2 C, one box per class
     class_agnostic_boxes: bool = True
@@ -232,6 +250,16 @@ class HeadConfig:
             _positive_list(where, "grid", self.grid, 2)
         _choice(where, "pooling_mode", self.pooling_mode, POOLING_MODES)
         _choice(where, "psroi_impl", self.psroi_impl, PSROI_IMPLS)
+        if self.pooling_mode == "deformable":
+            kh, kw = self.output_size
+            if kh != kw:
+                raise _error(f"{where}.grid", self.grid, "null or square with pooling_mode "
+                             "deformable (its op takes k x k grids)")
+            if self.sampling_ratio < 1:
+                raise _error(f"{where}.sampling_ratio", self.sampling_ratio,
+                             ">= 1 with pooling_mode deformable (no adaptive sampling)")
+        if not self.trans_std >= 0:
+            raise _error(f"{where}.trans_std", self.trans_std, ">= 0")
         _positive_list(where, "box_weights", self.box_weights, 4)
         if self.loss_weight < 0:
             raise _error(f"{where}.loss_weight", self.loss_weight, ">= 0")
