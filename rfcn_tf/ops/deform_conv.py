@@ -24,48 +24,12 @@ same strides, dilations and padding.
 
 from __future__ import annotations
 
-import numbers
-
 import tensorflow as tf
 
 from rfcn_tf.ops.deform_psroi_pool import load_library, resolve_impl
+from rfcn_tf.ops.deformable_args import normalize_conv_args
 
 __all__ = ["deform_conv2d", "normalize_conv_args"]
-
-
-def _pair(value, label):
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        value = (value, value)
-    value = tuple(value)
-    if len(value) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
-                              or v < 1 for v in value):
-        raise ValueError(f"{label} must be an int >= 1 or a pair of them, got {value!r}")
-    return tuple(int(v) for v in value)
-
-
-def normalize_conv_args(strides, dilations, padding):
-    """(strides, dilations, padding, explicit_paddings) for the op attrs.
-
-    padding: "SAME" / "VALID" (tf.nn.conv2d's rules, case-insensitive), an int p (p on every
-    side), or ((top, bottom), (left, right)).
-    """
-    strides, dilations = _pair(strides, "strides"), _pair(dilations, "dilations")
-    if isinstance(padding, str):
-        if padding.upper() not in ("SAME", "VALID"):
-            raise ValueError(f"padding must be 'SAME', 'VALID', an int or ((top, bottom), "
-                             f"(left, right)), got {padding!r}")
-        return strides, dilations, padding.upper(), []
-    if isinstance(padding, numbers.Integral) and not isinstance(padding, bool):
-        padding = ((padding, padding), (padding, padding))
-    try:
-        (top, bottom), (left, right) = padding
-        pads = [int(top), int(bottom), int(left), int(right)]
-    except (TypeError, ValueError):
-        raise ValueError(f"padding must be 'SAME', 'VALID', an int or ((top, bottom), "
-                         f"(left, right)), got {padding!r}") from None
-    if min(pads) < 0:
-        raise ValueError(f"explicit padding must be >= 0, got {padding!r}")
-    return strides, dilations, "EXPLICIT", pads
 
 
 def _conv_attrs(op) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from rfcn_tf.ops.deform_conv import normalize_conv_args
+from rfcn_tf.ops.deformable_args import normalize_conv_args
 
 __all__ = ["deform_conv2d_tf"]
 

@@ -32,12 +32,12 @@ This module also owns the loader of ``_deformable_ops.so``, which
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import os
 import threading
 
 import tensorflow as tf
+
+from rfcn_tf.ops.deformable_args import validate_pool_args
 
 __all__ = [
     "custom_op_available",
@@ -67,7 +67,7 @@ def load_library():
             else:
                 try:
                     _state["module"] = tf.load_op_library(_SO_PATH)
-                except Exception as exc:  # noqa: BLE001 (NotFoundError, OSError, ...)
+                except Exception as exc:  # NotFoundError, OSError, ...
                     _state["error"] = (
                         f"tf.load_op_library({_SO_PATH!r}) failed with {type(exc).__name__}: "
                         f"{exc}; it may have been built against another TensorFlow "
@@ -104,19 +104,6 @@ def resolve_impl(impl: str, caller: str) -> str:
                             "is not available: %s", caller, _state["error"])
         return "tf"
     return impl
-
-
-def validate_pool_args(output_size, spatial_scale, sampling_ratio, trans_std):
-    """ValueError naming the bad argument (shared with the twin)."""
-    for name, value in (("output_size", output_size), ("sampling_ratio", sampling_ratio)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if (isinstance(spatial_scale, bool) or not isinstance(spatial_scale, numbers.Real)
-            or not math.isfinite(spatial_scale) or spatial_scale <= 0):
-        raise ValueError(f"spatial_scale must be a finite number > 0, got {spatial_scale!r}")
-    if (isinstance(trans_std, bool) or not isinstance(trans_std, numbers.Real)
-            or not math.isfinite(trans_std)):
-        raise ValueError(f"trans_std must be a finite number, got {trans_std!r}")
 
 
 def offsets_to_groups(offsets, k):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from rfcn_tf.ops.deform_psroi_pool import validate_pool_args
+from rfcn_tf.ops.deformable_args import validate_pool_args
 
 __all__ = ["deform_ps_roi_pool_tf"]
 
