@@ -9,14 +9,14 @@ STAMP := $(VENV)/.rfcn_tf_installed
 # Forwarded to the commands: make train ARGS="--config bccd", make test ARGS="-k psroi"
 ARGS ?=
 
-.PHONY: install train test benchmarks clean
+.PHONY: install train test lint benchmarks clean
 
 $(STAMP): setup.py pyproject.toml $(wildcard custom_ops/psroi_pool/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "setuptools>=68" wheel "tensorflow-cpu>=2.21,<2.22"
 	# --no-build-isolation: compile the op against the TensorFlow just installed (no second copy).
-	$(PY) -m pip install --quiet --no-build-isolation -e ".[test,export]"
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[test,export,tensorboard]"
 	# TF Serving's gRPC stubs require the `tensorflow` distribution by name; beside tensorflow-cpu
 	# they work as they are, so they are installed without their dependencies (see README).
 	$(PY) -m pip install --quiet --no-deps "tensorflow-serving-api>=2.21,<2.22"
@@ -26,6 +26,11 @@ install: $(STAMP)
 
 train: install
 	$(PY) -m rfcn_tf.train $(ARGS)
+
+# The project's ruff configuration (pyproject.toml): lint and formatting, checked, never rewritten.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 test: install

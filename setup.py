@@ -312,8 +312,11 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist"],
+        # ruff is pinned to a minor version: its formatter's output changes between minors.
+        "test": ["pytest", "pytest-xdist", "ruff>=0.17,<0.18"],
         "export": ["tf2onnx", "onnxruntime", "onnx", "grpcio", "requests"],
+        # every training run writes TensorBoard events; TF 2.21 no longer depends on tensorboard
+        "tensorboard": ["tensorboard>=2.21,<2.22"],
     },
     entry_points={"console_scripts": ["rfcn-tf = rfcn_tf.cli:main"]},
     zip_safe=False,
