@@ -287,7 +287,10 @@ def run(args: argparse.Namespace) -> str:
         boxes_hw = training_scale_boxes(dataset, scale=scale, max_size=int(data_cfg.max_size),
                                         max_images=max_images)
         suggestion = suggest_anchors(boxes_hw)
-        anchors = config.model.anchors
+        from rfcn_tf.data.anchor_stats import resolve_auto_anchors
+
+        # model.anchors "auto": the numbers training would fit to these boxes.
+        anchors = resolve_auto_anchors(config, boxes_hw=boxes_hw).model.anchors
         configured = {"scales": list(anchors.scales), "ratios": list(anchors.ratios),
                       "unmatched": unmatched_share(boxes_hw, anchors.scales, anchors.ratios)}
         stride = int(getattr(config.model.backbone, "feature_stride", 16))

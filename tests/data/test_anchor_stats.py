@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import yaml
@@ -90,3 +92,14 @@ def test_bccd_auto_anchors_match_95_percent():
     iou = inter / (boxes[:, :1] * boxes[:, 1:] + (hw[:, 0] * hw[:, 1])[None] - inter)
     assert np.mean(iou.max(axis=1) >= 0.5) >= 0.95
     assert 10 < anchors.scales[0] < anchors.scales[-1] < 300
+
+
+def test_inspect_suggest_shows_what_auto_resolves_to(tmp_path, capsys):
+    root = make_voc(tmp_path / "voc")
+    assert inspect.main(["--config", "bccd", "--set", f"data.voc_root={root}",
+                         "--set", "data.train_split=train", "--set", "data.scales=[48]",
+                         "--set", "data.max_size=64", "--set", "model.anchors.scales=auto",
+                         "--no-stats", "--num", "0", "--suggest"]) == 0
+    out = capsys.readouterr().out
+    suggested = re.search(r"model.anchors.scales=(\[[^\]]*\])", out).group(1)
+    assert f"configured (scales {suggested}, ratios [0.5, 1.0, 2.0])" in out
