@@ -6,9 +6,9 @@ Both train on BCCD-35 (the first 35 images of BCCD `train`, sorted by id:
   (a) today's recipe: the bccd preset's model and training settings (lr 0.02, cosine, batch 2,
       photometric jitter and flips) for a fixed number of steps, the LAST checkpoint;
   (b) the new recipe, configs/bccd35.yaml: a schedule in epochs, validation on BCCD `val`
-      (87 images) keeping the best checkpoint, early stop, plus every augmentation that
-      `rfcn_tf.data` offers when this runs (the `data.*` fields listed in AUGMENTATIONS that
-      exist in DataConfig; printed).
+      (87 images) keeping the best checkpoint, early stop, and the preset's augmentations
+      (vertical flip, rot90, scale jitter, random crop) plus any `data.*` field listed in
+      AUGMENTATIONS that DataConfig has when this runs (printed).
 
 Same budget: each run's training loop is stopped when `--budget-minutes` of wall-clock time
 have passed since its first step (validation time counts for (b)). The step counts are chosen
