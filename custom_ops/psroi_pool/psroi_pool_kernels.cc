@@ -1,22 +1,26 @@
 // CPU kernels of RfcnPsRoiPool / RfcnPsRoiPoolGrad, and the op kernel
 // classes shared with the GPU (registered for DEVICE_GPU under GOOGLE_CUDA).
 //
-// Shape shorthand: B images, H x W cells, K = k*k*C channels, R RoIs, k bins
-// per side, C output channels (see psroi_pool_math.h, DESIGN.md).
+// Shape shorthand: B images, H x W cells, kh x kw bins, C output channels,
+// K = kh*kw*C channels, R RoIs (see psroi_pool_math.h).
 //
 // CPU strategy. The C values of one bin are contiguous in NHWC (bin-major
 // layout), so every inner loop runs over a bin's C-channel slice with the
-// per-bin arithmetic (bin bounds, bilinear taps, 1/area) hoisted out.
-// Bilinear bins use the separable form of the interpolation (see
+// per-bin arithmetic (bin bounds, bilinear taps, 1/area) hoisted out; those
+// channel loops are vectorized (AVX2 + FMA where the CPU has it, chosen at
+// run time). Bilinear bins use the separable form of the interpolation (see
 // AxisWeights): each distinct cell is read (written) once per bin, with the
 // summed weight of the sample points that touch it.
-// The per-RoI geometry (avg cell ranges, bilinear separable weights) is
-// tabulated once per call (BinTable), 2k entries per RoI, not 2 per bin.
-//  * forward: one work unit per output bin (r, i, j); units are disjoint in
-//    the output, so any split across threads gives the same bits.
+// The per-RoI geometry (avg cell ranges, bilinear separable weights, the
+// adaptive sample counts) is tabulated once per call (BinTable), kh + kw
+// entries per RoI, not 2 per bin.
+//  * forward: one work unit per (bin position (i, j), chunk of RoIs), bin
+//    position major, so a thread keeps reading one channel group of the map
+//    (cache locality); units are disjoint in the output, so any split across
+//    threads gives the same bits.
 //  * backward: one work unit per (image b, bin position (i, j), channel
-//    chunk). Bin (i, j) of every RoI reads only channel block (i*k + j) of its
-//    image, so units write disjoint cells of grad_features: no races, no
+//    chunk). Bin (i, j) of every RoI reads only channel block (i*kw + j) of
+//    its image, so units write disjoint cells of grad_features: no races, no
 //    atomics. A unit zeroes its slice, then visits the RoIs of image b in
 //    ascending row order, so every cell sums its contributions in one fixed
 //    order whatever the thread count: the result is deterministic.
@@ -46,6 +50,23 @@
 #include "tensorflow/core/platform/threadpool.h"
 #include "unsupported/Eigen/CXX11/Tensor"
 
+// GCC and clang: the CPU unit loops are also built for AVX2 + FMA (function
+// target attribute) and picked at run time, so the .so keeps running on any
+// x86-64 while using 8-wide channel loops where the CPU has them.
+#if (defined(__GNUC__) || defined(__clang__)) && \
+    (defined(__x86_64__) || defined(_M_X64))
+#define RFCN_PSROI_HAVE_AVX2_DISPATCH 1
+#define RFCN_PSROI_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define RFCN_PSROI_HAVE_AVX2_DISPATCH 0
+#define RFCN_PSROI_TARGET_AVX2
+#endif
+#if defined(__GNUC__) || defined(__clang__)
+#define RFCN_PSROI_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define RFCN_PSROI_ALWAYS_INLINE inline
+#endif
+
 namespace tensorflow {
 
 typedef Eigen::ThreadPoolDevice CPUDevice;
@@ -65,8 +86,8 @@ thread::ThreadPool* CpuWorkers(OpKernelContext* ctx) {
 // A rough count of the cells one avg bin covers, for the cost model: RoIs
 // are assumed to span about half the map on each side.
 int64_t EstimatedBinCells(const Geometry& g) {
-  const int64_t h = std::max<int64_t>(1, g.height / (2 * g.k) + 1);
-  const int64_t w = std::max<int64_t>(1, g.width / (2 * g.k) + 1);
+  const int64_t h = std::max<int64_t>(1, g.height / (2 * g.kh) + 1);
+  const int64_t w = std::max<int64_t>(1, g.width / (2 * g.kw) + 1);
   return h * w;
 }
 
@@ -76,11 +97,13 @@ int64_t EstimatedBinCells(const Geometry& g) {
 // and its column are, and its four weights are products wy * wx), so a bin is
 //   sum_h sum_w Wy[h] * Wx[w] * features[h, w]
 // with Wy, Wx from this function: each distinct cell is read once instead of
-// 4 reads per sample point. Returns the count (<= 2n).
+// 4 reads per sample point. The points of a bin are monotone along the axis
+// (so are their clamped taps), so a repeated cell is always one of the last
+// two entries. Returns the count (<= min(2n, axis size)).
 int AxisWeights(const Tap* taps, int n, int* cells, double* weights) {
   int m = 0;
   auto add = [&](int cell, double weight) {
-    for (int q = 0; q < m; ++q) {
+    for (int q = m - 1; q >= 0 && q >= m - 2; --q) {
       if (cells[q] == cell) {
         weights[q] += weight;
         return;
@@ -98,127 +121,409 @@ int AxisWeights(const Tap* taps, int n, int* cells, double* weights) {
   return m;
 }
 
-// Bin geometry of RoIs, tabulated per RoI: 2k axis entries per RoI instead
-// of 2 per bin (k^2 bins), so the per-bin work is table lookups.
+// Bilinear geometry of every RoI along one axis: per RoI its sample count n
+// (sampling_ratio, or adaptive per RoI) and, per bin, the distinct cells and
+// summed weights (AxisWeights). RoI r's k bins take `stride[r]` =
+// min(2n, axis size) slots each, from `offset[r]` on (variable-length rows:
+// an adaptive grid needs as many slots as its largest RoI only there).
+struct AxisTable {
+  std::vector<int> samples;     // [R] n
+  std::vector<int> stride;      // [R] slots per bin
+  std::vector<int64_t> offset;  // [R] first slot of bin 0
+  std::vector<int> count;       // [R * k] distinct cells of each bin
+  std::vector<int> cell;        // [slots]
+  std::vector<double> weight;   // [slots]
+};
+
+// Bin geometry of all RoIs, tabulated once per call (2 axes x k entries per
+// RoI instead of per bin), so that the per-bin work is table lookups.
 //   avg:      the cell range [lo, hi) of bin index i along y and along x;
-//   bilinear: the distinct cells and summed weights (AxisWeights) of bin
-//             index i along y and along x (at most 2n entries each).
+//   bilinear: AxisTable per axis.
 // Arithmetic: psroi_pool_math.h (the functions the GPU kernels use too).
-// Slots are independent: threads may fill different slots concurrently.
 class BinTable {
  public:
-  BinTable(const Geometry& g, int64_t capacity)
-      : g_(g),
-        capacity_(capacity),
-        slots_(2 * g.sampling_ratio),
-        y_range_(g.mode == rfcn_psroi::kAvg ? capacity * g.k * 2 : 0),
-        x_range_(y_range_.size()),
-        y_count_(g.mode == rfcn_psroi::kBilinear ? capacity * g.k : 0),
-        x_count_(y_count_.size()),
-        y_cell_(y_count_.size() * slots_),
-        x_cell_(y_cell_.size()),
-        y_weight_(y_cell_.size()),
-        x_weight_(y_cell_.size()) {}
-
-  // Fills `slot` with the geometry of `roi` (5 floats); `taps` is scratch
-  // for sampling_ratio entries.
-  void FillSlot(int64_t slot, const float* roi, Tap* taps) {
-    const int k = g_.k;
-    const int n = g_.sampling_ratio;
-    if (g_.mode == rfcn_psroi::kAvg) {
-      double ys, yl, xs, xl;
-      const bool fy =
-          rfcn_psroi::avg_roi_axis(roi[1], roi[3], g_.spatial_scale, &ys, &yl);
-      const bool fx =
-          rfcn_psroi::avg_roi_axis(roi[2], roi[4], g_.spatial_scale, &xs, &xl);
-      int* yr = &y_range_[slot * k * 2];
-      int* xr = &x_range_[slot * k * 2];
-      for (int i = 0; i < k; ++i) {
-        if (fy && fx) {
-          rfcn_psroi::avg_bin_range(ys, yl, i, k, g_.height, &yr[2 * i],
-                                    &yr[2 * i + 1]);
-          rfcn_psroi::avg_bin_range(xs, xl, i, k, g_.width, &xr[2 * i],
-                                    &xr[2 * i + 1]);
-        } else {  // a non-finite corner: every bin empty
-          yr[2 * i] = yr[2 * i + 1] = xr[2 * i] = xr[2 * i + 1] = 0;
-        }
-      }
-      return;
+  BinTable(const Geometry& g, int64_t num_rois, const float* rois,
+           thread::ThreadPool* workers)
+      : g_(g), rois_(rois) {
+    if (g.mode == rfcn_psroi::kAvg) {
+      y_range_.resize(num_rois * g.kh * 2);
+      x_range_.resize(num_rois * g.kw * 2);
+    } else {
+      Layout(num_rois, g.kh, g.height, 1, &y_);
+      Layout(num_rois, g.kw, g.width, 2, &x_);
     }
-    double ys, ybin, xs, xbin;
-    rfcn_psroi::bilinear_roi_axis(roi[1], roi[3], g_.spatial_scale, k, &ys,
-                                  &ybin);
-    rfcn_psroi::bilinear_roi_axis(roi[2], roi[4], g_.spatial_scale, k, &xs,
-                                  &xbin);
-    for (int i = 0; i < k; ++i) {
-      const int64_t e = slot * k + i;
-      for (int p = 0; p < n; ++p) {
-        taps[p] = rfcn_psroi::bilinear_tap(
-            rfcn_psroi::bilinear_sample_coord(ys, ybin, i, p, n), g_.height);
-      }
-      y_count_[e] = AxisWeights(taps, n, &y_cell_[e * slots_],
-                                &y_weight_[e * slots_]);
-      for (int p = 0; p < n; ++p) {
-        taps[p] = rfcn_psroi::bilinear_tap(
-            rfcn_psroi::bilinear_sample_coord(xs, xbin, i, p, n), g_.width);
-      }
-      x_count_[e] = AxisWeights(taps, n, &x_cell_[e * slots_],
-                                &x_weight_[e * slots_]);
-    }
-  }
-
-  // Fills slot r with row r of rois [capacity, 5], for every r, on the CPU
-  // worker pool.
-  void FillAll(thread::ThreadPool* workers, const float* rois) {
-    const int64_t cost = 60 * g_.k * (g_.mode == rfcn_psroi::kAvg
-                                          ? 2
-                                          : 2 + 2 * g_.sampling_ratio);
+    const int64_t cost =
+        60 * (g.kh + g.kw) *
+        (g.mode == rfcn_psroi::kAvg ? 1 : 1 + std::max(g.sampling_ratio, 2));
     workers->ParallelFor(
-        capacity_, thread::ThreadPool::SchedulingParams::Adaptive(cost),
+        num_rois, thread::ThreadPool::SchedulingParams::Adaptive(cost),
         [&](int64_t begin, int64_t end) {
-          std::vector<Tap> taps(g_.sampling_ratio);
-          for (int64_t r = begin; r < end; ++r) {
-            FillSlot(r, rois + r * 5, taps.data());
-          }
+          std::vector<Tap> taps;
+          for (int64_t r = begin; r < end; ++r) Fill(r, &taps);
         });
   }
 
-  // avg: the cells [*h0, *h1) x [*w0, *w1) of bin (i, j) in `slot`.
-  void AvgCells(int64_t slot, int i, int j, int* h0, int* h1, int* w0,
+  // avg: the cells [*h0, *h1) x [*w0, *w1) of bin (i, j) of RoI r.
+  void AvgCells(int64_t r, int i, int j, int* h0, int* h1, int* w0,
                 int* w1) const {
-    const int* yr = &y_range_[(slot * g_.k + i) * 2];
-    const int* xr = &x_range_[(slot * g_.k + j) * 2];
+    const int* yr = &y_range_[(r * g_.kh + i) * 2];
+    const int* xr = &x_range_[(r * g_.kw + j) * 2];
     *h0 = yr[0];
     *h1 = yr[1];
     *w0 = xr[0];
     *w1 = xr[1];
   }
 
-  // bilinear: the separable cells and weights of bin (i, j) in `slot`.
-  int YCount(int64_t slot, int i) const { return y_count_[slot * g_.k + i]; }
-  int XCount(int64_t slot, int j) const { return x_count_[slot * g_.k + j]; }
-  const int* YCells(int64_t slot, int i) const {
-    return &y_cell_[(slot * g_.k + i) * slots_];
+  // bilinear: the separable cells and weights of bin index i (j) of RoI r,
+  // and the bin's point count ny * nx.
+  int YCount(int64_t r, int i) const { return y_.count[r * g_.kh + i]; }
+  int XCount(int64_t r, int j) const { return x_.count[r * g_.kw + j]; }
+  const int* YCells(int64_t r, int i) const {
+    return &y_.cell[y_.offset[r] + static_cast<int64_t>(i) * y_.stride[r]];
   }
-  const int* XCells(int64_t slot, int j) const {
-    return &x_cell_[(slot * g_.k + j) * slots_];
+  const int* XCells(int64_t r, int j) const {
+    return &x_.cell[x_.offset[r] + static_cast<int64_t>(j) * x_.stride[r]];
   }
-  const double* YWeights(int64_t slot, int i) const {
-    return &y_weight_[(slot * g_.k + i) * slots_];
+  const double* YWeights(int64_t r, int i) const {
+    return &y_.weight[y_.offset[r] + static_cast<int64_t>(i) * y_.stride[r]];
   }
-  const double* XWeights(int64_t slot, int j) const {
-    return &x_weight_[(slot * g_.k + j) * slots_];
+  const double* XWeights(int64_t r, int j) const {
+    return &x_.weight[x_.offset[r] + static_cast<int64_t>(j) * x_.stride[r]];
+  }
+  float Points(int64_t r) const {
+    return rfcn_psroi::sample_count(y_.samples[r], x_.samples[r]);
   }
 
  private:
+  // Sample counts, strides and offsets of one axis (coordinates `c` and
+  // `c + 2` of each RoI row).
+  void Layout(int64_t num_rois, int k, int size, int c, AxisTable* t) const {
+    t->samples.resize(num_rois);
+    t->stride.resize(num_rois);
+    t->offset.resize(num_rois);
+    t->count.resize(num_rois * k);
+    int64_t total = 0;
+    for (int64_t r = 0; r < num_rois; ++r) {
+      double start, bin_size;
+      rfcn_psroi::bilinear_roi_axis(rois_[r * 5 + c], rois_[r * 5 + c + 2],
+                                    g_.spatial_scale, k, &start, &bin_size);
+      const int n = rfcn_psroi::axis_samples(g_.sampling_ratio, bin_size);
+      t->samples[r] = n;
+      t->stride[r] = std::min(2 * n, size);
+      t->offset[r] = total;
+      total += static_cast<int64_t>(k) * t->stride[r];
+    }
+    t->cell.resize(total);
+    t->weight.resize(total);
+  }
+
+  void FillAxis(int64_t r, int k, int size, int c, AxisTable* t,
+                std::vector<Tap>* taps) {
+    double start, bin_size;
+    rfcn_psroi::bilinear_roi_axis(rois_[r * 5 + c], rois_[r * 5 + c + 2],
+                                  g_.spatial_scale, k, &start, &bin_size);
+    const int n = t->samples[r];
+    taps->resize(n);
+    for (int i = 0; i < k; ++i) {
+      for (int p = 0; p < n; ++p) {
+        (*taps)[p] = rfcn_psroi::bilinear_tap(
+            rfcn_psroi::bilinear_sample_coord(start, bin_size, i, p, n), size);
+      }
+      const int64_t at = t->offset[r] + static_cast<int64_t>(i) * t->stride[r];
+      t->count[r * k + i] =
+          AxisWeights(taps->data(), n, &t->cell[at], &t->weight[at]);
+    }
+  }
+
+  void Fill(int64_t r, std::vector<Tap>* taps) {
+    const float* roi = rois_ + r * 5;
+    if (g_.mode == rfcn_psroi::kAvg) {
+      double ys, yl, xs, xl;
+      const bool fy =
+          rfcn_psroi::avg_roi_axis(roi[1], roi[3], g_.spatial_scale, &ys, &yl);
+      const bool fx =
+          rfcn_psroi::avg_roi_axis(roi[2], roi[4], g_.spatial_scale, &xs, &xl);
+      int* yr = &y_range_[r * g_.kh * 2];
+      int* xr = &x_range_[r * g_.kw * 2];
+      for (int i = 0; i < g_.kh; ++i) {
+        if (fy && fx) {
+          rfcn_psroi::avg_bin_range(ys, yl, i, g_.kh, g_.height, &yr[2 * i],
+                                    &yr[2 * i + 1]);
+        } else {  // a non-finite corner: every bin empty
+          yr[2 * i] = yr[2 * i + 1] = 0;
+        }
+      }
+      for (int j = 0; j < g_.kw; ++j) {
+        if (fy && fx) {
+          rfcn_psroi::avg_bin_range(xs, xl, j, g_.kw, g_.width, &xr[2 * j],
+                                    &xr[2 * j + 1]);
+        } else {
+          xr[2 * j] = xr[2 * j + 1] = 0;
+        }
+      }
+      return;
+    }
+    FillAxis(r, g_.kh, g_.height, 1, &y_, taps);
+    FillAxis(r, g_.kw, g_.width, 2, &x_, taps);
+  }
+
   const Geometry g_;
-  const int64_t capacity_;
-  const int64_t slots_;
+  const float* rois_;
   std::vector<int> y_range_, x_range_;
-  std::vector<int> y_count_, x_count_;
-  std::vector<int> y_cell_, x_cell_;
-  std::vector<double> y_weight_, x_weight_;
+  AxisTable y_, x_;
 };
+
+// The channel loops, over the C contiguous values of one bin. Written as
+// plain loops over restrict pointers so that the compiler vectorizes them;
+// kernels built for AVX2+FMA (see RFCN_PSROI_TARGET_AVX2) inline them and get
+// 8-wide code.
+template <typename T>
+RFCN_PSROI_ALWAYS_INLINE void AccumulateScaled(float* __restrict__ acc,
+                                               const T* __restrict__ v,
+                                               float w, int n) {
+  for (int c = 0; c < n; ++c) acc[c] += w * static_cast<float>(v[c]);
+}
+
+template <typename T>
+RFCN_PSROI_ALWAYS_INLINE void Accumulate(float* __restrict__ acc,
+                                         const T* __restrict__ v, int n) {
+  for (int c = 0; c < n; ++c) acc[c] += static_cast<float>(v[c]);
+}
+
+RFCN_PSROI_ALWAYS_INLINE void AddScaled(float* __restrict__ dst,
+                                        const float* __restrict__ src, float w,
+                                        int n) {
+  for (int c = 0; c < n; ++c) dst[c] += w * src[c];
+}
+
+RFCN_PSROI_ALWAYS_INLINE void Add(float* __restrict__ dst,
+                                  const float* __restrict__ src, int n) {
+  for (int c = 0; c < n; ++c) dst[c] += src[c];
+}
+
+// Forward of the output bins of units [begin, end). A unit is (bin position
+// p = i*kw + j, chunk of kRoiChunk RoIs), bin position major: consecutive
+// units read the same channel group (i, j) of the map, a strided slice of
+// H*W*C values that stays in cache while a thread walks its RoIs. Units are
+// disjoint in the output, so any split across threads gives the same bits.
+constexpr int64_t kRoiChunk = 16;
+
+template <typename T>
+RFCN_PSROI_ALWAYS_INLINE void ForwardUnits(const Geometry& g, int64_t num_rois,
+                                           const T* features,
+                                           const float* rois,
+                                           const BinTable& table, T* output,
+                                           int64_t begin, int64_t end) {
+  const int C = g.c_out;
+  const int64_t bins = static_cast<int64_t>(g.kh) * g.kw;
+  const int64_t chunks = (num_rois + kRoiChunk - 1) / kRoiChunk;
+  std::vector<float> acc_buffer(C);
+  float* __restrict__ acc = acc_buffer.data();
+  for (int64_t u = begin; u < end; ++u) {
+    const int bin = static_cast<int>(u / chunks);
+    const int64_t r0 = (u - static_cast<int64_t>(bin) * chunks) * kRoiChunk;
+    const int64_t r1 = std::min(num_rois, r0 + kRoiChunk);
+    const int i = bin / g.kw;
+    const int j = bin - i * g.kw;
+    for (int64_t r = r0; r < r1; ++r) {
+      T* __restrict__ out = output + (r * bins + bin) * C;
+      int b;
+      if (!rfcn_psroi::roi_batch_index(rois[r * 5], g.batch, &b)) {
+        std::fill(out, out + C, T(0.f));
+        continue;
+      }
+      std::fill(acc, acc + C, 0.f);
+      // Channel block (i*kw + j) of image b, cell (0, 0).
+      const T* block = features + rfcn_psroi::cell_offset(g, b, 0, 0) +
+                       static_cast<int64_t>(bin) * C;
+      float denom;
+      if (g.mode == rfcn_psroi::kAvg) {
+        int h0, h1, w0, w1;
+        table.AvgCells(r, i, j, &h0, &h1, &w0, &w1);
+        if (h1 <= h0 || w1 <= w0) {  // empty bin: 0
+          std::fill(out, out + C, T(0.f));
+          continue;
+        }
+        for (int h = h0; h < h1; ++h) {
+          const T* p =
+              block + (static_cast<int64_t>(h) * g.width + w0) * g.channels;
+          for (int w = w0; w < w1; ++w, p += g.channels) Accumulate(acc, p, C);
+        }
+        denom = rfcn_psroi::bin_area(h0, h1, w0, w1);
+      } else {
+        const int ny = table.YCount(r, i), nx = table.XCount(r, j);
+        const int* ycells = table.YCells(r, i);
+        const int* xcells = table.XCells(r, j);
+        const double* yw = table.YWeights(r, i);
+        const double* xw = table.XWeights(r, j);
+        for (int q = 0; q < ny; ++q) {
+          const T* row =
+              block + static_cast<int64_t>(ycells[q]) * g.width * g.channels;
+          for (int t = 0; t < nx; ++t) {
+            AccumulateScaled(acc,
+                             row + static_cast<int64_t>(xcells[t]) * g.channels,
+                             static_cast<float>(yw[q] * xw[t]), C);
+          }
+        }
+        denom = table.Points(r);
+      }
+      // One reciprocal per bin, no division per element (<= 1 ulp from
+      // acc / denom).
+      const float inv = 1.f / denom;
+      for (int c = 0; c < C; ++c) out[c] = static_cast<T>(acc[c] * inv);
+    }
+  }
+}
+
+// Backward units [begin, end): (image b, bin position, channel chunk). Bin
+// (i, j) of every RoI reads only channel block (i*kw + j) of its image, so
+// units write disjoint cells of grad_features: no races, no atomics. A unit
+// zeroes its slice, then visits the RoIs of image b in ascending row order,
+// so every cell sums its contributions in one fixed order whatever the
+// thread count: the result is deterministic.
+struct BackwardPlan {
+  int64_t chunks;  // channel chunks per (image, bin)
+  int chunk;       // channels per chunk
+  const std::vector<int64_t>* start;  // RoIs of image b: order[start[b]..)
+  const std::vector<int64_t>* order;
+};
+
+template <typename T>
+RFCN_PSROI_ALWAYS_INLINE void BackwardUnits(const Geometry& g, const T* grad,
+                                            const BinTable& table,
+                                            const BackwardPlan& plan,
+                                            T* grad_features, int64_t begin,
+                                            int64_t end) {
+  constexpr bool kFloat = std::is_same<T, float>::value;
+  const int C = g.c_out;
+  const int64_t bins = static_cast<int64_t>(g.kh) * g.kw;
+  const int64_t plane = static_cast<int64_t>(g.height) * g.width;
+  const int64_t chunks = plan.chunks;
+  const int chunk = plan.chunk;
+  const std::vector<int64_t>& start = *plan.start;
+  const std::vector<int64_t>& order = *plan.order;
+  std::vector<float> gs_buffer(chunk);
+  float* __restrict__ gs = gs_buffer.data();
+  // float accumulation buffer for half / bfloat16 outputs.
+  std::vector<float> scratch(kFloat ? 0 : plane * chunk);
+  for (int64_t u = begin; u < end; ++u) {
+    const int b = static_cast<int>(u / (bins * chunks));
+    const int64_t rem = u - static_cast<int64_t>(b) * bins * chunks;
+    const int bin = static_cast<int>(rem / chunks);
+    const int c0 =
+        static_cast<int>(rem - static_cast<int64_t>(bin) * chunks) * chunk;
+    const int len = std::min(chunk, C - c0);
+    const int i = bin / g.kw;
+    const int j = bin - i * g.kw;
+    const int64_t ch0 = static_cast<int64_t>(bin) * C + c0;
+    // Cell (h, w) of this unit's slice lives at dst + (h*W + w)*stride.
+    float* dst;
+    int64_t stride;
+    if constexpr (kFloat) {
+      dst = reinterpret_cast<float*>(grad_features) +
+            rfcn_psroi::cell_offset(g, b, 0, 0) + ch0;
+      stride = g.channels;
+      for (int64_t q = 0; q < plane; ++q) {
+        std::memset(dst + q * stride, 0, sizeof(float) * len);
+      }
+    } else {
+      dst = scratch.data();
+      stride = len;
+      std::fill(scratch.begin(), scratch.begin() + plane * len, 0.f);
+    }
+    for (int64_t o = start[b]; o < start[b + 1]; ++o) {
+      const int64_t r = order[o];
+      const T* gr = grad + (r * bins + bin) * C + c0;
+      if (g.mode == rfcn_psroi::kAvg) {
+        int h0, h1, w0, w1;
+        table.AvgCells(r, i, j, &h0, &h1, &w0, &w1);
+        if (h1 <= h0 || w1 <= w0) continue;
+        const float inv_area = 1.f / rfcn_psroi::bin_area(h0, h1, w0, w1);
+        for (int c = 0; c < len; ++c) {
+          gs[c] = static_cast<float>(gr[c]) * inv_area;
+        }
+        for (int h = h0; h < h1; ++h) {
+          float* d = dst + (static_cast<int64_t>(h) * g.width + w0) * stride;
+          for (int w = w0; w < w1; ++w, d += stride) Add(d, gs, len);
+        }
+      } else {
+        const int ny = table.YCount(r, i), nx = table.XCount(r, j);
+        if (ny == 0 || nx == 0) continue;
+        const int* ycells = table.YCells(r, i);
+        const int* xcells = table.XCells(r, j);
+        const double* yw = table.YWeights(r, i);
+        const double* xw = table.XWeights(r, j);
+        const float inv_count = 1.f / table.Points(r);
+        for (int c = 0; c < len; ++c) {
+          gs[c] = static_cast<float>(gr[c]) * inv_count;
+        }
+        for (int q = 0; q < ny; ++q) {
+          float* row =
+              dst + static_cast<int64_t>(ycells[q]) * g.width * stride;
+          for (int t = 0; t < nx; ++t) {
+            AddScaled(row + xcells[t] * stride, gs,
+                      static_cast<float>(yw[q] * xw[t]), len);
+          }
+        }
+      }
+    }
+    if constexpr (!kFloat) {
+      T* out = grad_features + rfcn_psroi::cell_offset(g, b, 0, 0) + ch0;
+      for (int64_t q = 0; q < plane; ++q) {
+        for (int c = 0; c < len; ++c) {
+          out[q * g.channels + c] = static_cast<T>(scratch[q * len + c]);
+        }
+      }
+    }
+  }
+}
+
+// The unit loops twice: built for the baseline ISA of the compile flags, and
+// for AVX2 + FMA (8-wide channel loops), chosen once at run time by CPUID.
+// The AVX2 build fuses multiply-adds, so its results differ from the baseline
+// build's by float rounding (never between runs on one machine).
+template <typename T>
+void ForwardUnitsBase(const Geometry& g, int64_t num_rois, const T* features,
+                      const float* rois, const BinTable& table, T* output,
+                      int64_t begin, int64_t end) {
+  ForwardUnits(g, num_rois, features, rois, table, output, begin, end);
+}
+
+template <typename T>
+void BackwardUnitsBase(const Geometry& g, const T* grad, const BinTable& table,
+                       const BackwardPlan& plan, T* grad_features,
+                       int64_t begin, int64_t end) {
+  BackwardUnits(g, grad, table, plan, grad_features, begin, end);
+}
+
+#if RFCN_PSROI_HAVE_AVX2_DISPATCH
+template <typename T>
+RFCN_PSROI_TARGET_AVX2 void ForwardUnitsAvx2(const Geometry& g,
+                                             int64_t num_rois,
+                                             const T* features,
+                                             const float* rois,
+                                             const BinTable& table, T* output,
+                                             int64_t begin, int64_t end) {
+  ForwardUnits(g, num_rois, features, rois, table, output, begin, end);
+}
+
+template <typename T>
+RFCN_PSROI_TARGET_AVX2 void BackwardUnitsAvx2(const Geometry& g, const T* grad,
+                                              const BinTable& table,
+                                              const BackwardPlan& plan,
+                                              T* grad_features, int64_t begin,
+                                              int64_t end) {
+  BackwardUnits(g, grad, table, plan, grad_features, begin, end);
+}
+
+bool CpuHasAvx2Fma() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+}
+#endif
 
 }  // namespace
 
@@ -228,104 +533,31 @@ template <typename T>
 struct RfcnPsRoiPoolForward<CPUDevice, T> {
   void operator()(OpKernelContext* ctx, const Geometry& g, int64_t num_rois,
                   const T* features, const float* rois, T* output) {
-    const int k = g.k;
     const int C = g.c_out;
-    const int n = g.sampling_ratio;
-    const int64_t bins = static_cast<int64_t>(k) * k;
-    const int64_t total = num_rois * bins;
-    if (total == 0 || C == 0) return;
+    const int64_t bins = static_cast<int64_t>(g.kh) * g.kw;
+    if (num_rois * bins == 0 || C == 0) return;
     thread::ThreadPool* workers = CpuWorkers(ctx);
-    const int64_t cost =
+    const BinTable table(g, num_rois, rois, workers);
+    const int n = std::max(g.sampling_ratio, 2);
+    const int64_t per_bin =
         g.mode == rfcn_psroi::kAvg
             ? 20 + EstimatedBinCells(g) * C * 2
             : 20 + static_cast<int64_t>(n + 1) * (n + 1) * (4 + 2 * C);
-
-    // Units are output bins (r, i, j) in output order. A shard tabulates the
-    // geometry of the RoI it is in (slot 0 of a one-RoI table) when it
-    // enters it: once per RoI, plus once per shard boundary.
+    const int64_t chunks = (num_rois + kRoiChunk - 1) / kRoiChunk;
     auto work = [&](int64_t begin, int64_t end) {
-      std::vector<float> acc_buffer(C);
-      float* __restrict__ acc = acc_buffer.data();
-      BinTable table(g, 1);
-      std::vector<Tap> taps(n);
-      int64_t tabulated = -1;
-      // Pools bin (i, j) (= bin) of RoI r into out[C].
-      auto pool_bin = [&](int64_t r, int bin, int i, int j,
-                          T* __restrict__ out) {
-        int b;
-        if (!rfcn_psroi::roi_batch_index(rois[r * 5], g.batch, &b)) {
-          std::fill(out, out + C, T(0.f));
-          return;
-        }
-        if (r != tabulated) {
-          table.FillSlot(0, rois + r * 5, taps.data());
-          tabulated = r;
-        }
-        std::fill(acc, acc + C, 0.f);
-        // Channel block (i*k + j) of image b, cell (0, 0).
-        const T* block = features + rfcn_psroi::cell_offset(g, b, 0, 0) +
-                         static_cast<int64_t>(bin) * C;
-        float denom;
-        if (g.mode == rfcn_psroi::kAvg) {
-          int h0, h1, w0, w1;
-          table.AvgCells(0, i, j, &h0, &h1, &w0, &w1);
-          if (h1 <= h0 || w1 <= w0) {  // empty bin: 0 (DESIGN.md)
-            std::fill(out, out + C, T(0.f));
-            return;
-          }
-          for (int h = h0; h < h1; ++h) {
-            const T* p = block + (static_cast<int64_t>(h) * g.width + w0) *
-                                     g.channels;
-            for (int w = w0; w < w1; ++w, p += g.channels) {
-              const T* __restrict__ v = p;
-              for (int c = 0; c < C; ++c) acc[c] += static_cast<float>(v[c]);
-            }
-          }
-          denom = rfcn_psroi::bin_area(h0, h1, w0, w1);
-        } else {
-          const int ny = table.YCount(0, i), nx = table.XCount(0, j);
-          const int* ycells = table.YCells(0, i);
-          const int* xcells = table.XCells(0, j);
-          const double* yw = table.YWeights(0, i);
-          const double* xw = table.XWeights(0, j);
-          for (int q = 0; q < ny; ++q) {
-            const T* row = block + static_cast<int64_t>(ycells[q]) * g.width *
-                                       g.channels;
-            for (int t = 0; t < nx; ++t) {
-              const float wt = static_cast<float>(yw[q] * xw[t]);
-              const T* __restrict__ v =
-                  row + static_cast<int64_t>(xcells[t]) * g.channels;
-              for (int c = 0; c < C; ++c) {
-                acc[c] += wt * static_cast<float>(v[c]);
-              }
-            }
-          }
-          denom = rfcn_psroi::sample_count(n);
-        }
-        // One reciprocal per bin, no division per element (<= 1 ulp from
-        // acc / denom).
-        const float inv = 1.f / denom;
-        for (int c = 0; c < C; ++c) out[c] = static_cast<T>(acc[c] * inv);
-      };
-      // Walk (r, i, j) incrementally: no integer division per unit.
-      int64_t r = begin / bins;
-      int bin = static_cast<int>(begin - r * bins);
-      int i = bin / k;
-      int j = bin - i * k;
-      for (int64_t u = begin; u < end; ++u) {
-        pool_bin(r, bin, i, j, output + u * C);
-        if (++j == k) {
-          j = 0;
-          if (++i == k) {
-            i = 0;
-            ++r;
-          }
-        }
-        bin = i * k + j;
+#if RFCN_PSROI_HAVE_AVX2_DISPATCH
+      if (CpuHasAvx2Fma()) {
+        ForwardUnitsAvx2(g, num_rois, features, rois, table, output, begin,
+                         end);
+        return;
       }
+#endif
+      ForwardUnitsBase(g, num_rois, features, rois, table, output, begin, end);
     };
     workers->ParallelFor(
-        total, thread::ThreadPool::SchedulingParams::Adaptive(cost), work);
+        bins * chunks,
+        thread::ThreadPool::SchedulingParams::Adaptive(per_bin * kRoiChunk),
+        work);
   }
 };
 
@@ -333,16 +565,12 @@ template <typename T>
 struct RfcnPsRoiPoolBackward<CPUDevice, T> {
   void operator()(OpKernelContext* ctx, const Geometry& g, int64_t num_rois,
                   const T* grad, const float* rois, T* grad_features) {
-    constexpr bool kFloat = std::is_same<T, float>::value;
-    const int k = g.k;
     const int C = g.c_out;
-    const int n = g.sampling_ratio;
-    const int64_t bins = static_cast<int64_t>(k) * k;
+    const int64_t bins = static_cast<int64_t>(g.kh) * g.kw;
     const int64_t plane = static_cast<int64_t>(g.height) * g.width;
     if (g.batch == 0 || plane == 0 || C == 0) return;
     thread::ThreadPool* workers = CpuWorkers(ctx);
-    BinTable table(g, num_rois);
-    table.FillAll(workers, rois);
+    const BinTable table(g, num_rois, rois, workers);
 
     // RoI rows of each image, ascending (CSR): rows of image b are
     // order[start[b] .. start[b+1]). Invalid batch indices (rejected by the
@@ -376,9 +604,11 @@ struct RfcnPsRoiPoolBackward<CPUDevice, T> {
     }
     const int chunk = static_cast<int>((C + chunks - 1) / chunks);
     chunks = (C + chunk - 1) / chunk;
+    const BackwardPlan plan{chunks, chunk, &start, &order};
     const int64_t total = base_units * chunks;
     const int64_t rois_per_image =
         std::max<int64_t>(1, static_cast<int64_t>(order.size()) / g.batch);
+    const int n = std::max(g.sampling_ratio, 2);
     const int64_t per_roi =
         g.mode == rfcn_psroi::kAvg
             ? 20 + EstimatedBinCells(g) * chunk * 2
@@ -386,85 +616,13 @@ struct RfcnPsRoiPoolBackward<CPUDevice, T> {
     const int64_t cost = rois_per_image * per_roi + plane * chunk;
 
     auto work = [&](int64_t begin, int64_t end) {
-      std::vector<float> gs_buffer(chunk);
-      float* __restrict__ gs = gs_buffer.data();
-      // float accumulation buffer for half / bfloat16 outputs.
-      std::vector<float> scratch(kFloat ? 0 : plane * chunk);
-      for (int64_t u = begin; u < end; ++u) {
-        const int b = static_cast<int>(u / (bins * chunks));
-        const int64_t rem = u - static_cast<int64_t>(b) * bins * chunks;
-        const int bin = static_cast<int>(rem / chunks);
-        const int c0 = static_cast<int>(rem - static_cast<int64_t>(bin) *
-                                                  chunks) * chunk;
-        const int len = std::min(chunk, C - c0);
-        const int i = bin / k;
-        const int j = bin - i * k;
-        const int64_t ch0 = static_cast<int64_t>(bin) * C + c0;
-        // Cell (h, w) of this unit's slice lives at dst + (h*W + w)*stride.
-        float* dst;
-        int64_t stride;
-        if constexpr (kFloat) {
-          dst = reinterpret_cast<float*>(grad_features) +
-                rfcn_psroi::cell_offset(g, b, 0, 0) + ch0;
-          stride = g.channels;
-          for (int64_t q = 0; q < plane; ++q) {
-            std::memset(dst + q * stride, 0, sizeof(float) * len);
-          }
-        } else {
-          dst = scratch.data();
-          stride = len;
-          std::fill(scratch.begin(), scratch.begin() + plane * len, 0.f);
-        }
-        for (int64_t o = start[b]; o < start[b + 1]; ++o) {
-          const int64_t r = order[o];
-          const T* gr = grad + (r * bins + bin) * C + c0;
-          if (g.mode == rfcn_psroi::kAvg) {
-            int h0, h1, w0, w1;
-            table.AvgCells(r, i, j, &h0, &h1, &w0, &w1);
-            if (h1 <= h0 || w1 <= w0) continue;
-            const float inv_area = 1.f / rfcn_psroi::bin_area(h0, h1, w0, w1);
-            for (int c = 0; c < len; ++c) {
-              gs[c] = static_cast<float>(gr[c]) * inv_area;
-            }
-            for (int h = h0; h < h1; ++h) {
-              float* d =
-                  dst + (static_cast<int64_t>(h) * g.width + w0) * stride;
-              for (int w = w0; w < w1; ++w, d += stride) {
-                float* __restrict__ dc = d;
-                for (int c = 0; c < len; ++c) dc[c] += gs[c];
-              }
-            }
-          } else {
-            const int ny = table.YCount(r, i), nx = table.XCount(r, j);
-            if (ny == 0 || nx == 0) continue;
-            const int* ycells = table.YCells(r, i);
-            const int* xcells = table.XCells(r, j);
-            const double* yw = table.YWeights(r, i);
-            const double* xw = table.XWeights(r, j);
-            const float inv_count = 1.f / rfcn_psroi::sample_count(n);
-            for (int c = 0; c < len; ++c) {
-              gs[c] = static_cast<float>(gr[c]) * inv_count;
-            }
-            for (int q = 0; q < ny; ++q) {
-              float* row = dst + static_cast<int64_t>(ycells[q]) * g.width *
-                                     stride;
-              for (int t = 0; t < nx; ++t) {
-                const float wt = static_cast<float>(yw[q] * xw[t]);
-                float* __restrict__ d = row + xcells[t] * stride;
-                for (int c = 0; c < len; ++c) d[c] += gs[c] * wt;
-              }
-            }
-          }
-        }
-        if constexpr (!kFloat) {
-          T* out = grad_features + rfcn_psroi::cell_offset(g, b, 0, 0) + ch0;
-          for (int64_t q = 0; q < plane; ++q) {
-            for (int c = 0; c < len; ++c) {
-              out[q * g.channels + c] = static_cast<T>(scratch[q * len + c]);
-            }
-          }
-        }
+#if RFCN_PSROI_HAVE_AVX2_DISPATCH
+      if (CpuHasAvx2Fma()) {
+        BackwardUnitsAvx2(g, grad, table, plan, grad_features, begin, end);
+        return;
       }
+#endif
+      BackwardUnitsBase(g, grad, table, plan, grad_features, begin, end);
     };
     workers->ParallelFor(
         total, thread::ThreadPool::SchedulingParams::Adaptive(cost), work);
@@ -476,24 +634,23 @@ struct RfcnPsRoiPoolBackward<CPUDevice, T> {
 namespace {
 
 struct PsRoiPoolAttrs {
-  int output_size;
+  int pooled_height;
+  int pooled_width;
   float spatial_scale;
   std::string mode;
   int sampling_ratio;
 };
 
 absl::Status ReadAttrs(OpKernelConstruction* ctx, PsRoiPoolAttrs* a) {
-  TF_RETURN_IF_ERROR(ctx->GetAttr("output_size", &a->output_size));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("pooled_height", &a->pooled_height));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("pooled_width", &a->pooled_width));
   TF_RETURN_IF_ERROR(ctx->GetAttr("spatial_scale", &a->spatial_scale));
   TF_RETURN_IF_ERROR(ctx->GetAttr("mode", &a->mode));
   TF_RETURN_IF_ERROR(ctx->GetAttr("sampling_ratio", &a->sampling_ratio));
-  if (a->output_size < 1) {
+  if (a->pooled_height < 1 || a->pooled_width < 1) {
     return errors::InvalidArgument(
-        "RfcnPsRoiPool: output_size must be >= 1, got ", a->output_size);
-  }
-  if (a->sampling_ratio < 1) {
-    return errors::InvalidArgument(
-        "RfcnPsRoiPool: sampling_ratio must be >= 1, got ", a->sampling_ratio);
+        "RfcnPsRoiPool: pooled_height and pooled_width must be >= 1, got ",
+        a->pooled_height, " x ", a->pooled_width);
   }
   if (a->mode != "avg" && a->mode != "bilinear") {
     return errors::InvalidArgument(
@@ -508,12 +665,13 @@ absl::Status ReadAttrs(OpKernelConstruction* ctx, PsRoiPoolAttrs* a) {
   return absl::OkStatus();
 }
 
-// Checks features [B, H, W, k*k*C] and rois [R, 5]; fills the geometry.
+// Checks features [B, H, W, kh*kw*C] and rois [R, 5]; fills the geometry.
 absl::Status CheckInputs(const Tensor& features, const Tensor& rois,
                          const PsRoiPoolAttrs& a, Geometry* g) {
   if (features.dims() != 4) {
     return errors::InvalidArgument(
-        "RfcnPsRoiPool: features must be rank 4 [B, H, W, k*k*C], got shape ",
+        "RfcnPsRoiPool: features must be rank 4 [B, H, W, kh*kw*C], got "
+        "shape ",
         features.shape().DebugString());
   }
   for (int d = 0; d < 4; ++d) {
@@ -534,20 +692,21 @@ absl::Status CheckInputs(const Tensor& features, const Tensor& rois,
         "x2), got shape ",
         rois.shape().DebugString());
   }
-  const int64_t k = a.output_size;
+  const int64_t kh = a.pooled_height, kw = a.pooled_width;
   const int64_t channels = features.dim_size(3);
-  if (channels % (k * k) != 0) {
+  if (channels % (kh * kw) != 0) {
     return errors::InvalidArgument(
         "RfcnPsRoiPool: features channels (", channels,
-        ") must be divisible by output_size^2 = ", k, "*", k, " = ", k * k,
-        " (the bin-major layout k*k*C)");
+        ") must be divisible by pooled_height*pooled_width = ", kh, "*", kw,
+        " = ", kh * kw, " (the bin-major layout kh*kw*C)");
   }
   g->batch = static_cast<int>(features.dim_size(0));
   g->height = static_cast<int>(features.dim_size(1));
   g->width = static_cast<int>(features.dim_size(2));
   g->channels = static_cast<int>(channels);
-  g->k = a.output_size;
-  g->c_out = static_cast<int>(channels / (k * k));
+  g->kh = a.pooled_height;
+  g->kw = a.pooled_width;
+  g->c_out = static_cast<int>(channels / (kh * kw));
   g->spatial_scale = a.spatial_scale;
   g->sampling_ratio = a.sampling_ratio;
   g->mode = a.mode == "avg" ? rfcn_psroi::kAvg : rfcn_psroi::kBilinear;
@@ -589,7 +748,7 @@ class RfcnPsRoiPoolOp : public OpKernel {
     const int64_t num_rois = rois.dim_size(0);
     Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, TensorShape({num_rois, g.k, g.k, g.c_out}),
+                            0, TensorShape({num_rois, g.kh, g.kw, g.c_out}),
                             &output));
     if (output->NumElements() == 0) return;
     functor::RfcnPsRoiPoolForward<Device, T>()(
@@ -615,10 +774,10 @@ class RfcnPsRoiPoolGradOp : public OpKernel {
     Geometry g;
     OP_REQUIRES_OK(ctx, CheckInputs(features, rois, attrs_, &g));
     const int64_t num_rois = rois.dim_size(0);
-    const TensorShape expected({num_rois, g.k, g.k, g.c_out});
+    const TensorShape expected({num_rois, g.kh, g.kw, g.c_out});
     OP_REQUIRES(ctx, grad.shape() == expected,
                 errors::InvalidArgument(
-                    "RfcnPsRoiPoolGrad: grad must be [R, k, k, C] = ",
+                    "RfcnPsRoiPoolGrad: grad must be [R, kh, kw, C] = ",
                     expected.DebugString(), ", got shape ",
                     grad.shape().DebugString()));
     if (std::is_same<Device, CPUDevice>::value) {
