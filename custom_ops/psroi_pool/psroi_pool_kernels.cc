@@ -18,12 +18,12 @@
 //    position major, so a thread keeps reading one channel group of the map
 //    (cache locality); units are disjoint in the output, so any split across
 //    threads gives the same bits.
-//  * backward: one work unit per (image b, bin position (i, j), channel
-//    chunk). Bin (i, j) of every RoI reads only channel block (i*kw + j) of
-//    its image, so units write disjoint cells of grad_features: no races, no
-//    atomics. A unit zeroes its slice, then visits the RoIs of image b in
-//    ascending row order, so every cell sums its contributions in one fixed
-//    order whatever the thread count: the result is deterministic.
+//  * backward: one work unit per feature row (image b, row h), which owns
+//    that row of grad_features: no races, no atomics. Its contributions come
+//    from per-call lists of the (RoI, bin row) pairs that read row h, in
+//    ascending RoI order, so every cell sums its contributions in one fixed
+//    order whatever the thread count: the result is deterministic (see
+//    RowEntry).
 // Both use the CPU worker pool's ParallelFor with an adaptive cost estimate.
 
 #define EIGEN_USE_THREADS
@@ -31,6 +31,10 @@
 #ifndef EIGEN_USE_GPU
 #define EIGEN_USE_GPU
 #endif
+#endif
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
 #endif
 
 #include <algorithm>
@@ -275,8 +279,8 @@ class BinTable {
 
 // The channel loops, over the C contiguous values of one bin. Written as
 // plain loops over restrict pointers so that the compiler vectorizes them;
-// kernels built for AVX2+FMA (see RFCN_PSROI_TARGET_AVX2) inline them and get
-// 8-wide code.
+// the unit loops built for AVX2+FMA (RFCN_PSROI_TARGET_AVX2) inline them and
+// get 8-wide code; float32 with C <= 32 has register-blocked intrinsics.
 template <typename T>
 RFCN_PSROI_ALWAYS_INLINE void AccumulateScaled(float* __restrict__ acc,
                                                const T* __restrict__ v,
@@ -288,17 +292,6 @@ template <typename T>
 RFCN_PSROI_ALWAYS_INLINE void Accumulate(float* __restrict__ acc,
                                          const T* __restrict__ v, int n) {
   for (int c = 0; c < n; ++c) acc[c] += static_cast<float>(v[c]);
-}
-
-RFCN_PSROI_ALWAYS_INLINE void AddScaled(float* __restrict__ dst,
-                                        const float* __restrict__ src, float w,
-                                        int n) {
-  for (int c = 0; c < n; ++c) dst[c] += w * src[c];
-}
-
-RFCN_PSROI_ALWAYS_INLINE void Add(float* __restrict__ dst,
-                                  const float* __restrict__ src, int n) {
-  for (int c = 0; c < n; ++c) dst[c] += src[c];
 }
 
 // Forward of the output bins of units [begin, end). A unit is (bin position
@@ -375,105 +368,130 @@ RFCN_PSROI_ALWAYS_INLINE void ForwardUnits(const Geometry& g, int64_t num_rois,
   }
 }
 
-// Backward units [begin, end): (image b, bin position, channel chunk). Bin
-// (i, j) of every RoI reads only channel block (i*kw + j) of its image, so
-// units write disjoint cells of grad_features: no races, no atomics. A unit
-// zeroes its slice, then visits the RoIs of image b in ascending row order,
-// so every cell sums its contributions in one fixed order whatever the
-// thread count: the result is deterministic.
-struct BackwardPlan {
-  int64_t chunks;  // channel chunks per (image, bin)
-  int chunk;       // channels per chunk
-  const std::vector<int64_t>* start;  // RoIs of image b: order[start[b]..)
-  const std::vector<int64_t>* order;
+// Backward. Units are rows (image b, feature row h): a unit owns row h of
+// image b of grad_features (W*K contiguous values) and nothing else, so units
+// never write the same cell: no races, no atomics. Its contributions come
+// from a per-call list of (RoI r, bin row i, y weight) entries for every bin
+// row that reads feature row h (bilinear: the bin's distinct tapped rows;
+// avg: every row of the bin), built once in ascending RoI order. A unit zeroes
+// its row and adds its entries in list order, bin columns j ascending, so each
+// cell sums its contributions in one fixed order whatever the thread count:
+// the result is deterministic. Writes stay inside one contiguous row (cache
+// and TLB friendly), unlike a walk over one bin's channel slice of the map.
+struct RowEntry {
+  int64_t r;  // RoI row
+  int i;      // bin row
+  float wy;   // bilinear: summed y weight of row h in bin row i; avg: 1
 };
 
+struct RowLists {
+  std::vector<int64_t> start;  // [B*H + 1]: entries of row (b, h)
+  std::vector<RowEntry> entries;
+};
+
+// Entries for every (RoI, bin row, feature row) of the call, grouped by
+// (b, h), each group in ascending (r, i) order (a counting sort).
+void BuildRowLists(const Geometry& g, int64_t num_rois, const float* rois,
+                   const BinTable& table, RowLists* lists) {
+  const int64_t rows = static_cast<int64_t>(g.batch) * g.height;
+  lists->start.assign(rows + 1, 0);
+  auto visit = [&](auto&& emit) {
+    for (int64_t r = 0; r < num_rois; ++r) {
+      int b;
+      if (!rfcn_psroi::roi_batch_index(rois[r * 5], g.batch, &b)) continue;
+      const int64_t base = static_cast<int64_t>(b) * g.height;
+      for (int i = 0; i < g.kh; ++i) {
+        if (g.mode == rfcn_psroi::kAvg) {
+          int h0, h1, w0, w1;
+          table.AvgCells(r, i, 0, &h0, &h1, &w0, &w1);
+          for (int h = h0; h < h1; ++h) emit(base + h, RowEntry{r, i, 1.f});
+        } else {
+          const int ny = table.YCount(r, i);
+          const int* cells = table.YCells(r, i);
+          const double* weights = table.YWeights(r, i);
+          for (int q = 0; q < ny; ++q) {
+            emit(base + cells[q],
+                 RowEntry{r, i, static_cast<float>(weights[q])});
+          }
+        }
+      }
+    }
+  };
+  visit([&](int64_t row, const RowEntry&) { ++lists->start[row + 1]; });
+  for (int64_t q = 0; q < rows; ++q) lists->start[q + 1] += lists->start[q];
+  lists->entries.resize(lists->start[rows]);
+  std::vector<int64_t> fill(lists->start.begin(), lists->start.end() - 1);
+  visit([&](int64_t row, const RowEntry& e) {
+    lists->entries[fill[row]++] = e;
+  });
+}
+
+// dst[c] += w * src[c] over one bin's C channels.
 template <typename T>
-RFCN_PSROI_ALWAYS_INLINE void BackwardUnits(const Geometry& g, const T* grad,
-                                            const BinTable& table,
-                                            const BackwardPlan& plan,
-                                            T* grad_features, int64_t begin,
-                                            int64_t end) {
+struct AxpyPlain {
+  int C;
+  RFCN_PSROI_ALWAYS_INLINE void operator()(float* __restrict__ dst,
+                                           const T* __restrict__ src,
+                                           float w) const {
+    for (int c = 0; c < C; ++c) dst[c] += w * static_cast<float>(src[c]);
+  }
+};
+
+// Rows [begin, end) of the backward (see RowEntry). `axpy` adds a scaled
+// gradient bin into a bin's channels of the row.
+template <typename T, typename Axpy>
+RFCN_PSROI_ALWAYS_INLINE void BackwardRows(const Geometry& g, const T* grad,
+                                           const BinTable& table,
+                                           const RowLists& lists,
+                                           T* grad_features, int64_t begin,
+                                           int64_t end, const Axpy& axpy) {
   constexpr bool kFloat = std::is_same<T, float>::value;
   const int C = g.c_out;
   const int64_t bins = static_cast<int64_t>(g.kh) * g.kw;
-  const int64_t plane = static_cast<int64_t>(g.height) * g.width;
-  const int64_t chunks = plan.chunks;
-  const int chunk = plan.chunk;
-  const std::vector<int64_t>& start = *plan.start;
-  const std::vector<int64_t>& order = *plan.order;
-  std::vector<float> gs_buffer(chunk);
-  float* __restrict__ gs = gs_buffer.data();
-  // float accumulation buffer for half / bfloat16 outputs.
-  std::vector<float> scratch(kFloat ? 0 : plane * chunk);
+  const int64_t row_size = static_cast<int64_t>(g.width) * g.channels;
+  // float accumulation row for half / bfloat16 outputs.
+  std::vector<float> scratch(kFloat ? 0 : row_size);
   for (int64_t u = begin; u < end; ++u) {
-    const int b = static_cast<int>(u / (bins * chunks));
-    const int64_t rem = u - static_cast<int64_t>(b) * bins * chunks;
-    const int bin = static_cast<int>(rem / chunks);
-    const int c0 =
-        static_cast<int>(rem - static_cast<int64_t>(bin) * chunks) * chunk;
-    const int len = std::min(chunk, C - c0);
-    const int i = bin / g.kw;
-    const int j = bin - i * g.kw;
-    const int64_t ch0 = static_cast<int64_t>(bin) * C + c0;
-    // Cell (h, w) of this unit's slice lives at dst + (h*W + w)*stride.
-    float* dst;
-    int64_t stride;
+    const int b = static_cast<int>(u / g.height);
+    const int h = static_cast<int>(u - static_cast<int64_t>(b) * g.height);
+    T* out = grad_features + rfcn_psroi::cell_offset(g, b, h, 0);
+    float* row;
     if constexpr (kFloat) {
-      dst = reinterpret_cast<float*>(grad_features) +
-            rfcn_psroi::cell_offset(g, b, 0, 0) + ch0;
-      stride = g.channels;
-      for (int64_t q = 0; q < plane; ++q) {
-        std::memset(dst + q * stride, 0, sizeof(float) * len);
-      }
+      row = reinterpret_cast<float*>(out);
     } else {
-      dst = scratch.data();
-      stride = len;
-      std::fill(scratch.begin(), scratch.begin() + plane * len, 0.f);
+      row = scratch.data();
     }
-    for (int64_t o = start[b]; o < start[b + 1]; ++o) {
-      const int64_t r = order[o];
-      const T* gr = grad + (r * bins + bin) * C + c0;
-      if (g.mode == rfcn_psroi::kAvg) {
-        int h0, h1, w0, w1;
-        table.AvgCells(r, i, j, &h0, &h1, &w0, &w1);
-        if (h1 <= h0 || w1 <= w0) continue;
-        const float inv_area = 1.f / rfcn_psroi::bin_area(h0, h1, w0, w1);
-        for (int c = 0; c < len; ++c) {
-          gs[c] = static_cast<float>(gr[c]) * inv_area;
-        }
-        for (int h = h0; h < h1; ++h) {
-          float* d = dst + (static_cast<int64_t>(h) * g.width + w0) * stride;
-          for (int w = w0; w < w1; ++w, d += stride) Add(d, gs, len);
-        }
-      } else {
-        const int ny = table.YCount(r, i), nx = table.XCount(r, j);
-        if (ny == 0 || nx == 0) continue;
-        const int* ycells = table.YCells(r, i);
-        const int* xcells = table.XCells(r, j);
-        const double* yw = table.YWeights(r, i);
-        const double* xw = table.XWeights(r, j);
-        const float inv_count = 1.f / table.Points(r);
-        for (int c = 0; c < len; ++c) {
-          gs[c] = static_cast<float>(gr[c]) * inv_count;
-        }
-        for (int q = 0; q < ny; ++q) {
-          float* row =
-              dst + static_cast<int64_t>(ycells[q]) * g.width * stride;
+    std::memset(row, 0, sizeof(float) * row_size);
+    for (int64_t e = lists.start[u]; e < lists.start[u + 1]; ++e) {
+      const RowEntry& entry = lists.entries[e];
+      const int64_t r = entry.r;
+      const int i = entry.i;
+      for (int j = 0; j < g.kw; ++j) {
+        const int bin = i * g.kw + j;
+        const T* gr = grad + (r * bins + bin) * C;
+        float* d = row + static_cast<int64_t>(bin) * C;
+        if (g.mode == rfcn_psroi::kAvg) {
+          int h0, h1, w0, w1;
+          table.AvgCells(r, i, j, &h0, &h1, &w0, &w1);
+          if (w1 <= w0) continue;
+          const float s = 1.f / rfcn_psroi::bin_area(h0, h1, w0, w1);
+          for (int w = w0; w < w1; ++w) {
+            axpy(d + static_cast<int64_t>(w) * g.channels, gr, s);
+          }
+        } else {
+          const int nx = table.XCount(r, j);
+          const int* xcells = table.XCells(r, j);
+          const double* xw = table.XWeights(r, j);
+          const double s = static_cast<double>(entry.wy) / table.Points(r);
           for (int t = 0; t < nx; ++t) {
-            AddScaled(row + xcells[t] * stride, gs,
-                      static_cast<float>(yw[q] * xw[t]), len);
+            axpy(d + static_cast<int64_t>(xcells[t]) * g.channels, gr,
+                 static_cast<float>(s * xw[t]));
           }
         }
       }
     }
     if constexpr (!kFloat) {
-      T* out = grad_features + rfcn_psroi::cell_offset(g, b, 0, 0) + ch0;
-      for (int64_t q = 0; q < plane; ++q) {
-        for (int c = 0; c < len; ++c) {
-          out[q * g.channels + c] = static_cast<T>(scratch[q * len + c]);
-        }
-      }
+      for (int64_t q = 0; q < row_size; ++q) out[q] = static_cast<T>(row[q]);
     }
   }
 }
@@ -490,10 +508,11 @@ void ForwardUnitsBase(const Geometry& g, int64_t num_rois, const T* features,
 }
 
 template <typename T>
-void BackwardUnitsBase(const Geometry& g, const T* grad, const BinTable& table,
-                       const BackwardPlan& plan, T* grad_features,
-                       int64_t begin, int64_t end) {
-  BackwardUnits(g, grad, table, plan, grad_features, begin, end);
+void BackwardRowsBase(const Geometry& g, const T* grad, const BinTable& table,
+                      const RowLists& lists, T* grad_features, int64_t begin,
+                      int64_t end) {
+  BackwardRows(g, grad, table, lists, grad_features, begin, end,
+               AxpyPlain<T>{g.c_out});
 }
 
 #if RFCN_PSROI_HAVE_AVX2_DISPATCH
@@ -508,12 +527,13 @@ RFCN_PSROI_TARGET_AVX2 void ForwardUnitsAvx2(const Geometry& g,
 }
 
 template <typename T>
-RFCN_PSROI_TARGET_AVX2 void BackwardUnitsAvx2(const Geometry& g, const T* grad,
-                                              const BinTable& table,
-                                              const BackwardPlan& plan,
-                                              T* grad_features, int64_t begin,
-                                              int64_t end) {
-  BackwardUnits(g, grad, table, plan, grad_features, begin, end);
+RFCN_PSROI_TARGET_AVX2 void BackwardRowsAvx2(const Geometry& g, const T* grad,
+                                             const BinTable& table,
+                                             const RowLists& lists,
+                                             T* grad_features, int64_t begin,
+                                             int64_t end) {
+  BackwardRows(g, grad, table, lists, grad_features, begin, end,
+               AxpyPlain<T>{g.c_out});
 }
 
 bool CpuHasAvx2Fma() {
@@ -524,6 +544,160 @@ bool CpuHasAvx2Fma() {
   return has;
 }
 #endif
+
+#if RFCN_PSROI_HAVE_AVX2_DISPATCH
+// float32 with AVX2 + FMA: a bin's C channels (C <= 32) are held in NV = ceil(C/8)
+// registers across all of its cells; the last register is loaded / stored
+// with a mask, so no lane reads or writes past the bin's channels.
+RFCN_PSROI_TARGET_AVX2 inline __m256i TailMask(int C) {
+  const int rem = C - 8 * ((C - 1) / 8);  // 1..8 lanes of the last register
+  alignas(32) int lanes[8];
+  for (int l = 0; l < 8; ++l) lanes[l] = l < rem ? -1 : 0;
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
+}
+
+template <int NV>
+struct Lanes {
+  __m256 v[NV];
+};
+
+template <int NV>
+RFCN_PSROI_TARGET_AVX2 RFCN_PSROI_ALWAYS_INLINE void LoadAdd(
+    Lanes<NV>* acc, const float* p, __m256 w, __m256i mask) {
+  for (int k = 0; k < NV - 1; ++k) {
+    acc->v[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 8 * k), acc->v[k]);
+  }
+  acc->v[NV - 1] = _mm256_fmadd_ps(
+      w, _mm256_maskload_ps(p + 8 * (NV - 1), mask), acc->v[NV - 1]);
+}
+
+// Forward units [begin, end) (see ForwardUnits) for float, C <= 8 * NV.
+template <int NV>
+RFCN_PSROI_TARGET_AVX2 void ForwardUnitsAvx2Float(
+    const Geometry& g, int64_t num_rois, const float* features,
+    const float* rois, const BinTable& table, float* output, int64_t begin,
+    int64_t end) {
+  const int C = g.c_out;
+  const int64_t bins = static_cast<int64_t>(g.kh) * g.kw;
+  const int64_t chunks = (num_rois + kRoiChunk - 1) / kRoiChunk;
+  const int64_t row_stride = static_cast<int64_t>(g.width) * g.channels;
+  const __m256i mask = TailMask(C);
+  for (int64_t u = begin; u < end; ++u) {
+    const int bin = static_cast<int>(u / chunks);
+    const int64_t r0 = (u - static_cast<int64_t>(bin) * chunks) * kRoiChunk;
+    const int64_t r1 = std::min(num_rois, r0 + kRoiChunk);
+    const int i = bin / g.kw;
+    const int j = bin - i * g.kw;
+    for (int64_t r = r0; r < r1; ++r) {
+      float* out = output + (r * bins + bin) * C;
+      Lanes<NV> acc;
+      for (int k = 0; k < NV; ++k) acc.v[k] = _mm256_setzero_ps();
+      float denom = 0.f;
+      int b;
+      if (rfcn_psroi::roi_batch_index(rois[r * 5], g.batch, &b)) {
+        const float* block = features + rfcn_psroi::cell_offset(g, b, 0, 0) +
+                             static_cast<int64_t>(bin) * C;
+        if (g.mode == rfcn_psroi::kAvg) {
+          int h0, h1, w0, w1;
+          table.AvgCells(r, i, j, &h0, &h1, &w0, &w1);
+          if (h1 > h0 && w1 > w0) {
+            const __m256 one = _mm256_set1_ps(1.f);
+            for (int h = h0; h < h1; ++h) {
+              const float* p = block + h * row_stride +
+                               static_cast<int64_t>(w0) * g.channels;
+              for (int w = w0; w < w1; ++w, p += g.channels) {
+                LoadAdd<NV>(&acc, p, one, mask);
+              }
+            }
+            denom = rfcn_psroi::bin_area(h0, h1, w0, w1);
+          }
+        } else {
+          const int ny = table.YCount(r, i), nx = table.XCount(r, j);
+          const int* ycells = table.YCells(r, i);
+          const int* xcells = table.XCells(r, j);
+          const double* yw = table.YWeights(r, i);
+          const double* xw = table.XWeights(r, j);
+          for (int q = 0; q < ny; ++q) {
+            const float* row = block + ycells[q] * row_stride;
+            for (int t = 0; t < nx; ++t) {
+              LoadAdd<NV>(&acc,
+                          row + static_cast<int64_t>(xcells[t]) * g.channels,
+                          _mm256_set1_ps(static_cast<float>(yw[q] * xw[t])),
+                          mask);
+            }
+          }
+          denom = table.Points(r);
+        }
+      }
+      // 0 for an invalid batch index or an empty avg bin (acc is 0 there).
+      const __m256 inv = _mm256_set1_ps(denom > 0.f ? 1.f / denom : 0.f);
+      for (int k = 0; k < NV - 1; ++k) {
+        _mm256_storeu_ps(out + 8 * k, _mm256_mul_ps(acc.v[k], inv));
+      }
+      _mm256_maskstore_ps(out + 8 * (NV - 1), mask,
+                          _mm256_mul_ps(acc.v[NV - 1], inv));
+    }
+  }
+}
+
+// dst[c] += w * src[c] over C <= 8 * NV channels, the last register masked.
+template <int NV>
+struct AxpyAvx2 {
+  __m256i mask;
+  // Not always_inline: GCC inlines it once BackwardRows sits in an AVX2
+  // function (forcing it earlier fails the target check).
+  RFCN_PSROI_TARGET_AVX2 inline void operator()(float* dst, const float* src,
+                                                float w) const {
+    const __m256 wv = _mm256_set1_ps(w);
+    for (int k = 0; k < NV - 1; ++k) {
+      _mm256_storeu_ps(dst + 8 * k,
+                       _mm256_fmadd_ps(wv, _mm256_loadu_ps(src + 8 * k),
+                                       _mm256_loadu_ps(dst + 8 * k)));
+    }
+    float* d = dst + 8 * (NV - 1);
+    _mm256_maskstore_ps(
+        d, mask,
+        _mm256_fmadd_ps(wv, _mm256_maskload_ps(src + 8 * (NV - 1), mask),
+                        _mm256_maskload_ps(d, mask)));
+  }
+};
+
+template <int NV>
+RFCN_PSROI_TARGET_AVX2 void BackwardRowsAvx2Float(
+    const Geometry& g, const float* grad, const BinTable& table,
+    const RowLists& lists, float* grad_features, int64_t begin, int64_t end) {
+  BackwardRows(g, grad, table, lists, grad_features, begin, end,
+               AxpyAvx2<NV>{TailMask(g.c_out)});
+}
+
+using ForwardFloatFn = void (*)(const Geometry&, int64_t, const float*,
+                                const float*, const BinTable&, float*, int64_t,
+                                int64_t);
+using BackwardFloatFn = void (*)(const Geometry&, const float*,
+                                 const BinTable&, const RowLists&, float*,
+                                 int64_t, int64_t);
+
+// The register-blocked float kernels for C <= 32 channels, or null.
+ForwardFloatFn PickForwardAvx2Float(int C) {
+  switch ((C + 7) / 8) {
+    case 1: return ForwardUnitsAvx2Float<1>;
+    case 2: return ForwardUnitsAvx2Float<2>;
+    case 3: return ForwardUnitsAvx2Float<3>;
+    case 4: return ForwardUnitsAvx2Float<4>;
+    default: return nullptr;
+  }
+}
+
+BackwardFloatFn PickBackwardAvx2Float(int C) {
+  switch ((C + 7) / 8) {
+    case 1: return BackwardRowsAvx2Float<1>;
+    case 2: return BackwardRowsAvx2Float<2>;
+    case 3: return BackwardRowsAvx2Float<3>;
+    case 4: return BackwardRowsAvx2Float<4>;
+    default: return nullptr;
+  }
+}
+#endif  // RFCN_PSROI_HAVE_AVX2_DISPATCH
 
 }  // namespace
 
@@ -544,9 +718,22 @@ struct RfcnPsRoiPoolForward<CPUDevice, T> {
             ? 20 + EstimatedBinCells(g) * C * 2
             : 20 + static_cast<int64_t>(n + 1) * (n + 1) * (4 + 2 * C);
     const int64_t chunks = (num_rois + kRoiChunk - 1) / kRoiChunk;
+#if RFCN_PSROI_HAVE_AVX2_DISPATCH
+    const bool avx2 = CpuHasAvx2Fma();
+    ForwardFloatFn fast = nullptr;
+    if constexpr (std::is_same<T, float>::value) {
+      if (avx2) fast = PickForwardAvx2Float(C);
+    }
+#endif
     auto work = [&](int64_t begin, int64_t end) {
 #if RFCN_PSROI_HAVE_AVX2_DISPATCH
-      if (CpuHasAvx2Fma()) {
+      if constexpr (std::is_same<T, float>::value) {
+        if (fast != nullptr) {
+          fast(g, num_rois, features, rois, table, output, begin, end);
+          return;
+        }
+      }
+      if (avx2) {
         ForwardUnitsAvx2(g, num_rois, features, rois, table, output, begin,
                          end);
         return;
@@ -566,66 +753,47 @@ struct RfcnPsRoiPoolBackward<CPUDevice, T> {
   void operator()(OpKernelContext* ctx, const Geometry& g, int64_t num_rois,
                   const T* grad, const float* rois, T* grad_features) {
     const int C = g.c_out;
-    const int64_t bins = static_cast<int64_t>(g.kh) * g.kw;
-    const int64_t plane = static_cast<int64_t>(g.height) * g.width;
-    if (g.batch == 0 || plane == 0 || C == 0) return;
+    const int64_t rows = static_cast<int64_t>(g.batch) * g.height;
+    if (rows == 0 || g.width == 0 || C == 0) return;
     thread::ThreadPool* workers = CpuWorkers(ctx);
     const BinTable table(g, num_rois, rois, workers);
-
-    // RoI rows of each image, ascending (CSR): rows of image b are
-    // order[start[b] .. start[b+1]). Invalid batch indices (rejected by the
-    // op on CPU) are skipped, matching the forward's zero output.
-    std::vector<int64_t> start(g.batch + 1, 0);
-    std::vector<int> batch_of(num_rois, -1);
-    for (int64_t r = 0; r < num_rois; ++r) {
-      int b;
-      if (rfcn_psroi::roi_batch_index(rois[r * 5], g.batch, &b)) {
-        batch_of[r] = b;
-        ++start[b + 1];
-      }
+    // Invalid batch indices (rejected by the op on CPU) get no entries,
+    // matching the forward's zero output.
+    RowLists lists;
+    BuildRowLists(g, num_rois, rois, table, &lists);
+    const int64_t per_entry =
+        g.kw * (g.mode == rfcn_psroi::kAvg
+                    ? 10 + (g.width / (2 * g.kw) + 1) * 2 * C
+                    : 10 + 4 * (2 * C + 4));
+    const int64_t entries_per_row =
+        static_cast<int64_t>(lists.entries.size()) / rows + 1;
+    const int64_t cost =
+        entries_per_row * per_entry + static_cast<int64_t>(g.width) *
+                                          g.channels;
+#if RFCN_PSROI_HAVE_AVX2_DISPATCH
+    const bool avx2 = CpuHasAvx2Fma();
+    BackwardFloatFn fast = nullptr;
+    if constexpr (std::is_same<T, float>::value) {
+      if (avx2) fast = PickBackwardAvx2Float(C);
     }
-    for (int b = 0; b < g.batch; ++b) start[b + 1] += start[b];
-    std::vector<int64_t> order(start[g.batch]);
-    {
-      std::vector<int64_t> fill(start.begin(), start.end() - 1);
-      for (int64_t r = 0; r < num_rois; ++r) {
-        if (batch_of[r] >= 0) order[fill[batch_of[r]]++] = r;
-      }
-    }
-
-    // Split the C channels of a bin into chunks when (image, bin) units are
-    // too few to keep every thread busy (k = 1, say). Chunks of >= 8.
-    const int64_t base_units = static_cast<int64_t>(g.batch) * bins;
-    const int64_t want = 4 * static_cast<int64_t>(workers->NumThreads());
-    int64_t chunks = 1;
-    if (base_units < want) {
-      chunks = std::min<int64_t>((want + base_units - 1) / base_units,
-                                 std::max<int64_t>(1, C / 8));
-    }
-    const int chunk = static_cast<int>((C + chunks - 1) / chunks);
-    chunks = (C + chunk - 1) / chunk;
-    const BackwardPlan plan{chunks, chunk, &start, &order};
-    const int64_t total = base_units * chunks;
-    const int64_t rois_per_image =
-        std::max<int64_t>(1, static_cast<int64_t>(order.size()) / g.batch);
-    const int n = std::max(g.sampling_ratio, 2);
-    const int64_t per_roi =
-        g.mode == rfcn_psroi::kAvg
-            ? 20 + EstimatedBinCells(g) * chunk * 2
-            : 20 + static_cast<int64_t>(n + 1) * (n + 1) * (4 + 2 * chunk);
-    const int64_t cost = rois_per_image * per_roi + plane * chunk;
-
+#endif
     auto work = [&](int64_t begin, int64_t end) {
 #if RFCN_PSROI_HAVE_AVX2_DISPATCH
-      if (CpuHasAvx2Fma()) {
-        BackwardUnitsAvx2(g, grad, table, plan, grad_features, begin, end);
+      if constexpr (std::is_same<T, float>::value) {
+        if (fast != nullptr) {
+          fast(g, grad, table, lists, grad_features, begin, end);
+          return;
+        }
+      }
+      if (avx2) {
+        BackwardRowsAvx2(g, grad, table, lists, grad_features, begin, end);
         return;
       }
 #endif
-      BackwardUnitsBase(g, grad, table, plan, grad_features, begin, end);
+      BackwardRowsBase(g, grad, table, lists, grad_features, begin, end);
     };
     workers->ParallelFor(
-        total, thread::ThreadPool::SchedulingParams::Adaptive(cost), work);
+        rows, thread::ThreadPool::SchedulingParams::Adaptive(cost), work);
   }
 };
 
