@@ -1,18 +1,22 @@
-"""PS-RoI pooling: the compiled op (impl="custom") vs the pure-TF twin (impl="tf").
+"""PS-RoI pooling: the compiled op (custom) and the pure-TF twin (tf) vs crop_and_resize (crop).
 
 Workload (the R-FCN head at 600 x 1000, stride 16): features 1 x 38 x 63 x (7*7*21), k = 7,
-C = 21, RoIs of 32 to 400 px inside the 600 x 1000 image, R = 300 and R = 2000; both modes.
-Every measured call is a tf.function (forward, and forward + backward through a GradientTape,
-returning both the output and the gradient), warmed up first. The implementations run in
-alternating rounds of `--repeats` calls each (warm caches within a round; load changes on a
-shared machine hit both alike); the table shows medians of all `--rounds` x `--repeats` runs in
-milliseconds, wall clock and process CPU time (all threads), and the ratios custom / twin
-(target: <= 0.33 in every row). Wall times taken while other processes load the CPU are noisy (a
-descheduled worker thread stalls a whole op): compare within one run, and prefer the CPU-time
-ratio on a shared machine.
+C = 21, sampling_ratio 2, RoIs of 32 to 400 px inside the 600 x 1000 image, R = 300 and
+R = 2000; both modes. The baseline `crop` is the natural stock-op formulation of the same pooling
+with `tf.image.crop_and_resize`, one crop per bin from its channel group (see
+`crop_and_resize_pool`: bilinear: sr x sr samples averaged; avg: one sample per cell of the
+bin, masked to the bin, so it equals the avg pooling exactly). Every measured call is a
+tf.function (forward, and forward + backward through a GradientTape, returning both the output
+and the gradient), warmed up first. The implementations run in alternating rounds of
+`--repeats` calls each (warm caches within a round; load changes on a shared machine hit all
+alike); the table shows medians of all `--rounds` x `--repeats` runs in milliseconds, wall clock
+and process CPU time (all threads, TF's spinning workers included), and the ratios to crop
+(targets: custom <= 0.333 in every row; the twin's forward <= 1 at R = 300). Wall times taken
+while other processes load the CPU are noisy (a descheduled worker thread stalls a whole op):
+compare within one run.
 
     python benchmarks/psroi_pool.py [--rounds 3] [--repeats 7] [--warmup 3] [--rois 300 2000]
-                                    [--threads N]
+                                    [--modes avg bilinear] [--impls crop tf custom] [--threads N]
 """
 
 from __future__ import annotations
@@ -24,10 +28,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from rfcn_tf.ops.psroi_pool import (  # noqa: E402
+from rfcn_tf.ops.psroi_pool import (
     custom_op_available,
     custom_op_load_error,
     ps_roi_pool,

@@ -38,9 +38,9 @@ import threading
 import tensorflow as tf
 
 __all__ = [
-    "ps_roi_pool",
     "custom_op_available",
     "custom_op_load_error",
+    "ps_roi_pool",
 ]
 
 _LOGGER = logging.getLogger(__name__)

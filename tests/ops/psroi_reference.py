@@ -54,9 +54,9 @@ import numpy as np
 __all__ = [
     "MAX_ADAPTIVE_SAMPLES",
     "adaptive_samples",
-    "round_half_away_from_zero",
     "ps_roi_pool_reference",
     "ps_roi_pool_reference_grad",
+    "round_half_away_from_zero",
 ]
 
 _MODES = ("avg", "bilinear")

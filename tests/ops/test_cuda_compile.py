@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from psroi_reference import ps_roi_pool_reference, ps_roi_pool_reference_grad
 
 OP_DIR = Path(__file__).resolve().parents[2] / "custom_ops" / "psroi_pool"

@@ -19,8 +19,8 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from psroi_reference import ps_roi_pool_reference, ps_roi_pool_reference_grad
+
 from rfcn_tf.ops import psroi_pool as psroi_module
 from rfcn_tf.ops.psroi_pool import (
     custom_op_available,

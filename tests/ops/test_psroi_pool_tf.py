@@ -9,8 +9,8 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from psroi_reference import ps_roi_pool_reference, ps_roi_pool_reference_grad
+
 from rfcn_tf.ops.psroi_pool_tf import ps_roi_pool_tf
 
 MODES = ["avg", "bilinear"]

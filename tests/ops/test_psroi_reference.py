@@ -7,7 +7,6 @@ f[h, w] = 4*h + w (channel q adds 100*q so a wrong channel is visible).
 
 import numpy as np
 import pytest
-
 from psroi_reference import (
     ps_roi_pool_reference,
     ps_roi_pool_reference_grad,
