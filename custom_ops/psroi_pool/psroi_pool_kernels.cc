@@ -146,6 +146,8 @@ struct AxisTable {
 // Arithmetic: psroi_pool_math.h (the functions the GPU kernels use too).
 class BinTable {
  public:
+  static constexpr int64_t kSequentialRois = 4096;
+
   BinTable(const Geometry& g, int64_t num_rois, const float* rois,
            thread::ThreadPool* workers)
       : g_(g), rois_(rois) {
@@ -156,15 +158,22 @@ class BinTable {
       Layout(num_rois, g.kh, g.height, 1, &y_);
       Layout(num_rois, g.kw, g.width, 2, &x_);
     }
+    // A few hundred cycles per RoI: up to kSequentialRois RoIs are filled on
+    // the calling thread (a parallel phase costs more in wake-ups, and on a
+    // loaded machine in waiting for a descheduled worker, than it saves).
+    auto fill = [&](int64_t begin, int64_t end) {
+      std::vector<Tap> taps;
+      for (int64_t r = begin; r < end; ++r) Fill(r, &taps);
+    };
+    if (num_rois <= kSequentialRois) {
+      fill(0, num_rois);
+      return;
+    }
     const int64_t cost =
-        60 * (g.kh + g.kw) *
+        40 * (g.kh + g.kw) *
         (g.mode == rfcn_psroi::kAvg ? 1 : 1 + std::max(g.sampling_ratio, 2));
     workers->ParallelFor(
-        num_rois, thread::ThreadPool::SchedulingParams::Adaptive(cost),
-        [&](int64_t begin, int64_t end) {
-          std::vector<Tap> taps;
-          for (int64_t r = begin; r < end; ++r) Fill(r, &taps);
-        });
+        num_rois, thread::ThreadPool::SchedulingParams::Adaptive(cost), fill);
   }
 
   // avg: the cells [*h0, *h1) x [*w0, *w1) of bin (i, j) of RoI r.

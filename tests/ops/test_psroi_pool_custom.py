@@ -336,17 +336,20 @@ _DETERMINISM_SCRIPT = textwrap.dedent("""
                                         x1 + size[:, 1]]).astype(np.float32))
     grad = tf.constant(rng.standard_normal((600, 7, 7, 21)).astype(np.float32))
     result = {}
-    for mode in ("avg", "bilinear"):
+    # (name, mode, output_size, sampling_ratio); 1029 channels = 7*7*21 = 7*3*49
+    for name, mode, grid, sr in (("avg", "avg", 7, 2), ("bilinear", "bilinear", 7, 2),
+                                 ("adaptive", "bilinear", (7, 3), 0)):
         for run in range(3):
             with tf.GradientTape() as tape:
                 tape.watch(feats)
-                out = ps_roi_pool(feats, rois, output_size=7, mode=mode, impl="custom")
-            g = tape.gradient(out, feats, output_gradients=grad)
+                out = ps_roi_pool(feats, rois, output_size=grid, mode=mode, sampling_ratio=sr,
+                                  impl="custom")
+            g = tape.gradient(out, feats, output_gradients=tf.reshape(grad, tf.shape(out)))
             if run == 0:
-                result[mode + "_out"], result[mode + "_grad"] = out.numpy(), g.numpy()
+                result[name + "_out"], result[name + "_grad"] = out.numpy(), g.numpy()
             else:  # run to run, bit for bit
-                assert np.array_equal(out.numpy(), result[mode + "_out"]), (mode, run)
-                assert np.array_equal(g.numpy(), result[mode + "_grad"]), (mode, run)
+                assert np.array_equal(out.numpy(), result[name + "_out"]), (name, run)
+                assert np.array_equal(g.numpy(), result[name + "_grad"]), (name, run)
     np.savez(sys.argv[2], **result)
 """)
 
