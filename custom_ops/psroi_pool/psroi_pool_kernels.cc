@@ -14,10 +14,10 @@
 // The per-RoI geometry (avg cell ranges, bilinear separable weights, the
 // adaptive sample counts) is tabulated once per call (BinTable), kh + kw
 // entries per RoI, not 2 per bin.
-//  * forward: one work unit per (bin position (i, j), chunk of RoIs), bin
-//    position major, so a thread keeps reading one channel group of the map
-//    (cache locality); units are disjoint in the output, so any split across
-//    threads gives the same bits.
+//  * forward: one work unit per feature row (image b, row h): the bins whose
+//    taps start on that row, so a thread reads a few consecutive map rows at a
+//    time (cache and TLB locality); every bin is pooled once into its own
+//    output slot, so any split across threads gives the same bits.
 //  * backward: one work unit per feature row (image b, row h), which owns
 //    that row of grad_features: no races, no atomics. Its contributions come
 //    from per-call lists of the (RoI, bin row) pairs that read row h, in
@@ -303,31 +303,80 @@ RFCN_PSROI_ALWAYS_INLINE void Accumulate(float* __restrict__ acc,
   for (int c = 0; c < n; ++c) acc[c] += static_cast<float>(v[c]);
 }
 
-// Forward of the output bins of units [begin, end). A unit is (bin position
-// p = i*kw + j, chunk of kRoiChunk RoIs), bin position major: consecutive
-// units read the same channel group (i, j) of the map, a strided slice of
-// H*W*C values that stays in cache while a thread walks its RoIs. Units are
-// disjoint in the output, so any split across threads gives the same bits.
-constexpr int64_t kRoiChunk = 16;
+struct RowEntry {
+  int64_t r;  // RoI row
+  int i;      // bin row
+  float wy;   // bilinear: summed y weight of row h in bin row i; avg: 1
+};
 
+struct RowLists {
+  std::vector<int64_t> start;  // [B*H + 1]: entries of row (b, h)
+  std::vector<RowEntry> entries;
+};
+
+// Forward work lists: every (RoI, bin row) once, under the feature row (b, h)
+// where its taps start (bilinear: the bin row's first tapped row; avg: its
+// first row; row 0 of image 0 for a bin row that reads nothing or a RoI with
+// an invalid batch index, which pool 0), each list in ascending (r, i) order.
+void BuildForwardLists(const Geometry& g, int64_t num_rois, const float* rois,
+                       const BinTable& table, RowLists* lists) {
+  const int64_t rows = static_cast<int64_t>(g.batch) * g.height;
+  lists->start.assign(rows + 1, 0);
+  std::vector<int64_t> key(num_rois * g.kh, 0);
+  for (int64_t r = 0; r < num_rois; ++r) {
+    int b;
+    if (!rfcn_psroi::roi_batch_index(rois[r * 5], g.batch, &b)) continue;
+    for (int i = 0; i < g.kh; ++i) {
+      int h = 0;
+      if (g.mode == rfcn_psroi::kAvg) {
+        int h0, h1, w0, w1;
+        table.AvgCells(r, i, 0, &h0, &h1, &w0, &w1);
+        if (h1 > h0) h = h0;
+      } else if (table.YCount(r, i) > 0) {
+        h = *std::min_element(table.YCells(r, i),
+                              table.YCells(r, i) + table.YCount(r, i));
+      }
+      key[r * g.kh + i] = static_cast<int64_t>(b) * g.height + h;
+    }
+  }
+  for (int64_t q : key) ++lists->start[q + 1];
+  for (int64_t q = 0; q < rows; ++q) lists->start[q + 1] += lists->start[q];
+  lists->entries.resize(lists->start[rows]);
+  std::vector<int64_t> fill(lists->start.begin(), lists->start.end() - 1);
+  for (int64_t r = 0; r < num_rois; ++r) {
+    for (int i = 0; i < g.kh; ++i) {
+      lists->entries[fill[key[r * g.kh + i]]++] = RowEntry{r, i, 1.f};
+    }
+  }
+}
+
+// Forward of the output bins of units [begin, end). A unit is a feature row
+// (b, h): it pools every bin whose taps start on that row (BuildForwardLists),
+// so a thread's reads stay within a few consecutive rows of the map (cache
+// and TLB friendly: one map cell holds all k*k channel groups, 4 KB apart
+// from the next cell, so a walk over one group's slice touches a new page per
+// cell). Each bin is pooled once, into its own output slot, so any split
+// across threads gives the same bits.
 template <typename T>
-RFCN_PSROI_ALWAYS_INLINE void ForwardUnits(const Geometry& g, int64_t num_rois,
+RFCN_PSROI_ALWAYS_INLINE void ForwardUnits(const Geometry& g,
+                                           const RowLists& lists,
                                            const T* features,
                                            const float* rois,
                                            const BinTable& table, T* output,
                                            int64_t begin, int64_t end) {
   const int C = g.c_out;
   const int64_t bins = static_cast<int64_t>(g.kh) * g.kw;
-  const int64_t chunks = (num_rois + kRoiChunk - 1) / kRoiChunk;
   std::vector<float> acc_buffer(C);
   float* __restrict__ acc = acc_buffer.data();
   for (int64_t u = begin; u < end; ++u) {
-    const int bin = static_cast<int>(u / chunks);
-    const int64_t r0 = (u - static_cast<int64_t>(bin) * chunks) * kRoiChunk;
-    const int64_t r1 = std::min(num_rois, r0 + kRoiChunk);
-    const int i = bin / g.kw;
-    const int j = bin - i * g.kw;
-    for (int64_t r = r0; r < r1; ++r) {
+    // The kw bins of each listed (RoI, bin row), flattened into one loop.
+    for (int64_t q = lists.start[u] * g.kw; q < lists.start[u + 1] * g.kw;
+         ++q) {
+      const RowEntry& entry = lists.entries[q / g.kw];
+      const int64_t r = entry.r;
+      const int i = entry.i;
+      const int j = static_cast<int>(q - (q / g.kw) * g.kw);
+      const int bin = i * g.kw + j;
       T* __restrict__ out = output + (r * bins + bin) * C;
       int b;
       if (!rfcn_psroi::roi_batch_index(rois[r * 5], g.batch, &b)) {
@@ -387,17 +436,6 @@ RFCN_PSROI_ALWAYS_INLINE void ForwardUnits(const Geometry& g, int64_t num_rois,
 // cell sums its contributions in one fixed order whatever the thread count:
 // the result is deterministic. Writes stay inside one contiguous row (cache
 // and TLB friendly), unlike a walk over one bin's channel slice of the map.
-struct RowEntry {
-  int64_t r;  // RoI row
-  int i;      // bin row
-  float wy;   // bilinear: summed y weight of row h in bin row i; avg: 1
-};
-
-struct RowLists {
-  std::vector<int64_t> start;  // [B*H + 1]: entries of row (b, h)
-  std::vector<RowEntry> entries;
-};
-
 // Entries for every (RoI, bin row, feature row) of the call, grouped by
 // (b, h), each group in ascending (r, i) order (a counting sort).
 void BuildRowLists(const Geometry& g, int64_t num_rois, const float* rois,
@@ -510,10 +548,11 @@ RFCN_PSROI_ALWAYS_INLINE void BackwardRows(const Geometry& g, const T* grad,
 // The AVX2 build fuses multiply-adds, so its results differ from the baseline
 // build's by float rounding (never between runs on one machine).
 template <typename T>
-void ForwardUnitsBase(const Geometry& g, int64_t num_rois, const T* features,
-                      const float* rois, const BinTable& table, T* output,
-                      int64_t begin, int64_t end) {
-  ForwardUnits(g, num_rois, features, rois, table, output, begin, end);
+void ForwardUnitsBase(const Geometry& g, const RowLists& lists,
+                      const T* features, const float* rois,
+                      const BinTable& table, T* output, int64_t begin,
+                      int64_t end) {
+  ForwardUnits(g, lists, features, rois, table, output, begin, end);
 }
 
 template <typename T>
@@ -527,12 +566,12 @@ void BackwardRowsBase(const Geometry& g, const T* grad, const BinTable& table,
 #if RFCN_PSROI_HAVE_AVX2_DISPATCH
 template <typename T>
 RFCN_PSROI_TARGET_AVX2 void ForwardUnitsAvx2(const Geometry& g,
-                                             int64_t num_rois,
+                                             const RowLists& lists,
                                              const T* features,
                                              const float* rois,
                                              const BinTable& table, T* output,
                                              int64_t begin, int64_t end) {
-  ForwardUnits(g, num_rois, features, rois, table, output, begin, end);
+  ForwardUnits(g, lists, features, rois, table, output, begin, end);
 }
 
 template <typename T>
@@ -580,25 +619,65 @@ RFCN_PSROI_TARGET_AVX2 RFCN_PSROI_ALWAYS_INLINE void LoadAdd(
       w, _mm256_maskload_ps(p + 8 * (NV - 1), mask), acc->v[NV - 1]);
 }
 
+constexpr int64_t kPrefetchAhead = 1;
+
+// Prefetches the cells of flattened forward bin q (see ForwardUnits): the
+// first and last cache line of each tapped cell's C channels.
+RFCN_PSROI_TARGET_AVX2 inline void PrefetchBilinearBin(
+    const Geometry& g, const RowLists& lists, const float* features,
+    const float* rois, const BinTable& table, int64_t q) {
+  const RowEntry& entry = lists.entries[q / g.kw];
+  const int j = static_cast<int>(q - (q / g.kw) * g.kw);
+  int b;
+  if (!rfcn_psroi::roi_batch_index(rois[entry.r * 5], g.batch, &b)) return;
+  const char* block = reinterpret_cast<const char*>(
+      features + rfcn_psroi::cell_offset(g, b, 0, 0) +
+      static_cast<int64_t>(entry.i * g.kw + j) * g.c_out);
+  const int64_t cell_bytes = static_cast<int64_t>(g.channels) * 4;
+  const int64_t row_bytes = cell_bytes * g.width;
+  const int ny = table.YCount(entry.r, entry.i);
+  const int nx = table.XCount(entry.r, j);
+  const int* ycells = table.YCells(entry.r, entry.i);
+  const int* xcells = table.XCells(entry.r, j);
+  const int last = g.c_out * 4 - 1;
+  for (int a = 0; a < ny; ++a) {
+    const char* row = block + ycells[a] * row_bytes;
+    for (int t = 0; t < nx; ++t) {
+      const char* p = row + xcells[t] * cell_bytes;
+      _mm_prefetch(p, _MM_HINT_T0);
+      _mm_prefetch(p + last, _MM_HINT_T0);
+    }
+  }
+}
+
 // Forward units [begin, end) (see ForwardUnits) for float, C <= 8 * NV.
 template <int NV>
 RFCN_PSROI_TARGET_AVX2 void ForwardUnitsAvx2Float(
-    const Geometry& g, int64_t num_rois, const float* features,
+    const Geometry& g, const RowLists& lists, const float* features,
     const float* rois, const BinTable& table, float* output, int64_t begin,
     int64_t end) {
   const int C = g.c_out;
   const int64_t bins = static_cast<int64_t>(g.kh) * g.kw;
-  const int64_t chunks = (num_rois + kRoiChunk - 1) / kRoiChunk;
   const int64_t row_stride = static_cast<int64_t>(g.width) * g.channels;
   const __m256i mask = TailMask(C);
   for (int64_t u = begin; u < end; ++u) {
-    const int bin = static_cast<int>(u / chunks);
-    const int64_t r0 = (u - static_cast<int64_t>(bin) * chunks) * kRoiChunk;
-    const int64_t r1 = std::min(num_rois, r0 + kRoiChunk);
-    const int i = bin / g.kw;
-    const int j = bin - i * g.kw;
-    for (int64_t r = r0; r < r1; ++r) {
+    // The kw bins of each listed (RoI, bin row), flattened into one loop.
+    for (int64_t q = lists.start[u] * g.kw; q < lists.start[u + 1] * g.kw;
+         ++q) {
+      const RowEntry& entry = lists.entries[q / g.kw];
+      const int64_t r = entry.r;
+      const int i = entry.i;
+      const int j = static_cast<int>(q - (q / g.kw) * g.kw);
+      const int bin = i * g.kw + j;
       float* out = output + (r * bins + bin) * C;
+      // The reads are latency bound (each cell of a bin is 4 KB from the
+      // next): fetch the cells of the bilinear bin kPrefetchAhead bins on
+      // while this one is pooled.
+      if (g.mode == rfcn_psroi::kBilinear &&
+          q + kPrefetchAhead < lists.start[end] * g.kw) {
+        PrefetchBilinearBin(g, lists, features, rois, table,
+                            q + kPrefetchAhead);
+      }
       Lanes<NV> acc;
       for (int k = 0; k < NV; ++k) acc.v[k] = _mm256_setzero_ps();
       float denom = 0.f;
@@ -679,9 +758,9 @@ RFCN_PSROI_TARGET_AVX2 void BackwardRowsAvx2Float(
                AxpyAvx2<NV>{TailMask(g.c_out)});
 }
 
-using ForwardFloatFn = void (*)(const Geometry&, int64_t, const float*,
-                                const float*, const BinTable&, float*, int64_t,
-                                int64_t);
+using ForwardFloatFn = void (*)(const Geometry&, const RowLists&,
+                                const float*, const float*, const BinTable&,
+                                float*, int64_t, int64_t);
 using BackwardFloatFn = void (*)(const Geometry&, const float*,
                                  const BinTable&, const RowLists&, float*,
                                  int64_t, int64_t);
@@ -718,15 +797,18 @@ struct RfcnPsRoiPoolForward<CPUDevice, T> {
                   const T* features, const float* rois, T* output) {
     const int C = g.c_out;
     const int64_t bins = static_cast<int64_t>(g.kh) * g.kw;
-    if (num_rois * bins == 0 || C == 0) return;
+    const int64_t rows = static_cast<int64_t>(g.batch) * g.height;
+    if (num_rois * bins == 0 || C == 0 || rows == 0) return;
     thread::ThreadPool* workers = CpuWorkers(ctx);
     const BinTable table(g, num_rois, rois, workers);
+    RowLists lists;
+    BuildForwardLists(g, num_rois, rois, table, &lists);
     const int n = std::max(g.sampling_ratio, 2);
     const int64_t per_bin =
         g.mode == rfcn_psroi::kAvg
             ? 20 + EstimatedBinCells(g) * C * 2
             : 20 + static_cast<int64_t>(n + 1) * (n + 1) * (4 + 2 * C);
-    const int64_t chunks = (num_rois + kRoiChunk - 1) / kRoiChunk;
+    const int64_t cost = (num_rois * g.kh / rows + 1) * g.kw * per_bin;
 #if RFCN_PSROI_HAVE_AVX2_DISPATCH
     const bool avx2 = CpuHasAvx2Fma();
     ForwardFloatFn fast = nullptr;
@@ -738,22 +820,19 @@ struct RfcnPsRoiPoolForward<CPUDevice, T> {
 #if RFCN_PSROI_HAVE_AVX2_DISPATCH
       if constexpr (std::is_same<T, float>::value) {
         if (fast != nullptr) {
-          fast(g, num_rois, features, rois, table, output, begin, end);
+          fast(g, lists, features, rois, table, output, begin, end);
           return;
         }
       }
       if (avx2) {
-        ForwardUnitsAvx2(g, num_rois, features, rois, table, output, begin,
-                         end);
+        ForwardUnitsAvx2(g, lists, features, rois, table, output, begin, end);
         return;
       }
 #endif
-      ForwardUnitsBase(g, num_rois, features, rois, table, output, begin, end);
+      ForwardUnitsBase(g, lists, features, rois, table, output, begin, end);
     };
     workers->ParallelFor(
-        bins * chunks,
-        thread::ThreadPool::SchedulingParams::Adaptive(per_bin * kRoiChunk),
-        work);
+        rows, thread::ThreadPool::SchedulingParams::Adaptive(cost), work);
   }
 };
 
