@@ -1,29 +1,18 @@
-"""rfcn_tf.ops: box utilities and position-sensitive RoI pooling.
+"""rfcn_tf.ops: the PS-RoI pooling op (`rfcn_tf.ops.ps_roi_pool`), box ops.
 
-``from rfcn_tf.ops import ps_roi_pool`` works; the pooling module (and TensorFlow) is imported
-on first access only (PEP 562), so importing this package stays cheap.
+`ps_roi_pool` loads lazily (PEP 562): importing `rfcn_tf.ops` loads no TensorFlow.
 """
 
 from __future__ import annotations
 
-__all__ = ["ps_roi_pool", "ps_roi_pool_tf"]
+from typing import Any
 
-_LAZY = {
-    "ps_roi_pool": ("rfcn_tf.ops.psroi_pool", "ps_roi_pool"),
-    "ps_roi_pool_tf": ("rfcn_tf.ops.psroi_pool_tf", "ps_roi_pool_tf"),
-}
+__all__ = ["ps_roi_pool"]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+def __getattr__(name: str) -> Any:
+    if name == "ps_roi_pool":
+        from rfcn_tf.ops.psroi_pool import ps_roi_pool
 
-        module_name, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module_name), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+        return ps_roi_pool
+    raise AttributeError(f"module 'rfcn_tf.ops' has no attribute {name!r}")
