@@ -76,16 +76,17 @@ float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 // One configuration; returns the worst of its forward/backward differences.
-float RunCase(const char* name, int batch, int height, int width, int k,
-              int c_out, int num_rois, int mode, int sampling_ratio,
+float RunCase(const char* name, int batch, int height, int width, int kh,
+              int kw, int c_out, int num_rois, int mode, int sampling_ratio,
               float spatial_scale, uint32_t seed) {
   rfcn_psroi::Geometry g;
   g.batch = batch;
   g.height = height;
   g.width = width;
-  g.k = k;
+  g.kh = kh;
+  g.kw = kw;
   g.c_out = c_out;
-  g.channels = k * k * c_out;
+  g.channels = kh * kw * c_out;
   g.spatial_scale = spatial_scale;
   g.sampling_ratio = sampling_ratio;
   g.mode = mode;
@@ -129,7 +130,7 @@ float RunCase(const char* name, int batch, int height, int width, int k,
         break;
     }
   }
-  const int64_t osize = static_cast<int64_t>(num_rois) * k * k * c_out;
+  const int64_t osize = static_cast<int64_t>(num_rois) * kh * kw * c_out;
   std::vector<float> grad(osize);
   for (auto& v : grad) v = unit(rng);
 
@@ -139,9 +140,9 @@ float RunCase(const char* name, int batch, int height, int width, int k,
   for (int64_t idx = 0; idx < osize; ++idx) {
     const int c = static_cast<int>(idx % c_out);
     const int64_t t = idx / c_out;
-    const int j = static_cast<int>(t % k);
-    const int i = static_cast<int>((t / k) % k);
-    const int64_t r = t / k / k;
+    const int j = static_cast<int>(t % kw);
+    const int i = static_cast<int>((t / kw) % kh);
+    const int64_t r = t / kw / kh;
     cpu_out[idx] = rfcn_psroi::forward_element(features.data(), &rois[r * 5],
                                                g, i, j, c);
     rfcn_psroi::backward_element(&rois[r * 5], g, i, j, c, grad[idx],
@@ -180,9 +181,10 @@ float RunCase(const char* name, int batch, int height, int width, int k,
 
   const float fwd = MaxAbsDiff(gpu_out, cpu_out);
   const float bwd = MaxAbsDiff(gpu_grad_features, cpu_grad_features);
-  printf("%-28s mode=%-8s B=%d H=%d W=%d k=%d C=%d R=%d  fwd %.3g  bwd %.3g\n",
+  printf("%-28s mode=%-8s B=%d H=%d W=%d k=%dx%d C=%d R=%d sr=%d  fwd %.3g  "
+         "bwd %.3g\n",
          name, mode == rfcn_psroi::kAvg ? "avg" : "bilinear", batch, height,
-         width, k, c_out, num_rois, fwd, bwd);
+         width, kh, kw, c_out, num_rois, sampling_ratio, fwd, bwd);
   return fwd > bwd ? fwd : bwd;
 }
 
@@ -198,12 +200,16 @@ int main() {
   float worst = 0.f;
   for (int mode = 0; mode < 2; ++mode) {
     const auto m = [&](float v) { worst = (v > worst || v != v) ? v : worst; };
-    m(RunCase("k7 C21 detector-like", 1, 38, 63, 7, 21, 300, mode, 2,
+    m(RunCase("k7 C21 detector-like", 1, 38, 63, 7, 7, 21, 300, mode, 2,
               1.f / 16, 1u + mode));
-    m(RunCase("k3 batch 3 non-square", 3, 13, 29, 3, 5, 97, mode, 3, 0.125f,
-              11u + mode));
-    m(RunCase("k1 tiny map", 2, 1, 2, 1, 4, 33, mode, 1, 1.f, 21u + mode));
-    m(RunCase("R = 0", 1, 5, 5, 2, 3, 0, mode, 2, 0.5f, 31u + mode));
+    m(RunCase("k3 batch 3 non-square", 3, 13, 29, 3, 3, 5, 97, mode, 3,
+              0.125f, 11u + mode));
+    m(RunCase("k1 tiny map", 2, 1, 2, 1, 1, 4, 33, mode, 1, 1.f, 21u + mode));
+    m(RunCase("R = 0", 1, 5, 5, 2, 2, 3, 0, mode, 2, 0.5f, 31u + mode));
+    m(RunCase("3x5 grid adaptive", 2, 17, 23, 3, 5, 4, 61, mode, 0, 0.5f,
+              41u + mode));
+    m(RunCase("7x7 adaptive detector-like", 1, 38, 63, 7, 7, 21, 300, mode,
+              0, 1.f / 16, 51u + mode));
   }
   printf("max |gpu - cpu| = %.3g (tolerance %.1g)\n", worst, kTolerance);
   if (!(worst <= kTolerance)) {

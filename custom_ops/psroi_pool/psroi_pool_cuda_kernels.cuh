@@ -14,7 +14,7 @@
 
 namespace rfcn_psroi {
 
-// Splits a flat output index of [R, k, k, C] into (r, i, j, c); c varies
+// Splits a flat output index of [R, kh, kw, C] into (r, i, j, c); c varies
 // fastest so that neighbouring threads read neighbouring channels (the C
 // values of one bin are contiguous in NHWC).
 __device__ __forceinline__ void split_output_index(int64_t idx,
@@ -23,13 +23,13 @@ __device__ __forceinline__ void split_output_index(int64_t idx,
                                                    int* c) {
   *c = static_cast<int>(idx % g.c_out);
   int64_t t = idx / g.c_out;
-  *j = static_cast<int>(t % g.k);
-  t /= g.k;
-  *i = static_cast<int>(t % g.k);
-  *r = t / g.k;
+  *j = static_cast<int>(t % g.kw);
+  t /= g.kw;
+  *i = static_cast<int>(t % g.kh);
+  *r = t / g.kh;
 }
 
-// output[R, k, k, C] (total = R*k*k*C elements), one thread per element.
+// output[R, kh, kw, C] (total = R*kh*kw*C elements), one thread per element.
 template <typename T>
 __global__ void psroi_forward_kernel(int64_t total, const T* features,
                                      const float* rois, Geometry g,
@@ -58,7 +58,7 @@ struct AtomicAddFloat {
   }
 };
 
-// Adds the scatter of grad[R, k, k, C] (total elements) into the float
+// Adds the scatter of grad[R, kh, kw, C] (total elements) into the float
 // buffer grad_features[B, H, W, K], which the caller zeroes first.
 template <typename T>
 __global__ void psroi_backward_kernel(int64_t total, const T* grad,

@@ -3,15 +3,16 @@
 // psroi_pool_kernels.cu.cc (explicitly instantiated under GOOGLE_CUDA).
 //
 // Shapes (see psroi_pool_math.h for the shorthand and the arithmetic):
-//   features       [B, H, W, k*k*C]  T   (float, Eigen::half, bfloat16)
+//   features       [B, H, W, kh*kw*C]  T (float, Eigen::half, bfloat16)
 //   rois           [R, 5]            float32 (batch_index, y1, x1, y2, x2),
 //                                    input-image pixels
-//   output / grad  [R, k, k, C]      T
-//   grad_features  [B, H, W, k*k*C]  T
+//   output / grad  [R, kh, kw, C]    T
+//   grad_features  [B, H, W, kh*kw*C]  T
 //
 // The op kernels validate shapes and attrs before calling a functor; on CPU
 // they also reject out-of-range batch indices. A functor may assume
-// geometry.c_out * k * k == geometry.channels and sampling_ratio >= 1.
+// geometry.c_out * kh * kw == geometry.channels; sampling_ratio <= 0 means
+// adaptive (rfcn_psroi::axis_samples).
 
 #ifndef RFCN_TF_CUSTOM_OPS_PSROI_POOL_PSROI_POOL_FUNCTOR_H_
 #define RFCN_TF_CUSTOM_OPS_PSROI_POOL_PSROI_POOL_FUNCTOR_H_
@@ -30,7 +31,7 @@ struct GpuDevice;
 namespace tensorflow {
 namespace functor {
 
-// Writes output[R, k, k, C] from features and rois.
+// Writes output[R, kh, kw, C] from features and rois.
 template <typename Device, typename T>
 struct RfcnPsRoiPoolForward {
   void operator()(OpKernelContext* ctx, const rfcn_psroi::Geometry& geometry,
@@ -39,7 +40,7 @@ struct RfcnPsRoiPoolForward {
 };
 
 // Writes grad_features[B, H, W, K] (overwriting it entirely) from the
-// gradient of the output, grad[R, k, k, C]. No gradient flows to rois.
+// gradient of the output, grad[R, kh, kw, C]. No gradient flows to rois.
 template <typename Device, typename T>
 struct RfcnPsRoiPoolBackward {
   void operator()(OpKernelContext* ctx, const rfcn_psroi::Geometry& geometry,

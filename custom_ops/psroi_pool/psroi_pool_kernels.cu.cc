@@ -3,7 +3,7 @@
 // psroi_pool_cuda_kernels.cuh, shared with the standalone harness.
 //
 // Everything is launched on the op's stream (the Eigen GpuDevice of the
-// OpKernelContext). Forward: one thread per output element [R, k, k, C].
+// OpKernelContext). Forward: one thread per output element [R, kh, kw, C].
 // Backward: grad_features is accumulated with atomicAdd in float32 (directly
 // in the output for T = float, in a float temp buffer cast afterwards for
 // half / bfloat16), so it is not bit-deterministic run to run.
@@ -45,7 +45,7 @@ void RfcnPsRoiPoolForward<GPUDevice, T>::operator()(
     OpKernelContext* ctx, const rfcn_psroi::Geometry& geometry,
     int64_t num_rois, const T* features, const float* rois, T* output) {
   const GPUDevice& d = ctx->eigen_device<GPUDevice>();
-  const int64_t total = num_rois * geometry.k * geometry.k * geometry.c_out;
+  const int64_t total = num_rois * geometry.kh * geometry.kw * geometry.c_out;
   if (total == 0) return;
   const GpuLaunchConfig config = ConfigFor(total, d);
   OP_REQUIRES_OK(ctx, GpuLaunchKernel(rfcn_psroi::psroi_forward_kernel<T>,
@@ -62,7 +62,7 @@ void RfcnPsRoiPoolBackward<GPUDevice, T>::operator()(
   const GPUDevice& d = ctx->eigen_device<GPUDevice>();
   const int64_t size = static_cast<int64_t>(geometry.batch) * geometry.height *
                        geometry.width * geometry.channels;
-  const int64_t total = num_rois * geometry.k * geometry.k * geometry.c_out;
+  const int64_t total = num_rois * geometry.kh * geometry.kw * geometry.c_out;
   if (size == 0) return;
   float* accum = nullptr;
   Tensor scratch;

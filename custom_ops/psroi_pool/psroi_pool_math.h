@@ -4,33 +4,37 @@
 // This header is free of TensorFlow: it needs only <math.h> and <stdint.h>,
 // and every function is `__host__ __device__` when nvcc compiles it.
 //
-// Shape shorthand (DESIGN.md, "PS-RoI pooling op"):
-//   B  images in the batch          H, W  feature-map height, width (cells)
-//   k  output_size (bins per side)  C     classes (output channels)
-//   R  RoIs                         K     k*k*C, the feature-map channels
+// Shape shorthand (docs/ARCHITECTURE.md, "PS-RoI pooling op"):
+//   B  images in the batch          H, W    feature-map height, width (cells)
+//   kh, kw  bins along y and x      C       classes (output channels)
+//   R  RoIs                         K       kh*kw*C, the feature-map channels
 //
-//   features [B, H, W, K]  NHWC, any float type T (read as float)
-//   rois     [R, 5]        float32 rows (batch_index, y1, x1, y2, x2) in
-//                          input-image pixels; scaled by spatial_scale
-//   output   [R, k, k, C]  bin (i, j), class c reads feature channel
-//                          (i*k + j)*C + c (bin-major).
+//   features [B, H, W, K]    NHWC, any float type T (read as float)
+//   rois     [R, 5]          float32 rows (batch_index, y1, x1, y2, x2) in
+//                            input-image pixels; scaled by spatial_scale
+//   output   [R, kh, kw, C]  bin (i, j), class c reads feature channel
+//                            (i*kw + j)*C + c (bin-major).
 //
 // Two modes (R-FCN sec. 2, "Position-sensitive score maps & PS RoI pooling";
-// DESIGN.md gives the arithmetic, repeated here next to the code):
+// docs/ARCHITECTURE.md gives the arithmetic, repeated here next to the code):
 //
 //  * kAvg, the paper's pooling. Corners are round(coord * spatial_scale),
 //    rounded half away from zero (roundf, as C++ std::round, not the
 //    half-to-even of tf.round). roi_h = max(y2r - y1r, 1), same for w. Bin i
 //    covers rows [floor(i*roi_h/k), ceil((i+1)*roi_h/k)) offset by y1r and
-//    clipped to [0, H]; the output is the mean over the bin's cells, 0 for an
-//    empty bin. Backward: each cell receives grad / area.
+//    clipped to [0, H] (kh bins; columns: kw bins); the output is the mean
+//    over the bin's cells, 0 for an empty bin. Backward: each cell receives
+//    grad / area. sampling_ratio is ignored.
 //
 //  * kBilinear, PSRoIAlign (Light-Head R-CNN, Deformable R-FCN; the rules of
 //    torchvision.ops.ps_roi_align). Corners are coord*spatial_scale - 0.5,
 //    never rounded (geometry in double); roi_h = y2s - y1s with no minimum
 //    (torchvision's ps_roi_align applies none, so a reversed RoI samples
-//    backwards); bin size roi_h / k. Each bin averages sampling_ratio x
-//    sampling_ratio points at sub-bin centres. A point outside
+//    backwards); bin size roi_h / kh (roi_w / kw). Each bin averages sy x sx
+//    points at sub-bin centres: sy = sx = sampling_ratio when it is > 0, else
+//    adaptive, sy = ceil(bin_h), sx = ceil(bin_w) per RoI (torchvision's
+//    ceil(roi_height / pooled_height)) clamped to [1, kMaxAdaptiveSamples]
+//    (a zero, reversed or NaN bin size takes 1). A point outside
 //    [-1, H] x [-1, W] contributes 0 (and still counts in the mean); a
 //    coordinate below 0 is set to 0; one at or past the last row (column)
 //    reads that row (column) alone.
@@ -71,13 +75,17 @@ struct Geometry {
   int batch;           // B
   int height;          // H (cells)
   int width;           // W (cells)
-  int channels;        // K = k*k*C, feature-map channels
-  int k;               // output_size, bins per side
+  int channels;        // K = kh*kw*C, feature-map channels
+  int kh;              // bins along y (pooled height)
+  int kw;              // bins along x (pooled width)
   int c_out;           // C, output channels
   float spatial_scale; // feature cells per input pixel (1/16 for stride 16)
-  int sampling_ratio;  // bilinear: points per bin side (>= 1)
+  int sampling_ratio;  // bilinear: points per bin side; <= 0: adaptive
   int mode;            // Mode
 };
+
+// The largest adaptive sample count per bin side.
+constexpr int kMaxAdaptiveSamples = 128;
 
 // Batch index of a RoI row: true and *b = (int)v when 0 <= v < batch (a
 // fractional index truncates toward zero); false for anything else, NaN
@@ -118,7 +126,7 @@ RFCN_PSROI_HD bool avg_roi_axis(float c1, float c2, float scale, double* start,
 // [floor(idx*len/k), ceil((idx+1)*len/k)) + start, clipped to [0, limit].
 // The bin is empty when *hi <= *lo. Computed in double: idx*len is then an
 // exact integer and one correctly rounded division leaves floor/ceil exact
-// (the integer arithmetic of DESIGN.md) for any RoI up to 2^53 / k cells;
+// (the integer arithmetic of the contract) for any RoI up to 2^53 / k cells;
 // the clip happens before the int conversion.
 RFCN_PSROI_HD void avg_bin_range(double start, double length, int idx, int k,
                                  int limit, int* lo, int* hi) {
@@ -137,9 +145,22 @@ RFCN_PSROI_HD float bin_area(int h0, int h1, int w0, int w1) {
 
 // ----------------------------------------------------------- bilinear mode
 
-// Number of bilinear sample points of a bin, n*n, as float.
-RFCN_PSROI_HD float sample_count(int n) {
-  return static_cast<float>(n) * static_cast<float>(n);
+// Number of bilinear sample points of a bin, ny*nx, as float.
+RFCN_PSROI_HD float sample_count(int ny, int nx) {
+  return static_cast<float>(ny) * static_cast<float>(nx);
+}
+
+// Sample points along one axis of a bin of `bin_size` cells: sampling_ratio
+// when > 0; adaptive otherwise: ceil(bin_size) clamped to
+// [1, kMaxAdaptiveSamples], 1 for a bin size <= 1 or NaN (the comparison is
+// written so that NaN takes that branch before any int conversion).
+RFCN_PSROI_HD int axis_samples(int sampling_ratio, double bin_size) {
+  if (sampling_ratio > 0) return sampling_ratio;
+  if (!(bin_size > 1.0)) return 1;
+  if (bin_size >= static_cast<double>(kMaxAdaptiveSamples)) {
+    return kMaxAdaptiveSamples;
+  }
+  return static_cast<int>(ceil(bin_size));
 }
 
 // Bilinear geometry is evaluated in double: a float32 sample coordinate near
@@ -231,8 +252,8 @@ RFCN_PSROI_HD void avg_bin_cells(const float* roi, const Geometry& g, int i,
     *h0 = *h1 = *w0 = *w1 = 0;
     return;
   }
-  avg_bin_range(ys, yl, i, g.k, g.height, h0, h1);
-  avg_bin_range(xs, xl, j, g.k, g.width, w0, w1);
+  avg_bin_range(ys, yl, i, g.kh, g.height, h0, h1);
+  avg_bin_range(xs, xl, j, g.kw, g.width, w0, w1);
 }
 
 // Flat NHWC offset of cell (b, h, w), channel 0.
@@ -249,7 +270,7 @@ RFCN_PSROI_HD float forward_element(const T* features, const float* roi,
                                     const Geometry& g, int i, int j, int c) {
   int b;
   if (!roi_batch_index(roi[0], g.batch, &b)) return 0.f;
-  const int channel = (i * g.k + j) * g.c_out + c;
+  const int channel = (i * g.kw + j) * g.c_out + c;
   if (g.mode == kAvg) {
     int h0, h1, w0, w1;
     avg_bin_cells(roi, g, i, j, &h0, &h1, &w0, &w1);
@@ -264,15 +285,16 @@ RFCN_PSROI_HD float forward_element(const T* features, const float* roi,
   }
   // kBilinear
   double ys, ybin, xs, xbin;
-  bilinear_roi_axis(roi[1], roi[3], g.spatial_scale, g.k, &ys, &ybin);
-  bilinear_roi_axis(roi[2], roi[4], g.spatial_scale, g.k, &xs, &xbin);
-  const int n = g.sampling_ratio;
+  bilinear_roi_axis(roi[1], roi[3], g.spatial_scale, g.kh, &ys, &ybin);
+  bilinear_roi_axis(roi[2], roi[4], g.spatial_scale, g.kw, &xs, &xbin);
+  const int ny = axis_samples(g.sampling_ratio, ybin);
+  const int nx = axis_samples(g.sampling_ratio, xbin);
   float sum = 0.f;
-  for (int py = 0; py < n; ++py) {
-    const Tap ty = bilinear_tap(bilinear_sample_coord(ys, ybin, i, py, n),
+  for (int py = 0; py < ny; ++py) {
+    const Tap ty = bilinear_tap(bilinear_sample_coord(ys, ybin, i, py, ny),
                                 g.height);
-    for (int px = 0; px < n; ++px) {
-      const Tap tx = bilinear_tap(bilinear_sample_coord(xs, xbin, j, px, n),
+    for (int px = 0; px < nx; ++px) {
+      const Tap tx = bilinear_tap(bilinear_sample_coord(xs, xbin, j, px, nx),
                                   g.width);
       if (!(ty.valid && tx.valid)) continue;  // contributes 0
       const float v1 = static_cast<float>(
@@ -288,14 +310,14 @@ RFCN_PSROI_HD float forward_element(const T* features, const float* roi,
       sum += w1 * v1 + w2 * v2 + w3 * v3 + w4 * v4;
     }
   }
-  return sum / sample_count(n);
+  return sum / sample_count(ny, nx);
 }
 
 // ----------------------------------------------- per-element backward math
 
 // Scatters the gradient `grad` of output element (r, i, j, c) into the
 // feature gradient through `add(flat_nhwc_index, value)`: each cell of an avg
-// bin gets grad / area; each bilinear tap gets grad * weight / (n*n).
+// bin gets grad / area; each bilinear tap gets grad * weight / (ny*nx).
 // `Add` is any callable; the CUDA kernels pass an atomic adder.
 template <typename Add>
 RFCN_PSROI_HD void backward_element(const float* roi, const Geometry& g,
@@ -303,7 +325,7 @@ RFCN_PSROI_HD void backward_element(const float* roi, const Geometry& g,
                                     Add& add) {
   int b;
   if (!roi_batch_index(roi[0], g.batch, &b)) return;
-  const int channel = (i * g.k + j) * g.c_out + c;
+  const int channel = (i * g.kw + j) * g.c_out + c;
   if (g.mode == kAvg) {
     int h0, h1, w0, w1;
     avg_bin_cells(roi, g, i, j, &h0, &h1, &w0, &w1);
@@ -317,15 +339,16 @@ RFCN_PSROI_HD void backward_element(const float* roi, const Geometry& g,
     return;
   }
   double ys, ybin, xs, xbin;
-  bilinear_roi_axis(roi[1], roi[3], g.spatial_scale, g.k, &ys, &ybin);
-  bilinear_roi_axis(roi[2], roi[4], g.spatial_scale, g.k, &xs, &xbin);
-  const int n = g.sampling_ratio;
-  const float gv = grad / sample_count(n);
-  for (int py = 0; py < n; ++py) {
-    const Tap ty = bilinear_tap(bilinear_sample_coord(ys, ybin, i, py, n),
+  bilinear_roi_axis(roi[1], roi[3], g.spatial_scale, g.kh, &ys, &ybin);
+  bilinear_roi_axis(roi[2], roi[4], g.spatial_scale, g.kw, &xs, &xbin);
+  const int ny = axis_samples(g.sampling_ratio, ybin);
+  const int nx = axis_samples(g.sampling_ratio, xbin);
+  const float gv = grad / sample_count(ny, nx);
+  for (int py = 0; py < ny; ++py) {
+    const Tap ty = bilinear_tap(bilinear_sample_coord(ys, ybin, i, py, ny),
                                 g.height);
-    for (int px = 0; px < n; ++px) {
-      const Tap tx = bilinear_tap(bilinear_sample_coord(xs, xbin, j, px, n),
+    for (int px = 0; px < nx; ++px) {
+      const Tap tx = bilinear_tap(bilinear_sample_coord(xs, xbin, j, px, nx),
                                   g.width);
       if (!(ty.valid && tx.valid)) continue;
       float w1, w2, w3, w4;

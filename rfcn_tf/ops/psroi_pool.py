@@ -1,7 +1,8 @@
 """Position-sensitive RoI pooling (R-FCN, Dai et al. NIPS 2016, sec. 2).
 
-The public entry point :func:`ps_roi_pool` dispatches to one of two
-implementations of one contract (DESIGN.md, "PS-RoI pooling op"):
+The public entry point :func:`ps_roi_pool` (also ``rfcn_tf.ops.ps_roi_pool``)
+dispatches to one of two implementations of one contract
+(docs/ARCHITECTURE.md, "PS-RoI pooling op"):
 
 * ``"custom"``: the compiled op ``RfcnPsRoiPool`` (C++ CPU kernels, CUDA
   kernels when built with ``RFCN_TF_CUDA=1``), loaded lazily from
@@ -13,13 +14,13 @@ implementations of one contract (DESIGN.md, "PS-RoI pooling op"):
   warning saying why.
 
 Shape shorthand:
-    B: images, H, W: feature-map cells, k: output_size (bins per side),
-    C: output channels (classes), R: RoIs.
+    B: images, H, W: feature-map cells, kh x kw: output_size (bins along y
+    and x; an int k is k x k), C: output channels (classes), R: RoIs.
 
-    features  [B, H, W, k*k*C]  float32 (float16 / bfloat16 in the custom op)
-    rois      [R, 5]            float32 rows (batch_index, y1, x1, y2, x2),
-                                input-image pixels (yxyx, DESIGN.md)
-    output    [R, k, k, C]      bin (i, j), class c = channel (i*k + j)*C + c
+    features  [B, H, W, kh*kw*C]  float32 (float16 / bfloat16 in the custom op)
+    rois      [R, 5]              float32 rows (batch_index, y1, x1, y2, x2),
+                                  input-image pixels (yxyx)
+    output    [R, kh, kw, C]      bin (i, j), class c = channel (i*kw + j)*C + c
 
 Gradient: the custom op's gradient with respect to ``features`` is the
 compiled ``RfcnPsRoiPoolGrad`` (registered below under the exact op name);
@@ -30,15 +31,16 @@ head as constants (approximate joint training, Faster R-CNN sec. 3.2).
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import threading
 
 import tensorflow as tf
 
 __all__ = [
-    "ps_roi_pool",
     "custom_op_available",
     "custom_op_load_error",
+    "ps_roi_pool",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -131,11 +133,24 @@ def _warn_fallback_once() -> None:
     )
 
 
+def _output_grid(output_size) -> tuple[int, int]:
+    """(kh, kw) from an int k or a pair; ValueError naming the value otherwise."""
+    pair = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+    if (len(pair) != 2
+            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in pair)):
+        raise ValueError(f"output_size must be an int k or a pair (kh, kw) of ints, got "
+                         f"{output_size!r}")
+    if min(pair) < 1:
+        raise ValueError(f"output_size must be >= 1, got {output_size!r}")
+    return int(pair[0]), int(pair[1])
+
+
 def _op_attrs(op) -> dict:
     """The pooling attrs of an RfcnPsRoiPool / RfcnPsRoiPoolGrad op."""
     mode = op.get_attr("mode")
     return {
-        "output_size": op.get_attr("output_size"),
+        "pooled_height": op.get_attr("pooled_height"),
+        "pooled_width": op.get_attr("pooled_width"),
         "spatial_scale": op.get_attr("spatial_scale"),
         "mode": mode.decode() if isinstance(mode, bytes) else mode,
         "sampling_ratio": op.get_attr("sampling_ratio"),
@@ -147,11 +162,11 @@ def _ps_roi_pool_grad(op, grad):
     """Gradient of RfcnPsRoiPool: features via RfcnPsRoiPoolGrad; rois: None.
 
     Args:
-      op: the forward op; inputs ``features [B, H, W, k*k*C]``, ``rois [R, 5]``.
-      grad: ``[R, k, k, C]``, gradient of the pooled output.
+      op: the forward op; inputs ``features [B, H, W, kh*kw*C]``, ``rois [R, 5]``.
+      grad: ``[R, kh, kw, C]``, gradient of the pooled output.
 
     Returns:
-      ``[grad_features [B, H, W, k*k*C], None]``: no gradient flows to the RoI
+      ``[grad_features [B, H, W, kh*kw*C], None]``: no gradient flows to the RoI
       coordinates (they are treated as constants).
     """
     features, rois = op.inputs[0], op.inputs[1]
@@ -167,7 +182,7 @@ def _ps_roi_pool_grad_grad(op, grad):
 
     The backward is linear in its ``grad`` input and is the adjoint of the
     forward pooling, so its gradient with respect to ``grad`` is the forward
-    pooling of the incoming ``grad [B, H, W, k*k*C]``. The ``features`` input
+    pooling of the incoming ``grad [B, H, W, kh*kw*C]``. The ``features`` input
     only supplies a shape, and ``rois`` are constants: both get None.
     """
     rois = op.inputs[1]
@@ -181,7 +196,7 @@ def _ps_roi_pool_grad_grad(op, grad):
 def ps_roi_pool(
     features,
     rois,
-    output_size: int = 7,
+    output_size: int | tuple[int, int] = 7,
     spatial_scale: float = 1.0 / 16,
     mode: str = "avg",
     sampling_ratio: int = 2,
@@ -190,33 +205,39 @@ def ps_roi_pool(
 ):
     """Position-sensitive RoI pooling (R-FCN sec. 2), bin-major layout.
 
-    Bin (i, j) of RoI r, class c averages channel ``(i*k + j)*C + c`` of
+    Bin (i, j) of RoI r, class c averages channel ``(i*kw + j)*C + c`` of
     ``features`` over the bin's part of the RoI. Voting (the mean over the
-    k x k bins) is the head's job.
+    kh x kw bins) is the head's job.
 
     Args:
-      features: ``[B, H, W, k*k*C]`` float32 NHWC score maps (the custom op
+      features: ``[B, H, W, kh*kw*C]`` float32 NHWC score maps (the custom op
         also takes float16 / bfloat16 and accumulates in float32).
       rois: ``[R, 5]`` rows ``(batch_index, y1, x1, y2, x2)`` in input-image
         pixels; batch_index in ``[0, B)``. Cast to float32 for the custom op.
-      output_size: k, bins per RoI side (>= 1).
+      output_size: k (k x k bins) or ``(kh, kw)``: bins along y and x (>= 1;
+        rectangular grids as torchvision's ps_roi_align and the TF OD API's
+        num_spatial_bins_height/width).
       spatial_scale: feature cells per input pixel (1/16 for stride 16).
       mode: ``"avg"``: the paper's average over integer bins (corners
         rounded half away from zero; empty bin -> 0); ``"bilinear"``:
         PSRoIAlign, ``sampling_ratio**2`` bilinear points per bin
-        (torchvision.ops.ps_roi_align's rules). Exact arithmetic: DESIGN.md.
-      sampling_ratio: bilinear points per bin side (>= 1); unused by "avg".
+        (torchvision.ops.ps_roi_align's rules). Exact arithmetic:
+        docs/ARCHITECTURE.md.
+      sampling_ratio: bilinear points per bin side; ``<= 0`` means adaptive:
+        ceil(bin size in feature cells) per RoI and axis, clamped to
+        [1, 128] (torchvision's rule); unused by "avg".
       impl: ``"custom"`` (compiled op; RuntimeError saying why if it did not
         load), ``"tf"`` (pure-TF twin), or ``"auto"`` (custom when loaded,
         else the twin with one logged warning).
       name: optional name scope.
 
     Returns:
-      ``[R, k, k, C]`` tensor of the features' dtype. Differentiable with
+      ``[R, kh, kw, C]`` tensor of the features' dtype. Differentiable with
       respect to ``features`` only.
 
     Raises:
-      ValueError: unknown ``impl``; bad static shapes (graph mode).
+      ValueError: unknown ``impl``; a bad ``output_size``; bad static shapes
+        (graph mode).
       tf.errors.InvalidArgumentError: bad shapes, attrs or batch indices at
         run time (eager mode or unknown static shapes).
       RuntimeError: ``impl="custom"`` while the compiled op is unavailable.
@@ -229,6 +250,9 @@ def ps_roi_pool(
     """
     if impl not in _IMPLS:
         raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
+    kh, kw = _output_grid(output_size)
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, numbers.Integral):
+        raise ValueError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
     if impl == "auto":
         impl = "custom" if custom_op_available() else "tf"
         if impl == "tf":
@@ -254,8 +278,9 @@ def ps_roi_pool(
         return library.rfcn_ps_roi_pool(
             features,
             rois,
-            output_size=output_size,
+            pooled_height=kh,
+            pooled_width=kw,
             spatial_scale=spatial_scale,
             mode=mode,
-            sampling_ratio=sampling_ratio,
+            sampling_ratio=int(sampling_ratio),
         )

@@ -3,7 +3,8 @@
 Checked against the independent float64 NumPy reference (tests/ops/psroi_reference.py) and the
 pure-TF twin: forward and gradient for both modes, edge-case RoIs, dtypes, numeric gradients,
 thread determinism, input validation (custom and twin side by side), unknown shapes inside
-tf.function, and the loader's `auto` fallback. Contract: DESIGN.md "PS-RoI pooling op".
+tf.function, and the loader's `auto` fallback. Contract: docs/ARCHITECTURE.md "PS-RoI pooling
+op".
 
 Shape shorthand: B images, H x W feature cells, k bins per side, C classes, K = k*k*C feature
 channels, R RoIs (rows (batch_index, y1, x1, y2, x2) in input-image pixels).
@@ -18,8 +19,8 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from psroi_reference import ps_roi_pool_reference, ps_roi_pool_reference_grad
+
 from rfcn_tf.ops import psroi_pool as psroi_module
 from rfcn_tf.ops.psroi_pool import (
     custom_op_available,
@@ -120,6 +121,59 @@ def test_bilinear_sampling_ratios_match_reference(sampling_ratio):
         grad_features,
         ps_roi_pool_reference_grad(feats.shape, rois, grad, 3, 0.5, "bilinear", sampling_ratio),
         atol=TOL)
+
+
+GRID_CASES = [
+    # (mode, (kh, kw), sampling_ratio, batch, height, width, spatial_scale)
+    ("avg", (2, 3), 2, 2, 9, 13, 1.0 / 16),
+    ("avg", (7, 1), 0, 1, 16, 11, 0.5),
+    ("bilinear", (2, 3), 2, 2, 9, 13, 1.0 / 16),
+    ("bilinear", (1, 4), 3, 2, 9, 14, 0.25),
+    ("bilinear", (3, 3), 0, 2, 9, 13, 0.5),  # adaptive
+    ("bilinear", (3, 5), 0, 2, 17, 23, 0.5),  # adaptive, rectangular
+    ("bilinear", (7, 5), -1, 1, 38, 63, 1.0 / 16),  # adaptive, negative, detector-sized map
+    ("bilinear", (2, 2), 0, 1, 9, 14, 0.1),  # adaptive with sub-cell bins: mostly 1 point
+]
+
+
+@pytest.mark.parametrize("mode, grid, sampling_ratio, batch, height, width, spatial_scale",
+                         GRID_CASES)
+def test_rectangular_grids_and_adaptive_sampling_match_reference_and_twin(
+        mode, grid, sampling_ratio, batch, height, width, spatial_scale):
+    kh, kw = grid
+    feats, rois, _ = _case(kh * 10 + kw + height, batch=batch, height=height, width=width, k=1,
+                           num_out=kh * kw * 3, spatial_scale=spatial_scale, scale=3.0)
+    grad = np.random.default_rng(kh + kw).standard_normal((len(rois), kh, kw, 3)).astype(
+        np.float32)
+    kwargs = dict(output_size=grid, spatial_scale=spatial_scale, mode=mode,
+                  sampling_ratio=sampling_ratio)
+    out, grad_features = _forward_and_grad(feats, rois, grad, **kwargs)
+    assert out.shape == (len(rois), kh, kw, 3)
+    # The op's spatial_scale attr is float32: 0.1 is 0.100000001..., which moves an adaptive
+    # count at an exact integer bin size (ceil(7.0000001) = 8); the reference gets that value.
+    scale32 = float(np.float32(spatial_scale))
+    ref = ps_roi_pool_reference(feats, rois, grid, scale32, mode, sampling_ratio)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=TOL)
+    np.testing.assert_allclose(
+        grad_features,
+        ps_roi_pool_reference_grad(feats.shape, rois, grad, grid, scale32, mode,
+                                   sampling_ratio), rtol=0, atol=TOL)
+    twin_out, twin_grad = _forward_and_grad(feats, rois, grad, impl="tf", **kwargs)
+    np.testing.assert_allclose(out, twin_out, rtol=0, atol=TOL)
+    np.testing.assert_allclose(grad_features, twin_grad, rtol=0, atol=TOL)
+    assert np.abs(out).max() > 0.1
+
+
+def test_adaptive_sampling_uses_more_points_on_large_rois():
+    # A RoI of 8 x 6 cells with k = 2: 4 x 3 points per bin (adaptive) differ from 2 x 2.
+    feats, _, _ = _case(8, batch=1, height=10, width=10, k=2, num_out=2, spatial_scale=1.0)
+    rois = np.array([[0, 1.0, 2.0, 9.0, 8.0]], np.float32)
+    kwargs = dict(output_size=2, spatial_scale=1.0, mode="bilinear", impl="custom")
+    adaptive = ps_roi_pool(feats, rois, sampling_ratio=0, **kwargs).numpy()
+    explicit = ps_roi_pool_reference(feats, rois, 2, 1.0, "bilinear", 0)
+    fixed = ps_roi_pool(feats, rois, sampling_ratio=2, **kwargs).numpy()
+    np.testing.assert_allclose(adaptive, explicit, atol=TOL)
+    assert np.abs(adaptive - fixed).max() > 1e-2
 
 
 def _round_half_away(x):
@@ -234,14 +288,15 @@ def test_backward_is_the_adjoint_and_its_gradient_is_the_forward(mode):
     # (second-order autodiff) matches its numeric Jacobian.
     feats, rois, grad = _case(4, batch=2, height=7, width=8, k=2, num_out=2,
                               spatial_scale=0.5, num=4)
-    kwargs = dict(output_size=2, spatial_scale=0.5, mode=mode, sampling_ratio=2)
-    out, grad_features = _forward_and_grad(feats, rois, grad, **kwargs)
+    kwargs = dict(spatial_scale=0.5, mode=mode, sampling_ratio=2)
+    out, grad_features = _forward_and_grad(feats, rois, grad, output_size=2, **kwargs)
     assert np.sum(out.astype(np.float64) * grad) == pytest.approx(
         np.sum(feats.astype(np.float64) * grad_features), rel=1e-5)
 
     library = psroi_module._LIBRARY.module()
     theoretical, numerical = tf.test.compute_gradient(
-        lambda g: library.rfcn_ps_roi_pool_grad(feats, rois, g, **kwargs),
+        lambda g: library.rfcn_ps_roi_pool_grad(feats, rois, g, pooled_height=2,
+                                                pooled_width=2, **kwargs),
         [tf.constant(grad)], delta=1e-2)
     np.testing.assert_allclose(theoretical[0], numerical[0], atol=2e-3)
 
@@ -281,17 +336,20 @@ _DETERMINISM_SCRIPT = textwrap.dedent("""
                                         x1 + size[:, 1]]).astype(np.float32))
     grad = tf.constant(rng.standard_normal((600, 7, 7, 21)).astype(np.float32))
     result = {}
-    for mode in ("avg", "bilinear"):
+    # (name, mode, output_size, sampling_ratio); 1029 channels = 7*7*21 = 7*3*49
+    for name, mode, grid, sr in (("avg", "avg", 7, 2), ("bilinear", "bilinear", 7, 2),
+                                 ("adaptive", "bilinear", (7, 3), 0)):
         for run in range(3):
             with tf.GradientTape() as tape:
                 tape.watch(feats)
-                out = ps_roi_pool(feats, rois, output_size=7, mode=mode, impl="custom")
-            g = tape.gradient(out, feats, output_gradients=grad)
+                out = ps_roi_pool(feats, rois, output_size=grid, mode=mode, sampling_ratio=sr,
+                                  impl="custom")
+            g = tape.gradient(out, feats, output_gradients=tf.reshape(grad, tf.shape(out)))
             if run == 0:
-                result[mode + "_out"], result[mode + "_grad"] = out.numpy(), g.numpy()
+                result[name + "_out"], result[name + "_grad"] = out.numpy(), g.numpy()
             else:  # run to run, bit for bit
-                assert np.array_equal(out.numpy(), result[mode + "_out"]), (mode, run)
-                assert np.array_equal(g.numpy(), result[mode + "_grad"]), (mode, run)
+                assert np.array_equal(out.numpy(), result[name + "_out"]), (name, run)
+                assert np.array_equal(g.numpy(), result[name + "_grad"]), (name, run)
     np.savez(sys.argv[2], **result)
 """)
 
@@ -336,8 +394,14 @@ BAD_INPUTS = [
      r"features channels \(50\).*49"),
     ("output_size_0", _feats((1, 4, 4, 4)), GOOD_ROIS, dict(output_size=0),
      r"output_size.*\b0\b"),
-    ("sampling_ratio_0", _feats((1, 4, 4, 4)), GOOD_ROIS,
-     dict(output_size=2, mode="bilinear", sampling_ratio=0), r"sampling_ratio.*\b0\b"),
+    ("output_size_pair_0", _feats((1, 4, 4, 4)), GOOD_ROIS, dict(output_size=(2, 0)),
+     r"output_size must be >= 1, got \(2, 0\)"),
+    ("output_size_triple", _feats((1, 4, 4, 4)), GOOD_ROIS, dict(output_size=(1, 2, 2)),
+     r"output_size must be an int k or a pair \(kh, kw\).*\(1, 2, 2\)"),
+    ("channels_not_grid_multiple", _feats((1, 4, 4, 8)), GOOD_ROIS, dict(output_size=(2, 3)),
+     r"features channels \(8\).*= 6"),
+    ("sampling_ratio_float", _feats((1, 4, 4, 4)), GOOD_ROIS,
+     dict(output_size=2, mode="bilinear", sampling_ratio=1.5), r"sampling_ratio.*1\.5"),
     ("mode_max", _feats((1, 4, 4, 4)), GOOD_ROIS, dict(output_size=2, mode="max"),
      r"mode.*max"),
     ("spatial_scale_0", _feats((1, 4, 4, 4)), GOOD_ROIS, dict(output_size=2, spatial_scale=0.0),
@@ -369,9 +433,11 @@ def test_bad_inputs_raise_naming_the_value(impl, in_function, features, rois, kw
 
 def test_grad_op_rejects_a_grad_of_the_wrong_shape():
     library = psroi_module._LIBRARY.module()
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"grad must be \[R, k, k, C\]"):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"grad must be \[R, kh, kw, C\] = \[1,2,1,4\]"):
         library.rfcn_ps_roi_pool_grad(_feats((1, 4, 4, 8)), GOOD_ROIS,
-                                      np.zeros((1, 2, 2, 3), np.float32), output_size=2)
+                                      np.zeros((1, 2, 2, 3), np.float32), pooled_height=2,
+                                      pooled_width=1)
 
 
 def test_unknown_impl_is_a_value_error():

@@ -1,7 +1,7 @@
 """The pure-TF PS-RoI pooling twin against the float64 NumPy reference (forward and gradient),
 its properties, its behaviour inside tf.function with unknown shapes, and its input validation.
 
-Contract: DESIGN.md "PS-RoI pooling op"; agreement to 1e-5 with the reference.
+Contract: docs/ARCHITECTURE.md "PS-RoI pooling op"; agreement to 1e-5 with the reference.
 """
 
 import zlib
@@ -9,8 +9,8 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from psroi_reference import ps_roi_pool_reference, ps_roi_pool_reference_grad
+
 from rfcn_tf.ops.psroi_pool_tf import ps_roi_pool_tf
 
 MODES = ["avg", "bilinear"]
@@ -99,6 +99,48 @@ def test_bilinear_sampling_ratios_match_reference(sampling_ratio):
     np.testing.assert_allclose(
         grad, ps_roi_pool_reference_grad(feats.shape, rois, grad_out, 3, 0.25, "bilinear",
                                          sampling_ratio), rtol=0, atol=TOL)
+
+
+GRID_CASES = [
+    # (mode, (kh, kw), sampling_ratio, spatial_scale)
+    ("avg", (2, 3), 2, 0.25),
+    ("avg", (3, 1), 0, 1.0),
+    ("bilinear", (2, 3), 2, 0.25),
+    ("bilinear", (1, 4), 1, 1.0),
+    ("bilinear", (3, 3), 0, 1.0),  # adaptive
+    ("bilinear", (2, 3), 0, 1.0),  # adaptive, rectangular
+    ("bilinear", (7, 5), -1, 0.5),  # adaptive, negative means adaptive too
+    ("bilinear", (3, 2), 0, 0.25),  # adaptive with sub-cell bins: mostly 1 point
+]
+
+
+@pytest.mark.parametrize("mode, grid, sampling_ratio, spatial_scale", GRID_CASES)
+def test_rectangular_grids_and_adaptive_sampling_match_reference(mode, grid, sampling_ratio,
+                                                                 spatial_scale):
+    kh, kw = grid
+    seed = zlib.crc32(f"{mode}-{grid}-{sampling_ratio}-{spatial_scale}".encode())
+    feats, rois = _make_case(seed, k=1, num_out=kh * kw * 2, spatial_scale=spatial_scale)
+    grad_out = np.random.default_rng(seed + 1).normal(size=(len(rois), kh, kw, 2))
+    out, grad = _twin_forward_and_grad(feats, rois, grad_out, output_size=grid,
+                                       spatial_scale=spatial_scale, mode=mode,
+                                       sampling_ratio=sampling_ratio)
+    ref = ps_roi_pool_reference(feats, rois, grid, spatial_scale, mode, sampling_ratio)
+    ref_grad = ps_roi_pool_reference_grad(feats.shape, rois, grad_out, grid, spatial_scale,
+                                          mode, sampling_ratio)
+    assert out.shape == (len(rois), kh, kw, 2)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=TOL)
+    np.testing.assert_allclose(grad, ref_grad, rtol=0, atol=TOL)
+    assert np.mean(ref != 0) > 0.3
+
+
+def test_adaptive_differs_from_fixed_and_int_equals_square_pair():
+    feats, rois = _make_case(21, k=3, num_out=2, spatial_scale=1.0)
+    kwargs = dict(spatial_scale=1.0, mode="bilinear")
+    adaptive = ps_roi_pool_tf(feats, rois, output_size=3, sampling_ratio=0, **kwargs).numpy()
+    fixed = ps_roi_pool_tf(feats, rois, output_size=3, sampling_ratio=2, **kwargs).numpy()
+    pair = ps_roi_pool_tf(feats, rois, output_size=(3, 3), sampling_ratio=2, **kwargs).numpy()
+    assert np.abs(adaptive - fixed).max() > 1e-2  # the RoIs span several cells per bin
+    np.testing.assert_array_equal(pair, fixed)
 
 
 def test_avg_ignores_sampling_ratio():
@@ -296,9 +338,11 @@ _R = np.zeros((1, 5), np.float32)
     (np.zeros((2, 4, 4, 8), np.int32), _R, {}, r"dtype.*int32"),
     (_F, np.zeros((1, 5), np.int32), {}, r"rois dtype.*int32"),
     (_F, _R, dict(output_size=0), r"output_size must be >= 1, got 0"),
-    (_F, _R, dict(output_size=2.0), r"output_size must be an int, got 2.0"),
-    (_F, _R, dict(output_size=True), r"output_size must be an int, got True"),
-    (_F, _R, dict(sampling_ratio=0), r"sampling_ratio must be >= 1, got 0"),
+    (_F, _R, dict(output_size=2.0), r"output_size must be an int .*, got 2.0"),
+    (_F, _R, dict(output_size=True), r"output_size must be an int .*, got True"),
+    (_F, _R, dict(output_size=(2, 0)), r"output_size must be >= 1, got \(2, 0\)"),
+    (_F, _R, dict(output_size=(2, 2, 2)), r"pair \(kh, kw\).*got \(2, 2, 2\)"),
+    (_F, _R, dict(output_size=(2, 3)), r"channels \(8\) must be a multiple of kh\*kw = 6"),
     (_F, _R, dict(sampling_ratio=1.5), r"sampling_ratio must be an int, got 1.5"),
     (_F, _R, dict(mode="max"), r"mode must be one of .*'max'"),
     (_F, _R, dict(spatial_scale=0.0), r"spatial_scale .* got 0.0"),

@@ -7,7 +7,6 @@ f[h, w] = 4*h + w (channel q adds 100*q so a wrong channel is visible).
 
 import numpy as np
 import pytest
-
 from psroi_reference import (
     ps_roi_pool_reference,
     ps_roi_pool_reference_grad,
@@ -152,7 +151,12 @@ def test_grad_is_the_adjoint_of_the_forward(mode):
     (dict(features=np.zeros((1, 4, 4, 4)), rois=[[np.nan, 0, 0, 1, 1]]), r"= nan"),
     (dict(features=np.zeros((1, 4, 4, 4)), rois=np.zeros((1, 5)), mode="max"), "'max'"),
     (dict(features=np.zeros((1, 4, 4, 4)), rois=np.zeros((1, 5)), output_size=0), "got 0"),
-    (dict(features=np.zeros((1, 4, 4, 4)), rois=np.zeros((1, 5)), sampling_ratio=0), "got 0"),
+    (dict(features=np.zeros((1, 4, 4, 4)), rois=np.zeros((1, 5)), output_size=(2, 0)),
+     r"got \(2, 0\)"),
+    (dict(features=np.zeros((1, 4, 4, 4)), rois=np.zeros((1, 5)), output_size=(2, 3)),
+     r"kh\*kw \(6\)"),
+    (dict(features=np.zeros((1, 4, 4, 4)), rois=np.zeros((1, 5)), output_size=(1, 2, 2)),
+     "int or"),
 ])
 def test_bad_inputs_raise(kwargs, match):
     args = dict(output_size=2, spatial_scale=1.0)
@@ -164,3 +168,43 @@ def test_bad_inputs_raise(kwargs, match):
 def test_zero_rois():
     out = ps_roi_pool_reference(np.zeros((1, 4, 4, 8)), np.zeros((0, 5)), 2, 1.0)
     assert out.shape == (0, 2, 2, 2)
+
+
+def test_rectangular_grid_bins_and_channel_layout():
+    # output_size (2, 1) on the 4x4 ramp, avg, RoI rows [0, 4), cols [0, 2): bin i = 0 covers
+    # rows {0, 1}, i = 1 rows {2, 3}; both cover cols {0, 1}. Bin (i, 0) reads channel i*1 + 0.
+    out = ps_roi_pool_reference(_ramp_features(2), [[0, 0, 0, 4, 2]],
+                                (2, 1), 1.0)
+    assert out.shape == (1, 2, 1, 2)
+    # mean of f over rows {0,1} x cols {0,1} = (0+1+4+5)/4 = 2.5; rows {2,3}: 10.5
+    # channel (i*kw + j)*C + c = 2i + c adds 100*(2i + c)
+    np.testing.assert_allclose(out[0, :, 0, :], [[2.5, 102.5], [210.5, 310.5]])
+    # (1, 2): bins split the columns instead; bin (0, j) reads channels 2j + c.
+    out = ps_roi_pool_reference(_ramp_features(2), [[0, 0, 0, 2, 4]],
+                                (1, 2), 1.0)
+    np.testing.assert_allclose(out[0, 0, :, :], [[2.5, 102.5], [204.5, 304.5]])
+
+
+def test_adaptive_samples_rule():
+    from psroi_reference import adaptive_samples
+    assert [adaptive_samples(v) for v in (0.2, 1.0, 1.01, 2.0, 2.5, -3.0, 0.0)] == [
+        1, 1, 2, 2, 3, 1, 1]
+    assert adaptive_samples(float("nan")) == 1 and adaptive_samples(1e30) == 128
+
+
+def test_bilinear_adaptive_sampling_hand_case():
+    # RoI (0, 0.5, 0.5, 3.5, 2.5) at scale 1, k = 1: y from 0 to 3 (bin_h = 3 -> 3 rows of
+    # samples at y = 0.5, 1.5, 2.5), x from 0 to 2 (bin_w = 2 -> x = 0.5, 1.5). f = 4y + x is
+    # linear and every sample lies inside: the mean is f at the mean point (1.5, 1.0) = 7.
+    roi = [[0, 0.5, 0.5, 3.5, 2.5]]
+    out = ps_roi_pool_reference(_ramp_features(1), roi, 1, 1.0, mode="bilinear",
+                                sampling_ratio=0)
+    assert out[0, 0, 0, 0] == pytest.approx(7.0)
+    # Adaptive = the explicit grid: sampling_ratio 3 on y and 2 on x is what it used.
+    grad = ps_roi_pool_reference_grad((1, 4, 4, 1), roi, np.ones((1, 1, 1, 1)), 1, 1.0,
+                                      mode="bilinear", sampling_ratio=-1)
+    assert grad.sum() == pytest.approx(1.0)
+    # samples at y in {0.5, 1.5, 2.5}: rows 0..3 weights (.5, 1, 1, .5)/3; x in {0.5, 1.5}:
+    # cols 0..2 weights (.5, 1, .5)/2.
+    np.testing.assert_allclose(
+        grad[0, :, :3, 0], np.outer([.5, 1, 1, .5], [.5, 1, .5]) / 6.0)
