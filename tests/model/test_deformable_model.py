@@ -240,3 +240,20 @@ def test_deformable_export_is_stock_ops_and_every_signature_serves_detect(tmp_pa
     assert len(from_run.scores) == len(from_export.scores) > 0
     np.testing.assert_allclose(from_run.scores, from_export.scores, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(from_run.boxes, from_export.boxes, atol=1e-2)
+
+
+@pytest.mark.slow
+def test_voc07_resnet101_dcn_preset_builds_the_reference_layout():
+    from rfcn_tf.model.builder import build_detector
+
+    cfg = load_config("voc07_resnet101_dcn", ["model.backbone.weights=null"])
+    model = build_detector(cfg.model, num_classes=20)
+    backbone = model.backbone
+    for block in (1, 2, 3):  # res5a/b/c: deformable, dilation 2
+        layer = backbone.get_layer(f"conv5_block{block}_2_conv")
+        assert isinstance(layer, DeformableConv2D) and not layer.modulated
+        assert layer.dilation_rate == (2, 2)
+    head = model.rfcn_head
+    assert head.class_pool.offset_groups == 21 and head.box_pool.offset_groups == 1
+    assert (head.class_pool.output_size, head.class_pool.sampling_ratio,
+            head.class_pool.trans_std) == (7, 4, 0.1)
