@@ -80,20 +80,26 @@ def _voc_ap(model, features):
 @pytest.mark.parametrize("pooling_mode,min_loss_ratio,class_agnostic_boxes", [
     ("bilinear", 10.0, True), ("avg", 3.0, True),
     ("bilinear", 10.0, False),  # class-specific boxes: 4k^2 C box maps
+    # Deformable R-FCN: deformable PS-RoI pooling (per-class offsets) and a deformable
+    # stage-5 3x3 conv (DCN v1)
+    ("deformable", 10.0, True),
 ])
 def test_overfits_four_images_loss_drops_and_ap50_is_1(pooling_mode, min_loss_ratio,
                                                        class_agnostic_boxes):
     keras.utils.set_random_seed(0)
     features = _four_images()
+    deformable = pooling_mode == "deformable"
     model = RFCN(
-        backbone=SmallBackbone(widths=[16, 32, 64, 64], blocks=[1, 1, 1, 1]),
+        backbone=SmallBackbone(widths=[16, 32, 64, 64], blocks=[1, 1, 1, 1],
+                               deformable_blocks=int(deformable)),
         num_classes=len(CLASSES),
         anchors=AnchorsConfig(scales=[24.0, 48.0, 96.0], ratios=[1.0]),
         rpn=RPNConfig(channels=64, pre_nms_top_n_train=300, post_nms_top_n_train=64,
                       pre_nms_top_n_test=200, post_nms_top_n_test=32, batch_size_per_image=64),
         roi=RoIConfig(batch_size_per_image=32),
         head=HeadConfig(channels=128, k=3, pooling_mode=pooling_mode,
-                        class_agnostic_boxes=class_agnostic_boxes),
+                        class_agnostic_boxes=class_agnostic_boxes,
+                        deformable_class_offsets=deformable),
         postprocess=PostprocessConfig(score_threshold=0.05, max_detections=20),
     )
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, STEPS))
@@ -118,3 +124,6 @@ def test_overfits_four_images_loss_drops_and_ap50_is_1(pooling_mode, min_loss_ra
           f"{elapsed:.1f} s; AP50 {metrics['ap']} mAP {metrics['mAP']:.3f}")
     assert initial / final >= min_loss_ratio, history[::20]
     assert metrics["mAP"] == pytest.approx(1.0), metrics["ap"]
+    if deformable:  # the offsets learned (backbone conv, class and box pooling branches)
+        offsets = [v for v in model.trainable_variables if "offset_conv/kernel" in v.path]
+        assert len(offsets) == 3 and all(np.abs(v.numpy()).max() > 1e-4 for v in offsets)
