@@ -13,10 +13,10 @@ cells, and OHEM keeps selecting exactly those ambiguous RoIs.
 
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from rfcn_tf.data.sources.shapes import shapes_source
 from rfcn_tf.evaluation.voc_metrics import evaluate_voc
