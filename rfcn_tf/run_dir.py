@@ -234,7 +234,9 @@ def broken_checkpoint_file(prefix: str) -> str | None:
         reader = tf.train.load_checkpoint(prefix)
     except (tf.errors.OpError, ValueError, IndexError):
         return prefix + ".index"
-    for key in reader.get_variable_to_shape_map():
+    for key, dtype in reader.get_variable_to_dtype_map().items():
+        if dtype == tf.variant:  # a saved tf.data iterator: not readable as a tensor here
+            continue
         try:
             reader.get_tensor(key)
         except (tf.errors.OpError, ValueError, IndexError):
