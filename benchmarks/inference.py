@@ -9,7 +9,11 @@ Prints markdown tables:
      small stage's difference can come out noisy, even negative), and the end-to-end time of
      an original image of the same size through THE inference path (`rfcn_tf.inference.
      preprocess.detect_images`: resize to the shorter side --height, pad, detect, rescale to
-     original pixels), what `rfcn_tf.load(...).predict` and the serving graph run.
+     original pixels), what `rfcn_tf.load(...).predict` and the serving graph run;
+  4. Deformable R-FCN (the voc07_resnet101_dcn preset's layout: deformable 3x3 convs in
+     res5a/b/c, deformable PS-RoI pooling with 4x4 samples per bin and per-class offsets) vs
+     the plain R-FCN `detect`, same rounds (target <= 1.3x). `--deformable-only` times just
+     these two (quicker).
 
 Random weights (nothing is downloaded); every measured function is a tf.function, warmed up
 first; medians of `--repeats` rounds, each round running every measured function once (the
@@ -18,6 +22,7 @@ disturbed by other processes). Timings taken while other processes load the CPU 
 noisy: compare numbers within one run.
 
     python benchmarks/inference.py [--height 600 --width 1000 --classes 20 --repeats 7]
+    python benchmarks/inference.py --depths 50 --deformable-only --repeats 5
 """
 
 from __future__ import annotations
@@ -65,12 +70,17 @@ def run_sync(fn, *args):
     return go
 
 
-def build_model(depth, num_classes, rois, impl):
+def build_model(depth, num_classes, rois, impl, deformable=False):
+    head = HeadConfig(psroi_impl=impl)
+    if deformable:  # configs/voc07_resnet101_dcn.yaml's head
+        head = HeadConfig(psroi_impl=impl, pooling_mode="deformable", sampling_ratio=4,
+                          trans_std=0.1, deformable_class_offsets=True)
     return RFCN(
-        backbone=ResNetBackbone(depth=depth),
+        backbone=ResNetBackbone(depth=depth, deformable_blocks=3 if deformable else 0,
+                                deformable_impl=impl),
         num_classes=num_classes,
         rpn=RPNConfig(post_nms_top_n_test=rois),
-        head=HeadConfig(psroi_impl=impl),
+        head=head,
     )
 
 
@@ -108,6 +118,8 @@ def main():
     parser.add_argument("--depths", type=int, nargs="+", default=[50, 101], help="ResNet depths")
     parser.add_argument("--impl", default="auto", choices=["auto", "custom", "tf"], help="PS-RoI pooling impl")
     parser.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0: TF default)")
+    parser.add_argument("--deformable-only", action="store_true",
+                        help="time only plain vs Deformable R-FCN detect (table 4)")
     args = parser.parse_args()
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -119,8 +131,21 @@ def main():
     image_spec = tf.TensorSpec([None, None, None, 3], tf.uint8)
     shape_spec = tf.TensorSpec([None, 2], tf.int32)
 
-    rows, roi_rows, split_rows = [], [], []
+    rows, roi_rows, split_rows, dcn_rows = [], [], [], []
     for depth in args.depths:
+        name = f"ResNet-{depth}"
+        dcn_model = build_model(depth, args.classes, 300, args.impl, deformable=True)
+        dcn_full = stage_functions(dcn_model, image_spec, shape_spec)[-1]
+        if args.deformable_only:
+            model = build_model(depth, args.classes, 300, args.impl)
+            full = stage_functions(model, image_spec, shape_spec)[-1]
+            t, t_min = interleaved_medians({"full": run_sync(full, images, shapes),
+                                            "dcn": run_sync(dcn_full, images, shapes)},
+                                           args.repeats)
+            dcn_rows.append((name, t["full"], t["dcn"], t["dcn"] / t["full"],
+                             t_min["dcn"] / t_min["full"]))
+            model = dcn_model = None
+            continue
         factory = {50: keras.applications.ResNet50, 101: keras.applications.ResNet101}[depth]
         plain = factory(include_top=False, weights=None, input_shape=(None, None, 3))
         plain_fn = tf.function(lambda x: plain(x, training=False))
@@ -142,11 +167,13 @@ def main():
                 "proposals": run_sync(proposals, images, shapes),
                 "head": run_sync(head, images, shapes),
                 "end_to_end": run_sync(end_to_end, images[0]),
+                "dcn": run_sync(dcn_full, images, shapes),
             },
             args.repeats,
         )
-        plain = model = model_2000 = None  # free the weights before the next depth
-        name = f"ResNet-{depth}"
+        plain = model = model_2000 = dcn_model = None  # free the weights before the next depth
+        dcn_rows.append((name, t["full"], t["dcn"], t["dcn"] / t["full"],
+                         t_min["dcn"] / t_min["full"]))
         rows.append((name, t["plain"], t["full"], t["full"] / t["plain"], t_min["full"] / t_min["plain"]))
         roi_rows.append((name, t["full"], t["full_2000"], t["full_2000"] / t["full"] - 1,
                          t_min["full_2000"] / t_min["full"] - 1))
@@ -164,6 +191,9 @@ def main():
 
     print(f"\nR-FCN inference, {h}x{w}, batch 1, C={args.classes}, k=7, psroi_impl={args.impl}, "
           f"medians of {args.repeats} (seconds)\n")
+    if args.deformable_only:
+        _print_deformable(dcn_rows)
+        return
     print("| backbone | plain keras ResNet forward | R-FCN detect (300 RoIs) | ratio (target <= 2.2) "
           "| ratio of minima |")
     print("|---|---|---|---|---|")
@@ -178,6 +208,15 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for name, *values in split_rows:
         print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    _print_deformable(dcn_rows)
+
+
+def _print_deformable(dcn_rows):
+    print("\n| backbone | R-FCN detect | Deformable R-FCN detect (res5a-c DCN + deformable "
+          "PS-RoI pooling) | ratio (target <= 1.3) | ratio of minima |")
+    print("|---|---|---|---|---|")
+    for name, plain_t, dcn_t, ratio, ratio_min in dcn_rows:
+        print(f"| {name} | {plain_t:.3f} | {dcn_t:.3f} | {ratio:.2f}x | {ratio_min:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -180,7 +180,8 @@ def test_freeze_stages_and_frozen_batchnorm(freeze_stages):
 
 
 def test_resnet_config_equals_constructor_kwargs():
-    kwargs = dict(depth=50, freeze_stages=3, freeze_batchnorm=True, dilate_conv5=True, preprocessing="caffe")
+    kwargs = dict(depth=50, freeze_stages=3, freeze_batchnorm=True, dilate_conv5=True, preprocessing="caffe",
+                  deformable_blocks=0, deformable_modulated=False, deformable_impl="auto")
     backbone = ResNetBackbone(**kwargs)
     config = backbone.get_config()
     assert {key: config[key] for key in kwargs} == kwargs
