@@ -153,7 +153,11 @@ def setup(cfg) -> RunContext:
     check_work_dir(work_dir, cfg, class_names=class_names)
     lock = run_dir.WorkDirLock(work_dir, enabled=chief).acquire()
     if chief:
-        run_dir.write_run_files(work_dir, cfg, class_names=class_names)
+        try:
+            run_dir.write_run_files(work_dir, cfg, class_names=class_names)
+        except BaseException:
+            lock.release()
+            raise
     return RunContext(cfg=cfg, strategy=strategy, chief=chief, policy=policy,
                       class_names=class_names, work_dir=work_dir, checkpoint_dir=checkpoint_dir,
                       tensorboard_dir=os.path.join(work_dir, "tensorboard", "train"), lock=lock)
