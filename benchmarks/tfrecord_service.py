@@ -38,7 +38,7 @@ import tensorflow as tf
 from rfcn_tf.config import load_config
 from rfcn_tf.data import service
 from rfcn_tf.data.convert import convert_split
-from rfcn_tf.data.inspect import collect_statistics
+from rfcn_tf.data.inspection import collect_statistics
 from rfcn_tf.data.pipeline import build_dataset, build_source
 
 

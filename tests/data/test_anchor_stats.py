@@ -11,7 +11,8 @@ from data_fixtures import make_voc
 
 from rfcn_tf import run_dir
 from rfcn_tf.config import ConfigError, config_from_dict, load_config
-from rfcn_tf.data import inspect
+from rfcn_tf.data import anchor_stats
+from rfcn_tf.data import inspect as inspect_cli
 from rfcn_tf.data.anchor_stats import resolve_auto_anchors
 from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.sources import voc_xml as voc
@@ -34,7 +35,7 @@ def test_numbers_pass_through_and_fixed_ratios_stay():
     boxes = np.array([[20.0, 20.0], [40.0, 40.0], [80.0, 80.0], [160.0, 160.0]])
     cfg = load_config("bccd", ["model.anchors.scales=auto"])
     resolved = resolve_auto_anchors(cfg, boxes_hw=boxes)
-    expected = inspect.suggest_anchors(boxes)
+    expected = anchor_stats.suggest_anchors(boxes)
     assert resolved.model.anchors.scales == expected["scales"]
     assert resolved.model.anchors.ratios == [0.5, 1.0, 2.0]  # not auto: kept
     assert cfg.model.anchors.scales == "auto"  # the input is not modified
@@ -57,9 +58,9 @@ def test_auto_writes_numbers_to_the_run_config(tmp_path):
     from rfcn_tf.data.pipeline import build_source
 
     dataset, _ = build_source(cfg.data, split="train")
-    boxes = inspect.training_scale_boxes(dataset, scale=48, max_size=64)
+    boxes = anchor_stats.training_scale_boxes(dataset, scale=48, max_size=64)
     assert len(boxes) == 5  # img_d has a degenerate box (dropped)
-    assert anchors.scales == inspect.suggest_anchors(boxes)["scales"]
+    assert anchors.scales == anchor_stats.suggest_anchors(boxes)["scales"]
     run_dir.write_run_files(str(work_dir), cfg, class_names=["cat", "dog"])
     saved = yaml.safe_load((work_dir / run_dir.RUN_CONFIG_NAME).read_text())
     assert saved["model"]["anchors"] == {"scales": anchors.scales, "ratios": anchors.ratios}
@@ -83,7 +84,7 @@ def test_bccd_auto_anchors_match_95_percent():
     from rfcn_tf.data.pipeline import build_source
 
     dataset, _ = build_source(cfg.data, split="train")
-    boxes = inspect.training_scale_boxes(dataset, scale=480, max_size=640)
+    boxes = anchor_stats.training_scale_boxes(dataset, scale=480, max_size=640)
     # A direct shape-only IoU (anchor centred on the box) against every anchor.
     hw = np.array([(s * np.sqrt(r), s / np.sqrt(r)) for s in anchors.scales
                    for r in anchors.ratios])
@@ -96,7 +97,7 @@ def test_bccd_auto_anchors_match_95_percent():
 
 def test_inspect_suggest_shows_what_auto_resolves_to(tmp_path, capsys):
     root = make_voc(tmp_path / "voc")
-    assert inspect.main(["--config", "bccd", "--set", f"data.voc_root={root}",
+    assert inspect_cli.main(["--config", "bccd", "--set", f"data.voc_root={root}",
                          "--set", "data.train_split=train", "--set", "data.scales=[48]",
                          "--set", "data.max_size=64", "--set", "model.anchors.scales=auto",
                          "--no-stats", "--num", "0", "--suggest"]) == 0

@@ -7,7 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from rfcn_tf.data import inspect
+from rfcn_tf.data import anchor_stats
+from rfcn_tf.data import inspect as inspect_cli
 from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.sources import voc_xml as voc
 
@@ -22,7 +23,7 @@ def test_unmatched_share_against_a_direct_iou():
     scales, ratios = [10.0, 20.0], [1.0, 0.25]
     anchors = [(s * np.sqrt(r), s / np.sqrt(r)) for s in scales for r in ratios]
     expected = np.mean([max(_centred_iou(b, a) for a in anchors) < 0.5 for b in boxes])
-    assert inspect.unmatched_share(boxes, scales, ratios) == pytest.approx(expected)
+    assert anchor_stats.unmatched_share(boxes, scales, ratios) == pytest.approx(expected)
     # 10x10: exact; 10x40 is 20 at ratio 0.25 exactly; 14x14 vs 10x10: 0.51; 30x30 vs 20x20:
     # 0.44, the one unmatched box.
     assert expected == 0.25
@@ -33,14 +34,14 @@ def test_suggestion_spans_sizes_and_ratios():
     sizes = np.exp(rng.uniform(np.log(20), np.log(300), 2000))
     ratios = np.exp(rng.uniform(np.log(0.4), np.log(2.5), 2000))
     boxes = np.stack([sizes * np.sqrt(ratios), sizes / np.sqrt(ratios)], axis=1)
-    result = inspect.suggest_anchors(boxes)
+    result = anchor_stats.suggest_anchors(boxes)
     assert result["scales"][0] == pytest.approx(np.percentile(sizes, 2), rel=1e-3)
     assert result["scales"][-1] == pytest.approx(np.percentile(sizes, 98), rel=1e-3)
     assert result["ratios"][0] < 0.6 and result["ratios"][-1] > 1.7
-    assert result["unmatched"] == inspect.unmatched_share(boxes, result["scales"],
+    assert result["unmatched"] == anchor_stats.unmatched_share(boxes, result["scales"],
                                                           result["ratios"])
     with pytest.raises(ValueError, match="no boxes"):
-        inspect.suggest_anchors(np.zeros((0, 2)))
+        anchor_stats.suggest_anchors(np.zeros((0, 2)))
 
 
 def _bccd():
@@ -52,7 +53,7 @@ def _bccd():
 
 @pytest.mark.skipif(_bccd() is None, reason="BCCD folder not found")
 def test_bccd_suggestion_matches_95_percent_of_boxes(capsys):
-    assert inspect.main(["--config", "bccd", "--no-stats", "--num", "0", "--suggest"]) == 0
+    assert inspect_cli.main(["--config", "bccd", "--no-stats", "--num", "0", "--suggest"]) == 0
     out = capsys.readouterr().out
     scales = [float(v) for v in re.search(r"model.anchors.scales=\[([^\]]*)\]", out)
               .group(1).split(",")]
@@ -64,7 +65,7 @@ def test_bccd_suggestion_matches_95_percent_of_boxes(capsys):
 
     cfg = load_config("bccd").data
     dataset, _ = build_source(cfg, split=cfg.train_split)
-    boxes = inspect.training_scale_boxes(dataset, scale=480, max_size=640)
+    boxes = anchor_stats.training_scale_boxes(dataset, scale=480, max_size=640)
     anchors = [(s * np.sqrt(r), s / np.sqrt(r)) for s in scales for r in ratios]
     matched = np.mean([max(_centred_iou(b, a) for a in anchors) >= 0.5 for b in boxes])
     assert len(boxes) == 3941 and matched >= 0.95

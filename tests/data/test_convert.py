@@ -14,7 +14,7 @@ from data_fixtures import data_config
 from rfcn_tf.data import convert
 from rfcn_tf.data import label_map as lm
 from rfcn_tf.data.errors import DataError
-from rfcn_tf.data.inspect import collect_statistics
+from rfcn_tf.data.inspection import collect_statistics
 from rfcn_tf.data.pipeline import build_source
 from rfcn_tf.data.sources import voc_xml as voc
 

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from rfcn_tf.data import inspect as inspect_cli
+from rfcn_tf.data import inspection
 from rfcn_tf.data.sources import voc_xml
 
 SMALL_SHAPES = ["--set", "data.shapes.image_size=64", "--set", "data.scales=[64]",
@@ -31,7 +32,7 @@ def test_grid_table_and_summary(tmp_path, capsys):
 
 def test_statistics_match_annotations(voc_root):
     dataset, info = voc_xml.voc_source(voc_root, split="train")
-    stats = inspect_cli.collect_statistics(dataset, info.class_names, progress=False)
+    stats = inspection.collect_statistics(dataset, info.class_names, progress=False)
     assert stats["images"] == 4 and stats["empty_images"] == 1
     assert stats["image_min_hw"] == (32, 30) and stats["image_max_hw"] == (50, 60)
     by_name = {c["name"]: c for c in stats["classes"]}
@@ -42,7 +43,7 @@ def test_statistics_match_annotations(voc_root):
     # 20 wide; img_d (5, 6, 25, 30) is 25 x 21
     assert by_name["dog"]["size_min"] == pytest.approx(np.sqrt(16 * 20), rel=1e-5)
     assert by_name["dog"]["size_max"] == pytest.approx(np.sqrt(25 * 21), rel=1e-5)
-    table = inspect_cli.format_statistics(stats)
+    table = inspection.format_statistics(stats)
     assert "| zebra | 0 | 0 | 0 | - | - | - |" in table
     assert "| (all) | 5 | 1 | 0 | | | |" in table
 
