@@ -9,6 +9,7 @@ setting is written only in its section and in the component that reads it.
 
 from __future__ import annotations
 
+from rfcn_tf.config import ConfigError
 from rfcn_tf.model.backbones import build_backbone
 from rfcn_tf.model.detector import RFCN
 
@@ -32,6 +33,14 @@ def build_detector(model_cfg, *, num_classes):
     """
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+    for field in ("scales", "ratios"):
+        if isinstance(getattr(model_cfg.anchors, field), str):
+            # "auto" is fitted to the training split when training starts (data/anchor_stats.py)
+            # and the run folder's config.yaml records the numbers: read that one.
+            raise ConfigError(
+                f"model.anchors.{field} is {getattr(model_cfg.anchors, field)!r}: it is resolved "
+                "from the training split when training starts; build the model from the run "
+                "folder's config.yaml (which holds the fitted numbers) or give numbers")
     b = model_cfg.backbone
     backbone = build_backbone(
         b.name,
