@@ -35,7 +35,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-BCCD_IMAGE = "/work/shared/data/BCCD/JPEGImages/BloodImage_00000.jpg"
+from rfcn_tf.data.sources.voc_xml import default_voc_root
+
+BCCD_IMAGE = str(default_voc_root() / "JPEGImages" / "BloodImage_00000.jpg")
 DEFAULT_OVERRIDES = ["model.backbone.name=resnet50", "model.backbone.weights=null"]
 
 

@@ -125,7 +125,7 @@ FIRST_N_SOURCES = ("voc", "coco_json")
 
 @dataclasses.dataclass
 class DataConfig:
-    """Where the images come from and how they are prepared (DESIGN.md: normalized yxyx)."""
+    """Where the images come from and how they are prepared (docs/ARCHITECTURE.md: normalized yxyx)."""
 
     source: str = "shapes"  # shapes | voc | coco_json | tfds | tfrecord
     tfds_name: str = "voc/2007"  # tfds: dataset name; "voc/2007+voc/2012" concatenates

@@ -7,7 +7,7 @@ Shape shorthand:
     N     boxes drawn on one image
     C     classes (without background)
 
-Conventions (DESIGN.md "Boxes, images, classes"):
+Conventions (docs/ARCHITECTURE.md, "Boxes, images, classes"):
     - images are uint8 RGB `[H, W, 3]`;
     - boxes are `[y1, x1, y2, x2]` float in PIXELS of the image they are drawn on (not normalized;
       scale normalized boxes by (H, W) first);

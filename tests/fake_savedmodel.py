@@ -1,6 +1,6 @@
 """A stand-in exported SavedModel for the CLI tests (evaluate, predict) that read `--saved-model`.
 
-It meets DESIGN.md's serving_default contract (uint8 `[1, H, W, 3]` "input_tensor" in;
+It meets the serving_default contract of docs/ARCHITECTURE.md ("Export") (uint8 `[1, H, W, 3]` "input_tensor" in;
 "detection_boxes" float32 `[1, M, 4]` normalized yxyx, "detection_scores" `[1, M]`,
 "detection_classes" float32 `[1, M]` (1..C), "num_detections" float32 `[1]` out; labels.txt
 asset) and returns the same known detections for every image, so every number a test checks is

@@ -7,7 +7,7 @@ Shape shorthand:
     N       boxes of one image
     G       padded ground-truth rows (at least data.max_boxes; never fewer than the boxes)
 
-Box formats: `boxes_normalized` are yxyx in [0, 1] (DESIGN.md: what sources emit); they do not
+Box formats: `boxes_normalized` are yxyx in [0, 1] (docs/ARCHITECTURE.md: what sources emit); they do not
 change under resizing. `boxes_px` are yxyx in pixels of the resized image (what the model
 consumes). Seeds are stateless int32/int64 `[2]` tensors: the same seed gives the same result.
 

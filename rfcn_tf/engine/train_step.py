@@ -3,7 +3,8 @@
 Checkpoints, summaries, logging and the NaN guard are hooks of the loop (``loop.py``); the step
 returns the loss dict and the loop decides what to do with it.
 
-Per replica (inside ``strategy.run``), following STYLE.md habit 8:
+Per replica (inside ``strategy.run``), losses come back as a dict with fixed names, the step sums them, divides
+by the number of replicas and applies the gradients:
 
     losses = model.compute_losses(features, training=True, include=include)
     loss = losses["total_loss"]

@@ -3,7 +3,7 @@
 R-FCN sec. 4.2 reports COCO AP (IoU .5:.95) and AP@0.5; this adapter computes the 12 standard
 `COCOeval.stats` numbers plus per-class AP and AP50 from the per-image dicts of
 docs/INTERFACES.md ("Evaluation"). It is the only place where boxes become COCO `xywh`
-(DESIGN.md "Boxes, images, classes").
+(docs/ARCHITECTURE.md, "Boxes, images, classes").
 
 Shape shorthand:
     N  ground-truth boxes of one image       M  detections of one image

@@ -5,7 +5,7 @@ Shape shorthand:
          broadcast, e.g. anchors [N, 4] against boxes [B, N, 4])
 
 Parameterization (Faster R-CNN sec. 3.1.2, eq. 2; R-CNN appendix C), in yxyx order as TF
-Model Garden (DESIGN.md: deltas are (dy, dx, dh, dw)):
+Model Garden (docs/ARCHITECTURE.md: deltas are (dy, dx, dh, dw)):
     dy = wy * (y_c - ya_c) / h_a     dx = wx * (x_c - xa_c) / w_a
     dh = wh * log(h / h_a)           dw = ww * log(w / w_a)
 with h = y2 - y1, w = x2 - x1 (continuous coordinates, no +1) and centres y_c = y1 + h / 2.

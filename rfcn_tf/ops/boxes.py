@@ -1,4 +1,4 @@
-"""Box utilities in the model's yxyx convention (DESIGN.md, "Boxes, images, classes").
+"""Box utilities in the model's yxyx convention (docs/ARCHITECTURE.md, "Boxes, images, classes").
 
 Shape shorthand:
     ...  any leading (batch) dimensions, the same for every argument of one call

@@ -1,8 +1,8 @@
 """Helpers for the data tests: small VOC folders and COCO files written into tmp_path.
 
 Images are written with Pillow as PNG (lossless, so pixel checks are exact) or JPEG; broken
-files are made on purpose (a truncated JPEG, a text file named .jpg). /work/shared is never
-modified.
+files are made on purpose (a truncated JPEG, a text file named .jpg). The shared BCCD folder
+(../shared/data/BCCD) is never modified.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -16,9 +15,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rfcn_tf.data.sources.voc_xml import default_voc_root
+
 MIN_SIZE, MAX_SIZE = 256, 320  # the test exports' resize
 CLASS_NAMES = ["circle", "square", "triangle"]
-BCCD_IMAGE = Path("/work/shared/data/BCCD/JPEGImages/BloodImage_00000.jpg")
+BCCD_IMAGE = default_voc_root() / "JPEGImages" / "BloodImage_00000.jpg"
 # Overrides of the shapes_tiny preset: the serving graph must be stock TF (psroi_impl=tf);
 # fewer proposals keep the tests fast.
 MODEL_OVERRIDES = [

@@ -181,7 +181,7 @@ def _round_half_away(x):
 
 
 def test_k1_avg_is_plain_average_over_the_rounded_box():
-    # Property (STYLE.md 11): with k = 1 the avg op is the plain mean over the rounded box.
+    # Property: with k = 1 the avg op is the plain mean over the rounded box.
     feats, rois, _ = _case(3, batch=2, height=11, width=9, k=1, num_out=5, spatial_scale=0.25)
     out = ps_roi_pool(feats, rois, output_size=1, spatial_scale=0.25, mode="avg",
                       impl="custom").numpy()

@@ -387,7 +387,7 @@ def test_runtime_errors_with_unknown_shapes(features, rois, match):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_converts_to_onnx_opset17_and_runs_in_onnxruntime(mode):
-    # The exported serving graph contains the twin; it must survive tf2onnx (DESIGN.md, Export).
+    # The exported serving graph contains the twin; it must survive tf2onnx (docs/ARCHITECTURE.md, "Export").
     tf2onnx = pytest.importorskip("tf2onnx")
     ort = pytest.importorskip("onnxruntime")
     k, num_out = 3, 2

@@ -1,7 +1,7 @@
 """Pins the NumPy PS-RoI pooling reference (psroi_reference.py) to hand-computed numbers.
 
 The reference is what both the compiled op and the pure-TF twin are tested against, so it gets its
-own tests: every expected value below was computed by hand from DESIGN.md's rules on a 4x4 map
+own tests: every expected value below was computed by hand from the rules of docs/ARCHITECTURE.md ("PS-RoI pooling op") on a 4x4 map
 f[h, w] = 4*h + w (channel q adds 100*q so a wrong channel is visible).
 """
 

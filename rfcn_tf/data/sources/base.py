@@ -8,7 +8,7 @@ The example dict (docs/INTERFACES.md, "Examples"), one image, unbatched:
     image         uint8  [H0, W0, 3]  RGB, original size
     image_id      int64  []           COCO image id; index in the split for VOC folders and shapes
     filename      string []           source file (full path for folder sources) or synthetic name
-    boxes         float32 [N, 4]      normalized yxyx in [0, 1] (DESIGN.md), area > 0
+    boxes         float32 [N, 4]      normalized yxyx in [0, 1] (docs/ARCHITECTURE.md), area > 0
     labels        int32  [N]          0..C-1
     is_difficult  bool   [N]          VOC "difficult"
     is_crowd      bool   [N]          COCO iscrowd

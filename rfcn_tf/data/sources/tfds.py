@@ -1,7 +1,7 @@
 """TensorFlow Datasets detection datasets (voc/2007, voc/2012, coco/2017, ...).
 
 Any TFDS dataset whose features have `image` and `objects/{bbox, label}` works. TFDS boxes are
-already normalized yxyx and labels already 0..C-1 (the conventions DESIGN.md adopts), so this
+already normalized yxyx and labels already 0..C-1 (the conventions docs/ARCHITECTURE.md adopts), so this
 source only renames keys, maps the optional `objects/is_difficult` and `objects/is_crowd`, and
 decodes the image itself (TFDS's decoding is skipped) so that an unreadable image follows the
 `skip_corrupt` policy like the folder sources.

@@ -8,7 +8,7 @@ Shape shorthand: N boxes of one image, C classes.
 Conventions:
     - VOC coordinates are 1-based pixel indices, both ends inclusive: a box (xmin, ymin, xmax,
       ymax) covers the continuous pixel area [xmin - 1, xmax] x [ymin - 1, ymax]; it is
-      normalized by the decoded image's size (DESIGN.md: normalized yxyx) and clipped to it.
+      normalized by the decoded image's size (docs/ARCHITECTURE.md: normalized yxyx) and clipped to it.
     - A box with xmax <= xmin or ymax <= ymin is dropped; one warning per split counts them and
       names the files.
     - Class names come from the caller (labels follow its order) or are discovered from every
