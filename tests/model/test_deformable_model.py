@@ -184,7 +184,7 @@ def _deformable_model(impl):
 
 
 @pytest.mark.slow
-def test_deformable_export_is_stock_ops_and_every_signature_serves_detect(tmp_path):
+def test_deformable_export_is_stock_ops_every_signature_and_onnx_serve_detect(tmp_path):
     from rfcn_tf.export.saved_model import export_saved_model, saved_model_op_types
     from rfcn_tf.run_dir import write_run_files
 
@@ -226,6 +226,13 @@ def test_deformable_export_is_stock_ops_and_every_signature_serves_detect(tmp_pa
                                       expected["detection_classes"][0, :n], err_msg=key)
         np.testing.assert_allclose(served["detection_boxes"][0, :n] * 256.0,
                                    expected["detection_boxes"][0, :n], atol=1e-2, err_msg=key)
+
+    # ONNX (tf2onnx, opset 17): onnxruntime detects what the SavedModel does.
+    from rfcn_tf.export.onnx import export_onnx, verify_onnx
+
+    onnx_path = export_onnx(version, output_path=tmp_path / "model.onnx")
+    result = verify_onnx(onnx_path, version, images=[pixels[None]], atol=1e-3)
+    assert result.detections == n
 
     # rfcn_tf.load: the run folder (checkpoint, model rebuilt from its config.yaml) and the
     # SavedModel detect the same.
