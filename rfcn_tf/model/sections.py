@@ -6,7 +6,7 @@ object), ``model.roi`` -> :class:`RoIConfig` (roi_sampling.py: RoI targets, OHEM
 sampling), ``model.head`` -> :class:`HeadConfig` (rfcn_head.py), ``model.postprocess`` ->
 :class:`PostprocessConfig` (postprocess.py). Each component takes its section and reads its
 fields itself, so a new setting is written twice: the field here and its use in the component
-(docs/ARCHITECTURE.md, "Configuration and CLIs"). ``rfcn_tf.config.ModelConfig`` nests them.
+(docs/ARCHITECTURE.md, "Model config"). ``rfcn_tf.config.ModelConfig`` nests them.
 
 This module imports no TensorFlow, so the config tree (``--print-config``, ``--help``) loads
 without it. The choice tuples are defined here, once; the components import them.
