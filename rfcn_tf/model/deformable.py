@@ -16,6 +16,12 @@
 Both compute in float32 (float16 / bfloat16 inputs are cast; the compiled ops take float32 and
 float64) and take ``impl`` ("auto" | "custom" | "tf") for the ops: "tf" keeps a SavedModel to
 stock ops (the serving / ONNX path).
+
+Used by the model (Deformable R-FCN): ``model.head.pooling_mode: deformable`` makes RFCNHead
+pool its class and box maps with two DeformablePSRoIPooling layers (rfcn_head.py), and
+``model.backbone.deformable_blocks`` replaces the last conv5 / stage-5 3x3 convs by
+DeformableConv2D (backbones.py); both take ``impl`` from ``model.head.psroi_impl``, which the
+export forces to "tf".
 """
 
 from __future__ import annotations
