@@ -1,9 +1,9 @@
 """The serving contract of an exported R-FCN detector: signature keys, tensor names, files.
 
-TF-free on purpose: the serving client (``rfcn_tf.serving.client``) imports it without
-TensorFlow, and the export writes exactly these names. Names follow the TF Object Detection
-API's exporter (``exporter_lib_v2`` and its Faster R-CNN post-processing), so OD API clients
-and visualization tools read the outputs unchanged.
+TF-free on purpose: the serving client (``rfcn_tf.serving.tf_serving_client``) imports it
+without TensorFlow, and the export writes exactly these names. Names follow the TF Object
+Detection API's exporter (``exporter_lib_v2`` and its Faster R-CNN post-processing), so OD API
+clients and visualization tools read the outputs unchanged.
 
 Signatures (every one batched: N >= 1 images per request):
 

@@ -14,14 +14,14 @@ import requests
 import tensorflow as tf
 from serving_testing_server import HTTP_STATUS, LoopbackServer
 
-from rfcn_tf.serving.client import (
+from rfcn_tf.serving.client import main as client_main
+from rfcn_tf.serving.tf_serving_client import (
     GrpcClient,
     RestClient,
     ServingError,
     detections_from_batch,
     detections_from_outputs,
 )
-from rfcn_tf.serving.client import main as client_main
 
 
 @pytest.fixture(scope="module")

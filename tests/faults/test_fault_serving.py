@@ -14,8 +14,8 @@ from fake_savedmodel import write_fake_export
 from PIL import Image
 from serving_testing_server import LoopbackServer
 
-from rfcn_tf.serving.client import RestClient, ServingError
 from rfcn_tf.serving.client import main as client_main
+from rfcn_tf.serving.tf_serving_client import RestClient, ServingError
 
 NAMES = ["cell", "dot"]
 GOOD = dict(boxes=[[0.1, 0.1, 0.5, 0.6]], scores=[0.9], classes=[1.0])
@@ -100,7 +100,7 @@ def test_client_decodes_16_bit_and_exif_images_like_the_model(server, tmp_path, 
     """Issue 12 items 2-3 on the client side: --raw-pixels sends what rfcn_tf.images decodes
     (16-bit scaled, not white; EXIF applied), and boxes are scaled by the EXIF-applied size."""
     from rfcn_tf.images import read_image
-    from rfcn_tf.serving.client import image_size_of, load_image
+    from rfcn_tf.serving.tf_serving_client import image_size_of, load_image
 
     deep = tmp_path / "deep.png"
     Image.fromarray(np.full((24, 32), 20000, np.uint16)).save(deep)
