@@ -125,21 +125,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-# Names that moved to the library (old imports keep working while callers switch).
-_MOVED = {"resolve_config": ("rfcn_tf.run_dir", "resolve_config"),
-          "find_run_file": ("rfcn_tf.run_dir", "find_run_file"),
-          "load_checkpoint_detector": ("rfcn_tf.inference.backends", "load_checkpoint_model"),
-          "SavedModelDetector": ("rfcn_tf.inference.backends", "SavedModelBackend")}
-
-
-def __getattr__(name: str):
-    import importlib
-
-    if name not in _MOVED:
-        raise AttributeError(f"module 'rfcn_tf.evaluate' has no attribute {name!r}")
-    return getattr(importlib.import_module(_MOVED[name][0]), _MOVED[name][1])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 failure with a one-line message)."""
     return run_cli(build_parser(), _run, argv)
