@@ -2,6 +2,8 @@
 
 Thin CLI over ``rfcn_tf.export.saved_model`` (+ ``onnx``, ``tensorrt``); the serving contract is
 ``rfcn_tf.export.contract``. TensorFlow is imported only after the arguments are parsed.
+Errors go through ``rfcn_tf.cli_args.run_cli`` (one line, exit 1; traceback with ``--debug``);
+the line keeps this tool's ``error: <Type>: <message>`` form.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from rfcn_tf.cli_args import add_config_arguments
+from rfcn_tf.cli_args import add_common_arguments, add_config_arguments, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,7 +87,12 @@ def _parser() -> argparse.ArgumentParser:
         "(onnxruntime; convolutions INT8 per channel, calibrated on "
         "--calibration-images validation images) and compared with fp32",
     )
+    add_common_arguments(parser, progress=False)  # progress is one stderr line per step
     return parser
+
+
+class _ExportCLIError(Exception):
+    """An export failure as the line this CLI prints: ``<Type>: <message>``."""
 
 
 def _stage(message: str) -> None:
@@ -113,14 +120,16 @@ def run(args: argparse.Namespace) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _main(args: argparse.Namespace) -> int:
     try:
         print(run(args))
-    except Exception as exc:  # the CLI's contract: a clear message and a non-zero exit
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:  # named by its type, as this CLI always printed it
+        raise _ExportCLIError(f"{type(exc).__name__}: {exc}") from exc
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_parser(), _main, argv)
 
 
 if __name__ == "__main__":
