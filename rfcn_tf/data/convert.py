@@ -33,7 +33,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rfcn_tf.cli_args import add_config_arguments
+from rfcn_tf.cli_args import add_common_arguments, add_config_arguments, run_cli
 
 __all__ = ["build_parser", "convert_split", "main", "make_example"]
 
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-images", type=int, default=None,
                         help="convert at most this many images (required for an endless split "
                              "such as shapes train)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common_arguments(parser)  # --no-progress (the bar over the images), --debug
     return parser
 
 
@@ -119,12 +119,14 @@ def _encoded_image(filename: str, pixels):
     import numpy as np
     import tensorflow as tf
 
+    from rfcn_tf.images import decode_image
+
     if filename and os.path.isfile(filename):
         data = Path(filename).read_bytes()
         fmt = _image_format(data)
         if fmt is not None:
-            try:
-                decoded = tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
+            try:  # as the tfrecord reader decodes image/encoded: stored pixels, no EXIF turn
+                decoded = decode_image(data, apply_exif=False).numpy()
             except tf.errors.OpError:
                 decoded = None
             if decoded is not None and np.array_equal(decoded, pixels):
@@ -237,30 +239,25 @@ def convert_split(data_cfg, *, split: str, out_dir, num_shards: int,
     return summary
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 1 failure with one message)."""
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    import tensorflow as tf
+    from rfcn_tf.config import load_config
 
-    from rfcn_tf.config import ConfigError, load_config
-    from rfcn_tf.data.errors import DataError
-
-    try:
-        config = load_config(args.config, args.overrides)
-        split = args.split or config.data.train_split
-        summary = convert_split(config.data, split=split, out_dir=args.out,
-                                num_shards=args.shards, max_images=args.max_images,
-                                progress=not args.no_progress)
-    except (ConfigError, DataError, ValueError, OSError, tf.errors.OpError) as exc:
-        message = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        return 1
+    config = load_config(args.config, args.overrides)
+    split = args.split or config.data.train_split
+    summary = convert_split(config.data, split=split, out_dir=args.out,
+                            num_shards=args.shards, max_images=args.max_images,
+                            progress=not args.no_progress)
     print(f"converted {config.data.source} split {split!r}: {summary['num_examples']} images, "
           f"{summary['num_boxes']} boxes -> {len(summary['files'])} shards in {args.out} "
           f"({summary['copied_images']} image files copied, the rest stored as PNG)", flush=True)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 1 failure with one `error:` line; the
+    traceback with --debug), through `rfcn_tf.cli_args.run_cli`."""
+    return run_cli(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":
