@@ -42,21 +42,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rfcn_tf.data.convert",
         description="Convert a split of the configured source (VOC folder, COCO JSON, TFDS, "
-                    "shapes, ...) into TFRecord shards of tf.train.Examples in the TF Object "
-                    "Detection API format, plus label_map.pbtxt.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_config_arguments(parser, set_example="data.voc_root=/data/BCCD",
-                         config_help="the source to convert, e.g. bccd; default: the default "
-                                     "preset (shapes_tiny)")
-    parser.add_argument("--split", default=None,
-                        help="split to convert; default: data.train_split of the config")
+        "shapes, ...) into TFRecord shards of tf.train.Examples in the TF Object "
+        "Detection API format, plus label_map.pbtxt.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_config_arguments(
+        parser,
+        set_example="data.voc_root=/data/BCCD",
+        config_help="the source to convert, e.g. bccd; default: the default preset (shapes_tiny)",
+    )
+    parser.add_argument(
+        "--split", default=None, help="split to convert; default: data.train_split of the config"
+    )
     parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--shards", type=int, default=1,
-                        help="number of TFRecord files; use at least as many as training "
-                             "workers so each reads whole files")
-    parser.add_argument("--max-images", type=int, default=None,
-                        help="convert at most this many images (required for an endless split "
-                             "such as shapes train)")
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="number of TFRecord files; use at least as many as training "
+        "workers so each reads whole files",
+    )
+    parser.add_argument(
+        "--max-images",
+        type=int,
+        default=None,
+        help="convert at most this many images (required for an endless split "
+        "such as shapes train)",
+    )
     add_common_arguments(parser)  # --no-progress (the bar over the images), --debug
     return parser
 
@@ -79,8 +91,20 @@ def _float_feature(values):
     return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
 
 
-def make_example(*, encoded: bytes, image_format: str, height: int, width: int, filename: str,
-                 source_id: str, boxes, class_ids, class_texts, difficult, is_crowd):
+def make_example(
+    *,
+    encoded: bytes,
+    image_format: str,
+    height: int,
+    width: int,
+    filename: str,
+    source_id: str,
+    boxes,
+    class_ids,
+    class_texts,
+    difficult,
+    is_crowd,
+):
     """One tf.train.Example with the OD API keys (boxes: normalized yxyx float32 [N, 4])."""
     import tensorflow as tf
 
@@ -143,8 +167,15 @@ def _label_ids(info) -> list[int]:
     return list(range(1, info.num_classes + 1))
 
 
-def convert_split(data_cfg, *, split: str, out_dir, num_shards: int,
-                  max_images: int | None = None, progress: bool = True) -> dict:
+def convert_split(
+    data_cfg,
+    *,
+    split: str,
+    out_dir,
+    num_shards: int,
+    max_images: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Writes `split` of `data_cfg`'s source as OD API TFRecord shards (module docstring).
 
     Args:
@@ -178,8 +209,9 @@ def convert_split(data_cfg, *, split: str, out_dir, num_shards: int,
     dataset, info = build_source(data_cfg, split=split)
     endless = int(dataset.cardinality()) == tf.data.INFINITE_CARDINALITY
     if endless and max_images is None:
-        raise DataError(f"split {split!r} of source {data_cfg.source!r} is endless: give "
-                            "--max-images")
+        raise DataError(
+            f"split {split!r} of source {data_cfg.source!r} is endless: give --max-images"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     items = label_map_lib.items_from_class_names(info.class_names, _label_ids(info))
@@ -187,33 +219,49 @@ def convert_split(data_cfg, *, split: str, out_dir, num_shards: int,
     if map_path.exists():
         existing = label_map_lib.read_label_map(map_path)
         if [(i.id, i.class_name) for i in existing] != [(i.id, i.class_name) for i in items]:
-            raise DataError(f"{map_path} already lists other classes "
-                            f"({label_map_lib.class_names_of(existing)}) than split {split!r} of "
-                            f"this source ({info.class_names}): use another --out folder")
+            raise DataError(
+                f"{map_path} already lists other classes "
+                f"({label_map_lib.class_names_of(existing)}) than split {split!r} of "
+                f"this source ({info.class_names}): use another --out folder"
+            )
     label_map_lib.write_label_map(map_path, items)
 
     names = [shard_file_name(split, i, num_shards) for i in range(num_shards)]
     temps = [out / (n + ".tmp") for n in names]
     writers = [tf.io.TFRecordWriter(str(t)) for t in temps]
     count = boxes_total = max_boxes = copied = 0
-    total = info.num_examples if max_images is None else (
-        max_images if info.num_examples is None else min(max_images, info.num_examples))
+    total = (
+        info.num_examples
+        if max_images is None
+        else (max_images if info.num_examples is None else min(max_images, info.num_examples))
+    )
     if max_images is not None:
         dataset = dataset.take(max_images)
     try:
-        for ex in tqdm(dataset.as_numpy_iterator(), total=total, unit="img", desc=split,
-                       disable=not progress, file=sys.stderr):
+        for ex in tqdm(
+            dataset.as_numpy_iterator(),
+            total=total,
+            unit="img",
+            desc=split,
+            disable=not progress,
+            file=sys.stderr,
+        ):
             filename = ex["filename"].decode("utf-8", "replace")
             encoded, fmt, was_copied = _encoded_image(filename, ex["image"])
             labels = ex["labels"].tolist()
             example = make_example(
-                encoded=encoded, image_format=fmt, height=ex["image"].shape[0],
-                width=ex["image"].shape[1], filename=os.path.basename(filename),
-                source_id=str(int(ex["image_id"])), boxes=ex["boxes"].tolist(),
+                encoded=encoded,
+                image_format=fmt,
+                height=ex["image"].shape[0],
+                width=ex["image"].shape[1],
+                filename=os.path.basename(filename),
+                source_id=str(int(ex["image_id"])),
+                boxes=ex["boxes"].tolist(),
                 class_ids=[items[lab].id for lab in labels],
                 class_texts=[items[lab].name for lab in labels],
                 difficult=ex["is_difficult"].astype(int).tolist(),
-                is_crowd=ex["is_crowd"].astype(int).tolist())
+                is_crowd=ex["is_crowd"].astype(int).tolist(),
+            )
             writers[count % num_shards].write(example.SerializeToString())
             count += 1
             copied += int(was_copied)
@@ -231,10 +279,16 @@ def convert_split(data_cfg, *, split: str, out_dir, num_shards: int,
         stale.unlink()
     for name, temp in zip(names, temps):
         os.replace(temp, out / name)
-    summary = {"split": split, "num_examples": count, "num_boxes": boxes_total,
-               "max_boxes_per_image": max_boxes, "files": names,
-               "class_names": list(info.class_names), "copied_images": copied,
-               "source": data_cfg.source}
+    summary = {
+        "split": split,
+        "num_examples": count,
+        "num_boxes": boxes_total,
+        "max_boxes_per_image": max_boxes,
+        "files": names,
+        "class_names": list(info.class_names),
+        "copied_images": copied,
+        "source": data_cfg.source,
+    }
     summary_path(out, split).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -245,12 +299,20 @@ def _run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     split = args.split or config.data.train_split
-    summary = convert_split(config.data, split=split, out_dir=args.out,
-                            num_shards=args.shards, max_images=args.max_images,
-                            progress=not args.no_progress)
-    print(f"converted {config.data.source} split {split!r}: {summary['num_examples']} images, "
-          f"{summary['num_boxes']} boxes -> {len(summary['files'])} shards in {args.out} "
-          f"({summary['copied_images']} image files copied, the rest stored as PNG)", flush=True)
+    summary = convert_split(
+        config.data,
+        split=split,
+        out_dir=args.out,
+        num_shards=args.shards,
+        max_images=args.max_images,
+        progress=not args.no_progress,
+    )
+    print(
+        f"converted {config.data.source} split {split!r}: {summary['num_examples']} images, "
+        f"{summary['num_boxes']} boxes -> {len(summary['files'])} shards in {args.out} "
+        f"({summary['copied_images']} image files copied, the rest stored as PNG)",
+        flush=True,
+    )
     return 0
 
 

@@ -31,14 +31,23 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import socket
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
-__all__ = ["PROCESSING_MODE", "parse_address", "job_name", "distribute", "start_dispatcher",
-           "start_worker", "build_parser", "main"]
+from rfcn_tf.cli_args import add_common_arguments, run_cli
+
+__all__ = [
+    "PROCESSING_MODE",
+    "build_parser",
+    "distribute",
+    "job_name",
+    "main",
+    "parse_address",
+    "start_dispatcher",
+    "start_worker",
+]
 
 PROCESSING_MODE = "distributed_epoch"
 _ADDRESS = re.compile(r"^grpc://(?P<host>\[[^\]]+\]|[^:/\s]+):(?P<port>\d{1,5})$")
@@ -54,8 +63,9 @@ def parse_address(address: str, *, key: str = "data.service") -> tuple[str, str]
 
     match = _ADDRESS.match(str(address).strip())
     if not match or not 0 < int(match.group("port")) < 65536:
-        raise DataError(f"{key} must be a tf.data service dispatcher address grpc://HOST:PORT, "
-                        f"got {address!r}")
+        raise DataError(
+            f"{key} must be a tf.data service dispatcher address grpc://HOST:PORT, got {address!r}"
+        )
     return "grpc", f"{match.group('host')}:{match.group('port')}"
 
 
@@ -65,8 +75,9 @@ def job_name(data_cfg, *, split: str, per_replica_batch: int) -> str:
     A resumed run (another `data.seed`) or a changed config gets another job, so it never joins
     the leftovers of an earlier one on a long-lived dispatcher.
     """
-    payload = json.dumps([dataclasses.asdict(data_cfg), split, int(per_replica_batch)],
-                         sort_keys=True, default=str)
+    payload = json.dumps(
+        [dataclasses.asdict(data_cfg), split, int(per_replica_batch)], sort_keys=True, default=str
+    )
     return f"rfcn_tf-{split}-{hashlib.sha1(payload.encode()).hexdigest()[:16]}"
 
 
@@ -75,11 +86,14 @@ def distribute(dataset, *, address: str, job: str):
     import tensorflow as tf
 
     protocol, target = parse_address(address)
-    return dataset.apply(tf.data.experimental.service.distribute(
-        processing_mode=PROCESSING_MODE, service=f"{protocol}://{target}", job_name=job))
+    return dataset.apply(
+        tf.data.experimental.service.distribute(
+            processing_mode=PROCESSING_MODE, service=f"{protocol}://{target}", job_name=job
+        )
+    )
 
 
-def start_dispatcher(*, port: int = 0, work_dir: Optional[str] = None):
+def start_dispatcher(*, port: int = 0, work_dir: str | None = None):
     """An in-process tf.data service dispatcher (started); `.target` is its grpc:// address.
 
     Args:
@@ -90,11 +104,12 @@ def start_dispatcher(*, port: int = 0, work_dir: Optional[str] = None):
     import tensorflow as tf
 
     config = tf.data.experimental.service.DispatcherConfig(
-        port=int(port), work_dir=work_dir, fault_tolerant_mode=bool(work_dir))
+        port=int(port), work_dir=work_dir, fault_tolerant_mode=bool(work_dir)
+    )
     return tf.data.experimental.service.DispatchServer(config)
 
 
-def start_worker(*, dispatcher_address: str, port: int = 0, host: Optional[str] = None):
+def start_worker(*, dispatcher_address: str, port: int = 0, host: str | None = None):
     """An in-process tf.data service worker (started) registered with the dispatcher.
 
     Args:
@@ -109,7 +124,8 @@ def start_worker(*, dispatcher_address: str, port: int = 0, host: Optional[str] 
     _, target = parse_address(address, key="--dispatcher-address")
     host = host or socket.gethostname()
     config = tf.data.experimental.service.WorkerConfig(
-        dispatcher_address=target, worker_address=f"{host}:%port%", port=int(port))
+        dispatcher_address=target, worker_address=f"{host}:%port%", port=int(port)
+    )
     return tf.data.experimental.service.WorkerServer(config)
 
 
@@ -117,59 +133,77 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rfcn_tf.data.service",
         description="Start a tf.data service dispatcher or worker for training with "
-                    "data.service=grpc://HOST:PORT (the training input pipeline then runs on "
-                    "the workers). Runs until interrupted.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "data.service=grpc://HOST:PORT (the training input pipeline then runs on "
+        "the workers). Runs until interrupted.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     role = parser.add_mutually_exclusive_group(required=True)
-    role.add_argument("--dispatcher", action="store_true",
-                      help="start the dispatcher (one per training run or cluster)")
-    role.add_argument("--worker", action="store_true",
-                      help="start a preprocessing worker (as many as the input needs)")
-    parser.add_argument("--port", type=int, default=None,
-                        help="TCP port to listen on (dispatcher default 5050; worker default 0 = "
-                             "any free port)")
-    parser.add_argument("--dispatcher-address", default=None, metavar="HOST:PORT",
-                        help="worker: the dispatcher to register with (grpc:// optional)")
-    parser.add_argument("--host", default=None,
-                        help="worker: the name trainers reach this machine by (default: its "
-                             "hostname)")
-    parser.add_argument("--work-dir", default=None,
-                        help="dispatcher: journal folder for a fault-tolerant dispatcher")
+    role.add_argument(
+        "--dispatcher",
+        action="store_true",
+        help="start the dispatcher (one per training run or cluster)",
+    )
+    role.add_argument(
+        "--worker",
+        action="store_true",
+        help="start a preprocessing worker (as many as the input needs)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="TCP port to listen on (dispatcher default 5050; worker default 0 = any free port)",
+    )
+    parser.add_argument(
+        "--dispatcher-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="worker: the dispatcher to register with (grpc:// optional)",
+    )
+    parser.add_argument(
+        "--host",
+        default=None,
+        help="worker: the name trainers reach this machine by (default: its hostname)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help="dispatcher: journal folder for a fault-tolerant dispatcher",
+    )
+    add_common_arguments(parser, progress=False)
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point: starts the server and blocks; 1 with one `error: ...` line on bad flags."""
+def _serve(args: argparse.Namespace) -> int:
+    if args.dispatcher:
+        server = start_dispatcher(
+            port=5050 if args.port is None else args.port, work_dir=args.work_dir
+        )
+        print(
+            f"tf.data service dispatcher at {server.target} (train with --set "
+            f"data.service={server.target.replace('localhost', socket.gethostname())})",
+            flush=True,
+        )
+    else:
+        server = start_worker(
+            dispatcher_address=args.dispatcher_address, port=args.port or 0, host=args.host
+        )
+        print(f"tf.data service worker registered with {args.dispatcher_address}", flush=True)
+    try:
+        server.join()
+    except KeyboardInterrupt:  # the way to stop a server: not an error
+        pass
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: starts the server and blocks; 2 on bad flags; 1 with one `error: ...` line
+    (an address in use, an unreachable dispatcher; traceback with --debug) via `run_cli`."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.worker and not args.dispatcher_address:
         parser.error("--worker needs --dispatcher-address HOST:PORT")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from rfcn_tf.data.errors import DataError
-
-    try:
-        if args.dispatcher:
-            server = start_dispatcher(port=5050 if args.port is None else args.port,
-                                      work_dir=args.work_dir)
-            print(f"tf.data service dispatcher at {server.target} (train with --set "
-                  f"data.service={server.target.replace('localhost', socket.gethostname())})",
-                  flush=True)
-        else:
-            server = start_worker(dispatcher_address=args.dispatcher_address,
-                                  port=args.port or 0, host=args.host)
-            print(f"tf.data service worker registered with {args.dispatcher_address}",
-                  flush=True)
-    except (DataError, OSError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except Exception as exc:  # tf.errors.OpError: address in use, dispatcher unreachable
-        print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr, flush=True)
-        return 1
-    try:
-        server.join()
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run_cli(parser, _serve, argv)
 
 
 if __name__ == "__main__":
