@@ -78,6 +78,17 @@ inline float MaxAbsDiff(const std::vector<float>& a,
   return m;
 }
 
+// A random RoI (batch index, y1, x1, y2, x2) with y2 >= y1 and x2 >= x1,
+// drawn in that order from `rng` (the harnesses edit some rows afterwards).
+template <typename Rng, typename Dist>
+void DrawRoi(Rng& rng, Dist& ycoord, Dist& xcoord, int batch, float* roi) {
+  roi[0] = static_cast<float>(rng() % batch);
+  roi[1] = ycoord(rng);
+  roi[2] = xcoord(rng);
+  roi[3] = roi[1] + fabsf(ycoord(rng)) * 0.6f;
+  roi[4] = roi[2] + fabsf(xcoord(rng)) * 0.6f;
+}
+
 // The worst difference so far; NaN sticks.
 inline void KeepWorst(float value, float* worst) {
   *worst = (value > *worst || value != value) ? value : *worst;

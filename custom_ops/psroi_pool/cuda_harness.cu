@@ -64,11 +64,7 @@ float RunCase(const char* name, int batch, int height, int width, int kh,
   std::vector<float> rois(static_cast<size_t>(num_rois) * 5);
   for (int r = 0; r < num_rois; ++r) {
     float* roi = &rois[r * 5];
-    roi[0] = static_cast<float>(rng() % batch);
-    roi[1] = ycoord(rng);
-    roi[2] = xcoord(rng);
-    roi[3] = roi[1] + fabsf(ycoord(rng)) * 0.6f;
-    roi[4] = roi[2] + fabsf(xcoord(rng)) * 0.6f;
+    rfcn_harness::DrawRoi(rng, ycoord, xcoord, batch, roi);
     switch (r % 8) {
       case 1:  // tiny
         roi[3] = roi[1] + 1.f;
