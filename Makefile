@@ -11,7 +11,8 @@ ARGS ?=
 
 .PHONY: install train test lint benchmarks clean
 
-$(STAMP): setup.py pyproject.toml $(wildcard custom_ops/psroi_pool/*)
+$(STAMP): setup.py pyproject.toml $(wildcard custom_ops/psroi_pool/*) \
+    $(wildcard custom_ops/deformable/*) $(wildcard custom_ops/common/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "setuptools>=68" wheel "tensorflow-cpu>=2.21,<2.22"

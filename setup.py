@@ -76,6 +76,9 @@ DEFORM_SOURCES = [os.path.join(DEFORM_DIR, n) for n in (
     "deformable_ops.cc", "deformable_kernels.cc", "deformable_kernels.cu.cc")]
 DEFORM_HEADERS = [os.path.join(DEFORM_DIR, n) for n in (
     "deformable_math.h", "deformable_functor.h", "deformable_cuda_kernels.cuh")]
+# Headers shared by both libraries (custom_ops/common): either library rebuilds when one changes.
+COMMON_HEADERS = [os.path.join("custom_ops", "common", n) for n in (
+    "gpu_launch.h", "cpu_kernel_util.h", "cuda_kernel_util.cuh")]
 OP_EXT_NAMES = (OP_EXT_NAME, DEFORM_EXT_NAME)
 TF_RANGE = ">=2.21,<2.22"
 DEFAULT_CUDA_ARCHS = "80;86;90"
@@ -295,9 +298,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["rfcn_tf", "rfcn_tf.*"]),
     ext_modules=[Extension(OP_EXT_NAME, sources=CXX_SOURCES + CUDA_SOURCES,
-                           depends=OP_HEADERS),
+                           depends=OP_HEADERS + COMMON_HEADERS),
                  Extension(DEFORM_EXT_NAME, sources=DEFORM_SOURCES,
-                           depends=DEFORM_HEADERS)] if _build_op() else [],
+                           depends=DEFORM_HEADERS + COMMON_HEADERS)] if _build_op() else [],
     cmdclass={"build_ext": BuildPsRoiPoolOp, "build_py": BuildPyWithPresets,
               "bdist_wheel": PlatformWheel},
     install_requires=[

@@ -25,16 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import textwrap
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
+from _timing import interleaved_medians_ms, intra_op_threads, random_rois, ratios_to
 
 from rfcn_tf.ops.deform_conv import deform_conv2d
 from rfcn_tf.ops.deform_psroi_pool import (
@@ -49,38 +48,20 @@ IMAGE_H, IMAGE_W = 600, 1000
 CONV_CIN = CONV_COUT = 512
 
 
-def interleaved_medians_ms(fns: dict, rounds: int, repeats: int, warmup: int) -> dict:
-    """{name: (median wall ms, median process-CPU ms)}, the callables alternating per round."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    wall = {name: [] for name in fns}
-    cpu = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            fn()
-            for _ in range(repeats):
-                start, start_cpu = time.perf_counter(), time.process_time()
-                fn()
-                cpu[name].append(time.process_time() - start_cpu)
-                wall[name].append(time.perf_counter() - start)
-    return {name: (1000.0 * statistics.median(wall[name]), 1000.0 * statistics.median(cpu[name]))
-            for name in fns}
-
-
 def pool_functions(num_rois: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     features = tf.constant(
-        rng.standard_normal((1, HEIGHT, WIDTH, K * K * NUM_CLASSES)).astype(np.float32))
-    size = rng.uniform(32, 400, (num_rois, 2))
-    y1 = rng.uniform(0, IMAGE_H - size[:, 0])
-    x1 = rng.uniform(0, IMAGE_W - size[:, 1])
-    rois = tf.constant(np.column_stack(
-        [np.zeros(num_rois), y1, x1, y1 + size[:, 0], x1 + size[:, 1]]).astype(np.float32))
+        rng.standard_normal((1, HEIGHT, WIDTH, K * K * NUM_CLASSES)).astype(np.float32)
+    )
+    rois = tf.constant(random_rois(rng, num_rois, IMAGE_H, IMAGE_W))
     offsets = tf.constant(rng.standard_normal((num_rois, K, K, 2)).astype(np.float32))
     grad = tf.constant(rng.standard_normal((num_rois, K, K, NUM_CLASSES)).astype(np.float32))
-    common = {"output_size": K, "spatial_scale": 1.0 / STRIDE, "sampling_ratio": 2,
-              "impl": "custom"}
+    common = {
+        "output_size": K,
+        "spatial_scale": 1.0 / STRIDE,
+        "sampling_ratio": 2,
+        "impl": "custom",
+    }
 
     @tf.function
     def plain(f):
@@ -108,8 +89,7 @@ def pool_functions(num_rois: int, seed: int = 0) -> dict:
         ("plain bilinear PS-RoI", "fwd"): lambda: plain(features).numpy(),
         ("deformable PS-RoI", "fwd"): lambda: deform(features, offsets).numpy(),
         ("plain bilinear PS-RoI", "fwd_bwd"): lambda: [t.numpy() for t in plain_fb(features)],
-        ("deformable PS-RoI", "fwd_bwd"): lambda: [
-            t.numpy() for t in deform_fb(features, offsets)],
+        ("deformable PS-RoI", "fwd_bwd"): lambda: [t.numpy() for t in deform_fb(features, offsets)],
     }
 
 
@@ -140,6 +120,7 @@ def conv_functions(seed: int = 1) -> dict:
                 tape.watch(a)
                 out = fn(*a)
             return (out, *tape.gradient(out, a, output_gradients=grad))
+
         return lambda: [t.numpy() for t in run(*args)]
 
     return {
@@ -195,9 +176,13 @@ _TORCH_SCRIPT = textwrap.dedent("""
 def torchvision_rows(python: str, rounds: int, repeats: int, threads: int):
     """{(name, part): (wall ms, CPU ms)} from torchvision in `python`, or an error string."""
     try:
-        proc = subprocess.run([python, "-c", _TORCH_SCRIPT, str(rounds), str(repeats),
-                               str(threads)], capture_output=True, text=True, timeout=600,
-                              check=False)
+        proc = subprocess.run(
+            [python, "-c", _TORCH_SCRIPT, str(rounds), str(repeats), str(threads)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{type(exc).__name__}: {exc}"
     if proc.returncode != 0:
@@ -208,8 +193,10 @@ def torchvision_rows(python: str, rounds: int, repeats: int, threads: int):
 
 def print_table(title, ms, baseline, target):
     print(f"\n{title}\n")
-    print("| op | fwd ms | fwd+bwd ms | fwd CPU ms | fwd+bwd CPU ms | / baseline wall (fwd, "
-          "fwd+bwd) | / baseline CPU (fwd, fwd+bwd) |")
+    print(
+        "| op | fwd ms | fwd+bwd ms | fwd CPU ms | fwd+bwd CPU ms | / baseline wall (fwd, "
+        "fwd+bwd) | / baseline CPU (fwd, fwd+bwd) |"
+    )
     print("|---|---|---|---|---|---|---|")
     worst = 0.0
     names = list(dict.fromkeys(name for name, _ in ms))
@@ -219,9 +206,8 @@ def print_table(title, ms, baseline, target):
         if name == baseline:
             row += " 1, 1 | 1, 1 |"
         else:
-            base_f, base_fb = ms[(baseline, "fwd")], ms[(baseline, "fwd_bwd")]
-            wall = (fwd[0] / base_f[0], fb[0] / base_fb[0])
-            cpu = (fwd[1] / base_f[1], fb[1] / base_fb[1])
+            ratios = ratios_to(ms, name, baseline)
+            wall, cpu = ratios["wall"], ratios["cpu"]
             if not name.startswith("torchvision"):
                 worst = max(worst, *wall)
             row += f" {wall[0]:.2f}, {wall[1]:.2f} | {cpu[0]:.2f}, {cpu[1]:.2f} |"
@@ -235,21 +221,31 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rois", type=int, nargs="+", default=[300, 2000])
-    parser.add_argument("--torch-python", default="",
-                        help="a Python with torch + torchvision for the reference rows")
+    parser.add_argument(
+        "--torch-python",
+        default="",
+        help="a Python with torch + torchvision for the reference rows",
+    )
     args = parser.parse_args(argv)
     if not custom_op_available():
         print(f"error: the compiled deformable ops are not available: {custom_op_load_error()}")
         return 1
-    threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
-    print(f"TensorFlow {tf.__version__}, {threads} intra-op threads; medians of "
-          f"{args.rounds} x {args.repeats} interleaved runs")
+    threads = intra_op_threads(tf)
+    print(
+        f"TensorFlow {tf.__version__}, {threads} intra-op threads; medians of "
+        f"{args.rounds} x {args.repeats} interleaved runs"
+    )
     for num_rois in args.rois:
-        ms = interleaved_medians_ms(pool_functions(num_rois), args.rounds, args.repeats,
-                                    args.warmup)
-        print_table(f"PS-RoI pooling, R = {num_rois}, features 1x{HEIGHT}x{WIDTH}x"
-                    f"{K * K * NUM_CLASSES}, k={K}, C={NUM_CLASSES}, sampling_ratio 2", ms,
-                    "plain bilinear PS-RoI", 1.5)
+        ms = interleaved_medians_ms(
+            pool_functions(num_rois), args.rounds, args.repeats, args.warmup
+        )
+        print_table(
+            f"PS-RoI pooling, R = {num_rois}, features 1x{HEIGHT}x{WIDTH}x"
+            f"{K * K * NUM_CLASSES}, k={K}, C={NUM_CLASSES}, sampling_ratio 2",
+            ms,
+            "plain bilinear PS-RoI",
+            1.5,
+        )
     ms = interleaved_medians_ms(conv_functions(), args.rounds, args.repeats, args.warmup)
     note = "torchvision: not measured (no --torch-python given)"
     if args.torch_python:
@@ -258,10 +254,16 @@ def main(argv=None) -> int:
             note = f"torchvision: not measured ({result})"
         else:
             ms.update(result[0])
-            note = (f"torchvision {result[1]} rows: same shape (NCHW), torch threads = "
-                    f"{threads}, measured in its own process right after the TF rows")
-    print_table(f"3x3 conv 1x{HEIGHT}x{WIDTH}x{CONV_CIN} -> {CONV_COUT}, stride 1, SAME", ms,
-                "tf.nn.conv2d 3x3", 3)
+            note = (
+                f"torchvision {result[1]} rows: same shape (NCHW), torch threads = "
+                f"{threads}, measured in its own process right after the TF rows"
+            )
+    print_table(
+        f"3x3 conv 1x{HEIGHT}x{WIDTH}x{CONV_CIN} -> {CONV_COUT}, stride 1, SAME",
+        ms,
+        "tf.nn.conv2d 3x3",
+        3,
+    )
     print(f"\n{note}")
     return 0
 

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
+from _timing import interleaved_medians_ms, intra_op_threads, random_rois, ratios_to
 
 from rfcn_tf.ops.psroi_pool import (
     custom_op_available,
@@ -46,12 +45,9 @@ def make_inputs(num_rois: int, seed: int = 0):
     with sides of 32..400 px, and an output gradient [R, 7, 7, 21]."""
     rng = np.random.default_rng(seed)
     features = rng.standard_normal((1, HEIGHT, WIDTH, K * K * NUM_CLASSES)).astype(np.float32)
-    size = rng.uniform(32, 400, (num_rois, 2))
-    y1 = rng.uniform(0, IMAGE_H - size[:, 0])
-    x1 = rng.uniform(0, IMAGE_W - size[:, 1])
-    rois = np.column_stack([np.zeros(num_rois), y1, x1, y1 + size[:, 0], x1 + size[:, 1]])
+    rois = random_rois(rng, num_rois, IMAGE_H, IMAGE_W)
     grad = rng.standard_normal((num_rois, K, K, NUM_CLASSES)).astype(np.float32)
-    return tf.constant(features), tf.constant(rois.astype(np.float32)), tf.constant(grad)
+    return tf.constant(features), tf.constant(rois), tf.constant(grad)
 
 
 def crop_and_resize_pool(features, rois, *, output_size, spatial_scale, mode, sampling_ratio):
@@ -107,13 +103,19 @@ def crop_and_resize_pool(features, rois, *, output_size, spatial_scale, mode, sa
     ny = tf.maximum(tf.cast(height, tf.float32) - 1.0, 1.0)
     nx = tf.maximum(tf.cast(width, tf.float32) - 1.0, 1.0)
     grid = [num_rois, k, k]
-    boxes = tf.stack([tf.broadcast_to(ya[:, :, None] / ny, grid),
-                      tf.broadcast_to(xa[:, None, :] / nx, grid),
-                      tf.broadcast_to(yb[:, :, None] / ny, grid),
-                      tf.broadcast_to(xb[:, None, :] / nx, grid)], axis=-1)
+    boxes = tf.stack(
+        [
+            tf.broadcast_to(ya[:, :, None] / ny, grid),
+            tf.broadcast_to(xa[:, None, :] / nx, grid),
+            tf.broadcast_to(yb[:, :, None] / ny, grid),
+            tf.broadcast_to(xb[:, None, :] / nx, grid),
+        ],
+        axis=-1,
+    )
     box_ind = tf.cast(rois[:, 0], tf.int32)[:, None] * kk + tf.range(kk)[None, :]
-    crops = tf.image.crop_and_resize(groups, tf.reshape(boxes, [-1, 4]),
-                                     tf.reshape(box_ind, [-1]), crop_size)  # [R*k*k, h, w, C]
+    crops = tf.image.crop_and_resize(
+        groups, tf.reshape(boxes, [-1, 4]), tf.reshape(box_ind, [-1]), crop_size
+    )  # [R*k*k, h, w, C]
     if mode == "avg":
         rows = tf.range(crop_size[0], dtype=tf.float32)
         cols = tf.range(crop_size[1], dtype=tf.float32)
@@ -154,34 +156,10 @@ def build_functions(impl: str, mode: str):
     return forward, forward_backward
 
 
-def interleaved_medians_ms(fns: dict, rounds: int, repeats: int, warmup: int) -> dict:
-    """{name: (median wall ms, median process-CPU ms)} of each zero-argument callable.
-
-    Each round runs every callable `repeats` times in a block (warm caches, as in a training
-    loop); the rounds alternate the callables, so a load change on a shared machine affects them
-    alike. CPU time (all threads of this process) is the less load-sensitive measure."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    wall = {name: [] for name in fns}
-    cpu = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            fn()  # re-warm after the other callables
-            for _ in range(repeats):
-                start, start_cpu = time.perf_counter(), time.process_time()
-                fn()
-                cpu[name].append(time.process_time() - start_cpu)
-                wall[name].append(time.perf_counter() - start)
-    return {name: (1000.0 * statistics.median(wall[name]), 1000.0 * statistics.median(cpu[name]))
-            for name in fns}
-
-
 IMPLS = ("crop", "tf", "custom")  # the crop_and_resize baseline, the pure-TF twin, the op
 
 
-def measure(mode: str, num_rois: int, rounds: int, repeats: int, warmup: int,
-            impls=IMPLS) -> dict:
+def measure(mode: str, num_rois: int, rounds: int, repeats: int, warmup: int, impls=IMPLS) -> dict:
     """{(impl, "fwd" | "fwd_bwd"): (median wall ms, median CPU ms)} for each impl."""
     features, rois, grad = make_inputs(num_rois)
     fns = {}
@@ -189,27 +167,53 @@ def measure(mode: str, num_rois: int, rounds: int, repeats: int, warmup: int,
         forward, forward_backward = build_functions(impl, mode)
         fns[(impl, "fwd")] = lambda fwd=forward: fwd(features, rois).numpy()
         fns[(impl, "fwd_bwd")] = lambda fb=forward_backward: [
-            t.numpy() for t in fb(features, rois, grad)]
+            t.numpy() for t in fb(features, rois, grad)
+        ]
     return interleaved_medians_ms(fns, rounds, repeats, warmup)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds alternating the implementations (default 3)")
-    parser.add_argument("--repeats", type=int, default=7,
-                        help="timed runs per implementation and round; the median over all "
-                             "rounds is reported (default 7)")
-    parser.add_argument("--warmup", type=int, default=3,
-                        help="untimed runs first: tracing and caches (default 3)")
-    parser.add_argument("--rois", type=int, nargs="+", default=[300, 2000],
-                        help="RoI counts to measure (default 300 2000)")
-    parser.add_argument("--modes", nargs="+", default=["avg", "bilinear"],
-                        choices=["avg", "bilinear"], help="modes to measure (default both)")
-    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=list(IMPLS),
-                        help="implementations to measure (default all; crop is always kept)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="TensorFlow intra-op threads (default 0: one per core)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds alternating the implementations (default 3)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=7,
+        help="timed runs per implementation and round; the median over all "
+        "rounds is reported (default 7)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="untimed runs first: tracing and caches (default 3)"
+    )
+    parser.add_argument(
+        "--rois",
+        type=int,
+        nargs="+",
+        default=[300, 2000],
+        help="RoI counts to measure (default 300 2000)",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["avg", "bilinear"],
+        choices=["avg", "bilinear"],
+        help="modes to measure (default both)",
+    )
+    parser.add_argument(
+        "--impls",
+        nargs="+",
+        default=list(IMPLS),
+        choices=list(IMPLS),
+        help="implementations to measure (default all; crop is always kept)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="TensorFlow intra-op threads (default 0: one per core)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -218,14 +222,18 @@ def main(argv=None) -> int:
         print(f"error: the compiled op is not available: {custom_op_load_error()}")
         return 1
 
-    print(f"PS-RoI pooling, features 1x{HEIGHT}x{WIDTH}x{K * K * NUM_CLASSES}, k={K}, "
-          f"C={NUM_CLASSES}, sampling_ratio 2, RoIs 32..400 px in {IMAGE_H}x{IMAGE_W}; "
-          f"TensorFlow {tf.__version__}, intra-op threads "
-          f"{tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}; "
-          f"medians of {args.rounds} x {args.repeats} runs; crop = crop_and_resize baseline, "
-          "tf = pure-TF twin, custom = compiled op\n")
-    print("| impl | mode | R | fwd ms | fwd+bwd ms | fwd CPU ms | fwd+bwd CPU ms "
-          "| / crop wall (fwd, fwd+bwd) | / crop CPU (fwd, fwd+bwd) |")
+    print(
+        f"PS-RoI pooling, features 1x{HEIGHT}x{WIDTH}x{K * K * NUM_CLASSES}, k={K}, "
+        f"C={NUM_CLASSES}, sampling_ratio 2, RoIs 32..400 px in {IMAGE_H}x{IMAGE_W}; "
+        f"TensorFlow {tf.__version__}, intra-op threads "
+        f"{intra_op_threads(tf)}; "
+        f"medians of {args.rounds} x {args.repeats} runs; crop = crop_and_resize baseline, "
+        "tf = pure-TF twin, custom = compiled op\n"
+    )
+    print(
+        "| impl | mode | R | fwd ms | fwd+bwd ms | fwd CPU ms | fwd+bwd CPU ms "
+        "| / crop wall (fwd, fwd+bwd) | / crop CPU (fwd, fwd+bwd) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     worst = {}
     for mode in args.modes:
@@ -234,25 +242,29 @@ def main(argv=None) -> int:
             ms = measure(mode, num_rois, args.rounds, args.repeats, args.warmup, impls)
             for impl in impls:
                 fwd, fwd_bwd = ms[(impl, "fwd")], ms[(impl, "fwd_bwd")]
-                row = (f"| {impl} | {mode} | {num_rois} | {fwd[0]:.2f} | {fwd_bwd[0]:.2f} | "
-                       f"{fwd[1]:.2f} | {fwd_bwd[1]:.2f} |")
+                row = (
+                    f"| {impl} | {mode} | {num_rois} | {fwd[0]:.2f} | {fwd_bwd[0]:.2f} | "
+                    f"{fwd[1]:.2f} | {fwd_bwd[1]:.2f} |"
+                )
                 if impl == "crop":
                     print(row + " | |")
                     continue
-                ratios = {kind: [ms[(impl, part)][index] / ms[("crop", part)][index]
-                                 for part in ("fwd", "fwd_bwd")]
-                          for kind, index in (("wall", 0), ("cpu", 1))}
+                ratios = ratios_to(ms, impl, "crop")
                 for kind in ratios:
                     key = (impl, mode, kind)
                     worst[key] = max(worst.get(key, 0.0), *ratios[kind])
-                print(row + " {:.3f}, {:.3f} | {:.3f}, {:.3f} |".format(
-                    *ratios["wall"], *ratios["cpu"]))
+                print(
+                    row
+                    + " {:.3f}, {:.3f} | {:.3f}, {:.3f} |".format(*ratios["wall"], *ratios["cpu"])
+                )
     print()
     names = {"custom": "custom/crop (target <= 0.333)", "tf": "twin/crop"}
     for mode in args.modes:
         for impl in impls[1:]:
-            print(f"{mode}: worst {names[impl]} over fwd and fwd+bwd: wall "
-                  f"{worst[(impl, mode, 'wall')]:.3f}, CPU {worst[(impl, mode, 'cpu')]:.3f}")
+            print(
+                f"{mode}: worst {names[impl]} over fwd and fwd+bwd: wall "
+                f"{worst[(impl, mode, 'wall')]:.3f}, CPU {worst[(impl, mode, 'cpu')]:.3f}"
+            )
     return 0
 
 

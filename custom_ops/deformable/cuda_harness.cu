@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "../common/cuda_harness_util.cuh"
 #include "deformable_cuda_kernels.cuh"
 #include "deformable_math.h"
 
@@ -31,60 +32,12 @@ namespace {
 // from the host loop's order (values are O(1), sums of up to ~100 terms).
 constexpr float kTolerance = 1e-4f;
 
-#define HARNESS_CUDA_CHECK(expr)                                          \
-  do {                                                                    \
-    cudaError_t err_ = (expr);                                            \
-    if (err_ != cudaSuccess) {                                            \
-      fprintf(stderr, "CUDA error %s at %s:%d: %s\n", #expr, __FILE__,    \
-              __LINE__, cudaGetErrorString(err_));                        \
-      exit(2);                                                            \
-    }                                                                     \
-  } while (0)
-
-struct HostAdd {
-  float* buffer;
-  __host__ __device__ void operator()(int64_t index, float value) const {
-    buffer[index] += value;
-  }
-};
-
-template <typename T>
-T* ToDevice(const std::vector<T>& host) {
-  T* dev = nullptr;
-  HARNESS_CUDA_CHECK(cudaMalloc(&dev, sizeof(T) * (host.size() + 1)));
-  if (!host.empty()) {
-    HARNESS_CUDA_CHECK(cudaMemcpy(dev, host.data(), sizeof(T) * host.size(),
-                                  cudaMemcpyHostToDevice));
-  }
-  return dev;
-}
-
-template <typename T>
-T* DeviceZeros(size_t n) {
-  T* dev = nullptr;
-  HARNESS_CUDA_CHECK(cudaMalloc(&dev, sizeof(T) * (n + 1)));
-  HARNESS_CUDA_CHECK(cudaMemset(dev, 0, sizeof(T) * (n + 1)));
-  return dev;
-}
-
-template <typename T>
-std::vector<T> ToHost(const T* dev, size_t n) {
-  std::vector<T> host(n);
-  if (n) {
-    HARNESS_CUDA_CHECK(
-        cudaMemcpy(host.data(), dev, sizeof(T) * n, cudaMemcpyDeviceToHost));
-  }
-  return host;
-}
-
-float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
-  float m = 0.f;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const float d = fabsf(a[i] - b[i]);
-    if (!(d <= m)) m = (d == d) ? d : INFINITY;
-  }
-  return m;
-}
+using rfcn_harness::DeviceZeros;
+using rfcn_harness::KeepWorst;
+using rfcn_harness::MaxAbsDiff;
+using rfcn_harness::ToDevice;
+using rfcn_harness::ToHost;
+using HostAdd = rfcn_harness::HostAdd<float>;
 
 int Blocks(int64_t n) { return static_cast<int>((n + 255) / 256) + 1; }
 
@@ -114,11 +67,7 @@ float PoolCase(const char* name, int batch, int height, int width, int k,
   std::vector<float> rois(static_cast<size_t>(num_rois) * 5);
   for (int r = 0; r < num_rois; ++r) {
     float* roi = &rois[r * 5];
-    roi[0] = static_cast<float>(rng() % batch);
-    roi[1] = ycoord(rng);
-    roi[2] = xcoord(rng);
-    roi[3] = roi[1] + fabsf(ycoord(rng)) * 0.6f;
-    roi[4] = roi[2] + fabsf(xcoord(rng)) * 0.6f;
+    rfcn_harness::DrawRoi(rng, ycoord, xcoord, batch, roi);
     if (r % 8 == 2) std::swap(roi[1], roi[3]);       // reversed
     if (r % 8 == 3) roi[1] = roi[3] = -5.f * img_h;  // fully outside
     if (r % 16 == 5) roi[0] = static_cast<float>(batch);  // pools 0 on GPU
@@ -266,14 +215,9 @@ float ConvCase(const char* name, int batch, int height, int width, int cin,
 }  // namespace
 
 int main() {
-  int devices = 0;
-  HARNESS_CUDA_CHECK(cudaGetDeviceCount(&devices));
-  if (devices == 0) {
-    fprintf(stderr, "no CUDA device\n");
-    return 2;
-  }
+  rfcn_harness::RequireDevice();
   float worst = 0.f;
-  const auto m = [&](float v) { worst = (v > worst || v != v) ? v : worst; };
+  const auto m = [&](float v) { KeepWorst(v, &worst); };
   m(PoolCase("k7 C21 detector-like", 1, 38, 63, 7, 21, 1, 300, 2, 1.f / 16,
              1u));
   m(PoolCase("k3 batch 3 groups 5", 3, 13, 29, 3, 5, 5, 97, 3, 0.125f, 2u));
@@ -284,11 +228,5 @@ int main() {
   m(ConvCase("stride 2 dilation 2", 2, 17, 12, 5, 3, 3, 2, 2,
              rfcn_deform::kSame, 6u));
   m(ConvCase("valid 1x3", 2, 6, 9, 3, 1, 3, 1, 1, rfcn_deform::kValid, 7u));
-  printf("max |gpu - cpu| = %.3g (tolerance %.1g)\n", worst, kTolerance);
-  if (!(worst <= kTolerance)) {
-    printf("FAIL\n");
-    return 1;
-  }
-  printf("OK\n");
-  return 0;
+  return rfcn_harness::Report(worst, kTolerance);
 }

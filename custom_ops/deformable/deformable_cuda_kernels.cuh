@@ -8,27 +8,12 @@
 
 #include <stdint.h>
 
+#include "../common/cuda_kernel_util.cuh"
 #include "deformable_math.h"
 
 namespace rfcn_deform {
 
-#define RFCN_DEFORM_GRID_LOOP(idx, total)                                  \
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) +       \
-                     threadIdx.x;                                          \
-       idx < (total); idx += static_cast<int64_t>(blockDim.x) * gridDim.x)
-
-// atomicAdd on the device, a plain add on the host.
-template <typename T>
-struct AtomicAdder {
-  T* buffer;
-  __host__ __device__ void operator()(int64_t index, T value) const {
-#if defined(__CUDA_ARCH__)
-    atomicAdd(buffer + index, value);
-#else
-    buffer[index] += value;
-#endif
-  }
-};
+using rfcn_common::AtomicAdder;
 
 // output [R, k, k, C], one thread per element (c fastest).
 template <typename T>
@@ -36,7 +21,7 @@ __global__ void deform_pool_forward_kernel(int64_t total, const T* features,
                                            const float* rois,
                                            const T* offsets, PoolGeometry g,
                                            T* output) {
-  RFCN_DEFORM_GRID_LOOP(idx, total) {
+  RFCN_GRID_LOOP(idx, total) {
     const int c = static_cast<int>(idx % g.c_out);
     int64_t t = idx / g.c_out;
     const int j = static_cast<int>(t % g.k);
@@ -58,7 +43,7 @@ __global__ void deform_pool_backward_kernel(int64_t total, const T* features,
                                             T* grad_offsets) {
   AtomicAdder<T> add_f{grad_features};
   AtomicAdder<T> add_o{grad_offsets};
-  RFCN_DEFORM_GRID_LOOP(idx, total) {
+  RFCN_GRID_LOOP(idx, total) {
     const int c = static_cast<int>(idx % g.c_out);
     int64_t t = idx / g.c_out;
     const int j = static_cast<int>(t % g.k);
@@ -76,7 +61,7 @@ __global__ void deform_im2col_kernel(int64_t total, const T* input,
                                      const T* offsets, const T* mask,
                                      ConvGeometry g, T* columns) {
   const int taps = g.kh * g.kw;
-  RFCN_DEFORM_GRID_LOOP(idx, total) {
+  RFCN_GRID_LOOP(idx, total) {
     const int c = static_cast<int>(idx % g.channels);
     int64_t t = idx / g.channels;
     const int tap = static_cast<int>(t % taps);
@@ -97,7 +82,7 @@ __global__ void deform_col2im_kernel(int64_t total, const T* offsets,
                                      const T* mask, const T* grad_columns,
                                      ConvGeometry g, T* grad_input) {
   const int taps = g.kh * g.kw;
-  RFCN_DEFORM_GRID_LOOP(idx, total) {
+  RFCN_GRID_LOOP(idx, total) {
     const int c = static_cast<int>(idx % g.channels);
     int64_t t = idx / g.channels;
     const int tap = static_cast<int>(t % taps);
@@ -133,7 +118,7 @@ __global__ void deform_offset_grad_kernel(int64_t total, const T* input,
                                           ConvGeometry g, T* grad_offsets,
                                           T* grad_mask) {
   const int taps = g.kh * g.kw;
-  RFCN_DEFORM_GRID_LOOP(idx, total) {
+  RFCN_GRID_LOOP(idx, total) {
     const int tap = static_cast<int>(idx % taps);
     int64_t t = idx / taps;
     const int wo = static_cast<int>(t % g.out_w);
@@ -147,7 +132,6 @@ __global__ void deform_offset_grad_kernel(int64_t total, const T* input,
   }
 }
 
-#undef RFCN_DEFORM_GRID_LOOP
 
 }  // namespace rfcn_deform
 

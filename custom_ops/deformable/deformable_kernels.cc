@@ -37,6 +37,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../common/cpu_kernel_util.h"
 #include "deformable_functor.h"
 #include "deformable_math.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -60,9 +61,7 @@ using rfcn_deform::Tap;
 
 namespace {
 
-thread::ThreadPool* CpuWorkers(OpKernelContext* ctx) {
-  return ctx->device()->tensorflow_cpu_worker_threads()->workers;
-}
+using rfcn_common::CpuWorkers;
 
 // The n row (or column) taps of a shifted bin.
 void BinTaps(double bin_start, double bin_size, int n, int size, Tap* taps) {
@@ -522,17 +521,8 @@ absl::Status CheckPoolInputs(const Tensor& features, const Tensor& rois,
 }
 
 absl::Status CheckBatchIndices(const Tensor& rois, int batch) {
-  const auto r = rois.matrix<float>();
-  for (int64_t row = 0; row < rois.dim_size(0); ++row) {
-    int b;
-    if (!rfcn_deform::roi_batch_index(r(row, 0), batch, &b)) {
-      return errors::InvalidArgument(
-          "RfcnDeformPsRoiPool: rois row ", row, " has batch_index ",
-          r(row, 0), ", outside [0, ", batch, ") for features with batch size ",
-          batch);
-    }
-  }
-  return absl::OkStatus();
+  return rfcn_common::CheckRoiBatchIndices(rois, batch, "RfcnDeformPsRoiPool",
+                                           rfcn_deform::roi_batch_index);
 }
 
 }  // namespace

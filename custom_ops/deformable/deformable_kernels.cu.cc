@@ -9,9 +9,7 @@
 #define EIGEN_USE_GPU
 #endif
 
-#include <algorithm>
-#include <climits>
-
+#include "../common/gpu_launch.h"
 #include "deformable_cuda_kernels.cuh"
 #include "deformable_functor.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -24,14 +22,7 @@ namespace functor {
 
 typedef Eigen::GpuDevice GPUDevice;
 
-namespace {
-
-GpuLaunchConfig ConfigFor(int64_t total, const GPUDevice& d) {
-  return GetGpuLaunchConfig(
-      static_cast<int>(std::min<int64_t>(total, INT_MAX)), d);
-}
-
-}  // namespace
+using rfcn_common::ConfigFor;
 
 template <typename T>
 void RfcnDeformPoolForward<GPUDevice, T>::operator()(

@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "../common/cuda_harness_util.cuh"
 #include "psroi_pool_cuda_kernels.cuh"
 #include "psroi_pool_math.h"
 
@@ -27,53 +28,12 @@ namespace {
 
 constexpr float kTolerance = 1e-5f;
 
-#define HARNESS_CUDA_CHECK(expr)                                          \
-  do {                                                                    \
-    cudaError_t err_ = (expr);                                            \
-    if (err_ != cudaSuccess) {                                            \
-      fprintf(stderr, "CUDA error %s at %s:%d: %s\n", #expr, __FILE__,    \
-              __LINE__, cudaGetErrorString(err_));                        \
-      exit(2);                                                            \
-    }                                                                     \
-  } while (0)
-
-struct HostAdd {
-  float* buffer;
-  // __host__ __device__ only to match backward_element; called on the host.
-  __host__ __device__ void operator()(int64_t index, float value) const {
-    buffer[index] += value;
-  }
-};
-
-template <typename T>
-T* ToDevice(const std::vector<T>& host) {
-  T* dev = nullptr;
-  HARNESS_CUDA_CHECK(cudaMalloc(&dev, sizeof(T) * (host.size() + 1)));
-  if (!host.empty()) {
-    HARNESS_CUDA_CHECK(cudaMemcpy(dev, host.data(), sizeof(T) * host.size(),
-                                  cudaMemcpyHostToDevice));
-  }
-  return dev;
-}
-
-template <typename T>
-std::vector<T> ToHost(const T* dev, size_t n) {
-  std::vector<T> host(n);
-  if (n) {
-    HARNESS_CUDA_CHECK(
-        cudaMemcpy(host.data(), dev, sizeof(T) * n, cudaMemcpyDeviceToHost));
-  }
-  return host;
-}
-
-float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
-  float m = 0.f;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const float d = fabsf(a[i] - b[i]);
-    if (!(d <= m)) m = (d == d) ? d : INFINITY;  // NaN mismatch -> inf
-  }
-  return m;
-}
+using rfcn_harness::DeviceZeros;
+using rfcn_harness::KeepWorst;
+using rfcn_harness::MaxAbsDiff;
+using rfcn_harness::ToDevice;
+using rfcn_harness::ToHost;
+using HostAdd = rfcn_harness::HostAdd<float>;
 
 // One configuration; returns the worst of its forward/backward differences.
 float RunCase(const char* name, int batch, int height, int width, int kh,
@@ -104,11 +64,7 @@ float RunCase(const char* name, int batch, int height, int width, int kh,
   std::vector<float> rois(static_cast<size_t>(num_rois) * 5);
   for (int r = 0; r < num_rois; ++r) {
     float* roi = &rois[r * 5];
-    roi[0] = static_cast<float>(rng() % batch);
-    roi[1] = ycoord(rng);
-    roi[2] = xcoord(rng);
-    roi[3] = roi[1] + fabsf(ycoord(rng)) * 0.6f;
-    roi[4] = roi[2] + fabsf(xcoord(rng)) * 0.6f;
+    rfcn_harness::DrawRoi(rng, ycoord, xcoord, batch, roi);
     switch (r % 8) {
       case 1:  // tiny
         roi[3] = roi[1] + 1.f;
@@ -153,13 +109,8 @@ float RunCase(const char* name, int batch, int height, int width, int kh,
   float* d_features = ToDevice(features);
   float* d_rois = ToDevice(rois);
   float* d_grad = ToDevice(grad);
-  float* d_out = nullptr;
-  float* d_grad_features = nullptr;
-  HARNESS_CUDA_CHECK(cudaMalloc(&d_out, sizeof(float) * (osize + 1)));
-  HARNESS_CUDA_CHECK(
-      cudaMalloc(&d_grad_features, sizeof(float) * (fsize + 1)));
-  HARNESS_CUDA_CHECK(
-      cudaMemset(d_grad_features, 0, sizeof(float) * (fsize + 1)));
+  float* d_out = DeviceZeros<float>(osize);
+  float* d_grad_features = DeviceZeros<float>(fsize);
   const int threads = 256;
   const int blocks_out = static_cast<int>((osize + threads - 1) / threads);
   if (osize > 0) {
@@ -191,15 +142,10 @@ float RunCase(const char* name, int batch, int height, int width, int kh,
 }  // namespace
 
 int main() {
-  int devices = 0;
-  HARNESS_CUDA_CHECK(cudaGetDeviceCount(&devices));
-  if (devices == 0) {
-    fprintf(stderr, "no CUDA device\n");
-    return 2;
-  }
+  rfcn_harness::RequireDevice();
   float worst = 0.f;
   for (int mode = 0; mode < 2; ++mode) {
-    const auto m = [&](float v) { worst = (v > worst || v != v) ? v : worst; };
+    const auto m = [&](float v) { KeepWorst(v, &worst); };
     m(RunCase("k7 C21 detector-like", 1, 38, 63, 7, 7, 21, 300, mode, 2,
               1.f / 16, 1u + mode));
     m(RunCase("k3 batch 3 non-square", 3, 13, 29, 3, 3, 5, 97, mode, 3,
@@ -211,11 +157,5 @@ int main() {
     m(RunCase("7x7 adaptive detector-like", 1, 38, 63, 7, 7, 21, 300, mode,
               0, 1.f / 16, 51u + mode));
   }
-  printf("max |gpu - cpu| = %.3g (tolerance %.1g)\n", worst, kTolerance);
-  if (!(worst <= kTolerance)) {
-    printf("FAIL\n");
-    return 1;
-  }
-  printf("OK\n");
-  return 0;
+  return rfcn_harness::Report(worst, kTolerance);
 }

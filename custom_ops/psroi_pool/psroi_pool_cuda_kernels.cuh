@@ -10,6 +10,7 @@
 
 #include <stdint.h>
 
+#include "../common/cuda_kernel_util.cuh"
 #include "psroi_pool_math.h"
 
 namespace rfcn_psroi {
@@ -34,9 +35,7 @@ template <typename T>
 __global__ void psroi_forward_kernel(int64_t total, const T* features,
                                      const float* rois, Geometry g,
                                      T* output) {
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) +
-                     threadIdx.x;
-       idx < total; idx += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+  RFCN_GRID_LOOP(idx, total) {
     int64_t r;
     int i, j, c;
     split_output_index(idx, g, &r, &i, &j, &c);
@@ -47,16 +46,7 @@ __global__ void psroi_forward_kernel(int64_t total, const T* features,
 
 // Scatter target of the backward: atomicAdd on the device (float), a plain
 // add on the host (only instantiated there by tools that reuse it).
-struct AtomicAddFloat {
-  float* buffer;
-  __host__ __device__ void operator()(int64_t index, float value) const {
-#if defined(__CUDA_ARCH__)
-    atomicAdd(buffer + index, value);
-#else
-    buffer[index] += value;
-#endif
-  }
-};
+using AtomicAddFloat = rfcn_common::AtomicAdder<float>;
 
 // Adds the scatter of grad[R, kh, kw, C] (total elements) into the float
 // buffer grad_features[B, H, W, K], which the caller zeroes first.
@@ -65,9 +55,7 @@ __global__ void psroi_backward_kernel(int64_t total, const T* grad,
                                       const float* rois, Geometry g,
                                       float* grad_features) {
   AtomicAddFloat add{grad_features};
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) +
-                     threadIdx.x;
-       idx < total; idx += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+  RFCN_GRID_LOOP(idx, total) {
     int64_t r;
     int i, j, c;
     split_output_index(idx, g, &r, &i, &j, &c);
@@ -79,9 +67,7 @@ __global__ void psroi_backward_kernel(int64_t total, const T* grad,
 // out[n] = T(in[n]): the float accumulation buffer to half / bfloat16.
 template <typename T>
 __global__ void psroi_cast_kernel(int64_t n, const float* in, T* out) {
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) +
-                     threadIdx.x;
-       idx < n; idx += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+  RFCN_GRID_LOOP(idx, n) {
     out[idx] = static_cast<T>(in[idx]);
   }
 }

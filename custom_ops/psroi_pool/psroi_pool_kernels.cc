@@ -45,6 +45,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../common/cpu_kernel_util.h"
 #include "psroi_pool_functor.h"
 #include "psroi_pool_math.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -83,9 +84,7 @@ using rfcn_psroi::Tap;
 
 namespace {
 
-thread::ThreadPool* CpuWorkers(OpKernelContext* ctx) {
-  return ctx->device()->tensorflow_cpu_worker_threads()->workers;
-}
+using rfcn_common::CpuWorkers;
 
 // A rough count of the cells one avg bin covers, for the cost model: RoIs
 // are assumed to span about half the map on each side.
@@ -972,16 +971,8 @@ absl::Status CheckInputs(const Tensor& features, const Tensor& rois,
 // Host-side check that every batch index lies in [0, B) (CPU kernels only:
 // on GPU the rois live in device memory and an out-of-range row pools 0).
 absl::Status CheckBatchIndices(const Tensor& rois, int batch) {
-  const auto r = rois.matrix<float>();
-  for (int64_t row = 0; row < rois.dim_size(0); ++row) {
-    int b;
-    if (!rfcn_psroi::roi_batch_index(r(row, 0), batch, &b)) {
-      return errors::InvalidArgument(
-          "RfcnPsRoiPool: rois row ", row, " has batch_index ", r(row, 0),
-          ", outside [0, ", batch, ") for features with batch size ", batch);
-    }
-  }
-  return absl::OkStatus();
+  return rfcn_common::CheckRoiBatchIndices(rois, batch, "RfcnPsRoiPool",
+                                           rfcn_psroi::roi_batch_index);
 }
 
 }  // namespace

@@ -14,9 +14,7 @@
 #define EIGEN_USE_GPU
 #endif
 
-#include <algorithm>
-#include <climits>
-
+#include "../common/gpu_launch.h"
 #include "psroi_pool_cuda_kernels.cuh"
 #include "psroi_pool_functor.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -29,16 +27,7 @@ namespace functor {
 
 typedef Eigen::GpuDevice GPUDevice;
 
-namespace {
-
-// A launch configuration for `total` elements (the kernels are grid-stride
-// loops, so clamping the count for the config is safe).
-GpuLaunchConfig ConfigFor(int64_t total, const GPUDevice& d) {
-  return GetGpuLaunchConfig(
-      static_cast<int>(std::min<int64_t>(total, INT_MAX)), d);
-}
-
-}  // namespace
+using rfcn_common::ConfigFor;
 
 template <typename T>
 void RfcnPsRoiPoolForward<GPUDevice, T>::operator()(

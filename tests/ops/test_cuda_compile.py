@@ -11,118 +11,64 @@
 Each file is compiled once per session (objects in a tmp dir).
 """
 
-import os
-import shutil
-import subprocess
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from cuda_build_helpers import (
+    build_host_driver,
+    check_harness,
+    compile_cuda_functors,
+    link_gpu_library,
+    make_cuda_build,
+    needs_nvcc,
+    run,
+)
 from psroi_reference import ps_roi_pool_reference, ps_roi_pool_reference_grad
 
 OP_DIR = Path(__file__).resolve().parents[2] / "custom_ops" / "psroi_pool"
-NVCC = shutil.which("nvcc")
-CXX = os.environ.get("CXX", "g++")
-
-needs_nvcc = pytest.mark.skipif(
-    NVCC is None, reason="nvcc not found on PATH: the CUDA kernels cannot be compiled here")
-
-
-def _run(cmd, cwd=None, timeout=300):
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, (
-        f"exit {proc.returncode}: {' '.join(map(str, cmd))}\n{proc.stdout[-2000:]}\n"
-        f"{proc.stderr[-4000:]}")
-    return proc
-
-
-def _cuda_home():
-    """CUDA_HOME / CUDA_PATH, else the toolkit around nvcc (nvcc may be a wrapper script), else
-    /usr/local/cuda: the same rule as setup.py."""
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(var):
-            return Path(os.environ[var])
-    root = Path(os.path.realpath(NVCC)).parents[1]
-    return root if (root / "include" / "cuda.h").exists() else Path("/usr/local/cuda")
 
 
 @pytest.fixture(scope="session")
 def cuda_build(tmp_path_factory):
-    """Compile flags and a scratch dir with the include shim for third_party/gpus/cuda."""
-    out = tmp_path_factory.mktemp("cuda_build")
-    cuda_home = _cuda_home()
-    shim = out / "shim" / "third_party" / "gpus" / "cuda"
-    shim.mkdir(parents=True)
-    (shim / "include").symlink_to(cuda_home / "include")
-    tf_flags = list(tf.sysconfig.get_compile_flags())
-    return {
-        "dir": out,
-        "cuda_home": cuda_home,
-        "includes": [f"-I{out / 'shim'}", f"-I{cuda_home / 'include'}"],
-        "tf_flags": tf_flags,
-    }
+    return make_cuda_build(tmp_path_factory.mktemp("cuda_build"))
 
 
 @pytest.fixture(scope="session")
 def cuda_object(cuda_build):
-    obj = cuda_build["dir"] / "psroi_pool_kernels.cu.o"
-    nv_flags = [f.replace("--std=", "-std=") for f in cuda_build["tf_flags"]]
-    _run([NVCC, "-c", str(OP_DIR / "psroi_pool_kernels.cu.cc"), "-o", str(obj), "-x", "cu",
-          "-O2", "-DGOOGLE_CUDA=1", "-DEIGEN_USE_GPU", "--expt-relaxed-constexpr",
-          "-Xcompiler", "-fPIC", "-w", "-gencode=arch=compute_90,code=sm_90",
-          *cuda_build["includes"], *nv_flags])
-    return obj
+    return compile_cuda_functors(cuda_build, OP_DIR / "psroi_pool_kernels.cu.cc")
 
 
 @pytest.mark.slow
 @needs_nvcc
 def test_cuda_functors_compile_against_tf_headers(cuda_object):
     assert cuda_object.stat().st_size > 10_000
-    symbols = _run(["nm", "-C", str(cuda_object)]).stdout
-    for functor in ("RfcnPsRoiPoolForward<Eigen::GpuDevice, float>",
-                    "RfcnPsRoiPoolBackward<Eigen::GpuDevice, Eigen::half>",
-                    "RfcnPsRoiPoolBackward<Eigen::GpuDevice, Eigen::bfloat16>"):
+    symbols = run(["nm", "-C", str(cuda_object)]).stdout
+    for functor in (
+        "RfcnPsRoiPoolForward<Eigen::GpuDevice, float>",
+        "RfcnPsRoiPoolBackward<Eigen::GpuDevice, Eigen::half>",
+        "RfcnPsRoiPoolBackward<Eigen::GpuDevice, Eigen::bfloat16>",
+    ):
         assert functor in symbols, f"{functor} not instantiated in {cuda_object}"
 
 
 @pytest.mark.slow
 @needs_nvcc
 def test_gpu_registrations_compile_and_link_into_one_library(cuda_build, cuda_object):
-    out = cuda_build["dir"]
-    objects = [cuda_object]
-    for name in ("psroi_pool_ops.cc", "psroi_pool_kernels.cc"):
-        obj = out / (name + ".gpu.o")
-        _run([CXX, "-c", str(OP_DIR / name), "-o", str(obj), "-O1", "-fPIC", "-w",
-              "-DGOOGLE_CUDA=1", *cuda_build["includes"], *cuda_build["tf_flags"]])
-        objects.append(obj)
-    library = out / "_psroi_pool_ops_gpu.so"
-    _run([CXX, "-shared", "-o", str(library), *map(str, objects),
-          *tf.sysconfig.get_link_flags(), f"-L{cuda_build['cuda_home'] / 'lib64'}", "-lcudart",
-          "-Wl,--no-undefined", "-Wl,--unresolved-symbols=ignore-in-shared-libs"])
-    undefined = _run(["nm", "-C", "--undefined-only", str(library)]).stdout
+    undefined = link_gpu_library(
+        cuda_build,
+        cuda_object,
+        [OP_DIR / name for name in ("psroi_pool_ops.cc", "psroi_pool_kernels.cc")],
+        "_psroi_pool_ops_gpu.so",
+    )
     assert "RfcnPsRoiPool" not in undefined, undefined
-
-
-def _gpu_visible():
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return False
-    proc = subprocess.run([smi, "-L"], capture_output=True, text=True)
-    return proc.returncode == 0 and "GPU" in proc.stdout
 
 
 @pytest.mark.slow
 @needs_nvcc
 def test_cuda_harness_compiles_and_passes_where_a_gpu_exists(cuda_build):
-    binary = cuda_build["dir"] / "psroi_harness"
-    _run([NVCC, "-std=c++17", "-O2", "-o", str(binary), str(OP_DIR / "cuda_harness.cu")])
-    assert binary.stat().st_size > 10_000
-    if _gpu_visible():
-        proc = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "OK" in proc.stdout
+    check_harness(cuda_build, OP_DIR / "cuda_harness.cu", "psroi_harness")
 
 
 # The host driver of the shared per-element math: reads a binary case from argv[1], writes the
@@ -165,24 +111,26 @@ _HOST_DRIVER = textwrap.dedent(r"""
 
 @pytest.fixture(scope="module")
 def host_driver(tmp_path_factory):
-    out = tmp_path_factory.mktemp("host_math")
-    source = out / "host_driver.cc"
-    source.write_text(_HOST_DRIVER)
-    binary = out / "host_driver"
-    _run([CXX, "-std=c++17", "-O2", f"-I{OP_DIR}", str(source), "-o", str(binary)])
-    return binary
+    return build_host_driver(tmp_path_factory.mktemp("host_math"), _HOST_DRIVER, OP_DIR)
 
 
-@pytest.mark.parametrize("mode, sampling_ratio, grid", [
-    ("avg", 2, (3, 3)), ("bilinear", 2, (3, 3)), ("bilinear", 3, (3, 3)),
-    ("avg", 2, (2, 5)), ("bilinear", 0, (3, 3)), ("bilinear", -1, (4, 2)),
-])
-def test_per_element_math_of_the_cuda_kernels_matches_reference(host_driver, tmp_path, mode,
-                                                                sampling_ratio, grid):
+@pytest.mark.parametrize(
+    "mode, sampling_ratio, grid",
+    [
+        ("avg", 2, (3, 3)),
+        ("bilinear", 2, (3, 3)),
+        ("bilinear", 3, (3, 3)),
+        ("avg", 2, (2, 5)),
+        ("bilinear", 0, (3, 3)),
+        ("bilinear", -1, (4, 2)),
+    ],
+)
+def test_per_element_math_of_the_cuda_kernels_matches_reference(
+    host_driver, tmp_path, mode, sampling_ratio, grid
+):
     rng = np.random.default_rng(3)
     (kh, kw), (batch, height, width, num_out, scale) = grid, (2, 9, 12, 4, 0.5)
-    feats = (3 * rng.standard_normal((batch, height, width, kh * kw * num_out))).astype(
-        np.float32)
+    feats = (3 * rng.standard_normal((batch, height, width, kh * kw * num_out))).astype(np.float32)
     y = np.sort(rng.uniform(-8, 26, (20, 2)), axis=1)
     x = np.sort(rng.uniform(-8, 32, (20, 2)), axis=1)
     rois = np.column_stack([rng.integers(0, batch, 20), y[:, 0], x[:, 0], y[:, 1], x[:, 1]])
@@ -190,19 +138,38 @@ def test_per_element_math_of_the_cuda_kernels_matches_reference(host_driver, tmp
     rois = rois.astype(np.float32)
     grad = rng.standard_normal((len(rois), kh, kw, num_out)).astype(np.float32)
     case = tmp_path / "case.bin"
-    header = np.array([batch, height, width, kh, kw, num_out, len(rois),
-                       0 if mode == "avg" else 1, sampling_ratio], np.int32)
-    case.write_bytes(header.tobytes() + np.float32(scale).tobytes() + feats.tobytes()
-                     + rois.tobytes() + grad.tobytes())
+    header = np.array(
+        [
+            batch,
+            height,
+            width,
+            kh,
+            kw,
+            num_out,
+            len(rois),
+            0 if mode == "avg" else 1,
+            sampling_ratio,
+        ],
+        np.int32,
+    )
+    case.write_bytes(
+        header.tobytes()
+        + np.float32(scale).tobytes()
+        + feats.tobytes()
+        + rois.tobytes()
+        + grad.tobytes()
+    )
     result = tmp_path / "result.bin"
-    _run([str(host_driver), str(case), str(result)])
+    run([str(host_driver), str(case), str(result)])
     values = np.fromfile(result, np.float32)
-    out = values[:grad.size].reshape(grad.shape)
-    grad_features = values[grad.size:].reshape(feats.shape)
+    out = values[: grad.size].reshape(grad.shape)
+    grad_features = values[grad.size :].reshape(feats.shape)
     np.testing.assert_allclose(
-        out, ps_roi_pool_reference(feats, rois, grid, scale, mode, sampling_ratio), atol=1e-5)
+        out, ps_roi_pool_reference(feats, rois, grid, scale, mode, sampling_ratio), atol=1e-5
+    )
     np.testing.assert_allclose(
         grad_features,
         ps_roi_pool_reference_grad(feats.shape, rois, grad, grid, scale, mode, sampling_ratio),
-        atol=1e-5)
+        atol=1e-5,
+    )
     assert np.abs(out).max() > 0.1 and np.all(out[-1] == 0) and np.all(out[-2] == 0)

@@ -11,117 +11,68 @@
   NumPy reference and the compiled CPU op.
 """
 
-import os
-import shutil
-import subprocess
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from cuda_build_helpers import (
+    build_host_driver,
+    check_harness,
+    compile_cuda_functors,
+    link_gpu_library,
+    make_cuda_build,
+    needs_nvcc,
+    run,
+)
 from deform_reference import deform_conv2d_reference, deform_ps_roi_pool_reference
 
 from rfcn_tf.ops.deform_conv import deform_conv2d
 from rfcn_tf.ops.deform_psroi_pool import deform_ps_roi_pool
 
 OP_DIR = Path(__file__).resolve().parents[2] / "custom_ops" / "deformable"
-NVCC = shutil.which("nvcc")
-CXX = os.environ.get("CXX", "g++")
-
-needs_nvcc = pytest.mark.skipif(
-    NVCC is None, reason="nvcc not found on PATH: the CUDA kernels cannot be compiled here")
-
-
-def _run(cmd, timeout=600):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          check=False)
-    assert proc.returncode == 0, (
-        f"exit {proc.returncode}: {' '.join(map(str, cmd))}\n{proc.stdout[-2000:]}\n"
-        f"{proc.stderr[-4000:]}")
-    return proc
-
-
-def _cuda_home():
-    """The rule of setup.py: CUDA_HOME / CUDA_PATH, the toolkit around nvcc, /usr/local/cuda."""
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(var):
-            return Path(os.environ[var])
-    root = Path(os.path.realpath(NVCC)).parents[1]
-    return root if (root / "include" / "cuda.h").exists() else Path("/usr/local/cuda")
 
 
 @pytest.fixture(scope="module")
 def cuda_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("deform_cuda_build")
-    cuda_home = _cuda_home()
-    shim = out / "shim" / "third_party" / "gpus" / "cuda"
-    shim.mkdir(parents=True)
-    (shim / "include").symlink_to(cuda_home / "include")
-    return {"dir": out, "cuda_home": cuda_home,
-            "includes": [f"-I{out / 'shim'}", f"-I{cuda_home / 'include'}"],
-            "tf_flags": list(tf.sysconfig.get_compile_flags())}
+    return make_cuda_build(tmp_path_factory.mktemp("deform_cuda_build"))
 
 
 @pytest.fixture(scope="module")
 def cuda_object(cuda_build):
-    obj = cuda_build["dir"] / "deformable_kernels.cu.o"
-    nv_flags = [f.replace("--std=", "-std=") for f in cuda_build["tf_flags"]]
-    _run([NVCC, "-c", str(OP_DIR / "deformable_kernels.cu.cc"), "-o", str(obj), "-x", "cu",
-          "-O2", "-DGOOGLE_CUDA=1", "-DEIGEN_USE_GPU", "--expt-relaxed-constexpr",
-          "-Xcompiler", "-fPIC", "-w", "-gencode=arch=compute_90,code=sm_90",
-          *cuda_build["includes"], *nv_flags])
-    return obj
+    return compile_cuda_functors(cuda_build, OP_DIR / "deformable_kernels.cu.cc")
 
 
 @pytest.mark.slow
 @needs_nvcc
 def test_cuda_functors_compile_against_tf_headers(cuda_object):
-    symbols = _run(["nm", "-C", str(cuda_object)]).stdout
-    for functor in ("RfcnDeformPoolForward<Eigen::GpuDevice, float>",
-                    "RfcnDeformPoolBackward<Eigen::GpuDevice, double>",
-                    "RfcnDeformIm2ColForward<Eigen::GpuDevice, float>",
-                    "RfcnDeformIm2ColBackward<Eigen::GpuDevice, double>"):
+    symbols = run(["nm", "-C", str(cuda_object)]).stdout
+    for functor in (
+        "RfcnDeformPoolForward<Eigen::GpuDevice, float>",
+        "RfcnDeformPoolBackward<Eigen::GpuDevice, double>",
+        "RfcnDeformIm2ColForward<Eigen::GpuDevice, float>",
+        "RfcnDeformIm2ColBackward<Eigen::GpuDevice, double>",
+    ):
         assert functor in symbols, f"{functor} not instantiated in {cuda_object}"
 
 
 @pytest.mark.slow
 @needs_nvcc
 def test_gpu_registrations_compile_and_link_into_one_library(cuda_build, cuda_object):
-    out = cuda_build["dir"]
-    objects = [cuda_object]
-    for name in ("deformable_ops.cc", "deformable_kernels.cc"):
-        obj = out / (name + ".gpu.o")
-        _run([CXX, "-c", str(OP_DIR / name), "-o", str(obj), "-O1", "-fPIC", "-w",
-              "-DGOOGLE_CUDA=1", *cuda_build["includes"], *cuda_build["tf_flags"]])
-        objects.append(obj)
-    library = out / "_deformable_ops_gpu.so"
-    _run([CXX, "-shared", "-o", str(library), *map(str, objects),
-          *tf.sysconfig.get_link_flags(), f"-L{cuda_build['cuda_home'] / 'lib64'}", "-lcudart",
-          "-Wl,--no-undefined", "-Wl,--unresolved-symbols=ignore-in-shared-libs"])
-    undefined = _run(["nm", "-C", "--undefined-only", str(library)]).stdout
+    undefined = link_gpu_library(
+        cuda_build,
+        cuda_object,
+        [OP_DIR / name for name in ("deformable_ops.cc", "deformable_kernels.cc")],
+        "_deformable_ops_gpu.so",
+    )
     assert "RfcnDeform" not in undefined, undefined
-
-
-def _gpu_visible():
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return False
-    proc = subprocess.run([smi, "-L"], capture_output=True, text=True, check=False)
-    return proc.returncode == 0 and "GPU" in proc.stdout
 
 
 @pytest.mark.slow
 @needs_nvcc
 def test_cuda_harness_compiles_and_passes_where_a_gpu_exists(cuda_build):
-    binary = cuda_build["dir"] / "deform_harness"
-    _run([NVCC, "-std=c++17", "-O2", "-o", str(binary), str(OP_DIR / "cuda_harness.cu")])
-    assert binary.stat().st_size > 10_000
-    if _gpu_visible():
-        proc = subprocess.run([str(binary)], capture_output=True, text=True, timeout=300,
-                              check=False)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "OK" in proc.stdout
+    check_harness(cuda_build, OP_DIR / "cuda_harness.cu", "deform_harness")
 
 
 # Host driver of the per-element math (double). argv[1]: "pool" or "conv"; argv[2] the case,
@@ -219,12 +170,7 @@ _HOST_DRIVER = textwrap.dedent(r"""
 
 @pytest.fixture(scope="module")
 def host_driver(tmp_path_factory):
-    out = tmp_path_factory.mktemp("deform_host_math")
-    source = out / "host_driver.cc"
-    source.write_text(_HOST_DRIVER)
-    binary = out / "host_driver"
-    _run([CXX, "-std=c++17", "-O2", f"-I{OP_DIR}", str(source), "-o", str(binary)])
-    return binary
+    return build_host_driver(tmp_path_factory.mktemp("deform_host_math"), _HOST_DRIVER, OP_DIR)
 
 
 def test_per_element_pool_math_of_the_cuda_kernels(host_driver, tmp_path):
@@ -239,60 +185,77 @@ def test_per_element_pool_math_of_the_cuda_kernels(host_driver, tmp_path):
     grad = rng.standard_normal((len(rois), k, k, num_out))
     header = np.array([batch, height, width, k, num_out, groups, len(rois), sr], np.int32)
     case = tmp_path / "pool.bin"
-    case.write_bytes(header.tobytes() + np.array([scale, 0.1], np.float32).tobytes()
-                     + feats.tobytes() + rois.tobytes() + offsets.tobytes() + grad.tobytes())
+    case.write_bytes(
+        header.tobytes()
+        + np.array([scale, 0.1], np.float32).tobytes()
+        + feats.tobytes()
+        + rois.tobytes()
+        + offsets.tobytes()
+        + grad.tobytes()
+    )
     result = tmp_path / "pool.out"
-    _run([str(host_driver), "pool", str(case), str(result)])
+    run([str(host_driver), "pool", str(case), str(result)])
     values = np.fromfile(result, np.float64)
-    out = values[:grad.size].reshape(grad.shape)
-    grad_features = values[grad.size:grad.size + feats.size].reshape(feats.shape)
-    grad_offsets = values[grad.size + feats.size:].reshape(offsets.shape)
+    out = values[: grad.size].reshape(grad.shape)
+    grad_features = values[grad.size : grad.size + feats.size].reshape(feats.shape)
+    grad_offsets = values[grad.size + feats.size :].reshape(offsets.shape)
     np.testing.assert_allclose(
-        out, deform_ps_roi_pool_reference(feats, rois, offsets, k, scale, sr, 0.1), atol=1e-9)
+        out, deform_ps_roi_pool_reference(feats, rois, offsets, k, scale, sr, 0.1), atol=1e-9
+    )
     f, o = tf.constant(feats), tf.constant(offsets)
     with tf.GradientTape() as tape:
         tape.watch([f, o])
-        loss = tf.reduce_sum(deform_ps_roi_pool(f, rois, o, output_size=k, spatial_scale=scale,
-                                                impl="custom") * grad)
+        loss = tf.reduce_sum(
+            deform_ps_roi_pool(f, rois, o, output_size=k, spatial_scale=scale, impl="custom") * grad
+        )
     want_f, want_o = tape.gradient(loss, [f, o])
     np.testing.assert_allclose(grad_features, want_f.numpy(), atol=1e-9)
     np.testing.assert_allclose(grad_offsets, want_o.numpy(), atol=1e-9)
     assert np.abs(grad_offsets).max() > 1e-2
 
 
-@pytest.mark.parametrize("stride, dilation, padding", [(1, 1, "SAME"), (2, 2, "SAME"),
-                                                       (1, 1, "VALID")])
-def test_per_element_conv_math_of_the_cuda_kernels(host_driver, tmp_path, stride, dilation,
-                                                   padding):
+@pytest.mark.parametrize(
+    "stride, dilation, padding", [(1, 1, "SAME"), (2, 2, "SAME"), (1, 1, "VALID")]
+)
+def test_per_element_conv_math_of_the_cuda_kernels(
+    host_driver, tmp_path, stride, dilation, padding
+):
     rng = np.random.default_rng(7)
     batch, height, width, cin, cout, kh, kw = 2, 7, 9, 3, 2, 3, 3
     inputs = rng.standard_normal((batch, height, width, cin))
     filters = rng.standard_normal((kh, kw, cin, cout))
     span = (kh - 1) * dilation + 1
-    size = (lambda n: -(-n // stride)) if padding == "SAME" else (
-        lambda n: (n - span) // stride + 1)
+    size = (
+        (lambda n: -(-n // stride)) if padding == "SAME" else (lambda n: (n - span) // stride + 1)
+    )
     ho, wo = size(height), size(width)
     offsets = 2.0 * rng.standard_normal((batch, ho, wo, 2 * kh * kw))
     mask = rng.uniform(0, 1, (batch, ho, wo, kh * kw))
     gcol = rng.standard_normal((batch, ho, wo, kh * kw * cin))
-    header = np.array([batch, height, width, cin, kh, kw, stride, dilation,
-                       1 if padding == "SAME" else 0, 0], np.int32)
+    header = np.array(
+        [batch, height, width, cin, kh, kw, stride, dilation, 1 if padding == "SAME" else 0, 0],
+        np.int32,
+    )
     case = tmp_path / "conv.bin"
-    case.write_bytes(header.tobytes() + inputs.tobytes() + offsets.tobytes() + mask.tobytes()
-                     + gcol.tobytes())
+    case.write_bytes(
+        header.tobytes() + inputs.tobytes() + offsets.tobytes() + mask.tobytes() + gcol.tobytes()
+    )
     result = tmp_path / "conv.out"
-    _run([str(host_driver), "conv", str(case), str(result)])
+    run([str(host_driver), "conv", str(case), str(result)])
     values = np.fromfile(result, np.float64)
     sizes = np.cumsum([gcol.size, inputs.size, offsets.size])
-    cols = values[:sizes[0]].reshape(gcol.shape)
-    grad_input = values[sizes[0]:sizes[1]].reshape(inputs.shape)
-    grad_offsets = values[sizes[1]:sizes[2]].reshape(offsets.shape)
-    grad_mask = values[sizes[2]:].reshape(mask.shape)
+    cols = values[: sizes[0]].reshape(gcol.shape)
+    grad_input = values[sizes[0] : sizes[1]].reshape(inputs.shape)
+    grad_offsets = values[sizes[1] : sizes[2]].reshape(offsets.shape)
+    grad_mask = values[sizes[2] :].reshape(mask.shape)
     conv = {"strides": stride, "dilations": dilation, "padding": padding}
     np.testing.assert_allclose(
         cols.reshape(-1, kh * kw * cin) @ filters.reshape(-1, cout),
-        deform_conv2d_reference(inputs, offsets, filters, mask, (stride,) * 2, (dilation,) * 2,
-                                padding).reshape(-1, cout), atol=1e-9)
+        deform_conv2d_reference(
+            inputs, offsets, filters, mask, (stride,) * 2, (dilation,) * 2, padding
+        ).reshape(-1, cout),
+        atol=1e-9,
+    )
     # Identity filters make the conv output the columns themselves: the compiled CPU op's
     # gradients of sum(columns * gcol) are the driver's backward of gcol.
     x_t, o_t, m_t = tf.constant(inputs), tf.constant(offsets), tf.constant(mask)
@@ -302,6 +265,7 @@ def test_per_element_conv_math_of_the_cuda_kernels(host_driver, tmp_path, stride
         columns = deform_conv2d(x_t, o_t, eye, mask=m_t, impl="custom", **conv)
         loss = tf.reduce_sum(columns * gcol)
     want = tape.gradient(loss, [x_t, o_t, m_t])
-    for got, ref, label in zip((grad_input, grad_offsets, grad_mask), want,
-                               ("input", "offsets", "mask")):
+    for got, ref, label in zip(
+        (grad_input, grad_offsets, grad_mask), want, ("input", "offsets", "mask")
+    ):
         np.testing.assert_allclose(got, ref.numpy(), atol=1e-9, err_msg=label)
