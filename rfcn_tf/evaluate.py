@@ -13,7 +13,6 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from rfcn_tf.cli_args import (
     add_common_arguments,
@@ -30,42 +29,58 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rfcn_tf.evaluate",
-        description=("Evaluate an R-FCN detector on a dataset split: COCO AP (pycocotools), "
-                     "VOC07 11-point mAP and VOC2010+ mAP, overall and per class. Writes "
-                     "metrics.json, metrics.md, pr_curves/*.png and detections.json (COCO "
-                     "results) to --out and prints a one-line summary."),
+        description=(
+            "Evaluate an R-FCN detector on a dataset split: COCO AP (pycocotools), "
+            "VOC07 11-point mAP and VOC2010+ mAP, overall and per class. Writes "
+            "metrics.json, metrics.md, pr_curves/*.png and detections.json (COCO "
+            "results) to --out and prints a one-line summary."
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=("examples:\n"
-                "  python -m rfcn_tf.evaluate --checkpoint runs/shapes_tiny\n"
-                "  python -m rfcn_tf.evaluate --saved-model export/rfcn/1 --max-images 50\n"
-                "  python -m rfcn_tf.evaluate --config voc07_resnet101 --set data.voc_root=VOC "
-                "--checkpoint runs/voc/checkpoints --split test"))
+        epilog=(
+            "examples:\n"
+            "  python -m rfcn_tf.evaluate --checkpoint runs/shapes_tiny\n"
+            "  python -m rfcn_tf.evaluate --saved-model export/rfcn/1 --max-images 50\n"
+            "  python -m rfcn_tf.evaluate --config voc07_resnet101 --set data.voc_root=VOC "
+            "--checkpoint runs/voc/checkpoints --split test"
+        ),
+    )
     add_config_arguments(
-        parser, print_config=True, set_example="eval.batch_size=2",
-        config_help=("default: the run's saved config.yaml next to --checkpoint, else the "
-                     "shapes_tiny preset"))
+        parser,
+        print_config=True,
+        set_example="eval.batch_size=2",
+        config_help=(
+            "default: the run's saved config.yaml next to --checkpoint, else the shapes_tiny preset"
+        ),
+    )
     add_model_source_arguments(parser)
     parser.add_argument(
-        "--split", default=None,
-        help="dataset split to evaluate; default: eval.split, else data.val_split")
+        "--split", help="split to evaluate; default: eval.split, else data.val_split"
+    )
     parser.add_argument(
-        "--out", default=None, metavar="DIR",
-        help="output folder for the reports; default: <train.work_dir>/eval/<split>")
+        "--out", metavar="DIR", help="report folder; default: <work_dir>/eval/<split>"
+    )
     parser.add_argument(
-        "--max-images", type=int, default=None, metavar="N",
-        help="evaluate only the first N images of the split (default: eval.max_images, else all)")
+        "--max-images",
+        type=int,
+        metavar="N",
+        help="first N images (default: eval.max_images, else all)",
+    )
     add_score_threshold_argument(parser, default=None, what="score (eval.score_threshold)")
     parser.add_argument(
-        "--multiscale", action="store_true",
-        help=("multi-scale testing (R-FCN sec. 4.2): run every shorter side in "
-              "eval.multiscale_sizes and merge the detections by per-class NMS "
-              "(--checkpoint only)"))
+        "--multiscale",
+        action="store_true",
+        help=(
+            "multi-scale testing (R-FCN sec. 4.2): run every shorter side in "
+            "eval.multiscale_sizes and merge the detections by per-class NMS "
+            "(--checkpoint only)"
+        ),
+    )
     add_common_arguments(parser)
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rfcn_tf.data.pipeline import evaluation_scale
+    from rfcn_tf.evaluation import multiscale as ms
     from rfcn_tf.evaluation.evaluator import dataset_description, evaluate_split, format_summary
     from rfcn_tf.run_dir import resolve_config
 
@@ -77,8 +92,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    multiscale = args.multiscale or cfg.eval.multiscale
-    if multiscale and args.saved_model:
+    if (multiscale := args.multiscale or cfg.eval.multiscale) and args.saved_model:
         raise InputError("--multiscale needs --checkpoint (also eval.multiscale)")
     split = args.split or cfg.eval.split or cfg.data.val_split
     max_images = args.max_images if args.max_images is not None else cfg.eval.max_images
@@ -87,14 +101,9 @@ def _run(args: argparse.Namespace) -> int:
     if cfg.eval.score_threshold is not None:
         post.score_threshold = float(cfg.eval.score_threshold)
     if multiscale:
-        # Keep the aspect cap (max_size / shorter side) at the largest test size, and feed the
-        # pipeline images at that size so each scale only downsamples.
-        sizes = list(cfg.eval.multiscale_sizes)
-        ratio = cfg.data.max_size / float(evaluation_scale(cfg.data.scales))
-        ms_max_size = max(int(round(max(sizes) * ratio)), max(sizes))
-        cfg.data.scales, cfg.data.max_size = [max(sizes)], ms_max_size
+        ms.configure_multiscale_input(cfg)
 
-    info: dict[str, Any] = {"config": config_source, "split": split}
+    info = {"config": config_source, "split": split}
     if args.checkpoint:
         from rfcn_tf.data.pipeline import build_source
         from rfcn_tf.inference.backends import load_checkpoint_model
@@ -102,25 +111,31 @@ def _run(args: argparse.Namespace) -> int:
         _, source_info = build_source(cfg.data, split=split)
         class_names = list(source_info.class_names)
         model, info["checkpoint"] = load_checkpoint_model(
-            cfg, args.checkpoint, num_classes=len(class_names),
-            dataset_desc=dataset_description(cfg, split))
+            cfg,
+            args.checkpoint,
+            num_classes=len(class_names),
+            dataset_desc=dataset_description(cfg, split),
+        )
         detect_fn = model.detect
         if multiscale:
-            from rfcn_tf.evaluation.multiscale import multiscale_detect_fn
-
-            detect_fn = multiscale_detect_fn(
-                model.detect, sizes=sizes, max_size=ms_max_size,
-                size_multiple=cfg.model.backbone.feature_stride, nms_iou=post.nms_iou,
-                max_detections=post.max_detections)
-            info["multiscale_sizes"] = sizes
+            detect_fn = ms.multiscale_detect_fn_from_config(cfg, model.detect)
+            info["multiscale_sizes"] = list(cfg.eval.multiscale_sizes)
     else:
         from rfcn_tf.inference.backends import SavedModelBackend
 
         backend = SavedModelBackend(args.saved_model)
         class_names, info["saved_model"] = backend.class_names, backend.path
         detect_fn = backend.detect_fn(post.max_detections)
-    metrics = evaluate_split(cfg, detect_fn, split=split, out_dir=out_dir, max_images=max_images,
-                             progress=not args.no_progress, info=info, class_names=class_names)
+    metrics = evaluate_split(
+        cfg,
+        detect_fn,
+        split=split,
+        out_dir=out_dir,
+        max_images=max_images,
+        progress=not args.no_progress,
+        info=info,
+        class_names=class_names,
+    )
     print(f"{format_summary(metrics)} -> {out_dir}", flush=True)
     return 0
 

@@ -20,8 +20,6 @@ detections.json::
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from collections.abc import Sequence
 
@@ -41,57 +39,64 @@ __all__ = ["IMAGE_EXTENSIONS", "build_parser", "expand_inputs", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rfcn_tf.predict",
-        description=("Run an R-FCN detector on image files; write each image with its boxes, "
-                     "class names and scores drawn (<out>/<name>.png) and every detection to "
-                     "<out>/detections.json (boxes yxyx in original-image pixels)."),
+        description=(
+            "Run an R-FCN detector on image files; write each image with its boxes, "
+            "class names and scores drawn (<out>/<name>.png) and every detection to "
+            "<out>/detections.json (boxes yxyx in original-image pixels)."
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=("examples:\n"
-                "  python -m rfcn_tf.predict photo.jpg more/ 'shots/*.png' "
-                "--checkpoint runs/shapes_tiny --out predictions\n"
-                "  python -m rfcn_tf.predict img.jpg --saved-model export/rfcn --out pred "
-                "--score-threshold 0.3\n"
-                "exit status: 0 when every image was processed, 1 otherwise (unreadable "
-                "images are reported by name and skipped)"))
+        epilog=(
+            "examples:\n"
+            "  python -m rfcn_tf.predict photo.jpg more/ 'shots/*.png' "
+            "--checkpoint runs/shapes_tiny --out predictions\n"
+            "  python -m rfcn_tf.predict img.jpg --saved-model export/rfcn --out pred "
+            "--score-threshold 0.3\n"
+            "exit status: 0 when every image was processed, 1 otherwise (unreadable "
+            "images are reported by name and skipped)"
+        ),
+    )
     parser.add_argument(
-        "images", nargs="+", metavar="IMAGES",
-        help=("image files, folders (their image files, not recursive) or quoted glob "
-              "patterns such as 'data/*.jpg' ('**' recurses)"))
+        "images",
+        nargs="+",
+        metavar="IMAGES",
+        help=(
+            "image files, folders (their image files, not recursive) or quoted glob "
+            "patterns such as 'data/*.jpg' ('**' recurses)"
+        ),
+    )
     add_model_source_arguments(parser, saved_model_note="; class names from labels.txt")
     add_config_arguments(
-        parser, print_config=True, set_example="data.scales=[800]",
-        config_help=("used with --checkpoint (model, input size, class names); default: the "
-                     "run's config.yaml next to the checkpoint, else shapes_tiny"))
+        parser,
+        print_config=True,
+        set_example="data.scales=[800]",
+        config_help=(
+            "used with --checkpoint (model, input size, class names); default: the "
+            "run's config.yaml next to the checkpoint, else shapes_tiny"
+        ),
+    )
     parser.add_argument(
-        "--out", required=True, metavar="DIR",
-        help="output folder (created): annotated images and detections.json")
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder (created): annotated images and detections.json",
+    )
     add_score_threshold_argument(parser, default=0.5, what="draw and save")
     add_common_arguments(parser)
     return parser
 
 
-def _output_path(out_dir: str, path: str, used: set[str]) -> str:
-    stem = os.path.splitext(os.path.basename(path))[0] or "image"
-    name, index = f"{stem}.png", 1
-    while name in used:
-        name, index = f"{stem}_{index}.png", index + 1
-    used.add(name)
-    return os.path.join(out_dir, name)
-
-
 def _run(args: argparse.Namespace) -> int:
-    from PIL import Image
-    from tqdm.auto import tqdm
-
-    from rfcn_tf.cli_args import error_line
-    from rfcn_tf.images import read_image
     from rfcn_tf.inference.detector import load_checkpoint, load_saved_model
+    from rfcn_tf.inference.files import predict_files
     from rfcn_tf.run_dir import resolve_config
 
     if not 0.0 <= args.score_threshold <= 1.0:
         raise InputError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     if args.print_config:
-        print(resolve_config(args.config, args.overrides, checkpoint=args.checkpoint)[0]
-              .to_yaml(), end="")
+        print(
+            resolve_config(args.config, args.overrides, checkpoint=args.checkpoint)[0].to_yaml(),
+            end="",
+        )
         return 0
     paths, failed = expand_inputs(args.images)
     for item in failed:
@@ -99,43 +104,36 @@ def _run(args: argparse.Namespace) -> int:
     if not paths:
         raise InputError(f"no image to process among {list(args.images)}")
     if args.checkpoint:
-        detector = load_checkpoint(args.checkpoint, config=args.config, overrides=args.overrides,
-                                   score_threshold=args.score_threshold)
+        detector = load_checkpoint(
+            args.checkpoint,
+            config=args.config,
+            overrides=args.overrides,
+            score_threshold=args.score_threshold,
+        )
     else:
         if args.config or args.overrides:
-            print("note: --config/--set are not used with --saved-model (the export carries "
-                  "its preprocessing and class names)", file=sys.stderr)
+            print(
+                "note: --config/--set are not used with --saved-model (the export carries "
+                "its preprocessing and class names)",
+                file=sys.stderr,
+            )
         detector = load_saved_model(args.saved_model, score_threshold=args.score_threshold)
-    os.makedirs(args.out, exist_ok=True)
-    used: set[str] = set()
-    records, total = [], 0
-    for path in tqdm(paths, unit="img", desc="predict", disable=args.no_progress,
-                     file=sys.stderr, dynamic_ncols=True):
-        try:
-            image = read_image(path)
-            result = detector.predict(image, box_format="yxyx")
-        except Exception as exc:  # this image fails; the others go on
-            message = str(exc) if isinstance(exc, InputError) else \
-                f"detection failed on {path}: {error_line(exc)}"
-            failed.append({"file": path, "error": message})
-            print(f"error: {message}", file=sys.stderr)
-            continue
-        out_path = _output_path(args.out, path, used)
-        Image.fromarray(result.draw(image)).save(out_path)
-        total += len(result)
-        records.append({
-            "file": path, "output": out_path, "height": int(image.shape[0]),
-            "width": int(image.shape[1]),
-            "detections": [{"box_yxyx": d["box"], "score": d["score"], "class_id": d["class_id"],
-                            "class_name": d["class_name"]}
-                           for d in result.to_dict()["detections"]]})
-    with open(os.path.join(args.out, "detections.json"), "w", encoding="utf-8") as f:
-        json.dump({"model": detector.info, "score_threshold": args.score_threshold,
-                   "class_names": detector.class_names, "images": records, "failed": failed},
-                  f, indent=1)
-    status = "" if not failed else f" ({len(failed)} failed: {', '.join(x['file'] for x in failed)})"
-    print(f"predicted {len(records)} images{status}, {total} detections with score >= "
-          f"{args.score_threshold:g} -> {args.out}", flush=True)
+    records, total = predict_files(
+        detector,
+        paths,
+        args.out,
+        failed=failed,
+        score_threshold=args.score_threshold,
+        progress=not args.no_progress,
+    )
+    status = (
+        "" if not failed else f" ({len(failed)} failed: {', '.join(x['file'] for x in failed)})"
+    )
+    print(
+        f"predicted {len(records)} images{status}, {total} detections with score >= "
+        f"{args.score_threshold:g} -> {args.out}",
+        flush=True,
+    )
     return 1 if failed else 0
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "format_suggestion",
     "resolve_auto_anchors",
     "suggest_anchors",
+    "suggestion_report",
     "training_scale_boxes",
     "unmatched_share",
     "uses_auto_anchors",
@@ -74,31 +75,44 @@ def resolve_auto_anchors(cfg, *, boxes_hw=None):
 
         dataset, _ = build_source(cfg.data, split=cfg.data.train_split)
         boxes_hw = training_scale_boxes(
-            dataset, scale=evaluation_scale(cfg.data.scales), max_size=int(cfg.data.max_size),
-            max_images=AUTO_MAX_IMAGES)
+            dataset,
+            scale=evaluation_scale(cfg.data.scales),
+            max_size=int(cfg.data.max_size),
+            max_images=AUTO_MAX_IMAGES,
+        )
     boxes_hw = np.asarray(boxes_hw, np.float64).reshape(-1, 2)
     if len(boxes_hw) == 0:
-        raise ConfigError(f"model.anchors {AUTO!r} needs boxes to fit to, but training split "
-                          f"{cfg.data.train_split!r} has none: set model.anchors.scales and "
-                          f"ratios to numbers")
+        raise ConfigError(
+            f"model.anchors {AUTO!r} needs boxes to fit to, but training split "
+            f"{cfg.data.train_split!r} has none: set model.anchors.scales and "
+            f"ratios to numbers"
+        )
     suggestion = suggest_anchors(boxes_hw)
     scales = suggestion["scales"] if anchors.scales == AUTO else list(anchors.scales)
     ratios = suggestion["ratios"] if anchors.ratios == AUTO else list(anchors.ratios)
     scales = [float(s) for s in scales]
     ratios = [float(r) for r in ratios]
     unmatched = unmatched_share(boxes_hw, scales, ratios)
-    logger.info("model.anchors from %d boxes of split %r: scales=%s%s, ratios=%s%s; %.1f%% of "
-                "the boxes match no anchor at IoU 0.5 (anchor centred on the box)",
-                len(boxes_hw), cfg.data.train_split, scales,
-                " (auto)" if anchors.scales == AUTO else "", ratios,
-                " (auto)" if anchors.ratios == AUTO else "", 100 * unmatched)
-    model = dataclasses.replace(cfg.model, anchors=dataclasses.replace(
-        anchors, scales=scales, ratios=ratios))
+    logger.info(
+        "model.anchors from %d boxes of split %r: scales=%s%s, ratios=%s%s; %.1f%% of "
+        "the boxes match no anchor at IoU 0.5 (anchor centred on the box)",
+        len(boxes_hw),
+        cfg.data.train_split,
+        scales,
+        " (auto)" if anchors.scales == AUTO else "",
+        ratios,
+        " (auto)" if anchors.ratios == AUTO else "",
+        100 * unmatched,
+    )
+    model = dataclasses.replace(
+        cfg.model, anchors=dataclasses.replace(anchors, scales=scales, ratios=ratios)
+    )
     return dataclasses.replace(cfg, model=model)
 
 
-def training_scale_boxes(dataset, *, scale: int, max_size: int,
-                         max_images: int | None = None) -> np.ndarray:
+def training_scale_boxes(
+    dataset, *, scale: int, max_size: int, max_images: int | None = None
+) -> np.ndarray:
     """float64 [N, 2]: (height, width) in pixels of every box after the training resize
     (shorter side to `scale`, longer side capped at `max_size`, as the pipeline resizes)."""
     if max_images is not None:
@@ -108,15 +122,23 @@ def training_scale_boxes(dataset, *, scale: int, max_size: int,
         h, w = ex["image"].shape[:2]
         factor = min(scale / max(min(h, w), 1), max_size / max(h, w, 1))
         boxes = ex["boxes"].astype(np.float64)
-        rows.append(np.stack([(boxes[:, 2] - boxes[:, 0]) * h * factor,
-                              (boxes[:, 3] - boxes[:, 1]) * w * factor], axis=1))
+        rows.append(
+            np.stack(
+                [
+                    (boxes[:, 2] - boxes[:, 0]) * h * factor,
+                    (boxes[:, 3] - boxes[:, 1]) * w * factor,
+                ],
+                axis=1,
+            )
+        )
     return np.concatenate(rows) if rows else np.zeros((0, 2))
 
 
 def _anchor_hw(scales, ratios) -> np.ndarray:
     """[A, 2] (height, width) of anchors of sqrt(area) `scale` and height/width `ratio`."""
-    return np.array([(s * np.sqrt(r), s / np.sqrt(r)) for s in scales for r in ratios],
-                    np.float64).reshape(-1, 2)
+    return np.array(
+        [(s * np.sqrt(r), s / np.sqrt(r)) for s in scales for r in ratios], np.float64
+    ).reshape(-1, 2)
 
 
 def unmatched_share(boxes_hw: np.ndarray, scales, ratios, iou: float = _MATCH_IOU) -> float:
@@ -129,8 +151,9 @@ def unmatched_share(boxes_hw: np.ndarray, scales, ratios, iou: float = _MATCH_IO
     if len(boxes_hw) == 0:
         return 0.0
     anchors = _anchor_hw(scales, ratios)
-    inter = (np.minimum(boxes_hw[:, None, 0], anchors[None, :, 0])
-             * np.minimum(boxes_hw[:, None, 1], anchors[None, :, 1]))
+    inter = np.minimum(boxes_hw[:, None, 0], anchors[None, :, 0]) * np.minimum(
+        boxes_hw[:, None, 1], anchors[None, :, 1]
+    )
     union = (boxes_hw[:, 0] * boxes_hw[:, 1])[:, None] + (anchors[:, 0] * anchors[:, 1])[None]
     best = (inter / np.maximum(union - inter, 1e-12)).max(axis=1)
     return float(np.mean(best < iou))
@@ -154,19 +177,23 @@ def suggest_anchors(boxes_hw: np.ndarray, *, target: float = 0.05) -> dict:
     low, high = np.percentile(sizes, [2, 98])
     ratios = sorted({round(float(r), 2) for r in np.percentile(aspect, [10, 50, 90])})
     best = None
-    for step in (2.0, 2.0 ** 0.5):
+    for step in (2.0, 2.0**0.5):
         count = max(1, int(np.ceil(np.log(high / low) / np.log(step) - 1e-9)) + 1)
         scales = [round(float(v), 1) for v in np.geomspace(low, high, count)]
-        result = {"scales": scales, "ratios": ratios,
-                  "unmatched": unmatched_share(boxes_hw, scales, ratios)}
+        result = {
+            "scales": scales,
+            "ratios": ratios,
+            "unmatched": unmatched_share(boxes_hw, scales, ratios),
+        }
         best = result
         if result["unmatched"] <= target:
             break
     return best
 
 
-def format_suggestion(boxes_hw: np.ndarray, suggestion: dict, *, configured: dict, scale: int,
-                      stride: int) -> str:
+def format_suggestion(
+    boxes_hw: np.ndarray, suggestion: dict, *, configured: dict, scale: int, stride: int
+) -> str:
     """The --suggest report: suggested anchors, both unmatched shares, small-box warning."""
     sizes = np.sqrt(boxes_hw[:, 0] * boxes_hw[:, 1])
     lines = [
@@ -185,5 +212,36 @@ def format_suggestion(boxes_hw: np.ndarray, suggestion: dict, *, configured: dic
             f"warning: {100 * small:.1f}% of the boxes are smaller than {_MIN_CELLS:g} feature "
             f"cells ({_MIN_CELLS * stride:g} px at stride {stride}): consider "
             f"model.head.pooling_mode: bilinear, a larger data.scales, or a smaller stride "
-            f"where the backbone allows it")
+            f"where the backbone allows it"
+        )
     return "\n".join(lines)
+
+
+def suggestion_report(cfg, dataset, *, max_images: int | None = None) -> tuple[str, float]:
+    """What ``inspect --suggest`` prints for the source examples `dataset` under `cfg`.
+
+    The boxes are measured at the training scale; the report gives the suggested anchors and
+    the unmatched share of both the suggested and the configured ones (``auto`` fields are the
+    numbers training would fit to these boxes), and warns about boxes under 2 feature cells.
+
+    Returns:
+        (the report text, the suggested anchors' unmatched share).
+    """
+    from rfcn_tf.data.pipeline import evaluation_scale
+
+    scale = evaluation_scale(cfg.data.scales)
+    boxes_hw = training_scale_boxes(
+        dataset, scale=scale, max_size=int(cfg.data.max_size), max_images=max_images
+    )
+    suggestion = suggest_anchors(boxes_hw)
+    anchors = resolve_auto_anchors(cfg, boxes_hw=boxes_hw).model.anchors
+    configured = {
+        "scales": list(anchors.scales),
+        "ratios": list(anchors.ratios),
+        "unmatched": unmatched_share(boxes_hw, anchors.scales, anchors.ratios),
+    }
+    stride = int(getattr(cfg.model.backbone, "feature_stride", 16))
+    text = format_suggestion(
+        boxes_hw, suggestion, configured=configured, scale=scale, stride=stride
+    )
+    return text, suggestion["unmatched"]

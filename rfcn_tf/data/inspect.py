@@ -31,30 +31,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rfcn_tf.data.inspect",
         description="Draw a grid of dataset samples with their ground-truth boxes and print "
-                    "dataset statistics (images, boxes per class, box sizes in pixels).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_config_arguments(parser, print_config=True, set_example="data.voc_root=/data/BCCD",
-                         config_help="e.g. shapes_tiny or bccd; default: the default preset "
-                                     "(shapes_tiny)")
-    parser.add_argument("--split", default=None,
-                        help="split to inspect; default: data.train_split of the config")
-    parser.add_argument("--num", type=int, default=16,
-                        help="number of samples drawn in the grid (0: no grid)")
+        "dataset statistics (images, boxes per class, box sizes in pixels).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_config_arguments(
+        parser,
+        print_config=True,
+        set_example="data.voc_root=/data/BCCD",
+        config_help="e.g. shapes_tiny or bccd; default: the default preset (shapes_tiny)",
+    )
+    parser.add_argument(
+        "--split", default=None, help="split to inspect; default: data.train_split of the config"
+    )
+    parser.add_argument(
+        "--num", type=int, default=16, help="number of samples drawn in the grid (0: no grid)"
+    )
     parser.add_argument("--cols", type=int, default=4, help="grid columns")
-    parser.add_argument("--augment", action="store_true",
-                        help="draw the samples with the TRAINING transforms (shuffle, multi-scale, "
-                             "flip, photometric jitter as configured) instead of the evaluation "
-                             "resize")
-    parser.add_argument("--max-images", type=int, default=None,
-                        help="compute statistics on at most this many images; default: the whole "
-                             f"split ({_ENDLESS_DEFAULT} for an endless split such as shapes train)")
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="draw the samples with the TRAINING transforms (shuffle, multi-scale, "
+        "flip, photometric jitter as configured) instead of the evaluation "
+        "resize",
+    )
+    parser.add_argument(
+        "--max-images",
+        type=int,
+        default=None,
+        help="compute statistics on at most this many images; default: the whole "
+        f"split ({_ENDLESS_DEFAULT} for an endless split such as shapes train)",
+    )
     parser.add_argument("--no-stats", action="store_true", help="skip the statistics pass")
-    parser.add_argument("--suggest", action="store_true",
-                        help="suggest model.anchors scales and ratios covering the split's boxes "
-                             "at the training scale, with the share of boxes no anchor matches "
-                             "at IoU 0.5 (suggested and configured anchors)")
-    parser.add_argument("--out", default="grid.png",
-                        help="PNG file the grid is written to (folders are created)")
+    parser.add_argument(
+        "--suggest",
+        action="store_true",
+        help="suggest model.anchors scales and ratios covering the split's boxes "
+        "at the training scale, with the share of boxes no anchor matches "
+        "at IoU 0.5 (suggested and configured anchors)",
+    )
+    parser.add_argument(
+        "--out", default="grid.png", help="PNG file the grid is written to (folders are created)"
+    )
     add_common_arguments(parser)
     return parser
 
@@ -62,13 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> str:
     """Does the work; returns the one-line summary."""
     from rfcn_tf.config import load_config
-    from rfcn_tf.data.anchor_stats import (
-        format_suggestion,
-        resolve_auto_anchors,
-        suggest_anchors,
-        training_scale_boxes,
-        unmatched_share,
-    )
+    from rfcn_tf.data.anchor_stats import suggestion_report
     from rfcn_tf.data.inspection import collect_statistics, format_statistics, render_grid
     from rfcn_tf.data.pipeline import build_source
 
@@ -88,44 +99,39 @@ def run(args: argparse.Namespace) -> str:
     split = args.split or data_cfg.train_split
     dataset, info = build_source(data_cfg, split=split)
     parts = [f"{data_cfg.source} split {split!r}: {info.num_classes} classes"]
+    max_images = args.max_images
+    if max_images is None and info.num_examples is None:
+        max_images = _ENDLESS_DEFAULT
 
     if not args.no_stats:
-        max_images = args.max_images
-        if max_images is None and info.num_examples is None:
-            max_images = _ENDLESS_DEFAULT
-        stats = collect_statistics(dataset, info.class_names, max_images=max_images,
-                                   total=info.num_examples, progress=not args.no_progress)
+        stats = collect_statistics(
+            dataset,
+            info.class_names,
+            max_images=max_images,
+            total=info.num_examples,
+            progress=not args.no_progress,
+        )
         print(format_statistics(stats), flush=True)
-        parts.append(f"{stats['images']} images, "
-                     f"{sum(c['boxes'] for c in stats['classes'])} boxes")
+        parts.append(f"{stats['images']} images, {sum(c['boxes'] for c in stats['classes'])} boxes")
     if args.suggest:
-        from rfcn_tf.data.pipeline import evaluation_scale
-
-        scale = evaluation_scale(data_cfg.scales)
-        max_images = args.max_images
-        if max_images is None and info.num_examples is None:
-            max_images = _ENDLESS_DEFAULT
-        boxes_hw = training_scale_boxes(dataset, scale=scale, max_size=int(data_cfg.max_size),
-                                        max_images=max_images)
-        suggestion = suggest_anchors(boxes_hw)
-        # model.anchors "auto": the numbers training would fit to these boxes.
-        anchors = resolve_auto_anchors(config, boxes_hw=boxes_hw).model.anchors
-        configured = {"scales": list(anchors.scales), "ratios": list(anchors.ratios),
-                      "unmatched": unmatched_share(boxes_hw, anchors.scales, anchors.ratios)}
-        stride = int(getattr(config.model.backbone, "feature_stride", 16))
-        print(format_suggestion(boxes_hw, suggestion, configured=configured, scale=scale,
-                                stride=stride), flush=True)
-        parts.append(f"anchors suggested ({100 * suggestion['unmatched']:.1f}% unmatched)")
+        report, unmatched = suggestion_report(config, dataset, max_images=max_images)
+        print(report, flush=True)
+        parts.append(f"anchors suggested ({100 * unmatched:.1f}% unmatched)")
     if args.num > 0:
         from PIL import Image
 
-        grid = render_grid(data_cfg, split=split, num=args.num, cols=args.cols,
-                           augment=args.augment, class_names=info.class_names)
+        grid = render_grid(
+            data_cfg,
+            split=split,
+            num=args.num,
+            cols=args.cols,
+            augment=args.augment,
+            class_names=info.class_names,
+        )
         folder = os.path.dirname(os.path.abspath(args.out))
         os.makedirs(folder, exist_ok=True)
         Image.fromarray(grid).save(args.out)
-        parts.append(f"grid of {args.num} samples ({grid.shape[1]}x{grid.shape[0]}) -> "
-                     f"{args.out}")
+        parts.append(f"grid of {args.num} samples ({grid.shape[1]}x{grid.shape[0]}) -> {args.out}")
     return "inspected " + "; ".join(parts)
 
 

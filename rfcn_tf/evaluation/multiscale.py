@@ -32,16 +32,16 @@ import tensorflow as tf
 
 from rfcn_tf.inference.preprocess import boxes_to_original, preprocess
 
-__all__ = ["merge_detections", "multiscale_detect_fn"]
+__all__ = [
+    "configure_multiscale_input",
+    "merge_detections",
+    "multiscale_detect_fn",
+    "multiscale_detect_fn_from_config",
+]
 
 
 def merge_detections(
-    boxes: tf.Tensor,
-    scores: tf.Tensor,
-    classes: tf.Tensor,
-    *,
-    nms_iou: float,
-    max_detections: int,
+    boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor, *, nms_iou: float, max_detections: int
 ) -> dict[str, tf.Tensor]:
     """Per-class NMS over one image's pooled detections, the best `max_detections` kept.
 
@@ -65,8 +65,11 @@ def merge_detections(
     for c in tf.unique(classes).y.numpy().tolist():
         idx = tf.where(classes == c)[:, 0]
         keep = tf.image.non_max_suppression(
-            tf.gather(boxes, idx), tf.gather(scores, idx), max_output_size=max_detections,
-            iou_threshold=nms_iou)
+            tf.gather(boxes, idx),
+            tf.gather(scores, idx),
+            max_output_size=max_detections,
+            iou_threshold=nms_iou,
+        )
         kept.append(tf.gather(idx, keep))
     keep = tf.concat(kept, 0) if kept else tf.zeros([0], tf.int64)
     kept_scores = tf.gather(scores, keep)
@@ -130,7 +133,8 @@ def multiscale_detect_fn(
         images = tf.convert_to_tensor(images)
         if images.dtype != tf.uint8 or images.shape.rank != 4:
             raise ValueError(
-                f"images must be uint8 [B, Hp, Wp, 3], got {images.dtype} {images.shape}")
+                f"images must be uint8 [B, Hp, Wp, 3], got {images.dtype} {images.shape}"
+            )
         image_shapes = tf.cast(tf.convert_to_tensor(image_shapes), tf.int32).numpy()
         per_image = []
         for b in range(images.shape[0]):
@@ -138,18 +142,55 @@ def multiscale_detect_fn(
             image = images[b, :h, :w]
             all_boxes, all_scores, all_classes = [], [], []
             for s in sizes:
-                padded, resized_hw = preprocess(image, min_size=s, max_size=max_size,
-                                                size_multiple=size_multiple)
+                padded, resized_hw = preprocess(
+                    image, min_size=s, max_size=max_size, size_multiple=size_multiple
+                )
                 out = detect_fn(padded[None], resized_hw[None])
                 n = int(tf.reshape(out["num_detections"], [-1])[0])
-                all_boxes.append(boxes_to_original(out["detection_boxes"][0, :n], resized_hw,
-                                                   [h, w]))
+                all_boxes.append(
+                    boxes_to_original(out["detection_boxes"][0, :n], resized_hw, [h, w])
+                )
                 all_scores.append(tf.cast(out["detection_scores"][0, :n], tf.float32))
                 all_classes.append(tf.cast(out["detection_classes"][0, :n], tf.int32))
             boxes = tf.concat(all_boxes, 0)  # clipped to (h, w) by boxes_to_original
-            per_image.append(merge_detections(
-                boxes, tf.concat(all_scores, 0), tf.concat(all_classes, 0),
-                nms_iou=nms_iou, max_detections=max_detections))
+            per_image.append(
+                merge_detections(
+                    boxes,
+                    tf.concat(all_scores, 0),
+                    tf.concat(all_classes, 0),
+                    nms_iou=nms_iou,
+                    max_detections=max_detections,
+                )
+            )
         return {key: tf.stack([d[key] for d in per_image]) for key in per_image[0]}
 
     return detect
+
+
+def configure_multiscale_input(cfg) -> None:
+    """Sets `cfg.data` so the evaluation pipeline feeds images at the largest test size.
+
+    The aspect cap (max_size / shorter side) of the configured evaluation scale is kept at the
+    largest of `cfg.eval.multiscale_sizes`, so each test scale only downsamples. Modifies
+    `cfg.data.scales` and `cfg.data.max_size` in place.
+    """
+    from rfcn_tf.data.pipeline import evaluation_scale
+
+    sizes = list(cfg.eval.multiscale_sizes)
+    ratio = cfg.data.max_size / float(evaluation_scale(cfg.data.scales))
+    cfg.data.scales = [max(sizes)]
+    cfg.data.max_size = max(int(round(max(sizes) * ratio)), max(sizes))
+
+
+def multiscale_detect_fn_from_config(cfg, detect_fn):
+    """`multiscale_detect_fn` with the sizes, cap, stride and post-processing of `cfg` (after
+    `configure_multiscale_input`)."""
+    post = cfg.model.postprocess
+    return multiscale_detect_fn(
+        detect_fn,
+        sizes=list(cfg.eval.multiscale_sizes),
+        max_size=cfg.data.max_size,
+        size_multiple=cfg.model.backbone.feature_stride,
+        nms_iou=post.nms_iou,
+        max_detections=post.max_detections,
+    )
