@@ -54,8 +54,9 @@ def _imported(tree) -> set[str]:
 def test_cli_is_thin(module):
     path = CLIS[module]
     tree = _tree(path)
-    classes = [n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)
-               and not _is_exception(n)]
+    classes = [
+        n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and not _is_exception(n)
+    ]
     assert not classes, f"{path} defines library classes {classes}: move them to the library"
     others = {m for m in CLIS if m != module} | {"rfcn_tf.export.__main__", "rfcn_tf.cli"}
     others.discard(module)
@@ -67,25 +68,36 @@ def test_cli_is_thin(module):
 
 
 def test_the_shape_check_can_fail():
-    tree = ast.parse("import rfcn_tf.train\nclass Helper:\n    pass\nclass BadInput(ValueError):"
-                     "\n    pass\n")
-    assert [n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)
-            and not _is_exception(n)] == ["Helper"]
+    tree = ast.parse(
+        "import rfcn_tf.train\nclass Helper:\n    pass\nclass BadInput(ValueError):\n    pass\n"
+    )
+    assert [
+        n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and not _is_exception(n)
+    ] == ["Helper"]
     assert "rfcn_tf.train" in _imported(tree)
 
 
-@pytest.mark.parametrize("command", [["rfcn_tf.cli"]] + [[m] for m in sorted(CLIS)]
-                         + [["rfcn_tf.cli", "predict"]])
+@pytest.mark.parametrize(
+    "command", [["rfcn_tf.cli"]] + [[m] for m in sorted(CLIS)] + [["rfcn_tf.cli", "predict"]]
+)
 def test_help_is_fast_and_imports_no_tensorflow(command):
     module, extra = command[0], command[1:]
-    code = (f"import sys, runpy; sys.argv = [{module!r}] + {extra!r} + ['--help']\n"
-            f"try:\n    runpy.run_module({module!r}, run_name='__main__')\n"
-            "except SystemExit as e:\n    code = e.code\n"
-            "print('TF' if 'tensorflow' in sys.modules else 'noTF', file=sys.stderr)\n"
-            "sys.exit(code)")
+    code = (
+        f"import sys, runpy; sys.argv = [{module!r}] + {extra!r} + ['--help']\n"
+        f"try:\n    runpy.run_module({module!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "print('TF' if 'tensorflow' in sys.modules else 'noTF', file=sys.stderr)\n"
+        "sys.exit(code)"
+    )
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
-                          text=True, timeout=60, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage:" in proc.stdout
@@ -93,25 +105,63 @@ def test_help_is_fast_and_imports_no_tensorflow(command):
     assert elapsed < 5.0  # < 1 s on an idle machine; generous for a loaded CI
 
 
-@pytest.mark.parametrize("args,culprit,debug", [
-    (["rfcn_tf.train", "--set", "train.steps=-3"], "train.steps", True),
-    (["rfcn_tf.evaluate", "--checkpoint", "/nonexistent/run"], "/nonexistent/run", True),
-    (["rfcn_tf.predict", "/nonexistent/a.jpg", "--saved-model", "/nonexistent/m", "--out", "o"],
-     "/nonexistent", True),
-    (["rfcn_tf.export", "--checkpoint", "/nonexistent/run", "--out", "o"], "/nonexistent/run",
-     False),
-    (["rfcn_tf.data.inspect", "--config", "/nonexistent.yaml"], "/nonexistent.yaml", False),
-    (["rfcn_tf.serving.client", "--model", "rfcn", "--url", "http://127.0.0.1:9",
-      "/nonexistent/a.jpg"], "/nonexistent/a.jpg", False),
-])
+@pytest.mark.parametrize(
+    "args,culprit,debug",
+    [
+        (["rfcn_tf.train", "--set", "train.steps=-3"], "train.steps", True),
+        (["rfcn_tf.evaluate", "--checkpoint", "/nonexistent/run"], "/nonexistent/run", True),
+        (
+            [
+                "rfcn_tf.predict",
+                "/nonexistent/a.jpg",
+                "--saved-model",
+                "/nonexistent/m",
+                "--out",
+                "o",
+            ],
+            "/nonexistent",
+            True,
+        ),
+        (
+            ["rfcn_tf.export", "--checkpoint", "/nonexistent/run", "--out", "o"],
+            "/nonexistent/run",
+            False,
+        ),
+        (["rfcn_tf.data.inspect", "--config", "/nonexistent.yaml"], "/nonexistent.yaml", False),
+        (
+            [
+                "rfcn_tf.serving.client",
+                "--model",
+                "rfcn",
+                "--url",
+                "http://127.0.0.1:9",
+                "/nonexistent/a.jpg",
+            ],
+            "/nonexistent/a.jpg",
+            False,
+        ),
+    ],
+)
 def test_an_error_is_one_line_and_debug_shows_the_traceback(args, culprit, debug, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", *args], env=_env(), capture_output=True,
-                          text=True, timeout=300, cwd=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(tmp_path),
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and culprit in last, last
     if debug:  # the tools on cli_args.run_cli
-        again = subprocess.run([sys.executable, "-m", *args, "--debug"], env=_env(),
-                               capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+        again = subprocess.run(
+            [sys.executable, "-m", *args, "--debug"],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=str(tmp_path),
+        )
         assert again.returncode == 1 and "Traceback" in again.stderr

@@ -11,14 +11,14 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
-import keras
 import tensorflow as tf
 import yaml
+from helpers.fake_savedmodel import write_fake_export
+from helpers.tiny_models import TINY_CLI_MODEL
 from PIL import Image
-
-from fake_savedmodel import write_fake_export
 
 from rfcn_tf import evaluate as evaluate_cli
 from rfcn_tf.config import load_config
@@ -29,14 +29,15 @@ from rfcn_tf.model.builder import build_detector
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = {
-    "data": {"source": "shapes", "scales": [64], "max_size": 64, "max_boxes": 4,
-             "deterministic": True,
-             "shapes": {"image_size": 64, "num_val": 5, "max_objects": 2, "min_size": 0.25}},
-    "model": {"backbone": {"name": "small", "small_widths": [8, 16, 16, 32]},
-              "anchors": {"scales": [16.0, 32.0, 64.0]},
-              "rpn": {"channels": 16, "pre_nms_top_n_test": 64, "post_nms_top_n_test": 16},
-              "head": {"channels": 16, "k": 3, "psroi_impl": "tf"},
-              "postprocess": {"score_threshold": 0.01, "max_detections": 20}},
+    "data": {
+        "source": "shapes",
+        "scales": [64],
+        "max_size": 64,
+        "max_boxes": 4,
+        "deterministic": True,
+        "shapes": {"image_size": 64, "num_val": 5, "max_objects": 2, "min_size": 0.25},
+    },
+    "model": TINY_CLI_MODEL,
     "eval": {"batch_size": 2},
 }
 
@@ -45,8 +46,9 @@ def _save_checkpoint(model, work_dir, num_classes, with_counter=True):
     objects = {"model": model}
     if with_counter:
         objects["num_classes"] = tf.Variable(num_classes, dtype=tf.int64, trainable=False)
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(**objects),
-                                         os.path.join(work_dir, "checkpoints"), max_to_keep=1)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(**objects), os.path.join(work_dir, "checkpoints"), max_to_keep=1
+    )
     return manager.save(checkpoint_number=7)
 
 
@@ -65,19 +67,33 @@ def run(tmp_path_factory):
     keras.utils.set_random_seed(3)
     model = build_detector(cfg.model, num_classes=len(class_names))
     prefix = _save_checkpoint(model, work_dir, len(class_names))
-    return {"root": root, "work_dir": work_dir, "config": cfg_path, "cfg": cfg,
-            "class_names": class_names, "model": model, "prefix": prefix}
+    return {
+        "root": root,
+        "work_dir": work_dir,
+        "config": cfg_path,
+        "cfg": cfg,
+        "class_names": class_names,
+        "model": model,
+        "prefix": prefix,
+    }
 
 
 @pytest.fixture(scope="module")
 def in_python(run):
     """The same model evaluated in Python on the first 4 validation images (reports on disk)."""
     cfg = run["cfg"]
-    dataset = build_dataset(cfg.data, split=cfg.data.val_split, training=False,
-                            batch_size=cfg.eval.batch_size)
+    dataset = build_dataset(
+        cfg.data, split=cfg.data.val_split, training=False, batch_size=cfg.eval.batch_size
+    )
     out = str(run["root"] / "in_python")
-    metrics = evaluate_detector(run["model"].detect, dataset, class_names=run["class_names"],
-                                max_images=4, progress=False, out_dir=out)
+    metrics = evaluate_detector(
+        run["model"].detect,
+        dataset,
+        class_names=run["class_names"],
+        max_images=4,
+        progress=False,
+        out_dir=out,
+    )
     return metrics, out
 
 
@@ -86,9 +102,23 @@ def test_cli_end_to_end_matches_in_python_evaluation(run, in_python):
     out = str(run["root"] / "cli_out")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     proc = subprocess.run(
-        [sys.executable, "-m", "rfcn_tf.evaluate", "--checkpoint",
-         os.path.join(run["work_dir"], "checkpoints"), "--out", out, "--max-images", "4"],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "rfcn_tf.evaluate",
+            "--checkpoint",
+            os.path.join(run["work_dir"], "checkpoints"),
+            "--out",
+            out,
+            "--max-images",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(summary) == 1 and summary[0].startswith("4 images, ")
@@ -120,17 +150,28 @@ def test_cli_end_to_end_matches_in_python_evaluation(run, in_python):
     with open(os.path.join(expected_dir, "detections.json")) as f:
         expected_dets = json.load(f)
     assert [d["image_id"] for d in detections] == [d["image_id"] for d in expected_dets]
-    np.testing.assert_allclose([d["bbox"] for d in detections],
-                               [d["bbox"] for d in expected_dets], atol=1e-3)
-    np.testing.assert_allclose([d["score"] for d in detections],
-                               [d["score"] for d in expected_dets], atol=1e-5)
+    np.testing.assert_allclose(
+        [d["bbox"] for d in detections], [d["bbox"] for d in expected_dets], atol=1e-3
+    )
+    np.testing.assert_allclose(
+        [d["score"] for d in detections], [d["score"] for d in expected_dets], atol=1e-5
+    )
 
 
 def test_class_count_mismatch_is_a_clear_error(run, capsys):
     # the recorded counter speaks first
-    code = evaluate_cli.main([
-        "--config", run["config"], "--checkpoint", run["prefix"],
-        "--set", "data.shapes.classes=[circle, square]", "--out", str(run["root"] / "x")])
+    code = evaluate_cli.main(
+        [
+            "--config",
+            run["config"],
+            "--checkpoint",
+            run["prefix"],
+            "--set",
+            "data.shapes.classes=[circle, square]",
+            "--out",
+            str(run["root"] / "x"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "trained for 3 classes but the dataset (shapes, split 'validation') has 2" in err
@@ -138,10 +179,18 @@ def test_class_count_mismatch_is_a_clear_error(run, capsys):
     # without the counter, the class score maps' shape tells
     bare_dir = str(run["root"] / "bare")
     prefix = _save_checkpoint(run["model"], bare_dir, 3, with_counter=False)
-    code = evaluate_cli.main([
-        "--config", run["config"], "--checkpoint", prefix,
-        "--set", "data.shapes.classes=[circle, square, triangle, ring]",
-        "--out", str(run["root"] / "y")])
+    code = evaluate_cli.main(
+        [
+            "--config",
+            run["config"],
+            "--checkpoint",
+            prefix,
+            "--set",
+            "data.shapes.classes=[circle, square, triangle, ring]",
+            "--out",
+            str(run["root"] / "y"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "classification score maps have 36 channels (3 classes" in err
@@ -150,12 +199,14 @@ def test_class_count_mismatch_is_a_clear_error(run, capsys):
 
 
 def test_missing_checkpoint_and_bad_flags(run, capsys):
-    code = evaluate_cli.main(["--config", run["config"], "--checkpoint",
-                              str(run["root"] / "nowhere")])
+    code = evaluate_cli.main(
+        ["--config", run["config"], "--checkpoint", str(run["root"] / "nowhere")]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "no checkpoint there" in err and "nowhere" in err
-    code = evaluate_cli.main(["--config", run["config"], "--checkpoint", run["prefix"],
-                              "--max-images", "0"])
+    code = evaluate_cli.main(
+        ["--config", run["config"], "--checkpoint", run["prefix"], "--max-images", "0"]
+    )
     assert code == 1 and "--max-images must be >= 1, got 0" in capsys.readouterr().err
     code = evaluate_cli.main(["--config", "no_such_preset", "--checkpoint", run["prefix"]])
     assert code == 1 and "unknown config 'no_such_preset'" in capsys.readouterr().err
@@ -163,7 +214,8 @@ def test_missing_checkpoint_and_bad_flags(run, capsys):
         evaluate_cli.main(["--config", run["config"]])
     assert exc.value.code == 2
     assert "one of the arguments --checkpoint --saved-model is required" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
 
 
 def test_help_explains_every_flag(capsys):
@@ -171,17 +223,37 @@ def test_help_explains_every_flag(capsys):
         evaluate_cli.main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--config", "--set", "--checkpoint", "--saved-model", "--split", "--out",
-                 "--max-images", "--multiscale", "--no-progress"):
+    for flag in (
+        "--config",
+        "--set",
+        "--checkpoint",
+        "--saved-model",
+        "--split",
+        "--out",
+        "--max-images",
+        "--multiscale",
+        "--no-progress",
+    ):
         assert flag in text
     assert "metrics.json" in text
 
 
 def test_multiscale_flag_runs_the_wrapper(run, capsys):
     out = str(run["root"] / "ms")
-    code = evaluate_cli.main([
-        "--checkpoint", run["prefix"], "--out", out, "--max-images", "2", "--multiscale",
-        "--set", "eval.multiscale_sizes=[48, 64]", "--no-progress"])
+    code = evaluate_cli.main(
+        [
+            "--checkpoint",
+            run["prefix"],
+            "--out",
+            out,
+            "--max-images",
+            "2",
+            "--multiscale",
+            "--set",
+            "eval.multiscale_sizes=[48, 64]",
+            "--no-progress",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     with open(os.path.join(out, "metrics.json")) as f:
@@ -199,14 +271,28 @@ FAKE_CLASSES = np.array([1.0, 2.0], np.float32)
 def test_saved_model_source_matches_known_detections(run, capsys):
     from rfcn_tf.evaluation.evaluator import compute_metrics
 
-    version = write_fake_export(str(run["root"] / "export" / "fake" / "3"),
-                                run["class_names"], boxes=FAKE_BOXES, scores=FAKE_SCORES,
-                                classes=FAKE_CLASSES)
+    version = write_fake_export(
+        str(run["root"] / "export" / "fake" / "3"),
+        run["class_names"],
+        boxes=FAKE_BOXES,
+        scores=FAKE_SCORES,
+        classes=FAKE_CLASSES,
+    )
     out = str(run["root"] / "sm_eval")
     # the model folder resolves to its latest version
-    code = evaluate_cli.main(["--config", run["config"], "--saved-model",
-                              str(run["root"] / "export" / "fake"), "--out", out,
-                              "--max-images", "4", "--no-progress"])
+    code = evaluate_cli.main(
+        [
+            "--config",
+            run["config"],
+            "--saved-model",
+            str(run["root"] / "export" / "fake"),
+            "--out",
+            out,
+            "--max-images",
+            "4",
+            "--no-progress",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert captured.out.startswith("4 images, 8 detections: ")
@@ -217,19 +303,32 @@ def test_saved_model_source_matches_known_detections(run, capsys):
     cfg = run["cfg"]
     gts = []
     dets = []
-    for features in build_dataset(cfg.data, split=cfg.data.val_split, training=False,
-                                  batch_size=1).take(4):
+    for features in build_dataset(
+        cfg.data, split=cfg.data.val_split, training=False, batch_size=1
+    ).take(4):
         h, w = features["original_shapes"][0].numpy()
         rh, rw = features["image_shapes"][0].numpy()
         mask = features["gt_mask"][0].numpy()
         image_id = int(features["image_ids"][0])
-        gts.append({"image_id": image_id,
-                    "boxes": features["gt_boxes"][0].numpy()[mask] * np.array([h / rh, w / rw] * 2),
-                    "classes": features["gt_classes"][0].numpy()[mask],
-                    "difficult": np.zeros(mask.sum(), bool), "is_crowd": np.zeros(mask.sum(), bool),
-                    "height": int(h), "width": int(w)})
-        dets.append({"image_id": image_id, "boxes": FAKE_BOXES * [h, w, h, w],
-                     "scores": FAKE_SCORES, "classes": FAKE_CLASSES.astype(int)})
+        gts.append(
+            {
+                "image_id": image_id,
+                "boxes": features["gt_boxes"][0].numpy()[mask] * np.array([h / rh, w / rw] * 2),
+                "classes": features["gt_classes"][0].numpy()[mask],
+                "difficult": np.zeros(mask.sum(), bool),
+                "is_crowd": np.zeros(mask.sum(), bool),
+                "height": int(h),
+                "width": int(w),
+            }
+        )
+        dets.append(
+            {
+                "image_id": image_id,
+                "boxes": FAKE_BOXES * [h, w, h, w],
+                "scores": FAKE_SCORES,
+                "classes": FAKE_CLASSES.astype(int),
+            }
+        )
     expected, _ = compute_metrics(gts, dets, class_names=run["class_names"])
     for key, value in expected["coco"].items():
         got = metrics["coco"][key]
@@ -240,20 +339,29 @@ def test_saved_model_source_matches_known_detections(run, capsys):
     assert results[0]["bbox"] == pytest.approx([6.4, 6.4, 32.0, 32.0], abs=1e-3)  # 64 px image
 
     # class-count mismatch against the export's labels.txt
-    code = evaluate_cli.main(["--config", run["config"], "--saved-model", version,
-                              "--set", "data.shapes.classes=[circle, ring]"])
+    code = evaluate_cli.main(
+        [
+            "--config",
+            run["config"],
+            "--saved-model",
+            version,
+            "--set",
+            "data.shapes.classes=[circle, ring]",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "has 3 classes (circle, square, triangle) but the dataset" in err
-    code = evaluate_cli.main(["--config", run["config"], "--saved-model", version,
-                              "--multiscale"])
+    code = evaluate_cli.main(["--config", run["config"], "--saved-model", version, "--multiscale"])
     assert code == 1 and "--multiscale needs --checkpoint" in capsys.readouterr().err
-    code = evaluate_cli.main(["--config", run["config"], "--saved-model",
-                              str(run["root"] / "export")])
+    code = evaluate_cli.main(
+        ["--config", run["config"], "--saved-model", str(run["root"] / "export")]
+    )
     assert code == 1 and "no SavedModel there" in capsys.readouterr().err
 
 
-def test_truncated_checkpoint_names_the_file_and_other_architecture_ends_on_the_error(run,
-                                                                                     tmp_path):
+def test_truncated_checkpoint_names_the_file_and_other_architecture_ends_on_the_error(
+    run, tmp_path
+):
     import shutil
 
     broken = tmp_path / "broken" / "checkpoints"
@@ -261,16 +369,38 @@ def test_truncated_checkpoint_names_the_file_and_other_architecture_ends_on_the_
     data = next(p for p in broken.iterdir() if ".data-" in p.name)
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    base = [sys.executable, "-m", "rfcn_tf.evaluate", "--config", run["config"], "--out",
-            str(tmp_path / "out"), "--max-images", "1", "--no-progress"]
-    proc = subprocess.run(base + ["--checkpoint", str(broken)], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=300)
+    base = [
+        sys.executable,
+        "-m",
+        "rfcn_tf.evaluate",
+        "--config",
+        run["config"],
+        "--out",
+        str(tmp_path / "out"),
+        "--max-images",
+        "1",
+        "--no-progress",
+    ]
+    proc = subprocess.run(
+        base + ["--checkpoint", str(broken)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot read checkpoint") and str(data) in last, last
     # a checkpoint of another architecture: TF's ~60 restore warnings stay silent
-    proc = subprocess.run(base + ["--checkpoint", run["prefix"], "--set", "model.head.channels=24"],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        base + ["--checkpoint", run["prefix"], "--set", "model.head.channels=24"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and "does not fit this model" in lines[-1], lines[-5:]

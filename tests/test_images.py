@@ -16,9 +16,15 @@ from rfcn_tf.images import (
     read_image,
 )
 
-_PIL_TRANSPOSE = {2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_BOTTOM,
-                  5: Image.TRANSPOSE, 6: Image.ROTATE_270, 7: Image.TRANSVERSE,
-                  8: Image.ROTATE_90}
+_PIL_TRANSPOSE = {
+    2: Image.FLIP_LEFT_RIGHT,
+    3: Image.ROTATE_180,
+    4: Image.FLIP_TOP_BOTTOM,
+    5: Image.TRANSPOSE,
+    6: Image.ROTATE_270,
+    7: Image.TRANSVERSE,
+    8: Image.ROTATE_90,
+}
 
 
 def _jpeg(array, orientation=None, little_endian=False):
@@ -43,8 +49,11 @@ def test_exif_orientation_parsed_and_applied_like_pil(orientation):
     assert int(exif_orientation(data)) == orientation
     stored = decode_image(data, apply_exif=False).numpy()
     assert stored.shape == (40, 60, 3)
-    expected = (stored if orientation == 1
-                else np.asarray(Image.fromarray(stored).transpose(_PIL_TRANSPOSE[orientation])))
+    expected = (
+        stored
+        if orientation == 1
+        else np.asarray(Image.fromarray(stored).transpose(_PIL_TRANSPOSE[orientation]))
+    )
     np.testing.assert_array_equal(decode_image(data).numpy(), expected)
     # PIL's own EXIF handling agrees up to the two JPEG decoders' rounding
     pil = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
@@ -73,8 +82,9 @@ def test_annotation_rule_exif_stored_and_neither():
     # annotation made on the upright (EXIF-applied) image: 60 x 40
     np.testing.assert_array_equal(orient_for_annotation(stored, o, [60, 40]).numpy(), rotated)
     # annotation made on the stored pixels: 40 x 60, kept as stored
-    np.testing.assert_array_equal(orient_for_annotation(stored, o, [40, 60]).numpy(),
-                                  stored.numpy())
+    np.testing.assert_array_equal(
+        orient_for_annotation(stored, o, [40, 60]).numpy(), stored.numpy()
+    )
     # unknown size: EXIF applied
     assert orient_for_annotation(stored, o, [0, 0]).shape == (60, 40, 3)
     with pytest.raises(tf.errors.InvalidArgumentError, match="(?s)DataError: image file.*a.jpg"):
@@ -104,10 +114,15 @@ def test_read_image_sources_and_errors(tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "text.jpg").write_text("not an image")
     (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
-    cases = [(tmp_path / "missing.jpg", "missing.jpg"), (tmp_path / "empty.png", "empty"),
-             (tmp_path / "text.jpg", "text.jpg"), (tmp_path / "dangling.jpg", "dangling"),
-             (ARRAY.astype(np.float32), "float32"), (np.zeros((0, 5, 3), np.uint8), "empty"),
-             (np.zeros((2, 4, 4, 3), np.uint8), "shape")]
+    cases = [
+        (tmp_path / "missing.jpg", "missing.jpg"),
+        (tmp_path / "empty.png", "empty"),
+        (tmp_path / "text.jpg", "text.jpg"),
+        (tmp_path / "dangling.jpg", "dangling"),
+        (ARRAY.astype(np.float32), "float32"),
+        (np.zeros((0, 5, 3), np.uint8), "empty"),
+        (np.zeros((2, 4, 4, 3), np.uint8), "shape"),
+    ]
     for source, words in cases:
         with pytest.raises(InputError, match=words) as info:
             read_image(source)
@@ -124,7 +139,8 @@ def _voc_folder(root, images):
             f"<annotation><filename>{image_id}.jpg</filename><size><width>{w}</width>"
             f"<height>{h}</height><depth>3</depth></size><object><name>thing</name>"
             f"<bndbox><xmin>{box[0]}</xmin><ymin>{box[1]}</ymin><xmax>{box[2]}</xmax>"
-            f"<ymax>{box[3]}</ymax></bndbox></object></annotation>")
+            f"<ymax>{box[3]}</ymax></bndbox></object></annotation>"
+        )
     (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(images) + "\n")
 
 
@@ -133,14 +149,17 @@ def test_voc_training_pixels_follow_the_annotation_orientation(tmp_path):
 
     data = _jpeg(ARRAY, 6)  # stored 40 x 60, displayed 60 x 40
     # "upright": annotated on the displayed image (60 high, 40 wide); "stored": on the pixels
-    _voc_folder(tmp_path / "voc", {"upright": (data, (60, 40), (1, 1, 20, 30)),
-                                   "stored": (data, (40, 60), (1, 1, 30, 20))})
+    _voc_folder(
+        tmp_path / "voc",
+        {"upright": (data, (60, 40), (1, 1, 20, 30)), "stored": (data, (40, 60), (1, 1, 30, 20))},
+    )
     dataset, _ = voc_source(tmp_path / "voc", split="train", class_names=["thing"])
     examples = {ex["filename"].numpy().decode().split("/")[-1]: ex for ex in dataset}
     upright, stored = examples["upright.jpg"], examples["stored.jpg"]
     np.testing.assert_array_equal(upright["image"].numpy(), decode_image(data).numpy())
-    np.testing.assert_array_equal(stored["image"].numpy(),
-                                  decode_image(data, apply_exif=False).numpy())
+    np.testing.assert_array_equal(
+        stored["image"].numpy(), decode_image(data, apply_exif=False).numpy()
+    )
     np.testing.assert_allclose(upright["boxes"].numpy(), [[0, 0, 30 / 60, 20 / 40]])
     np.testing.assert_allclose(stored["boxes"].numpy(), [[0, 0, 20 / 40, 30 / 60]])
 
@@ -164,7 +183,11 @@ def test_expand_inputs_reports_dangling_links_instead_of_skipping_them(tmp_path)
     (tmp_path / "named.jpg").symlink_to(tmp_path / "also_deleted.jpg")
     paths, failed = expand_inputs([str(folder), str(tmp_path / "named.jpg")])
     assert paths == [str(folder / "a.png"), str(folder / "gone.jpg")]  # reading reports it
-    assert failed == [{"file": str(tmp_path / "named.jpg"),
-                       "error": f"dangling symbolic link to {tmp_path / 'also_deleted.jpg'}"}]
+    assert failed == [
+        {
+            "file": str(tmp_path / "named.jpg"),
+            "error": f"dangling symbolic link to {tmp_path / 'also_deleted.jpg'}",
+        }
+    ]
     with pytest.raises(InputError, match="gone.jpg: dangling symbolic link"):
         read_image(paths[1])

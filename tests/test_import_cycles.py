@@ -15,7 +15,7 @@ def _modules() -> dict[str, str]:
             if name.endswith(".py"):
                 path = os.path.join(folder, name)
                 rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
-                found[rel[:-len(".__init__")] if rel.endswith(".__init__") else rel] = path
+                found[rel[: -len(".__init__")] if rel.endswith(".__init__") else rel] = path
     return found
 
 
@@ -24,7 +24,7 @@ def _resolve(module: str, current: str, level: int, is_package: bool) -> str:
         return module
     parts = current.split(".")
     base = parts if is_package else parts[:-1]
-    base = base[:len(base) - (level - 1)]
+    base = base[: len(base) - (level - 1)]
     return ".".join(base + ([module] if module else []))
 
 
@@ -62,7 +62,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
+from helpers.fake_savedmodel import write_fake_export
+from helpers.tiny_models import TINY_CLI_MODEL
 from PIL import Image
-
-from fake_savedmodel import write_fake_export
 
 from rfcn_tf import predict as predict_cli
 from rfcn_tf.config import load_config
@@ -28,13 +28,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ["circle", "square", "triangle"]
 
 TINY = {
-    "data": {"source": "shapes", "scales": [64], "max_size": 96, "max_boxes": 4,
-             "shapes": {"image_size": 64, "num_val": 2}},
-    "model": {"backbone": {"name": "small", "small_widths": [8, 16, 16, 32]},
-              "anchors": {"scales": [16.0, 32.0, 64.0]},
-              "rpn": {"channels": 16, "pre_nms_top_n_test": 64, "post_nms_top_n_test": 16},
-              "head": {"channels": 16, "k": 3, "psroi_impl": "tf"},
-              "postprocess": {"score_threshold": 0.01, "max_detections": 20}},
+    "data": {
+        "source": "shapes",
+        "scales": [64],
+        "max_size": 96,
+        "max_boxes": 4,
+        "shapes": {"image_size": 64, "num_val": 2},
+    },
+    "model": TINY_CLI_MODEL,
 }
 
 FAKE_BOXES = np.array([[0.1, 0.1, 0.6, 0.6], [0.4, 0.3, 0.9, 0.8]], np.float32)  # normalized
@@ -68,19 +69,27 @@ def setup(tmp_path_factory):
     Image.fromarray(c).save(images / "sub" / "c.PNG")
     (images / "broken.jpg").write_bytes(b"\xff\xd8\xff this is not really a JPEG")
     (images / "notes.txt").write_text("not an image")
-    return {"root": root, "work_dir": work_dir, "model": model, "prefix": prefix,
-            "images": images, "cfg": cfg}
+    return {
+        "root": root,
+        "work_dir": work_dir,
+        "model": model,
+        "prefix": prefix,
+        "images": images,
+        "cfg": cfg,
+    }
 
 
 def _expected(model, image, cfg):
     """In-Python single-scale inference: resize like evaluation, detect, back to pixels."""
-    resized, _ = resize_image(tf.constant(image), min_size=cfg.data.scales[0],
-                              max_size=cfg.data.max_size)
+    resized, _ = resize_image(
+        tf.constant(image), min_size=cfg.data.scales[0], max_size=cfg.data.max_size
+    )
     h, w = resized.shape[:2]
     out = model.detect(pad_to_multiple(resized, 16)[None], tf.constant([[h, w]], tf.int32))
     n = int(out["num_detections"][0])
     boxes = out["detection_boxes"][0, :n].numpy() * np.array(
-        [image.shape[0] / h, image.shape[1] / w] * 2)
+        [image.shape[0] / h, image.shape[1] / w] * 2
+    )
     return boxes, out["detection_scores"][0, :n].numpy(), out["detection_classes"][0, :n].numpy()
 
 
@@ -92,24 +101,43 @@ def test_expand_inputs_files_folders_globs():
             os.makedirs(os.path.dirname(os.path.join(d, name)), exist_ok=True)
             open(os.path.join(d, name), "w").close()
         paths, failed = predict_cli.expand_inputs(
-            [d, os.path.join(d, "x.jpg"), os.path.join(d, "**", "*.png"),
-             os.path.join(d, "nothing*.gif"), os.path.join(d, "missing.jpg"),
-             os.path.join(d, "z.txt")])
+            [
+                d,
+                os.path.join(d, "x.jpg"),
+                os.path.join(d, "**", "*.png"),
+                os.path.join(d, "nothing*.gif"),
+                os.path.join(d, "missing.jpg"),
+                os.path.join(d, "z.txt"),
+            ]
+        )
         rel = [os.path.relpath(p, d) for p in paths]
         # folder: image extensions only, not recursive; duplicates removed; a named file is
         # taken whatever its extension (reading decides)
         assert rel == ["x.jpg", "y.PNG", os.path.join("sub", "w.png"), "z.txt"]
-        assert [f["error"] for f in failed] == ["no file matches this pattern",
-                                                "no such file or folder"]
+        assert [f["error"] for f in failed] == [
+            "no file matches this pattern",
+            "no such file or folder",
+        ]
 
 
 def test_checkpoint_predict_with_a_bad_image(setup, capsys):
     out = setup["root"] / "out_ckpt"
     images = setup["images"]
-    code = predict_cli.main([
-        str(images / "a.png"), str(images / "broken.jpg"), str(images / "sub"),
-        str(images / "missing.png"), "--checkpoint", str(setup["work_dir"] / "checkpoints"),
-        "--out", str(out), "--score-threshold", "0.0", "--no-progress"])
+    code = predict_cli.main(
+        [
+            str(images / "a.png"),
+            str(images / "broken.jpg"),
+            str(images / "sub"),
+            str(images / "missing.png"),
+            "--checkpoint",
+            str(setup["work_dir"] / "checkpoints"),
+            "--out",
+            str(out),
+            "--score-threshold",
+            "0.0",
+            "--no-progress",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1  # some inputs failed, the others were processed
     assert "broken.jpg" in captured.err and "missing.png" in captured.err
@@ -122,10 +150,14 @@ def test_checkpoint_predict_with_a_bad_image(setup, capsys):
     assert report["class_names"] == NAMES
     assert report["model"]["checkpoint"] == setup["prefix"]
     assert sorted(f["file"] for f in report["failed"]) == sorted(
-        [str(images / "broken.jpg"), str(images / "missing.png")])
+        [str(images / "broken.jpg"), str(images / "missing.png")]
+    )
     files = [r["file"] for r in report["images"]]
-    assert files == [str(images / "a.png"), str(images / "sub" / "b.png"),
-                     str(images / "sub" / "c.PNG")]
+    assert files == [
+        str(images / "a.png"),
+        str(images / "sub" / "b.png"),
+        str(images / "sub" / "c.PNG"),
+    ]
     for record in report["images"]:
         src = np.asarray(Image.open(record["file"]).convert("RGB"))
         with Image.open(record["output"]) as im:
@@ -143,15 +175,34 @@ def test_checkpoint_predict_with_a_bad_image(setup, capsys):
 
 
 def test_saved_model_predict_subprocess(setup, tmp_path):
-    version = write_fake_export(str(tmp_path / "export" / "fake" / "1"), NAMES,
-                                boxes=FAKE_BOXES, scores=FAKE_SCORES, classes=FAKE_CLASSES)
+    version = write_fake_export(
+        str(tmp_path / "export" / "fake" / "1"),
+        NAMES,
+        boxes=FAKE_BOXES,
+        scores=FAKE_SCORES,
+        classes=FAKE_CLASSES,
+    )
     out = tmp_path / "out_sm"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     proc = subprocess.run(
-        [sys.executable, "-m", "rfcn_tf.predict", str(setup["images"] / "a.png"),
-         "--saved-model", str(tmp_path / "export" / "fake"), "--out", str(out),
-         "--score-threshold", "0.7"],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "rfcn_tf.predict",
+            str(setup["images"] / "a.png"),
+            "--saved-model",
+            str(tmp_path / "export" / "fake"),
+            "--out",
+            str(out),
+            "--score-threshold",
+            "0.7",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == (f"predicted 1 images, 1 detections with score >= 0.7 -> {out}")
     with open(out / "detections.json") as f:
@@ -170,20 +221,51 @@ def test_help_and_bad_arguments(setup, capsys):
         predict_cli.main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("IMAGES", "--checkpoint", "--saved-model", "--config", "--set", "--out",
-                 "--score-threshold", "--no-progress"):
+    for flag in (
+        "IMAGES",
+        "--checkpoint",
+        "--saved-model",
+        "--config",
+        "--set",
+        "--out",
+        "--score-threshold",
+        "--no-progress",
+    ):
         assert flag in text
-    code = predict_cli.main([str(setup["images"] / "a.png"), "--checkpoint",
-                             str(setup["prefix"]), "--out", str(setup["root"] / "o"),
-                             "--score-threshold", "1.5"])
+    code = predict_cli.main(
+        [
+            str(setup["images"] / "a.png"),
+            "--checkpoint",
+            str(setup["prefix"]),
+            "--out",
+            str(setup["root"] / "o"),
+            "--score-threshold",
+            "1.5",
+        ]
+    )
     assert code == 1 and "--score-threshold must be in [0, 1], got 1.5" in capsys.readouterr().err
-    code = predict_cli.main([str(setup["root"] / "none*.png"), "--checkpoint",
-                             str(setup["prefix"]), "--out", str(setup["root"] / "o")])
+    code = predict_cli.main(
+        [
+            str(setup["root"] / "none*.png"),
+            "--checkpoint",
+            str(setup["prefix"]),
+            "--out",
+            str(setup["root"] / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "no file matches this pattern" in err and "no image to process" in err
     # a checkpoint for 3 classes with 2 class names configured
-    code = predict_cli.main([str(setup["images"] / "a.png"), "--checkpoint",
-                             str(setup["prefix"]), "--out", str(setup["root"] / "o"),
-                             "--set", "data.class_names=[x, y]"])
+    code = predict_cli.main(
+        [
+            str(setup["images"] / "a.png"),
+            "--checkpoint",
+            str(setup["prefix"]),
+            "--out",
+            str(setup["root"] / "o"),
+            "--set",
+            "data.class_names=[x, y]",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "trained for 3 classes but data.class_names has 2" in err

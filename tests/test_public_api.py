@@ -10,14 +10,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _python(code):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
 
 
 def test_import_rfcn_tf_needs_no_tensorflow():
-    proc = _python("import sys, rfcn_tf\n"
-                   "print(rfcn_tf.__version__, 'tensorflow' in sys.modules)\n"
-                   "print(sorted(n for n in rfcn_tf.__all__))")
+    proc = _python(
+        "import sys, rfcn_tf\n"
+        "print(rfcn_tf.__version__, 'tensorflow' in sys.modules)\n"
+        "print(sorted(n for n in rfcn_tf.__all__))"
+    )
     assert proc.returncode == 0, proc.stderr
     version, tf_loaded = proc.stdout.splitlines()[0].split()
     assert version.count(".") == 2 and tf_loaded == "False"
@@ -49,6 +52,7 @@ def test_console_script_dispatches_and_reports_unknown_commands():
         assert command in proc.stdout
     proc = _python("import sys; from rfcn_tf.cli import main; sys.exit(main(['fly']))")
     assert proc.returncode == 2 and "unknown command 'fly'" in proc.stderr
-    proc = _python("import sys; from rfcn_tf.cli import main; "
-                   "sys.exit(main(['evaluate', '--help']))")
+    proc = _python(
+        "import sys; from rfcn_tf.cli import main; sys.exit(main(['evaluate', '--help']))"
+    )
     assert proc.returncode == 0 and "--checkpoint" in proc.stdout

@@ -19,8 +19,9 @@ def _fake_checkpoint(folder, step):
     open(prefix + ".index", "wb").close()
     open(prefix + ".data-00000-of-00001", "wb").close()
     with open(os.path.join(folder, "checkpoint"), "w") as f:
-        f.write(f'model_checkpoint_path: "ckpt-{step}"\n'
-                f'all_model_checkpoint_paths: "ckpt-{step}"\n')
+        f.write(
+            f'model_checkpoint_path: "ckpt-{step}"\nall_model_checkpoint_paths: "ckpt-{step}"\n'
+        )
     return prefix
 
 
@@ -62,8 +63,15 @@ def test_second_run_refuses_while_the_first_holds_the_lock(tmp_path):
     try:
         os.makedirs(work)
         with open(os.path.join(work, run_dir.LOCK_NAME), "w") as f:
-            json.dump({"pid": holder.pid, "host": socket.gethostname(),
-                       "started": "now", "command": "rfcn-tf train"}, f)
+            json.dump(
+                {
+                    "pid": holder.pid,
+                    "host": socket.gethostname(),
+                    "started": "now",
+                    "command": "rfcn-tf train",
+                },
+                f,
+            )
         with pytest.raises(RunLockedError, match=f"process {holder.pid} on"):
             run_dir.WorkDirLock(work).acquire()
     finally:
@@ -104,8 +112,9 @@ def test_no_silent_dataset_fallback():
     from rfcn_tf.errors import RfcnError
 
     cfg = load_config("shapes_tiny", ["data.source=voc"])  # a VOC config without its folder
-    with pytest.raises(Exception, match="data.voc_root is not set.*--set data.voc_root=PATH") \
-            as info:
+    with pytest.raises(
+        Exception, match="data.voc_root is not set.*--set data.voc_root=PATH"
+    ) as info:
         build_source(cfg.data, split="train")
     assert isinstance(info.value, (RfcnError, ValueError))
     # only the bccd preset names the BCCD folder

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("small_data", ROOT / "benchmarks" /
-                                                  "small_data.py")
+    spec = importlib.util.spec_from_file_location(
+        "small_data", ROOT / "benchmarks" / "small_data.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -25,15 +25,15 @@ def _benchmark():
 
 def test_recipes_are_valid_configs_on_35_images():
     bench = _benchmark()
-    a = resolve_schedule(load_config("bccd", bench.recipe_a(300, "runs/x_a")),
-                         num_train_images=35)
+    a = resolve_schedule(load_config("bccd", bench.recipe_a(300, "runs/x_a")), num_train_images=35)
     assert (a.data.train_split, a.data.max_train_images, a.train.steps) == ("train", 35, 300)
     assert a.train.eval_every == 0 and a.eval.split == "test" and a.train.warmup_steps == 30
     # (a) keeps the bccd preset's model and optimizer settings.
     bccd = load_config("bccd")
     assert a.model == bccd.model and (a.train.lr, a.train.schedule) == (0.02, "cosine")
-    b = resolve_schedule(load_config("bccd35", bench.recipe_b(240, "runs/x_b")),
-                         num_train_images=35)
+    b = resolve_schedule(
+        load_config("bccd35", bench.recipe_b(240, "runs/x_b")), num_train_images=35
+    )
     assert b.train.steps == 240 and b.train.eval_every == 24 == b.train.checkpoint_every
     assert b.train.early_stop_patience == 3 and b.data.val_split == "val"
     assert b.model == bccd.model
@@ -43,17 +43,20 @@ def test_augmentations_follow_dataconfig():
     bench = _benchmark()
     names = {f.name for f in dataclasses.fields(DataConfig)}
     overrides = bench.available_augmentations()
-    keys = [o.split("=")[0][len("data."):] for o in overrides]
+    keys = [o.split("=")[0][len("data.") :] for o in overrides]
     assert set(keys) == set(bench.AUGMENTATIONS) & names
     if "scale_jitter" in keys:
         assert "data.scale_jitter=[0.8, 1.25]" in overrides
     load_config("bccd35", overrides)  # every one is a valid --set
 
 
-@pytest.mark.parametrize("preset, images, epochs, drop, steps, boundary", [
-    ("voc07_resnet101", 16551, 14.5, 9.67, 29999, 20007),  # VOC 07+12 trainval
-    ("coco_resnet101", 118287, 9.47, 7.44, 140023, 110007),  # COCO train2017
-])
+@pytest.mark.parametrize(
+    "preset, images, epochs, drop, steps, boundary",
+    [
+        ("voc07_resnet101", 16551, 14.5, 9.67, 29999, 20007),  # VOC 07+12 trainval
+        ("coco_resnet101", 118287, 9.47, 7.44, 140023, 110007),  # COCO train2017
+    ],
+)
 def test_paper_schedules_in_epochs(preset, images, epochs, drop, steps, boundary):
     cfg = load_config(preset)
     # The preset's steps are the paper's; its comment's epochs give them back (batch 8).
@@ -61,9 +64,10 @@ def test_paper_schedules_in_epochs(preset, images, epochs, drop, steps, boundary
     assert abs(cfg.train.steps - steps) < 25 and abs(cfg.train.lr_steps[0] - boundary) < 10
     text = (ROOT / "configs" / f"{preset}.yaml").read_text()
     assert f"--set train.epochs={epochs} --set train.lr_epochs=[{drop}]" in text
-    resolved = resolve_schedule(load_config(preset, [f"train.epochs={epochs}",
-                                                     f"train.lr_epochs=[{drop}]"]),
-                                num_train_images=images)
+    resolved = resolve_schedule(
+        load_config(preset, [f"train.epochs={epochs}", f"train.lr_epochs=[{drop}]"]),
+        num_train_images=images,
+    )
     assert (resolved.train.steps, resolved.train.lr_steps) == (steps, [boundary])
 
 
@@ -71,13 +75,12 @@ def test_tfds_split_size_from_the_source(monkeypatch):
     """The TFDS source's size (mocked voc/2007 + voc/2012: 3 + 3 examples) drives the epochs,
     as --print-config resolves them (nothing is downloaded)."""
     import tensorflow_datasets as tfds
-
-    sys.path.insert(0, str(ROOT / "tests" / "data"))
-    from test_tfds_source import NUM, _fake_as_dataset
+    from helpers.tfds_fakes import NUM, _fake_as_dataset
 
     from rfcn_tf.training import load_run_config
 
-    with tfds.testing.mock_data(as_dataset_fn=_fake_as_dataset(),
-                                policy=tfds.testing.MockPolicy.USE_CODE):
+    with tfds.testing.mock_data(
+        as_dataset_fn=_fake_as_dataset(), policy=tfds.testing.MockPolicy.USE_CODE
+    ):
         cfg = load_run_config("voc07_resnet101", ["train.epochs=4", "train.lr_epochs=[2]"])
     assert (cfg.train.steps, cfg.train.lr_steps) == (-(-4 * 2 * NUM // 8), [-(-2 * 2 * NUM // 8)])

@@ -17,20 +17,11 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from helpers.tiny_models import TINY_TRAIN_OVERRIDES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TINY = [
-    "data.shapes.image_size=64", "data.scales=[64]", "data.max_size=64", "data.shapes.num_val=6",
-    "data.max_boxes=6", "model.backbone.small_widths=[8,16,16,32]",
-    "model.anchors.scales=[16.0,32.0]",
-    "model.rpn.channels=16", "model.head.channels=32", "model.rpn.pre_nms_top_n_train=128",
-    "model.rpn.post_nms_top_n_train=32", "model.rpn.pre_nms_top_n_test=64",
-    "model.rpn.post_nms_top_n_test=16", "model.roi.batch_size_per_image=16",
-    "model.rpn.batch_size_per_image=64",
-    "train.batch_size=2", "train.log_every=5", "train.warmup_steps=5",
-    "train.num_summary_images=2",
-]
+TINY = TINY_TRAIN_OVERRIDES
 
 
 def _env():
@@ -42,16 +33,30 @@ def _env():
 
 
 def _args(tmp_path, *extra, tiny=True):
-    args = [sys.executable, "-m", "rfcn_tf.train", "--work-dir", str(tmp_path / "run"),
-            "--no-progress", "--set", f"export.out_dir={tmp_path / 'export'}"]
-    for override in (TINY if tiny else []):
+    args = [
+        sys.executable,
+        "-m",
+        "rfcn_tf.train",
+        "--work-dir",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--set",
+        f"export.out_dir={tmp_path / 'export'}",
+    ]
+    for override in TINY if tiny else []:
         args += ["--set", override]
     return args + list(extra)
 
 
 def _train(tmp_path, *extra, timeout=600):
-    return subprocess.run(_args(tmp_path, *extra), cwd=str(tmp_path), env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        _args(tmp_path, *extra),
+        cwd=str(tmp_path),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _losses(stderr: str) -> dict[str, list[float]]:
@@ -63,21 +68,45 @@ def _losses(stderr: str) -> dict[str, list[float]]:
 
 
 def test_help_explains_every_flag():
-    out = subprocess.run([sys.executable, "-m", "rfcn_tf.train", "--help"], env=_env(),
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "rfcn_tf.train", "--help"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0
-    for flag in ("--config", "--set", "--work-dir", "--strategy", "--no-eval", "--no-export",
-                 "--no-progress", "--print-config", "multi_worker"):
+    for flag in (
+        "--config",
+        "--set",
+        "--work-dir",
+        "--strategy",
+        "--no-eval",
+        "--no-export",
+        "--no-progress",
+        "--print-config",
+        "multi_worker",
+    ):
         assert flag in out.stdout, flag
 
 
 def test_print_config_applies_overrides_and_unknown_keys_name_the_nearest(tmp_path):
-    out = subprocess.run(_args(tmp_path, "--print-config", "--set", "train.lr=0.5", tiny=False),
-                         env=_env(), capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        _args(tmp_path, "--print-config", "--set", "train.lr=0.5", tiny=False),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "lr: 0.5" in out.stdout and "source: shapes" in out.stdout
-    bad = subprocess.run(_args(tmp_path, "--set", "train.learning_rate=0.5", tiny=False),
-                         env=_env(), capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        _args(tmp_path, "--set", "train.learning_rate=0.5", tiny=False),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 1
     assert "unknown config key 'train.learning_rate'" in bad.stderr
     assert "did you mean" in bad.stderr and "Traceback" not in bad.stderr
@@ -91,7 +120,10 @@ def test_full_run_trains_evaluates_exports_and_reports_where(tmp_path):
         assert label in out.stdout, (label, out.stdout)
     assert "trained to step 30" in out.stdout and "mAP@0.5" in out.stdout
     assert (run / "config.yaml").is_file() and (run / "classes.txt").read_text().split() == [
-        "circle", "square", "triangle"]
+        "circle",
+        "square",
+        "triangle",
+    ]
     assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-30")
     assert (run / "eval" / "validation" / "metrics.json").is_file()
     exports = glob.glob(str(tmp_path / "export" / "rfcn" / "*" / "saved_model.pb"))
@@ -101,23 +133,46 @@ def test_full_run_trains_evaluates_exports_and_reports_where(tmp_path):
     for path in glob.glob(str(run / "tensorboard" / "train" / "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             tags.update(v.tag for v in event.summary.value)
-    for tag in ("loss/total_loss", "loss/rpn_objectness_loss", "loss/rpn_box_loss",
-                "loss/rfcn_class_loss", "loss/rfcn_box_loss", "train/learning_rate",
-                "train/images_per_sec", "val/detections"):
+    for tag in (
+        "loss/total_loss",
+        "loss/rpn_objectness_loss",
+        "loss/rpn_box_loss",
+        "loss/rfcn_class_loss",
+        "loss/rfcn_box_loss",
+        "train/learning_rate",
+        "train/images_per_sec",
+        "val/detections",
+    ):
         assert tag in tags, (tag, tags)
 
 
 def test_kill_9_then_rerun_resumes_from_the_last_checkpoint(tmp_path):
-    extra = ["--no-eval", "--no-export", "--set", "train.steps=400",
-             "--set", "train.checkpoint_every=20", "--set", "train.keep_checkpoints=2"]
+    extra = [
+        "--no-eval",
+        "--no-export",
+        "--set",
+        "train.steps=400",
+        "--set",
+        "train.checkpoint_every=20",
+        "--set",
+        "train.keep_checkpoints=2",
+    ]
     checkpoints = tmp_path / "run" / "checkpoints"
-    proc = subprocess.Popen(_args(tmp_path, *extra), cwd=str(tmp_path), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _args(tmp_path, *extra),
+        cwd=str(tmp_path),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None:
-            if glob.glob(str(checkpoints / "ckpt-*.index")) and \
-                    (checkpoints / "checkpoint").is_file():
+            if (
+                glob.glob(str(checkpoints / "ckpt-*.index"))
+                and (checkpoints / "checkpoint").is_file()
+            ):
                 break
             time.sleep(0.2)
         assert proc.poll() is None, f"training ended before it was killed:\n{proc.stderr.read()}"
@@ -142,9 +197,21 @@ def test_kill_9_then_rerun_resumes_from_the_last_checkpoint(tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
-    out = _train(tmp_path, "--no-eval", "--no-export", "--set", "train.steps=200",
-                 "--set", "train.lr=1.0e+12", "--set", "train.clip_norm=null",
-                 "--set", "train.warmup_steps=0", "--set", "train.checkpoint_every=1")
+    out = _train(
+        tmp_path,
+        "--no-eval",
+        "--no-export",
+        "--set",
+        "train.steps=200",
+        "--set",
+        "train.lr=1.0e+12",
+        "--set",
+        "train.clip_norm=null",
+        "--set",
+        "train.warmup_steps=0",
+        "--set",
+        "train.checkpoint_every=1",
+    )
     assert out.returncode == 1, out.stderr[-3000:]
     # Either a loss became NaN/Inf, or (first) BatchNorm statistics did while the loss was finite.
     match = re.search(r"error: non-finite (loss|model weights) at step (\d+)", out.stderr)
@@ -166,29 +233,65 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
 
 
 def test_bad_checkpoints_give_clear_errors(tmp_path):
-    missing = _train(tmp_path, "--no-eval", "--no-export", "--set", "train.steps=2",
-                     "--set", f"train.init_checkpoint={tmp_path / 'nowhere'}")
+    missing = _train(
+        tmp_path,
+        "--no-eval",
+        "--no-export",
+        "--set",
+        "train.steps=2",
+        "--set",
+        f"train.init_checkpoint={tmp_path / 'nowhere'}",
+    )
     assert missing.returncode == 1
     assert "train.init_checkpoint=" in missing.stderr and "no checkpoint there" in missing.stderr
     first = _train(tmp_path, "--no-eval", "--no-export", "--set", "train.steps=2")
     assert first.returncode == 0, first.stderr[-3000:]
-    other = _train(tmp_path, "--no-eval", "--no-export", "--set", "train.steps=4",
-                   "--set", "data.shapes.classes=[circle,square]")
+    other = _train(
+        tmp_path,
+        "--no-eval",
+        "--no-export",
+        "--set",
+        "train.steps=4",
+        "--set",
+        "data.shapes.classes=[circle,square]",
+    )
     assert other.returncode == 1
     assert "holds checkpoints of a run with another model" in other.stderr
     assert "classes: ['circle', 'square', 'triangle'] -> ['circle', 'square']" in other.stderr
     # Fine-tuning from that run into a new work dir with another class count.
-    init = _train(tmp_path, "--no-eval", "--no-export", "--work-dir", str(tmp_path / "ft"),
-                  "--set", "train.steps=2", "--set", "data.shapes.classes=[circle,square]",
-                  "--set", f"train.init_checkpoint={tmp_path / 'run' / 'checkpoints'}")
+    init = _train(
+        tmp_path,
+        "--no-eval",
+        "--no-export",
+        "--work-dir",
+        str(tmp_path / "ft"),
+        "--set",
+        "train.steps=2",
+        "--set",
+        "data.shapes.classes=[circle,square]",
+        "--set",
+        f"train.init_checkpoint={tmp_path / 'run' / 'checkpoints'}",
+    )
     assert init.returncode == 1
     assert "trained with 3 classes but this model has 2" in init.stderr
 
 
 def test_alternating_scheme_end_to_end_and_losses_fall(tmp_path):
-    out = _train(tmp_path, "--no-eval", "--no-export", "--set", "train.scheme=alternating",
-                 "--set", "train.stage_steps=[60,60,20,20]", "--set", "train.checkpoint_every=50",
-                 "--set", "train.log_every=10", "--set", "model.roi.sampling=balanced")
+    out = _train(
+        tmp_path,
+        "--no-eval",
+        "--no-export",
+        "--set",
+        "train.scheme=alternating",
+        "--set",
+        "train.stage_steps=[60,60,20,20]",
+        "--set",
+        "train.checkpoint_every=50",
+        "--set",
+        "train.log_every=10",
+        "--set",
+        "model.roi.sampling=balanced",
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     losses = _losses(out.stderr)
     assert set(losses) == {"rpn", "rfcn", "rpn_finetune", "rfcn_finetune"}
@@ -209,8 +312,16 @@ def test_a_second_run_on_a_locked_work_dir_refuses_naming_the_first(tmp_path):
     work.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        (work / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
-                                                "started": "earlier", "command": "first run"}))
+        (work / ".lock").write_text(
+            json.dumps(
+                {
+                    "pid": holder.pid,
+                    "host": socket.gethostname(),
+                    "started": "earlier",
+                    "command": "first run",
+                }
+            )
+        )
         out = _train(tmp_path, "--set", "train.steps=5", timeout=300)
     finally:
         holder.kill()

@@ -14,8 +14,13 @@ def _black(h=120, w=160):
 
 def test_box_outline_in_class_color_and_interior_untouched():
     img = _black()
-    out = draw_boxes(img, np.array([[40.0, 50.0, 100.0, 120.0]]), classes=np.array([2]),
-                     class_names=NAMES, line_width=1)
+    out = draw_boxes(
+        img,
+        np.array([[40.0, 50.0, 100.0, 120.0]]),
+        classes=np.array([2]),
+        class_names=NAMES,
+        line_width=1,
+    )
     color = np.array(class_color(2), np.uint8)
     assert out.dtype == np.uint8 and out.shape == img.shape
     # Outline: left/right columns and bottom row (the top edge carries the label).
@@ -31,15 +36,26 @@ def test_box_outline_in_class_color_and_interior_untouched():
 
 
 def test_label_above_box_when_room_and_inside_when_not():
-    out = draw_boxes(_black(), np.array([[40.0, 20.0, 100.0, 140.0]]), classes=[1],
-                     class_names=NAMES, scores=[0.93], font_size=12)
+    out = draw_boxes(
+        _black(),
+        np.array([[40.0, 20.0, 100.0, 140.0]]),
+        classes=[1],
+        class_names=NAMES,
+        scores=[0.93],
+        font_size=12,
+    )
     color = np.array(class_color(1), np.uint8)
     band = out[20:40, 20:140]  # label sits on top of y1=40
     assert (band == color).all(axis=-1).sum() > 50  # filled label background
     assert (band != color).any(axis=-1).sum() > 5  # text pixels of another color
     # A box touching the top border: label goes inside the box instead.
-    out2 = draw_boxes(_black(), np.array([[0.0, 20.0, 100.0, 140.0]]), classes=[1],
-                      class_names=NAMES, font_size=12)
+    out2 = draw_boxes(
+        _black(),
+        np.array([[0.0, 20.0, 100.0, 140.0]]),
+        classes=[1],
+        class_names=NAMES,
+        font_size=12,
+    )
     inside = out2[1:16, 21:60]
     assert (inside == color).all(axis=-1).sum() > 50
 
@@ -57,21 +73,28 @@ def test_label_text_differs_with_and_without_score():
 
 def test_custom_colors_mapping_and_sequence():
     box = np.array([[40.0, 50.0, 100.0, 120.0]])
-    out = draw_boxes(_black(), box, classes=[2], class_names=NAMES, colors={2: (10, 200, 30)},
-                     line_width=1)
+    out = draw_boxes(
+        _black(), box, classes=[2], class_names=NAMES, colors={2: (10, 200, 30)}, line_width=1
+    )
     np.testing.assert_array_equal(out[70, 50], [10, 200, 30])
-    out = draw_boxes(_black(), box, classes=[3], class_names=NAMES,
-                     colors=[(1, 2, 3), (4, 5, 6), (255, 0, 0)], line_width=1)
+    out = draw_boxes(
+        _black(),
+        box,
+        classes=[3],
+        class_names=NAMES,
+        colors=[(1, 2, 3), (4, 5, 6), (255, 0, 0)],
+        line_width=1,
+    )
     np.testing.assert_array_equal(out[70, 50], [255, 0, 0])
 
 
 def test_empty_and_out_of_image_boxes():
     img = np.full((50, 60, 3), 7, np.uint8)
-    out = draw_boxes(img, np.zeros((0, 4), np.float32), classes=np.zeros((0,), np.int32),
-                     class_names=NAMES)
+    out = draw_boxes(
+        img, np.zeros((0, 4), np.float32), classes=np.zeros((0,), np.int32), class_names=NAMES
+    )
     np.testing.assert_array_equal(out, img)
-    out = draw_boxes(img, np.array([[-20.0, -30.0, 200.0, 300.0]]), classes=[1],
-                     class_names=NAMES)
+    out = draw_boxes(img, np.array([[-20.0, -30.0, 200.0, 300.0]]), classes=[1], class_names=NAMES)
     assert out.shape == img.shape
 
 
@@ -97,13 +120,16 @@ def test_bad_arguments_name_the_culprit(kwargs, match):
 
 def test_bad_image_and_boxes():
     with pytest.raises(ValueError, match="uint8"):
-        draw_boxes(np.zeros((5, 5, 3), np.float32), np.zeros((0, 4)), classes=[],
-                   class_names=NAMES)
+        draw_boxes(np.zeros((5, 5, 3), np.float32), np.zeros((0, 4)), classes=[], class_names=NAMES)
     with pytest.raises(ValueError, match=r"\[N, 4\]"):
         draw_boxes(_black(), np.zeros((2, 3)), classes=[1, 1], class_names=NAMES)
     with pytest.raises(ValueError, match="row 1 is not finite"):
-        draw_boxes(_black(), np.array([[1.0, 1, 5, 5], [np.nan, 1, 5, 5]]), classes=[1, 1],
-                   class_names=NAMES)
+        draw_boxes(
+            _black(),
+            np.array([[1.0, 1, 5, 5], [np.nan, 1, 5, 5]]),
+            classes=[1, 1],
+            class_names=NAMES,
+        )
 
 
 def test_make_grid_layout():

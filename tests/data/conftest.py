@@ -6,8 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
-
-from data_fixtures import make_voc
+from helpers.data_fixtures import make_voc
 
 
 @pytest.fixture
@@ -21,7 +20,10 @@ def data_warnings(caplog):
     caplog.set_level(logging.WARNING, logger="rfcn_tf.data")
 
     def messages():
-        return [r.getMessage() for r in caplog.records
-                if r.name == "rfcn_tf.data" and r.levelno >= logging.WARNING]
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "rfcn_tf.data" and r.levelno >= logging.WARNING
+        ]
 
     return messages

@@ -38,8 +38,9 @@ def test_suggestion_spans_sizes_and_ratios():
     assert result["scales"][0] == pytest.approx(np.percentile(sizes, 2), rel=1e-3)
     assert result["scales"][-1] == pytest.approx(np.percentile(sizes, 98), rel=1e-3)
     assert result["ratios"][0] < 0.6 and result["ratios"][-1] > 1.7
-    assert result["unmatched"] == anchor_stats.unmatched_share(boxes, result["scales"],
-                                                          result["ratios"])
+    assert result["unmatched"] == anchor_stats.unmatched_share(
+        boxes, result["scales"], result["ratios"]
+    )
     with pytest.raises(ValueError, match="no boxes"):
         anchor_stats.suggest_anchors(np.zeros((0, 2)))
 
@@ -55,10 +56,12 @@ def _bccd():
 def test_bccd_suggestion_matches_95_percent_of_boxes(capsys):
     assert inspect_cli.main(["--config", "bccd", "--no-stats", "--num", "0", "--suggest"]) == 0
     out = capsys.readouterr().out
-    scales = [float(v) for v in re.search(r"model.anchors.scales=\[([^\]]*)\]", out)
-              .group(1).split(",")]
-    ratios = [float(v) for v in re.search(r"model.anchors.ratios=\[([^\]]*)\]", out)
-              .group(1).split(",")]
+    scales = [
+        float(v) for v in re.search(r"model.anchors.scales=\[([^\]]*)\]", out).group(1).split(",")
+    ]
+    ratios = [
+        float(v) for v in re.search(r"model.anchors.ratios=\[([^\]]*)\]", out).group(1).split(",")
+    ]
     # An independent check on the BCCD boxes at the 480 px training scale (native size).
     from rfcn_tf.config import load_config
     from rfcn_tf.data.pipeline import build_source

@@ -5,29 +5,45 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from data_fixtures import data_config, make_voc
+from helpers.data_fixtures import data_config, make_voc
 
 from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.pipeline import aspect_group, build_dataset
 
 # 3 landscape (h < w) and 3 portrait images, interleaved so plain batching mixes them.
-IMAGES = {f"img_{i}": ((30, 50) if i % 2 == 0 else (50, 30)) + ([("cat", 2, 2, 20, 20, 0)],)
-          for i in range(6)}
+IMAGES = {
+    f"img_{i}": ((30, 50) if i % 2 == 0 else (50, 30)) + ([("cat", 2, 2, 20, 20, 0)],)
+    for i in range(6)
+}
 
 
-@pytest.mark.parametrize("hw, boundaries, group", [
-    ((30, 50), [1.0], 0), ((50, 30), [1.0], 1), ((40, 40), [1.0], 1),
-    ((10, 40), [0.5, 2.0], 0), ((40, 40), [0.5, 2.0], 1), ((90, 40), [0.5, 2.0], 2),
-    ((40, 40), [2.0, 0.5], 1),  # boundaries are sorted
-])
+@pytest.mark.parametrize(
+    "hw, boundaries, group",
+    [
+        ((30, 50), [1.0], 0),
+        ((50, 30), [1.0], 1),
+        ((40, 40), [1.0], 1),
+        ((10, 40), [0.5, 2.0], 0),
+        ((40, 40), [0.5, 2.0], 1),
+        ((90, 40), [0.5, 2.0], 2),
+        ((40, 40), [2.0, 0.5], 1),  # boundaries are sorted
+    ],
+)
 def test_aspect_group(hw, boundaries, group):
     assert int(aspect_group(tf.constant(hw, tf.int32), boundaries)) == group
 
 
 def _batches(tmp_path, **fields):
     root = make_voc(tmp_path / "voc", images=IMAGES, splits={"train": list(IMAGES)})
-    cfg = data_config(source="voc", voc_root=str(root), scales=[30], max_size=64,
-                      random_flip=False, max_boxes=2, **fields)
+    cfg = data_config(
+        source="voc",
+        voc_root=str(root),
+        scales=[30],
+        max_size=64,
+        random_flip=False,
+        max_boxes=2,
+        **fields,
+    )
     dataset = build_dataset(cfg, split="train", training=True, batch_size=2)
     return [{k: v.numpy() for k, v in b.items()} for b in dataset.take(9)]
 

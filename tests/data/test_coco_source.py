@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from data_fixtures import data_config, make_coco, random_pixels, truncated_jpeg
+from helpers.data_fixtures import data_config, make_coco, random_pixels, truncated_jpeg
 
 from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.pipeline import build_source
@@ -27,8 +27,9 @@ ANNOTATIONS = [
 
 @pytest.fixture
 def coco(tmp_path):
-    return make_coco(tmp_path / "coco", images=IMAGES, annotations=ANNOTATIONS,
-                     categories=CATEGORIES)
+    return make_coco(
+        tmp_path / "coco", images=IMAGES, annotations=ANNOTATIONS, categories=CATEGORIES
+    )
 
 
 def _examples(dataset):
@@ -47,8 +48,9 @@ def test_labels_category_ids_and_boxes(coco, data_warnings):
     assert a["image"].shape == (30, 60, 3)
     np.testing.assert_array_equal(a["image"], random_pixels(30, 60, seed=101))
     # float64 reference: xywh -> yxyx / (h, w), clipped to [0, 1]
-    np.testing.assert_allclose(a["boxes"], [[5 / 30, 10 / 60, 15 / 30, 30 / 60],
-                                            [20 / 30, 50 / 60, 1.0, 1.0]], atol=1e-6)
+    np.testing.assert_allclose(
+        a["boxes"], [[5 / 30, 10 / 60, 15 / 30, 30 / 60], [20 / 30, 50 / 60, 1.0, 1.0]], atol=1e-6
+    )
     np.testing.assert_array_equal(a["labels"], [1, 2])
     np.testing.assert_array_equal(a["is_crowd"], [False, True])
     assert not a["is_difficult"].any()
@@ -68,8 +70,9 @@ def test_labels_map_back_to_category_ids(coco):
 
 
 def test_configured_classes_reorder_and_reject(coco):
-    dataset, info = coco_json.coco_source(*coco, split="train",
-                                          class_names=["kite", "car", "person"])
+    dataset, info = coco_json.coco_source(
+        *coco, split="train", class_names=["kite", "car", "person"]
+    )
     assert info.category_ids == [7, 3, 1]
     np.testing.assert_array_equal(_examples(dataset)[0]["labels"], [1, 0])
     with pytest.raises(DataError) as err:
@@ -100,8 +103,7 @@ def test_bad_files(tmp_path, coco):
     with pytest.raises(DataError, match="'categories' list is missing"):
         coco_json.coco_source(str(path), images, split="train")
     data = json.loads(Path(annotations.replace("{split}", "train")).read_text())
-    data["annotations"].append({"id": 99, "image_id": 1234, "category_id": 1,
-                                "bbox": [0, 0, 1, 1]})
+    data["annotations"].append({"id": 99, "image_id": 1234, "category_id": 1, "bbox": [0, 0, 1, 1]})
     path.write_text(json.dumps(data))
     with pytest.raises(DataError, match="refers to image_id 1234"):
         coco_json.coco_source(str(path), images, split="train")

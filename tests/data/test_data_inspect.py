@@ -10,14 +10,33 @@ from rfcn_tf.data import inspect as inspect_cli
 from rfcn_tf.data import inspection
 from rfcn_tf.data.sources import voc_xml
 
-SMALL_SHAPES = ["--set", "data.shapes.image_size=64", "--set", "data.scales=[64]",
-                "--set", "data.max_size=64"]
+SMALL_SHAPES = [
+    "--set",
+    "data.shapes.image_size=64",
+    "--set",
+    "data.scales=[64]",
+    "--set",
+    "data.max_size=64",
+]
 
 
 def test_grid_table_and_summary(tmp_path, capsys):
     out = tmp_path / "sub" / "grid.png"
-    status = inspect_cli.main(["--config", "shapes_tiny", *SMALL_SHAPES, "--split", "validation",
-                               "--num", "5", "--cols", "3", "--out", str(out)])
+    status = inspect_cli.main(
+        [
+            "--config",
+            "shapes_tiny",
+            *SMALL_SHAPES,
+            "--split",
+            "validation",
+            "--num",
+            "5",
+            "--cols",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert status == 0, captured.err
     grid = np.asarray(Image.open(out))
@@ -51,8 +70,16 @@ def test_statistics_match_annotations(voc_root):
 def test_errors_exit_nonzero_with_one_message(tmp_path, capsys):
     assert inspect_cli.main(["--config", "no_such_preset", "--out", str(tmp_path / "g.png")]) == 1
     assert "error: unknown config 'no_such_preset'" in capsys.readouterr().err
-    status = inspect_cli.main(["--config", "bccd", "--set", f"data.voc_root={tmp_path}/absent",
-                               "--out", str(tmp_path / "g.png")])
+    status = inspect_cli.main(
+        [
+            "--config",
+            "bccd",
+            "--set",
+            f"data.voc_root={tmp_path}/absent",
+            "--out",
+            str(tmp_path / "g.png"),
+        ]
+    )
     assert status == 1
     assert "VOC folder not found" in capsys.readouterr().err
     assert inspect_cli.main(["--num", "-1", *SMALL_SHAPES]) == 1
@@ -64,8 +91,17 @@ def test_help_explains_every_flag(capsys):
         inspect_cli.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--config", "--set", "--split", "--num", "--cols", "--augment", "--max-images",
-                 "--no-stats", "--out"):
+    for flag in (
+        "--config",
+        "--set",
+        "--split",
+        "--num",
+        "--cols",
+        "--augment",
+        "--max-images",
+        "--no-stats",
+        "--out",
+    ):
         assert flag in text
     parser = inspect_cli.build_parser()
     assert all(action.help for action in parser._actions)

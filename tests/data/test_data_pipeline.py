@@ -7,16 +7,29 @@ import dataclasses
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.data_fixtures import data_config
 
-from data_fixtures import data_config
 from rfcn_tf.config import load_config
 from rfcn_tf.data.errors import DataError
-from rfcn_tf.data.pipeline import (FEATURE_KEYS, build_dataset, build_source, evaluation_scale,
-                                   steps_per_epoch)
+from rfcn_tf.data.pipeline import (
+    FEATURE_KEYS,
+    build_dataset,
+    build_source,
+    evaluation_scale,
+    steps_per_epoch,
+)
 
-DTYPES = {"images": tf.uint8, "image_shapes": tf.int32, "original_shapes": tf.int32,
-          "image_ids": tf.int64, "gt_boxes": tf.float32, "gt_classes": tf.int32,
-          "gt_mask": tf.bool, "gt_difficult": tf.bool, "gt_is_crowd": tf.bool}
+DTYPES = {
+    "images": tf.uint8,
+    "image_shapes": tf.int32,
+    "original_shapes": tf.int32,
+    "image_ids": tf.int64,
+    "gt_boxes": tf.float32,
+    "gt_classes": tf.int32,
+    "gt_mask": tf.bool,
+    "gt_difficult": tf.bool,
+    "gt_is_crowd": tf.bool,
+}
 
 
 def _shapes_cfg(**fields):
@@ -64,8 +77,9 @@ def test_eval_features_are_the_source_examples_resized():
         mask = features["gt_mask"][i]
         np.testing.assert_array_equal(mask, np.arange(5) < n)
         np.testing.assert_array_equal(features["gt_classes"][i][:n], ex["labels"] + 1)
-        np.testing.assert_allclose(features["gt_boxes"][i][:n],
-                                   ex["boxes"].astype(np.float64) * 128, atol=1e-4)
+        np.testing.assert_allclose(
+            features["gt_boxes"][i][:n], ex["boxes"].astype(np.float64) * 128, atol=1e-4
+        )
         # padding rows: -1 everywhere, False flags
         assert (features["gt_boxes"][i][n:] == -1).all()
         assert (features["gt_classes"][i][n:] == -1).all()
@@ -78,8 +92,7 @@ def test_eval_features_are_the_source_examples_resized():
 def test_padding_to_batch_max_and_multiple_of_16(voc_root):
     # VOC fixture images: 40x60, 50x30, 32x32, 36x48; scale 1 (min_size = shorter side is not
     # possible for all, so use a large max_size and min_size 40 -> sizes differ per image)
-    cfg = data_config(source="voc", voc_root=str(voc_root), scales=[40], max_size=1000,
-                      max_boxes=4)
+    cfg = data_config(source="voc", voc_root=str(voc_root), scales=[40], max_size=1000, max_boxes=4)
     batches = _batches(build_dataset(cfg, split="train", training=False, batch_size=3))
     assert [len(b["image_ids"]) for b in batches] == [3, 1]
     first = batches[0]
@@ -95,8 +108,9 @@ def test_padding_to_batch_max_and_multiple_of_16(voc_root):
 
 
 def test_training_repeats_with_full_batches_and_multiscale(voc_root):
-    cfg = data_config(source="voc", voc_root=str(voc_root), scales=[32, 48, 64], max_size=1000,
-                      max_boxes=4)
+    cfg = data_config(
+        source="voc", voc_root=str(voc_root), scales=[32, 48, 64], max_size=1000, max_boxes=4
+    )
     dataset = build_dataset(cfg, split="train", training=True, batch_size=2)
     assert dataset.element_spec["images"].shape[0] == 2  # static batch (drop_remainder)
     batches = _batches(dataset, 12)  # 24 images from a 4-image split
@@ -107,15 +121,25 @@ def test_training_repeats_with_full_batches_and_multiscale(voc_root):
 
 
 def test_deterministic_mode_same_bytes(voc_root):
-    cfg = data_config(source="voc", voc_root=str(voc_root), scales=[32, 48], max_size=1000,
-                      max_boxes=4, random_flip=True, photometric=True, seed=3)
+    cfg = data_config(
+        source="voc",
+        voc_root=str(voc_root),
+        scales=[32, 48],
+        max_size=1000,
+        max_boxes=4,
+        random_flip=True,
+        photometric=True,
+        seed=3,
+    )
     first = _batches(build_dataset(cfg, split="train", training=True, batch_size=2), 4)
     again = _batches(build_dataset(cfg, split="train", training=True, batch_size=2), 4)
     for a, b in zip(first, again):
         for key in FEATURE_KEYS:
             np.testing.assert_array_equal(a[key], b[key])
-    other = _batches(build_dataset(dataclasses.replace(cfg, seed=4), split="train",
-                                   training=True, batch_size=2), 4)
+    other = _batches(
+        build_dataset(dataclasses.replace(cfg, seed=4), split="train", training=True, batch_size=2),
+        4,
+    )
     assert any(not np.array_equal(a["images"], b["images"]) for a, b in zip(first, other))
 
 
@@ -129,22 +153,23 @@ def test_training_flip_keeps_boxes_on_pixels():
             patch = image[y1:y2, x1:x2].reshape(-1, 3)
             colors, counts = np.unique(patch, axis=0, return_counts=True)
             ys, xs = np.nonzero(np.all(image == colors[np.argmax(counts)], axis=-1))
-            np.testing.assert_allclose([ys.min(), xs.min(), ys.max() + 1, xs.max() + 1], box,
-                                       atol=1e-3)
+            np.testing.assert_allclose(
+                [ys.min(), xs.min(), ys.max() + 1, xs.max() + 1], box, atol=1e-3
+            )
             flipped_seen.add(x1)
     assert len(flipped_seen) > 1
 
 
 def test_per_worker_sharding_and_per_replica_batch(voc_root):
-    cfg = data_config(source="voc", voc_root=str(voc_root), scales=[32], max_size=64,
-                      max_boxes=4)
+    cfg = data_config(source="voc", voc_root=str(voc_root), scales=[32], max_size=64, max_boxes=4)
     seen = []
     for pipeline_id in range(2):
-        context = tf.distribute.InputContext(num_input_pipelines=2,
-                                             input_pipeline_id=pipeline_id,
-                                             num_replicas_in_sync=2)
-        batches = _batches(build_dataset(cfg, split="train", training=False, batch_size=2,
-                                         input_context=context))
+        context = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=2
+        )
+        batches = _batches(
+            build_dataset(cfg, split="train", training=False, batch_size=2, input_context=context)
+        )
         assert all(len(b["image_ids"]) == 1 for b in batches)  # global 2 over 2 replicas
         seen.append([int(i) for b in batches for i in b["image_ids"]])
     assert seen == [[0, 2], [1, 3]]
@@ -153,23 +178,33 @@ def test_per_worker_sharding_and_per_replica_batch(voc_root):
     ids = []
     for pipeline_id in range(2):
         context = tf.distribute.InputContext(2, pipeline_id, 2)
-        batch = _batches(build_dataset(shapes_cfg, split="train", training=True, batch_size=4,
-                                       input_context=context), 1)[0]
+        batch = _batches(
+            build_dataset(
+                shapes_cfg, split="train", training=True, batch_size=4, input_context=context
+            ),
+            1,
+        )[0]
         assert batch["images"].shape[0] == 2
         ids.append(batch["image_ids"].tolist())
     assert ids == [[0, 2], [1, 3]]
 
 
 def test_cache_option(voc_root, data_warnings):
-    cfg = data_config(source="voc", voc_root=str(voc_root), scales=[32], max_size=64,
-                      max_boxes=4, cache=True, shuffle_buffer=8)
+    cfg = data_config(
+        source="voc",
+        voc_root=str(voc_root),
+        scales=[32],
+        max_size=64,
+        max_boxes=4,
+        cache=True,
+        shuffle_buffer=8,
+    )
     batches = _batches(build_dataset(cfg, split="train", training=True, batch_size=2), 6)
     ids = np.concatenate([b["image_ids"] for b in batches])
     assert sorted(set(ids.tolist())) == [0, 1, 2, 3]
     evaluation = _batches(build_dataset(cfg, split="train", training=False, batch_size=4))
     np.testing.assert_array_equal(evaluation[0]["image_ids"], [0, 1, 2, 3])
-    _batches(build_dataset(_shapes_cfg(cache=True), split="train", training=True,
-                           batch_size=2), 1)
+    _batches(build_dataset(_shapes_cfg(cache=True), split="train", training=True, batch_size=2), 1)
     assert any("data.cache ignored" in m for m in data_warnings())
 
 

@@ -23,13 +23,16 @@ def _bounds(image, threshold=127):
     return np.array([ys.min(), xs.min(), ys.max() + 1, xs.max() + 1], np.float64)
 
 
-@pytest.mark.parametrize("height, width, min_size, max_size, expected", [
-    (300, 500, 600, 1000, (600, 1000)),  # shorter side to 600
-    (300, 700, 600, 1000, (429, 1000)),  # longer side capped: scale = 1000 / 700
-    (480, 640, 384, 512, (384, 512)),
-    (640, 480, 256, 1000, (341, 256)),
-    (256, 256, 256, 256, (256, 256)),
-])
+@pytest.mark.parametrize(
+    "height, width, min_size, max_size, expected",
+    [
+        (300, 500, 600, 1000, (600, 1000)),  # shorter side to 600
+        (300, 700, 600, 1000, (429, 1000)),  # longer side capped: scale = 1000 / 700
+        (480, 640, 384, 512, (384, 512)),
+        (640, 480, 256, 1000, (341, 256)),
+        (256, 256, 256, 256, (256, 256)),
+    ],
+)
 def test_resize_size_follows_formula(height, width, min_size, max_size, expected):
     image = np.zeros((height, width, 3), np.uint8)
     resized, scale = transforms.resize_image(image, min_size=min_size, max_size=max_size)
@@ -42,8 +45,7 @@ def test_resize_size_follows_formula(height, width, min_size, max_size, expected
 @pytest.mark.parametrize("min_size, max_size", [(32, 100), (64, 100), (16, 1000), (32, 40)])
 def test_resize_if_needed_equals_resize(min_size, max_size):
     image = np.random.default_rng(1).integers(0, 256, (32, 48, 3), dtype=np.uint8)
-    expected, expected_scale = transforms.resize_image(image, min_size=min_size,
-                                                       max_size=max_size)
+    expected, expected_scale = transforms.resize_image(image, min_size=min_size, max_size=max_size)
     got, scale = transforms.resize_image_if_needed(image, min_size=min_size, max_size=max_size)
     np.testing.assert_array_equal(got.numpy(), expected.numpy())
     assert float(scale) == float(expected_scale)
@@ -63,14 +65,17 @@ def test_resize_identity_keeps_pixels_and_accepts_tensor_sizes():
 def test_box_bounds_painted_pixels_after_resize_and_flip(min_size, max_size, flip):
     height, width, box_px = 300, 500, (50, 200, 120, 350)
     image = _painted(height, width, box_px)
-    boxes = np.array([[box_px[0] / height, box_px[1] / width,
-                       box_px[2] / height, box_px[3] / width]], np.float32)
+    boxes = np.array(
+        [[box_px[0] / height, box_px[1] / width, box_px[2] / height, box_px[3] / width]], np.float32
+    )
     resized, _ = transforms.resize_image(image, min_size=min_size, max_size=max_size)
     if flip:
-        seed = next(s for s in range(100)  # a seed whose draw flips
-                    if transforms.random_horizontal_flip(resized, boxes, seed=[0, s])[2])
-        resized, boxes, flipped = transforms.random_horizontal_flip(resized, boxes,
-                                                                    seed=[0, seed])
+        seed = next(
+            s
+            for s in range(100)  # a seed whose draw flips
+            if transforms.random_horizontal_flip(resized, boxes, seed=[0, s])[2]
+        )
+        resized, boxes, flipped = transforms.random_horizontal_flip(resized, boxes, seed=[0, seed])
         assert bool(flipped)
     resized = resized.numpy()
     h, w = resized.shape[:2]
@@ -89,9 +94,11 @@ def test_flip_moves_pixels_exactly():
     for out_image, out_boxes, was_flipped in outcomes:
         expected = np.array([[2 / 20, 1 - 11 / 30, 7 / 20, 1 - 3 / 30]]) if was_flipped else boxes
         np.testing.assert_allclose(out_boxes.numpy(), expected, atol=1e-6)
-        np.testing.assert_allclose(_bounds(out_image.numpy()),
-                                   np.asarray(out_boxes.numpy()[0], np.float64) * [20, 30, 20, 30],
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            _bounds(out_image.numpy()),
+            np.asarray(out_boxes.numpy()[0], np.float64) * [20, 30, 20, 30],
+            atol=1e-4,
+        )
     # the same seed gives the same decision
     again = transforms.random_horizontal_flip(image, boxes, seed=seeds[0])
     assert bool(again[2]) == flipped[0]
@@ -134,8 +141,9 @@ def test_choose_scale_draws_every_scale():
 
 def test_pad_ground_truth():
     boxes = np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32)
-    out = transforms.pad_ground_truth(4, boxes=boxes, classes=np.array([3, 1], np.int32),
-                                      flags=np.array([True, False]))
+    out = transforms.pad_ground_truth(
+        4, boxes=boxes, classes=np.array([3, 1], np.int32), flags=np.array([True, False])
+    )
     np.testing.assert_array_equal(out["boxes"][:2], boxes)
     np.testing.assert_array_equal(out["boxes"][2:], -np.ones((2, 4)))
     np.testing.assert_array_equal(out["classes"], [3, 1, -1, -1])

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.data_fixtures import data_config
 
-from data_fixtures import data_config
 from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.pipeline import build_source
 from rfcn_tf.data.sources import shapes
@@ -71,8 +71,9 @@ def _color_box(image, box_px):
 @pytest.mark.parametrize("kind", shapes.KNOWN_SHAPES)
 def test_box_is_the_tight_box_of_the_drawn_shape(kind):
     size = 96
-    for ex in _take(_source("train", classes=[kind], min_objects=1, max_objects=1,
-                            image_size=size), 3):
+    for ex in _take(
+        _source("train", classes=[kind], min_objects=1, max_objects=1, image_size=size), 3
+    ):
         assert ex["labels"].tolist() == [0]
         box_px = ex["boxes"][0].astype(np.float64) * size
         np.testing.assert_allclose(_color_box(ex["image"], box_px), box_px, atol=1e-4)
@@ -81,8 +82,16 @@ def test_box_is_the_tight_box_of_the_drawn_shape(kind):
 def test_smallest_object_is_painted_last_and_tight():
     size = 128
     checked = 0
-    for ex in _take(_source("train", image_size=size, min_objects=3, max_objects=4,
-                            classes=list(shapes.KNOWN_SHAPES)), 12):
+    for ex in _take(
+        _source(
+            "train",
+            image_size=size,
+            min_objects=3,
+            max_objects=4,
+            classes=list(shapes.KNOWN_SHAPES),
+        ),
+        12,
+    ):
         boxes = ex["boxes"].astype(np.float64) * size
         if len(boxes) < 2:
             continue
@@ -97,15 +106,25 @@ def _iou(a, b):
     ih = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iw = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ih * iw
-    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])
     return inter / (area(a) + area(b) - inter)
 
 
 def test_sizes_counts_overlap_and_classes():
     size, min_size, max_size, max_iou = 128, 0.15, 0.4, 0.2
-    examples = _take(_source("train", image_size=size, min_objects=2, max_objects=5,
-                             min_size=min_size, max_size=max_size, max_overlap_iou=max_iou,
-                             classes=["circle", "square", "triangle", "ring"]), 40)
+    examples = _take(
+        _source(
+            "train",
+            image_size=size,
+            min_objects=2,
+            max_objects=5,
+            min_size=min_size,
+            max_size=max_size,
+            max_overlap_iou=max_iou,
+            classes=["circle", "square", "triangle", "ring"],
+        ),
+        40,
+    )
     counts = [len(e["labels"]) for e in examples]
     assert max(counts) <= 5 and np.mean(counts) >= 3.0
     labels = np.concatenate([e["labels"] for e in examples])
@@ -121,7 +140,7 @@ def test_sizes_counts_overlap_and_classes():
 
 def _reference_mask(kind, dy, dx, h):
     """float64 NumPy masks written from the shapes module docstring's definitions."""
-    d2 = dy ** 2 + dx ** 2
+    d2 = dy**2 + dx**2
     if kind == "circle":
         return d2 <= h * h
     if kind == "square":
@@ -131,8 +150,9 @@ def _reference_mask(kind, dy, dx, h):
     if kind == "ring":
         return (d2 <= h * h) & (d2 >= (0.55 * h) ** 2)
     if kind == "cross":
-        return (((np.abs(dy) <= h) & (np.abs(dx) <= 0.3 * h))
-                | ((np.abs(dx) <= h) & (np.abs(dy) <= 0.3 * h)))
+        return ((np.abs(dy) <= h) & (np.abs(dx) <= 0.3 * h)) | (
+            (np.abs(dx) <= h) & (np.abs(dy) <= 0.3 * h)
+        )
     if kind == "diamond":
         return np.abs(dy) + np.abs(dx) <= h
     raise AssertionError(kind)
@@ -143,8 +163,9 @@ def test_shape_masks_match_reference(kind):
     cy, cx, h = 20.3, 17.8, 11.25
     dy = np.arange(40, dtype=np.float64)[:, None] + 0.5 - cy
     dx = np.arange(40, dtype=np.float64)[None, :] + 0.5 - cx
-    got = shapes._shape_mask(kind, tf.constant(dy, tf.float32), tf.constant(dx, tf.float32),
-                             tf.constant(h, tf.float32)).numpy()
+    got = shapes._shape_mask(
+        kind, tf.constant(dy, tf.float32), tf.constant(dx, tf.float32), tf.constant(h, tf.float32)
+    ).numpy()
     expected = _reference_mask(kind, dy, dx, h)
     # float32 vs float64 may disagree only on pixel centers lying on the boundary
     assert np.mean(got != expected) < 0.005
@@ -156,22 +177,29 @@ def test_shape_masks_match_reference(kind):
     assert cols.min() >= first_col and cols.max() <= last_col
     if kind == "square":
         assert (rows.min(), rows.max(), cols.min(), cols.max()) == (
-            first_row, last_row, first_col, last_col)
+            first_row,
+            last_row,
+            first_col,
+            last_col,
+        )
 
 
 def test_sharding_splits_the_stream():
     full = _take(_source("validation"), 4)
-    first = _take(shapes.shapes_source(split="validation", image_size=96, num_val=4,
-                                       shard=(2, 0))[0], 4)
-    second = _take(shapes.shapes_source(split="validation", image_size=96, num_val=4,
-                                        shard=(2, 1))[0], 4)
+    first = _take(
+        shapes.shapes_source(split="validation", image_size=96, num_val=4, shard=(2, 0))[0], 4
+    )
+    second = _take(
+        shapes.shapes_source(split="validation", image_size=96, num_val=4, shard=(2, 1))[0], 4
+    )
     assert [e["image_id"] for e in first] == [0, 2] and [e["image_id"] for e in second] == [1, 3]
     assert _same(first, [full[0], full[2]]) and _same(second, [full[1], full[3]])
 
 
 def test_config_mapping_and_errors():
-    cfg = data_config(source="shapes", shapes={"image_size": 64, "num_val": 3,
-                                               "classes": ["ring", "cross"]})
+    cfg = data_config(
+        source="shapes", shapes={"image_size": 64, "num_val": 3, "classes": ["ring", "cross"]}
+    )
     dataset, info = build_source(cfg, split="validation")
     assert info.class_names == ["ring", "cross"] and info.num_examples == 3
     assert next(iter(dataset))["image"].shape == (64, 64, 3)

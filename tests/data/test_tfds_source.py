@@ -11,64 +11,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from helpers.data_fixtures import data_config, random_pixels
+from helpers.tfds_fakes import NUM, _bbox, _fake_as_dataset
 
-from data_fixtures import data_config, random_pixels
 from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.pipeline import build_source
 from rfcn_tf.data.sources import tfds as tfds_src
 
-NUM = 3
-
-
-def _bbox(i):
-    """Boxes of example i: i + 1 normalized yxyx rows."""
-    return np.array([[0.1 * k, 0.2, 0.1 * k + 0.3, 0.6] for k in range(i + 1)], np.float32)
-
-
-def _objects(features, i):
-    n = i + 1
-    obj = {"bbox": _bbox(i), "label": np.arange(n, dtype=np.int64) + i}
-    for key in features["objects"].feature.keys():
-        if key == "is_difficult":
-            obj[key] = np.arange(n) == 0
-        elif key == "is_crowd":
-            obj[key] = np.arange(n) == n - 1
-        elif key in ("is_truncated",):
-            obj[key] = np.zeros(n, bool)
-        elif key in ("pose", "id", "area"):
-            obj[key] = np.zeros(n, np.int64)
-    return obj
-
-
-def _fake_as_dataset(corrupt_index=None):
-    def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
-        features = self.info.features
-        encoded = []
-        for i in range(NUM):
-            ex = {"image": random_pixels(20 + i, 30, seed=i), "objects": _objects(features, i)}
-            if "image/filename" in features:
-                ex["image/filename"] = f"{2007 if '2007' in self.info.full_name else 2012}_{i:06d}.jpg"
-            if "image/id" in features:
-                ex["image/id"] = 1000 + i
-            for key in ("labels", "labels_no_difficult"):
-                if key in features:
-                    ex[key] = ex["objects"]["label"]
-            enc = features.encode_example(ex)
-            if i == corrupt_index:
-                enc["image"] = b"not an image"
-            encoded.append(enc)
-        specs = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
-                                      features.get_serialized_info())
-        ds = tf.data.Dataset.from_generator(lambda: iter(encoded), output_signature=specs)
-        ds = ds.apply(tf.data.experimental.assert_cardinality(NUM))
-        return ds.map(lambda e: features.decode_example(e, decoders=decoders))
-    return as_dataset
-
 
 @pytest.fixture
 def mocked():
-    with tfds.testing.mock_data(as_dataset_fn=_fake_as_dataset(),
-                                policy=tfds.testing.MockPolicy.USE_CODE):
+    with tfds.testing.mock_data(
+        as_dataset_fn=_fake_as_dataset(), policy=tfds.testing.MockPolicy.USE_CODE
+    ):
         yield
 
 
@@ -122,8 +77,9 @@ def test_registry_class_names_and_errors(mocked):
     _, info = build_source(cfg, split="train")
     assert info.class_names[0] == "c0"
     with pytest.raises(DataError, match="has 2 names but TFDS voc/2007 has 20 classes"):
-        build_source(data_config(source="tfds", tfds_name="voc/2007", class_names=["a", "b"]),
-                     split="train")
+        build_source(
+            data_config(source="tfds", tfds_name="voc/2007", class_names=["a", "b"]), split="train"
+        )
     with pytest.raises(DataError, match="not a detection dataset"):
         tfds_src.tfds_source("mnist", split="train")
     with pytest.raises(DataError, match="unknown TFDS dataset 'no_such_dataset_xyz'"):
@@ -133,14 +89,17 @@ def test_registry_class_names_and_errors(mocked):
 
 
 def test_corrupt_image_in_records(data_warnings):
-    with tfds.testing.mock_data(as_dataset_fn=_fake_as_dataset(corrupt_index=1),
-                                policy=tfds.testing.MockPolicy.USE_CODE):
+    with tfds.testing.mock_data(
+        as_dataset_fn=_fake_as_dataset(corrupt_index=1), policy=tfds.testing.MockPolicy.USE_CODE
+    ):
         dataset, _ = tfds_src.tfds_source("voc/2007", split="train")
         with pytest.raises(tf.errors.InvalidArgumentError, match="2007_000001.jpg"):
             _examples(dataset)
         dataset, _ = tfds_src.tfds_source("voc/2007", split="train", skip_corrupt=True)
-        assert [e["filename"] for e in _examples(dataset)] == [b"2007_000000.jpg",
-                                                                b"2007_000002.jpg"]
+        assert [e["filename"] for e in _examples(dataset)] == [
+            b"2007_000000.jpg",
+            b"2007_000002.jpg",
+        ]
     assert any("skipped 1 of 3 images" in m for m in data_warnings())
 
 
@@ -150,8 +109,9 @@ def test_shard_and_shuffle(mocked):
     assert [e["image_id"] for e in _examples(first)] == [2007_000000, 2007_000002]
     assert [e["image_id"] for e in _examples(second)] == [2007_000001]
     shuffled, _ = tfds_src.tfds_source("voc/2007", split="train", shuffle=True, seed=3)
-    assert sorted(e["image_id"] for e in _examples(shuffled)) == [2007_000000 + i
-                                                                   for i in range(NUM)]
+    assert sorted(e["image_id"] for e in _examples(shuffled)) == [
+        2007_000000 + i for i in range(NUM)
+    ]
 
 
 def test_data_dir_and_manual_dir_are_passed(mocked, monkeypatch):
@@ -169,8 +129,9 @@ def test_data_dir_and_manual_dir_are_passed(mocked, monkeypatch):
         return builder
 
     monkeypatch.setattr(tfds, "builder", recording_builder)
-    cfg = data_config(source="tfds", tfds_name="voc/2007", data_dir="/data/tfds",
-                      manual_dir="/data/manual")
+    cfg = data_config(
+        source="tfds", tfds_name="voc/2007", data_dir="/data/tfds", manual_dir="/data/manual"
+    )
     build_source(cfg, split="train")
     assert calls["data_dir"] == "/data/tfds"
     assert str(calls["manual_dir"]) == "/data/manual"
@@ -178,8 +139,13 @@ def test_data_dir_and_manual_dir_are_passed(mocked, monkeypatch):
 
 def test_eval_tfds_name_serves_every_split_but_training(mocked):
     """The paper's VOC recipe: train on voc/2007+voc/2012 trainval, evaluate on voc/2007 test."""
-    cfg = data_config(source="tfds", tfds_name="voc/2007+voc/2012", eval_tfds_name="voc/2007",
-                      train_split="trainval", val_split="test")
+    cfg = data_config(
+        source="tfds",
+        tfds_name="voc/2007+voc/2012",
+        eval_tfds_name="voc/2007",
+        train_split="trainval",
+        val_split="test",
+    )
     train, train_info = build_source(cfg, split="trainval")
     test, test_info = build_source(cfg, split="test")
     assert train_info.num_examples == 2 * NUM and test_info.num_examples == NUM

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from data_fixtures import data_config, random_pixels
+from helpers.data_fixtures import data_config, random_pixels
 
 from rfcn_tf.data import label_map as lm
 from rfcn_tf.data.convert import make_example
@@ -20,11 +20,19 @@ ITEMS = [lm.LabelMapItem(1, "cat"), lm.LabelMapItem(5, "dog", "Dog")]  # gap: id
 
 def _example(i, *, boxes=((0.1, 0.2, 0.5, 0.6),), ids=(5,), texts=None, h=24, w=32, **over):
     pixels = random_pixels(h, w, seed=i)
-    fields = dict(encoded=tf.io.encode_png(pixels).numpy(), image_format="png", height=h,
-                  width=w, filename=f"img_{i}.png", source_id=str(100 + i), boxes=boxes,
-                  class_ids=ids, class_texts=texts if texts is not None else
-                  ["cat" if c == 1 else "dog" for c in ids],
-                  difficult=[0] * len(ids), is_crowd=[0] * len(ids))
+    fields = dict(
+        encoded=tf.io.encode_png(pixels).numpy(),
+        image_format="png",
+        height=h,
+        width=w,
+        filename=f"img_{i}.png",
+        source_id=str(100 + i),
+        boxes=boxes,
+        class_ids=ids,
+        class_texts=texts if texts is not None else ["cat" if c == 1 else "dog" for c in ids],
+        difficult=[0] * len(ids),
+        is_crowd=[0] * len(ids),
+    )
     fields.update(over)
     return make_example(**fields).SerializeToString(), pixels
 
@@ -44,8 +52,10 @@ def _files(tmp_path, num_files, per_file, split="train"):
         rec, px = _example(k)
         records[k % num_files].append(rec)
         pixels[100 + k] = px
-    files = [_write(tmp_path / tfrecord.shard_file_name(split, i, num_files), r)
-             for i, r in enumerate(records)]
+    files = [
+        _write(tmp_path / tfrecord.shard_file_name(split, i, num_files), r)
+        for i, r in enumerate(records)
+    ]
     lm.write_label_map(tmp_path / "label_map.pbtxt", ITEMS)
     return files, pixels
 
@@ -55,9 +65,13 @@ def _ids(dataset):
 
 
 def test_examples_decode_with_label_ranks_and_flags(tmp_path):
-    rec, pixels = _example(0, boxes=[(0.1, 0.2, 0.5, 0.6), (0.0, 0.0, 1.0, 1.0),
-                                     (0.3, 0.3, 0.3, 0.9)],
-                           ids=[5, 1, 1], difficult=[1, 0, 0], is_crowd=[0, 1, 0])
+    rec, pixels = _example(
+        0,
+        boxes=[(0.1, 0.2, 0.5, 0.6), (0.0, 0.0, 1.0, 1.0), (0.3, 0.3, 0.3, 0.9)],
+        ids=[5, 1, 1],
+        difficult=[1, 0, 0],
+        is_crowd=[0, 1, 0],
+    )
     path = _write(tmp_path / "a.tfrecord", [rec])
     dataset, info = tfrecord.tfrecord_source([path], class_items=ITEMS)
     assert info.class_names == ["cat", "Dog"]
@@ -73,15 +87,22 @@ def test_examples_decode_with_label_ranks_and_flags(tmp_path):
 
 
 def test_class_text_used_when_label_ids_absent_and_source_id_hashed(tmp_path):
-    rec, _ = _example(0, boxes=[(0.1, 0.1, 0.2, 0.2)] * 2, ids=[], texts=["dog", "cat"],
-                      difficult=[], is_crowd=[], source_id="not-a-number")
-    rec2, _ = _example(1, boxes=[], ids=[], texts=[], difficult=[], is_crowd=[],
-                       source_id="")
-    dataset, _ = tfrecord.tfrecord_source([_write(tmp_path / "a.tfrecord", [rec, rec2])],
-                                          class_items=ITEMS)
+    rec, _ = _example(
+        0,
+        boxes=[(0.1, 0.1, 0.2, 0.2)] * 2,
+        ids=[],
+        texts=["dog", "cat"],
+        difficult=[],
+        is_crowd=[],
+        source_id="not-a-number",
+    )
+    rec2, _ = _example(1, boxes=[], ids=[], texts=[], difficult=[], is_crowd=[], source_id="")
+    dataset, _ = tfrecord.tfrecord_source(
+        [_write(tmp_path / "a.tfrecord", [rec, rec2])], class_items=ITEMS
+    )
     first, second = list(dataset.as_numpy_iterator())
     np.testing.assert_array_equal(first["labels"], [1, 0])
-    expected = tf.strings.to_hash_bucket_fast("not-a-number", 2 ** 62).numpy()
+    expected = tf.strings.to_hash_bucket_fast("not-a-number", 2**62).numpy()
     assert first["image_id"] == expected
     assert second["boxes"].shape == (0, 4) and second["image_id"] >= 0
     assert second["image_id"] != first["image_id"]
@@ -100,23 +121,29 @@ def test_from_config_glob_split_and_label_map_beside_shards(tmp_path):
 
 def test_shard_by_file_when_enough_files_else_by_record(tmp_path):
     files, _ = _files(tmp_path, 4, 3)
-    parts = [tfrecord.tfrecord_source(files, class_items=ITEMS, shard=(2, i))[0]
-             for i in range(2)]
+    parts = [tfrecord.tfrecord_source(files, class_items=ITEMS, shard=(2, i))[0] for i in range(2)]
     ids = [_ids(p) for p in parts]
     # 4 files over 2 workers: whole files 0, 2 and 1, 3 (example k lives in file k % 4).
     assert sorted(ids[0]) == [100 + k for k in range(12) if k % 4 in (0, 2)]
     assert sorted(ids[1]) == [100 + k for k in range(12) if k % 4 in (1, 3)]
     # 4 files over 8 workers: every 8th record of all files, disjoint and complete.
-    parts = [_ids(tfrecord.tfrecord_source(files, class_items=ITEMS, shard=(8, i))[0])
-             for i in range(8)]
+    parts = [
+        _ids(tfrecord.tfrecord_source(files, class_items=ITEMS, shard=(8, i))[0]) for i in range(8)
+    ]
     assert sorted(i for p in parts for i in p) == [100 + k for k in range(12)]
     assert all(len(p) in (1, 2) for p in parts)
 
 
 def test_training_pipeline_shuffles_and_batches(tmp_path):
     _files(tmp_path, 2, 4)
-    cfg = data_config(source="tfrecord", tfrecord_pattern=str(tmp_path / "train-*.tfrecord"),
-                      scales=[48], max_size=64, max_boxes=3, shuffle_buffer=8)
+    cfg = data_config(
+        source="tfrecord",
+        tfrecord_pattern=str(tmp_path / "train-*.tfrecord"),
+        scales=[48],
+        max_size=64,
+        max_boxes=3,
+        shuffle_buffer=8,
+    )
     batches = list(build_dataset(cfg, split="train", training=True, batch_size=2).take(8))
     ids = [int(i) for b in batches for i in b["image_ids"].numpy()]
     assert set(ids) == {100 + k for k in range(8)}  # two passes, all images
@@ -135,8 +162,12 @@ def test_missing_files_label_map_and_class_mismatch(tmp_path):
         build_source(cfg, split="train")
     lm.write_label_map(tmp_path / "label_map.pbtxt", ITEMS)
     with pytest.raises(DataError, match=r"data.class_names=\['dog', 'cat'\] differs"):
-        build_source(data_config(source="tfrecord", class_names=["dog", "cat"],
-                                 tfrecord_pattern=cfg.tfrecord_pattern), split="train")
+        build_source(
+            data_config(
+                source="tfrecord", class_names=["dog", "cat"], tfrecord_pattern=cfg.tfrecord_pattern
+            ),
+            split="train",
+        )
 
 
 def _error_of(path, **kwargs):
@@ -170,7 +201,8 @@ def test_record_that_is_not_an_example_names_file_and_record(tmp_path):
 def test_unequal_box_lists_name_file_and_record(tmp_path):
     rec, _ = _example(0, ids=[5, 5])  # one box, two labels
     assert "record 0 has per-box lists of unequal length" in _error_of(
-        _write(tmp_path / "a.tfrecord", [rec]))
+        _write(tmp_path / "a.tfrecord", [rec])
+    )
 
 
 def test_label_missing_from_label_map_names_file(tmp_path):
@@ -184,7 +216,8 @@ def test_undecodable_image_fails_or_is_skipped(tmp_path, data_warnings):
     bad, _ = _example(1, encoded=b"not an image")
     path = _write(tmp_path / "a.tfrecord", [_example(0)[0], bad, _example(2)[0]])
     assert "record 1 (image/filename img_1.png): image/encoded cannot be decoded" in (
-        _error_of(path))
+        _error_of(path)
+    )
     dataset, _ = tfrecord.tfrecord_source([path], class_items=ITEMS, skip_corrupt=True)
     assert _ids(dataset) == [100, 102]
     assert any("skipped 1 of 3 images" in m and "img_1.png" in m for m in data_warnings())

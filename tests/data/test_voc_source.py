@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import tensorflow as tf
-from data_fixtures import (
+from helpers.data_fixtures import (
     VOC_IMAGES,
     data_config,
     make_voc,
@@ -179,8 +179,15 @@ def test_difficult_boxes_in_eval_and_training(voc_root):
     # unless data.use_difficult.
     images = {"img_a": VOC_IMAGES["img_a"]}
     root = make_voc(voc_root.parent / "one", images, {"train": ["img_a"]})
-    cfg = data_config(source="voc", voc_root=str(root), class_names=["cat", "dog"],
-                      scales=[40], max_size=1000, max_boxes=4, random_flip=False)
+    cfg = data_config(
+        source="voc",
+        voc_root=str(root),
+        class_names=["cat", "dog"],
+        scales=[40],
+        max_size=1000,
+        max_boxes=4,
+        random_flip=False,
+    )
     evaluation = next(iter(build_dataset(cfg, split="train", training=False, batch_size=1)))
     np.testing.assert_array_equal(evaluation["gt_mask"][0], [True, True, False, False])
     np.testing.assert_array_equal(evaluation["gt_difficult"][0], [False, True, False, False])
@@ -188,16 +195,18 @@ def test_difficult_boxes_in_eval_and_training(voc_root):
     np.testing.assert_array_equal(training["gt_mask"][0], [True, False, False, False])
     np.testing.assert_array_equal(training["gt_classes"][0], [2, -1, -1, -1])
     with_difficult = dataclasses.replace(cfg, use_difficult=True)
-    training = next(iter(build_dataset(with_difficult, split="train", training=True,
-                                       batch_size=1)))
+    training = next(iter(build_dataset(with_difficult, split="train", training=True, batch_size=1)))
     np.testing.assert_array_equal(training["gt_classes"][0], [2, 1, -1, -1])
 
 
 def test_drop_empty_in_training_only(voc_root):
-    cfg = data_config(source="voc", voc_root=str(voc_root), scales=[32], max_size=64,
-                      max_boxes=4, drop_empty=True)
-    ids = [int(f["image_ids"][0]) for f in
-           build_dataset(cfg, split="train", training=False, batch_size=1)]
+    cfg = data_config(
+        source="voc", voc_root=str(voc_root), scales=[32], max_size=64, max_boxes=4, drop_empty=True
+    )
+    ids = [
+        int(f["image_ids"][0])
+        for f in build_dataset(cfg, split="train", training=False, batch_size=1)
+    ]
     assert ids == [0, 1, 2, 3]
     training = build_dataset(cfg, split="train", training=True, batch_size=1)
     ids = {int(f["image_ids"][0]) for f in training.take(24)}
@@ -206,6 +215,7 @@ def test_drop_empty_in_training_only(voc_root):
 
 # ----------------------------------------------------------------------------------------------
 # The real BCCD folder (never modified)
+
 
 def _bccd_root():
     try:
@@ -216,7 +226,8 @@ def _bccd_root():
 
 BCCD = _bccd_root()
 needs_bccd = pytest.mark.skipif(
-    BCCD is None, reason=f"BCCD folder not found (set ${voc.BCCD_ENV_VAR} or data.voc_root)")
+    BCCD is None, reason=f"BCCD folder not found (set ${voc.BCCD_ENV_VAR} or data.voc_root)"
+)
 
 
 @needs_bccd
@@ -230,10 +241,14 @@ def test_bccd_split_and_boxes_match_xml(data_warnings):
     # Check every image against an independent parse of its XML.
     for ex, image_id in zip(examples, ids):
         root = ET.parse(BCCD / "Annotations" / f"{image_id}.xml").getroot()
-        objects = [(o.find("name").text.strip(),
-                    *[float(o.find("bndbox").find(t).text) for t in
-                      ("xmin", "ymin", "xmax", "ymax")],
-                    int(o.find("difficult").text)) for o in root.findall("object")]
+        objects = [
+            (
+                o.find("name").text.strip(),
+                *[float(o.find("bndbox").find(t).text) for t in ("xmin", "ymin", "xmax", "ymax")],
+                int(o.find("difficult").text),
+            )
+            for o in root.findall("object")
+        ]
         h, w = ex["image"].shape[:2]
         boxes, labels, _ = _reference_boxes(h, w, objects, info.class_names)
         np.testing.assert_allclose(ex["boxes"], boxes, atol=1e-6)

@@ -21,8 +21,6 @@ import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import numpy as np
 import tensorflow as tf
@@ -35,7 +33,8 @@ def main(mode: str, out: str, model_kind: str = "standin") -> None:
     if mode == "mirrored":
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+            cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+        )
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
     from rfcn_tf.engine import optimizer as opt
@@ -55,25 +54,31 @@ def main(mode: str, out: str, model_kind: str = "standin") -> None:
 
     keras.utils.set_random_seed(0)  # the same initial weights in every configuration
     if model_kind == "standin":
-        from engine_standin import TinyDetector, dataset_fn
+        from helpers.engine_standin import TinyDetector, dataset_fn
 
         with strategy.scope():
             model = TinyDetector(num_classes=2)
         data_fn = dataset_fn(GLOBAL_BATCH)
         num_classes = 2
     else:
-        from engine_real_model import build_real_model, real_dataset_fn
+        from helpers.engine_real_model import build_real_model, real_dataset_fn
 
         with strategy.scope():
             model, num_classes = build_real_model()
         data_fn = real_dataset_fn(GLOBAL_BATCH)
 
     def optimizer_fn(variables, steps):
-        schedule = opt.build_lr_schedule(base_lr=0.05, total_steps=steps, warmup_steps=1,
-                                         warmup_factor=0.5, schedule="cosine")
+        schedule = opt.build_lr_schedule(
+            base_lr=0.05, total_steps=steps, warmup_steps=1, warmup_factor=0.5, schedule="cosine"
+        )
         # A small clip threshold so that clipping is active: it must use the all-replica norm.
-        return opt.build_optimizer(variables=variables, learning_rate=schedule, momentum=0.9,
-                                   weight_decay=0.01, clip_norm=float(os.environ.get("CLIP", "0.5")))
+        return opt.build_optimizer(
+            variables=variables,
+            learning_rate=schedule,
+            momentum=0.9,
+            weight_decay=0.01,
+            clip_norm=float(os.environ.get("CLIP", "0.5")),
+        )
 
     logs = []
     kill_at = int(os.environ.get("KILL_AT", "0"))
@@ -84,8 +89,9 @@ def main(mode: str, out: str, model_kind: str = "standin") -> None:
             if step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)  # kill -9: no cleanup, no final save
 
-    workdir = os.environ.get("CKPT_DIR") or os.path.join(os.path.dirname(out),
-                                                         f"ckpt_{mode}_{os.getpid()}")
+    workdir = os.environ.get("CKPT_DIR") or os.path.join(
+        os.path.dirname(out), f"ckpt_{mode}_{os.getpid()}"
+    )
     hooks = [Record()]
     if os.environ.get("VALIDATE") == "1" and is_chief(strategy):
         from rfcn_tf.engine.best_checkpoint import BestCheckpoint
@@ -95,15 +101,22 @@ def main(mode: str, out: str, model_kind: str = "standin") -> None:
             value = {1: 0.1, 2: 0.5}.get(step, 0.2)
             return {"coco": {"AP": value, "AP50": value}, "voc2010": {"mAP": value}}
 
-        best = BestCheckpoint(os.path.join(os.path.dirname(out), "run_chief"), model=model,
-                              num_classes=num_classes)
+        best = BestCheckpoint(
+            os.path.join(os.path.dirname(out), "run_chief"), model=model, num_classes=num_classes
+        )
         hooks.append(ValidationHook(evaluate, every=1, best=best))
-    schemes.run_training(model=model, strategy=strategy, dataset_fn=data_fn,
-                         stages=schemes.build_stages("joint", steps=STEPS),
-                         optimizer_fn=optimizer_fn, checkpoint_dir=workdir,
-                         num_classes=num_classes, global_batch_size=GLOBAL_BATCH,
-                         checkpoint_every=int(os.environ.get("CKPT_EVERY", "0")),
-                         hooks_fn=lambda stage, total: hooks)
+    schemes.run_training(
+        model=model,
+        strategy=strategy,
+        dataset_fn=data_fn,
+        stages=schemes.build_stages("joint", steps=STEPS),
+        optimizer_fn=optimizer_fn,
+        checkpoint_dir=workdir,
+        num_classes=num_classes,
+        global_batch_size=GLOBAL_BATCH,
+        checkpoint_every=int(os.environ.get("CKPT_EVERY", "0")),
+        hooks_fn=lambda stage, total: hooks,
+    )
     weights = {f"w{i}": np.asarray(v.numpy()) for i, v in enumerate(model.trainable_weights)}
     np.savez(out, losses=np.array(logs), **weights)
 

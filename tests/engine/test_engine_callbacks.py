@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from engine_standin import TinyDetector, dataset_fn
+from helpers.engine_standin import TinyDetector, dataset_fn
 
 from rfcn_tf.engine.callbacks import (
     CheckpointHook,
@@ -30,18 +30,25 @@ def _loop(model, hooks, end_step, start=0):
     variables = model.trainable_variables
     optimizer = build_optimizer(variables=variables, learning_rate=0.05)
     counter = tf.Variable(start, dtype=tf.int64)
-    loop = TrainLoop(step_fn=build_train_step(model, optimizer, strategy, variables=variables),
-                     iterator=iter(strategy.distribute_datasets_from_function(dataset_fn(2))),
-                     step_counter=counter, end_step=end_step, global_batch_size=2,
-                     learning_rate_fn=lambda: 0.05, hooks=hooks, name="joint")
+    loop = TrainLoop(
+        step_fn=build_train_step(model, optimizer, strategy, variables=variables),
+        iterator=iter(strategy.distribute_datasets_from_function(dataset_fn(2))),
+        step_counter=counter,
+        end_step=end_step,
+        global_batch_size=2,
+        learning_rate_fn=lambda: 0.05,
+        hooks=hooks,
+        name="joint",
+    )
     return loop, optimizer, counter
 
 
 def read_events(directory):
     """{tag: [(step, value)]} of every scalar and image summary under ``directory``."""
     found = {}
-    for path in sorted(glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"),
-                                 recursive=True)):
+    for path in sorted(
+        glob.glob(os.path.join(directory, "**", "events.out.tfevents.*"), recursive=True)
+    ):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 found.setdefault(value.tag, []).append((event.step, tf.make_ndarray(value.tensor)))
@@ -56,14 +63,17 @@ def test_checkpoint_every_n_steps_and_at_end_keeping_the_last_k(tmp_path):
     saved = []
     hook = CheckpointHook(manager, every=3)
     original = manager.save
-    manager.save = lambda checkpoint_number: saved.append(checkpoint_number) or original(
-        checkpoint_number=checkpoint_number)
+    manager.save = lambda checkpoint_number: (
+        saved.append(checkpoint_number) or original(checkpoint_number=checkpoint_number)
+    )
     loop.hooks = [hook]
     loop.run()
     assert saved == [3, 6, 9, 10]
     assert [os.path.basename(p) for p in manager.checkpoints] == ["ckpt-9", "ckpt-10"]
     assert sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "*.index"))) == [
-        "ckpt-10.index", "ckpt-9.index"]
+        "ckpt-10.index",
+        "ckpt-9.index",
+    ]
     reader = tf.train.load_checkpoint(str(tmp_path / "ckpt-10"))
     assert int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == 10
     assert hook.last_path.endswith("ckpt-10")
@@ -81,8 +91,14 @@ def test_summaries_hold_each_loss_lr_and_throughput(tmp_path):
     loop, _, _ = _loop(model, [SummaryHook(writer, every=2)], end_step=5)
     loop.run()
     events = read_events(str(tmp_path))
-    for tag in ("loss/total_loss", "loss/rpn_objectness_loss", "loss/rpn_box_loss",
-                "loss/rfcn_class_loss", "loss/rfcn_box_loss", "train/learning_rate"):
+    for tag in (
+        "loss/total_loss",
+        "loss/rpn_objectness_loss",
+        "loss/rpn_box_loss",
+        "loss/rfcn_class_loss",
+        "loss/rfcn_box_loss",
+        "train/learning_rate",
+    ):
         assert [s for s, _ in events[tag]] == [2, 4, 5], tag
     assert all(float(v) == pytest.approx(0.05) for _, v in events["train/learning_rate"])
     assert all(float(v) > 0 for _, v in events["train/images_per_sec"])
@@ -94,8 +110,15 @@ def test_image_summary_draws_predicted_boxes(tmp_path):
     images = np.zeros([2, 32, 32, 3], np.uint8)
     shapes = np.array([[32, 32], [24, 32]], np.int32)
     writer = tf.summary.create_file_writer(str(tmp_path))
-    hook = ImageSummaryHook(writer, detect_fn=model.detect, images=images, image_shapes=shapes,
-                            class_names=["a", "b"], every=3, min_score=0.0)
+    hook = ImageSummaryHook(
+        writer,
+        detect_fn=model.detect,
+        images=images,
+        image_shapes=shapes,
+        class_names=["a", "b"],
+        every=3,
+        min_score=0.0,
+    )
     drawn = hook.render()
     assert drawn.shape == images.shape and drawn.dtype == np.uint8
     # The stand-in predicts box (4, 4, 20, 24): its outline is drawn, the far corner is not.
@@ -109,8 +132,14 @@ def test_image_summary_draws_predicted_boxes(tmp_path):
     assert (int(blob[0]), int(blob[1])) == (32, 32) and len(blob) == 2 + 2
     np.testing.assert_array_equal(tf.io.decode_png(blob[2]).numpy(), hook.render()[0])
     with pytest.raises(ValueError, match="images must be uint8"):
-        ImageSummaryHook(writer, detect_fn=model.detect, images=images.astype(np.float32),
-                         image_shapes=shapes, class_names=["a", "b"], every=1)
+        ImageSummaryHook(
+            writer,
+            detect_fn=model.detect,
+            images=images.astype(np.float32),
+            image_shapes=shapes,
+            class_names=["a", "b"],
+            every=1,
+        )
 
 
 def test_logging_hook_lines_name_step_losses_lr_throughput_and_eta(caplog):
@@ -162,8 +191,11 @@ def test_checkpoint_hook_refuses_non_finite_weights(tmp_path):
                 model.backbone.get_layer("bn").moving_variance.assign(np.full([8], np.inf))
 
     loop.hooks = [hook, Poison()]
-    with pytest.raises(NonFiniteLossError, match=r"non-finite model weights at step 4 \(the losses "
-                       r"were finite\): backbone/bn/moving_variance.*ckpt-2 \(not overwritten\)"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"non-finite model weights at step 4 \(the losses "
+        r"were finite\): backbone/bn/moving_variance.*ckpt-2 \(not overwritten\)",
+    ):
         loop.run()
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-2")
     assert not glob.glob(str(tmp_path / "ckpt-4*"))
@@ -178,12 +210,16 @@ def _fill_disk_at(checkpoint, fail_prefix_suffix):
         if not prefix.endswith(fail_prefix_suffix):
             return real_write(prefix, options=options, **kwargs)
         os.makedirs(prefix + "_temp")
-        with open(os.path.join(prefix + "_temp", "part-00000-of-00001.data-00000-of-00001"),
-                  "wb") as f:
+        with open(
+            os.path.join(prefix + "_temp", "part-00000-of-00001.data-00000-of-00001"), "wb"
+        ) as f:
             f.write(b"\0" * 100)
         raise tf.errors.ResourceExhaustedError(
-            None, None, f"{prefix}_temp/part-00000-of-00001.data-00000-of-00001.tempstate1; No "
-            f"space left on device [Op:SaveV2]")
+            None,
+            None,
+            f"{prefix}_temp/part-00000-of-00001.data-00000-of-00001.tempstate1; No "
+            f"space left on device [Op:SaveV2]",
+        )
 
     checkpoint._write = write
 
@@ -194,8 +230,9 @@ def test_checkpoint_hook_disk_full_is_one_error_and_keeps_the_previous(tmp_path)
     model = TinyDetector()
     loop, optimizer, counter = _loop(model, [], end_step=4)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=counter)
-    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=3,
-                                         checkpoint_name="ckpt")
+    manager = tf.train.CheckpointManager(
+        checkpoint, str(tmp_path), max_to_keep=3, checkpoint_name="ckpt"
+    )
     _fill_disk_at(checkpoint, "ckpt-4")
     weights = {}
 
@@ -211,8 +248,11 @@ def test_checkpoint_hook_disk_full_is_one_error_and_keeps_the_previous(tmp_path)
     assert "\n" not in message
     assert f"cannot write checkpoint {tmp_path / 'ckpt-4'}: no space left on device" in message
     assert f"the previous checkpoint {tmp_path / 'ckpt-2'} is intact" in message
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "ckpt-2.data-00000-of-00001",
-                                            "ckpt-2.index"]  # no ckpt-4_temp left behind
+    assert sorted(os.listdir(tmp_path)) == [
+        "checkpoint",
+        "ckpt-2.data-00000-of-00001",
+        "ckpt-2.index",
+    ]  # no ckpt-4_temp left behind
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-2")
     fresh = TinyDetector(seed=5)
     assert restore_model_weights(fresh, str(tmp_path), num_classes=2).step == 2  # reads back

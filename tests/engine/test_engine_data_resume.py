@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from engine_standin import IMAGE_SIZE, TinyDetector
+from helpers.engine_standin import IMAGE_SIZE, TinyDetector
 
 from rfcn_tf.config import load_config
 from rfcn_tf.data.pipeline import build_dataset
@@ -25,11 +25,20 @@ STEPS, CUT = 8, 4
 
 
 def _cfg():
-    return load_config("shapes_tiny", [
-        f"data.shapes.image_size={IMAGE_SIZE}", f"data.scales=[{IMAGE_SIZE}]",
-        f"data.max_size={IMAGE_SIZE}", "data.max_boxes=4", "data.shapes.max_objects=3",
-        "data.shapes.min_size=0.25", "data.deterministic=true", "data.seed=3",
-        "data.shapes.seed=5"])
+    return load_config(
+        "shapes_tiny",
+        [
+            f"data.shapes.image_size={IMAGE_SIZE}",
+            f"data.scales=[{IMAGE_SIZE}]",
+            f"data.max_size={IMAGE_SIZE}",
+            "data.max_boxes=4",
+            "data.shapes.max_objects=3",
+            "data.shapes.min_size=0.25",
+            "data.deterministic=true",
+            "data.seed=3",
+            "data.shapes.seed=5",
+        ],
+    )
 
 
 def _run(workdir, mode, *, stop_at=None):
@@ -38,14 +47,17 @@ def _run(workdir, mode, *, stop_at=None):
     model = TinyDetector(num_classes=3)
 
     def dataset_fn(context):
-        return build_dataset(cfg.data, split="train", training=True, batch_size=2,
-                             input_context=context)
+        return build_dataset(
+            cfg.data, split="train", training=True, batch_size=2, input_context=context
+        )
 
     def optimizer_fn(variables, steps):
-        schedule = build_lr_schedule(base_lr=0.1, total_steps=steps, schedule="cosine",
-                                     warmup_steps=2, warmup_factor=0.1)
-        return build_optimizer(variables=variables, learning_rate=schedule, momentum=0.9,
-                               weight_decay=1e-3)
+        schedule = build_lr_schedule(
+            base_lr=0.1, total_steps=steps, schedule="cosine", warmup_steps=2, warmup_factor=0.1
+        )
+        return build_optimizer(
+            variables=variables, learning_rate=schedule, momentum=0.9, weight_decay=1e-3
+        )
 
     class Interrupt(schemes.Hook):
         def after_step(self, loop, step, logs):
@@ -54,11 +66,18 @@ def _run(workdir, mode, *, stop_at=None):
 
     try:
         result = schemes.run_training(
-            model=model, strategy=tf.distribute.get_strategy(), dataset_fn=dataset_fn,
-            stages=schemes.build_stages("joint", steps=STEPS), optimizer_fn=optimizer_fn,
-            checkpoint_dir=str(workdir), num_classes=3, global_batch_size=2,
-            checkpoint_every=2, hooks_fn=lambda stage, total: [Interrupt()],
-            data_resume=mode)
+            model=model,
+            strategy=tf.distribute.get_strategy(),
+            dataset_fn=dataset_fn,
+            stages=schemes.build_stages("joint", steps=STEPS),
+            optimizer_fn=optimizer_fn,
+            checkpoint_dir=str(workdir),
+            num_classes=3,
+            global_batch_size=2,
+            checkpoint_every=2,
+            hooks_fn=lambda stage, total: [Interrupt()],
+            data_resume=mode,
+        )
     except KeyboardInterrupt:
         return None, None
     return result, [v.numpy() for v in model.trainable_variables]
@@ -74,7 +93,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, uninterrupted, m
     _run(tmp_path, mode, stop_at=CUT + 1)  # dies after step 5: the checkpoint of step 4 is kept
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith(f"ckpt-{CUT}")
     assert checkpoint_has_iterator(tf.train.latest_checkpoint(str(tmp_path))) == (
-        mode == "iterator")
+        mode == "iterator"
+    )
     result, weights = _run(tmp_path, mode)
     assert result.step == STEPS and result.data_resume == mode
     for got, want in zip(weights, uninterrupted):

@@ -27,15 +27,22 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 def _env(**extra):
     env = dict(os.environ)
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [ROOT, os.path.join(ROOT, "tests"), env.get("PYTHONPATH", "")]
+    )
     env.pop("TF_CONFIG", None)
     env.update(extra)
     return env
 
 
 def _run(mode, out, model="standin", **extra):
-    proc = subprocess.run([sys.executable, WORKER, mode, str(out), model], env=_env(**extra),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, WORKER, mode, str(out), model],
+        env=_env(**extra),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, f"{mode} worker failed:\n{proc.stderr[-4000:]}"
     return dict(np.load(out))
 
@@ -47,12 +54,14 @@ def _free_port():
 
 
 def _assert_same(reference, other, what):
-    np.testing.assert_allclose(other["losses"], reference["losses"], atol=1e-4,
-                               err_msg=f"{what}: losses differ")
+    np.testing.assert_allclose(
+        other["losses"], reference["losses"], atol=1e-4, err_msg=f"{what}: losses differ"
+    )
     assert sorted(other) == sorted(reference)
     for key in reference:
-        np.testing.assert_allclose(other[key], reference[key], atol=1e-4,
-                                   err_msg=f"{what}: weight {key} differs")
+        np.testing.assert_allclose(
+            other[key], reference[key], atol=1e-4, err_msg=f"{what}: weight {key} differs"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +88,18 @@ def _start_workers(tmp_path, model="standin", env_of=lambda index: {}):
     workers = [f"127.0.0.1:{p}" for p in ports]
     procs = []
     for index in range(2):
-        tf_config = json.dumps({"cluster": {"worker": workers},
-                                "task": {"type": "worker", "index": index}})
-        procs.append(subprocess.Popen(
-            [sys.executable, WORKER, "multi_worker", str(tmp_path / f"w{index}.npz"), model],
-            env=_env(TF_CONFIG=tf_config, **env_of(index)), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True))
+        tf_config = json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, WORKER, "multi_worker", str(tmp_path / f"w{index}.npz"), model],
+                env=_env(TF_CONFIG=tf_config, **env_of(index)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     return procs
 
 
@@ -107,8 +122,11 @@ def test_multi_worker_two_processes_match_one_device(single, tmp_path):
     assert record["step"] == 2 and [h["step"] for h in record["history"]] == [1, 2, 3]
     assert os.path.isfile(tmp_path / "run_chief" / "checkpoints" / "best" / "ckpt-2.index")
     for index in range(2):
-        _assert_same(single, dict(np.load(tmp_path / f"w{index}.npz")),
-                     f"MultiWorkerMirroredStrategy worker {index}")
+        _assert_same(
+            single,
+            dict(np.load(tmp_path / f"w{index}.npz")),
+            f"MultiWorkerMirroredStrategy worker {index}",
+        )
     # Only the chief keeps checkpoints; worker 1's copy is discarded after each save.
     chief_dirs = [d for d in os.listdir(tmp_path) if d.startswith("ckpt_multi_worker")]
     kept = [d for d in chief_dirs if os.listdir(tmp_path / d)]
@@ -132,8 +150,11 @@ def test_real_detector_multi_worker_matches_one_device_and_resumes_after_kill(tm
     (tmp_path / "full").mkdir()
     _finish(_start_workers(tmp_path / "full", model="rfcn", env_of=lambda index: {"STEPS": "4"}))
     for index in range(2):
-        _assert_same(single, dict(np.load(tmp_path / "full" / f"w{index}.npz")),
-                     f"MultiWorkerMirroredStrategy worker {index}, real R-FCN detector")
+        _assert_same(
+            single,
+            dict(np.load(tmp_path / "full" / f"w{index}.npz")),
+            f"MultiWorkerMirroredStrategy worker {index}, real R-FCN detector",
+        )
 
     # Interrupted: checkpoints every 2 steps in one shared folder; worker 1 is killed -9 after
     # step 3 (worker 0 then waits in the next all-reduce and is stopped too); restarting both
@@ -142,8 +163,9 @@ def test_real_detector_multi_worker_matches_one_device_and_resumes_after_kill(tm
     cut = tmp_path / "cut"
     cut.mkdir()
     env = {"STEPS": "4", "CKPT_DIR": str(shared), "CKPT_EVERY": "2"}
-    procs = _start_workers(cut, model="rfcn",
-                           env_of=lambda index: dict(env, KILL_AT="3" if index == 1 else "0"))
+    procs = _start_workers(
+        cut, model="rfcn", env_of=lambda index: dict(env, KILL_AT="3" if index == 1 else "0")
+    )
     procs[1].communicate(timeout=300)
     assert procs[1].returncode == -signal.SIGKILL
     try:
@@ -161,8 +183,12 @@ def test_real_detector_multi_worker_matches_one_device_and_resumes_after_kill(tm
         np.testing.assert_allclose(got["losses"], single["losses"][2:], atol=1e-4)
         for key in single:
             if key != "losses":
-                np.testing.assert_allclose(got[key], single[key], atol=1e-4,
-                                           err_msg=f"resumed worker {index}: weight {key}")
+                np.testing.assert_allclose(
+                    got[key],
+                    single[key],
+                    atol=1e-4,
+                    err_msg=f"resumed worker {index}: weight {key}",
+                )
 
 
 def tf_latest(folder):

@@ -19,8 +19,14 @@ def _cfg(*overrides):
 
 def test_steps_warmup_boundaries_and_eval_interval_scale_with_the_epoch():
     # 292 images, global batch 2: 146 steps per epoch.
-    cfg = _cfg("train.batch_size=2", "train.epochs=12", "train.warmup_epochs=0.5",
-               "train.schedule=step", "train.lr_epochs=[8, 11]", "train.eval_every_epochs=2")
+    cfg = _cfg(
+        "train.batch_size=2",
+        "train.epochs=12",
+        "train.warmup_epochs=0.5",
+        "train.schedule=step",
+        "train.lr_epochs=[8, 11]",
+        "train.eval_every_epochs=2",
+    )
     resolved = resolve_epochs(cfg, 292).train
     assert resolved.steps == 12 * 146
     assert resolved.warmup_steps == 73
@@ -29,9 +35,15 @@ def test_steps_warmup_boundaries_and_eval_interval_scale_with_the_epoch():
     # Twice the data: every count doubles; a 4x global batch: a quarter (rounded up).
     doubled = resolve_epochs(cfg, 584).train
     assert (doubled.steps, doubled.warmup_steps, doubled.lr_steps, doubled.eval_every) == (
-        2 * 1752, 146, [2336, 3212], 584)
-    big_batch = resolve_epochs(_cfg("train.batch_size=8", "train.epochs=12",
-                                    "train.lr_epochs=[8]", "train.schedule=step"), 292).train
+        2 * 1752,
+        146,
+        [2336, 3212],
+        584,
+    )
+    big_batch = resolve_epochs(
+        _cfg("train.batch_size=8", "train.epochs=12", "train.lr_epochs=[8]", "train.schedule=step"),
+        292,
+    ).train
     assert big_batch.steps == 438 and big_batch.lr_steps == [292]
     assert cfg.train.steps == 2000  # the input config is not modified
 

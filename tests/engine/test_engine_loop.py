@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.engine_standin import TinyDetector, dataset_fn
 
-from engine_standin import TinyDetector, dataset_fn
 from rfcn_tf.engine.callbacks import CheckpointHook
 from rfcn_tf.engine.loop import Hook, NonFiniteLossError, TrainLoop
 from rfcn_tf.engine.optimizer import build_optimizer
@@ -45,9 +45,16 @@ def test_steps_are_numbered_from_one_and_hooks_see_every_step():
     optimizer, step_fn, iterator, counter = _setup(model)
     counter.assign(3)  # as if resumed after 3 steps
     recorder = Recorder()
-    loop = TrainLoop(step_fn=step_fn, iterator=iterator, step_counter=counter, end_step=7,
-                     global_batch_size=2, learning_rate_fn=lambda: 0.05, hooks=[recorder],
-                     name="joint")
+    loop = TrainLoop(
+        step_fn=step_fn,
+        iterator=iterator,
+        step_counter=counter,
+        end_step=7,
+        global_batch_size=2,
+        learning_rate_fn=lambda: 0.05,
+        hooks=[recorder],
+        name="joint",
+    )
     logs = loop.run()
     assert recorder.events[0] == ("begin", 3)
     steps = [e[1] for e in recorder.events if e[0] == "step"]
@@ -55,8 +62,14 @@ def test_steps_are_numbered_from_one_and_hooks_see_every_step():
     assert recorder.events[-1] == ("end", 7)
     assert int(counter.numpy()) == 7 and loop.step == 7
     assert int(optimizer.iterations.numpy()) == 4
-    for key in ("total_loss", "rpn_objectness_loss", "learning_rate", "images_per_sec",
-                "step_time", "global_batch_size"):
+    for key in (
+        "total_loss",
+        "rpn_objectness_loss",
+        "learning_rate",
+        "images_per_sec",
+        "step_time",
+        "global_batch_size",
+    ):
         assert key in logs, key
     assert logs["learning_rate"] == 0.05 and logs["images_per_sec"] > 0
 
@@ -66,8 +79,17 @@ def test_loop_with_nothing_left_runs_no_step():
     _, step_fn, iterator, counter = _setup(model)
     counter.assign(5)
     recorder = Recorder()
-    assert TrainLoop(step_fn=step_fn, iterator=iterator, step_counter=counter, end_step=5,
-                     global_batch_size=2, hooks=[recorder]).run() == {}
+    assert (
+        TrainLoop(
+            step_fn=step_fn,
+            iterator=iterator,
+            step_counter=counter,
+            end_step=5,
+            global_batch_size=2,
+            hooks=[recorder],
+        ).run()
+        == {}
+    )
     assert [e[0] for e in recorder.events] == ["begin", "end"]
 
 
@@ -77,9 +99,16 @@ def test_nan_loss_stops_with_step_and_losses_and_keeps_last_checkpoint(tmp_path)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=counter)
     manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=5)
     recorder = Recorder()
-    loop = TrainLoop(step_fn=step_fn, iterator=iterator, step_counter=counter, end_step=10,
-                     global_batch_size=2, hooks=[CheckpointHook(manager, every=2), recorder],
-                     name="joint", checkpoint_dir=str(tmp_path))
+    loop = TrainLoop(
+        step_fn=step_fn,
+        iterator=iterator,
+        step_counter=counter,
+        end_step=10,
+        global_batch_size=2,
+        hooks=[CheckpointHook(manager, every=2), recorder],
+        name="joint",
+        checkpoint_dir=str(tmp_path),
+    )
     with pytest.raises(NonFiniteLossError) as info:
         loop.run()
     error = info.value
@@ -104,5 +133,10 @@ def test_rejects_bad_batch_size():
     model = TinyDetector()
     _, step_fn, iterator, counter = _setup(model)
     with pytest.raises(ValueError, match="global_batch_size must be >= 1, got 0"):
-        TrainLoop(step_fn=step_fn, iterator=iterator, step_counter=counter, end_step=1,
-                  global_batch_size=0)
+        TrainLoop(
+            step_fn=step_fn,
+            iterator=iterator,
+            step_counter=counter,
+            end_step=1,
+            global_batch_size=0,
+        )

@@ -9,17 +9,34 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rfcn_tf.engine.optimizer import (DetectionSGD, WarmupDecaySchedule, build_lr_schedule,
-                                      build_optimizer, inner_optimizer, no_decay_variables)
+from rfcn_tf.engine.optimizer import (
+    DetectionSGD,
+    WarmupDecaySchedule,
+    build_lr_schedule,
+    build_optimizer,
+    inner_optimizer,
+    no_decay_variables,
+)
 
 
-def reference_lr(step, *, base_lr, total_steps, schedule, boundaries=(), decay=0.1,
-                 warmup_steps=0, warmup_factor=0.001, final_factor=0.0):
+def reference_lr(
+    step,
+    *,
+    base_lr,
+    total_steps,
+    schedule,
+    boundaries=(),
+    decay=0.1,
+    warmup_steps=0,
+    warmup_factor=0.001,
+    final_factor=0.0,
+):
     if schedule == "step":
         main = decay ** sum(step >= b for b in boundaries)
     elif schedule == "cosine":
         main = final_factor + (1 - final_factor) * 0.5 * (
-            1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+            1 + math.cos(math.pi * min(step, total_steps) / total_steps)
+        )
     else:
         main = 1.0
     warm = 1.0
@@ -29,10 +46,23 @@ def reference_lr(step, *, base_lr, total_steps, schedule, boundaries=(), decay=0
 
 
 SCHEDULES = [
-    dict(base_lr=0.02, total_steps=100, schedule="step", boundaries=[60, 80], decay=0.1,
-         warmup_steps=10, warmup_factor=0.001),
-    dict(base_lr=0.01, total_steps=50, schedule="cosine", warmup_steps=5, warmup_factor=0.1,
-         final_factor=0.05),
+    dict(
+        base_lr=0.02,
+        total_steps=100,
+        schedule="step",
+        boundaries=[60, 80],
+        decay=0.1,
+        warmup_steps=10,
+        warmup_factor=0.001,
+    ),
+    dict(
+        base_lr=0.01,
+        total_steps=50,
+        schedule="cosine",
+        warmup_steps=5,
+        warmup_factor=0.1,
+        final_factor=0.05,
+    ),
     dict(base_lr=0.1, total_steps=20, schedule="constant"),
     dict(base_lr=0.001, total_steps=30, schedule="step", boundaries=[20], warmup_steps=0),
 ]
@@ -47,8 +77,14 @@ def test_schedule_matches_reference(kwargs):
 
 
 def test_schedule_hand_values():
-    s = WarmupDecaySchedule(base_lr=0.001, total_steps=100, schedule="step", boundaries=[80],
-                            warmup_steps=10, warmup_factor=0.1)
+    s = WarmupDecaySchedule(
+        base_lr=0.001,
+        total_steps=100,
+        schedule="step",
+        boundaries=[80],
+        warmup_steps=10,
+        warmup_factor=0.1,
+    )
     assert float(s(0)) == pytest.approx(0.0001)  # warmup starts at factor * lr
     assert float(s(5)) == pytest.approx(0.00055)  # halfway: 0.1 + 0.9 * 0.5
     assert float(s(10)) == pytest.approx(0.001)
@@ -67,7 +103,9 @@ def test_schedule_get_config_equals_constructor_kwargs(kwargs):
     for key, value in kwargs.items():
         assert config[key] == (list(value) if isinstance(value, (list, tuple)) else value), key
     # Keras round trip through its registry.
-    restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+    restored = keras.optimizers.schedules.deserialize(
+        keras.optimizers.schedules.serialize(schedule)
+    )
     assert isinstance(restored, WarmupDecaySchedule)
     assert float(restored(7)) == pytest.approx(float(schedule(7)))
 
@@ -79,13 +117,16 @@ def test_schedule_copies_boundaries():
     assert s.boundaries == [5]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(schedule="poly"), "schedule must be one of"),
-    (dict(base_lr=0.0), "base_lr must be > 0"),
-    (dict(total_steps=0), "total_steps must be >= 1"),
-    (dict(schedule="step", boundaries=[5, 5]), "strictly increasing"),
-    (dict(warmup_factor=2.0), "warmup_factor"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(schedule="poly"), "schedule must be one of"),
+        (dict(base_lr=0.0), "base_lr must be > 0"),
+        (dict(total_steps=0), "total_steps must be >= 1"),
+        (dict(schedule="step", boundaries=[5, 5]), "strictly increasing"),
+        (dict(warmup_factor=2.0), "warmup_factor"),
+    ],
+)
 def test_schedule_rejects_bad_arguments(kwargs, message):
     args = dict(base_lr=0.1, total_steps=10)
     args.update(kwargs)
@@ -105,7 +146,7 @@ def _reference_sgd(weights, grads_per_step, *, lrs, momentum, weight_decay, clip
     for lr, grads in zip(lrs, grads_per_step):
         grads = [np.array(g, np.float64) for g in grads]
         if clip is not None:
-            norm = math.sqrt(sum(float((g ** 2).sum()) for g in grads))
+            norm = math.sqrt(sum(float((g**2).sum()) for g in grads))
             grads = [g * clip / max(norm, clip) for g in grads]
         grads = [g + weight_decay * w if d else g for g, w, d in zip(grads, weights, decayed)]
         velocity = [momentum * v - lr * g for v, g in zip(velocity, grads)]
@@ -123,17 +164,41 @@ def test_detection_sgd_matches_reference(clip):
     bias = keras.Variable(bias0, name="bias")
     gamma = keras.Variable(gamma0, name="gamma")
     variables = [kernel, bias, gamma]
-    schedule = build_lr_schedule(base_lr=0.1, total_steps=6, schedule="step", boundaries=[3],
-                                 warmup_steps=2, warmup_factor=0.5)
-    optimizer = build_optimizer(variables=variables, learning_rate=schedule, momentum=0.9,
-                                weight_decay=0.05, clip_norm=clip)
+    schedule = build_lr_schedule(
+        base_lr=0.1,
+        total_steps=6,
+        schedule="step",
+        boundaries=[3],
+        warmup_steps=2,
+        warmup_factor=0.5,
+    )
+    optimizer = build_optimizer(
+        variables=variables, learning_rate=schedule, momentum=0.9, weight_decay=0.05, clip_norm=clip
+    )
     grads = [[rng.normal(size=v.shape).astype(np.float32) for v in variables] for _ in range(6)]
     for step_grads in grads:
         optimizer.apply_gradients(zip([tf.constant(g) for g in step_grads], variables))
-    lrs = [reference_lr(s, base_lr=0.1, total_steps=6, schedule="step", boundaries=[3],
-                        warmup_steps=2, warmup_factor=0.5) for s in range(6)]
-    expected = _reference_sgd([kernel0, bias0, gamma0], grads, lrs=lrs, momentum=0.9,
-                              weight_decay=0.05, clip=clip, decayed=[True, False, False])
+    lrs = [
+        reference_lr(
+            s,
+            base_lr=0.1,
+            total_steps=6,
+            schedule="step",
+            boundaries=[3],
+            warmup_steps=2,
+            warmup_factor=0.5,
+        )
+        for s in range(6)
+    ]
+    expected = _reference_sgd(
+        [kernel0, bias0, gamma0],
+        grads,
+        lrs=lrs,
+        momentum=0.9,
+        weight_decay=0.05,
+        clip=clip,
+        decayed=[True, False, False],
+    )
     for variable, want in zip(variables, expected):
         np.testing.assert_allclose(variable.numpy(), want, rtol=1e-5, atol=1e-6)
 
@@ -141,8 +206,9 @@ def test_detection_sgd_matches_reference(clip):
 def test_weight_decay_is_coupled_and_skips_rank1_variables():
     kernel = keras.Variable(np.ones((2, 2), np.float32), name="kernel")
     bias = keras.Variable(np.ones((2,), np.float32), name="bias")
-    optimizer = build_optimizer(variables=[kernel, bias], learning_rate=0.1, momentum=0.9,
-                                weight_decay=0.5)
+    optimizer = build_optimizer(
+        variables=[kernel, bias], learning_rate=0.1, momentum=0.9, weight_decay=0.5
+    )
     zeros = [tf.zeros([2, 2]), tf.zeros([2])]
     optimizer.apply_gradients(zip(zeros, [kernel, bias]))
     optimizer.apply_gradients(zip(zeros, [kernel, bias]))
@@ -153,8 +219,9 @@ def test_weight_decay_is_coupled_and_skips_rank1_variables():
 
 
 def test_detection_sgd_config_and_validation():
-    optimizer = DetectionSGD(learning_rate=0.1, momentum=0.8, weight_decay=0.01,
-                             clip_global_norm=2.0)
+    optimizer = DetectionSGD(
+        learning_rate=0.1, momentum=0.8, weight_decay=0.01, clip_global_norm=2.0
+    )
     config = optimizer.get_config()
     assert config["clip_global_norm"] == 2.0 and config["momentum"] == 0.8
     assert config["weight_decay"] == 0.01
@@ -172,8 +239,13 @@ def test_loss_scaling_optimizer_takes_the_same_step():
     for loss_scaling in (False, True):
         w = keras.Variable(np.array([[1.0, -2.0], [0.5, 3.0]], np.float32), name="kernel")
         schedule = build_lr_schedule(base_lr=0.05, total_steps=4, schedule="cosine")
-        optimizer = build_optimizer(variables=[w], learning_rate=schedule, weight_decay=0.01,
-                                    clip_norm=1.0, loss_scaling=loss_scaling)
+        optimizer = build_optimizer(
+            variables=[w],
+            learning_rate=schedule,
+            weight_decay=0.01,
+            clip_norm=1.0,
+            loss_scaling=loss_scaling,
+        )
         assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer) == loss_scaling
         assert isinstance(inner_optimizer(optimizer), DetectionSGD)
         for _ in range(3):

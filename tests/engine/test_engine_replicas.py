@@ -20,15 +20,16 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "tests", "data"))
 
-from data_fixtures import make_voc  # noqa: E402
+from helpers.data_fixtures import make_voc  # noqa: E402
 
 TRAIN_IDS = ["img_a", "img_b", "img_c", "img_d", "img_e", "img_f"]
 
 
 def _voc(root):
-    images = {name: (32 + 4 * i, 40, [("dog", 2, 3, 20, 25, 0)]) for i, name in enumerate(TRAIN_IDS)}
+    images = {
+        name: (32 + 4 * i, 40, [("dog", 2, 3, 20, 25, 0)]) for i, name in enumerate(TRAIN_IDS)
+    }
     return make_voc(root, images, {"train": TRAIN_IDS})
 
 
@@ -36,16 +37,30 @@ def _voc(root):
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("replicas")
     voc = _voc(root / "voc")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=os.pathsep.join(
+            [ROOT, os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH", "")]
+        ),
+    )
     env.pop("TF_CONFIG", None)
     out = {}
     procs = {}
     for mode in ("single", "mirrored"):
         procs[mode] = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "engine_replicas_worker.py"), mode,
-             str(root / f"{mode}.npz"), str(voc)], env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                os.path.join(HERE, "engine_replicas_worker.py"),
+                mode,
+                str(root / f"{mode}.npz"),
+                str(voc),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     for mode, proc in procs.items():
         _, stderr = proc.communicate(timeout=400)
         assert proc.returncode == 0, f"{mode} worker failed:\n{stderr[-4000:]}"
@@ -54,14 +69,21 @@ def results(tmp_path_factory):
 
 
 def _bn(result, kind):
-    return [result[k] for k in sorted((k for k in result if k.startswith(f"bn_{kind}/")),
-                                      key=lambda k: int(k.split("/")[1]))]
+    return [
+        result[k]
+        for k in sorted(
+            (k for k in result if k.startswith(f"bn_{kind}/")), key=lambda k: int(k.split("/")[1])
+        )
+    ]
 
 
 def test_sync_batchnorm_on_two_replicas_equals_one_device(results):
     single = _bn(results["single"], "sync")
-    np.testing.assert_allclose(np.concatenate([w.ravel() for w in _bn(results["single"], "local")]),
-                               np.concatenate([w.ravel() for w in single]), atol=1e-6)
+    np.testing.assert_allclose(
+        np.concatenate([w.ravel() for w in _bn(results["single"], "local")]),
+        np.concatenate([w.ravel() for w in single]),
+        atol=1e-6,
+    )
     for got, want in zip(_bn(results["mirrored"], "sync"), single):
         np.testing.assert_allclose(got, want, atol=1e-4)
     local = _bn(results["mirrored"], "local")

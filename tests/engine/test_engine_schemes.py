@@ -8,22 +8,30 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.engine_standin import TinyDetector, dataset_fn
 
-from engine_standin import TinyDetector, dataset_fn
 from rfcn_tf.engine import checkpoints as ckpt_lib
 from rfcn_tf.engine.loop import Hook
 from rfcn_tf.engine.optimizer import build_lr_schedule, build_optimizer
-from rfcn_tf.engine.schemes import (Stage, build_stages, frozen, model_groups, run_training,
-                                    stage_variables)
+from rfcn_tf.engine.schemes import (
+    Stage,
+    build_stages,
+    frozen,
+    model_groups,
+    run_training,
+    stage_variables,
+)
 
 STRATEGY = tf.distribute.get_strategy()
 
 
 def optimizer_fn(variables, steps):
-    schedule = build_lr_schedule(base_lr=0.05, total_steps=steps, schedule="cosine",
-                                 warmup_steps=2, warmup_factor=0.2)
-    return build_optimizer(variables=variables, learning_rate=schedule, weight_decay=1e-4,
-                           clip_norm=10.0)
+    schedule = build_lr_schedule(
+        base_lr=0.05, total_steps=steps, schedule="cosine", warmup_steps=2, warmup_factor=0.2
+    )
+    return build_optimizer(
+        variables=variables, learning_rate=schedule, weight_decay=1e-4, clip_norm=10.0
+    )
 
 
 class Record(Hook):
@@ -55,11 +63,19 @@ class StopAt(Hook):
 
 
 def _run(model, directory, stages, hooks=(), **kwargs):
-    args = dict(model=model, strategy=STRATEGY, dataset_fn=dataset_fn(2, **kwargs.pop("data", {})),
-                stages=stages, optimizer_fn=optimizer_fn, checkpoint_dir=str(directory),
-                num_classes=2, global_batch_size=2, checkpoint_every=2,
-                hooks_fn=lambda stage, total: list(hooks),
-                proposal_model_fn=lambda: TinyDetector())
+    args = dict(
+        model=model,
+        strategy=STRATEGY,
+        dataset_fn=dataset_fn(2, **kwargs.pop("data", {})),
+        stages=stages,
+        optimizer_fn=optimizer_fn,
+        checkpoint_dir=str(directory),
+        num_classes=2,
+        global_batch_size=2,
+        checkpoint_every=2,
+        hooks_fn=lambda stage, total: list(hooks),
+        proposal_model_fn=lambda: TinyDetector(),
+    )
     args.update(kwargs)
     return run_training(**args)
 
@@ -71,8 +87,12 @@ def test_build_stages():
     assert [s.name for s in stages] == ["rpn", "rfcn", "rpn_finetune", "rfcn_finetune"]
     assert [s.steps for s in stages] == [1, 2, 3, 4]
     assert [s.include for s in stages] == [("rpn",), ("rfcn",), ("rpn",), ("rfcn",)]
-    assert [s.train_groups for s in stages] == [("backbone", "rpn"), ("backbone", "rfcn"),
-                                                ("rpn",), ("rfcn",)]
+    assert [s.train_groups for s in stages] == [
+        ("backbone", "rpn"),
+        ("backbone", "rfcn"),
+        ("rpn",),
+        ("rfcn",),
+    ]
     assert [s.fixed_proposals for s in stages] == [False, True, False, False]
     assert [s.reset_backbone for s in stages] == [False, True, False, False]
     assert [s.steps for s in build_stages("alternating", steps=7)] == [7, 7, 7, 7]
@@ -120,7 +140,8 @@ def test_alternating_four_steps_freeze_the_right_parts_and_losses_fall(tmp_path)
     # The snapshot taken when step 2 began is the step-1 model and provides fixed proposals.
     snapshot = TinyDetector(batch_norm=True)
     tf.train.Checkpoint(model=snapshot).read(
-        ckpt_lib.snapshot_prefix(str(tmp_path), "stage_2_proposals")).assert_existing_objects_matched()
+        ckpt_lib.snapshot_prefix(str(tmp_path), "stage_2_proposals")
+    ).assert_existing_objects_matched()
     assert same({v.path: v.numpy() for v in snapshot.weights}, ends["rpn"])
     # Step 2 starts its backbone (weights and BatchNorm statistics) from the initial weights
     # (Faster R-CNN sec. 3.2), not from step 1's; the RPN head stays step 1's.
@@ -203,9 +224,15 @@ def test_resume_at_the_start_of_step_2_resets_the_backbone_like_a_straight_run(t
 
 def test_resume_refuses_another_class_count_or_scheme(tmp_path):
     _run(TinyDetector(), tmp_path, build_stages("alternating", steps=2))
-    with pytest.raises(ckpt_lib.CheckpointError, match="trained with 2 classes but this model has 3"):
-        _run(TinyDetector(num_classes=3), tmp_path, build_stages("alternating", steps=3),
-             num_classes=3)
+    with pytest.raises(
+        ckpt_lib.CheckpointError, match="trained with 2 classes but this model has 3"
+    ):
+        _run(
+            TinyDetector(num_classes=3),
+            tmp_path,
+            build_stages("alternating", steps=3),
+            num_classes=3,
+        )
     with pytest.raises(ckpt_lib.CheckpointError, match="taken in stage 4 but this scheme has 1"):
         _run(TinyDetector(), tmp_path, build_stages("joint", steps=20))
 
@@ -217,23 +244,39 @@ def test_init_checkpoint_loads_weights_and_rejects_misfits(tmp_path):
     ckpt_lib.restore_model_weights(target, str(tmp_path / "a"), num_classes=2)
     for a, b in zip(source.weights, target.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    with pytest.raises(ckpt_lib.CheckpointError, match="trained with 2 classes but this model has 4"):
-        ckpt_lib.restore_model_weights(TinyDetector(num_classes=4), result.checkpoint, num_classes=4)
+    with pytest.raises(
+        ckpt_lib.CheckpointError, match="trained with 2 classes but this model has 4"
+    ):
+        ckpt_lib.restore_model_weights(
+            TinyDetector(num_classes=4), result.checkpoint, num_classes=4
+        )
     with pytest.raises(ckpt_lib.CheckpointError, match="does not fit this model"):
-        ckpt_lib.restore_model_weights(TinyDetector(batch_norm=True), result.checkpoint,
-                                       num_classes=2)
-    with pytest.raises(ckpt_lib.CheckpointError, match="train.init_checkpoint=.*no checkpoint there"):
+        ckpt_lib.restore_model_weights(
+            TinyDetector(batch_norm=True), result.checkpoint, num_classes=2
+        )
+    with pytest.raises(
+        ckpt_lib.CheckpointError, match="train.init_checkpoint=.*no checkpoint there"
+    ):
         ckpt_lib.restore_model_weights(TinyDetector(), str(tmp_path / "nothing"), num_classes=2)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ckpt_lib.CheckpointError, match="the folder holds no checkpoint"):
         ckpt_lib.resolve_checkpoint(str(tmp_path / "empty"), what="train.init_checkpoint")
     # Through run_training: used only for a fresh start.
     fresh = TinyDetector(seed=11)
-    _run(fresh, tmp_path / "b", build_stages("joint", steps=1),
-         init_checkpoint=str(tmp_path / "a"), checkpoint_every=0)
+    _run(
+        fresh,
+        tmp_path / "b",
+        build_stages("joint", steps=1),
+        init_checkpoint=str(tmp_path / "a"),
+        checkpoint_every=0,
+    )
     with pytest.raises(ckpt_lib.CheckpointError, match="no checkpoint there"):
-        _run(TinyDetector(), tmp_path / "c", build_stages("joint", steps=1),
-             init_checkpoint=str(tmp_path / "missing"))
+        _run(
+            TinyDetector(),
+            tmp_path / "c",
+            build_stages("joint", steps=1),
+            init_checkpoint=str(tmp_path / "missing"),
+        )
 
 
 def test_frozen_restores_each_sublayer_flag():
@@ -253,7 +296,8 @@ def test_stage_variables_and_groups():
     names = [sorted({v.path.split("/")[0] for v in stage_variables(model, s)}) for s in stages]
     assert names == [["backbone", "rpn"], ["backbone", "rfcn"], ["rpn"], ["rfcn"]]
     assert len(stage_variables(model, build_stages("joint", steps=1)[0])) == len(
-        model.trainable_variables)
+        model.trainable_variables
+    )
 
     class NoHead(keras.Model):
         backbone = None

@@ -27,7 +27,9 @@ def test_mirrored_on_one_cpu():
 def test_errors_name_the_culprit(monkeypatch):
     with pytest.raises(ValueError, match="unknown strategy 'tpu'; choose one of default, mirrored"):
         build_strategy("tpu")
-    with pytest.raises(ValueError, match="only applies to the 'mirrored' strategy, got strategy 'default'"):
+    with pytest.raises(
+        ValueError, match="only applies to the 'mirrored' strategy, got strategy 'default'"
+    ):
         build_strategy("default", devices=["/cpu:0"])
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="needs TF_CONFIG with cluster.worker"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.engine_standin import TinyDetector, dataset_fn
 
-from engine_standin import TinyDetector, dataset_fn
 from rfcn_tf.engine.optimizer import build_optimizer
 from rfcn_tf.engine.train_step import build_train_step
 
@@ -28,8 +28,9 @@ def test_one_step_is_plain_sgd_on_the_total_loss():
     with tf.GradientTape() as tape:
         expected_losses = model.compute_losses(features, training=True)
     grads = tape.gradient(expected_losses["total_loss"], variables)
-    optimizer = build_optimizer(variables=variables, learning_rate=0.1, momentum=0.0,
-                                weight_decay=0.0)
+    optimizer = build_optimizer(
+        variables=variables, learning_rate=0.1, momentum=0.0, weight_decay=0.0
+    )
     step = build_train_step(model, optimizer, strategy, variables=variables)
     losses = step(_iterator(strategy))
     assert set(losses) == set(expected_losses)
@@ -70,8 +71,9 @@ def test_prepare_features_feeds_the_losses_without_gradient():
     expected = float(model.compute_losses(features, include=("rfcn",))["total_loss"])
     variables = model.rfcn_head.trainable_variables
     optimizer = build_optimizer(variables=variables, learning_rate=0.1)
-    step = build_train_step(model, optimizer, strategy, variables=variables, include=("rfcn",),
-                            prepare_features=prepare)
+    step = build_train_step(
+        model, optimizer, strategy, variables=variables, include=("rfcn",), prepare_features=prepare
+    )
     assert float(step(_iterator(strategy))["total_loss"]) == pytest.approx(expected, rel=1e-6)
     assert seen  # traced through prepare
 

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from engine_standin import TinyDetector, dataset_fn
+from helpers.engine_standin import TinyDetector, dataset_fn
 
 from rfcn_tf.engine import schemes
 from rfcn_tf.engine.best_checkpoint import BestCheckpoint, find_best_checkpoint, metric_value
@@ -25,8 +25,12 @@ from rfcn_tf.engine.validation import ValidationHook, use_best_weights
 
 
 def _metrics(value):
-    return {"coco": {"AP": value / 2, "AP50": value, "AP75": value / 3},
-            "voc07": {"mAP": value}, "voc2010": {"mAP": value}, "num_images": 4}
+    return {
+        "coco": {"AP": value / 2, "AP50": value, "AP75": value / 3},
+        "voc07": {"mAP": value},
+        "voc2010": {"mAP": value},
+        "num_images": 4,
+    }
 
 
 def weights_of(model):
@@ -52,24 +56,31 @@ class StandInValidation:
         return _metrics(self.values[step])
 
 
-def _train(tmp_path, model, validation, *, steps, every, patience, ema=None,
-           metric="coco/AP50"):
-    best = BestCheckpoint(str(tmp_path), model=model, num_classes=2, metric=metric,
-                          patience=patience)
+def _train(tmp_path, model, validation, *, steps, every, patience, ema=None, metric="coco/AP50"):
+    best = BestCheckpoint(
+        str(tmp_path), model=model, num_classes=2, metric=metric, patience=patience
+    )
     hook = ValidationHook(validation, every=every, best=best, ema=ema)
     result = schemes.run_training(
-        model=model, strategy=tf.distribute.get_strategy(), dataset_fn=dataset_fn(2),
-        stages=schemes.build_stages("joint", steps=steps), optimizer_fn=_optimizer_fn,
-        checkpoint_dir=str(tmp_path / "checkpoints"), num_classes=2, global_batch_size=2,
-        checkpoint_every=100, hooks_fn=lambda stage, total: [hook], ema=ema)
+        model=model,
+        strategy=tf.distribute.get_strategy(),
+        dataset_fn=dataset_fn(2),
+        stages=schemes.build_stages("joint", steps=steps),
+        optimizer_fn=_optimizer_fn,
+        checkpoint_dir=str(tmp_path / "checkpoints"),
+        num_classes=2,
+        global_batch_size=2,
+        checkpoint_every=100,
+        hooks_fn=lambda stage, total: [hook],
+        ema=ema,
+    )
     return result, best
 
 
 def test_best_checkpoint_and_early_stop_follow_the_metric_sequence(tmp_path):
     # Validations at 2, 4, ..., 20; best at step 6 (0.5); 8 ties (no gain), 10 and 12 are
     # lower: the third validation without gain (step 12) stops the run with patience 3.
-    values = {2: 0.1, 4: 0.3, 6: 0.5, 8: 0.5, 10: 0.2, 12: 0.45, 14: 0.9, 16: 0.9, 18: 0.9,
-              20: 0.9}
+    values = {2: 0.1, 4: 0.3, 6: 0.5, 8: 0.5, 10: 0.2, 12: 0.45, 14: 0.9, 16: 0.9, 18: 0.9, 20: 0.9}
     model = TinyDetector()
     validation = StandInValidation(model, values)
     result, _ = _train(tmp_path, model, validation, steps=20, every=2, patience=3)
@@ -86,7 +97,10 @@ def test_best_checkpoint_and_early_stop_follow_the_metric_sequence(tmp_path):
     assert prefix == str(tmp_path / "checkpoints" / "best" / "ckpt-6")
     assert read_checkpoint_meta(prefix).step == 6
     assert sorted(os.listdir(tmp_path / "checkpoints" / "best")) == [
-        "checkpoint", "ckpt-6.data-00000-of-00001", "ckpt-6.index"]
+        "checkpoint",
+        "ckpt-6.data-00000-of-00001",
+        "ckpt-6.index",
+    ]
     fresh = TinyDetector(seed=5)
     restore_model_weights(fresh, prefix, num_classes=2)
     for got, want in zip(weights_of(fresh), validation.weights[6]):
@@ -175,11 +189,19 @@ def _ema_run(tmp_path, steps, stop_at=None):
 
     try:
         schemes.run_training(
-            model=model, strategy=tf.distribute.get_strategy(), dataset_fn=dataset_fn(2),
-            stages=schemes.build_stages("joint", steps=steps), optimizer_fn=_optimizer_fn,
-            checkpoint_dir=str(tmp_path), num_classes=2, global_batch_size=2,
-            checkpoint_every=2, hooks_fn=lambda stage, total: [Interrupt()], ema=ema,
-            data_resume="skip")
+            model=model,
+            strategy=tf.distribute.get_strategy(),
+            dataset_fn=dataset_fn(2),
+            stages=schemes.build_stages("joint", steps=steps),
+            optimizer_fn=_optimizer_fn,
+            checkpoint_dir=str(tmp_path),
+            num_classes=2,
+            global_batch_size=2,
+            checkpoint_every=2,
+            hooks_fn=lambda stage, total: [Interrupt()],
+            ema=ema,
+            data_resume="skip",
+        )
     except KeyboardInterrupt:
         pass
     return model, ema
@@ -219,17 +241,23 @@ def test_training_features_refuse_early_stop_without_validation_and_deliver_ema(
     strategy = tf.distribute.get_strategy()
     model = TinyDetector()
     with pytest.raises(ConfigError, match="early_stop_patience=2 needs validation"):
-        TrainingFeatures(load_config("shapes_tiny", ["train.early_stop_patience=2"]),
-                         model=model, strategy=strategy, class_names=["a", "b"],
-                         work_dir=str(tmp_path))
+        TrainingFeatures(
+            load_config("shapes_tiny", ["train.early_stop_patience=2"]),
+            model=model,
+            strategy=strategy,
+            class_names=["a", "b"],
+            work_dir=str(tmp_path),
+        )
     cfg = load_config("shapes_tiny", ["train.ema_decay=0.5"])
-    features = TrainingFeatures(cfg, model=model, strategy=strategy, class_names=["a", "b"],
-                                work_dir=str(tmp_path))
+    features = TrainingFeatures(
+        cfg, model=model, strategy=strategy, class_names=["a", "b"], work_dir=str(tmp_path)
+    )
     assert features.hooks() == [] and features.run_training_kwargs()["data_resume"] == "iterator"
     model.trainable_variables[0].assign(model.trainable_variables[0] + 1.0)
     features.ema.update()
     final = features.finalize()  # no best checkpoint: the EMA weights are delivered
     assert final == {"weights": "ema", "best": None}
-    np.testing.assert_allclose(model.trainable_variables[0].numpy(),
-                               features.ema.shadows[0].numpy())
+    np.testing.assert_allclose(
+        model.trainable_variables[0].numpy(), features.ema.shadows[0].numpy()
+    )
     assert TrainingFeatures.summary_line(final) is None

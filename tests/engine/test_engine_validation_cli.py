@@ -16,27 +16,41 @@ import subprocess
 import sys
 
 import tensorflow as tf
+from helpers.tiny_models import TINY_TRAIN_OVERRIDES as TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-from test_train_cli import TINY  # noqa: E402
 
 
 def _env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     env.pop("TF_CONFIG", None)
     return env
 
 
 def _train(tmp_path, *overrides, extra=()):
-    args = [sys.executable, "-m", "rfcn_tf.train", "--work-dir", str(tmp_path / "run"),
-            "--no-progress", "--no-export"]
+    args = [
+        sys.executable,
+        "-m",
+        "rfcn_tf.train",
+        "--work-dir",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--no-export",
+    ]
     for override in list(TINY) + list(overrides):
         args += ["--set", override]
-    return subprocess.run(args + list(extra), cwd=str(tmp_path), env=_env(),
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        args + list(extra),
+        cwd=str(tmp_path),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _tags(event_dir):
@@ -48,8 +62,14 @@ def _tags(event_dir):
 
 
 def test_training_validates_keeps_the_best_and_evaluates_it(tmp_path):
-    out = _train(tmp_path, "train.steps=12", "train.eval_every=4", "train.checkpoint_every=6",
-                 "train.ema_decay=0.9", "train.log_every=4")
+    out = _train(
+        tmp_path,
+        "train.steps=12",
+        "train.eval_every=4",
+        "train.checkpoint_every=6",
+        "train.ema_decay=0.9",
+        "train.log_every=4",
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     run = tmp_path / "run"
     record = json.loads((run / "best.json").read_text())
@@ -79,12 +99,23 @@ def test_training_validates_keeps_the_best_and_evaluates_it(tmp_path):
 
 
 def test_print_config_shows_the_steps_derived_from_epochs(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "rfcn_tf.train", "--config", "bccd_val",
-                          "--print-config"], cwd=str(tmp_path), env=_env(),
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "rfcn_tf.train", "--config", "bccd_val", "--print-config"],
+        cwd=str(tmp_path),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     # 205 train images, global batch 2: 41 epochs = ceil(41 * 102.5) = 4203 steps, warmup 1.4
     # epochs = 144 steps, validation every 4 epochs = 410 steps.
-    for line in ("steps: 4203", "epochs: 41.0", "warmup_steps: 144", "eval_every: 410",
-                 "train_split: train", "val_split: val"):
+    for line in (
+        "steps: 4203",
+        "epochs: 41.0",
+        "warmup_steps: 144",
+        "eval_every: 410",
+        "train_split: train",
+        "val_split: val",
+    ):
         assert re.search(rf"^\s+{re.escape(line)}$", out.stdout, re.M), line

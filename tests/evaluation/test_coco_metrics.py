@@ -9,8 +9,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from rfcn_tf.evaluation.coco_metrics import (
-    COCO_STAT_NAMES, build_coco_results, evaluate_coco)
+from rfcn_tf.evaluation.coco_metrics import COCO_STAT_NAMES, build_coco_results, evaluate_coco
 
 NAMES = ["cat", "dog", "bird"]
 
@@ -19,16 +18,23 @@ def _gt(image_id, boxes, classes, difficult=None, crowd=None, h=200, w=300):
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     n = boxes.shape[0]
     return {
-        "image_id": image_id, "boxes": boxes, "classes": np.asarray(classes, np.int64),
+        "image_id": image_id,
+        "boxes": boxes,
+        "classes": np.asarray(classes, np.int64),
         "difficult": np.zeros(n, bool) if difficult is None else np.asarray(difficult, bool),
         "is_crowd": np.zeros(n, bool) if crowd is None else np.asarray(crowd, bool),
-        "height": h, "width": w,
+        "height": h,
+        "width": w,
     }
 
 
 def _det(image_id, boxes, scores, classes):
-    return {"image_id": image_id, "boxes": np.asarray(boxes, np.float64).reshape(-1, 4),
-            "scores": np.asarray(scores, np.float64), "classes": np.asarray(classes, np.int64)}
+    return {
+        "image_id": image_id,
+        "boxes": np.asarray(boxes, np.float64).reshape(-1, 4),
+        "scores": np.asarray(scores, np.float64),
+        "classes": np.asarray(classes, np.int64),
+    }
 
 
 def _random_case(seed, num_images=8):
@@ -45,9 +51,11 @@ def _random_case(seed, num_images=8):
         m = int(rng.integers(0, 8))
         src = rng.integers(0, max(n, 1), size=m)
         dboxes = (boxes[src] if n else np.tile([[10.0, 10, 50, 50]], (m, 1))) + rng.normal(
-            0, 4, size=(m, 4))
-        dclasses = np.where(rng.uniform(size=m) < 0.8, classes[src] if n else 1,
-                            rng.integers(1, 4, size=m))
+            0, 4, size=(m, 4)
+        )
+        dclasses = np.where(
+            rng.uniform(size=m) < 0.8, classes[src] if n else 1, rng.integers(1, 4, size=m)
+        )
         dets.append(_det(image_id, dboxes, rng.uniform(size=m), dclasses))
     return gts, dets
 
@@ -59,15 +67,33 @@ def _reference_stats(gts, dets):
     for g in gts:
         for b, c, cr in zip(g["boxes"], g["classes"], g["is_crowd"]):
             w, h = b[3] - b[1], b[2] - b[0]
-            anns.append({"id": len(anns) + 1, "image_id": g["image_id"], "category_id": int(c),
-                         "bbox": [b[1], b[0], w, h], "area": w * h, "iscrowd": int(cr)})
-    res = [{"image_id": d["image_id"], "category_id": int(c), "score": float(s),
-            "bbox": [b[1], b[0], b[3] - b[1], b[2] - b[0]]}
-           for d in dets for b, s, c in zip(d["boxes"], d["scores"], d["classes"])]
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": g["image_id"],
+                    "category_id": int(c),
+                    "bbox": [b[1], b[0], w, h],
+                    "area": w * h,
+                    "iscrowd": int(cr),
+                }
+            )
+    res = [
+        {
+            "image_id": d["image_id"],
+            "category_id": int(c),
+            "score": float(s),
+            "bbox": [b[1], b[0], b[3] - b[1], b[2] - b[0]],
+        }
+        for d in dets
+        for b, s, c in zip(d["boxes"], d["scores"], d["classes"])
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
-        coco.dataset = {"images": images, "annotations": anns,
-                        "categories": [{"id": i} for i in (1, 2, 3)]}
+        coco.dataset = {
+            "images": images,
+            "annotations": anns,
+            "categories": [{"id": i} for i in (1, 2, 3)],
+        }
         coco.createIndex()
         ev = COCOeval(coco, coco.loadRes(res), "bbox")
         ev.evaluate()
@@ -82,7 +108,9 @@ def test_equals_pycocotools_run_directly(seed, capsys):
     out = evaluate_coco(gts, dets, class_names=NAMES)
     ref = _reference_stats(gts, dets)
     for name, value in zip(COCO_STAT_NAMES, ref.stats):
-        assert out[name] == pytest.approx(value, abs=1e-12) or (value == -1 and math.isnan(out[name]))
+        assert out[name] == pytest.approx(value, abs=1e-12) or (
+            value == -1 and math.isnan(out[name])
+        )
     for k, name in enumerate(NAMES):
         p = ref.eval["precision"][:, :, k, 0, -1]
         assert out["per_class_AP"][name] == pytest.approx(p.mean(), abs=1e-12)
@@ -104,8 +132,15 @@ def test_hand_computed_half_recall():
 
 def test_perfect_and_zero_detections():
     gts, _ = _random_case(3)
-    perfect = [_det(g["image_id"], g["boxes"][~g["is_crowd"]], np.full((~g["is_crowd"]).sum(), 0.9),
-                    g["classes"][~g["is_crowd"]]) for g in gts]
+    perfect = [
+        _det(
+            g["image_id"],
+            g["boxes"][~g["is_crowd"]],
+            np.full((~g["is_crowd"]).sum(), 0.9),
+            g["classes"][~g["is_crowd"]],
+        )
+        for g in gts
+    ]
     out = evaluate_coco(gts, perfect, class_names=NAMES)
     for name in ("AP", "AP50", "AP75", "AR100"):
         assert out[name] == pytest.approx(1.0)
@@ -117,8 +152,9 @@ def test_perfect_and_zero_detections():
 
 def test_class_without_ground_truth_is_nan():
     gts = [_gt(1, [[10, 10, 60, 60]], [1])]
-    out = evaluate_coco(gts, [_det(1, [[10, 10, 60, 60], [0, 0, 5, 5]], [0.9, 0.8], [1, 2])],
-                        class_names=["a", "b"])
+    out = evaluate_coco(
+        gts, [_det(1, [[10, 10, 60, 60], [0, 0, 5, 5]], [0.9, 0.8], [1, 2])], class_names=["a", "b"]
+    )
     assert out["per_class_AP"]["a"] == pytest.approx(1.0)
     assert math.isnan(out["per_class_AP"]["b"]) and math.isnan(out["per_class_AP50"]["b"])
     assert out["AP"] == pytest.approx(1.0)  # the mean skips the class without ground truth
@@ -152,8 +188,9 @@ def test_category_ids_map_classes():
 
 def test_results_are_xywh():
     res = build_coco_results([_det(4, [[10, 20, 50, 80]], [0.5], [2])], num_classes=2)
-    assert res == [{"image_id": 4, "category_id": 2, "bbox": [20.0, 10.0, 60.0, 40.0],
-                    "score": 0.5}]
+    assert res == [
+        {"image_id": 4, "category_id": 2, "bbox": [20.0, 10.0, 60.0, 40.0], "score": 0.5}
+    ]
 
 
 def test_unknown_image_id_raises():

@@ -25,19 +25,24 @@ class FakeDetector:
         images = images.numpy()
         h, w = (int(v) for v in image_shapes.numpy()[0])
         self.calls.append((images.shape, (h, w), images[0, :h, :w].copy()))
-        rows = [([.2 * h, .2 * w, .6 * h, .6 * w], 0.5 + h / 1000, 1),
-                ([.2 * h, .2 * w, .6 * h, .6 * w], 0.3, 2)]
+        rows = [
+            ([0.2 * h, 0.2 * w, 0.6 * h, 0.6 * w], 0.5 + h / 1000, 1),
+            ([0.2 * h, 0.2 * w, 0.6 * h, 0.6 * w], 0.3, 2),
+        ]
         if h > 60:
-            rows.append(([.7 * h, .7 * w, .9 * h, .9 * w], 0.4, 1))
+            rows.append(([0.7 * h, 0.7 * w, 0.9 * h, 0.9 * w], 0.4, 1))
         boxes = np.zeros((1, M, 4), np.float32)
         scores = np.zeros((1, M), np.float32)
         classes = np.zeros((1, M), np.int32)
         for i, (b, s, c) in enumerate(rows):
             boxes[0, i], scores[0, i], classes[0, i] = b, s, c
-        boxes[0, len(rows):] = 999.0  # padding garbage must be ignored
-        return {"detection_boxes": tf.constant(boxes), "detection_scores": tf.constant(scores),
-                "detection_classes": tf.constant(classes),
-                "num_detections": tf.constant([len(rows)], tf.int32)}
+        boxes[0, len(rows) :] = 999.0  # padding garbage must be ignored
+        return {
+            "detection_boxes": tf.constant(boxes),
+            "detection_scores": tf.constant(scores),
+            "detection_classes": tf.constant(classes),
+            "num_detections": tf.constant([len(rows)], tf.int32),
+        }
 
 
 def _batch():
@@ -74,8 +79,9 @@ def test_max_size_caps_the_longer_side():
 
 def test_merge_maps_back_to_input_frame_and_suppresses_duplicates():
     fake = FakeDetector()
-    detect = multiscale_detect_fn(fake, sizes=[50, 100], max_size=400, nms_iou=0.3,
-                                  max_detections=M)
+    detect = multiscale_detect_fn(
+        fake, sizes=[50, 100], max_size=400, nms_iou=0.3, max_detections=M
+    )
     images, shapes = _batch()
     out = {k: v.numpy() for k, v in detect(images, shapes).items()}
     assert out["detection_boxes"].shape == (2, M, 4)
@@ -94,24 +100,29 @@ def test_merge_maps_back_to_input_frame_and_suppresses_duplicates():
 
 
 def test_merge_detections_per_class_and_top_m():
-    boxes = tf.constant([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]],
-                        tf.float32)
+    boxes = tf.constant(
+        [[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]], tf.float32
+    )
     scores = tf.constant([0.9, 0.8, 0.7, 0.6])
     classes = tf.constant([1, 1, 2, 1])
     out = merge_detections(boxes, scores, classes, nms_iou=0.5, max_detections=2)
     assert int(out["num_detections"]) == 2
     np.testing.assert_allclose(out["detection_scores"].numpy(), [0.9, 0.7])
     np.testing.assert_array_equal(out["detection_classes"].numpy(), [1, 2])
-    empty = merge_detections(tf.zeros([0, 4]), tf.zeros([0]), tf.zeros([0], tf.int32),
-                             nms_iou=0.5, max_detections=3)
+    empty = merge_detections(
+        tf.zeros([0, 4]), tf.zeros([0]), tf.zeros([0], tf.int32), nms_iou=0.5, max_detections=3
+    )
     assert int(empty["num_detections"]) == 0 and empty["detection_boxes"].shape == (3, 4)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(sizes=[], max_size=10), "sizes must be positive"),
-    (dict(sizes=[100, 200], max_size=150), r"max_size \(150\) must be >= the largest size"),
-    (dict(sizes=[10], max_size=10, nms_iou=0.0), "nms_iou must be in"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(sizes=[], max_size=10), "sizes must be positive"),
+        (dict(sizes=[100, 200], max_size=150), r"max_size \(150\) must be >= the largest size"),
+        (dict(sizes=[10], max_size=10, nms_iou=0.0), "nms_iou must be in"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         multiscale_detect_fn(FakeDetector(), **kwargs)

@@ -16,15 +16,23 @@ def _gt(image_id, boxes, classes, difficult=None, h=100, w=100):
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     n = boxes.shape[0]
     return {
-        "image_id": image_id, "boxes": boxes, "classes": np.asarray(classes, np.int64),
+        "image_id": image_id,
+        "boxes": boxes,
+        "classes": np.asarray(classes, np.int64),
         "difficult": np.zeros(n, bool) if difficult is None else np.asarray(difficult, bool),
-        "is_crowd": np.zeros(n, bool), "height": h, "width": w,
+        "is_crowd": np.zeros(n, bool),
+        "height": h,
+        "width": w,
     }
 
 
 def _det(image_id, boxes, scores, classes):
-    return {"image_id": image_id, "boxes": np.asarray(boxes, np.float64).reshape(-1, 4),
-            "scores": np.asarray(scores, np.float64), "classes": np.asarray(classes, np.int64)}
+    return {
+        "image_id": image_id,
+        "boxes": np.asarray(boxes, np.float64).reshape(-1, 4),
+        "scores": np.asarray(scores, np.float64),
+        "classes": np.asarray(classes, np.int64),
+    }
 
 
 G1 = [10, 10, 30, 30]
@@ -61,8 +69,9 @@ def test_voc_ap_length_mismatch():
 
 
 def test_box_iou_continuous_no_plus_one():
-    iou = box_iou_yxyx(np.array([[0, 0, 10, 10]]), np.array([[0, 0, 10, 5], [5, 5, 15, 15],
-                                                             [20, 20, 30, 30]]))
+    iou = box_iou_yxyx(
+        np.array([[0, 0, 10, 10]]), np.array([[0, 0, 10, 5], [5, 5, 15, 15], [20, 20, 30, 30]])
+    )
     np.testing.assert_allclose(iou, [[0.5, 25 / 175, 0.0]], atol=1e-15)
 
 
@@ -123,8 +132,9 @@ def test_iou_threshold_is_inclusive_and_below_is_fp():
     assert exact["ap"][1] == pytest.approx(1.0)  # IoU exactly 0.5 is a match
     below = evaluate_voc(gts, [_det(1, [[0, 0, 10, 4.99]], [0.5], [1])], num_classes=1)
     assert below["ap"][1] == 0.0
-    strict = evaluate_voc(gts, [_det(1, [[0, 0, 10, 5]], [0.5], [1])], num_classes=1,
-                          iou_threshold=0.7)
+    strict = evaluate_voc(
+        gts, [_det(1, [[0, 0, 10, 5]], [0.5], [1])], num_classes=1, iou_threshold=0.7
+    )
     assert strict["ap"][1] == 0.0
 
 
@@ -221,7 +231,9 @@ def _random_case(seed, num_images=12, num_classes=3):
                 j = rng.uniform(-4, 4, size=4)
                 dboxes.append(np.array(box) + j)  # stays > 2 px away from other cells' boxes
                 dscores.append(rng.uniform())
-                dclasses.append(cls if rng.uniform() < 0.8 else int(rng.integers(1, num_classes + 1)))
+                dclasses.append(
+                    cls if rng.uniform() < 0.8 else int(rng.integers(1, num_classes + 1))
+                )
         for k in range(n_obj, n_obj + rng.integers(0, 3)):  # background false positives
             cy, cx = divmod(cells[k], 4)
             y1, x1 = cy * 50 + 5, cx * 50 + 5
@@ -239,16 +251,33 @@ def _pycocotools_ap50_per_class(gts, dets, num_classes):
     for g in gts:
         for b, c in zip(g["boxes"], g["classes"]):
             h, w = b[2] - b[0], b[3] - b[1]
-            anns.append({"id": len(anns) + 1, "image_id": g["image_id"], "category_id": int(c),
-                         "bbox": [b[1], b[0], w, h], "area": w * h, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": g["image_id"],
+                    "category_id": int(c),
+                    "bbox": [b[1], b[0], w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
     for d in dets:
         for b, s, c in zip(d["boxes"], d["scores"], d["classes"]):
-            results.append({"image_id": d["image_id"], "category_id": int(c), "score": float(s),
-                            "bbox": [b[1], b[0], b[3] - b[1], b[2] - b[0]]})
+            results.append(
+                {
+                    "image_id": d["image_id"],
+                    "category_id": int(c),
+                    "score": float(s),
+                    "bbox": [b[1], b[0], b[3] - b[1], b[2] - b[0]],
+                }
+            )
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
-        coco_gt.dataset = {"images": images, "annotations": anns,
-                           "categories": [{"id": c} for c in range(1, num_classes + 1)]}
+        coco_gt.dataset = {
+            "images": images,
+            "annotations": anns,
+            "categories": [{"id": c} for c in range(1, num_classes + 1)],
+        }
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(results)
         ev = COCOeval(coco_gt, coco_dt, "bbox")
@@ -256,8 +285,7 @@ def _pycocotools_ap50_per_class(gts, dets, num_classes):
         ev.accumulate()
     # precision: [T, R, K, A, M]; IoU 0.5 is T=0, area "all" A=0, maxDets 100 is M=2
     p = ev.eval["precision"][0, :, :, 0, 2]
-    return [float(p[:, k].mean()) if (p[:, k] > -1).all() else math.nan
-            for k in range(num_classes)]
+    return [float(p[:, k].mean()) if (p[:, k] > -1).all() else math.nan for k in range(num_classes)]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -272,14 +300,17 @@ def test_matches_pycocotools_ap50_when_interpolations_agree(seed):
         # Same matches -> same PR curve -> COCO's 101-point AP recomputed from our curve equals
         # pycocotools' exactly; our all-point AP differs from it by less than one recall step.
         assert _coco_101_point(ours["recall"][c], ours["precision"][c]) == pytest.approx(
-            coco[c - 1], abs=1e-12)
+            coco[c - 1], abs=1e-12
+        )
         assert abs(ours["ap"][c] - coco[c - 1]) < 0.02
 
 
 def test_perfect_detections_match_pycocotools_exactly():
     gts, _ = _random_case(5)
-    dets = [_det(g["image_id"], g["boxes"], np.linspace(0.9, 0.5, len(g["classes"])),
-                 g["classes"]) for g in gts]
+    dets = [
+        _det(g["image_id"], g["boxes"], np.linspace(0.9, 0.5, len(g["classes"])), g["classes"])
+        for g in gts
+    ]
     ours = evaluate_voc(gts, dets, num_classes=3)
     coco = _pycocotools_ap50_per_class(gts, dets, 3)
     for c in (1, 2, 3):

@@ -3,15 +3,8 @@ SavedModel, serving and ONNX tests) and one of the known-answer stand-in."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent.parent))  # tests/serving_testing_server.py
-
-from export_helpers import (
+from helpers.export_helpers import (
     CLASS_NAMES,
     MAX_SIZE,
     MIN_SIZE,

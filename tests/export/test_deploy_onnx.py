@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tensorflow as tf
-from export_helpers import synthetic_image
+from helpers.export_helpers import synthetic_image
 
 from rfcn_tf.export.contract import ALL_OUTPUT_KEYS
 from rfcn_tf.export.onnx import (

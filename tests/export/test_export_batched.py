@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from export_helpers import assert_outputs_close, reference_outputs, synthetic_image
+from helpers.export_helpers import assert_outputs_close, reference_outputs, synthetic_image
 
 from rfcn_tf.export.contract import ALL_OUTPUT_KEYS
 

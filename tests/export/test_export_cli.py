@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import tensorflow as tf
-from export_helpers import (
+from helpers.export_helpers import (
     CLASS_NAMES,
     MAX_SIZE,
     MIN_SIZE,

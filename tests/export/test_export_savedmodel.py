@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from export_helpers import (
+from helpers.export_helpers import (
     CLASS_NAMES,
     STANDIN_BOXES,
     STANDIN_MULTICLASS,
@@ -351,7 +351,7 @@ def test_saved_model_cli_run_on_every_signature(tiny_model, exported, tmp_path):
 
 
 def test_versions_next_free_and_never_overwritten(tmp_path):
-    from export_helpers import StandInDetector
+    from helpers.export_helpers import StandInDetector
 
     base = tmp_path / "m"
     assert next_version(base) == 1 and list_versions(base) == []
@@ -401,7 +401,7 @@ def test_versions_next_free_and_never_overwritten(tmp_path):
 
 
 def test_failed_verification_leaves_no_version(tmp_path, monkeypatch):
-    from export_helpers import StandInDetector
+    from helpers.export_helpers import StandInDetector
 
     def fail(path, **kwargs):
         raise ExportError(f"simulated failure of {path}")
@@ -433,7 +433,7 @@ def test_failed_verification_leaves_no_version(tmp_path, monkeypatch):
     ],
 )
 def test_export_argument_errors(tmp_path, kwargs, match):
-    from export_helpers import StandInDetector
+    from helpers.export_helpers import StandInDetector
 
     args = dict(
         class_names=["a"], out_dir=tmp_path, model_name="m", min_size=32, max_size=32, verify=False

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from serving_testing_server import HTTP_STATUS, LoopbackServer
+from helpers.serving_testing_server import HTTP_STATUS, LoopbackServer
 
 from rfcn_tf.serving.client import main as client_main
 from rfcn_tf.serving.tf_serving_client import (

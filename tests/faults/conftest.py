@@ -9,18 +9,10 @@ folder runs in about a minute on two cores.
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-# The shared test helpers: fake_savedmodel.py one folder up, the engine's stand-in model
-# (engine_standin.py: a tiny detector that trains in milliseconds) in tests/engine.
-_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _folder in (_TESTS, os.path.join(_TESTS, "engine")):
-    if _folder not in sys.path:
-        sys.path.insert(0, _folder)
 
 
 @pytest.fixture

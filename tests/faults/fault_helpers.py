@@ -11,14 +11,19 @@ from PIL import Image
 
 CLASSES = ["cell", "dot"]
 
+
 def voc_xml(filename: str, width: int, height: int, objects) -> str:
     """VOC annotation text; objects are (name, xmin, ymin, xmax, ymax)."""
-    parts = [f"<annotation><filename>{filename}</filename>",
-             f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"]
+    parts = [
+        f"<annotation><filename>{filename}</filename>",
+        f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>",
+    ]
     for name, xmin, ymin, xmax, ymax in objects:
-        parts.append(f"<object><name>{name}</name><difficult>0</difficult><bndbox>"
-                     f"<xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax>"
-                     f"<ymax>{ymax}</ymax></bndbox></object>")
+        parts.append(
+            f"<object><name>{name}</name><difficult>0</difficult><bndbox>"
+            f"<xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax>"
+            f"<ymax>{ymax}</ymax></bndbox></object>"
+        )
     parts.append("</annotation>")
     return "\n".join(parts)
 
@@ -27,9 +32,16 @@ def grid_boxes(count: int, *, size: int, cell: int = 6):
     """`count` non-overlapping (name, xmin, ymin, xmax, ymax) boxes in a size x size image."""
     per_row = size // cell
     assert count <= per_row * per_row
-    return [(CLASSES[i % 2], 1 + (i % per_row) * cell, 1 + (i // per_row) * cell,
-             (i % per_row) * cell + cell - 1, (i // per_row) * cell + cell - 1)
-            for i in range(count)]
+    return [
+        (
+            CLASSES[i % 2],
+            1 + (i % per_row) * cell,
+            1 + (i // per_row) * cell,
+            (i % per_row) * cell + cell - 1,
+            (i // per_row) * cell + cell - 1,
+        )
+        for i in range(count)
+    ]
 
 
 def make_voc(root: Path, images: dict, splits: dict) -> Path:
@@ -42,7 +54,8 @@ def make_voc(root: Path, images: dict, splits: dict) -> Path:
         pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(root / "JPEGImages" / f"{image_id}.png")
         (root / "Annotations" / f"{image_id}.xml").write_text(
-            voc_xml(f"{image_id}.png", w, h, objects))
+            voc_xml(f"{image_id}.png", w, h, objects)
+        )
     for split, ids in splits.items():
         (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
     return root
@@ -59,14 +72,27 @@ def tiny_overrides(voc_root: Path, work_dir: Path, **extra) -> list[str]:
     images: two steps, a checkpoint every step, nothing evaluated or exported at the end.
     `extra` (dotted keys with "__" for ".") adds or replaces values."""
     values = {
-        "data.source": "voc", "data.voc_root": str(voc_root), "data.train_split": "train",
-        "data.val_split": "val", "data.class_names": "[" + ",".join(CLASSES) + "]",
-        "data.scales": "[48]", "data.max_size": 64, "data.max_boxes": 4,
-        "data.random_flip": "false", "data.deterministic": "true",
-        "data.num_parallel_calls": 1, "train.steps": 2, "train.batch_size": 1,
-        "train.warmup_steps": 0, "train.checkpoint_every": 1, "train.log_every": 1,
-        "train.work_dir": str(work_dir), "train.evaluate_at_end": "false",
-        "train.export_at_end": "false", "train.num_summary_images": 0, "eval.batch_size": 1,
+        "data.source": "voc",
+        "data.voc_root": str(voc_root),
+        "data.train_split": "train",
+        "data.val_split": "val",
+        "data.class_names": "[" + ",".join(CLASSES) + "]",
+        "data.scales": "[48]",
+        "data.max_size": 64,
+        "data.max_boxes": 4,
+        "data.random_flip": "false",
+        "data.deterministic": "true",
+        "data.num_parallel_calls": 1,
+        "train.steps": 2,
+        "train.batch_size": 1,
+        "train.warmup_steps": 0,
+        "train.checkpoint_every": 1,
+        "train.log_every": 1,
+        "train.work_dir": str(work_dir),
+        "train.evaluate_at_end": "false",
+        "train.export_at_end": "false",
+        "train.num_summary_images": 0,
+        "eval.batch_size": 1,
     }
     values.update({k.replace("__", "."): v for k, v in extra.items()})
     return [f"{k}={v}" for k, v in values.items()]

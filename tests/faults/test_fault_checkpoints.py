@@ -16,7 +16,7 @@ import uuid
 import numpy as np
 import pytest
 import tensorflow as tf
-from engine_standin import TinyDetector, dataset_fn
+from helpers.engine_standin import TinyDetector, dataset_fn
 
 from rfcn_tf.engine import checkpoints as ckpt_lib
 from rfcn_tf.engine.loop import Hook
@@ -28,12 +28,18 @@ from rfcn_tf.errors import CheckpointError
 def _train(directory, steps, hooks=()):
     model = TinyDetector()
     result = run_training(
-        model=model, strategy=tf.distribute.get_strategy(), dataset_fn=dataset_fn(2),
+        model=model,
+        strategy=tf.distribute.get_strategy(),
+        dataset_fn=dataset_fn(2),
         stages=build_stages("joint", steps=steps),
-        optimizer_fn=lambda variables, n: build_optimizer(variables=variables,
-                                                          learning_rate=0.05),
-        checkpoint_dir=str(directory), num_classes=2, global_batch_size=2, checkpoint_every=1,
-        keep_checkpoints=5, hooks_fn=lambda stage, total: list(hooks))
+        optimizer_fn=lambda variables, n: build_optimizer(variables=variables, learning_rate=0.05),
+        checkpoint_dir=str(directory),
+        num_classes=2,
+        global_batch_size=2,
+        checkpoint_every=1,
+        keep_checkpoints=5,
+        hooks_fn=lambda stage, total: list(hooks),
+    )
     return model, result
 
 
@@ -62,8 +68,7 @@ def test_resume_passes_over_a_truncated_checkpoint(tmp_path, caplog):
     assert result.step == 4 and result.checkpoint == str(directory / "ckpt-4")
     restored = TinyDetector(seed=9)
     assert ckpt_lib.restore_model_weights(restored, str(directory), num_classes=2).step == 4
-    np.testing.assert_array_equal(restored.rpn_head.kernel.numpy(),
-                                  model.rpn_head.kernel.numpy())
+    np.testing.assert_array_equal(restored.rpn_head.kernel.numpy(), model.rpn_head.kernel.numpy())
 
 
 def test_every_checkpoint_unreadable_is_an_error_naming_them(tmp_path):
@@ -108,13 +113,20 @@ def small_tmpfs(tmp_path):
     mount = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
     mount.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a real full disk needs a tmpfs: mounting one needs root and mount(8); "
-                    "test_disk_full_simulated covers the same path without it")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+        pytest.skip(
+            "a real full disk needs a tmpfs: mounting one needs root and mount(8); "
+            "test_disk_full_simulated covers the same path without it"
+        )
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); "
-                    "test_disk_full_simulated covers the same path without it")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({done.stderr.strip()}); "
+            "test_disk_full_simulated covers the same path without it"
+        )
     try:
         yield mount
     finally:
@@ -139,11 +151,13 @@ def test_disk_full_simulated(tmp_path, monkeypatch):
     def write(self, prefix, *args, **kwargs):
         if prefix.endswith("ckpt-2"):
             os.makedirs(prefix + "_temp")
-            with open(os.path.join(prefix + "_temp", "part-00000-of-00001.data-00000-of-00001"),
-                      "wb") as f:
+            with open(
+                os.path.join(prefix + "_temp", "part-00000-of-00001.data-00000-of-00001"), "wb"
+            ) as f:
                 f.write(b"\0" * 64)
-            raise tf.errors.ResourceExhaustedError(None, None, f"{prefix}_temp/part-00000: No "
-                                                   "space left on device [Op:SaveV2]")
+            raise tf.errors.ResourceExhaustedError(
+                None, None, f"{prefix}_temp/part-00000: No space left on device [Op:SaveV2]"
+            )
         return real_write(self, prefix, *args, **kwargs)
 
     monkeypatch.setattr(tf.train.Checkpoint, "_write", write)
@@ -170,7 +184,7 @@ def test_stale_temp_folder_is_removed_on_the_next_run(tmp_path, caplog):
 _RESUME_ANOTHER_ARCHITECTURE = """
 import sys
 import tensorflow as tf
-from engine_standin import TinyDetector, dataset_fn
+from helpers.engine_standin import TinyDetector, dataset_fn
 from rfcn_tf.engine.optimizer import build_optimizer
 from rfcn_tf.engine.schemes import build_stages, run_training
 try:
@@ -192,14 +206,29 @@ def test_another_architecture_is_the_last_thing_said(tmp_path):
     directory = tmp_path / "checkpoints"
     _train(directory, 1)
     tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join(
-        [os.path.join(tests, "engine"), os.path.dirname(tests), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", _RESUME_ANOTHER_ARCHITECTURE, str(directory)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=os.pathsep.join(
+            [
+                os.path.join(tests, "engine"),
+                os.path.dirname(tests),
+                os.environ.get("PYTHONPATH", ""),
+            ]
+        ),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _RESUME_ANOTHER_ARCHITECTURE, str(directory)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 1, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot resume from {directory / 'ckpt-1'}: it does not fit"), (
-        done.stderr[-2000:])
+        done.stderr[-2000:]
+    )
     assert "Value in checkpoint could not be found" not in done.stderr
 
 
@@ -210,5 +239,8 @@ def test_damaged_state_file_falls_back_to_the_checkpoint_files(tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="rfcn_tf.engine"):
         _, result = _train(directory, 3)
     assert result.resumed_from == str(directory / "ckpt-2") and result.step == 3
-    assert any(f"checkpoint state file {directory / 'checkpoint'} is missing or unreadable"
-               in r.getMessage() for r in caplog.records)
+    assert any(
+        f"checkpoint state file {directory / 'checkpoint'} is missing or unreadable"
+        in r.getMessage()
+        for r in caplog.records
+    )

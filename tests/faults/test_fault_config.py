@@ -22,8 +22,10 @@ BAD_VALUES = [
     ("train.ema_decay=1", "train.ema_decay must be in (0, 1) or null (off), got 1.0"),
     ("data.max_boxes=0", "data.max_boxes must be >= 1, got 0"),
     ("data.aspect_ratio_boundaries=[2,1]", "data.aspect_ratio_boundaries must be increasing"),
-    ("data.scales=[600,0]", "data.scales must be a non-empty list of sizes >= 1 (pixels), "
-                            "got [600, 0]"),
+    (
+        "data.scales=[600,0]",
+        "data.scales must be a non-empty list of sizes >= 1 (pixels), got [600, 0]",
+    ),
     ("data.shapes.max_objects=0", "data.shapes.max_objects must be >= 1"),
     ("eval.batch_size=0", "eval.batch_size must be >= 1, got 0"),
     ("eval.score_threshold=1.5", "eval.score_threshold must be in [0, 1] or null, got 1.5"),
@@ -33,12 +35,12 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize("override,message", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
-def test_out_of_range_value_is_named_before_anything_is_written(tmp_path, capfd, override,
-                                                                 message):
+def test_out_of_range_value_is_named_before_anything_is_written(tmp_path, capfd, override, message):
     work_dir = tmp_path / "run"
     for extra in ([], ["--print-config"]):  # --print-config validates too
-        code = train_cli.main(["--work-dir", str(work_dir), "--no-progress", "--set", override,
-                               *extra])
+        code = train_cli.main(
+            ["--work-dir", str(work_dir), "--no-progress", "--set", override, *extra]
+        )
         err = capfd.readouterr().err
         assert code == 1
         assert f"error: {message}" in err, err
@@ -49,8 +51,9 @@ def test_out_of_range_value_is_named_before_anything_is_written(tmp_path, capfd,
 def test_scientific_notation_is_a_number(tmp_path, capfd):
     path = tmp_path / "lr.yaml"
     path.write_text("train:\n  lr: 2e-3\n  weight_decay: 1E-4\n")
-    code = train_cli.main(["--config", str(path), "--set", "train.warmup_factor=1e-3",
-                           "--print-config"])
+    code = train_cli.main(
+        ["--config", str(path), "--set", "train.warmup_factor=1e-3", "--print-config"]
+    )
     out = capfd.readouterr().out
     assert code == 0
     assert "lr: 0.002" in out and "weight_decay: 0.0001" in out and "warmup_factor: 0.001" in out

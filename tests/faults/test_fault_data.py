@@ -76,7 +76,7 @@ def test_skip_corrupt_counts_images_with_their_boxes(tmp_path, caplog):
 def test_unreadable_image_during_training_is_one_data_error(tmp_path):
     """Issue 12 item 8: training on a split with a corrupt image stops with ONE line naming the
     file (a DataError), not TensorFlow's many-line graph error."""
-    from engine_standin import TinyDetector
+    from helpers.engine_standin import TinyDetector
 
     from rfcn_tf.engine.checkpoints import verify_checkpoint
     from rfcn_tf.engine.optimizer import build_optimizer
@@ -88,16 +88,24 @@ def test_unreadable_image_during_training_is_one_data_error(tmp_path):
     cfg = _cfg(voc, tmp_path)
     with pytest.raises(DataError) as err:
         run_training(
-            model=TinyDetector(), strategy=tf.distribute.get_strategy(),
+            model=TinyDetector(),
+            strategy=tf.distribute.get_strategy(),
             dataset_fn=lambda ctx: build_dataset(
-                cfg, split="train", training=True, batch_size=1, input_context=ctx).map(
-                    # the stand-in needs a static image size: every image here is 48 x 48
-                    lambda f: dict(f, images=tf.ensure_shape(f["images"], [1, 48, 48, 3]))),
+                cfg, split="train", training=True, batch_size=1, input_context=ctx
+            ).map(
+                # the stand-in needs a static image size: every image here is 48 x 48
+                lambda f: dict(f, images=tf.ensure_shape(f["images"], [1, 48, 48, 3]))
+            ),
             stages=build_stages("joint", steps=4),
-            optimizer_fn=lambda variables, n: build_optimizer(variables=variables,
-                                                              learning_rate=0.01),
-            checkpoint_dir=str(tmp_path / "run" / "checkpoints"), num_classes=2,
-            global_batch_size=1, checkpoint_every=1, data_resume="none")
+            optimizer_fn=lambda variables, n: build_optimizer(
+                variables=variables, learning_rate=0.01
+            ),
+            checkpoint_dir=str(tmp_path / "run" / "checkpoints"),
+            num_classes=2,
+            global_batch_size=1,
+            checkpoint_every=1,
+            data_resume="none",
+        )
     assert "\n" not in str(err.value)
     assert str(err.value).startswith(f"cannot read or decode image file {bad}")
     # The steps trained before the bad image came up (shuffled) were checkpointed intact.
@@ -107,9 +115,17 @@ def test_unreadable_image_during_training_is_one_data_error(tmp_path):
 
 
 def test_degenerate_and_outside_boxes(tmp_path, caplog):
-    images = {"im0": (40, 50, [("cell", 10, 10, 10, 30),     # zero width: dropped
-                               ("cell", 20, 5, 8, 30),       # xmax < xmin: dropped
-                               ("dot", -20, -5, 30, 100)])}  # reaches outside: clipped
+    images = {
+        "im0": (
+            40,
+            50,
+            [
+                ("cell", 10, 10, 10, 30),  # zero width: dropped
+                ("cell", 20, 5, 8, 30),  # xmax < xmin: dropped
+                ("dot", -20, -5, 30, 100),
+            ],
+        )
+    }  # reaches outside: clipped
     voc = make_voc(tmp_path / "voc", images, {"train": ["im0"], "val": ["im0"]})
     caplog.set_level(logging.WARNING, logger="rfcn_tf.data")
     (example,) = _examples(_cfg(voc, tmp_path))
@@ -122,8 +138,11 @@ def test_degenerate_and_outside_boxes(tmp_path, caplog):
 def test_unknown_class_names_file_and_class(tmp_path):
     images = {"im0": (32, 32, [("zebra", 2, 2, 20, 20)])}
     voc = make_voc(tmp_path / "voc", images, {"train": ["im0"], "val": ["im0"]})
-    with pytest.raises(DataError, match=r"im0\.xml: class name 'zebra' is not one of the "
-                                        r"configured classes \['cell', 'dot'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"im0\.xml: class name 'zebra' is not one of the "
+        r"configured classes \['cell', 'dot'\]",
+    ):
         _examples(_cfg(voc, tmp_path))
 
 
@@ -149,9 +168,11 @@ def test_grayscale_cmyk_and_16_bit_images_decode_to_rgb(tmp_path):
     rng = np.random.default_rng(1)
     gray = rng.integers(0, 256, (32, 32), dtype=np.uint8)
     deep = rng.integers(0, 65536, (32, 32), dtype=np.uint16)
-    images = {"gray": (32, 32, grid_boxes(1, size=32, cell=16)),
-              "cmyk": (32, 32, grid_boxes(1, size=32, cell=16)),
-              "deep": (32, 32, grid_boxes(1, size=32, cell=16))}
+    images = {
+        "gray": (32, 32, grid_boxes(1, size=32, cell=16)),
+        "cmyk": (32, 32, grid_boxes(1, size=32, cell=16)),
+        "deep": (32, 32, grid_boxes(1, size=32, cell=16)),
+    }
     voc = make_voc(tmp_path / "voc", images, {"train": list(images), "val": ["gray"]})
     _write(voc / "JPEGImages" / "gray.png", gray)
     cmyk = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).convert("CMYK")
@@ -161,11 +182,13 @@ def test_grayscale_cmyk_and_16_bit_images_decode_to_rgb(tmp_path):
     xml.write_text(xml.read_text().replace("cmyk.png", "cmyk.jpg"))
     Image.fromarray(deep).save(voc / "JPEGImages" / "deep.png")
     assert Image.open(voc / "JPEGImages" / "deep.png").mode.startswith("I;16")
-    examples = {e["filename"].decode().rsplit("/", 1)[-1]: e
-                for e in _examples(_cfg(voc, tmp_path))}
+    examples = {
+        e["filename"].decode().rsplit("/", 1)[-1]: e for e in _examples(_cfg(voc, tmp_path))
+    }
     assert all(e["image"].shape == (32, 32, 3) for e in examples.values())
-    np.testing.assert_array_equal(examples["gray.png"]["image"],
-                                  np.repeat(gray[..., None], 3, axis=-1))
+    np.testing.assert_array_equal(
+        examples["gray.png"]["image"], np.repeat(gray[..., None], 3, axis=-1)
+    )
     expected = np.round(deep.astype(np.float64) * 255 / 65535)
     got = examples["deep.png"]["image"][..., 0].astype(np.float64)
     assert np.abs(got - expected).max() <= 1  # scaled, not clipped to white
@@ -178,8 +201,11 @@ def _coco(tmp_path, images, annotations):
     (root / "train").mkdir(parents=True)
     for entry in images:
         Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(root / "train" / entry["file_name"])
-    data = {"images": images, "annotations": annotations,
-            "categories": [{"id": 1, "name": CLASSES[0]}, {"id": 2, "name": CLASSES[1]}]}
+    data = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": CLASSES[0]}, {"id": 2, "name": CLASSES[1]}],
+    }
     path = root / "instances_train.json"
     path.write_text(json.dumps(data))
     return path, root / "train"
@@ -188,12 +214,17 @@ def _coco(tmp_path, images, annotations):
 def test_coco_bad_and_duplicate_ids(tmp_path):
     from rfcn_tf.data.sources.coco_json import coco_source
 
-    images = [{"id": 1, "file_name": "a.png", "height": 20, "width": 20},
-              {"id": 2, "file_name": "b.png", "height": 20, "width": 20}]
+    images = [
+        {"id": 1, "file_name": "a.png", "height": 20, "width": 20},
+        {"id": 2, "file_name": "b.png", "height": 20, "width": 20},
+    ]
     box = {"category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 0}
     path, folder = _coco(tmp_path, images, [dict(box, id=7, image_id=3)])
-    with pytest.raises(DataError, match=r"annotation id 7 refers to image_id 3, which is not "
-                                        r"in 'images'"):
+    with pytest.raises(
+        DataError,
+        match=r"annotation id 7 refers to image_id 3, which is not "
+        r"in 'images'",
+    ):
         coco_source(path, folder)
     duplicate = images + [{"id": 1, "file_name": "c.png", "height": 20, "width": 20}]
     path, folder = _coco(tmp_path / "dup", duplicate, [dict(box, id=7, image_id=1)])

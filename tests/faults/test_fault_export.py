@@ -25,8 +25,11 @@ def _png(height, width, seed):
 
 def test_serving_encoded_answers_every_image_of_a_batch(tmp_path):
     voc = small_voc(tmp_path / "voc")
-    cfg = load_config("shapes_tiny", tiny_overrides(voc, tmp_path / "run") + [
-        "model.head.psroi_impl=tf", "model.postprocess.score_threshold=0.0"])
+    cfg = load_config(
+        "shapes_tiny",
+        tiny_overrides(voc, tmp_path / "run")
+        + ["model.head.psroi_impl=tf", "model.postprocess.score_threshold=0.0"],
+    )
     model = build_detector(cfg.model, num_classes=2)
     module = DetectorServingModule(model, min_size=48, max_size=64)
     serve = module.signatures()["serving_encoded"]
@@ -36,6 +39,5 @@ def test_serving_encoded_answers_every_image_of_a_batch(tmp_path):
     assert both["num_detections"][1] > 0  # the second image has its own answer
     for index, image in enumerate(images):
         alone = {k: v.numpy() for k, v in serve(tf.constant([image])).items()}
-        for key in ("detection_boxes", "detection_scores", "detection_classes",
-                    "num_detections"):
+        for key in ("detection_boxes", "detection_scores", "detection_classes", "num_detections"):
             np.testing.assert_allclose(both[key][index], alone[key][0], atol=1e-5, err_msg=key)

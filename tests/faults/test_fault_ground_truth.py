@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from fake_savedmodel import write_fake_export
 from fault_helpers import CLASSES, grid_boxes, make_voc, set_args, snapshot, tiny_overrides
+from helpers.fake_savedmodel import write_fake_export
 
 from rfcn_tf import evaluate as evaluate_cli
 from rfcn_tf.config import load_config
@@ -19,21 +19,39 @@ from rfcn_tf.data.pipeline import build_dataset
 
 
 def _dense_voc(root):
-    images = {"dense": (96, 96, grid_boxes(130, size=96, cell=8)),
-              "sparse": (48, 48, grid_boxes(3, size=48, cell=16))}
+    images = {
+        "dense": (96, 96, grid_boxes(130, size=96, cell=8)),
+        "sparse": (48, 48, grid_boxes(3, size=48, cell=16)),
+    }
     return make_voc(root, images, {"train": ["dense", "sparse"], "val": ["sparse", "dense"]})
 
 
 def test_evaluation_and_training_keep_every_box(tmp_path, capsys):
     voc = _dense_voc(tmp_path / "voc")
     before = snapshot(voc)
-    overrides = tiny_overrides(voc, tmp_path / "run", data__max_boxes=100,
-                               data__scales="[96]", data__max_size=96)
-    version = write_fake_export(str(tmp_path / "export" / "fake" / "1"), CLASSES,
-                                boxes=[[0.1, 0.1, 0.3, 0.3]], scores=[0.9], classes=[1.0])
+    overrides = tiny_overrides(
+        voc, tmp_path / "run", data__max_boxes=100, data__scales="[96]", data__max_size=96
+    )
+    version = write_fake_export(
+        str(tmp_path / "export" / "fake" / "1"),
+        CLASSES,
+        boxes=[[0.1, 0.1, 0.3, 0.3]],
+        scores=[0.9],
+        classes=[1.0],
+    )
     out = tmp_path / "eval"
-    code = evaluate_cli.main(["--config", "shapes_tiny", *set_args(overrides),
-                              "--saved-model", version, "--out", str(out), "--no-progress"])
+    code = evaluate_cli.main(
+        [
+            "--config",
+            "shapes_tiny",
+            *set_args(overrides),
+            "--saved-model",
+            version,
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == 2
@@ -60,8 +78,12 @@ def test_sources_without_counts_pad_to_the_batch(tmp_path, monkeypatch):
     from rfcn_tf.data import pipeline
 
     voc = _dense_voc(tmp_path / "voc")
-    cfg = load_config("shapes_tiny", tiny_overrides(voc, tmp_path / "run", data__max_boxes=5,
-                                                    data__scales="[96]", data__max_size=96))
+    cfg = load_config(
+        "shapes_tiny",
+        tiny_overrides(
+            voc, tmp_path / "run", data__max_boxes=5, data__scales="[96]", data__max_size=96
+        ),
+    )
     real = pipeline.build_source
 
     def unknown_counts(*args, **kwargs):

@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from fake_savedmodel import write_fake_export
 from fault_helpers import CLASSES, make_voc, snapshot, tiny_overrides
+from helpers.fake_savedmodel import write_fake_export
 from PIL import Image
 
 from rfcn_tf import predict as predict_cli
@@ -27,8 +27,9 @@ def export(tmp_path_factory):
 
 
 def _predict(export, out, *images):
-    return predict_cli.main(["--saved-model", export, "--out", str(out), "--no-progress",
-                             *map(str, images)])
+    return predict_cli.main(
+        ["--saved-model", export, "--out", str(out), "--no-progress", *map(str, images)]
+    )
 
 
 def _exif_jpeg(path, height, width, orientation):
@@ -51,10 +52,15 @@ def test_predict_applies_exif_orientation(export, tmp_path):
 
 
 def test_training_follows_the_annotated_orientation(tmp_path):
-    voc = make_voc(tmp_path / "voc", {"applied": (50, 30, [("cell", 2, 2, 20, 40)]),
-                                      "stored": (30, 50, [("cell", 2, 2, 40, 20)]),
-                                      "neither": (44, 44, [("cell", 2, 2, 20, 20)])},
-                   {"train": ["applied", "stored"], "val": ["neither"]})
+    voc = make_voc(
+        tmp_path / "voc",
+        {
+            "applied": (50, 30, [("cell", 2, 2, 20, 40)]),
+            "stored": (30, 50, [("cell", 2, 2, 40, 20)]),
+            "neither": (44, 44, [("cell", 2, 2, 20, 20)]),
+        },
+        {"train": ["applied", "stored"], "val": ["neither"]},
+    )
     for name in ("applied", "stored", "neither"):
         (voc / "JPEGImages" / f"{name}.png").unlink()
         _exif_jpeg(voc / "JPEGImages" / f"{name}.jpg", 30, 50, 6)

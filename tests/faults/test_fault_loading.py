@@ -28,18 +28,29 @@ def saved_run(tmp_path_factory):
     overrides = tiny_overrides(voc, root / "run")
     cfg = load_config("shapes_tiny", overrides)
     model = build_detector(cfg.model, num_classes=2)
-    checkpoint = tf.train.Checkpoint(model=model, num_classes=tf.Variable(2, dtype=tf.int64),
-                                     step=tf.Variable(3, dtype=tf.int64))
-    prefix = tf.train.CheckpointManager(checkpoint, str(root / "run" / "checkpoints"),
-                                        max_to_keep=1).save(checkpoint_number=3)
+    checkpoint = tf.train.Checkpoint(
+        model=model, num_classes=tf.Variable(2, dtype=tf.int64), step=tf.Variable(3, dtype=tf.int64)
+    )
+    prefix = tf.train.CheckpointManager(
+        checkpoint, str(root / "run" / "checkpoints"), max_to_keep=1
+    ).save(checkpoint_number=3)
     return {"root": root, "voc": voc, "overrides": overrides, "prefix": prefix}
 
 
 def _evaluate(saved_run, prefix, *extra, overrides=None):
-    return evaluate_cli.main(["--config", "shapes_tiny",
-                              *set_args(overrides or saved_run["overrides"]),
-                              "--checkpoint", prefix, "--no-progress",
-                              "--out", str(saved_run["root"] / "eval"), *extra])
+    return evaluate_cli.main(
+        [
+            "--config",
+            "shapes_tiny",
+            *set_args(overrides or saved_run["overrides"]),
+            "--checkpoint",
+            prefix,
+            "--no-progress",
+            "--out",
+            str(saved_run["root"] / "eval"),
+            *extra,
+        ]
+    )
 
 
 def _last_line(err):
@@ -59,22 +70,40 @@ def test_truncated_checkpoint_is_named(saved_run, tmp_path, capfd):
         (folder / name).write_bytes(data)
     broken = str(folder / os.path.basename(prefix))
     before = snapshot(folder)
-    for run in (lambda: _evaluate(saved_run, broken),
-                lambda: predict_cli.main(["--config", "shapes_tiny",
-                                          *set_args(saved_run["overrides"]),
-                                          "--checkpoint", broken, str(_image(tmp_path)),
-                                          "--out", str(tmp_path / "pred")]),
-                lambda: export_cli.main(["--config", "shapes_tiny",
-                                         *set_args(saved_run["overrides"]),
-                                         "--checkpoint", broken, "--out",
-                                         str(tmp_path / "export")])):
+    for run in (
+        lambda: _evaluate(saved_run, broken),
+        lambda: predict_cli.main(
+            [
+                "--config",
+                "shapes_tiny",
+                *set_args(saved_run["overrides"]),
+                "--checkpoint",
+                broken,
+                str(_image(tmp_path)),
+                "--out",
+                str(tmp_path / "pred"),
+            ]
+        ),
+        lambda: export_cli.main(
+            [
+                "--config",
+                "shapes_tiny",
+                *set_args(saved_run["overrides"]),
+                "--checkpoint",
+                broken,
+                "--out",
+                str(tmp_path / "export"),
+            ]
+        ),
+    ):
         code = run()
         err = capfd.readouterr().err
         assert code == 1
         line = _last_line(err)
         assert line.startswith("error: ") and broken in line, err[-2000:]
         assert "Read less bytes than requested" not in err.replace(line, "") and (
-            "Traceback" not in err)
+            "Traceback" not in err
+        )
     assert snapshot(folder) == before
 
 

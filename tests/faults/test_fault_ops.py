@@ -18,10 +18,13 @@ FEATURES = np.random.default_rng(0).normal(size=(2, 8, 8, 2 * 2 * 3)).astype(np.
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("mode", ["avg", "bilinear"])
 def test_non_finite_rois_pool_to_zero(impl, mode):
-    rois = np.array([[0, np.nan, 0, 4, 4], [1, 0, 0, np.inf, 4], [0, -np.inf, 0, 4, 4],
-                     [1, 0, 0, 4, 4]], np.float32)
-    out = ps_roi_pool(FEATURES, rois, output_size=2, spatial_scale=1.0, mode=mode,
-                      impl=impl).numpy()
+    rois = np.array(
+        [[0, np.nan, 0, 4, 4], [1, 0, 0, np.inf, 4], [0, -np.inf, 0, 4, 4], [1, 0, 0, 4, 4]],
+        np.float32,
+    )
+    out = ps_roi_pool(
+        FEATURES, rois, output_size=2, spatial_scale=1.0, mode=mode, impl=impl
+    ).numpy()
     assert out.shape == (4, 2, 2, 3) and np.all(np.isfinite(out))
     np.testing.assert_array_equal(out[:3], 0.0)
     assert np.any(out[3] != 0.0)  # the good RoI still pools

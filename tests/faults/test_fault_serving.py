@@ -10,9 +10,9 @@ import socket
 
 import numpy as np
 import pytest
-from fake_savedmodel import write_fake_export
+from helpers.fake_savedmodel import write_fake_export
+from helpers.serving_testing_server import LoopbackServer
 from PIL import Image
-from serving_testing_server import LoopbackServer
 
 from rfcn_tf.serving.client import main as client_main
 from rfcn_tf.serving.tf_serving_client import RestClient, ServingError
@@ -43,8 +43,19 @@ def server(tmp_path_factory):
 
 
 def _client(server, model, *extra):
-    return client_main([server["image"], "--url", server["url"], "--model", model,
-                        "--raw-pixels", "--labels", server["labels"], *extra])
+    return client_main(
+        [
+            server["image"],
+            "--url",
+            server["url"],
+            "--model",
+            model,
+            "--raw-pixels",
+            "--labels",
+            server["labels"],
+            *extra,
+        ]
+    )
 
 
 def test_good_answer_prints_the_detection(server, capfd):
@@ -53,11 +64,14 @@ def test_good_answer_prints_the_detection(server, capfd):
     assert "cell" in out and "0.9" in out
 
 
-@pytest.mark.parametrize("model,message", [
-    ("nan_boxes", "non-finite detection_boxes"),
-    ("negative_class", "detection_classes -1.0"),
-    ("class_past_labels", "detection_classes 3.0"),
-])
+@pytest.mark.parametrize(
+    "model,message",
+    [
+        ("nan_boxes", "non-finite detection_boxes"),
+        ("negative_class", "detection_classes -1.0"),
+        ("class_past_labels", "detection_classes 3.0"),
+    ],
+)
 def test_invalid_detections_are_refused(server, capfd, model, message):
     code = _client(server, model)
     captured = capfd.readouterr()
@@ -81,8 +95,9 @@ def test_server_down_names_the_url(server, capfd):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    code = client_main([server["image"], "--url", f"http://127.0.0.1:{port}", "--raw-pixels",
-                        "--timeout", "5"])
+    code = client_main(
+        [server["image"], "--url", f"http://127.0.0.1:{port}", "--raw-pixels", "--timeout", "5"]
+    )
     err = capfd.readouterr().err
     assert code == 1 and f"127.0.0.1:{port}" in err and "unreachable" in err
     assert "Traceback" not in err
@@ -112,8 +127,9 @@ def test_client_decodes_16_bit_and_exif_images_like_the_model(server, tmp_path, 
     assert np.abs(here.astype(int) - there).mean() < 1.0  # two JPEG decoders: round-off only
     assert load_image(deep)[0, 0].tolist() == [78, 78, 78]  # 20000 >> 8, not 255
     assert image_size_of(rotated.read_bytes()) == (50, 30)
-    code = client_main([str(rotated), "--url", server["url"], "--model", "good",
-                        "--raw-pixels", "--json"])
+    code = client_main(
+        [str(rotated), "--url", server["url"], "--model", "good", "--raw-pixels", "--json"]
+    )
     assert code == 0
     (box,) = [d["box_yxyx"] for d in json.loads(capfd.readouterr().out)["detections"]]
     np.testing.assert_allclose(box, np.array(GOOD["boxes"][0]) * [50, 30, 50, 30], atol=0.1)

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from engine_standin import TinyDetector, dataset_fn
+from helpers.engine_standin import TinyDetector, dataset_fn
 
 from rfcn_tf.engine import checkpoints as ckpt_lib
 from rfcn_tf.engine.loop import NonFiniteLossError
@@ -26,12 +26,17 @@ TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _train(model, directory, steps):
     return run_training(
-        model=model, strategy=tf.distribute.get_strategy(), dataset_fn=dataset_fn(2),
+        model=model,
+        strategy=tf.distribute.get_strategy(),
+        dataset_fn=dataset_fn(2),
         stages=build_stages("joint", steps=steps),
-        optimizer_fn=lambda variables, n: build_optimizer(variables=variables,
-                                                          learning_rate=0.05),
-        checkpoint_dir=str(directory), num_classes=2, global_batch_size=2, checkpoint_every=1,
-        keep_checkpoints=3)
+        optimizer_fn=lambda variables, n: build_optimizer(variables=variables, learning_rate=0.05),
+        checkpoint_dir=str(directory),
+        num_classes=2,
+        global_batch_size=2,
+        checkpoint_every=1,
+        keep_checkpoints=3,
+    )
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -50,7 +55,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 _ENDLESS_TRAINING = """
 import sys, time
 import tensorflow as tf
-from engine_standin import TinyDetector, dataset_fn
+from helpers.engine_standin import TinyDetector, dataset_fn
 from rfcn_tf.engine.loop import Hook
 from rfcn_tf.engine.optimizer import build_optimizer
 from rfcn_tf.engine.schemes import build_stages, run_training
@@ -69,10 +74,24 @@ run_training(model=TinyDetector(), strategy=tf.distribute.get_strategy(),
 
 def test_kill_9_resumes_from_the_newest_intact_checkpoint(tmp_path):
     directory = tmp_path / "checkpoints"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join(
-        [os.path.join(TESTS, "engine"), os.path.dirname(TESTS), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-c", _ENDLESS_TRAINING, str(directory)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=os.pathsep.join(
+            [
+                os.path.join(TESTS, "engine"),
+                os.path.dirname(TESTS),
+                os.environ.get("PYTHONPATH", ""),
+            ]
+        ),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ENDLESS_TRAINING, str(directory)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
@@ -95,7 +114,8 @@ def test_kill_9_resumes_from_the_newest_intact_checkpoint(tmp_path):
     assert result.step == killed_at + 3
     assert not [p for p in os.listdir(directory) if p.endswith("_temp")]
     restored = TinyDetector(seed=5)
-    assert ckpt_lib.restore_model_weights(restored, str(directory),
-                                          num_classes=2).step == killed_at + 3
-    np.testing.assert_array_equal(restored.rpn_head.kernel.numpy(),
-                                  model.rpn_head.kernel.numpy())
+    assert (
+        ckpt_lib.restore_model_weights(restored, str(directory), num_classes=2).step
+        == killed_at + 3
+    )
+    np.testing.assert_array_equal(restored.rpn_head.kernel.numpy(), model.rpn_head.kernel.numpy())

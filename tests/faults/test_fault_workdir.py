@@ -19,9 +19,16 @@ from rfcn_tf import train as train_cli
 
 def _lock(work_dir, pid):
     work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / ".lock").write_text(json.dumps({
-        "pid": pid, "host": socket.gethostname(), "started": "2026-01-01 00:00:00",
-        "command": "rfcn-tf train (the other run)"}))
+    (work_dir / ".lock").write_text(
+        json.dumps(
+            {
+                "pid": pid,
+                "host": socket.gethostname(),
+                "started": "2026-01-01 00:00:00",
+                "command": "rfcn-tf train (the other run)",
+            }
+        )
+    )
 
 
 def test_second_run_refuses_naming_the_other_process(tmp_path, capfd):
@@ -33,8 +40,9 @@ def test_second_run_refuses_naming_the_other_process(tmp_path, capfd):
         (work_dir / "checkpoints").mkdir()
         (work_dir / "checkpoints" / "ckpt-7.index").write_bytes(b"the other run's")
         before = snapshot(work_dir)
-        code = train_cli.main(["--config", "shapes_tiny", "--no-progress",
-                               *set_args(tiny_overrides(voc, work_dir))])
+        code = train_cli.main(
+            ["--config", "shapes_tiny", "--no-progress", *set_args(tiny_overrides(voc, work_dir))]
+        )
         err = capfd.readouterr().err
     finally:
         other.kill()

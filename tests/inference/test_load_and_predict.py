@@ -11,8 +11,12 @@ import rfcn_tf
 from rfcn_tf.errors import InputError, RfcnError
 
 CLASS_NAMES = ["circle", "square", "triangle"]
-OVERRIDES = ["model.head.psroi_impl=tf", "model.rpn.pre_nms_top_n_test=300",
-             "model.rpn.post_nms_top_n_test=50", "model.postprocess.max_detections=30"]
+OVERRIDES = [
+    "model.head.psroi_impl=tf",
+    "model.rpn.pre_nms_top_n_test=300",
+    "model.rpn.post_nms_top_n_test=50",
+    "model.postprocess.max_detections=30",
+]
 
 
 def _image(seed, shape=(256, 256, 3)):
@@ -40,20 +44,37 @@ def run(tmp_path_factory):
         if variable.path.endswith(("class_maps/kernel", "rpn_objectness/kernel")):
             variable.assign(variable * 100.0)
     write_run_files(work, cfg, class_names=CLASS_NAMES)
-    checkpoint = tf.train.Checkpoint(model=model, step=tf.Variable(1, dtype=tf.int64),
-                                     num_classes=tf.Variable(len(CLASS_NAMES)))
-    prefix = tf.train.CheckpointManager(checkpoint, os.path.join(work, "checkpoints"),
-                                        max_to_keep=2).save(checkpoint_number=1)
-    version = export_saved_model(model, class_names=CLASS_NAMES, out_dir=str(root / "export"),
-                                 model_name="rfcn", version=1, min_size=256, max_size=256,
-                                 verify=False)
-    return {"work": work, "prefix": prefix, "version": str(version),
-            "base": str(root / "export" / "rfcn")}
+    checkpoint = tf.train.Checkpoint(
+        model=model, step=tf.Variable(1, dtype=tf.int64), num_classes=tf.Variable(len(CLASS_NAMES))
+    )
+    prefix = tf.train.CheckpointManager(
+        checkpoint, os.path.join(work, "checkpoints"), max_to_keep=2
+    ).save(checkpoint_number=1)
+    version = export_saved_model(
+        model,
+        class_names=CLASS_NAMES,
+        out_dir=str(root / "export"),
+        model_name="rfcn",
+        version=1,
+        min_size=256,
+        max_size=256,
+        verify=False,
+    )
+    return {
+        "work": work,
+        "prefix": prefix,
+        "version": str(version),
+        "base": str(root / "export" / "rfcn"),
+    }
 
 
 def test_load_every_kind_of_path(run):
-    kinds = {"work": "checkpoint", "prefix": "checkpoint", "version": "saved_model",
-             "base": "saved_model"}
+    kinds = {
+        "work": "checkpoint",
+        "prefix": "checkpoint",
+        "version": "saved_model",
+        "base": "saved_model",
+    }
     paths = dict(run, folder=os.path.join(run["work"], "checkpoints"))
     kinds["folder"] = "checkpoint"
     for key, kind in kinds.items():
@@ -93,11 +114,11 @@ def test_box_formats_round_trip(run):
     yxyx = detector.predict(image, box_format="yxyx")
     xywh = detector.predict(image, box_format="xywh")
     np.testing.assert_allclose(xyxy.boxes, yxyx.boxes[:, [1, 0, 3, 2]], atol=1e-4)
-    np.testing.assert_allclose(xywh.boxes[:, 2:], xyxy.boxes[:, 2:] - xyxy.boxes[:, :2],
-                               atol=1e-4)
+    np.testing.assert_allclose(xywh.boxes[:, 2:], xyxy.boxes[:, 2:] - xyxy.boxes[:, :2], atol=1e-4)
     for fmt in ("xyxy", "yxyx", "xywh"):
-        np.testing.assert_allclose(xywh.boxes_as(fmt), detector.predict(image, box_format=fmt)
-                                   .boxes, atol=1e-4)
+        np.testing.assert_allclose(
+            xywh.boxes_as(fmt), detector.predict(image, box_format=fmt).boxes, atol=1e-4
+        )
     assert np.all(xyxy.boxes[:, 2] <= 256) and np.all(xyxy.boxes >= 0)
 
 
@@ -121,11 +142,13 @@ def test_a_list_of_mixed_sizes_in_one_call(run, tmp_path):
 def test_bad_input_raises_one_package_error_naming_it(run, tmp_path):
     detector = rfcn_tf.load(run["prefix"])
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
-    for bad, words in [(str(tmp_path / "broken.jpg"), "broken.jpg"),
-                       (str(tmp_path / "missing.png"), "missing.png"),
-                       (np.zeros((10, 10, 3), np.float32), "float32"),
-                       (np.zeros((0, 10, 3), np.uint8), "empty"),
-                       (np.zeros((4, 10, 10, 3), np.uint8), "shape")]:
+    for bad, words in [
+        (str(tmp_path / "broken.jpg"), "broken.jpg"),
+        (str(tmp_path / "missing.png"), "missing.png"),
+        (np.zeros((10, 10, 3), np.float32), "float32"),
+        (np.zeros((0, 10, 3), np.uint8), "empty"),
+        (np.zeros((4, 10, 10, 3), np.uint8), "shape"),
+    ]:
         with pytest.raises(InputError, match=words) as info:
             detector.predict([bad])
         assert isinstance(info.value, RfcnError)

@@ -12,8 +12,7 @@ def test_single_anchor_grid_hand_computed():
     gen = AnchorGenerator(stride=16, scales=(32,), aspect_ratios=(1.0,))
     got = gen(2, 3).numpy()
     # centres ((y + 0.5) * 16, (x + 0.5) * 16), half size 16; order y-major then x
-    expected = [[cy - 16, cx - 16, cy + 16, cx + 16]
-                for cy in (8, 24) for cx in (8, 24, 40)]
+    expected = [[cy - 16, cx - 16, cy + 16, cx + 16] for cy in (8, 24) for cx in (8, 24, 40)]
     np.testing.assert_allclose(got, expected)
     assert got.dtype == np.float32
 
@@ -28,7 +27,7 @@ def test_aspect_ratio_is_height_over_width_and_order():
     expected = [[8 - h / 2, 8 - w / 2, 8 + h / 2, 8 + w / 2] for h, w in sizes]
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     hs, ws = got[:, 2] - got[:, 0], got[:, 3] - got[:, 1]
-    np.testing.assert_allclose(hs * ws, [64 ** 2, 64 ** 2, 128 ** 2, 128 ** 2], rtol=1e-5)
+    np.testing.assert_allclose(hs * ws, [64**2, 64**2, 128**2, 128**2], rtol=1e-5)
 
 
 def test_lines_up_with_rpn_reshape():
@@ -61,5 +60,6 @@ def test_get_config_equals_kwargs():
     kwargs = {"stride": 8, "scales": (16.0, 32.0), "aspect_ratios": (1.0,)}
     gen = AnchorGenerator(**kwargs)
     assert gen.get_config() == kwargs
-    np.testing.assert_array_equal(AnchorGenerator.from_config(gen.get_config())(2, 2).numpy(),
-                                  gen(2, 2).numpy())
+    np.testing.assert_array_equal(
+        AnchorGenerator.from_config(gen.get_config())(2, 2).numpy(), gen(2, 2).numpy()
+    )

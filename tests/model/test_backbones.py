@@ -1,9 +1,9 @@
 """Backbones: keras.applications name/weight compatibility, dilation, freezing, small net."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from rfcn_tf.model import backbones
 from rfcn_tf.model.backbones import (
@@ -21,12 +21,14 @@ def _randomize_batchnorm(model, seed=0):
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([
-                rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
-                rng.normal(0, 0.1, beta.shape).astype("float32"),
-                rng.normal(0, 0.1, mean.shape).astype("float32"),
-                rng.uniform(0.5, 2.0, var.shape).astype("float32"),
-            ])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape).astype("float32"),
+                    rng.normal(0, 0.1, beta.shape).astype("float32"),
+                    rng.normal(0, 0.1, mean.shape).astype("float32"),
+                    rng.uniform(0.5, 2.0, var.shape).astype("float32"),
+                ]
+            )
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +73,13 @@ def test_resnet50_loads_keras_applications_weights_and_matches_its_features(kera
     conv4 = keras.Model(reference.input, reference.get_layer("conv4_block6_out").output)
     preprocessed = keras.applications.resnet.preprocess_input(images.numpy().astype("float32"))
     rpn_features, head_features = ours(images)
-    np.testing.assert_allclose(rpn_features.numpy(), conv4(preprocessed).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        rpn_features.numpy(), conv4(preprocessed).numpy(), rtol=1e-4, atol=1e-4
+    )
     # Undilated conv5 is keras.applications' conv5 (stride 32).
-    np.testing.assert_allclose(head_features.numpy(), reference(preprocessed).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        head_features.numpy(), reference(preprocessed).numpy(), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_dilated_resnet50_keeps_stride_16_and_same_kernels(keras_resnet50):
@@ -119,7 +125,8 @@ def test_imagenet_weights_go_through_keras_applications(monkeypatch, keras_resne
     ours = build_backbone("resnet50", weights="imagenet")
     assert calls == [(False, "imagenet")]
     np.testing.assert_array_equal(
-        ours.get_layer("conv1_conv").kernel.numpy(), reference.get_layer("conv1_conv").kernel.numpy()
+        ours.get_layer("conv1_conv").kernel.numpy(),
+        reference.get_layer("conv1_conv").kernel.numpy(),
     )
 
 
@@ -153,9 +160,19 @@ def test_bad_weight_sources_name_the_problem(tmp_path):
 
 def test_resnet101_layer_names_match_keras_applications():
     ours = ResNetBackbone(depth=101)
-    reference = keras.applications.ResNet101(include_top=False, weights=None, input_shape=(None, None, 3))
-    ours_weighted = {layer.name: [tuple(v.shape) for v in layer.weights] for layer in ours.layers if layer.weights}
-    ref_weighted = {layer.name: [tuple(v.shape) for v in layer.weights] for layer in reference.layers if layer.weights}
+    reference = keras.applications.ResNet101(
+        include_top=False, weights=None, input_shape=(None, None, 3)
+    )
+    ours_weighted = {
+        layer.name: [tuple(v.shape) for v in layer.weights]
+        for layer in ours.layers
+        if layer.weights
+    }
+    ref_weighted = {
+        layer.name: [tuple(v.shape) for v in layer.weights]
+        for layer in reference.layers
+        if layer.weights
+    }
     assert ours_weighted == ref_weighted
     assert "conv4_block23_3_conv" in ours_weighted
 
@@ -166,9 +183,12 @@ def test_freeze_stages_and_frozen_batchnorm(freeze_stages):
     trainable = {v.path.split("/")[-2] for v in backbone.trainable_weights}
     assert not any(name.endswith("_bn") for name in trainable)  # BN frozen
     frozen_prefixes = ("conv1_", "conv2_", "conv3_", "conv4_", "conv5_")[:freeze_stages]
-    assert not any(name.startswith(frozen_prefixes) for name in trainable) if frozen_prefixes else True
+    assert (
+        not any(name.startswith(frozen_prefixes) for name in trainable) if frozen_prefixes else True
+    )
     expected_convs = sum(
-        1 for layer in backbone.layers
+        1
+        for layer in backbone.layers
         if isinstance(layer, keras.layers.Conv2D)
         and not layer.name.startswith(frozen_prefixes or ("#",))
     )
@@ -180,14 +200,24 @@ def test_freeze_stages_and_frozen_batchnorm(freeze_stages):
 
 
 def test_resnet_config_equals_constructor_kwargs():
-    kwargs = dict(depth=50, freeze_stages=3, freeze_batchnorm=True, dilate_conv5=True, preprocessing="caffe",
-                  deformable_blocks=0, deformable_modulated=False, deformable_impl="auto")
+    kwargs = dict(
+        depth=50,
+        freeze_stages=3,
+        freeze_batchnorm=True,
+        dilate_conv5=True,
+        preprocessing="caffe",
+        deformable_blocks=0,
+        deformable_modulated=False,
+        deformable_impl="auto",
+    )
     backbone = ResNetBackbone(**kwargs)
     config = backbone.get_config()
     assert {key: config[key] for key in kwargs} == kwargs
     assert set(config) - set(kwargs) == {"name", "trainable"}
     clone = ResNetBackbone.from_config(config)
-    assert clone.freeze_stages == 3 and len(clone.trainable_weights) == len(backbone.trainable_weights)
+    assert clone.freeze_stages == 3 and len(clone.trainable_weights) == len(
+        backbone.trainable_weights
+    )
 
 
 @pytest.mark.parametrize("norm", ["batch", "group"])
@@ -210,7 +240,9 @@ def test_small_backbone_shapes_config_and_training_mode(norm):
     images = _images([1, 32, 48, 3], seed=3)
     np.testing.assert_allclose(clone(images)[1].numpy(), backbone(images)[1].numpy(), atol=1e-6)
     if norm == "batch":  # batch statistics in training mode differ from the moving ones
-        assert not np.allclose(backbone(images, training=True)[1].numpy(), backbone(images)[1].numpy())
+        assert not np.allclose(
+            backbone(images, training=True)[1].numpy(), backbone(images)[1].numpy()
+        )
 
 
 def test_small_backbone_rejects_bad_arguments():
@@ -226,7 +258,9 @@ def test_small_backbone_local_weights_roundtrip(tmp_path):
     source = build_backbone("small", small_widths=(8, 8, 16, 16), small_blocks=(1, 1, 1, 1))
     path = str(tmp_path / "small.weights.h5")
     source.save_weights(path)
-    target = build_backbone("small", weights=path, small_widths=(8, 8, 16, 16), small_blocks=(1, 1, 1, 1))
+    target = build_backbone(
+        "small", weights=path, small_widths=(8, 8, 16, 16), small_blocks=(1, 1, 1, 1)
+    )
     for a, b in zip(source.weights, target.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert backbones.BACKBONES == ("resnet50", "resnet101", "small")
@@ -269,14 +303,22 @@ def test_training_steps_on_several_sizes_in_one_graph_do_not_crash():
     import sys
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, "-c", _TRAIN_STEP_SCRIPT], capture_output=True, text=True,
-                            timeout=300, env=env, cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    result = subprocess.run(
+        [sys.executable, "-c", _TRAIN_STEP_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]),
+    )
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
 
 
 def test_preprocessing_and_subsample_configs_equal_their_kwargs():
-    for layer, kwargs in ((ImagePreprocessing(mode="tf"), {"mode": "tf"}),
-                          (backbones.Subsample2D(stride=3), {"stride": 3})):
+    for layer, kwargs in (
+        (ImagePreprocessing(mode="tf"), {"mode": "tf"}),
+        (backbones.Subsample2D(stride=3), {"stride": 3}),
+    ):
         config = layer.get_config()
         assert {key: config[key] for key in kwargs} == kwargs
         clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_detector import make_features, make_images, tiny_backbone, tiny_kwargs
+from helpers.tiny_models import make_features, make_images, tiny_backbone, tiny_kwargs
 
 import rfcn_tf
 from rfcn_tf.config import load_config
@@ -25,10 +25,12 @@ from rfcn_tf.model.sections import HeadConfig
 
 CLASS_NAMES = ["circle", "square", "triangle"]
 # RoIs partly outside the 8x12 (128x192 px) map, one tiny, one covering everything.
-ROIS = tf.constant([[[8.0, 8.0, 72.0, 100.0], [-20.0, 150.0, 60.0, 230.0],
-                     [40.0, 40.0, 43.0, 44.0]],
-                    [[0.0, 0.0, 128.0, 192.0], [90.0, -10.0, 140.0, 50.0],
-                     [30.5, 70.25, 99.0, 160.0]]])
+ROIS = tf.constant(
+    [
+        [[8.0, 8.0, 72.0, 100.0], [-20.0, 150.0, 60.0, 230.0], [40.0, 40.0, 43.0, 44.0]],
+        [[0.0, 0.0, 128.0, 192.0], [90.0, -10.0, 140.0, 50.0], [30.5, 70.25, 99.0, 160.0]],
+    ]
+)
 
 
 def _copy_weights(source, target):
@@ -46,11 +48,22 @@ def _copy_weights(source, target):
 def _heads(class_offsets, impl="custom"):
     features = tf.random.stateless_normal([2, 8, 12, 6], [1, 2])
     keras.utils.set_random_seed(0)
-    plain = RFCNHead(num_classes=3, init_stddev=0.5, config=HeadConfig(
-        channels=8, k=3, pooling_mode="bilinear", psroi_impl=impl))
-    deformable = RFCNHead(num_classes=3, init_stddev=0.5, config=HeadConfig(
-        channels=8, k=3, pooling_mode="deformable", psroi_impl=impl,
-        deformable_class_offsets=class_offsets))
+    plain = RFCNHead(
+        num_classes=3,
+        init_stddev=0.5,
+        config=HeadConfig(channels=8, k=3, pooling_mode="bilinear", psroi_impl=impl),
+    )
+    deformable = RFCNHead(
+        num_classes=3,
+        init_stddev=0.5,
+        config=HeadConfig(
+            channels=8,
+            k=3,
+            pooling_mode="deformable",
+            psroi_impl=impl,
+            deformable_class_offsets=class_offsets,
+        ),
+    )
     plain.build(features.shape)
     deformable.build(features.shape)
     for name in ("reduce", "class_maps", "box_maps"):
@@ -79,24 +92,31 @@ def test_deformable_head_equals_bilinear_at_init_then_moves_and_trains(class_off
         loss = tf.reduce_sum(logits**2) + tf.reduce_sum(deltas**2)
     for a, b in ((logits, expected[0]), (deltas, expected[1])):
         assert np.abs(a.numpy() - b.numpy()).max() > 0.05 * np.abs(b.numpy()).max()
-    weights = (deformable.class_pool.offset_conv.trainable_weights
-               + deformable.box_pool.offset_conv.trainable_weights)
+    weights = (
+        deformable.class_pool.offset_conv.trainable_weights
+        + deformable.box_pool.offset_conv.trainable_weights
+    )
     assert all(np.any(g.numpy()) for g in tape.gradient(loss, weights))
     # The stock-op twin gives the same numbers (the export path).
     _, _, twin = _heads(class_offsets, impl="tf")
-    for pool, source in ((twin.class_pool, deformable.class_pool),
-                         (twin.box_pool, deformable.box_pool)):
+    for pool, source in (
+        (twin.class_pool, deformable.class_pool),
+        (twin.box_pool, deformable.box_pool),
+    ):
         pool.set_weights(source.get_weights())
     for a, b in zip(twin(features, ROIS), (logits, deltas)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("override,key", [
-    ("model.head.grid=[3,2]", "model.head.grid"),
-    ("model.head.sampling_ratio=0", "model.head.sampling_ratio"),
-    ("model.head.trans_std=-0.1", "model.head.trans_std"),
-    ("model.backbone.deformable_blocks=2", "model.backbone.deformable_blocks"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model.head.grid=[3,2]", "model.head.grid"),
+        ("model.head.sampling_ratio=0", "model.head.sampling_ratio"),
+        ("model.head.trans_std=-0.1", "model.head.trans_std"),
+        ("model.backbone.deformable_blocks=2", "model.backbone.deformable_blocks"),
+    ],
+)
 def test_config_names_what_deformable_cannot_do(override, key):
     overrides = ["model.head.pooling_mode=deformable", override]
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -111,8 +131,9 @@ def test_head_rejects_a_rectangular_grid_for_deformable():
 def test_deformable_small_backbone_equals_plain_at_init():
     keras.utils.set_random_seed(0)
     plain = SmallBackbone(widths=[8, 8, 16, 16], blocks=[1, 1, 1, 2])
-    deformable = SmallBackbone(widths=[8, 8, 16, 16], blocks=[1, 1, 1, 2], deformable_blocks=1,
-                               deformable_modulated=True)
+    deformable = SmallBackbone(
+        widths=[8, 8, 16, 16], blocks=[1, 1, 1, 2], deformable_blocks=1, deformable_modulated=True
+    )
     assert not isinstance(deformable.get_layer("stage5_block1_2_conv"), DeformableConv2D)
     layer = deformable.get_layer("stage5_block2_2_conv")  # the LAST block
     assert isinstance(layer, DeformableConv2D) and layer.modulated
@@ -136,8 +157,9 @@ def test_deformable_resnet_loads_plain_weights_by_name_and_equals_it(monkeypatch
     assert all(isinstance(deformable.get_layer(n), DeformableConv2D) for n in names)
     assert not isinstance(deformable.get_layer("conv4_block6_2_conv"), DeformableConv2D)
     for name in names:
-        np.testing.assert_array_equal(deformable.get_layer(name).kernel.numpy(),
-                                      plain.get_layer(name).kernel.numpy())
+        np.testing.assert_array_equal(
+            deformable.get_layer(name).kernel.numpy(), plain.get_layer(name).kernel.numpy()
+        )
     images = make_images(1, 64, 64)
     for a, b in zip(plain(images), deformable(images)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-4)
@@ -145,10 +167,12 @@ def test_deformable_resnet_loads_plain_weights_by_name_and_equals_it(monkeypatch
 
 def test_deformable_detector_trains_every_offset_branch():
     keras.utils.set_random_seed(0)
-    model = RFCN(backbone=SmallBackbone(widths=[8, 8, 16, 16], blocks=[1, 1, 1, 1],
-                                        deformable_blocks=1, deformable_impl="tf"),
-                 **tiny_kwargs(**{"head.pooling_mode": "deformable",
-                                  "head.deformable_class_offsets": True}))
+    model = RFCN(
+        backbone=SmallBackbone(
+            widths=[8, 8, 16, 16], blocks=[1, 1, 1, 1], deformable_blocks=1, deformable_impl="tf"
+        ),
+        **tiny_kwargs(**{"head.pooling_mode": "deformable", "head.deformable_class_offsets": True}),
+    )
     with tf.GradientTape() as tape:
         losses = model.compute_losses(make_features(), seed=1)
     offsets = [v for v in model.trainable_variables if "offset_conv" in v.path]
@@ -161,10 +185,15 @@ def test_deformable_detector_trains_every_offset_branch():
     assert tiny_backbone().get_config()["deformable_blocks"] == 0
 
 
-DEFORMABLE = ["model.head.pooling_mode=deformable", "model.head.deformable_class_offsets=true",
-              "model.backbone.deformable_blocks=1", "model.backbone.deformable_modulated=true",
-              "model.rpn.pre_nms_top_n_test=300", "model.rpn.post_nms_top_n_test=50",
-              "model.postprocess.max_detections=30"]
+DEFORMABLE = [
+    "model.head.pooling_mode=deformable",
+    "model.head.deformable_class_offsets=true",
+    "model.backbone.deformable_blocks=1",
+    "model.backbone.deformable_modulated=true",
+    "model.rpn.pre_nms_top_n_test=300",
+    "model.rpn.post_nms_top_n_test=50",
+    "model.postprocess.max_detections=30",
+]
 
 
 def _deformable_model(impl):
@@ -191,9 +220,17 @@ def test_deformable_export_is_stock_ops_every_signature_and_onnx_serve_detect(tm
     cfg, model = _deformable_model("custom")  # in-process: the compiled ops
     _, twin = _deformable_model("tf")  # what the export builds (psroi_impl: tf)
     twin.set_weights(model.get_weights())
-    version = export_saved_model(twin, class_names=CLASS_NAMES, out_dir=tmp_path / "export",
-                                 model_name="rfcn", version=1, min_size=256, max_size=256,
-                                 verify=False, measure_batching=False)
+    version = export_saved_model(
+        twin,
+        class_names=CLASS_NAMES,
+        out_dir=tmp_path / "export",
+        model_name="rfcn",
+        version=1,
+        min_size=256,
+        max_size=256,
+        verify=False,
+        measure_batching=False,
+    )
     ops = saved_model_op_types(version)
     assert not any(op.startswith("Rfcn") for op in ops), sorted(op for op in ops if "Rfcn" in op)
     rng = np.random.default_rng(3)
@@ -205,27 +242,47 @@ def test_deformable_export_is_stock_ops_every_signature_and_onnx_serve_detect(tm
     assert n > 0
     loaded = tf.saved_model.load(str(version))
     png = tf.io.encode_png(images[0])
-    example = tf.train.Example(features=tf.train.Features(feature={
-        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png.numpy()]))}))
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image/encoded": tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[png.numpy()])
+                )
+            }
+        )
+    )
     calls = {
         "serving_default": {"input_tensor": images},
         "serving_encoded": {"encoded_image_string_tensor": png[None]},
         "tf_example": {"tf_example": tf.constant([example.SerializeToString()])},
-        "serving_custom": {"input_tensor": images,
-                           "score_threshold": tf.constant(cfg.model.postprocess.score_threshold),
-                           "iou_threshold": tf.constant(cfg.model.postprocess.nms_iou),
-                           "max_detections": tf.constant(30)},
+        "serving_custom": {
+            "input_tensor": images,
+            "score_threshold": tf.constant(cfg.model.postprocess.score_threshold),
+            "iou_threshold": tf.constant(cfg.model.postprocess.nms_iou),
+            "max_detections": tf.constant(30),
+        },
     }
     for key, kwargs in calls.items():
         served = loaded.signatures[key](**kwargs)
         assert int(served["num_detections"][0]) == n, key
-        np.testing.assert_allclose(served["detection_scores"][0, :n],
-                                   expected["detection_scores"][0, :n], rtol=1e-4, atol=1e-5,
-                                   err_msg=key)
-        np.testing.assert_array_equal(served["detection_classes"][0, :n].numpy().astype(int),
-                                      expected["detection_classes"][0, :n], err_msg=key)
-        np.testing.assert_allclose(served["detection_boxes"][0, :n] * 256.0,
-                                   expected["detection_boxes"][0, :n], atol=1e-2, err_msg=key)
+        np.testing.assert_allclose(
+            served["detection_scores"][0, :n],
+            expected["detection_scores"][0, :n],
+            rtol=1e-4,
+            atol=1e-5,
+            err_msg=key,
+        )
+        np.testing.assert_array_equal(
+            served["detection_classes"][0, :n].numpy().astype(int),
+            expected["detection_classes"][0, :n],
+            err_msg=key,
+        )
+        np.testing.assert_allclose(
+            served["detection_boxes"][0, :n] * 256.0,
+            expected["detection_boxes"][0, :n],
+            atol=1e-2,
+            err_msg=key,
+        )
 
     # ONNX (tf2onnx, opset 17): onnxruntime detects what the SavedModel does.
     from rfcn_tf.export.onnx import export_onnx, verify_onnx
@@ -238,10 +295,12 @@ def test_deformable_export_is_stock_ops_every_signature_and_onnx_serve_detect(tm
     # SavedModel detect the same.
     work = str(tmp_path / "run")
     write_run_files(work, cfg, class_names=CLASS_NAMES)
-    checkpoint = tf.train.Checkpoint(model=model, step=tf.Variable(1, dtype=tf.int64),
-                                     num_classes=tf.Variable(len(CLASS_NAMES)))
-    tf.train.CheckpointManager(checkpoint, os.path.join(work, "checkpoints"),
-                               max_to_keep=1).save(checkpoint_number=1)
+    checkpoint = tf.train.Checkpoint(
+        model=model, step=tf.Variable(1, dtype=tf.int64), num_classes=tf.Variable(len(CLASS_NAMES))
+    )
+    tf.train.CheckpointManager(checkpoint, os.path.join(work, "checkpoints"), max_to_keep=1).save(
+        checkpoint_number=1
+    )
     from_run = rfcn_tf.load(work).predict(pixels, score_threshold=0.0)
     from_export = rfcn_tf.load(str(version)).predict(pixels, score_threshold=0.0)
     assert len(from_run.scores) == len(from_export.scores) > 0
@@ -262,5 +321,8 @@ def test_voc07_resnet101_dcn_preset_builds_the_reference_layout():
         assert layer.dilation_rate == (2, 2)
     head = model.rfcn_head
     assert head.class_pool.offset_groups == 21 and head.box_pool.offset_groups == 1
-    assert (head.class_pool.output_size, head.class_pool.sampling_ratio,
-            head.class_pool.trans_std) == (7, 4, 0.1)
+    assert (
+        head.class_pool.output_size,
+        head.class_pool.sampling_ratio,
+        head.class_pool.trans_std,
+    ) == (7, 4, 0.1)

@@ -2,12 +2,13 @@
 
 import dataclasses
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
+from helpers.tiny_models import make_features, make_images, tiny_backbone, tiny_kwargs, tiny_model
 
-from rfcn_tf.config import OLD_MODEL_KEYS, ModelConfig
+from rfcn_tf.config import ModelConfig
 from rfcn_tf.model.backbones import ResNetBackbone, SmallBackbone
 from rfcn_tf.model.builder import build_detector
 from rfcn_tf.model.detector import LOSS_NAMES, RFCN
@@ -20,57 +21,6 @@ from rfcn_tf.model.sections import (
     RPNConfig,
 )
 from rfcn_tf.ops import psroi_pool
-
-
-TINY_SECTIONS = {
-    "anchors": {"scales": [16.0, 32.0, 64.0], "ratios": [1.0]},
-    "rpn": {"channels": 16, "pre_nms_top_n_train": 200, "pre_nms_top_n_test": 100,
-            "post_nms_top_n_train": 40, "post_nms_top_n_test": 20, "batch_size_per_image": 64},
-    "roi": {"sampling": "ohem", "batch_size_per_image": 16},
-    "head": {"channels": 16, "k": 3, "psroi_impl": "tf"},
-    "postprocess": {"score_threshold": 0.0, "max_detections": 10},
-}
-SECTIONS = {"anchors": AnchorsConfig, "rpn": RPNConfig, "roi": RoIConfig, "head": HeadConfig,
-            "postprocess": PostprocessConfig}
-
-
-def tiny_kwargs(num_classes=3, seed=None, **overrides):
-    """RFCN keyword arguments of the tiny test model: one dataclass per section. `overrides`
-    use the flat names (`ps_k=7`, `rpn_loss_weight=2.0`), placed by OLD_MODEL_KEYS, or dotted
-    ones (`**{"head.k": 7}`)."""
-    values = {name: dict(fields) for name, fields in TINY_SECTIONS.items()}
-    for key, value in overrides.items():
-        section, field = OLD_MODEL_KEYS.get(key, key).split(".")
-        values[section][field] = value
-    kwargs = {name: SECTIONS[name](**fields) for name, fields in values.items()}
-    return dict(kwargs, num_classes=num_classes, seed=seed)
-
-
-def tiny_backbone():
-    return SmallBackbone(widths=[8, 8, 16, 16], blocks=[1, 1, 1, 1])
-
-
-def tiny_model(seed=0, **overrides):
-    keras.utils.set_random_seed(seed)
-    return RFCN(backbone=tiny_backbone(), **tiny_kwargs(**overrides))
-
-
-def make_images(batch, height, width, seed=0):
-    return tf.constant(np.random.default_rng(seed).integers(0, 256, (batch, height, width, 3)), tf.uint8)
-
-
-def make_features(seed=0):
-    """Two 64x96 images (the second 48x80 plus padding), padded ground truth (G = 3)."""
-    images = make_images(2, 64, 96, seed)
-    return {
-        "images": images,
-        "image_shapes": tf.constant([[64, 96], [48, 80]], tf.int32),
-        "gt_boxes": tf.constant(
-            [[[8, 8, 40, 40], [20, 50, 60, 90], [-1, -1, -1, -1]],
-             [[4, 4, 30, 36], [-1, -1, -1, -1], [-1, -1, -1, -1]]], tf.float32),
-        "gt_classes": tf.constant([[1, 3, -1], [2, -1, -1]], tf.int32),
-        "gt_mask": tf.constant([[True, True, False], [True, False, False]]),
-    }
 
 
 def test_call_returns_the_raw_outputs():
@@ -98,9 +48,12 @@ def test_call_returns_the_raw_outputs():
     for i, (height, width) in enumerate(features["image_shapes"].numpy()):
         real = proposals[i, : out["num_proposals"].numpy()[i]]
         assert len(real) > 0
-        assert real[:, [0, 2]].max() <= height and real[:, [1, 3]].max() <= width and real.min() >= 0
+        assert (
+            real[:, [0, 2]].max() <= height and real[:, [1, 3]].max() <= width and real.min() >= 0
+        )
     np.testing.assert_array_equal(
-        out["roi_valid"].numpy(), np.arange(p)[None] < out["num_proposals"].numpy()[:, None])
+        out["roi_valid"].numpy(), np.arange(p)[None] < out["num_proposals"].numpy()[:, None]
+    )
 
 
 @pytest.mark.parametrize("k,num_classes", [(3, 1), (7, 20), (3, 80)])
@@ -109,8 +62,11 @@ def test_detect_shapes_and_padding_for_class_counts(k, num_classes):
     result = model.detect(make_images(2, 64, 80), tf.constant([[64, 80], [50, 60]], tf.int32))
     m = model.postprocessor.config.max_detections
     assert {key: tuple(v.shape) for key, v in result.items()} == {
-        "detection_boxes": (2, m, 4), "detection_scores": (2, m),
-        "detection_classes": (2, m), "num_detections": (2,)}
+        "detection_boxes": (2, m, 4),
+        "detection_scores": (2, m),
+        "detection_classes": (2, m),
+        "num_detections": (2,),
+    }
     assert result["detection_classes"].dtype == tf.int32
     for i, (height, width) in enumerate([(64, 80), (50, 60)]):
         n = int(result["num_detections"][i])
@@ -140,7 +96,9 @@ def test_batched_padded_image_gives_its_own_detections():
     alone = model.detect(tf.constant(a[None]), shapes[:1])
     batched = model.detect(tf.constant(np.stack([a, other])), shapes)
     for key in alone:
-        np.testing.assert_allclose(alone[key].numpy()[0], batched[key].numpy()[0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            alone[key].numpy()[0], batched[key].numpy()[0], rtol=1e-4, atol=1e-4
+        )
 
 
 def test_compute_losses_names_values_and_weights():
@@ -152,16 +110,21 @@ def test_compute_losses_names_values_and_weights():
     assert values["rpn_objectness_loss"] > 0.1 and values["rfcn_class_loss"] > 0.1
     assert values["total_loss"] == pytest.approx(
         2.0 * (values["rpn_objectness_loss"] + values["rpn_box_loss"])
-        + 0.5 * (values["rfcn_class_loss"] + values["rfcn_box_loss"]), rel=1e-6)
+        + 0.5 * (values["rfcn_class_loss"] + values["rfcn_box_loss"]),
+        rel=1e-6,
+    )
     # A stateless seed makes the sampled losses reproducible.
     again = model.compute_losses(make_features(), seed=tf.constant([1, 2]))
     assert float(again["total_loss"]) == pytest.approx(values["total_loss"], rel=1e-6)
 
 
-@pytest.mark.parametrize("include,zero,untouched", [
-    (("rpn",), ("rfcn_class_loss", "rfcn_box_loss"), "rfcn_head"),
-    (("rfcn",), ("rpn_objectness_loss", "rpn_box_loss"), "rpn_head"),
-])
+@pytest.mark.parametrize(
+    "include,zero,untouched",
+    [
+        (("rpn",), ("rfcn_class_loss", "rfcn_box_loss"), "rfcn_head"),
+        (("rfcn",), ("rpn_objectness_loss", "rpn_box_loss"), "rpn_head"),
+    ],
+)
 def test_include_selects_loss_groups_and_their_gradients(include, zero, untouched):
     model = tiny_model()
     with tf.GradientTape() as tape:
@@ -170,10 +133,14 @@ def test_include_selects_loss_groups_and_their_gradients(include, zero, untouche
         assert float(losses[name]) == 0.0
     assert float(losses["total_loss"]) > 0.0
     head = getattr(model, untouched)
-    shared = [v for v in model.backbone.trainable_weights if not v.path.split("/")[-2].startswith("stage5")]
+    shared = [
+        v
+        for v in model.backbone.trainable_weights
+        if not v.path.split("/")[-2].startswith("stage5")
+    ]
     grads = tape.gradient(losses["total_loss"], head.trainable_weights + shared)
     assert all(g is None for g in grads[: len(head.trainable_weights)])
-    assert all(g is not None for g in grads[len(head.trainable_weights):])  # conv1..conv4 shared
+    assert all(g is not None for g in grads[len(head.trainable_weights) :])  # conv1..conv4 shared
 
 
 def test_losses_with_no_ground_truth_and_with_given_proposals():
@@ -183,8 +150,11 @@ def test_losses_with_no_ground_truth_and_with_given_proposals():
     losses = model.compute_losses(empty)
     assert float(losses["rpn_box_loss"]) == 0.0 and float(losses["rfcn_box_loss"]) == 0.0
     assert np.isfinite(float(losses["total_loss"])) and float(losses["rfcn_class_loss"]) > 0
-    given = dict(features, proposals=tf.constant([[[0, 0, 32, 32]] * 5, [[10, 10, 40, 40]] * 5], tf.float32),
-                 num_proposals=tf.constant([5, 2], tf.int32))
+    given = dict(
+        features,
+        proposals=tf.constant([[[0, 0, 32, 32]] * 5, [[10, 10, 40, 40]] * 5], tf.float32),
+        num_proposals=tf.constant([5, 2], tf.int32),
+    )
     with tf.GradientTape() as tape:
         losses = model.compute_losses(given, include=("rfcn",))
     grads = tape.gradient(losses["total_loss"], model.rfcn_head.trainable_weights)
@@ -214,10 +184,14 @@ def test_train_step_in_tf_function_does_not_retrace_across_sizes():
 
     base = make_features()
     for batch, height, width in ((2, 64, 96), (1, 80, 48), (2, 96, 128)):
-        features = dict(base, images=make_images(batch, height, width),
-                        image_shapes=tf.constant([[height, width]] * batch, tf.int32),
-                        gt_boxes=base["gt_boxes"][:batch], gt_classes=base["gt_classes"][:batch],
-                        gt_mask=base["gt_mask"][:batch])
+        features = dict(
+            base,
+            images=make_images(batch, height, width),
+            image_shapes=tf.constant([[height, width]] * batch, tf.int32),
+            gt_boxes=base["gt_boxes"][:batch],
+            gt_classes=base["gt_classes"][:batch],
+            gt_mask=base["gt_mask"][:batch],
+        )
         losses = step(features)
         assert np.isfinite(float(losses["total_loss"]))
     assert step.experimental_get_tracing_count() == 1
@@ -230,8 +204,9 @@ def test_config_equals_constructor_kwargs_and_from_config_rebuilds():
     config = model.get_config()
     assert set(config) - set(kwargs) == {"backbone", "name", "trainable"}
     # every section comes from the component it configures (not a hand-kept list)
-    expected = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-                for k, v in kwargs.items()}
+    expected = {
+        k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in kwargs.items()
+    }
     assert {key: config[key] for key in kwargs} == expected
     assert model.rpn.config == kwargs["rpn"] and model.rpn.anchors_config == kwargs["anchors"]
     assert model.roi_sampler.config == kwargs["roi"] and model.rfcn_head.config == kwargs["head"]
@@ -271,14 +246,19 @@ def test_keras_file_roundtrip(tmp_path):
     np.testing.assert_array_equal(a["detection_boxes"].numpy(), b["detection_boxes"].numpy())
 
 
-@pytest.mark.skipif(not psroi_pool.custom_op_available(),
-                    reason=f"compiled PS-RoI op not built: {psroi_pool.custom_op_load_error()}")
+@pytest.mark.skipif(
+    not psroi_pool.custom_op_available(),
+    reason=f"compiled PS-RoI op not built: {psroi_pool.custom_op_load_error()}",
+)
 @pytest.mark.parametrize("mode", ["avg", "bilinear"])
 def test_custom_and_tf_impl_models_agree(mode):
     twin = tiny_model(psroi_impl="tf", pooling_mode=mode, ps_k=7)
     custom = tiny_model(psroi_impl="custom", pooling_mode=mode, ps_k=7)
     custom.set_weights(twin.get_weights())
-    inputs = {"images": make_images(2, 64, 96), "image_shapes": tf.constant([[64, 96], [48, 80]], tf.int32)}
+    inputs = {
+        "images": make_images(2, 64, 96),
+        "image_shapes": tf.constant([[64, 96], [48, 80]], tf.int32),
+    }
     a, b = twin(inputs), custom(inputs)
     for key in ("class_logits", "box_deltas"):
         np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-4, atol=1e-4)
@@ -324,8 +304,9 @@ def test_build_detector_resnet_and_errors(tmp_path):
         build_detector(ModelConfig(), num_classes=0)
     missing = str(tmp_path / "missing.weights.h5")
     with pytest.raises(FileNotFoundError, match="missing.weights.h5"):
-        build_detector(ModelConfig(backbone=BackboneConfig(name="resnet50", weights=missing)),
-                       num_classes=2)
+        build_detector(
+            ModelConfig(backbone=BackboneConfig(name="resnet50", weights=missing)), num_classes=2
+        )
     with pytest.raises(ValueError, match="'typo'"):
         build_detector(ModelConfig(roi=RoIConfig(sampling="typo")), num_classes=2)
     with pytest.raises(ValueError, match="feature_stride=8 differs"):
@@ -346,7 +327,10 @@ def test_mixed_precision_policies_keep_float32_outputs(policy):
         assert all(v.dtype == tf.float32 for v in losses.values())
         assert np.isfinite(float(losses["total_loss"])) and all(g is not None for g in grads)
         result = model.detect(make_images(1, 64, 64), tf.constant([[64, 64]], tf.int32))
-        assert result["detection_boxes"].dtype == tf.float32 and result["detection_scores"].dtype == tf.float32
+        assert (
+            result["detection_boxes"].dtype == tf.float32
+            and result["detection_scores"].dtype == tf.float32
+        )
     finally:
         keras.mixed_precision.set_global_policy(previous)
 
@@ -356,9 +340,8 @@ import sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-sys.path.insert(0, "tests/model")
 import keras, numpy as np
-from test_detector import tiny_model, make_features
+from helpers.tiny_models import tiny_model, make_features
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
     model = tiny_model()
@@ -392,10 +375,21 @@ def test_trains_under_a_two_replica_mirrored_strategy():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, "-c", _TWO_REPLICA_SCRIPT], capture_output=True, text=True,
-                            timeout=300, env=env, cwd=str(root))
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [str(root), str(root / "tests"), os.environ.get("PYTHONPATH")])
+        ),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _TWO_REPLICA_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=str(root),
+    )
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
 
 
@@ -409,6 +403,8 @@ def test_propose_returns_the_rpn_proposals_with_chosen_counts():
     assert tuple(train_counts["scores"].shape) == (2, model.rpn.config.post_nms_top_n_train)
     out = model({"images": features["images"], "image_shapes": features["image_shapes"]})
     np.testing.assert_array_equal(test_counts["proposals"].numpy(), out["proposals"].numpy())
-    np.testing.assert_array_equal(test_counts["num_proposals"].numpy(), out["num_proposals"].numpy())
+    np.testing.assert_array_equal(
+        test_counts["num_proposals"].numpy(), out["num_proposals"].numpy()
+    )
     with pytest.raises(ValueError, match="'val'"):
         model.propose(features, proposal_counts="val")

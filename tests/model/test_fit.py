@@ -18,12 +18,21 @@ from rfcn_tf.model.detector import LOSS_NAMES
 
 STEPS = 3
 OVERRIDES = [
-    "data.shapes.image_size=64", "data.scales=[64]", "data.max_size=64", "data.max_boxes=6",
-    "data.random_flip=false", "data.deterministic=true",
-    "model.backbone.small_widths=[8,16,16,32]", "model.anchors.scales=[16.0,32.0]",
-    "model.rpn.channels=16", "model.head.channels=32", "model.head.k=3",
-    "model.rpn.pre_nms_top_n_train=128", "model.rpn.post_nms_top_n_train=32",
-    "model.rpn.batch_size_per_image=64", "model.roi.batch_size_per_image=16",
+    "data.shapes.image_size=64",
+    "data.scales=[64]",
+    "data.max_size=64",
+    "data.max_boxes=6",
+    "data.random_flip=false",
+    "data.deterministic=true",
+    "model.backbone.small_widths=[8,16,16,32]",
+    "model.anchors.scales=[16.0,32.0]",
+    "model.rpn.channels=16",
+    "model.head.channels=32",
+    "model.head.k=3",
+    "model.rpn.pre_nms_top_n_train=128",
+    "model.rpn.post_nms_top_n_train=32",
+    "model.rpn.batch_size_per_image=64",
+    "model.roi.batch_size_per_image=16",
     "model.seed=0",  # stateless anchor sampling: both loops draw the same anchors
 ]
 
@@ -32,8 +41,9 @@ def _setup():
     cfg = load_config(None, OVERRIDES)
     keras.utils.set_random_seed(0)
     model = build_detector(cfg.model, num_classes=3)
-    batches = list(build_dataset(cfg.data, split=cfg.data.train_split, training=True,
-                                 batch_size=2).take(STEPS))
+    batches = list(
+        build_dataset(cfg.data, split=cfg.data.train_split, training=True, batch_size=2).take(STEPS)
+    )
     dataset = tf.data.Dataset.from_tensors(batches[0])
     for batch in batches[1:]:
         dataset = dataset.concatenate(tf.data.Dataset.from_tensors(batch))
@@ -41,11 +51,16 @@ def _setup():
 
 
 def _optimizer(cfg, model):
-    schedule = build_lr_schedule(base_lr=0.02, total_steps=STEPS, schedule="cosine",
-                                 warmup_steps=1, warmup_factor=0.5)
-    return build_optimizer(variables=model.trainable_variables, learning_rate=schedule,
-                           momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay,
-                           clip_norm=cfg.train.clip_norm)
+    schedule = build_lr_schedule(
+        base_lr=0.02, total_steps=STEPS, schedule="cosine", warmup_steps=1, warmup_factor=0.5
+    )
+    return build_optimizer(
+        variables=model.trainable_variables,
+        learning_rate=schedule,
+        momentum=cfg.train.momentum,
+        weight_decay=cfg.train.weight_decay,
+        clip_norm=cfg.train.clip_norm,
+    )
 
 
 def test_fit_and_the_custom_loop_reach_the_same_weights():
@@ -77,10 +92,18 @@ def test_fit_logs_named_losses_with_checkpoint_and_tensorboard_callbacks(tmp_pat
     cfg, model, dataset = _setup()
     model.compile(optimizer=_optimizer(cfg, model))
     path = str(tmp_path / "ckpt-{epoch}.weights.h5")
-    callbacks = [keras.callbacks.ModelCheckpoint(path, save_weights_only=True),
-                 keras.callbacks.TensorBoard(str(tmp_path / "tb"))]
-    history = model.fit(dataset.repeat(), epochs=2, steps_per_epoch=STEPS, verbose=0,
-                        validation_data=dataset, callbacks=callbacks)
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(path, save_weights_only=True),
+        keras.callbacks.TensorBoard(str(tmp_path / "tb")),
+    ]
+    history = model.fit(
+        dataset.repeat(),
+        epochs=2,
+        steps_per_epoch=STEPS,
+        verbose=0,
+        validation_data=dataset,
+        callbacks=callbacks,
+    )
     for name in LOSS_NAMES:
         assert len(history.history[name]) == 2 and np.isfinite(history.history[name]).all()
         assert np.isfinite(history.history[f"val_{name}"]).all()

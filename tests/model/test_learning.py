@@ -38,8 +38,16 @@ STEPS = 300
 
 def _four_images():
     """4 shapes images (uint8 [4, S, S, 3]) and padded ground truth in model conventions."""
-    dataset, _ = shapes_source(split="validation", image_size=IMAGE_SIZE, classes=CLASSES, num_val=4,
-                               min_objects=1, max_objects=MAX_BOXES, min_size=0.2, max_size=0.45)
+    dataset, _ = shapes_source(
+        split="validation",
+        image_size=IMAGE_SIZE,
+        classes=CLASSES,
+        num_val=4,
+        min_objects=1,
+        max_objects=MAX_BOXES,
+        min_size=0.2,
+        max_size=0.45,
+    )
     images, boxes, classes, mask = [], [], [], []
     for example in dataset:
         n = int(tf.shape(example["labels"])[0])
@@ -66,40 +74,67 @@ def _voc_ap(model, features):
     groundtruths, detections = [], []
     for i in range(4):
         mask = features["gt_mask"].numpy()[i]
-        groundtruths.append({"image_id": i, "boxes": features["gt_boxes"].numpy()[i][mask],
-                             "classes": features["gt_classes"].numpy()[i][mask],
-                             "height": IMAGE_SIZE, "width": IMAGE_SIZE})
+        groundtruths.append(
+            {
+                "image_id": i,
+                "boxes": features["gt_boxes"].numpy()[i][mask],
+                "classes": features["gt_classes"].numpy()[i][mask],
+                "height": IMAGE_SIZE,
+                "width": IMAGE_SIZE,
+            }
+        )
         n = int(result["num_detections"][i])
-        detections.append({"image_id": i, "boxes": result["detection_boxes"].numpy()[i, :n],
-                           "scores": result["detection_scores"].numpy()[i, :n],
-                           "classes": result["detection_classes"].numpy()[i, :n]})
+        detections.append(
+            {
+                "image_id": i,
+                "boxes": result["detection_boxes"].numpy()[i, :n],
+                "scores": result["detection_scores"].numpy()[i, :n],
+                "classes": result["detection_classes"].numpy()[i, :n],
+            }
+        )
     return evaluate_voc(groundtruths, detections, num_classes=len(CLASSES), iou_threshold=0.5)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pooling_mode,min_loss_ratio,class_agnostic_boxes", [
-    ("bilinear", 10.0, True), ("avg", 3.0, True),
-    ("bilinear", 10.0, False),  # class-specific boxes: 4k^2 C box maps
-    # Deformable R-FCN: deformable PS-RoI pooling (per-class offsets) and a deformable
-    # stage-5 3x3 conv (DCN v1)
-    ("deformable", 10.0, True),
-])
-def test_overfits_four_images_loss_drops_and_ap50_is_1(pooling_mode, min_loss_ratio,
-                                                       class_agnostic_boxes):
+@pytest.mark.parametrize(
+    "pooling_mode,min_loss_ratio,class_agnostic_boxes",
+    [
+        ("bilinear", 10.0, True),
+        ("avg", 3.0, True),
+        ("bilinear", 10.0, False),  # class-specific boxes: 4k^2 C box maps
+        # Deformable R-FCN: deformable PS-RoI pooling (per-class offsets) and a deformable
+        # stage-5 3x3 conv (DCN v1)
+        ("deformable", 10.0, True),
+    ],
+)
+def test_overfits_four_images_loss_drops_and_ap50_is_1(
+    pooling_mode, min_loss_ratio, class_agnostic_boxes
+):
     keras.utils.set_random_seed(0)
     features = _four_images()
     deformable = pooling_mode == "deformable"
     model = RFCN(
-        backbone=SmallBackbone(widths=[16, 32, 64, 64], blocks=[1, 1, 1, 1],
-                               deformable_blocks=int(deformable)),
+        backbone=SmallBackbone(
+            widths=[16, 32, 64, 64], blocks=[1, 1, 1, 1], deformable_blocks=int(deformable)
+        ),
         num_classes=len(CLASSES),
         anchors=AnchorsConfig(scales=[24.0, 48.0, 96.0], ratios=[1.0]),
-        rpn=RPNConfig(channels=64, pre_nms_top_n_train=300, post_nms_top_n_train=64,
-                      pre_nms_top_n_test=200, post_nms_top_n_test=32, batch_size_per_image=64),
+        rpn=RPNConfig(
+            channels=64,
+            pre_nms_top_n_train=300,
+            post_nms_top_n_train=64,
+            pre_nms_top_n_test=200,
+            post_nms_top_n_test=32,
+            batch_size_per_image=64,
+        ),
         roi=RoIConfig(batch_size_per_image=32),
-        head=HeadConfig(channels=128, k=3, pooling_mode=pooling_mode,
-                        class_agnostic_boxes=class_agnostic_boxes,
-                        deformable_class_offsets=deformable),
+        head=HeadConfig(
+            channels=128,
+            k=3,
+            pooling_mode=pooling_mode,
+            class_agnostic_boxes=class_agnostic_boxes,
+            deformable_class_offsets=deformable,
+        ),
         postprocess=PostprocessConfig(score_threshold=0.05, max_detections=20),
     )
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, STEPS))
@@ -120,8 +155,10 @@ def test_overfits_four_images_loss_drops_and_ap50_is_1(pooling_mode, min_loss_ra
     elapsed = time.perf_counter() - start
     initial, final = history[0], float(np.mean(history[-10:]))
     metrics = _voc_ap(model, features)
-    print(f"{pooling_mode}: loss {initial:.3f} -> {final:.4f} ({initial / final:.1f}x) in {STEPS} steps, "
-          f"{elapsed:.1f} s; AP50 {metrics['ap']} mAP {metrics['mAP']:.3f}")
+    print(
+        f"{pooling_mode}: loss {initial:.3f} -> {final:.4f} ({initial / final:.1f}x) in {STEPS} steps, "
+        f"{elapsed:.1f} s; AP50 {metrics['ap']} mAP {metrics['mAP']:.3f}"
+    )
     assert initial / final >= min_loss_ratio, history[::20]
     assert metrics["mAP"] == pytest.approx(1.0), metrics["ap"]
     if deformable:  # the offsets learned (backbone conv, class and box pooling branches)

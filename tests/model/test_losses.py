@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.fn_reference import np_smooth_l1, np_softmax_ce
 
-from fn_reference import np_smooth_l1, np_softmax_ce
 from rfcn_tf.model.losses import rfcn_losses, rpn_losses, smooth_l1
 
 
@@ -24,8 +24,9 @@ def test_rpn_losses_match_reference():
     deltas = rng.normal(size=(2, 20, 4)) * 0.5
     labels = rng.choice([-1, 0, 1], size=(2, 20), p=[0.5, 0.3, 0.2])
     targets = np.where((labels == 1)[..., None], rng.normal(size=(2, 20, 4)) * 0.5, 0.0)
-    out = rpn_losses(logits.astype(np.float32), deltas.astype(np.float32), labels,
-                     targets.astype(np.float32))
+    out = rpn_losses(
+        logits.astype(np.float32), deltas.astype(np.float32), labels, targets.astype(np.float32)
+    )
     assert set(out) == {"rpn_objectness_loss", "rpn_box_loss"}
     sampled, pos = labels >= 0, labels == 1
     p = 1 / (1 + np.exp(-logits))
@@ -37,8 +38,12 @@ def test_rpn_losses_match_reference():
 
 
 def test_rpn_losses_nothing_sampled_is_zero():
-    out = rpn_losses(np.ones((1, 3), np.float32), np.ones((1, 3, 4), np.float32),
-                     -np.ones((1, 3), np.int32), np.zeros((1, 3, 4), np.float32))
+    out = rpn_losses(
+        np.ones((1, 3), np.float32),
+        np.ones((1, 3, 4), np.float32),
+        -np.ones((1, 3), np.int32),
+        np.zeros((1, 3, 4), np.float32),
+    )
     assert float(out["rpn_objectness_loss"]) == 0.0 and float(out["rpn_box_loss"]) == 0.0
 
 
@@ -52,15 +57,21 @@ def _roi_scene(seed, b=2, r=40, c=3):
     box_targets = np.where(fg[..., None], rng.normal(size=(b, r, 4)), 0).astype(np.float32)
     yx = rng.uniform(0, 100, (b, r, 2))
     rois = np.concatenate([yx, yx + 20], -1).astype(np.float32)
-    targets = {"rois": rois, "roi_valid": valid, "roi_classes": classes,
-               "box_targets": box_targets, "foreground": fg}
+    targets = {
+        "rois": rois,
+        "roi_valid": valid,
+        "roi_classes": classes,
+        "box_targets": box_targets,
+        "foreground": fg,
+    }
     return logits, deltas, targets
 
 
 def _np_per_roi(logits, deltas, t, lam=1.0):
     b, r = logits.shape[:2]
-    cls = np.array([[np_softmax_ce(logits[i, j], t["roi_classes"][i, j]) for j in range(r)]
-                    for i in range(b)])
+    cls = np.array(
+        [[np_softmax_ce(logits[i, j], t["roi_classes"][i, j]) for j in range(r)] for i in range(b)]
+    )
     box = lam * np_smooth_l1(deltas.astype(np.float64) - t["box_targets"], 1.0).sum(-1)
     return cls, np.where(t["foreground"], box, 0.0)
 
@@ -76,8 +87,7 @@ def test_ohem_selects_hardest_and_only_they_get_gradient():
 
     lv, dv = tf.Variable(logits), tf.Variable(deltas)
     with tf.GradientTape() as tape:
-        out = rfcn_losses(lv, dv, t, sampling="ohem", batch_size_per_image=k,
-                          box_loss_weight=2.0)
+        out = rfcn_losses(lv, dv, t, sampling="ohem", batch_size_per_image=k, box_loss_weight=2.0)
         loss = out["rfcn_class_loss"] + out["rfcn_box_loss"]
     assert set(out) == {"rfcn_class_loss", "rfcn_box_loss"}
     n = expected.sum()
@@ -96,8 +106,9 @@ def test_ohem_selects_hardest_and_only_they_get_gradient():
 def test_ohem_with_nms_and_all_valid_under_k():
     logits, deltas, t = _roi_scene(2, b=1, r=6)
     t["roi_valid"][:] = [True, True, False, True, False, False]
-    out = rfcn_losses(logits, deltas, t, sampling="ohem", batch_size_per_image=128,
-                      ohem_nms_iou=0.99)
+    out = rfcn_losses(
+        logits, deltas, t, sampling="ohem", batch_size_per_image=128, ohem_nms_iou=0.99
+    )
     cls, box = _np_per_roi(logits, deltas, t)
     v = t["roi_valid"]
     np.testing.assert_allclose(out["rfcn_class_loss"], cls[v].sum() / v.sum(), rtol=1e-5)
@@ -107,16 +118,30 @@ def test_balanced_sampling_counts_and_gradients():
     logits, deltas, t = _roi_scene(3, r=60)
     lv = tf.Variable(logits)
     with tf.GradientTape() as tape:
-        out = rfcn_losses(lv, deltas, t, sampling="balanced", batch_size_per_image=16,
-                          foreground_fraction=0.25, seed=5)
+        out = rfcn_losses(
+            lv,
+            deltas,
+            t,
+            sampling="balanced",
+            batch_size_per_image=16,
+            foreground_fraction=0.25,
+            seed=5,
+        )
     g = tape.gradient(out["rfcn_class_loss"], lv).numpy()
     touched = np.abs(g).sum(-1) > 0
     for i in range(2):
         assert touched[i].sum() == 16
         assert (touched[i] & t["foreground"][i]).sum() == 4
     assert not np.any(touched & ~t["roi_valid"])
-    again = rfcn_losses(logits, deltas, t, sampling="balanced", batch_size_per_image=16,
-                        foreground_fraction=0.25, seed=5)
+    again = rfcn_losses(
+        logits,
+        deltas,
+        t,
+        sampling="balanced",
+        batch_size_per_image=16,
+        foreground_fraction=0.25,
+        seed=5,
+    )
     np.testing.assert_allclose(again["rfcn_class_loss"], out["rfcn_class_loss"], rtol=1e-6)
 
 

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
+from helpers.fn_reference import np_match
 
-from fn_reference import np_match
 from rfcn_tf.model.matcher import Matcher
 
 
@@ -17,10 +17,7 @@ def test_interval_labels_and_boundaries():
 
 def test_best_anchor_rule_with_ties_keeps_own_argmax():
     # gt 0 best IoU is 0.4 (anchors 1 and 2 tie); gt 1 is matched normally by anchor 3.
-    sim = np.array([[0.1, 0.0],
-                    [0.4, 0.0],
-                    [0.4, 0.5],
-                    [0.0, 0.8]], np.float32)
+    sim = np.array([[0.1, 0.0], [0.4, 0.0], [0.4, 0.5], [0.0, 0.8]], np.float32)
     idx, labels = Matcher()(sim, [True, True])
     np.testing.assert_array_equal(labels, [0, 1, 1, 1])
     # anchor 2 is forced positive by gt 0 but keeps its own best ground truth (gt 1)
@@ -71,8 +68,11 @@ def test_custom_labels_and_validation():
     m = Matcher(thresholds=(0.1, 0.5), labels=(-1, 0, 1), allow_low_quality_matches=False)
     _, labels = m(np.array([[0.05], [0.2], [0.6]], np.float32), [True])
     np.testing.assert_array_equal(labels, [-1, 0, 1])
-    assert m.get_config() == {"thresholds": (0.1, 0.5), "labels": (-1, 0, 1),
-                              "allow_low_quality_matches": False}
+    assert m.get_config() == {
+        "thresholds": (0.1, 0.5),
+        "labels": (-1, 0, 1),
+        "allow_low_quality_matches": False,
+    }
     with pytest.raises(ValueError, match="non-decreasing"):
         Matcher(thresholds=(0.7, 0.3))
     with pytest.raises(ValueError, match="labels must have"):

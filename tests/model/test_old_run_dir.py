@@ -16,13 +16,23 @@ from rfcn_tf.model.builder import build_detector
 # Checkpoint keys of the RPN and R-FCN head variables as the flat-config version wrote them.
 OLD_HEAD_KEYS = sorted(
     f"model/{layer}/{conv}/{var}/.ATTRIBUTES/VARIABLE_VALUE"
-    for layer, convs in (("rpn_head", ("conv", "objectness", "box_deltas")),
-                         ("rfcn_head", ("reduce", "class_maps", "box_maps")))
-    for conv in convs for var in ("_kernel", "bias"))
+    for layer, convs in (
+        ("rpn_head", ("conv", "objectness", "box_deltas")),
+        ("rfcn_head", ("reduce", "class_maps", "box_maps")),
+    )
+    for conv in convs
+    for var in ("_kernel", "bias")
+)
 
-TINY = ["model.backbone.small_widths=[8,16,16,32]", "model.anchors.scales=[16.0,32.0]",
-        "model.rpn.channels=16", "model.head.channels=16", "model.head.k=3",
-        "model.head.psroi_impl=tf", "model.postprocess.max_detections=10"]
+TINY = [
+    "model.backbone.small_widths=[8,16,16,32]",
+    "model.anchors.scales=[16.0,32.0]",
+    "model.rpn.channels=16",
+    "model.head.channels=16",
+    "model.head.k=3",
+    "model.head.psroi_impl=tf",
+    "model.postprocess.max_detections=10",
+]
 
 
 def _flat_model_section(cfg):
@@ -66,7 +76,10 @@ def test_the_run_folder_module_migrates_an_old_config_next_to_a_checkpoint(tmp_p
     saved = dict(cfg.to_dict(), model=_flat_model_section(cfg))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     with pytest.warns(config_lib.ConfigWarning, match="old flat model keys"):
-        found, where = run_dir.resolve_config(None, ["model.postprocess.nms_iou=0.4"],
-                                              checkpoint=str(tmp_path / "checkpoints" / "ckpt-7"))
+        found, where = run_dir.resolve_config(
+            None,
+            ["model.postprocess.nms_iou=0.4"],
+            checkpoint=str(tmp_path / "checkpoints" / "ckpt-7"),
+        )
     assert where.endswith("config.yaml") and found.model.roi.sampling == "balanced"
     assert found.model.postprocess.nms_iou == 0.4

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.fn_reference import np_clip, np_decode, np_nms
 
-from fn_reference import np_clip, np_decode, np_nms
 from rfcn_tf.model.postprocess import postprocess_detections
 
 W = (10.0, 10.0, 5.0, 5.0)
@@ -24,8 +24,12 @@ def _run(rois, probs, deltas=None, shapes=((100, 100),), valid=None, **kw):
     deltas = np.asarray(deltas, np.float32)[None] if np.ndim(deltas) == 2 else np.asarray(deltas)
     if valid is None:
         valid = np.ones(rois.shape[:2], bool)
-    return {k: v.numpy() for k, v in postprocess_detections(
-        rois, probs, deltas, np.asarray(shapes), valid, **kw).items()}
+    return {
+        k: v.numpy()
+        for k, v in postprocess_detections(
+            rois, probs, deltas, np.asarray(shapes), valid, **kw
+        ).items()
+    }
 
 
 def test_per_class_nms_keeps_other_classes_and_pads():
@@ -38,8 +42,9 @@ def test_per_class_nms_keeps_other_classes_and_pads():
     # of ROI 1 (0.05) is suppressed by ROI 0, the class-2 copy of ROI 0 (0.05) by ROI 1
     np.testing.assert_allclose(out["detection_scores"][0, :n], [0.9, 0.8, 0.6], rtol=1e-6)
     np.testing.assert_array_equal(out["detection_classes"][0, :n], [1, 2, 1])
-    np.testing.assert_allclose(out["detection_boxes"][0, :n], np.asarray(rois)[[0, 1, 2]],
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        out["detection_boxes"][0, :n], np.asarray(rois)[[0, 1, 2]], atol=1e-4
+    )
     assert out["detection_boxes"].shape == (1, 6, 4) and out["detection_classes"].dtype == np.int32
     np.testing.assert_array_equal(out["detection_boxes"][0, n:], 0)
     np.testing.assert_array_equal(out["detection_scores"][0, n:], 0)
@@ -63,8 +68,13 @@ def test_score_threshold_is_strict_and_max_detections_caps():
 
 
 def test_invalid_rois_never_detected_mask_and_counts():
-    rois = np.array([[[0, 0, 10, 10], [30, 30, 40, 40], [60, 60, 70, 70]],
-                     [[0, 0, 10, 10], [30, 30, 40, 40], [60, 60, 70, 70]]], np.float32)
+    rois = np.array(
+        [
+            [[0, 0, 10, 10], [30, 30, 40, 40], [60, 60, 70, 70]],
+            [[0, 0, 10, 10], [30, 30, 40, 40], [60, 60, 70, 70]],
+        ],
+        np.float32,
+    )
     probs = np.stack([_probs([[0.5], [0.99], [0.7]])] * 2)
     mask = np.array([[True, False, True], [True, True, True]])
     out = _run(rois, probs, shapes=[[100, 100]] * 2, valid=mask)
@@ -83,8 +93,15 @@ def test_decode_clip_and_nms_match_reference():
     deltas = (rng.normal(size=(r, 4)) * 2).astype(np.float32)
     logits = rng.normal(size=(r, c + 1)) * 2
     probs = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
-    out = _run(rois, probs, deltas, shapes=[[80, 110]], score_threshold=0.1, nms_iou=0.3,
-               max_detections=200)
+    out = _run(
+        rois,
+        probs,
+        deltas,
+        shapes=[[80, 110]],
+        score_threshold=0.1,
+        nms_iou=0.3,
+        max_detections=200,
+    )
     boxes = np_clip(np_decode(deltas, rois, W), 80, 110)
     ref = []
     for k in range(1, c + 1):
@@ -95,8 +112,10 @@ def test_decode_clip_and_nms_match_reference():
     assert n == len(ref) > 10
     np.testing.assert_allclose(out["detection_scores"][0, :n], [e[0] for e in ref], rtol=1e-6)
     # the same (class, box) pairs (order among equal scores may differ)
-    got = sorted((int(cl), tuple(np.round(b, 2))) for cl, b in
-                 zip(out["detection_classes"][0, :n], out["detection_boxes"][0, :n]))
+    got = sorted(
+        (int(cl), tuple(np.round(b, 2)))
+        for cl, b in zip(out["detection_classes"][0, :n], out["detection_boxes"][0, :n])
+    )
     exp = sorted((k, tuple(np.round(boxes[i].astype(np.float32), 2))) for _, k, i in ref)
     assert [g[0] for g in got] == [e[0] for e in exp]
     np.testing.assert_allclose([g[1] for g in got], [e[1] for e in exp], atol=0.02)
@@ -107,16 +126,24 @@ def test_tf_function_unknown_sizes_and_onnx_conversion():
     ort = pytest.importorskip("onnxruntime")
     traces = []
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 4], tf.float32),
-                                  tf.TensorSpec([None, None, 3], tf.float32),
-                                  tf.TensorSpec([None, None, 4], tf.float32),
-                                  tf.TensorSpec([None, 2], tf.int32),
-                                  tf.TensorSpec([None], tf.int32)])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, 4], tf.float32),
+            tf.TensorSpec([None, None, 3], tf.float32),
+            tf.TensorSpec([None, None, 4], tf.float32),
+            tf.TensorSpec([None, 2], tf.int32),
+            tf.TensorSpec([None], tf.int32),
+        ]
+    )
     def f(rois, probs, deltas, shapes, num):
         traces.append(1)
         out = postprocess_detections(rois, probs, deltas, shapes, num, max_detections=5)
-        return (out["detection_boxes"], out["detection_scores"], out["detection_classes"],
-                out["num_detections"])
+        return (
+            out["detection_boxes"],
+            out["detection_scores"],
+            out["detection_classes"],
+            out["num_detections"],
+        )
 
     rng = np.random.default_rng(1)
     for b, r in [(1, 7), (2, 12)]:

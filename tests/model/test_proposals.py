@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.fn_reference import np_proposals
 
-from fn_reference import np_proposals
 from rfcn_tf.model.anchors import AnchorGenerator
 from rfcn_tf.model.proposals import generate_proposals
 
@@ -18,18 +18,28 @@ def _scene(seed, b=2, h=6, w=7):
     return logits, deltas, anchors.numpy()
 
 
-@pytest.mark.parametrize("pre_n, post_n, nms_iou, min_size", [
-    (60, 20, 0.7, 0.0), (1000, 50, 0.5, 20.0), (30, 40, 0.3, 0.0)])
+@pytest.mark.parametrize(
+    "pre_n, post_n, nms_iou, min_size",
+    [(60, 20, 0.7, 0.0), (1000, 50, 0.5, 20.0), (30, 40, 0.3, 0.0)],
+)
 def test_matches_reference(pre_n, post_n, nms_iou, min_size):
     logits, deltas, anchors = _scene(0)
     shapes = np.array([[96, 112], [70, 50]], np.int32)  # second image padded
-    props, scores, num = generate_proposals(logits, deltas, anchors, shapes,
-                                            pre_nms_top_n=pre_n, post_nms_top_n=post_n,
-                                            nms_iou=nms_iou, min_size=min_size)
+    props, scores, num = generate_proposals(
+        logits,
+        deltas,
+        anchors,
+        shapes,
+        pre_nms_top_n=pre_n,
+        post_nms_top_n=post_n,
+        nms_iou=nms_iou,
+        min_size=min_size,
+    )
     assert props.shape == (2, post_n, 4) and scores.shape == (2, post_n) and num.shape == (2,)
     for i in range(2):
-        ref_boxes, ref_scores = np_proposals(logits[i], deltas[i], anchors, shapes[i], pre_n,
-                                             post_n, nms_iou, min_size)
+        ref_boxes, ref_scores = np_proposals(
+            logits[i], deltas[i], anchors, shapes[i], pre_n, post_n, nms_iou, min_size
+        )
         k = int(num[i])
         assert k == len(ref_boxes)
         np.testing.assert_allclose(props[i, :k], ref_boxes, atol=1e-3)
@@ -43,15 +53,18 @@ def test_matches_reference(pre_n, post_n, nms_iou, min_size):
 
 
 def test_nms_suppresses_duplicates_and_pads():
-    anchors = np.array([[0, 0, 20, 20], [0, 0, 20, 21], [40, 40, 60, 60], [0, 0, 20, 20]],
-                       np.float32)
+    anchors = np.array(
+        [[0, 0, 20, 20], [0, 0, 20, 21], [40, 40, 60, 60], [0, 0, 20, 20]], np.float32
+    )
     logits = np.array([[2.0, 3.0, 1.0, -1.0]], np.float32)
     deltas = np.zeros((1, 4, 4), np.float32)
-    props, scores, num = generate_proposals(logits, deltas, anchors, [[100, 100]],
-                                            pre_nms_top_n=10, post_nms_top_n=5, nms_iou=0.7)
+    props, scores, num = generate_proposals(
+        logits, deltas, anchors, [[100, 100]], pre_nms_top_n=10, post_nms_top_n=5, nms_iou=0.7
+    )
     assert int(num[0]) == 2
-    np.testing.assert_allclose(props[0], [[0, 0, 20, 21], [40, 40, 60, 60], [0, 0, 0, 0],
-                                          [0, 0, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_allclose(
+        props[0], [[0, 0, 20, 21], [40, 40, 60, 60], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    )
     np.testing.assert_allclose(scores[0, :2], 1 / (1 + np.exp([-3.0, -1.0])), rtol=1e-6)
 
 
@@ -59,9 +72,15 @@ def test_min_size_and_padding_area_anchors_dropped():
     # anchor 1 is wholly in the padding (image 30 x 30): clipped to zero area, never proposed
     anchors = np.array([[0, 0, 20, 20], [40, 40, 60, 60], [0, 0, 4, 4]], np.float32)
     logits = np.array([[0.0, 5.0, 4.0]], np.float32)
-    props, _, num = generate_proposals(logits, np.zeros((1, 3, 4), np.float32), anchors,
-                                       [[30, 30]], pre_nms_top_n=3, post_nms_top_n=3,
-                                       min_size=5.0)
+    props, _, num = generate_proposals(
+        logits,
+        np.zeros((1, 3, 4), np.float32),
+        anchors,
+        [[30, 30]],
+        pre_nms_top_n=3,
+        post_nms_top_n=3,
+        min_size=5.0,
+    )
     assert int(num[0]) == 1
     np.testing.assert_allclose(props[0, 0], [0, 0, 20, 20])
 
@@ -70,14 +89,19 @@ def test_tf_function_unknown_sizes_no_retrace_and_no_gradient():
     traces = []
     gen = AnchorGenerator(stride=16, scales=(32,), aspect_ratios=(1.0,))
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32),
-                                  tf.TensorSpec([None, None, 4], tf.float32),
-                                  tf.TensorSpec([None, 4], tf.float32),
-                                  tf.TensorSpec([None, 2], tf.int32)])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None], tf.float32),
+            tf.TensorSpec([None, None, 4], tf.float32),
+            tf.TensorSpec([None, 4], tf.float32),
+            tf.TensorSpec([None, 2], tf.int32),
+        ]
+    )
     def f(logits, deltas, anchors, shapes):
         traces.append(1)
-        return generate_proposals(logits, deltas, anchors, shapes, pre_nms_top_n=50,
-                                  post_nms_top_n=8)
+        return generate_proposals(
+            logits, deltas, anchors, shapes, pre_nms_top_n=50, post_nms_top_n=8
+        )
 
     for b, h, w in [(1, 3, 4), (2, 5, 2), (3, 1, 1)]:
         anchors = gen(h, w)
@@ -92,8 +116,9 @@ def test_tf_function_unknown_sizes_no_retrace_and_no_gradient():
     logits = tf.Variable(tf.random.normal([1, 4]))
     deltas = tf.Variable(tf.zeros([1, 4, 4]))
     with tf.GradientTape() as tape:
-        props, scores, _ = generate_proposals(logits, deltas, gen(2, 2), [[32, 32]],
-                                              pre_nms_top_n=4, post_nms_top_n=4)
+        props, scores, _ = generate_proposals(
+            logits, deltas, gen(2, 2), [[32, 32]], pre_nms_top_n=4, post_nms_top_n=4
+        )
         y = tf.reduce_sum(props) + tf.reduce_sum(scores)
     assert all(g is None for g in tape.gradient(y, [logits, deltas]))
 
@@ -103,13 +128,18 @@ def test_converts_to_onnx_and_matches():
     (an earlier -inf mask became NaN scores and zero proposals in onnxruntime)."""
     tf2onnx = pytest.importorskip("tf2onnx")
     ort = pytest.importorskip("onnxruntime")
-    spec = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None, 4], tf.float32),
-            tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None, 2], tf.int32)]
+    spec = [
+        tf.TensorSpec([None, None], tf.float32),
+        tf.TensorSpec([None, None, 4], tf.float32),
+        tf.TensorSpec([None, 4], tf.float32),
+        tf.TensorSpec([None, 2], tf.int32),
+    ]
 
     @tf.function(input_signature=spec)
     def f(logits, deltas, anchors, shapes):
-        return generate_proposals(logits, deltas, anchors, shapes, pre_nms_top_n=100,
-                                  post_nms_top_n=20, min_size=4.0)
+        return generate_proposals(
+            logits, deltas, anchors, shapes, pre_nms_top_n=100, post_nms_top_n=20, min_size=4.0
+        )
 
     logits, deltas, anchors = _scene(4, h=5, w=6)
     args = [logits, deltas, anchors, np.array([[80, 96], [60, 50]], np.int32)]

@@ -1,20 +1,16 @@
 """R-FCN head: shapes, PS pooling + voting against the float64 reference, impls, config."""
 
 import dataclasses
-import sys
-from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
+from helpers.psroi_reference import ps_roi_pool_reference
 
 from rfcn_tf.model.rfcn_head import RFCNHead, flatten_rois
 from rfcn_tf.model.sections import HeadConfig
 from rfcn_tf.ops import psroi_pool
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ops"))
-from psroi_reference import ps_roi_pool_reference  # noqa: E402  (tests/ops, float64 NumPy)
 
 
 def _random_rois(rng, batch, count, height, width):
@@ -69,7 +65,9 @@ def test_pooling_and_voting_match_the_float64_reference(mode):
     flat = np.concatenate([np.repeat(np.arange(batch), count)[:, None], rois.reshape(-1, 4)], 1)
     deltas = tf.reshape(deltas, [batch, count, 4])
     for maps, got, depth in ((class_maps, logits, num_classes + 1), (box_maps, deltas, 4)):
-        pooled = ps_roi_pool_reference(maps, flat.astype(np.float64), k, 1.0 / 16, mode=mode, sampling_ratio=2)
+        pooled = ps_roi_pool_reference(
+            maps, flat.astype(np.float64), k, 1.0 / 16, mode=mode, sampling_ratio=2
+        )
         assert pooled.shape == (batch * count, k, k, depth)
         expected = pooled.mean(axis=(1, 2)).reshape(batch, count, depth)
         np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-4)
@@ -95,8 +93,10 @@ def test_score_maps_are_position_sensitive():
     np.testing.assert_allclose(logits.numpy()[0, 0], [0.0, 15.0], atol=1e-5)
 
 
-@pytest.mark.skipif(not psroi_pool.custom_op_available(),
-                    reason=f"compiled PS-RoI op not built: {psroi_pool.custom_op_load_error()}")
+@pytest.mark.skipif(
+    not psroi_pool.custom_op_available(),
+    reason=f"compiled PS-RoI op not built: {psroi_pool.custom_op_load_error()}",
+)
 @pytest.mark.parametrize("mode", ["avg", "bilinear"])
 def test_custom_and_tf_impls_agree(mode):
     rng = np.random.default_rng(3)
@@ -117,7 +117,7 @@ def test_gradients_reach_every_head_weight():
     rois = tf.constant([[[0.0, 0.0, 40.0, 40.0], [8.0, 16.0, 60.0, 64.0]]])
     with tf.GradientTape() as tape:
         logits, deltas = head(features, rois)
-        loss = tf.reduce_sum(logits ** 2) + tf.reduce_sum(deltas ** 2)
+        loss = tf.reduce_sum(logits**2) + tf.reduce_sum(deltas**2)
     grads = tape.gradient(loss, head.trainable_weights)
     assert len(grads) == 6 and all(g is not None and np.any(g.numpy()) for g in grads)
 
@@ -125,8 +125,13 @@ def test_gradients_reach_every_head_weight():
 def test_unknown_shapes_inside_tf_function():
     head = make_head(4, channels=8, k=3, psroi_impl="tf")
     head.build((None, None, None, 6))
-    fn = tf.function(head.call, input_signature=[
-        tf.TensorSpec([None, None, None, 6], tf.float32), tf.TensorSpec([None, None, 4], tf.float32)])
+    fn = tf.function(
+        head.call,
+        input_signature=[
+            tf.TensorSpec([None, None, None, 6], tf.float32),
+            tf.TensorSpec([None, None, 4], tf.float32),
+        ],
+    )
     for batch, count, h in ((1, 3, 4), (2, 7, 5), (2, 0, 3)):
         logits, deltas = fn(tf.random.normal([batch, h, h + 1, 6]), tf.zeros([batch, count, 4]))
         assert tuple(logits.shape) == (batch, count, 5)
@@ -135,8 +140,14 @@ def test_unknown_shapes_inside_tf_function():
 
 
 def test_config_equals_constructor_kwargs_and_roundtrips():
-    section = HeadConfig(channels=64, k=3, pooling_mode="bilinear", sampling_ratio=3,
-                         psroi_impl="tf", box_weights=[1.0, 1.0, 2.0, 2.0])
+    section = HeadConfig(
+        channels=64,
+        k=3,
+        pooling_mode="bilinear",
+        sampling_ratio=3,
+        psroi_impl="tf",
+        box_weights=[1.0, 1.0, 2.0, 2.0],
+    )
     kwargs = dict(num_classes=20, config=section, feature_stride=16, init_stddev=0.02)
     head = RFCNHead(**kwargs)
     config = head.get_config()
@@ -146,13 +157,16 @@ def test_config_equals_constructor_kwargs_and_roundtrips():
     assert clone.config == section
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(num_classes=0), "num_classes must be >= 1, got 0"),
-    (dict(num_classes=2, pooling_mode="max"), "'max'"),
-    (dict(num_classes=2, psroi_impl="cuda"), "'cuda'"),
-    (dict(num_classes=2, k=0), r"the PS grid must be >= 1 x 1, got \(0, 0\)"),
-    (dict(num_classes=2, box_weights=[1.0]), "box_weights must have 4 values"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(num_classes=0), "num_classes must be >= 1, got 0"),
+        (dict(num_classes=2, pooling_mode="max"), "'max'"),
+        (dict(num_classes=2, psroi_impl="cuda"), "'cuda'"),
+        (dict(num_classes=2, k=0), r"the PS grid must be >= 1 x 1, got \(0, 0\)"),
+        (dict(num_classes=2, box_weights=[1.0]), "box_weights must have 4 values"),
+    ],
+)
 def test_rejects_bad_arguments(bad, match):
     with pytest.raises(ValueError, match=match):
         make_head(**bad)

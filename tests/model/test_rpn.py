@@ -1,9 +1,9 @@
 """RPN head: shapes, anchor alignment of its channels, initialization, serialization."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from rfcn_tf.model.anchors import AnchorGenerator
 from rfcn_tf.model.rpn import RPNHead, flatten_rpn_outputs
@@ -16,7 +16,9 @@ def test_output_shapes(batch, height, width, anchors):
     assert tuple(logits.shape) == (batch, height, width, anchors)
     assert tuple(deltas.shape) == (batch, height, width, 4 * anchors)
     assert head.compute_output_shape((batch, height, width, 8)) == (
-        (batch, height, width, anchors), (batch, height, width, 4 * anchors))
+        (batch, height, width, anchors),
+        (batch, height, width, 4 * anchors),
+    )
 
 
 def test_matches_a_float64_numpy_reference():
@@ -34,11 +36,17 @@ def test_matches_a_float64_numpy_reference():
     hidden = np.zeros((1, 4, 5, 3))
     for y in range(4):
         for x in range(5):
-            window = padded[0, y:y + 3, x:x + 3, :]  # [3, 3, Cin]
+            window = padded[0, y : y + 3, x : x + 3, :]  # [3, 3, Cin]
             hidden[0, y, x] = np.einsum("ijc,ijco->o", window, w3) + b3
     hidden = np.maximum(hidden, 0.0)
-    expected_logits = hidden @ head.objectness.kernel.numpy()[0, 0].astype(np.float64) + head.objectness.bias.numpy()
-    expected_deltas = hidden @ head.box_deltas.kernel.numpy()[0, 0].astype(np.float64) + head.box_deltas.bias.numpy()
+    expected_logits = (
+        hidden @ head.objectness.kernel.numpy()[0, 0].astype(np.float64)
+        + head.objectness.bias.numpy()
+    )
+    expected_deltas = (
+        hidden @ head.box_deltas.kernel.numpy()[0, 0].astype(np.float64)
+        + head.box_deltas.bias.numpy()
+    )
     np.testing.assert_allclose(logits.numpy(), expected_logits, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(deltas.numpy(), expected_deltas, rtol=1e-4, atol=1e-4)
 
@@ -63,7 +71,9 @@ def test_flattened_rows_line_up_with_anchor_generator():
         kk = int(round(logits.numpy()[0, n])) % 10
         assert int(round(logits.numpy()[0, n])) == yy * 100 + xx * 10 + kk
         assert n % a == kk
-        np.testing.assert_allclose(deltas.numpy()[0, n], logits.numpy()[0, n] + np.arange(4) / 10, atol=1e-5)
+        np.testing.assert_allclose(
+            deltas.numpy()[0, n], logits.numpy()[0, n] + np.arange(4) / 10, atol=1e-5
+        )
 
 
 def test_initialization_is_gaussian_0_01_with_zero_bias():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.fn_reference import np_iou
 
-from fn_reference import np_iou
 from rfcn_tf.model.roi_sampling import ohem_select as select_hardest
 from rfcn_tf.model.sampler import sample_balanced
 
@@ -14,17 +14,19 @@ def _labels(num_pos, num_neg, num_ign, rng):
     return rng.permutation(lab)
 
 
-@pytest.mark.parametrize("num_pos, num_neg, exp_pos, exp_neg", [
-    (100, 500, 8, 24),   # plenty of both: 8 = 32 * 0.25 positives
-    (3, 500, 3, 29),     # few positives: filled with negatives
-    (3, 10, 3, 10),      # too few of both: everything
-    (0, 0, 0, 0),        # nothing to sample
-])
+@pytest.mark.parametrize(
+    "num_pos, num_neg, exp_pos, exp_neg",
+    [
+        (100, 500, 8, 24),  # plenty of both: 8 = 32 * 0.25 positives
+        (3, 500, 3, 29),  # few positives: filled with negatives
+        (3, 10, 3, 10),  # too few of both: everything
+        (0, 0, 0, 0),  # nothing to sample
+    ],
+)
 def test_balanced_counts(num_pos, num_neg, exp_pos, exp_neg):
     rng = np.random.default_rng(0)
     labels = np.stack([_labels(num_pos, num_neg, 50, rng), _labels(num_pos, num_neg, 50, rng)])
-    sel = sample_balanced(labels, batch_size_per_image=32, positive_fraction=0.25,
-                          seed=7).numpy()
+    sel = sample_balanced(labels, batch_size_per_image=32, positive_fraction=0.25, seed=7).numpy()
     assert sel.shape == labels.shape and sel.dtype == bool
     for b in range(2):
         assert np.sum(sel[b] & (labels[b] == 1)) == exp_pos
@@ -52,17 +54,19 @@ def test_balanced_is_roughly_uniform_over_positives():
     labels = np.array([[1] * 10 + [0] * 10], np.int32)
     counts = np.zeros(20)
     for s in range(200):
-        counts += sample_balanced(labels, batch_size_per_image=4, positive_fraction=0.5,
-                                  seed=s).numpy()[0]
+        counts += sample_balanced(
+            labels, batch_size_per_image=4, positive_fraction=0.5, seed=s
+        ).numpy()[0]
     # each positive picked with probability 2/10 (expected 40 of 200), negatives likewise
     assert counts.sum() == 800
     assert counts.min() > 15 and counts.max() < 70
 
 
 def test_balanced_inside_tf_function_unknown_n():
-    f = tf.function(lambda l: sample_balanced(l, batch_size_per_image=8, positive_fraction=0.5,
-                                              seed=1),
-                    input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    f = tf.function(
+        lambda l: sample_balanced(l, batch_size_per_image=8, positive_fraction=0.5, seed=1),
+        input_signature=[tf.TensorSpec([None, None], tf.int32)],
+    )
     for n in (5, 30):
         labels = np.zeros((2, n), np.int32)
         labels[:, :2] = 1
@@ -90,8 +94,10 @@ def test_select_hardest_ties_are_deterministic_lower_index():
 
 
 def test_select_hardest_with_nms_skips_duplicates():
-    boxes = np.array([[[0, 0, 10, 10], [0, 0, 10, 11], [20, 20, 30, 30], [50, 50, 60, 60],
-                       [0, 0, 10, 10]]], np.float32)
+    boxes = np.array(
+        [[[0, 0, 10, 10], [0, 0, 10, 11], [20, 20, 30, 30], [50, 50, 60, 60], [0, 0, 10, 10]]],
+        np.float32,
+    )
     losses = np.array([[5.0, 4.0, 3.0, 1.0, 9.0]], np.float32)
     valid = np.array([[True, True, True, True, False]])
     sel = select_hardest(losses, valid, num_selected=2, boxes=boxes, nms_iou=0.7).numpy()

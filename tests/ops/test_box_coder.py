@@ -16,8 +16,15 @@ def _np_encode(boxes, anchors, weights):
     wa = anchors[..., 3] - anchors[..., 1]
     yc, xc = boxes[..., 0] + h / 2, boxes[..., 1] + w / 2
     yca, xca = anchors[..., 0] + ha / 2, anchors[..., 1] + wa / 2
-    return np.stack([weights[0] * (yc - yca) / ha, weights[1] * (xc - xca) / wa,
-                     weights[2] * np.log(h / ha), weights[3] * np.log(w / wa)], -1)
+    return np.stack(
+        [
+            weights[0] * (yc - yca) / ha,
+            weights[1] * (xc - xca) / wa,
+            weights[2] * np.log(h / ha),
+            weights[3] * np.log(w / wa),
+        ],
+        -1,
+    )
 
 
 def _random_boxes(rng, n):
@@ -28,7 +35,7 @@ def _random_boxes(rng, n):
 
 def test_encode_hand_computed():
     anchor = [[0.0, 0.0, 10.0, 20.0]]  # centre (5, 10), h 10, w 20
-    box = [[2.0, 4.0, 22.0, 24.0]]     # centre (12, 14), h 20, w 20
+    box = [[2.0, 4.0, 22.0, 24.0]]  # centre (12, 14), h 20, w 20
     got = encode_boxes(box, anchor).numpy()
     np.testing.assert_allclose(got, [[0.7, 0.2, math.log(2.0), 0.0]], rtol=1e-6)
     got_w = encode_boxes(box, anchor, weights=(10, 10, 5, 5)).numpy()
@@ -42,12 +49,14 @@ def test_encode_matches_reference_and_roundtrips(weights):
     deltas = encode_boxes(boxes, anchors, weights).numpy()
     assert deltas.dtype == np.float64
     np.testing.assert_allclose(deltas, _np_encode(boxes, anchors, weights), rtol=1e-12)
-    np.testing.assert_allclose(decode_boxes(deltas, anchors, weights).numpy(), boxes,
-                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        decode_boxes(deltas, anchors, weights).numpy(), boxes, rtol=1e-10, atol=1e-10
+    )
     # float32 round trip to pixel precision
     d32 = encode_boxes(boxes.astype(np.float32), anchors.astype(np.float32), weights)
-    np.testing.assert_allclose(decode_boxes(d32, anchors.astype(np.float32), weights).numpy(),
-                               boxes, atol=1e-3)
+    np.testing.assert_allclose(
+        decode_boxes(d32, anchors.astype(np.float32), weights).numpy(), boxes, atol=1e-3
+    )
 
 
 def test_decode_broadcasts_anchors_over_batch():
@@ -64,8 +73,9 @@ def test_decode_clamps_scale():
     got = decode_boxes([[0.0, 0.0, 100.0, 100.0]], anchor).numpy()
     assert np.all(np.isfinite(got))
     side = 16.0 * math.exp(BBOX_XFORM_CLIP)  # 1000
-    np.testing.assert_allclose(got, [[8 - side / 2, 8 - side / 2, 8 + side / 2, 8 + side / 2]],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        got, [[8 - side / 2, 8 - side / 2, 8 + side / 2, 8 + side / 2]], rtol=1e-5
+    )
     # with weights, the clamp applies after dividing by the weight
     got_w = decode_boxes([[0.0, 0.0, 5 * 100.0, 5 * 100.0]], anchor, (10, 10, 5, 5)).numpy()
     np.testing.assert_allclose(got_w, got, rtol=1e-5)

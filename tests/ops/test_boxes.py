@@ -32,12 +32,14 @@ def test_area_known_and_inverted():
 
 def test_iou_known_cases():
     a = [[0, 0, 10, 10]]
-    b = [[0, 0, 10, 10],      # identical -> 1
-         [0, 5, 10, 15],      # half overlap: 50 / 150
-         [20, 20, 30, 30],    # disjoint -> 0
-         [2, 2, 4, 4],        # contained: 4 / 100
-         [0, 10, 10, 20],     # touching edge -> 0
-         [-1, -1, -1, -1]]    # padding row -> 0
+    b = [
+        [0, 0, 10, 10],  # identical -> 1
+        [0, 5, 10, 15],  # half overlap: 50 / 150
+        [20, 20, 30, 30],  # disjoint -> 0
+        [2, 2, 4, 4],  # contained: 4 / 100
+        [0, 10, 10, 20],  # touching edge -> 0
+        [-1, -1, -1, -1],
+    ]  # padding row -> 0
     got = B.iou(np.array(a, np.float32), np.array(b, np.float32)).numpy()
     np.testing.assert_allclose(got, [[1.0, 1 / 3, 0.0, 0.04, 0.0, 0.0]], rtol=1e-6)
 
@@ -49,10 +51,12 @@ def test_iou_zero_area_boxes_match_nothing_even_themselves():
 
 def test_iou_random_vs_reference_and_batched():
     rng = np.random.default_rng(0)
+
     def rand_boxes(n):
         yx = rng.uniform(0, 50, (n, 2))
         hw = rng.uniform(0, 30, (n, 2))
         return np.concatenate([yx, yx + hw], 1)
+
     a = np.stack([rand_boxes(7), rand_boxes(7)])
     b = np.stack([rand_boxes(5), rand_boxes(5)])
     got = B.iou(a, b).numpy()  # float64 in, float64 out
@@ -75,12 +79,14 @@ def test_iou_gradient_finite_with_padding():
 
 
 def test_clip_boxes_per_image_shapes():
-    boxes = np.array([[[-5, -5, 20, 30], [2, 3, 4, 5]],
-                      [[-5, -5, 20, 30], [12, 3, 40, 5]]], np.float32)
+    boxes = np.array(
+        [[[-5, -5, 20, 30], [2, 3, 4, 5]], [[-5, -5, 20, 30], [12, 3, 40, 5]]], np.float32
+    )
     shapes = np.array([[10, 25], [15, 8]], np.int32)
     got = B.clip_boxes(boxes, shapes).numpy()
-    np.testing.assert_array_equal(got, [[[0, 0, 10, 25], [2, 3, 4, 5]],
-                                        [[0, 0, 15, 8], [12, 3, 15, 5]]])
+    np.testing.assert_array_equal(
+        got, [[[0, 0, 10, 25], [2, 3, 4, 5]], [[0, 0, 15, 8], [12, 3, 15, 5]]]
+    )
     # a single (h, w) for an unbatched [N, 4]
     np.testing.assert_array_equal(B.clip_boxes(boxes[0], [10, 25]).numpy(), got[0])
 
@@ -102,13 +108,16 @@ def test_format_converters():
 
 
 def test_filter_small_boxes():
-    boxes = np.array([[0, 0, 5, 5], [0, 0, 2, 9], [0, 0, 9, 2], [3, 3, 3, 3], [4, 4, 2, 6]],
-                     np.float32)
-    np.testing.assert_array_equal(B.filter_small_boxes(boxes, 3.0).numpy(),
-                                  [True, False, False, False, False])
+    boxes = np.array(
+        [[0, 0, 5, 5], [0, 0, 2, 9], [0, 0, 9, 2], [3, 3, 3, 3], [4, 4, 2, 6]], np.float32
+    )
+    np.testing.assert_array_equal(
+        B.filter_small_boxes(boxes, 3.0).numpy(), [True, False, False, False, False]
+    )
     # min_size 0 still drops degenerate boxes
-    np.testing.assert_array_equal(B.filter_small_boxes(boxes, 0.0).numpy(),
-                                  [True, True, True, False, False])
+    np.testing.assert_array_equal(
+        B.filter_small_boxes(boxes, 0.0).numpy(), [True, True, True, False, False]
+    )
 
 
 def test_bad_shape_names_the_culprit():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cuda_build_helpers import (
+from helpers.cuda_build_helpers import (
     build_host_driver,
     check_harness,
     compile_cuda_functors,
@@ -25,7 +25,7 @@ from cuda_build_helpers import (
     needs_nvcc,
     run,
 )
-from psroi_reference import ps_roi_pool_reference, ps_roi_pool_reference_grad
+from helpers.psroi_reference import ps_roi_pool_reference, ps_roi_pool_reference_grad
 
 OP_DIR = Path(__file__).resolve().parents[2] / "custom_ops" / "psroi_pool"
 

@@ -6,7 +6,7 @@ tf.nn.conv2d at zero offsets / mask 1 (strides, dilations, SAME / VALID / explic
 import numpy as np
 import pytest
 import tensorflow as tf
-from deform_reference import conv_output_size, deform_conv2d_reference, numeric_gradient
+from helpers.deform_reference import conv_output_size, deform_conv2d_reference, numeric_gradient
 
 from rfcn_tf.ops.deform_conv import deform_conv2d
 from rfcn_tf.ops.deform_psroi_pool import custom_op_available, custom_op_load_error
@@ -19,8 +19,21 @@ def _require_compiled_op():
     assert custom_op_available(), f"compiled op did not load: {custom_op_load_error()}"
 
 
-def _case(seed, *, batch=2, height=7, width=8, cin=3, cout=4, k=(3, 3), strides=(1, 1),
-          dilations=(1, 1), padding="SAME", offset_scale=1.5, dtype=np.float32):
+def _case(
+    seed,
+    *,
+    batch=2,
+    height=7,
+    width=8,
+    cin=3,
+    cout=4,
+    k=(3, 3),
+    strides=(1, 1),
+    dilations=(1, 1),
+    padding="SAME",
+    offset_scale=1.5,
+    dtype=np.float32,
+):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, height, width, cin)).astype(dtype)
     w = (rng.standard_normal((k[0], k[1], cin, cout)) / 3).astype(dtype)
@@ -69,8 +82,9 @@ def test_zero_offsets_and_unit_mask_equal_conv2d(conv):
     x, offsets, w, mask, _ = _case(5, **conv)
     padding = conv["padding"]
     tf_padding = padding if isinstance(padding, str) else [[0, 0], *padding, [0, 0]]
-    plain = tf.nn.conv2d(x, w, strides=conv["strides"], dilations=conv["dilations"],
-                         padding=tf_padding).numpy()
+    plain = tf.nn.conv2d(
+        x, w, strides=conv["strides"], dilations=conv["dilations"], padding=tf_padding
+    ).numpy()
     zero = np.zeros_like(offsets)
     for impl in ("custom", "tf"):
         for m in (None, np.ones_like(mask)):
@@ -93,8 +107,7 @@ def test_custom_and_twin_agree_forward_and_gradients(conv, modulated):
 
 @pytest.mark.parametrize("impl", ["custom", "tf"])
 def test_numeric_gradients_float64(impl):
-    x, offsets, w, mask, _ = _case(9, batch=1, height=4, width=5, cin=2, cout=3,
-                                   dtype=np.float64)
+    x, offsets, w, mask, _ = _case(9, batch=1, height=4, width=5, cin=2, cout=3, dtype=np.float64)
 
     @tf.function  # compute_gradient calls it once per element and direction
     def fn(x_, o_, w_, m_):
@@ -107,13 +120,22 @@ def test_numeric_gradients_float64(impl):
 
 
 def test_offset_and_mask_gradients_match_numeric_gradient_of_the_reference():
-    x, offsets, w, mask, grad = _case(13, batch=1, height=4, width=5, cin=2, cout=2,
-                                      dtype=np.float64)
+    x, offsets, w, mask, grad = _case(
+        13, batch=1, height=4, width=5, cin=2, cout=2, dtype=np.float64
+    )
     _, _, go, _, gm = _run(x, offsets, w, mask, grad, "custom")
-    np.testing.assert_allclose(go, numeric_gradient(
-        lambda o: deform_conv2d_reference(x, o, w, mask), offsets, grad), atol=1e-6, rtol=1e-5)
-    np.testing.assert_allclose(gm, numeric_gradient(
-        lambda m: deform_conv2d_reference(x, offsets, w, m), mask, grad), atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(
+        go,
+        numeric_gradient(lambda o: deform_conv2d_reference(x, o, w, mask), offsets, grad),
+        atol=1e-6,
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(
+        gm,
+        numeric_gradient(lambda m: deform_conv2d_reference(x, offsets, w, m), mask, grad),
+        atol=1e-6,
+        rtol=1e-5,
+    )
 
 
 def test_backward_is_deterministic():
@@ -126,13 +148,19 @@ def test_backward_is_deterministic():
 
 def test_unknown_shapes_inside_tf_function():
     x, offsets, w, mask, _ = _case(17)
-    spec = [tf.TensorSpec([None, None, None, 3]), tf.TensorSpec([None, None, None, 18]),
-            tf.TensorSpec([None, None, None, 9])]
+    spec = [
+        tf.TensorSpec([None, None, None, 3]),
+        tf.TensorSpec([None, None, None, 18]),
+        tf.TensorSpec([None, None, None, 9]),
+    ]
     for impl in ("custom", "tf"):
-        fn = tf.function(lambda x_, o_, m_, impl=impl: deform_conv2d(
-            x_, o_, w, mask=m_, impl=impl), input_signature=spec)
-        np.testing.assert_allclose(fn(x, offsets, mask).numpy(),
-                                   deform_conv2d_reference(x, offsets, w, mask), atol=TOL)
+        fn = tf.function(
+            lambda x_, o_, m_, impl=impl: deform_conv2d(x_, o_, w, mask=m_, impl=impl),
+            input_signature=spec,
+        )
+        np.testing.assert_allclose(
+            fn(x, offsets, mask).numpy(), deform_conv2d_reference(x, offsets, w, mask), atol=TOL
+        )
 
 
 def test_bad_inputs_name_the_culprit():

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from cuda_build_helpers import (
+from helpers.cuda_build_helpers import (
     build_host_driver,
     check_harness,
     compile_cuda_functors,
@@ -26,7 +26,7 @@ from cuda_build_helpers import (
     needs_nvcc,
     run,
 )
-from deform_reference import deform_conv2d_reference, deform_ps_roi_pool_reference
+from helpers.deform_reference import deform_conv2d_reference, deform_ps_roi_pool_reference
 
 from rfcn_tf.ops.deform_conv import deform_conv2d
 from rfcn_tf.ops.deform_psroi_pool import deform_ps_roi_pool

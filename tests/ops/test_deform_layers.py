@@ -16,8 +16,7 @@ def _pool_inputs(seed=0, k=3, depth=4, dim=6):
     rng = np.random.default_rng(seed)
     maps = rng.standard_normal((2, 9, 11, k * k * depth)).astype(np.float32)
     hidden = rng.standard_normal((2, 9, 11, dim)).astype(np.float32)
-    rois = np.array([[0, 2, 3, 60, 80], [1, -10, 5, 40, 170], [1, 30, 30, 130, 100]],
-                    np.float32)
+    rois = np.array([[0, 2, 3, 60, 80], [1, -10, 5, 40, 170], [1, 30, 30, 130, 100]], np.float32)
     return maps, hidden, rois
 
 
@@ -36,8 +35,9 @@ def test_pooling_layer_starts_as_bilinear_ps_roi_pool_and_learns_offsets(groups)
     twin = DeformablePSRoIPooling.from_config({**layer.get_config(), "impl": "tf"})
     twin(maps, hidden, rois)
     twin.set_weights(layer.get_weights())
-    np.testing.assert_allclose(twin(maps, hidden, rois).numpy(),
-                               layer(maps, hidden, rois).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        twin(maps, hidden, rois).numpy(), layer(maps, hidden, rois).numpy(), atol=1e-5
+    )
     assert np.abs(layer(maps, hidden, rois).numpy() - plain.numpy()).max() > 1e-3
 
 
@@ -59,8 +59,7 @@ def test_conv_layer_starts_as_conv2d_and_learns_offsets(modulated):
     assert np.abs(tape_grad_of(layer, x, "offset_conv")).max() > 1e-4
     twin = DeformableConv2D.from_config({**layer.get_config(), "impl": "tf"})
     twin.build(x.shape)
-    layer.offset_conv.kernel.assign(
-        0.1 * tf.random.normal(layer.offset_conv.kernel.shape, seed=2))
+    layer.offset_conv.kernel.assign(0.1 * tf.random.normal(layer.offset_conv.kernel.shape, seed=2))
     twin.set_weights(layer.get_weights())
     np.testing.assert_allclose(twin(x).numpy(), layer(x).numpy(), atol=1e-4, rtol=1e-5)
 
@@ -83,9 +82,13 @@ def test_stock_op_savedmodel_has_no_custom_op(tmp_path):
             super().__init__()
             self.pool, self.conv = pool, conv
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 36]),
-                                      tf.TensorSpec([None, None, None, 6]),
-                                      tf.TensorSpec([None, 5])])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, None, None, 36]),
+                tf.TensorSpec([None, None, None, 6]),
+                tf.TensorSpec([None, 5]),
+            ]
+        )
         def __call__(self, m, h, r):
             return self.pool(m, h, r), self.conv(h)
 

@@ -22,22 +22,31 @@ def test_twins_convert_to_onnx_and_match():
     mask = rng.uniform(0, 1, (1, 8, 9, 9)).astype(np.float32)
     w = rng.standard_normal((3, 3, 4, 5)).astype(np.float32)
 
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, None, None, 36], name="maps"), tf.TensorSpec([None, 5], name="rois"),
-        tf.TensorSpec([None, 3, 3, 2], name="offsets"),
-        tf.TensorSpec([None, None, None, 4], name="x"),
-        tf.TensorSpec([None, None, None, 18], name="conv_offsets"),
-        tf.TensorSpec([None, None, None, 9], name="mask")])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None, 36], name="maps"),
+            tf.TensorSpec([None, 5], name="rois"),
+            tf.TensorSpec([None, 3, 3, 2], name="offsets"),
+            tf.TensorSpec([None, None, None, 4], name="x"),
+            tf.TensorSpec([None, None, None, 18], name="conv_offsets"),
+            tf.TensorSpec([None, None, None, 9], name="mask"),
+        ]
+    )
     def fn(m, r, o, x_, co, mk):
         pooled = deform_ps_roi_pool_tf(m, r, o, output_size=3, spatial_scale=1 / 16)
         conv = deform_conv2d_tf(x_, co, tf.constant(w), mask=mk, padding="SAME")
         return tf.identity(pooled, name="pooled"), tf.identity(conv, name="conv")
 
     model, _ = tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=17)
-    session = ort.InferenceSession(model.SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
-    values = {"maps": maps, "rois": rois, "offsets": offsets, "x": x,
-              "conv_offsets": conv_off, "mask": mask}
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = {
+        "maps": maps,
+        "rois": rois,
+        "offsets": offsets,
+        "x": x,
+        "conv_offsets": conv_off,
+        "mask": mask,
+    }
     feeds = {i.name: values[i.name.split(":")[0]] for i in session.get_inputs()}
     got = session.run(None, feeds)
     want = fn(maps, rois, offsets, x, conv_off, mask)

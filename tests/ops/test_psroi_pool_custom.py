@@ -19,14 +19,10 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-from psroi_reference import ps_roi_pool_reference, ps_roi_pool_reference_grad
+from helpers.psroi_reference import ps_roi_pool_reference, ps_roi_pool_reference_grad
 
 from rfcn_tf.ops import psroi_pool as psroi_module
-from rfcn_tf.ops.psroi_pool import (
-    custom_op_available,
-    custom_op_load_error,
-    ps_roi_pool,
-)
+from rfcn_tf.ops.psroi_pool import custom_op_available, custom_op_load_error, ps_roi_pool
 
 MODES = ["avg", "bilinear"]
 TOL = 1e-5
@@ -67,7 +63,8 @@ def _rois(rng, num, batch, img_h, img_w):
 def _case(seed, *, batch, height, width, k, num_out, spatial_scale, num=12, scale=1.0):
     rng = np.random.default_rng(seed)
     feats = (scale * rng.standard_normal((batch, height, width, k * k * num_out))).astype(
-        np.float32)
+        np.float32
+    )
     rois = _rois(rng, num, batch, height / spatial_scale, width / spatial_scale)
     grad = rng.standard_normal((len(rois), k, k, num_out)).astype(np.float32)
     return feats, rois, grad
@@ -93,10 +90,19 @@ CASES = [
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("k, num_out, batch, height, width, spatial_scale", CASES)
-def test_forward_and_gradient_match_reference(mode, k, num_out, batch, height, width,
-                                              spatial_scale):
-    feats, rois, grad = _case(k * 100 + height, batch=batch, height=height, width=width, k=k,
-                              num_out=num_out, spatial_scale=spatial_scale, scale=3.0)
+def test_forward_and_gradient_match_reference(
+    mode, k, num_out, batch, height, width, spatial_scale
+):
+    feats, rois, grad = _case(
+        k * 100 + height,
+        batch=batch,
+        height=height,
+        width=width,
+        k=k,
+        num_out=num_out,
+        spatial_scale=spatial_scale,
+        scale=3.0,
+    )
     kwargs = dict(output_size=k, spatial_scale=spatial_scale, mode=mode, sampling_ratio=2)
     out, grad_features = _forward_and_grad(feats, rois, grad, **kwargs)
     assert out.shape == (len(rois), k, k, num_out) and out.dtype == np.float32
@@ -110,17 +116,17 @@ def test_forward_and_gradient_match_reference(mode, k, num_out, batch, height, w
 
 @pytest.mark.parametrize("sampling_ratio", [1, 3, 4])
 def test_bilinear_sampling_ratios_match_reference(sampling_ratio):
-    feats, rois, grad = _case(7, batch=2, height=10, width=12, k=3, num_out=2,
-                              spatial_scale=0.5)
-    kwargs = dict(output_size=3, spatial_scale=0.5, mode="bilinear",
-                  sampling_ratio=sampling_ratio)
+    feats, rois, grad = _case(7, batch=2, height=10, width=12, k=3, num_out=2, spatial_scale=0.5)
+    kwargs = dict(output_size=3, spatial_scale=0.5, mode="bilinear", sampling_ratio=sampling_ratio)
     out, grad_features = _forward_and_grad(feats, rois, grad, **kwargs)
     np.testing.assert_allclose(
-        out, ps_roi_pool_reference(feats, rois, 3, 0.5, "bilinear", sampling_ratio), atol=TOL)
+        out, ps_roi_pool_reference(feats, rois, 3, 0.5, "bilinear", sampling_ratio), atol=TOL
+    )
     np.testing.assert_allclose(
         grad_features,
         ps_roi_pool_reference_grad(feats.shape, rois, grad, 3, 0.5, "bilinear", sampling_ratio),
-        atol=TOL)
+        atol=TOL,
+    )
 
 
 GRID_CASES = [
@@ -136,17 +142,27 @@ GRID_CASES = [
 ]
 
 
-@pytest.mark.parametrize("mode, grid, sampling_ratio, batch, height, width, spatial_scale",
-                         GRID_CASES)
+@pytest.mark.parametrize(
+    "mode, grid, sampling_ratio, batch, height, width, spatial_scale", GRID_CASES
+)
 def test_rectangular_grids_and_adaptive_sampling_match_reference_and_twin(
-        mode, grid, sampling_ratio, batch, height, width, spatial_scale):
+    mode, grid, sampling_ratio, batch, height, width, spatial_scale
+):
     kh, kw = grid
-    feats, rois, _ = _case(kh * 10 + kw + height, batch=batch, height=height, width=width, k=1,
-                           num_out=kh * kw * 3, spatial_scale=spatial_scale, scale=3.0)
-    grad = np.random.default_rng(kh + kw).standard_normal((len(rois), kh, kw, 3)).astype(
-        np.float32)
-    kwargs = dict(output_size=grid, spatial_scale=spatial_scale, mode=mode,
-                  sampling_ratio=sampling_ratio)
+    feats, rois, _ = _case(
+        kh * 10 + kw + height,
+        batch=batch,
+        height=height,
+        width=width,
+        k=1,
+        num_out=kh * kw * 3,
+        spatial_scale=spatial_scale,
+        scale=3.0,
+    )
+    grad = np.random.default_rng(kh + kw).standard_normal((len(rois), kh, kw, 3)).astype(np.float32)
+    kwargs = dict(
+        output_size=grid, spatial_scale=spatial_scale, mode=mode, sampling_ratio=sampling_ratio
+    )
     out, grad_features = _forward_and_grad(feats, rois, grad, **kwargs)
     assert out.shape == (len(rois), kh, kw, 3)
     # The op's spatial_scale attr is float32: 0.1 is 0.100000001..., which moves an adaptive
@@ -156,8 +172,10 @@ def test_rectangular_grids_and_adaptive_sampling_match_reference_and_twin(
     np.testing.assert_allclose(out, ref, rtol=0, atol=TOL)
     np.testing.assert_allclose(
         grad_features,
-        ps_roi_pool_reference_grad(feats.shape, rois, grad, grid, scale32, mode,
-                                   sampling_ratio), rtol=0, atol=TOL)
+        ps_roi_pool_reference_grad(feats.shape, rois, grad, grid, scale32, mode, sampling_ratio),
+        rtol=0,
+        atol=TOL,
+    )
     twin_out, twin_grad = _forward_and_grad(feats, rois, grad, impl="tf", **kwargs)
     np.testing.assert_allclose(out, twin_out, rtol=0, atol=TOL)
     np.testing.assert_allclose(grad_features, twin_grad, rtol=0, atol=TOL)
@@ -183,8 +201,9 @@ def _round_half_away(x):
 def test_k1_avg_is_plain_average_over_the_rounded_box():
     # Property: with k = 1 the avg op is the plain mean over the rounded box.
     feats, rois, _ = _case(3, batch=2, height=11, width=9, k=1, num_out=5, spatial_scale=0.25)
-    out = ps_roi_pool(feats, rois, output_size=1, spatial_scale=0.25, mode="avg",
-                      impl="custom").numpy()
+    out = ps_roi_pool(
+        feats, rois, output_size=1, spatial_scale=0.25, mode="avg", impl="custom"
+    ).numpy()
     for r, (b, y1, x1, y2, x2) in enumerate(rois.astype(np.float64)):
         y1r, x1r = _round_half_away(y1 * 0.25), _round_half_away(x1 * 0.25)
         h = max(_round_half_away(y2 * 0.25) - y1r, 1)
@@ -201,8 +220,9 @@ def test_bin_major_channel_layout_hand_computed():
     # at scale 1: roi_h = roi_w = 3; bin 0 covers cells [0, 2), bin 1 covers [1, 3).
     h, w, ch = np.meshgrid(np.arange(4), np.arange(4), np.arange(8), indexing="ij")
     feats = (100.0 * ch + 10.0 * h + w)[None].astype(np.float32)
-    out = ps_roi_pool(feats, [[0, 0, 0, 3, 3]], output_size=2, spatial_scale=1.0,
-                      mode="avg", impl="custom").numpy()[0]
+    out = ps_roi_pool(
+        feats, [[0, 0, 0, 3, 3]], output_size=2, spatial_scale=1.0, mode="avg", impl="custom"
+    ).numpy()[0]
     # Bin (i, j), class c reads channel (i*2 + j)*2 + c; mean of rows/cols {0,1} = 0.5,
     # of {1,2} = 1.5.
     for i, j, c in np.ndindex(2, 2, 2):
@@ -213,8 +233,9 @@ def test_bin_major_channel_layout_hand_computed():
 def test_avg_rounds_half_away_from_zero():
     # y1 * 0.5 = 2.5 -> 3 (std::round), not 2 (half to even); a 1-row map column shows it.
     feats = np.arange(8, dtype=np.float32).reshape(1, 8, 1, 1)
-    out = ps_roi_pool(feats, [[0, 5, 0, 5, 1]], output_size=1, spatial_scale=0.5,
-                      mode="avg", impl="custom").numpy()
+    out = ps_roi_pool(
+        feats, [[0, 5, 0, 5, 1]], output_size=1, spatial_scale=0.5, mode="avg", impl="custom"
+    ).numpy()
     assert out[0, 0, 0, 0] == 3.0
 
 
@@ -222,25 +243,35 @@ def test_avg_rounds_half_away_from_zero():
 def test_zero_rois(mode):
     feats, _, _ = _case(1, batch=2, height=5, width=6, k=3, num_out=2, spatial_scale=1.0)
     rois = np.zeros((0, 5), np.float32)
-    out, grad_features = _forward_and_grad(feats, rois, np.zeros((0, 3, 3, 2), np.float32),
-                                           output_size=3, spatial_scale=1.0, mode=mode)
+    out, grad_features = _forward_and_grad(
+        feats, rois, np.zeros((0, 3, 3, 2), np.float32), output_size=3, spatial_scale=1.0, mode=mode
+    )
     assert out.shape == (0, 3, 3, 2)
     assert grad_features.shape == feats.shape and not grad_features.any()
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_non_finite_and_huge_coordinates_pool_zero_and_never_crash(mode):
-    feats, _, grad = _case(2, batch=1, height=6, width=7, k=2, num_out=3, spatial_scale=1.0,
-                           num=0)
+    feats, _, grad = _case(2, batch=1, height=6, width=7, k=2, num_out=3, spatial_scale=1.0, num=0)
     inf, nan = np.inf, np.nan
-    rois = np.array([
-        [0, nan, 1, 4, 5], [0, 1, nan, 4, 5], [0, 1, 1, nan, 5], [0, 1, 1, 4, nan],
-        [0, -inf, 1, 4, 5], [0, 1, 1, inf, 5], [0, -inf, -inf, inf, inf],
-        [0, -3e38, -3e38, 3e38, 3e38], [0, 1e9, 1e9, 2e9, 2e9],
-    ], np.float32)
+    rois = np.array(
+        [
+            [0, nan, 1, 4, 5],
+            [0, 1, nan, 4, 5],
+            [0, 1, 1, nan, 5],
+            [0, 1, 1, 4, nan],
+            [0, -inf, 1, 4, 5],
+            [0, 1, 1, inf, 5],
+            [0, -inf, -inf, inf, inf],
+            [0, -3e38, -3e38, 3e38, 3e38],
+            [0, 1e9, 1e9, 2e9, 2e9],
+        ],
+        np.float32,
+    )
     grad = grad[:1].repeat(len(rois), axis=0)
-    out, grad_features = _forward_and_grad(feats, rois, grad, output_size=2, spatial_scale=1.0,
-                                           mode=mode)
+    out, grad_features = _forward_and_grad(
+        feats, rois, grad, output_size=2, spatial_scale=1.0, mode=mode
+    )
     ref = ps_roi_pool_reference(feats, rois, 2, 1.0, mode, 2)
     np.testing.assert_allclose(out, ref, atol=TOL)
     assert np.all(out[:7] == 0)  # non-finite corners pool 0 in both modes
@@ -256,7 +287,8 @@ def test_matches_twin_forward_and_gradient_on_detector_sized_input(mode):
     y1 = rng.uniform(0, 600 - size[:, 0])
     x1 = rng.uniform(0, 1000 - size[:, 1])
     rois = np.column_stack([np.zeros(300), y1, x1, y1 + size[:, 0], x1 + size[:, 1]]).astype(
-        np.float32)
+        np.float32
+    )
     grad = rng.standard_normal((300, 7, 7, 21)).astype(np.float32)
     kwargs = dict(output_size=7, spatial_scale=1.0 / 16, mode=mode, sampling_ratio=2)
     out_c, grad_c = _forward_and_grad(feats, rois, grad, impl="custom", **kwargs)
@@ -270,12 +302,14 @@ def test_matches_twin_forward_and_gradient_on_detector_sized_input(mode):
 def test_numeric_gradient(mode):
     rng = np.random.default_rng(11)
     feats = rng.standard_normal((2, 4, 5, 2 * 2 * 2)).astype(np.float32)
-    rois = tf.constant([[0, 0.5, 1.0, 6.5, 8.0], [1, 2.0, -1.0, 7.0, 9.5],
-                        [1, 4.0, 4.0, 5.0, 5.0]], tf.float32)
+    rois = tf.constant(
+        [[0, 0.5, 1.0, 6.5, 8.0], [1, 2.0, -1.0, 7.0, 9.5], [1, 4.0, 4.0, 5.0, 5.0]], tf.float32
+    )
 
     def pool(x):
-        return ps_roi_pool(x, rois, output_size=2, spatial_scale=0.5, mode=mode,
-                           sampling_ratio=2, impl="custom")
+        return ps_roi_pool(
+            x, rois, output_size=2, spatial_scale=0.5, mode=mode, sampling_ratio=2, impl="custom"
+        )
 
     theoretical, numerical = tf.test.compute_gradient(pool, [tf.constant(feats)], delta=1e-2)
     assert np.abs(theoretical[0]).max() > 0.05
@@ -286,26 +320,30 @@ def test_numeric_gradient(mode):
 def test_backward_is_the_adjoint_and_its_gradient_is_the_forward(mode):
     # <pool(x), y> == <x, pool_grad(y)>, and the registered gradient of RfcnPsRoiPoolGrad
     # (second-order autodiff) matches its numeric Jacobian.
-    feats, rois, grad = _case(4, batch=2, height=7, width=8, k=2, num_out=2,
-                              spatial_scale=0.5, num=4)
+    feats, rois, grad = _case(
+        4, batch=2, height=7, width=8, k=2, num_out=2, spatial_scale=0.5, num=4
+    )
     kwargs = dict(spatial_scale=0.5, mode=mode, sampling_ratio=2)
     out, grad_features = _forward_and_grad(feats, rois, grad, output_size=2, **kwargs)
     assert np.sum(out.astype(np.float64) * grad) == pytest.approx(
-        np.sum(feats.astype(np.float64) * grad_features), rel=1e-5)
+        np.sum(feats.astype(np.float64) * grad_features), rel=1e-5
+    )
 
     library = psroi_module._LIBRARY.module()
     theoretical, numerical = tf.test.compute_gradient(
-        lambda g: library.rfcn_ps_roi_pool_grad(feats, rois, g, pooled_height=2,
-                                                pooled_width=2, **kwargs),
-        [tf.constant(grad)], delta=1e-2)
+        lambda g: library.rfcn_ps_roi_pool_grad(
+            feats, rois, g, pooled_height=2, pooled_width=2, **kwargs
+        ),
+        [tf.constant(grad)],
+        delta=1e-2,
+    )
     np.testing.assert_allclose(theoretical[0], numerical[0], atol=2e-3)
 
 
 @pytest.mark.parametrize("dtype, atol", [(tf.float16, 2e-2), (tf.bfloat16, 6e-2)])
 @pytest.mark.parametrize("mode", MODES)
 def test_half_precision_dtypes(mode, dtype, atol):
-    feats, rois, grad = _case(9, batch=2, height=9, width=10, k=3, num_out=2,
-                              spatial_scale=0.5)
+    feats, rois, grad = _case(9, batch=2, height=9, width=10, k=3, num_out=2, spatial_scale=0.5)
     kwargs = dict(output_size=3, spatial_scale=0.5, mode=mode)
     features = tf.cast(feats, dtype)
     with tf.GradientTape() as tape:
@@ -315,11 +353,16 @@ def test_half_precision_dtypes(mode, dtype, atol):
     grad_features = tape.gradient(loss, features)
     assert out.dtype == dtype and grad_features.dtype == dtype
     exact = tf.cast(features, tf.float32).numpy()  # the rounded inputs, exactly
-    np.testing.assert_allclose(tf.cast(out, tf.float32).numpy(),
-                               ps_roi_pool_reference(exact, rois, 3, 0.5, mode, 2), atol=atol)
+    np.testing.assert_allclose(
+        tf.cast(out, tf.float32).numpy(),
+        ps_roi_pool_reference(exact, rois, 3, 0.5, mode, 2),
+        atol=atol,
+    )
     np.testing.assert_allclose(
         tf.cast(grad_features, tf.float32).numpy(),
-        ps_roi_pool_reference_grad(feats.shape, rois, grad, 3, 0.5, mode, 2), atol=atol)
+        ps_roi_pool_reference_grad(feats.shape, rois, grad, 3, 0.5, mode, 2),
+        atol=atol,
+    )
 
 
 _DETERMINISM_SCRIPT = textwrap.dedent("""
@@ -361,13 +404,21 @@ def test_deterministic_across_runs_and_thread_counts(tmp_path):
     script = tmp_path / "determinism.py"
     script.write_text(_DETERMINISM_SCRIPT)
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(psroi_module.__file__)))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]),
+    )
     results = {}
     for threads in (1, 4):
         path = tmp_path / f"threads{threads}.npz"
-        proc = subprocess.run([sys.executable, str(script), str(threads), str(path)],
-                              capture_output=True, text=True, env=env, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, str(script), str(threads), str(path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[threads] = np.load(path)
     for key in results[1].files:
@@ -377,6 +428,7 @@ def test_deterministic_across_runs_and_thread_counts(tmp_path):
 
 # ------------------------------------------------------------------ input validation
 
+
 def _feats(shape):
     return np.zeros(shape, np.float32)
 
@@ -384,44 +436,109 @@ def _feats(shape):
 GOOD_ROIS = np.array([[0, 0, 0, 16, 16]], np.float32)
 BAD_INPUTS = [
     # (id, features, rois, kwargs, match): match works for both implementations' messages.
-    ("features_rank3", _feats((4, 4, 4)), GOOD_ROIS, dict(output_size=2),
-     r"features must be .*rank 4.*got shape"),
-    ("rois_width4", _feats((1, 4, 4, 4)), np.zeros((3, 4), np.float32), dict(output_size=2),
-     r"rois must be \[R, 5\].*got shape.*3.*4"),
-    ("rois_rank1", _feats((1, 4, 4, 4)), np.zeros((5,), np.float32), dict(output_size=2),
-     r"rois must be \[R, 5\].*got shape.*5"),
-    ("channels_not_k2_multiple", _feats((1, 4, 4, 50)), GOOD_ROIS, dict(output_size=7),
-     r"features channels \(50\).*49"),
-    ("output_size_0", _feats((1, 4, 4, 4)), GOOD_ROIS, dict(output_size=0),
-     r"output_size.*\b0\b"),
-    ("output_size_pair_0", _feats((1, 4, 4, 4)), GOOD_ROIS, dict(output_size=(2, 0)),
-     r"output_size must be >= 1, got \(2, 0\)"),
-    ("output_size_triple", _feats((1, 4, 4, 4)), GOOD_ROIS, dict(output_size=(1, 2, 2)),
-     r"output_size must be an int k or a pair \(kh, kw\).*\(1, 2, 2\)"),
-    ("channels_not_grid_multiple", _feats((1, 4, 4, 8)), GOOD_ROIS, dict(output_size=(2, 3)),
-     r"features channels \(8\).*= 6"),
-    ("sampling_ratio_float", _feats((1, 4, 4, 4)), GOOD_ROIS,
-     dict(output_size=2, mode="bilinear", sampling_ratio=1.5), r"sampling_ratio.*1\.5"),
-    ("mode_max", _feats((1, 4, 4, 4)), GOOD_ROIS, dict(output_size=2, mode="max"),
-     r"mode.*max"),
-    ("spatial_scale_0", _feats((1, 4, 4, 4)), GOOD_ROIS, dict(output_size=2, spatial_scale=0.0),
-     r"spatial_scale must be a finite number > 0, got 0"),
-    ("height_0", _feats((1, 0, 4, 4)), GOOD_ROIS, dict(output_size=2),
-     r"features (height|width).*must be >= 1"),
-    ("batch_index_1_of_1", _feats((1, 4, 4, 4)), np.array([[1, 0, 0, 8, 8]], np.float32),
-     dict(output_size=2), r"(?s)batch.index.*\b1\b"),
-    ("batch_index_negative", _feats((2, 4, 4, 4)),
-     np.array([[0, 0, 0, 8, 8], [-1, 0, 0, 8, 8]], np.float32), dict(output_size=2),
-     r"(?s)batch.index.*-1"),
-    ("batch_index_nan", _feats((2, 4, 4, 4)), np.array([[np.nan, 0, 0, 8, 8]], np.float32),
-     dict(output_size=2), r"(?s)batch.index.*nan"),
+    (
+        "features_rank3",
+        _feats((4, 4, 4)),
+        GOOD_ROIS,
+        dict(output_size=2),
+        r"features must be .*rank 4.*got shape",
+    ),
+    (
+        "rois_width4",
+        _feats((1, 4, 4, 4)),
+        np.zeros((3, 4), np.float32),
+        dict(output_size=2),
+        r"rois must be \[R, 5\].*got shape.*3.*4",
+    ),
+    (
+        "rois_rank1",
+        _feats((1, 4, 4, 4)),
+        np.zeros((5,), np.float32),
+        dict(output_size=2),
+        r"rois must be \[R, 5\].*got shape.*5",
+    ),
+    (
+        "channels_not_k2_multiple",
+        _feats((1, 4, 4, 50)),
+        GOOD_ROIS,
+        dict(output_size=7),
+        r"features channels \(50\).*49",
+    ),
+    ("output_size_0", _feats((1, 4, 4, 4)), GOOD_ROIS, dict(output_size=0), r"output_size.*\b0\b"),
+    (
+        "output_size_pair_0",
+        _feats((1, 4, 4, 4)),
+        GOOD_ROIS,
+        dict(output_size=(2, 0)),
+        r"output_size must be >= 1, got \(2, 0\)",
+    ),
+    (
+        "output_size_triple",
+        _feats((1, 4, 4, 4)),
+        GOOD_ROIS,
+        dict(output_size=(1, 2, 2)),
+        r"output_size must be an int k or a pair \(kh, kw\).*\(1, 2, 2\)",
+    ),
+    (
+        "channels_not_grid_multiple",
+        _feats((1, 4, 4, 8)),
+        GOOD_ROIS,
+        dict(output_size=(2, 3)),
+        r"features channels \(8\).*= 6",
+    ),
+    (
+        "sampling_ratio_float",
+        _feats((1, 4, 4, 4)),
+        GOOD_ROIS,
+        dict(output_size=2, mode="bilinear", sampling_ratio=1.5),
+        r"sampling_ratio.*1\.5",
+    ),
+    ("mode_max", _feats((1, 4, 4, 4)), GOOD_ROIS, dict(output_size=2, mode="max"), r"mode.*max"),
+    (
+        "spatial_scale_0",
+        _feats((1, 4, 4, 4)),
+        GOOD_ROIS,
+        dict(output_size=2, spatial_scale=0.0),
+        r"spatial_scale must be a finite number > 0, got 0",
+    ),
+    (
+        "height_0",
+        _feats((1, 0, 4, 4)),
+        GOOD_ROIS,
+        dict(output_size=2),
+        r"features (height|width).*must be >= 1",
+    ),
+    (
+        "batch_index_1_of_1",
+        _feats((1, 4, 4, 4)),
+        np.array([[1, 0, 0, 8, 8]], np.float32),
+        dict(output_size=2),
+        r"(?s)batch.index.*\b1\b",
+    ),
+    (
+        "batch_index_negative",
+        _feats((2, 4, 4, 4)),
+        np.array([[0, 0, 0, 8, 8], [-1, 0, 0, 8, 8]], np.float32),
+        dict(output_size=2),
+        r"(?s)batch.index.*-1",
+    ),
+    (
+        "batch_index_nan",
+        _feats((2, 4, 4, 4)),
+        np.array([[np.nan, 0, 0, 8, 8]], np.float32),
+        dict(output_size=2),
+        r"(?s)batch.index.*nan",
+    ),
 ]
 
 
 @pytest.mark.parametrize("in_function", [False, True], ids=["eager", "tf_function"])
 @pytest.mark.parametrize("impl", ["custom", "tf"])
-@pytest.mark.parametrize("features, rois, kwargs, match",
-                         [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
+@pytest.mark.parametrize(
+    "features, rois, kwargs, match",
+    [case[1:] for case in BAD_INPUTS],
+    ids=[case[0] for case in BAD_INPUTS],
+)
 def test_bad_inputs_raise_naming_the_value(impl, in_function, features, rois, kwargs, match):
     def run(f, r):
         return ps_roi_pool(f, r, impl=impl, **kwargs)
@@ -433,11 +550,16 @@ def test_bad_inputs_raise_naming_the_value(impl, in_function, features, rois, kw
 
 def test_grad_op_rejects_a_grad_of_the_wrong_shape():
     library = psroi_module._LIBRARY.module()
-    with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=r"grad must be \[R, kh, kw, C\] = \[1,2,1,4\]"):
-        library.rfcn_ps_roi_pool_grad(_feats((1, 4, 4, 8)), GOOD_ROIS,
-                                      np.zeros((1, 2, 2, 3), np.float32), pooled_height=2,
-                                      pooled_width=1)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"grad must be \[R, kh, kw, C\] = \[1,2,1,4\]"
+    ):
+        library.rfcn_ps_roi_pool_grad(
+            _feats((1, 4, 4, 8)),
+            GOOD_ROIS,
+            np.zeros((1, 2, 2, 3), np.float32),
+            pooled_height=2,
+            pooled_width=1,
+        )
 
 
 def test_unknown_impl_is_a_value_error():
@@ -447,16 +569,20 @@ def test_unknown_impl_is_a_value_error():
 
 # ------------------------------------------------------------------ shapes in tf.function
 
+
 @pytest.mark.parametrize("impl", ["custom", "tf"])
 @pytest.mark.parametrize("mode", MODES)
 def test_tf_function_with_unknown_r_h_w(mode, impl):
     traces = []
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3 * 3 * 4], tf.float32),
-                                  tf.TensorSpec([None, 5], tf.float32)])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None, 3 * 3 * 4], tf.float32),
+            tf.TensorSpec([None, 5], tf.float32),
+        ]
+    )
     def pool(features, rois):
-        out = ps_roi_pool(features, rois, output_size=3, spatial_scale=0.5, mode=mode,
-                          impl=impl)
+        out = ps_roi_pool(features, rois, output_size=3, spatial_scale=0.5, mode=mode, impl=impl)
         traces.append(out.shape)
         return out
 
@@ -464,8 +590,9 @@ def test_tf_function_with_unknown_r_h_w(mode, impl):
     out = pool(feats, rois)
     out2 = pool(feats[:1, :5, :7], rois[rois[:, 0] < 1])
     assert traces[0].as_list() == [None, 3, 3, 4] and len(traces) == 1
-    np.testing.assert_allclose(out.numpy(), ps_roi_pool_reference(feats, rois, 3, 0.5, mode, 2),
-                               atol=TOL)
+    np.testing.assert_allclose(
+        out.numpy(), ps_roi_pool_reference(feats, rois, 3, 0.5, mode, 2), atol=TOL
+    )
     assert out2.shape[0] == int(np.sum(rois[:, 0] < 1))
 
 
@@ -478,8 +605,12 @@ def test_static_shapes_from_the_shape_function():
         rois_known = tf.compat.v1.placeholder(tf.float32, [12, 5])
         assert ps_roi_pool(feats, rois, impl="custom").shape.as_list() == [None, 7, 7, 5]
         assert ps_roi_pool(feats, rois_known, impl="custom").shape.as_list() == [12, 7, 7, 5]
-        assert ps_roi_pool(unknown_c, rois, output_size=3,
-                           impl="custom").shape.as_list() == [None, 3, 3, None]
+        assert ps_roi_pool(unknown_c, rois, output_size=3, impl="custom").shape.as_list() == [
+            None,
+            3,
+            3,
+            None,
+        ]
         with pytest.raises(ValueError, match=r"features channels \(245\).*must be divisible"):
             ps_roi_pool(feats, rois, output_size=3, impl="custom")
 
@@ -498,10 +629,13 @@ def test_gradient_has_none_for_rois_and_runs_in_tf_function():
     assert g_rois is None
     np.testing.assert_allclose(
         g_features.numpy(),
-        ps_roi_pool_reference_grad(feats.shape, rois, grad, 2, 0.5, "avg", 2), atol=TOL)
+        ps_roi_pool_reference_grad(feats.shape, rois, grad, 2, 0.5, "avg", 2),
+        atol=TOL,
+    )
 
 
 # ------------------------------------------------------------------ loader
+
 
 def test_so_lives_inside_the_package():
     path = psroi_module._LIBRARY.path
@@ -513,8 +647,12 @@ def test_auto_uses_the_custom_op_when_it_loaded(caplog):
     feats, rois, _ = _case(8, batch=1, height=5, width=5, k=2, num_out=1, spatial_scale=1.0)
     with caplog.at_level(logging.WARNING, logger=psroi_module.__name__):
         graph = tf.function(lambda f, r: ps_roi_pool(f, r, output_size=2, spatial_scale=1.0))
-        ops = {op.type for op in graph.get_concrete_function(
-            tf.constant(feats), tf.constant(rois)).graph.get_operations()}
+        ops = {
+            op.type
+            for op in graph.get_concrete_function(
+                tf.constant(feats), tf.constant(rois)
+            ).graph.get_operations()
+        }
     assert "RfcnPsRoiPool" in ops and not caplog.records
 
 

@@ -37,8 +37,9 @@ def write_fake_export(folder, class_names, *, boxes, scores, classes, m=5):
             super().__init__()
             self.labels = tf.saved_model.Asset(labels)
 
-        @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8,
-                                                    name="input_tensor")])
+        @tf.function(
+            input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8, name="input_tensor")]
+        )
         def serve(self, input_tensor):
             pad = m - boxes.shape[0]
             return {

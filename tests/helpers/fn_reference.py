@@ -24,7 +24,7 @@ def np_iou(a, b):
     return out
 
 
-def np_decode(deltas, anchors, weights=(1, 1, 1, 1), clip=math.log(1000 / 16)):
+def np_decode(deltas, anchors, weights=(1, 1, 1, 1), clip=math.log(1000 / 16)):  # noqa: B008 (a constant)
     deltas = np.asarray(deltas, np.float64)
     anchors = np.asarray(anchors, np.float64)
     ha = anchors[..., 2] - anchors[..., 0]
@@ -43,9 +43,15 @@ def np_encode(boxes, anchors, weights=(1, 1, 1, 1)):
     anchors = np.asarray(anchors, np.float64)
     h, w = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
     ha, wa = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
-    return np.stack([weights[0] * (boxes[..., 0] + h / 2 - anchors[..., 0] - ha / 2) / ha,
-                     weights[1] * (boxes[..., 1] + w / 2 - anchors[..., 1] - wa / 2) / wa,
-                     weights[2] * np.log(h / ha), weights[3] * np.log(w / wa)], -1)
+    return np.stack(
+        [
+            weights[0] * (boxes[..., 0] + h / 2 - anchors[..., 0] - ha / 2) / ha,
+            weights[1] * (boxes[..., 1] + w / 2 - anchors[..., 1] - wa / 2) / wa,
+            weights[2] * np.log(h / ha),
+            weights[3] * np.log(w / wa),
+        ],
+        -1,
+    )
 
 
 def np_clip(boxes, h, w):
@@ -73,8 +79,11 @@ def np_proposals(logits, deltas, anchors, image_shape, pre_n, post_n, nms_iou, m
     """One image: (boxes [n, 4], probabilities [n]) by Faster R-CNN sec. 3.3's recipe."""
     boxes = np_clip(np_decode(deltas, anchors), *image_shape)
     h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    logits = np.where((h >= min_size) & (w >= min_size) & (h > 0) & (w > 0),
-                      np.asarray(logits, np.float64), -np.inf)
+    logits = np.where(
+        (h >= min_size) & (w >= min_size) & (h > 0) & (w > 0),
+        np.asarray(logits, np.float64),
+        -np.inf,
+    )
     order = sorted(range(len(logits)), key=lambda i: (-logits[i], i))[:pre_n]
     keep = np_nms(boxes[order], logits[order], nms_iou, post_n)
     idx = [order[k] for k in keep]
@@ -111,7 +120,7 @@ def np_smooth_l1(x, beta):
     x = np.asarray(x, np.float64)
     if beta == 0:
         return np.abs(x)
-    return np.where(np.abs(x) < beta, 0.5 * x ** 2 / beta, np.abs(x) - 0.5 * beta)
+    return np.where(np.abs(x) < beta, 0.5 * x**2 / beta, np.abs(x) - 0.5 * beta)
 
 
 def np_softmax_ce(logits, label):

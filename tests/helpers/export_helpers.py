@@ -11,10 +11,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+from helpers.tiny_models import preset_detector
 from rfcn_tf.data.sources.voc_xml import default_voc_root
 
 MIN_SIZE, MAX_SIZE = 256, 320  # the test exports' resize
@@ -34,12 +34,7 @@ def build_tiny_model(seed: int = 0):
     """shapes_tiny's R-FCN (small backbone, 3 classes) with random weights whose class and
     objectness logits are spread out (kernels x100): untrained heads give near-equal scores, and
     float32 ties would let two runtimes order equal-scored detections differently."""
-    from rfcn_tf.config import load_config
-    from rfcn_tf.model.builder import build_detector
-
-    config = load_config("shapes_tiny", MODEL_OVERRIDES)
-    keras.utils.set_random_seed(seed)
-    model = build_detector(config.model, num_classes=len(CLASS_NAMES))
+    config, model = preset_detector(MODEL_OVERRIDES, num_classes=len(CLASS_NAMES), seed=seed)
     for variable in model.variables:
         if variable.path.endswith(("rfcn_class_maps/kernel", "rpn_objectness/kernel")):
             variable.assign(variable * 100.0)

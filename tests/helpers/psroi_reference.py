@@ -104,8 +104,7 @@ def _check_args(features_shape, rois, output_size, mode, sampling_ratio):
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     channels = features_shape[3]
     if channels % (kh * kw) != 0:
-        raise ValueError(
-            f"features channels ({channels}) must be a multiple of kh*kw ({kh * kw})")
+        raise ValueError(f"features channels ({channels}) must be a multiple of kh*kw ({kh * kw})")
     batch = features_shape[0]
     for r in range(rois.shape[0]):
         v = rois[r, 0]
@@ -198,7 +197,8 @@ def _bin_contributions(roi, i, j, grid, height, width, spatial_scale, mode, samp
     if mode == "avg":
         return _avg_bin_contributions(roi, i, j, grid, height, width, spatial_scale)
     return _bilinear_bin_contributions(
-        roi, i, j, grid, height, width, spatial_scale, sampling_ratio)
+        roi, i, j, grid, height, width, spatial_scale, sampling_ratio
+    )
 
 
 def _all_contributions(rois, grid, num_out, height, width, spatial_scale, mode, sampling_ratio):
@@ -211,14 +211,21 @@ def _all_contributions(rois, grid, num_out, height, width, spatial_scale, mode, 
         for i in range(kh):
             for j in range(kw):
                 c0 = (i * kw + j) * num_out  # bin-major: the bin's C channels are contiguous
-                for h, w, wt in _bin_contributions(rois[r], i, j, grid, height, width,
-                                                   float(spatial_scale), mode,
-                                                   int(sampling_ratio)):
+                for h, w, wt in _bin_contributions(
+                    rois[r],
+                    i,
+                    j,
+                    grid,
+                    height,
+                    width,
+                    float(spatial_scale),
+                    mode,
+                    int(sampling_ratio),
+                ):
                     yield r, i, j, b, h, w, slice(c0, c0 + num_out), wt
 
 
-def ps_roi_pool_reference(features, rois, output_size, spatial_scale, mode="avg",
-                          sampling_ratio=2):
+def ps_roi_pool_reference(features, rois, output_size, spatial_scale, mode="avg", sampling_ratio=2):
     """PS-RoI pooling forward, float64, plain loops.
 
     Args:
@@ -237,13 +244,15 @@ def ps_roi_pool_reference(features, rois, output_size, spatial_scale, mode="avg"
     _, height, width, _ = features.shape
     out = np.zeros((rois.shape[0], *grid, num_out), dtype=np.float64)
     for r, i, j, b, h, w, channels, wt in _all_contributions(
-            rois, grid, num_out, height, width, spatial_scale, mode, sampling_ratio):
+        rois, grid, num_out, height, width, spatial_scale, mode, sampling_ratio
+    ):
         out[r, i, j, :] += wt * features[b, h, w, channels]
     return out
 
 
-def ps_roi_pool_reference_grad(features_shape, rois, grad_output, output_size, spatial_scale,
-                               mode="avg", sampling_ratio=2):
+def ps_roi_pool_reference_grad(
+    features_shape, rois, grad_output, output_size, spatial_scale, mode="avg", sampling_ratio=2
+):
     """Gradient of `ps_roi_pool_reference` w.r.t. features (it is linear in them), float64.
 
     Args:
@@ -265,6 +274,7 @@ def ps_roi_pool_reference_grad(features_shape, rois, grad_output, output_size, s
     _, height, width, _ = features_shape
     grad = np.zeros(features_shape, dtype=np.float64)
     for r, i, j, b, h, w, channels, wt in _all_contributions(
-            rois, grid, num_out, height, width, spatial_scale, mode, sampling_ratio):
+        rois, grid, num_out, height, width, spatial_scale, mode, sampling_ratio
+    ):
         grad[b, h, w, channels] += wt * grad_output[r, i, j, :]
     return grad

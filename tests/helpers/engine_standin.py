@@ -11,8 +11,8 @@ Shape shorthand: B batch, S image side (pixels), s = S / 2 feature side, C class
 
 from __future__ import annotations
 
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
 
 LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss", "rfcn_class_loss", "rfcn_box_loss")
@@ -29,19 +29,29 @@ class TinyDetector(keras.Model):
     ``features["proposals"]`` is given, else by the model's own (stop-gradient) objectness.
     """
 
-    def __init__(self, num_classes: int = 2, *, batch_norm: bool = False, seed: int = 0,
-                 nan_at_call: int | None = None):
+    def __init__(
+        self,
+        num_classes: int = 2,
+        *,
+        batch_norm: bool = False,
+        seed: int = 0,
+        nan_at_call: int | None = None,
+    ):
         super().__init__(name="tiny_detector")
-        init = lambda i: keras.initializers.GlorotUniform(seed=seed + i)  # noqa: E731
-        layers = [keras.layers.Conv2D(8, 3, strides=2, padding="same", kernel_initializer=init(0),
-                                      name="conv")]
+        init = lambda i: keras.initializers.GlorotUniform(seed=seed + i)
+        layers = [
+            keras.layers.Conv2D(
+                8, 3, strides=2, padding="same", kernel_initializer=init(0), name="conv"
+            )
+        ]
         if batch_norm:
             layers.append(keras.layers.BatchNormalization(name="bn"))
         layers.append(keras.layers.Activation("relu"))
         self.backbone = keras.Sequential(layers, name="backbone")
         self.rpn_head = keras.layers.Conv2D(1, 1, kernel_initializer=init(1), name="rpn")
-        self.rfcn_head = keras.layers.Conv2D(num_classes + 1, 1, kernel_initializer=init(2),
-                                             name="rfcn")
+        self.rfcn_head = keras.layers.Conv2D(
+            num_classes + 1, 1, kernel_initializer=init(2), name="rfcn"
+        )
         self.num_classes = num_classes
         # Test hook: a tf counter of compute_losses calls; the loss is NaN on call nan_at_call.
         self.nan_at_call = nan_at_call
@@ -54,8 +64,10 @@ class TinyDetector(keras.Model):
     def call(self, inputs, training=False):
         x = tf.cast(inputs["images"], tf.float32) / 127.5 - 1.0
         features = self.backbone(x, training=training)
-        return {"objectness_logits": self.rpn_head(features),
-                "class_logits": self.rfcn_head(features)}
+        return {
+            "objectness_logits": self.rpn_head(features),
+            "class_logits": self.rfcn_head(features),
+        }
 
     def propose(self, features, training=False, proposal_counts=None):
         """RFCN.propose's contract: a proposals map per image and a count (all of it)."""
@@ -70,8 +82,13 @@ class TinyDetector(keras.Model):
         cy = centers[None, :, None, None]
         cx = centers[None, None, :, None]
         boxes = features["gt_boxes"][:, None, None, :, :]  # [B, 1, 1, G, 4]
-        inside = ((cy >= boxes[..., 0]) & (cy <= boxes[..., 2]) & (cx >= boxes[..., 1])
-                  & (cx <= boxes[..., 3]) & features["gt_mask"][:, None, None, :])  # [B,s,s,G]
+        inside = (
+            (cy >= boxes[..., 0])
+            & (cy <= boxes[..., 2])
+            & (cx >= boxes[..., 1])
+            & (cx <= boxes[..., 3])
+            & features["gt_mask"][:, None, None, :]
+        )  # [B,s,s,G]
         classes = tf.where(inside, features["gt_classes"][:, None, None, :], 0)
         return tf.cast(tf.reduce_any(inside, -1), tf.float32), tf.reduce_max(classes, -1)
 
@@ -103,10 +120,12 @@ class TinyDetector(keras.Model):
         batch = tf.shape(images)[0]
         score = tf.reduce_max(tf.sigmoid(out["objectness_logits"]), [1, 2, 3])
         box = tf.constant([[4.0, 4.0, 20.0, 24.0]])
-        return {"detection_boxes": tf.tile(box[None], [batch, 1, 1]),
-                "detection_scores": score[:, None],
-                "detection_classes": tf.ones([batch, 1], tf.int32),
-                "num_detections": tf.ones([batch], tf.int32)}
+        return {
+            "detection_boxes": tf.tile(box[None], [batch, 1, 1]),
+            "detection_scores": score[:, None],
+            "detection_classes": tf.ones([batch, 1], tf.int32),
+            "num_detections": tf.ones([batch], tf.int32),
+        }
 
 
 def examples(count: int = 8, seed: int = 0) -> list[dict]:
@@ -122,12 +141,18 @@ def examples(count: int = 8, seed: int = 0) -> list[dict]:
             y1, x1 = rng.integers(0, IMAGE_SIZE - 12, size=2)
             h, w = rng.integers(8, 13, size=2)
             c = int(rng.integers(1, 3))
-            image[y1:y1 + h, x1:x1 + w] = 120 * c
+            image[y1 : y1 + h, x1 : x1 + w] = 120 * c
             boxes[j] = (y1, x1, y1 + h, x1 + w)
             classes[j] = c
-        out.append({"images": image,
-                    "image_shapes": np.array([IMAGE_SIZE, IMAGE_SIZE], np.int32),
-                    "gt_boxes": boxes, "gt_classes": classes, "gt_mask": classes > 0})
+        out.append(
+            {
+                "images": image,
+                "image_shapes": np.array([IMAGE_SIZE, IMAGE_SIZE], np.int32),
+                "gt_boxes": boxes,
+                "gt_classes": classes,
+                "gt_mask": classes > 0,
+            }
+        )
     return out
 
 
@@ -139,8 +164,9 @@ def dataset_fn(global_batch_size: int, count: int = 8, seed: int = 0):
     replicas with B/N read the same images at every step.
     """
     data = examples(count, seed)
-    return replica_dataset_fn({k: np.stack([e[k] for e in data]) for k in data[0]},
-                              global_batch_size)
+    return replica_dataset_fn(
+        {k: np.stack([e[k] for e in data]) for k in data[0]}, global_batch_size
+    )
 
 
 def replica_dataset_fn(stacked: dict, global_batch_size: int):

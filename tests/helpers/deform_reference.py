@@ -39,8 +39,9 @@ def _pool_axis_value(v, size):
     return [(lo, 1.0 - frac), (lo + 1, frac)]
 
 
-def deform_ps_roi_pool_reference(features, rois, offsets, k, spatial_scale, sampling_ratio,
-                                 trans_std):
+def deform_ps_roi_pool_reference(
+    features, rois, offsets, k, spatial_scale, sampling_ratio, trans_std
+):
     """features [B, H, W, k*k*C], rois [R, 5], offsets [R, k, k, 2] or [R, k, k, G, 2]
     -> [R, k, k, C] float64."""
     features = np.asarray(features, np.float64)
@@ -106,8 +107,9 @@ def _conv_sample(image, y, x):
     return value
 
 
-def deform_conv2d_reference(inputs, offsets, filters, mask=None, strides=(1, 1),
-                            dilations=(1, 1), padding="SAME"):
+def deform_conv2d_reference(
+    inputs, offsets, filters, mask=None, strides=(1, 1), dilations=(1, 1), padding="SAME"
+):
     """inputs [B, H, W, Cin], offsets [B, Ho, Wo, 2*kh*kw] ((dy, dx) per tap t = ki*kw + kj),
     filters [kh, kw, Cin, Cout], mask [B, Ho, Wo, kh*kw] or None -> [B, Ho, Wo, Cout] float64.
     padding: "SAME", "VALID" or ((top, bottom), (left, right))."""
@@ -129,9 +131,18 @@ def deform_conv2d_reference(inputs, offsets, filters, mask=None, strides=(1, 1),
                 for ki in range(kh):
                     for kj in range(kw):
                         t = ki * kw + kj
-                        y = ho * strides[0] - pad_top + ki * dilations[0] + offsets[b, ho, wo, 2 * t]
-                        x = (wo * strides[1] - pad_left + kj * dilations[1]
-                             + offsets[b, ho, wo, 2 * t + 1])
+                        y = (
+                            ho * strides[0]
+                            - pad_top
+                            + ki * dilations[0]
+                            + offsets[b, ho, wo, 2 * t]
+                        )
+                        x = (
+                            wo * strides[1]
+                            - pad_left
+                            + kj * dilations[1]
+                            + offsets[b, ho, wo, 2 * t + 1]
+                        )
                         value = mask[b, ho, wo, t] * _conv_sample(inputs[b], y, x)
                         out[b, ho, wo] += value @ filters[ki, kj]
     return out

@@ -11,24 +11,27 @@ take the same step. (Different images per replica are covered with the stand-in 
 from __future__ import annotations
 
 import numpy as np
-from engine_standin import replica_dataset_fn
 
-from rfcn_tf.config import load_config
-from rfcn_tf.model.builder import build_detector
+from helpers.engine_standin import replica_dataset_fn
+from helpers.tiny_models import preset_detector
 
 OVERRIDES = [
-    "model.backbone.small_widths=[8,16,16,32]", "model.anchors.scales=[16.0,32.0]",
-    "model.rpn.channels=16", "model.head.channels=32", "model.rpn.pre_nms_top_n_train=96",
-    "model.rpn.post_nms_top_n_train=32", "model.rpn.batch_size_per_image=256",
+    "model.backbone.small_widths=[8,16,16,32]",
+    "model.anchors.scales=[16.0,32.0]",
+    "model.rpn.channels=16",
+    "model.head.channels=32",
+    "model.rpn.pre_nms_top_n_train=96",
+    "model.rpn.post_nms_top_n_train=32",
+    "model.rpn.batch_size_per_image=256",
     "model.roi.batch_size_per_image=8",
-    "model.roi.sampling=ohem", "model.head.k=3",
+    "model.roi.sampling=ohem",
+    "model.head.k=3",
 ]
 SIDE = 64
 
 
 def build_real_model():
-    cfg = load_config("shapes_tiny", OVERRIDES)
-    return build_detector(cfg.model, num_classes=3), 3
+    return preset_detector(OVERRIDES, num_classes=3)[1], 3
 
 
 def real_dataset_fn(global_batch_size: int):
@@ -43,5 +46,4 @@ def real_dataset_fn(global_batch_size: int):
         "gt_classes": np.array([1, 3, -1], np.int32),
         "gt_mask": np.array([True, True, False]),
     }
-    return replica_dataset_fn({k: np.stack([v] * 4) for k, v in example.items()},
-                              global_batch_size)
+    return replica_dataset_fn({k: np.stack([v] * 4) for k, v in example.items()}, global_batch_size)

@@ -17,7 +17,7 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from rfcn_tf.config import DataConfig, ShapesConfig  # noqa: E402
+from rfcn_tf.config import DataConfig, ShapesConfig
 
 
 def random_pixels(height: int, width: int, *, seed: int = 0) -> np.ndarray:
@@ -47,12 +47,16 @@ def text_as_jpeg(path: Path):
 
 def voc_xml(filename: str, width: int, height: int, objects) -> str:
     """VOC annotation text; objects are (name, xmin, ymin, xmax, ymax, difficult)."""
-    parts = [f"<annotation><folder>JPEGImages</folder><filename>{filename}</filename>",
-             f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"]
+    parts = [
+        f"<annotation><folder>JPEGImages</folder><filename>{filename}</filename>",
+        f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>",
+    ]
     for name, xmin, ymin, xmax, ymax, difficult in objects:
-        parts.append(f"<object><name>{name}</name><difficult>{int(difficult)}</difficult>"
-                     f"<bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax>"
-                     f"<ymax>{ymax}</ymax></bndbox></object>")
+        parts.append(
+            f"<object><name>{name}</name><difficult>{int(difficult)}</difficult>"
+            f"<bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax>"
+            f"<ymax>{ymax}</ymax></bndbox></object>"
+        )
     parts.append("</annotation>")
     return "\n".join(parts)
 
@@ -63,8 +67,11 @@ VOC_IMAGES = {
     "img_a": (40, 60, [("dog", 11, 5, 30, 20, 0), ("cat", 1, 1, 60, 40, 1)]),
     "img_b": (50, 30, [("cat", 3, 4, 20, 44, 0)]),
     "img_c": (32, 32, []),
-    "img_d": (36, 48, [("dog", 5, 6, 25, 30, 0), ("dog", 8, 8, 8, 20, 0),
-                       ("cat", 40, 30, 60, 45, 0)]),
+    "img_d": (
+        36,
+        48,
+        [("dog", 5, 6, 25, 30, 0), ("dog", 8, 8, 8, 20, 0), ("cat", 40, 30, 60, 45, 0)],
+    ),
     "extra": (20, 20, [("zebra", 2, 2, 10, 10, 0)]),
 }
 VOC_SPLITS = {"train": ["img_a", "img_b", "img_c", "img_d"], "val": ["img_b", "img_d"]}
@@ -95,8 +102,9 @@ def make_coco(root: Path, *, images, annotations, categories, split: str = "trai
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     for i, (image_id, file_name, h, w) in enumerate(images):
         write_image(root / split / file_name, h, w, seed=100 + i)
-    anns = [dict(id=i + 1, area=a["bbox"][2] * a["bbox"][3], **a)
-            for i, a in enumerate(annotations)]
+    anns = [
+        dict(id=i + 1, area=a["bbox"][2] * a["bbox"][3], **a) for i, a in enumerate(annotations)
+    ]
     data = {
         "images": [{"id": i, "file_name": f, "height": h, "width": w} for i, f, h, w in images],
         "annotations": anns,
@@ -111,6 +119,7 @@ def data_config(**fields) -> DataConfig:
     shapes = fields.pop("shapes", None)
     cfg = DataConfig(deterministic=True, **fields)
     if shapes is not None:
-        cfg = dataclasses.replace(cfg, shapes=shapes if isinstance(shapes, ShapesConfig)
-                                  else ShapesConfig(**shapes))
+        cfg = dataclasses.replace(
+            cfg, shapes=shapes if isinstance(shapes, ShapesConfig) else ShapesConfig(**shapes)
+        )
     return cfg

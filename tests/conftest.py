@@ -1,0 +1,11 @@
+"""Root of the test suite.
+
+pytest puts this folder (tests/, which has no __init__.py) on sys.path for its conftest, so every
+test imports the shared helpers as ``helpers.<module>`` (tests/helpers/) without path edits.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
