@@ -61,24 +61,26 @@ CXX_SOURCES = [
 CUDA_SOURCES = [os.path.join(OP_DIR, "psroi_pool_kernels.cu.cc")]
 OP_HEADERS = [
     os.path.join(OP_DIR, name)
-    for name in (
-        "psroi_pool_math.h",
-        "psroi_pool_functor.h",
-        "psroi_pool_cuda_kernels.cuh",
-    )
+    for name in ("psroi_pool_math.h", "psroi_pool_functor.h", "psroi_pool_cuda_kernels.cuh")
 ]
 # The deformable ops (custom_ops/deformable): a second library, loaded by
 # rfcn_tf/ops/deform_psroi_pool.py (tf.load_op_library returns each library's
 # ops only once per process, so the two ops' loaders need separate files).
 DEFORM_DIR = os.path.join("custom_ops", "deformable")
 DEFORM_EXT_NAME = "rfcn_tf.ops._deformable_ops"
-DEFORM_SOURCES = [os.path.join(DEFORM_DIR, n) for n in (
-    "deformable_ops.cc", "deformable_kernels.cc", "deformable_kernels.cu.cc")]
-DEFORM_HEADERS = [os.path.join(DEFORM_DIR, n) for n in (
-    "deformable_math.h", "deformable_functor.h", "deformable_cuda_kernels.cuh")]
+DEFORM_SOURCES = [
+    os.path.join(DEFORM_DIR, n)
+    for n in ("deformable_ops.cc", "deformable_kernels.cc", "deformable_kernels.cu.cc")
+]
+DEFORM_HEADERS = [
+    os.path.join(DEFORM_DIR, n)
+    for n in ("deformable_math.h", "deformable_functor.h", "deformable_cuda_kernels.cuh")
+]
 # Headers shared by both libraries (custom_ops/common): either library rebuilds when one changes.
-COMMON_HEADERS = [os.path.join("custom_ops", "common", n) for n in (
-    "gpu_launch.h", "cpu_kernel_util.h", "cuda_kernel_util.cuh")]
+COMMON_HEADERS = [
+    os.path.join("custom_ops", "common", n)
+    for n in ("gpu_launch.h", "cpu_kernel_util.h", "cuda_kernel_util.cuh")
+]
 OP_EXT_NAMES = (OP_EXT_NAME, DEFORM_EXT_NAME)
 TF_RANGE = ">=2.21,<2.22"
 DEFAULT_CUDA_ARCHS = "80;86;90"
@@ -121,19 +123,16 @@ def _version() -> str:
     with open(os.path.join(HERE, "rfcn_tf", "__init__.py"), encoding="utf-8") as f:
         match = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M)
     if not match:
-        raise SystemExit("rfcn_tf/__init__.py has no __version__ = \"...\" line")
+        raise SystemExit('rfcn_tf/__init__.py has no __version__ = "..." line')
     return match.group(1)
 
 
 def _run(cmd: list[str]) -> None:
     """Runs one compiler command; raises with its output tail on failure."""
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         tail = "\n".join(proc.stdout.splitlines()[-60:])
-        raise RuntimeError(
-            f"command failed (exit {proc.returncode}):\n  {' '.join(cmd)}\n{tail}"
-        )
+        raise RuntimeError(f"command failed (exit {proc.returncode}):\n  {' '.join(cmd)}\n{tail}")
 
 
 class BuildPsRoiPoolOp(build_ext):
@@ -154,8 +153,11 @@ class BuildPsRoiPoolOp(build_ext):
         cxx_sources = [s for s in ext.sources if not s.endswith(".cu.cc")]
         cuda_sources = [s for s in ext.sources if s.endswith(".cu.cc")]
         sources = [os.path.join(HERE, s) for s in ext.sources + ext.depends]
-        if (not self.force and os.path.exists(output)
-                and os.path.getmtime(output) >= max(map(os.path.getmtime, sources))):
+        if (
+            not self.force
+            and os.path.exists(output)
+            and os.path.getmtime(output) >= max(map(os.path.getmtime, sources))
+        ):
             print(f"{output} is up to date")
             return
         try:
@@ -179,16 +181,31 @@ class BuildPsRoiPoolOp(build_ext):
         cuda_includes: list[str] = []
         if use_cuda:
             cuda_home = self._cuda_home()
-            cuda_includes = [f"-I{self._cuda_shim(tmp, cuda_home)}",
-                             f"-I{os.path.join(cuda_home, 'include')}"]
+            cuda_includes = [
+                f"-I{self._cuda_shim(tmp, cuda_home)}",
+                f"-I{os.path.join(cuda_home, 'include')}",
+            ]
         jobs = []
         objects = []
         for src in cxx_sources:
             obj = os.path.join(tmp, os.path.basename(src) + ".o")
             objects.append(obj)
-            jobs.append([cxx, "-c", os.path.join(HERE, src), "-o", obj, "-O3", "-fPIC",
-                         "-Wno-deprecated-declarations", "-Wno-interference-size",
-                         *defines, *cuda_includes, *compile_flags])
+            jobs.append(
+                [
+                    cxx,
+                    "-c",
+                    os.path.join(HERE, src),
+                    "-o",
+                    obj,
+                    "-O3",
+                    "-fPIC",
+                    "-Wno-deprecated-declarations",
+                    "-Wno-interference-size",
+                    *defines,
+                    *cuda_includes,
+                    *compile_flags,
+                ]
+            )
         if use_cuda:
             nvcc = self._nvcc()
             archs = os.environ.get("RFCN_TF_CUDA_ARCHS", DEFAULT_CUDA_ARCHS)
@@ -199,13 +216,32 @@ class BuildPsRoiPoolOp(build_ext):
             for src in cuda_sources:
                 obj = os.path.join(tmp, os.path.basename(src) + ".o")
                 objects.append(obj)
-                jobs.append([nvcc, "-c", os.path.join(HERE, src), "-o", obj, "-x", "cu",
-                             "-O3", "-DGOOGLE_CUDA=1", "-DEIGEN_USE_GPU",
-                             "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC", "-w",
-                             *gencode, *cuda_includes, *nv_flags])
+                jobs.append(
+                    [
+                        nvcc,
+                        "-c",
+                        os.path.join(HERE, src),
+                        "-o",
+                        obj,
+                        "-x",
+                        "cu",
+                        "-O3",
+                        "-DGOOGLE_CUDA=1",
+                        "-DEIGEN_USE_GPU",
+                        "--expt-relaxed-constexpr",
+                        "-Xcompiler",
+                        "-fPIC",
+                        "-w",
+                        *gencode,
+                        *cuda_includes,
+                        *nv_flags,
+                    ]
+                )
         start = time.time()
-        print(f"compiling {ext.name} ({'CPU + CUDA' if use_cuda else 'CPU'}) "
-              f"against TensorFlow {tf.__version__}")
+        print(
+            f"compiling {ext.name} ({'CPU + CUDA' if use_cuda else 'CPU'}) "
+            f"against TensorFlow {tf.__version__}"
+        )
         with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
             for future in [pool.submit(_run, job) for job in jobs]:
                 future.result()
@@ -297,12 +333,19 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["rfcn_tf", "rfcn_tf.*"]),
-    ext_modules=[Extension(OP_EXT_NAME, sources=CXX_SOURCES + CUDA_SOURCES,
-                           depends=OP_HEADERS + COMMON_HEADERS),
-                 Extension(DEFORM_EXT_NAME, sources=DEFORM_SOURCES,
-                           depends=DEFORM_HEADERS + COMMON_HEADERS)] if _build_op() else [],
-    cmdclass={"build_ext": BuildPsRoiPoolOp, "build_py": BuildPyWithPresets,
-              "bdist_wheel": PlatformWheel},
+    ext_modules=[
+        Extension(
+            OP_EXT_NAME, sources=CXX_SOURCES + CUDA_SOURCES, depends=OP_HEADERS + COMMON_HEADERS
+        ),
+        Extension(DEFORM_EXT_NAME, sources=DEFORM_SOURCES, depends=DEFORM_HEADERS + COMMON_HEADERS),
+    ]
+    if _build_op()
+    else [],
+    cmdclass={
+        "build_ext": BuildPsRoiPoolOp,
+        "build_py": BuildPyWithPresets,
+        "bdist_wheel": PlatformWheel,
+    },
     install_requires=[
         _tensorflow_requirement(),
         "keras>=3",

@@ -37,8 +37,14 @@ from rfcn_tf.data.pipeline import build_dataset
 
 # (height, width) -> share of VOC 2007 trainval images (rounded; the rest of the 500-px sizes
 # folded into the nearest of these).
-VOC_SIZES = {(375, 500): 0.55, (333, 500): 0.17, (500, 375): 0.14, (500, 333): 0.07,
-             (400, 500): 0.04, (500, 400): 0.03}
+VOC_SIZES = {
+    (375, 500): 0.55,
+    (333, 500): 0.17,
+    (500, 375): 0.14,
+    (500, 333): 0.07,
+    (400, 500): 0.04,
+    (500, 400): 0.03,
+}
 
 
 def write_voc_mix(root: Path, num_images: int, seed: int = 0) -> Path:
@@ -60,7 +66,8 @@ def write_voc_mix(root: Path, num_images: int, seed: int = 0) -> Path:
             f"<annotation><filename>{name}.jpg</filename><size><width>{w}</width>"
             f"<height>{h}</height><depth>3</depth></size><object><name>thing</name>"
             f"<difficult>0</difficult><bndbox><xmin>10</xmin><ymin>10</ymin>"
-            f"<xmax>{w // 2}</xmax><ymax>{h // 2}</ymax></bndbox></object></annotation>")
+            f"<xmax>{w // 2}</xmax><ymax>{h // 2}</ymax></bndbox></object></annotation>"
+        )
         ids.append(name)
     (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(ids) + "\n")
     return root
@@ -87,8 +94,9 @@ def interleaved(variants: dict, *, batches: int, repeats: int, warmup: int = 3) 
                 padded[name] += float(b * hp * wp)
                 images += b
             rates[name].append(images / (time.perf_counter() - started))
-    return {name: (statistics.median(rates[name]), 1.0 - real[name] / padded[name])
-            for name in variants}
+    return {
+        name: (statistics.median(rates[name]), 1.0 - real[name] / padded[name]) for name in variants
+    }
 
 
 def main() -> int:
@@ -104,13 +112,23 @@ def main() -> int:
     mixes.append(("BCCD-style (BCCD trainval, all 640x480, 480 px)", bccd, bccd.train_split))
     tmp = tempfile.TemporaryDirectory(prefix="aspect_grouping_")
     voc_root = write_voc_mix(Path(tmp.name) / "voc", args.images)
-    voc = load_config("voc07_resnet101", [
-        "data.source=voc", f"data.voc_root={voc_root}", "data.cache=false",
-        "data.class_names=[thing]", "data.scales=[600]", "data.max_size=1000"]).data
+    voc = load_config(
+        "voc07_resnet101",
+        [
+            "data.source=voc",
+            f"data.voc_root={voc_root}",
+            "data.cache=false",
+            "data.class_names=[thing]",
+            "data.scales=[600]",
+            "data.max_size=1000",
+        ],
+    ).data
     mixes.append((f"VOC-style ({args.images} images, VOC 2007 size mix, 600 px)", voc, "train"))
 
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; batch {args.batch_size}; "
-          f"medians of {args.repeats} interleaved windows of {args.batches} batches\n")
+    print(
+        f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; batch {args.batch_size}; "
+        f"medians of {args.repeats} interleaved windows of {args.batches} batches\n"
+    )
     print("| size mix | grouping | padded pixels | images/s | images/s ratio on/off |")
     print("|---|---|---:|---:|---:|")
     for title, data_cfg, split in mixes:
@@ -118,8 +136,9 @@ def main() -> int:
         try:
             for on in (False, True):
                 cfg = dataclasses.replace(data_cfg, aspect_grouping=on)
-                variants[on] = build_dataset(cfg, split=split, training=True,
-                                             batch_size=args.batch_size)
+                variants[on] = build_dataset(
+                    cfg, split=split, training=True, batch_size=args.batch_size
+                )
         except DataError as exc:
             print(f"| {title} | - | - | unavailable: {exc} | - |")
             continue
@@ -127,8 +146,11 @@ def main() -> int:
         ratio = result[True][0] / result[False][0]
         for on in (False, True):
             rate, fraction = result[on]
-            print(f"| {title} | {'on' if on else 'off'} | {100 * fraction:.1f}% | {rate:.1f} | "
-                  f"{f'{ratio:.2f}' if on else ''} |", flush=True)
+            print(
+                f"| {title} | {'on' if on else 'off'} | {100 * fraction:.1f}% | {rate:.1f} | "
+                f"{f'{ratio:.2f}' if on else ''} |",
+                flush=True,
+            )
     tmp.cleanup()
     return 0
 

@@ -34,14 +34,14 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from rfcn_tf.inference.preprocess import detect_images  # noqa: E402
-from rfcn_tf.model.backbones import ResNetBackbone  # noqa: E402
-from rfcn_tf.model.detector import RFCN  # noqa: E402
-from rfcn_tf.model.sections import HeadConfig, RPNConfig  # noqa: E402
+from rfcn_tf.inference.preprocess import detect_images
+from rfcn_tf.model.backbones import ResNetBackbone
+from rfcn_tf.model.detector import RFCN
+from rfcn_tf.model.sections import HeadConfig, RPNConfig
 
 
 def interleaved_medians(fns, repeats):
@@ -73,11 +73,17 @@ def run_sync(fn, *args):
 def build_model(depth, num_classes, rois, impl, deformable=False):
     head = HeadConfig(psroi_impl=impl)
     if deformable:  # configs/voc07_resnet101_dcn.yaml's head
-        head = HeadConfig(psroi_impl=impl, pooling_mode="deformable", sampling_ratio=4,
-                          trans_std=0.1, deformable_class_offsets=True)
+        head = HeadConfig(
+            psroi_impl=impl,
+            pooling_mode="deformable",
+            sampling_ratio=4,
+            trans_std=0.1,
+            deformable_class_offsets=True,
+        )
     return RFCN(
-        backbone=ResNetBackbone(depth=depth, deformable_blocks=3 if deformable else 0,
-                                deformable_impl=impl),
+        backbone=ResNetBackbone(
+            depth=depth, deformable_blocks=3 if deformable else 0, deformable_impl=impl
+        ),
         num_classes=num_classes,
         rpn=RPNConfig(post_nms_top_n_test=rois),
         head=head,
@@ -110,16 +116,25 @@ def stage_functions(model, image_spec, shape_spec):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--height", type=int, default=600, help="image height, pixels")
     parser.add_argument("--width", type=int, default=1000, help="image width, pixels")
     parser.add_argument("--classes", type=int, default=20, help="C, object classes (VOC: 20)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement")
     parser.add_argument("--depths", type=int, nargs="+", default=[50, 101], help="ResNet depths")
-    parser.add_argument("--impl", default="auto", choices=["auto", "custom", "tf"], help="PS-RoI pooling impl")
-    parser.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0: TF default)")
-    parser.add_argument("--deformable-only", action="store_true",
-                        help="time only plain vs Deformable R-FCN detect (table 4)")
+    parser.add_argument(
+        "--impl", default="auto", choices=["auto", "custom", "tf"], help="PS-RoI pooling impl"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="TF intra/inter-op threads (0: TF default)"
+    )
+    parser.add_argument(
+        "--deformable-only",
+        action="store_true",
+        help="time only plain vs Deformable R-FCN detect (table 4)",
+    )
     args = parser.parse_args()
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -139,25 +154,27 @@ def main():
         if args.deformable_only:
             model = build_model(depth, args.classes, 300, args.impl)
             full = stage_functions(model, image_spec, shape_spec)[-1]
-            t, t_min = interleaved_medians({"full": run_sync(full, images, shapes),
-                                            "dcn": run_sync(dcn_full, images, shapes)},
-                                           args.repeats)
-            dcn_rows.append((name, t["full"], t["dcn"], t["dcn"] / t["full"],
-                             t_min["dcn"] / t_min["full"]))
+            t, t_min = interleaved_medians(
+                {"full": run_sync(full, images, shapes), "dcn": run_sync(dcn_full, images, shapes)},
+                args.repeats,
+            )
+            dcn_rows.append(
+                (name, t["full"], t["dcn"], t["dcn"] / t["full"], t_min["dcn"] / t_min["full"])
+            )
             model = dcn_model = None
             continue
         factory = {50: keras.applications.ResNet50, 101: keras.applications.ResNet101}[depth]
         plain = factory(include_top=False, weights=None, input_shape=(None, None, 3))
-        plain_fn = tf.function(lambda x: plain(x, training=False))
+        plain_fn = tf.function(lambda x: plain(x, training=False))  # noqa: B023 (used in this iteration)
         floats = tf.cast(images, tf.float32)
         model = build_model(depth, args.classes, 300, args.impl)
         model_2000 = build_model(depth, args.classes, 2000, args.impl)
         backbone, proposals, head, full = stage_functions(model, image_spec, shape_spec)
         full_2000 = stage_functions(model_2000, image_spec, shape_spec)[-1]
         end_to_end = tf.function(
-            lambda x, m=model: detect_images(m.detect, [x], min_size=min(h, w),
-                                             max_size=max(h, w)),
-            input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+            lambda x, m=model: detect_images(m.detect, [x], min_size=min(h, w), max_size=max(h, w)),
+            input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)],
+        )
         t, t_min = interleaved_medians(
             {
                 "plain": run_sync(plain_fn, floats),
@@ -172,11 +189,21 @@ def main():
             args.repeats,
         )
         plain = model = model_2000 = dcn_model = None  # free the weights before the next depth
-        dcn_rows.append((name, t["full"], t["dcn"], t["dcn"] / t["full"],
-                         t_min["dcn"] / t_min["full"]))
-        rows.append((name, t["plain"], t["full"], t["full"] / t["plain"], t_min["full"] / t_min["plain"]))
-        roi_rows.append((name, t["full"], t["full_2000"], t["full_2000"] / t["full"] - 1,
-                         t_min["full_2000"] / t_min["full"] - 1))
+        dcn_rows.append(
+            (name, t["full"], t["dcn"], t["dcn"] / t["full"], t_min["dcn"] / t_min["full"])
+        )
+        rows.append(
+            (name, t["plain"], t["full"], t["full"] / t["plain"], t_min["full"] / t_min["plain"])
+        )
+        roi_rows.append(
+            (
+                name,
+                t["full"],
+                t["full_2000"],
+                t["full_2000"] / t["full"] - 1,
+                t_min["full_2000"] / t_min["full"] - 1,
+            )
+        )
         split_rows.append(
             (
                 name,
@@ -189,22 +216,30 @@ def main():
             )
         )
 
-    print(f"\nR-FCN inference, {h}x{w}, batch 1, C={args.classes}, k=7, psroi_impl={args.impl}, "
-          f"medians of {args.repeats} (seconds)\n")
+    print(
+        f"\nR-FCN inference, {h}x{w}, batch 1, C={args.classes}, k=7, psroi_impl={args.impl}, "
+        f"medians of {args.repeats} (seconds)\n"
+    )
     if args.deformable_only:
         _print_deformable(dcn_rows)
         return
-    print("| backbone | plain keras ResNet forward | R-FCN detect (300 RoIs) | ratio (target <= 2.2) "
-          "| ratio of minima |")
+    print(
+        "| backbone | plain keras ResNet forward | R-FCN detect (300 RoIs) | ratio (target <= 2.2) "
+        "| ratio of minima |"
+    )
     print("|---|---|---|---|---|")
     for name, plain_t, ours, ratio, ratio_min in rows:
         print(f"| {name} | {plain_t:.3f} | {ours:.3f} | {ratio:.2f}x | {ratio_min:.2f}x |")
     print("\n| backbone | 300 RoIs | 2000 RoIs | growth (target <= 10%) | growth of minima |")
     print("|---|---|---|---|---|")
     for name, t300, t2000, growth, growth_min in roi_rows:
-        print(f"| {name} | {t300:.3f} | {t2000:.3f} | {100 * growth:+.1f}% | {100 * growth_min:+.1f}% |")
-    print("\n| backbone | backbone (dilated) | RPN + proposals | PS head | post-processing | total "
-          "| end-to-end (rfcn_tf.inference) |")
+        print(
+            f"| {name} | {t300:.3f} | {t2000:.3f} | {100 * growth:+.1f}% | {100 * growth_min:+.1f}% |"
+        )
+    print(
+        "\n| backbone | backbone (dilated) | RPN + proposals | PS head | post-processing | total "
+        "| end-to-end (rfcn_tf.inference) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, *values in split_rows:
         print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
@@ -212,8 +247,10 @@ def main():
 
 
 def _print_deformable(dcn_rows):
-    print("\n| backbone | R-FCN detect | Deformable R-FCN detect (res5a-c DCN + deformable "
-          "PS-RoI pooling) | ratio (target <= 1.3) | ratio of minima |")
+    print(
+        "\n| backbone | R-FCN detect | Deformable R-FCN detect (res5a-c DCN + deformable "
+        "PS-RoI pooling) | ratio (target <= 1.3) | ratio of minima |"
+    )
     print("|---|---|---|---|---|")
     for name, plain_t, dcn_t, ratio, ratio_min in dcn_rows:
         print(f"| {name} | {plain_t:.3f} | {dcn_t:.3f} | {ratio:.2f}x | {ratio_min:.2f}x |")

@@ -30,11 +30,7 @@ import numpy as np
 import tensorflow as tf
 from _timing import interleaved_medians_ms, intra_op_threads, random_rois, ratios_to
 
-from rfcn_tf.ops.psroi_pool import (
-    custom_op_available,
-    custom_op_load_error,
-    ps_roi_pool,
-)
+from rfcn_tf.ops.psroi_pool import custom_op_available, custom_op_load_error, ps_roi_pool
 
 HEIGHT, WIDTH, K, NUM_CLASSES, STRIDE = 38, 63, 7, 21, 16
 IMAGE_H, IMAGE_W = 600, 1000

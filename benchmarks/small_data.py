@@ -70,8 +70,9 @@ def available_augmentations() -> list[str]:
         field = defaults.get(name)
         if field is None:
             continue
-        default = (field.default if field.default is not dataclasses.MISSING
-                   else field.default_factory())
+        default = (
+            field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        )
         if isinstance(default, bool):
             overrides.append(f"data.{name}=true")
         elif not isinstance(value, bool):
@@ -81,11 +82,21 @@ def available_augmentations() -> list[str]:
 
 def recipe_a(steps: int, work_dir: str, extra=()) -> list[str]:
     """Overrides of the bccd preset: today's recipe on BCCD-35, `steps` fixed, last weights."""
-    return ["data.train_split=train", f"data.max_train_images={NUM_IMAGES}",
-            "data.val_split=val", "train.epochs=null", "train.warmup_epochs=null",
-            f"train.steps={steps}", f"train.warmup_steps={min(205, max(1, steps // 10))}",
-            "train.eval_every=0", f"train.checkpoint_every={steps}", "eval.split=test",
-            f"train.work_dir={work_dir}", "train.num_summary_images=0", *extra]
+    return [
+        "data.train_split=train",
+        f"data.max_train_images={NUM_IMAGES}",
+        "data.val_split=val",
+        "train.epochs=null",
+        "train.warmup_epochs=null",
+        f"train.steps={steps}",
+        f"train.warmup_steps={min(205, max(1, steps // 10))}",
+        "train.eval_every=0",
+        f"train.checkpoint_every={steps}",
+        "eval.split=test",
+        f"train.work_dir={work_dir}",
+        "train.num_summary_images=0",
+        *extra,
+    ]
 
 
 def recipe_b(steps: int, work_dir: str, extra=()) -> list[str]:
@@ -94,10 +105,17 @@ def recipe_b(steps: int, work_dir: str, extra=()) -> list[str]:
     epochs = steps * 2 / NUM_IMAGES  # batch 2
     eval_epochs = max(epochs / 10, 2 / NUM_IMAGES)
     eval_steps = max(1, math.ceil(round(eval_epochs * NUM_IMAGES / 2, 6)))
-    return [f"train.epochs={epochs!r}", f"train.warmup_epochs={epochs * 0.06!r}",
-            f"train.eval_every_epochs={eval_epochs!r}", f"train.checkpoint_every={eval_steps}",
-            "train.keep_checkpoints=1000", f"train.work_dir={work_dir}",
-            "train.num_summary_images=0", *available_augmentations(), *extra]
+    return [
+        f"train.epochs={epochs!r}",
+        f"train.warmup_epochs={epochs * 0.06!r}",
+        f"train.eval_every_epochs={eval_epochs!r}",
+        f"train.checkpoint_every={eval_steps}",
+        "train.keep_checkpoints=1000",
+        f"train.work_dir={work_dir}",
+        "train.num_summary_images=0",
+        *available_augmentations(),
+        *extra,
+    ]
 
 
 class BudgetHook(Hook):
@@ -146,15 +164,24 @@ def train(preset: str, overrides: list[str], *, budget_s: float, evaluate: bool 
         seconds = time.perf_counter() - started
         final = ctx.features.finalize()
         delivered = final["best"]["checkpoint"] if final["best"] else result.checkpoint
-        out = {"preset": preset, "overrides": overrides, "work_dir": ctx.work_dir,
-               "scheduled_steps": cfg.train.steps, "steps": result.step,
-               "train_seconds": seconds, "stop_reason": result.stop_reason,
-               "weights": final["weights"], "checkpoint": delivered,
-               "best_step": (final["best"] or {}).get("step"),
-               "best_val": (final["best"] or {}).get("value"), "hook": hook}
+        out = {
+            "preset": preset,
+            "overrides": overrides,
+            "work_dir": ctx.work_dir,
+            "scheduled_steps": cfg.train.steps,
+            "steps": result.step,
+            "train_seconds": seconds,
+            "stop_reason": result.stop_reason,
+            "weights": final["weights"],
+            "checkpoint": delivered,
+            "best_step": (final["best"] or {}).get("step"),
+            "best_val": (final["best"] or {}).get("value"),
+            "hook": hook,
+        }
         if evaluate:
-            metrics, _ = training.evaluate(ctx, delivered=delivered, weights=final["weights"],
-                                           progress=False)
+            metrics, _ = training.evaluate(
+                ctx, delivered=delivered, weights=final["weights"], progress=False
+            )
             out.update(ap50=metrics["coco"]["AP50"], ap=metrics["coco"]["AP"])
         return out
     finally:
@@ -173,69 +200,120 @@ def test_every_checkpoint(run: dict) -> list[dict]:
     with open(os.path.join(run["work_dir"], run_dir.RUN_CONFIG_NAME), encoding="utf-8") as f:
         cfg = config_from_dict(parse_yaml(f))
     names = run_dir.read_class_names(run["work_dir"])
-    state = tf.train.get_checkpoint_state(os.path.join(run["work_dir"],
-                                                       run_dir.CHECKPOINTS_DIR))
+    state = tf.train.get_checkpoint_state(os.path.join(run["work_dir"], run_dir.CHECKPOINTS_DIR))
     rows = []
-    for prefix in (state.all_model_checkpoint_paths if state else []):
-        model, _ = load_checkpoint_model(cfg, prefix, num_classes=len(names),
-                                         dataset_desc="BCCD")
+    for prefix in state.all_model_checkpoint_paths if state else []:
+        model, _ = load_checkpoint_model(cfg, prefix, num_classes=len(names), dataset_desc="BCCD")
         metrics = evaluate_split(cfg, model.detect, split="test", out_dir=None, progress=False)
         step = int(prefix.rsplit("-", 1)[-1])
-        rows.append({"checkpoint": prefix, "step": step, "ap50": metrics["coco"]["AP50"],
-                     "ap": metrics["coco"]["AP"]})
+        rows.append(
+            {
+                "checkpoint": prefix,
+                "step": step,
+                "ap50": metrics["coco"]["AP50"],
+                "ap": metrics["coco"]["AP"],
+            }
+        )
     return rows
 
 
 def format_table(a: dict, b: dict, rows: list[dict], budget_min: float) -> str:
     hindsight = max(rows, key=lambda r: r["ap50"]) if rows else None
-    lines = [f"BCCD-35 (first {NUM_IMAGES} ids of BCCD train) -> BCCD test (72 images), "
-             f"budget {budget_min:g} min of training per recipe",
-             "",
-             "| recipe | weights | steps run / scheduled | train wall s | test AP50 | test AP |",
-             "|---|---|---:|---:|---:|---:|"]
-    lines.append(f"| (a) today (bccd settings, fixed steps) | last | {a['steps']} / "
-                 f"{a['scheduled_steps']} | {a['train_seconds']:.0f} | {a['ap50']:.4f} | "
-                 f"{a['ap']:.4f} |")
-    picked = (f"best on val (step {b['best_step']}, val AP50 {b['best_val'] or 0:.4f})"
-              if b["best_step"] is not None else b["weights"])
-    lines.append(f"| (b) new (bccd35: epochs, val-picked, early stop, augmentations) | "
-                 f"{picked} | {b['steps']} / {b['scheduled_steps']} | "
-                 f"{b['train_seconds']:.0f} | {b['ap50']:.4f} | {b['ap']:.4f} |")
+    lines = [
+        f"BCCD-35 (first {NUM_IMAGES} ids of BCCD train) -> BCCD test (72 images), "
+        f"budget {budget_min:g} min of training per recipe",
+        "",
+        "| recipe | weights | steps run / scheduled | train wall s | test AP50 | test AP |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    lines.append(
+        f"| (a) today (bccd settings, fixed steps) | last | {a['steps']} / "
+        f"{a['scheduled_steps']} | {a['train_seconds']:.0f} | {a['ap50']:.4f} | "
+        f"{a['ap']:.4f} |"
+    )
+    picked = (
+        f"best on val (step {b['best_step']}, val AP50 {b['best_val'] or 0:.4f})"
+        if b["best_step"] is not None
+        else b["weights"]
+    )
+    lines.append(
+        f"| (b) new (bccd35: epochs, val-picked, early stop, augmentations) | "
+        f"{picked} | {b['steps']} / {b['scheduled_steps']} | "
+        f"{b['train_seconds']:.0f} | {b['ap50']:.4f} | {b['ap']:.4f} |"
+    )
     if hindsight is not None:
-        lines.append(f"| (b) hindsight: best kept checkpoint on TEST | step {hindsight['step']} "
-                     f"| | | {hindsight['ap50']:.4f} | {hindsight['ap']:.4f} |")
+        lines.append(
+            f"| (b) hindsight: best kept checkpoint on TEST | step {hindsight['step']} "
+            f"| | | {hindsight['ap50']:.4f} | {hindsight['ap']:.4f} |"
+        )
     gain = b["ap50"] - a["ap50"]
-    lines += ["", f"(b) - (a): AP50 {gain:+.4f}, AP {b['ap'] - a['ap']:+.4f} (issue 16 target: "
-                  f">= +0.05 AP50: {'met' if gain >= 0.05 else 'NOT met'})"]
+    lines += [
+        "",
+        f"(b) - (a): AP50 {gain:+.4f}, AP {b['ap'] - a['ap']:+.4f} (issue 16 target: "
+        f">= +0.05 AP50: {'met' if gain >= 0.05 else 'NOT met'})",
+    ]
     if hindsight is not None:
         gap = hindsight["ap50"] - b["ap50"]
-        lines.append(f"hindsight-best - validation-picked: AP50 {gap:+.4f} (target <= 0.02: "
-                     f"{'met' if gap <= 0.02 else 'NOT met'})")
-        lines += ["", "(b)'s kept checkpoints on test: " + ", ".join(
-            f"step {r['step']} {r['ap50']:.3f}" for r in sorted(rows, key=lambda r: r["step"]))]
-    lines.append(f"(b) stop: {b['stop_reason'] or 'schedule end'}; augmentations: "
-                 f"{', '.join(available_augmentations()) or 'none beyond bccd (flip, photometric)'}")
+        lines.append(
+            f"hindsight-best - validation-picked: AP50 {gap:+.4f} (target <= 0.02: "
+            f"{'met' if gap <= 0.02 else 'NOT met'})"
+        )
+        lines += [
+            "",
+            "(b)'s kept checkpoints on test: "
+            + ", ".join(
+                f"step {r['step']} {r['ap50']:.3f}" for r in sorted(rows, key=lambda r: r["step"])
+            ),
+        ]
+    lines.append(
+        f"(b) stop: {b['stop_reason'] or 'schedule end'}; augmentations: "
+        f"{', '.join(available_augmentations()) or 'none beyond bccd (flip, photometric)'}"
+    )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget-minutes", type=float, default=10.0,
-                        help="wall-clock training time of EACH recipe")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="(a)'s step count; default: budget / measured seconds per step")
-    parser.add_argument("--calibration-steps", type=int, default=25,
-                        help="steps of the timing run that sets --steps (not counted)")
-    parser.add_argument("--b-step-fraction", type=float, default=0.8,
-                        help="(b)'s scheduled steps as a share of (a)'s (the rest of the budget "
-                             "pays for validation)")
+    parser.add_argument(
+        "--budget-minutes", type=float, default=10.0, help="wall-clock training time of EACH recipe"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="(a)'s step count; default: budget / measured seconds per step",
+    )
+    parser.add_argument(
+        "--calibration-steps",
+        type=int,
+        default=25,
+        help="steps of the timing run that sets --steps (not counted)",
+    )
+    parser.add_argument(
+        "--b-step-fraction",
+        type=float,
+        default=0.8,
+        help="(b)'s scheduled steps as a share of (a)'s (the rest of the budget "
+        "pays for validation)",
+    )
     parser.add_argument("--out", default="runs/small_data", help="work dirs and the JSON")
-    parser.add_argument("--set-a", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra override of recipe (a) (repeatable)")
-    parser.add_argument("--set-b", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra override of recipe (b) (repeatable)")
-    parser.add_argument("--no-hindsight", action="store_true",
-                        help="skip testing every kept checkpoint of (b)")
+    parser.add_argument(
+        "--set-a",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra override of recipe (a) (repeatable)",
+    )
+    parser.add_argument(
+        "--set-b",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra override of recipe (b) (repeatable)",
+    )
+    parser.add_argument(
+        "--no-hindsight", action="store_true", help="skip testing every kept checkpoint of (b)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     budget_s = args.budget_minutes * 60.0
@@ -243,30 +321,45 @@ def main(argv=None) -> int:
 
     steps = args.steps
     if steps is None:
-        calib = train("bccd", recipe_a(args.calibration_steps, os.path.join(args.out, "calib"),
-                                       args.set_a),
-                      budget_s=budget_s, evaluate=False)
+        calib = train(
+            "bccd",
+            recipe_a(args.calibration_steps, os.path.join(args.out, "calib"), args.set_a),
+            budget_s=budget_s,
+            evaluate=False,
+        )
         sps = calib["hook"].seconds_per_step()
         startup = calib["hook"].startup_seconds()
         steps = max(10, int((budget_s - startup) / sps))
-        print(f"calibration: {startup:.1f} s to the first step, then {sps:.3f} s per step -> "
-              f"(a) {steps} steps in {args.budget_minutes:g} min", flush=True)
-    a = train("bccd", recipe_a(steps, os.path.join(args.out, "a_today"), args.set_a),
-              budget_s=budget_s)
+        print(
+            f"calibration: {startup:.1f} s to the first step, then {sps:.3f} s per step -> "
+            f"(a) {steps} steps in {args.budget_minutes:g} min",
+            flush=True,
+        )
+    a = train(
+        "bccd", recipe_a(steps, os.path.join(args.out, "a_today"), args.set_a), budget_s=budget_s
+    )
     print(f"(a) step {a['steps']}: test AP50 {a['ap50']:.4f} AP {a['ap']:.4f}", flush=True)
     steps_b = max(10, int(steps * args.b_step_fraction))
-    b = train("bccd35", recipe_b(steps_b, os.path.join(args.out, "b_new"), args.set_b),
-              budget_s=budget_s)
-    print(f"(b) step {b['steps']} (best {b['best_step']}): test AP50 {b['ap50']:.4f} "
-          f"AP {b['ap']:.4f}", flush=True)
+    b = train(
+        "bccd35", recipe_b(steps_b, os.path.join(args.out, "b_new"), args.set_b), budget_s=budget_s
+    )
+    print(
+        f"(b) step {b['steps']} (best {b['best_step']}): test AP50 {b['ap50']:.4f} "
+        f"AP {b['ap']:.4f}",
+        flush=True,
+    )
     rows = [] if args.no_hindsight else test_every_checkpoint(b)
     table = format_table(a, b, rows, args.budget_minutes)
     print(table)
     for run in (a, b):
         run.pop("hook")
     with open(os.path.join(args.out, "small_data.json"), "w", encoding="utf-8") as f:
-        json.dump({"a": a, "b": b, "b_checkpoints_on_test": rows, "table": table}, f, indent=1,
-                  default=str)
+        json.dump(
+            {"a": a, "b": b, "b_checkpoints_on_test": rows, "table": table},
+            f,
+            indent=1,
+            default=str,
+        )
     return 0
 
 

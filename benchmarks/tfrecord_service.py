@@ -63,13 +63,25 @@ def interleaved(variants: dict, *, batches: int, repeats: int, warmup: int = 3) 
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
-TINY = ["data.shapes.image_size=64", "data.scales=[64]", "data.max_size=64",
-        "data.shapes.num_val=4", "data.max_boxes=6", "model.backbone.small_widths=[8,16,16,32]",
-        "model.anchors.scales=[16.0,32.0]", "model.rpn.channels=16", "model.head.channels=32",
-        "model.rpn.pre_nms_top_n_train=64", "model.rpn.post_nms_top_n_train=16",
-        "model.roi.batch_size_per_image=16", "model.rpn.batch_size_per_image=32",
-        "train.batch_size=2", "train.log_every=1", "train.warmup_steps=5",
-        "train.num_summary_images=0"]
+TINY = [
+    "data.shapes.image_size=64",
+    "data.scales=[64]",
+    "data.max_size=64",
+    "data.shapes.num_val=4",
+    "data.max_boxes=6",
+    "model.backbone.small_widths=[8,16,16,32]",
+    "model.anchors.scales=[16.0,32.0]",
+    "model.rpn.channels=16",
+    "model.head.channels=32",
+    "model.rpn.pre_nms_top_n_train=64",
+    "model.rpn.post_nms_top_n_train=16",
+    "model.roi.batch_size_per_image=16",
+    "model.rpn.batch_size_per_image=32",
+    "train.batch_size=2",
+    "train.log_every=1",
+    "train.warmup_steps=5",
+    "train.num_summary_images=0",
+]
 
 
 def loss_curve(steps: int, work_dir: str, *overrides: str) -> list[float]:
@@ -78,8 +90,18 @@ def loss_curve(steps: int, work_dir: str, *overrides: str) -> list[float]:
     import subprocess
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    args = [sys.executable, "-m", "rfcn_tf.train", "--work-dir", work_dir, "--no-progress",
-            "--no-eval", "--no-export", "--set", f"train.steps={steps}"]
+    args = [
+        sys.executable,
+        "-m",
+        "rfcn_tf.train",
+        "--work-dir",
+        work_dir,
+        "--no-progress",
+        "--no-eval",
+        "--no-export",
+        "--set",
+        f"train.steps={steps}",
+    ]
     for override in TINY + list(overrides):
         args += ["--set", override]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=root)
@@ -94,8 +116,12 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=20, help="batches per timed window")
     parser.add_argument("--repeats", type=int, default=4, help="windows per variant (median)")
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--loss-steps", type=int, default=0,
-                        help="also compare this many training steps' losses, local vs service")
+    parser.add_argument(
+        "--loss-steps",
+        type=int,
+        default=0,
+        help="also compare this many training steps' losses, local vs service",
+    )
     args = parser.parse_args()
 
     voc = load_config("bccd", ["data.cache=false"]).data
@@ -104,22 +130,30 @@ def main() -> int:
     started = time.perf_counter()
     summary = convert_split(voc, split=split, out_dir=tmp.name, num_shards=4, progress=False)
     convert_s = time.perf_counter() - started
-    tfr = dataclasses.replace(voc, source="tfrecord",
-                              tfrecord_pattern=os.path.join(tmp.name, "{split}-*.tfrecord"))
+    tfr = dataclasses.replace(
+        voc, source="tfrecord", tfrecord_pattern=os.path.join(tmp.name, "{split}-*.tfrecord")
+    )
 
     voc_ds, voc_info = build_source(voc, split=split)
     tfr_ds, tfr_info = build_source(tfr, split=split)
-    same = (collect_statistics(voc_ds, voc_info.class_names, progress=False)
-            == collect_statistics(tfr_ds, tfr_info.class_names, progress=False))
+    same = collect_statistics(voc_ds, voc_info.class_names, progress=False) == collect_statistics(
+        tfr_ds, tfr_info.class_names, progress=False
+    )
 
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; BCCD {split}: "
-          f"{summary['num_examples']} images converted to 4 shards in {convert_s:.1f} s; "
-          f"inspect statistics identical: {same}; batch {args.batch_size}; medians of "
-          f"{args.repeats} interleaved windows of {args.batches} batches\n")
-    rates = interleaved({
-        "voc": build_dataset(voc, split=split, training=True, batch_size=args.batch_size),
-        "tfrecord": build_dataset(tfr, split=split, training=True, batch_size=args.batch_size),
-    }, batches=args.batches, repeats=args.repeats)
+    print(
+        f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; BCCD {split}: "
+        f"{summary['num_examples']} images converted to 4 shards in {convert_s:.1f} s; "
+        f"inspect statistics identical: {same}; batch {args.batch_size}; medians of "
+        f"{args.repeats} interleaved windows of {args.batches} batches\n"
+    )
+    rates = interleaved(
+        {
+            "voc": build_dataset(voc, split=split, training=True, batch_size=args.batch_size),
+            "tfrecord": build_dataset(tfr, split=split, training=True, batch_size=args.batch_size),
+        },
+        batches=args.batches,
+        repeats=args.repeats,
+    )
     print("| BCCD training pipeline (bccd.yaml, no cache) | images/s |")
     print("|---|---:|")
     print(f"| VOC folder | {rates['voc']:.1f} |")
@@ -127,32 +161,40 @@ def main() -> int:
     print(f"| ratio TFRecord / VOC | {rates['tfrecord'] / rates['voc']:.2f} |\n", flush=True)
 
     servers = []
-    variants = {"local": build_dataset(tfr, split=split, training=True,
-                                       batch_size=args.batch_size)}
+    variants = {"local": build_dataset(tfr, split=split, training=True, batch_size=args.batch_size)}
     for workers in (1, 2):
         dispatcher = service.start_dispatcher(port=0)
         servers.append(dispatcher)
         for _ in range(workers):
-            servers.append(service.start_worker(dispatcher_address=dispatcher.target,
-                                                host="localhost"))
+            servers.append(
+                service.start_worker(dispatcher_address=dispatcher.target, host="localhost")
+            )
         cfg = dataclasses.replace(tfr, service=dispatcher.target)
         variants[f"service, {workers} worker{'s' if workers > 1 else ''}"] = build_dataset(
-            cfg, split=split, training=True, batch_size=args.batch_size)
+            cfg, split=split, training=True, batch_size=args.batch_size
+        )
     rates = interleaved(variants, batches=args.batches, repeats=args.repeats)
     print("| TFRecord pipeline | images/s |")
     print("|---|---:|")
     for name, rate in rates.items():
         print(f"| {name} | {rate:.1f} |")
-    print(f"| ratio 2 workers / 1 worker | "
-          f"{rates['service, 2 workers'] / rates['service, 1 worker']:.2f} |")
+    print(
+        f"| ratio 2 workers / 1 worker | "
+        f"{rates['service, 2 workers'] / rates['service, 1 worker']:.2f} |"
+    )
     print(f"| ratio 1 worker / local | {rates['service, 1 worker'] / rates['local']:.2f} |")
     if args.loss_steps:
         dispatcher = service.start_dispatcher(port=0)
-        workers = [service.start_worker(dispatcher_address=dispatcher.target, host="localhost")
-                   for _ in range(2)]
+        workers = [
+            service.start_worker(dispatcher_address=dispatcher.target, host="localhost")
+            for _ in range(2)
+        ]
         local = loss_curve(args.loss_steps, os.path.join(tmp.name, "run_local"))
-        served = loss_curve(args.loss_steps, os.path.join(tmp.name, "run_service"),
-                            f"data.service={dispatcher.target}")
+        served = loss_curve(
+            args.loss_steps,
+            os.path.join(tmp.name, "run_service"),
+            f"data.service={dispatcher.target}",
+        )
         noise = statistics.median(abs(a - b) for a, b in zip(local[1:], local[:-1]))
         diff = statistics.mean(abs(a - b) for a, b in zip(local, served))
         print(f"\n| first {args.loss_steps} steps, tiny shapes model | total_loss |")

@@ -26,18 +26,19 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from rfcn_tf.config import load_config  # noqa: E402
-from rfcn_tf.engine.optimizer import build_optimizer  # noqa: E402
-from rfcn_tf.engine.train_step import build_train_step  # noqa: E402
-from rfcn_tf.model.builder import build_detector  # noqa: E402
+from rfcn_tf.config import load_config
+from rfcn_tf.engine.optimizer import build_optimizer
+from rfcn_tf.engine.train_step import build_train_step
+from rfcn_tf.model.builder import build_detector
 
 
-def synthetic_batch(*, height: int, width: int, batch: int, num_classes: int, boxes: int = 5,
-                    seed: int = 0) -> dict:
+def synthetic_batch(
+    *, height: int, width: int, batch: int, num_classes: int, boxes: int = 5, seed: int = 0
+) -> dict:
     """A batch in the INTERFACES.md feature layout: random pixels and ``boxes`` gt boxes."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 255, size=(batch, height, width, 3), dtype=np.uint8)
@@ -55,8 +56,15 @@ def synthetic_batch(*, height: int, width: int, batch: int, num_classes: int, bo
     }
 
 
-def time_steps(model, dataset, *, steps: int, warmup: int = 2, weight_decay: float = 1e-4,
-               clip_norm: float | None = 10.0) -> list[float]:
+def time_steps(
+    model,
+    dataset,
+    *,
+    steps: int,
+    warmup: int = 2,
+    weight_decay: float = 1e-4,
+    clip_norm: float | None = 10.0,
+) -> list[float]:
     """Seconds of each of ``steps`` train steps (after ``warmup`` untimed ones): the engine's
     train step with SGD (lr 1e-4, momentum 0.9, ``weight_decay``, global-norm ``clip_norm``) fed
     by ``dataset`` (batches of ``synthetic_batch``'s or the pipeline's format).
@@ -64,8 +72,13 @@ def time_steps(model, dataset, *, steps: int, warmup: int = 2, weight_decay: flo
     Also used by benchmarks/input_pipeline.py for its training rates."""
     strategy = tf.distribute.get_strategy()
     variables = model.trainable_variables
-    optimizer = build_optimizer(variables=variables, learning_rate=1e-4, momentum=0.9,
-                                weight_decay=weight_decay, clip_norm=clip_norm)
+    optimizer = build_optimizer(
+        variables=variables,
+        learning_rate=1e-4,
+        momentum=0.9,
+        weight_decay=weight_decay,
+        clip_norm=clip_norm,
+    )
     step = build_train_step(model, optimizer, strategy, variables=variables)
     iterator = iter(strategy.distribute_datasets_from_function(lambda ctx: dataset))
     for _ in range(warmup):
@@ -79,22 +92,31 @@ def time_steps(model, dataset, *, steps: int, warmup: int = 2, weight_decay: flo
 
 
 def resnet_table(args) -> None:
-    cfg = load_config("voc07_resnet101", [
-        "model.backbone.name=resnet50", "model.backbone.weights=null", f"data.scales=[{args.height}]",
-        f"data.max_size={args.width}"])
+    cfg = load_config(
+        "voc07_resnet101",
+        [
+            "model.backbone.name=resnet50",
+            "model.backbone.weights=null",
+            f"data.scales=[{args.height}]",
+            f"data.max_size={args.width}",
+        ],
+    )
     batch = synthetic_batch(height=args.height, width=args.width, batch=1, num_classes=20)
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
     rows = {}
     for sampling in ("balanced", "ohem"):
         model_cfg = dataclasses.replace(
-            cfg.model, roi=dataclasses.replace(cfg.model.roi, sampling=sampling))
+            cfg.model, roi=dataclasses.replace(cfg.model.roi, sampling=sampling)
+        )
         keras.utils.set_random_seed(0)
         model = build_detector(model_cfg, num_classes=20)
         rows[sampling] = time_steps(model, dataset, steps=args.steps)
         del model
-    print(f"\n### Training step, ResNet-50 (random weights), {args.height}x{args.width}, batch 1, "
-          f"{cfg.model.rpn.post_nms_top_n_train} RoIs, B = {cfg.model.roi.batch_size_per_image}, "
-          f"psroi_impl={cfg.model.head.psroi_impl}\n")
+    print(
+        f"\n### Training step, ResNet-50 (random weights), {args.height}x{args.width}, batch 1, "
+        f"{cfg.model.rpn.post_nms_top_n_train} RoIs, B = {cfg.model.roi.batch_size_per_image}, "
+        f"psroi_impl={cfg.model.head.psroi_impl}\n"
+    )
     print("| RoI selection | median step (s) | min (s) | images/s |")
     print("|---|---|---|---|")
     for sampling, times in rows.items():
@@ -110,13 +132,16 @@ def default_config_table(args) -> None:
     cfg = load_config(None)
     _, info = build_source(cfg.data, split=cfg.data.train_split)
     model = build_detector(cfg.model, num_classes=len(info.class_names))
-    dataset = build_dataset(cfg.data, split=cfg.data.train_split, training=True,
-                            batch_size=cfg.train.batch_size).repeat()
+    dataset = build_dataset(
+        cfg.data, split=cfg.data.train_split, training=True, batch_size=cfg.train.batch_size
+    ).repeat()
     times = time_steps(model, dataset, steps=args.steps * 3, warmup=3)
     med = statistics.median(times)
-    print(f"\n### Default config (shapes_tiny): {cfg.model.backbone.name} backbone "
-          f"{cfg.model.backbone.small_widths}, {cfg.data.scales[0]} px, global batch "
-          f"{cfg.train.batch_size}, {cfg.model.roi.sampling}\n")
+    print(
+        f"\n### Default config (shapes_tiny): {cfg.model.backbone.name} backbone "
+        f"{cfg.model.backbone.small_widths}, {cfg.data.scales[0]} px, global batch "
+        f"{cfg.train.batch_size}, {cfg.model.roi.sampling}\n"
+    )
     print("| median step (s) | min (s) | images/s (median) |")
     print("|---|---|---|")
     print(f"| {med:.3f} | {min(times):.3f} | {cfg.train.batch_size / med:.1f} |")

@@ -29,8 +29,15 @@ _LAZY = {
     "Detections": "rfcn_tf.inference.detector",
 }
 
-__all__ = ["Detections", "Detector", "RfcnError", "__version__", "load", "load_checkpoint",
-           "load_saved_model"]
+__all__ = [
+    "Detections",
+    "Detector",
+    "RfcnError",
+    "__version__",
+    "load",
+    "load_checkpoint",
+    "load_saved_model",
+]
 
 
 def __getattr__(name: str) -> Any:

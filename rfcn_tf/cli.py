@@ -24,8 +24,13 @@ COMMANDS = {
 
 
 def _usage() -> str:
-    lines = ["usage: rfcn-tf COMMAND [ARGS...]   (rfcn-tf COMMAND --help for its flags)", "",
-             "R-FCN object detection for TensorFlow 2 / Keras 3.", "", "commands:"]
+    lines = [
+        "usage: rfcn-tf COMMAND [ARGS...]   (rfcn-tf COMMAND --help for its flags)",
+        "",
+        "R-FCN object detection for TensorFlow 2 / Keras 3.",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
 

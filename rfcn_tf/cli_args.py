@@ -33,8 +33,13 @@ __all__ = [
 ]
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, *, config_help: str,
-                         set_example: str, print_config: bool = False) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    config_help: str,
+    set_example: str,
+    print_config: bool = False,
+) -> None:
     """Adds `--config` (dest `config`, default None), `--set` (dest `overrides`, a list) and,
     with `print_config=True`, `--print-config` (the tool prints the resolved, validated config
     as YAML and exits: it must handle `args.print_config`).
@@ -46,33 +51,55 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, config_help: str,
         set_example: one override this CLI's users are likely to need, e.g. "train.lr=0.01".
     """
     parser.add_argument(
-        "--config", default=None, metavar="NAME_OR_YAML",
-        help=f"config preset name (configs/<name>.yaml) or path to a YAML file; {config_help}")
+        "--config",
+        default=None,
+        metavar="NAME_OR_YAML",
+        help=f"config preset name (configs/<name>.yaml) or path to a YAML file; {config_help}",
+    )
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help=(f"override one config value, e.g. --set {set_example} "
-              "(repeatable; values are parsed as YAML)"))
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=(
+            f"override one config value, e.g. --set {set_example} "
+            "(repeatable; values are parsed as YAML)"
+        ),
+    )
     if print_config:
-        parser.add_argument("--print-config", action="store_true",
-                            help="print the resolved config as YAML (validated) and exit")
+        parser.add_argument(
+            "--print-config",
+            action="store_true",
+            help="print the resolved config as YAML (validated) and exit",
+        )
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, progress: bool = True) -> None:
     """Adds `--no-progress` (when the tool draws a progress bar) and `--debug`."""
     if progress:
-        parser.add_argument("--no-progress", action="store_true",
-                            help="hide the progress bar (drawn on stderr)")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the Python traceback of an error (default: one line)")
+        parser.add_argument(
+            "--no-progress", action="store_true", help="hide the progress bar (drawn on stderr)"
+        )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the Python traceback of an error (default: one line)",
+    )
 
 
-def add_score_threshold_argument(parser: argparse.ArgumentParser, *, default: float | None,
-                                 what: str) -> None:
+def add_score_threshold_argument(
+    parser: argparse.ArgumentParser, *, default: float | None, what: str
+) -> None:
     """Adds `--score-threshold S` (dest `score_threshold`), the one name of the threshold."""
     shown = "the config's" if default is None else f"{default:g}"
     parser.add_argument(
-        "--score-threshold", type=float, default=default, metavar="S",
-        help=f"{what} only detections scoring at least S, in [0, 1] (default: {shown})")
+        "--score-threshold",
+        type=float,
+        default=default,
+        metavar="S",
+        help=f"{what} only detections scoring at least S, in [0, 1] (default: {shown})",
+    )
 
 
 def error_line(exc: BaseException) -> str:
@@ -93,17 +120,28 @@ def error_line(exc: BaseException) -> str:
         if found is not None:
             return str(found)
         message = str(getattr(exc, "message", None) or exc)
-        lines = [line for line in message.splitlines() if line.strip()
-                 and not line.startswith(("Graph execution error", "Detected at node"))]
+        lines = [
+            line
+            for line in message.splitlines()
+            if line.strip() and not line.startswith(("Graph execution error", "Detected at node"))
+        ]
         return f"{type(exc).__name__}: {(lines or [''])[0].strip()}"
     from rfcn_tf.errors import RfcnError
 
     text = str(exc).strip() or type(exc).__name__
     names = type(exc).__name__
-    if isinstance(exc, RfcnError) or names.endswith(("ConfigError", "DataError",
-                                                     "CheckpointError", "TrainingError",
-                                                     "ExportError", "ServingError",
-                                                     "NonFiniteLossError", "CLIError")):
+    if isinstance(exc, RfcnError) or names.endswith(
+        (
+            "ConfigError",
+            "DataError",
+            "CheckpointError",
+            "TrainingError",
+            "ExportError",
+            "ServingError",
+            "NonFiniteLossError",
+            "CLIError",
+        )
+    ):
         return text
     return f"{names}: {text}"
 
@@ -124,8 +162,13 @@ def _quiet_tensorflow_after_error() -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-def run_cli(parser: argparse.ArgumentParser, main_fn: Callable[[argparse.Namespace], int | None],
-            argv: Sequence[str] | None = None, *, interrupted: str = "interrupted") -> int:
+def run_cli(
+    parser: argparse.ArgumentParser,
+    main_fn: Callable[[argparse.Namespace], int | None],
+    argv: Sequence[str] | None = None,
+    *,
+    interrupted: str = "interrupted",
+) -> int:
     """Parses `argv` and runs `main_fn(args)` under the one-line error policy (module docstring).
 
     Returns:
@@ -152,8 +195,9 @@ def run_cli(parser: argparse.ArgumentParser, main_fn: Callable[[argparse.Namespa
     return 0 if status is None else int(status)
 
 
-def add_model_source_arguments(parser: argparse.ArgumentParser, *,
-                               saved_model_note: str = "") -> None:
+def add_model_source_arguments(
+    parser: argparse.ArgumentParser, *, saved_model_note: str = ""
+) -> None:
     """Adds the required choice between `--checkpoint` and `--saved-model` (dests `checkpoint`,
     `saved_model`; the one not given is None).
 
@@ -163,10 +207,18 @@ def add_model_source_arguments(parser: argparse.ArgumentParser, *,
     """
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--checkpoint", metavar="PATH_OR_DIR",
-        help=("training checkpoint prefix (.../checkpoints/ckpt-1500) or a folder of checkpoints "
-              "(its latest is used); the model is built from the config"))
+        "--checkpoint",
+        metavar="PATH_OR_DIR",
+        help=(
+            "training checkpoint prefix (.../checkpoints/ckpt-1500) or a folder of checkpoints "
+            "(its latest is used); the model is built from the config"
+        ),
+    )
     source.add_argument(
-        "--saved-model", metavar="DIR",
-        help=("exported SavedModel (export/<name>/<version>, or export/<name> for the latest "
-              "version), run through its serving_default signature" + saved_model_note))
+        "--saved-model",
+        metavar="DIR",
+        help=(
+            "exported SavedModel (export/<name>/<version>, or export/<name> for the latest "
+            "version), run through its serving_default signature" + saved_model_note
+        ),
+    )

@@ -31,7 +31,7 @@ import types
 import typing
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -79,14 +79,25 @@ def _finite(value: float) -> bool:
 
 
 def _sizes(where: str, name: str, values: list[int]) -> None:
-    _require(where, name, values, bool(values) and all(v >= 1 for v in values),
-             "a non-empty list of sizes >= 1 (pixels)")
+    _require(
+        where,
+        name,
+        values,
+        bool(values) and all(v >= 1 for v in values),
+        "a non-empty list of sizes >= 1 (pixels)",
+    )
 
 
 def _names(where: str, name: str, values: list[str]) -> None:
-    _require(where, name, values, bool(values) and all(isinstance(v, str) and v.strip()
-                                                       for v in values)
-             and len(set(values)) == len(values), "a non-empty list of distinct names")
+    _require(
+        where,
+        name,
+        values,
+        bool(values)
+        and all(isinstance(v, str) and v.strip() for v in values)
+        and len(set(values)) == len(values),
+        "a non-empty list of distinct names",
+    )
 
 
 @dataclasses.dataclass
@@ -108,14 +119,34 @@ class ShapesConfig:
         _require(where, "image_size", self.image_size, self.image_size >= 8, ">= 8 pixels")
         _require(where, "num_val", self.num_val, self.num_val >= 1, ">= 1")
         _require(where, "min_objects", self.min_objects, self.min_objects >= 0, ">= 0")
-        _require(where, "max_objects", self.max_objects, self.max_objects >= max(
-            self.min_objects, 1), f">= 1 and >= min_objects ({self.min_objects})")
-        _require(where, "min_size", self.min_size, 0.0 < self.min_size <= 1.0,
-                 "in (0, 1] (a fraction of image_size)")
-        _require(where, "max_size", self.max_size, self.min_size <= self.max_size <= 1.0,
-                 f"in [min_size ({self.min_size}), 1]")
-        _require(where, "max_overlap_iou", self.max_overlap_iou,
-                 0.0 <= self.max_overlap_iou <= 1.0, "in [0, 1]")
+        _require(
+            where,
+            "max_objects",
+            self.max_objects,
+            self.max_objects >= max(self.min_objects, 1),
+            f">= 1 and >= min_objects ({self.min_objects})",
+        )
+        _require(
+            where,
+            "min_size",
+            self.min_size,
+            0.0 < self.min_size <= 1.0,
+            "in (0, 1] (a fraction of image_size)",
+        )
+        _require(
+            where,
+            "max_size",
+            self.max_size,
+            self.min_size <= self.max_size <= 1.0,
+            f"in [min_size ({self.min_size}), 1]",
+        )
+        _require(
+            where,
+            "max_overlap_iou",
+            self.max_overlap_iou,
+            0.0 <= self.max_overlap_iou <= 1.0,
+            "in [0, 1]",
+        )
         _names(where, "classes", self.classes)
 
 
@@ -129,29 +160,47 @@ class DataConfig:
 
     source: str = "shapes"  # shapes | voc | coco_json | tfds | tfrecord
     tfds_name: str = "voc/2007"  # tfds: dataset name; "voc/2007+voc/2012" concatenates
-    eval_tfds_name: Optional[str] = None  # tfds: dataset of every split but train_split (None: tfds_name)
-    data_dir: Optional[str] = None  # tfds: data_dir
-    manual_dir: Optional[str] = None  # tfds: manual_dir (download_config)
-    voc_root: Optional[str] = None  # voc: folder with Annotations/, JPEGImages/, ImageSets/
-    coco_annotations: Optional[str] = None  # coco_json: instances_*.json
-    coco_images: Optional[str] = None  # coco_json: image folder
-    tfrecord_pattern: Optional[str] = None  # tfrecord: glob of the shard files, {split} replaced (e.g. data/bccd_tfrecord/{split}-*.tfrecord)
-    label_map: Optional[str] = None  # tfrecord: the OD API label_map.pbtxt (None: label_map.pbtxt beside the shards)
-    service: Optional[str] = None  # tf.data service dispatcher "grpc://host:port": training preprocessing runs on its workers (None: in this process)
-    aspect_grouping: Optional[bool] = None  # batch training images of one height/width group together (None: on when the per-replica batch > 1)
-    aspect_ratio_boundaries: list[float] = dataclasses.field(default_factory=lambda: [1.0])  # height/width group edges: [1.0] = landscape | portrait
+    eval_tfds_name: str | None = (
+        None  # tfds: dataset of every split but train_split (None: tfds_name)
+    )
+    data_dir: str | None = None  # tfds: data_dir
+    manual_dir: str | None = None  # tfds: manual_dir (download_config)
+    voc_root: str | None = None  # voc: folder with Annotations/, JPEGImages/, ImageSets/
+    coco_annotations: str | None = None  # coco_json: instances_*.json
+    coco_images: str | None = None  # coco_json: image folder
+    tfrecord_pattern: str | None = (
+        None  # tfrecord: glob of the shard files, {split} replaced (e.g. data/bccd_tfrecord/{split}-*.tfrecord)
+    )
+    label_map: str | None = (
+        None  # tfrecord: the OD API label_map.pbtxt (None: label_map.pbtxt beside the shards)
+    )
+    service: str | None = (
+        None  # tf.data service dispatcher "grpc://host:port": training preprocessing runs on its workers (None: in this process)
+    )
+    aspect_grouping: bool | None = (
+        None  # batch training images of one height/width group together (None: on when the per-replica batch > 1)
+    )
+    aspect_ratio_boundaries: list[float] = dataclasses.field(
+        default_factory=lambda: [1.0]
+    )  # height/width group edges: [1.0] = landscape | portrait
     train_split: str = "train"
     val_split: str = "validation"
     # voc/coco_json: train on the first N ids of train_split, sorted by id (None: all of it)
-    max_train_images: Optional[int] = None
-    class_names: Optional[list[str]] = None  # None: from the source (discovered or TFDS info)
-    scales: list[int] = dataclasses.field(default_factory=lambda: [600])  # shorter side(s); several = multi-scale training
+    max_train_images: int | None = None
+    class_names: list[str] | None = None  # None: from the source (discovered or TFDS info)
+    scales: list[int] = dataclasses.field(
+        default_factory=lambda: [600]
+    )  # shorter side(s); several = multi-scale training
     max_size: int = 1000  # cap on the longer side after resizing
     random_flip: bool = True  # horizontal flip in training
     photometric: bool = False  # brightness/contrast/saturation/hue jitter in training
-    scale_jitter: Optional[list[float]] = None  # training: [low, high] log-uniform factor on the chosen shorter side, e.g. [0.8, 1.25]
+    scale_jitter: list[float] | None = (
+        None  # training: [low, high] log-uniform factor on the chosen shorter side, e.g. [0.8, 1.25]
+    )
     random_crop: bool = False  # training: SSD-style IoU-constrained crop; boxes keeping < crop_min_visible of their area are dropped
-    crop_min_visible: float = 0.5  # random_crop: share of a box's area that must stay inside the crop
+    crop_min_visible: float = (
+        0.5  # random_crop: share of a box's area that must stay inside the crop
+    )
     vertical_flip: bool = False  # training: random up-down flip (aerial, microscopy)
     rot90: bool = False  # training: random 0/90/180/270-degree rotation (aerial, microscopy)
     max_boxes: int = 100  # ground truth padded (with -1 and a mask) to at least this many rows; images with more boxes keep them all
@@ -170,25 +219,42 @@ class DataConfig:
         for name in ("train_split", "val_split"):
             _require(where, name, getattr(self, name), bool(getattr(self, name)), "a split name")
         if self.max_train_images is not None:
-            _require(where, "max_train_images", self.max_train_images,
-                     self.max_train_images >= 1, ">= 1 or null (the whole split)")
-            _require(where, "max_train_images", self.max_train_images,
-                     self.source in FIRST_N_SOURCES,
-                     f"null for data.source={self.source!r} (the first N ids of a split exist "
-                     f"for the folder sources {', '.join(FIRST_N_SOURCES)} only)")
+            _require(
+                where,
+                "max_train_images",
+                self.max_train_images,
+                self.max_train_images >= 1,
+                ">= 1 or null (the whole split)",
+            )
+            _require(
+                where,
+                "max_train_images",
+                self.max_train_images,
+                self.source in FIRST_N_SOURCES,
+                f"null for data.source={self.source!r} (the first N ids of a split exist "
+                f"for the folder sources {', '.join(FIRST_N_SOURCES)} only)",
+            )
         if self.class_names is not None:
             _names(where, "class_names", self.class_names)
         _sizes(where, "scales", self.scales)
         _require(where, "max_size", self.max_size, self.max_size >= 1, ">= 1 pixels")
         _require(where, "max_boxes", self.max_boxes, self.max_boxes >= 1, ">= 1")
         _require(where, "shuffle_buffer", self.shuffle_buffer, self.shuffle_buffer >= 1, ">= 1")
-        _require(where, "num_parallel_calls", self.num_parallel_calls,
-                 self.num_parallel_calls == -1 or self.num_parallel_calls >= 1,
-                 "-1 (autotune) or >= 1")
-        _require(where, "aspect_ratio_boundaries", self.aspect_ratio_boundaries,
-                 all(_finite(b) and b > 0 for b in self.aspect_ratio_boundaries)
-                 and list(self.aspect_ratio_boundaries) == sorted(set(
-                     self.aspect_ratio_boundaries)), "increasing height/width ratios > 0")
+        _require(
+            where,
+            "num_parallel_calls",
+            self.num_parallel_calls,
+            self.num_parallel_calls == -1 or self.num_parallel_calls >= 1,
+            "-1 (autotune) or >= 1",
+        )
+        _require(
+            where,
+            "aspect_ratio_boundaries",
+            self.aspect_ratio_boundaries,
+            all(_finite(b) and b > 0 for b in self.aspect_ratio_boundaries)
+            and list(self.aspect_ratio_boundaries) == sorted(set(self.aspect_ratio_boundaries)),
+            "increasing height/width ratios > 0",
+        )
         self.shapes.validate(f"{where}.shapes")
 
 
@@ -204,7 +270,7 @@ class ModelConfig:
     head: HeadConfig = dataclasses.field(default_factory=HeadConfig)
     postprocess: PostprocessConfig = dataclasses.field(default_factory=PostprocessConfig)
     # None: fresh anchor/RoI sampling keys every step; an int repeats them (tests)
-    seed: Optional[int] = None
+    seed: int | None = None
 
     def validate(self, where: str = "model") -> None:
         """Every section's ``validate`` (ranges and choices)."""
@@ -218,7 +284,9 @@ class ModelConfig:
 class TrainConfig:
     """The training loop (R-FCN sec. 3: SGD, momentum 0.9, weight decay 0.0005)."""
 
-    steps: int = 2000  # optimizer steps in all (per stage for the alternating scheme: see stage_steps)
+    steps: int = (
+        2000  # optimizer steps in all (per stage for the alternating scheme: see stage_steps)
+    )
     batch_size: int = 2  # global batch (images per step over all replicas)
     lr: float = 0.01  # peak learning rate
     momentum: float = 0.9
@@ -228,30 +296,32 @@ class TrainConfig:
     lr_decay: float = 0.1  # step schedule: factor at each boundary
     warmup_steps: int = 100
     warmup_factor: float = 0.001  # lr at step 0 = lr * warmup_factor
-    clip_norm: Optional[float] = 10.0  # global-norm gradient clipping; None = off
+    clip_norm: float | None = 10.0  # global-norm gradient clipping; None = off
     mixed_precision: bool = False  # mixed_float16 with loss scaling (GPU)
     scheme: str = "joint"  # joint | alternating (R-FCN sec. 3: 4-step)
-    stage_steps: list[int] = dataclasses.field(default_factory=list)  # alternating: steps of each of the 4 stages
+    stage_steps: list[int] = dataclasses.field(
+        default_factory=list
+    )  # alternating: steps of each of the 4 stages
     strategy: str = "default"  # default | mirrored | multi_worker
     checkpoint_every: int = 500  # steps
     keep_checkpoints: int = 3
     log_every: int = 20  # steps
     work_dir: str = "runs/shapes_tiny"
-    init_checkpoint: Optional[str] = None  # start from these weights (fine-tuning)
+    init_checkpoint: str | None = None  # start from these weights (fine-tuning)
     seed: int = 0
     evaluate_at_end: bool = True
     export_at_end: bool = True
     num_summary_images: int = 4  # validation images with boxes in TensorBoard
     # Schedules in epochs (rfcn_tf/engine/epochs.py): each replaces its step field when set.
-    epochs: Optional[float] = None  # steps = ceil(epochs * training images / batch_size)
-    warmup_epochs: Optional[float] = None  # -> warmup_steps
+    epochs: float | None = None  # steps = ceil(epochs * training images / batch_size)
+    warmup_epochs: float | None = None  # -> warmup_steps
     lr_epochs: list[float] = dataclasses.field(default_factory=list)  # -> lr_steps
     # Validation during training (rfcn_tf/engine/validation.py), on data.val_split, chief only.
     eval_every: int = 0  # steps between validations (and after the last step); 0 = off
-    eval_every_epochs: Optional[float] = None  # -> eval_every
+    eval_every_epochs: float | None = None  # -> eval_every
     best_metric: str = "coco/AP50"  # picks checkpoints/best: coco/AP50|AP, voc07|voc2010/mAP
     early_stop_patience: int = 0  # stop after this many validations without gain; 0 = off
-    ema_decay: Optional[float] = None  # weight EMA (e.g. 0.9998) for validation/best/export
+    ema_decay: float | None = None  # weight EMA (e.g. 0.9998) for validation/best/export
     sync_batchnorm: bool = False  # BatchNorm statistics all-reduced over the replicas
     data_resume: str = "auto"  # auto | iterator | skip | none (rfcn_tf/engine/data_resume.py)
 
@@ -261,90 +331,180 @@ class TrainConfig:
         _require(where, "batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
         _require(where, "lr", self.lr, _finite(self.lr) and self.lr > 0, "a number > 0")
         _require(where, "momentum", self.momentum, 0.0 <= self.momentum < 1.0, "in [0, 1)")
-        _require(where, "weight_decay", self.weight_decay,
-                 _finite(self.weight_decay) and self.weight_decay >= 0, ">= 0")
-        _require(where, "lr_steps", self.lr_steps,
-                 all(s >= 1 for s in self.lr_steps) and self.lr_steps == sorted(
-                     set(self.lr_steps)), "increasing step numbers >= 1")
+        _require(
+            where,
+            "weight_decay",
+            self.weight_decay,
+            _finite(self.weight_decay) and self.weight_decay >= 0,
+            ">= 0",
+        )
+        _require(
+            where,
+            "lr_steps",
+            self.lr_steps,
+            all(s >= 1 for s in self.lr_steps) and self.lr_steps == sorted(set(self.lr_steps)),
+            "increasing step numbers >= 1",
+        )
         _require(where, "lr_decay", self.lr_decay, 0.0 < self.lr_decay <= 1.0, "in (0, 1]")
         _require(where, "warmup_steps", self.warmup_steps, self.warmup_steps >= 0, ">= 0")
-        _require(where, "warmup_factor", self.warmup_factor, 0.0 < self.warmup_factor <= 1.0,
-                 "in (0, 1]")
+        _require(
+            where, "warmup_factor", self.warmup_factor, 0.0 < self.warmup_factor <= 1.0, "in (0, 1]"
+        )
         if self.clip_norm is not None:
-            _require(where, "clip_norm", self.clip_norm,
-                     _finite(self.clip_norm) and self.clip_norm > 0, "> 0 or null (off)")
-        _require(where, "stage_steps", self.stage_steps, all(s >= 1 for s in self.stage_steps),
-                 "steps >= 1 per stage")
-        _require(where, "checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 0,
-                 ">= 0 (0: only at the end)")
-        _require(where, "keep_checkpoints", self.keep_checkpoints, self.keep_checkpoints >= 1,
-                 ">= 1")
+            _require(
+                where,
+                "clip_norm",
+                self.clip_norm,
+                _finite(self.clip_norm) and self.clip_norm > 0,
+                "> 0 or null (off)",
+            )
+        _require(
+            where,
+            "stage_steps",
+            self.stage_steps,
+            all(s >= 1 for s in self.stage_steps),
+            "steps >= 1 per stage",
+        )
+        _require(
+            where,
+            "checkpoint_every",
+            self.checkpoint_every,
+            self.checkpoint_every >= 0,
+            ">= 0 (0: only at the end)",
+        )
+        _require(
+            where, "keep_checkpoints", self.keep_checkpoints, self.keep_checkpoints >= 1, ">= 1"
+        )
         _require(where, "log_every", self.log_every, self.log_every >= 1, ">= 1")
         _require(where, "work_dir", self.work_dir, bool(self.work_dir), "a folder")
-        _require(where, "num_summary_images", self.num_summary_images,
-                 self.num_summary_images >= 0, ">= 0")
+        _require(
+            where,
+            "num_summary_images",
+            self.num_summary_images,
+            self.num_summary_images >= 0,
+            ">= 0",
+        )
         for name in ("epochs", "eval_every_epochs"):
             value = getattr(self, name)
             if value is not None:
                 _require(where, name, value, _finite(value) and value > 0, "> 0 or null")
         if self.warmup_epochs is not None:
-            _require(where, "warmup_epochs", self.warmup_epochs,
-                     _finite(self.warmup_epochs) and self.warmup_epochs >= 0, ">= 0 or null")
-        _require(where, "lr_epochs", self.lr_epochs,
-                 all(_finite(e) and e > 0 for e in self.lr_epochs)
-                 and list(self.lr_epochs) == sorted(set(self.lr_epochs)),
-                 "increasing epoch numbers > 0")
+            _require(
+                where,
+                "warmup_epochs",
+                self.warmup_epochs,
+                _finite(self.warmup_epochs) and self.warmup_epochs >= 0,
+                ">= 0 or null",
+            )
+        _require(
+            where,
+            "lr_epochs",
+            self.lr_epochs,
+            all(_finite(e) and e > 0 for e in self.lr_epochs)
+            and list(self.lr_epochs) == sorted(set(self.lr_epochs)),
+            "increasing epoch numbers > 0",
+        )
         _require(where, "eval_every", self.eval_every, self.eval_every >= 0, ">= 0 (0: off)")
-        _require(where, "early_stop_patience", self.early_stop_patience,
-                 self.early_stop_patience >= 0, ">= 0 (0: off)")
+        _require(
+            where,
+            "early_stop_patience",
+            self.early_stop_patience,
+            self.early_stop_patience >= 0,
+            ">= 0 (0: off)",
+        )
         if self.ema_decay is not None:
-            _require(where, "ema_decay", self.ema_decay, 0.0 < self.ema_decay < 1.0,
-                     "in (0, 1) or null (off)")
-        _require(where, "data_resume", self.data_resume,
-                 self.data_resume in ("auto", "iterator", "skip", "none"),
-                 "one of auto, iterator, skip, none")
+            _require(
+                where,
+                "ema_decay",
+                self.ema_decay,
+                0.0 < self.ema_decay < 1.0,
+                "in (0, 1) or null (off)",
+            )
+        _require(
+            where,
+            "data_resume",
+            self.data_resume,
+            self.data_resume in ("auto", "iterator", "skip", "none"),
+            "one of auto, iterator, skip, none",
+        )
         for name in ("epochs", "warmup_epochs", "eval_every_epochs"):
             value = getattr(self, name)
             if value is not None:
-                _require(where, name, value, _finite(value) and (value > 0 or (
-                    name == "warmup_epochs" and value == 0)), "a number of epochs > 0 or null")
-        _require(where, "lr_epochs", self.lr_epochs, all(e > 0 for e in self.lr_epochs)
-                 and self.lr_epochs == sorted(set(self.lr_epochs)), "increasing epochs > 0")
+                _require(
+                    where,
+                    name,
+                    value,
+                    _finite(value) and (value > 0 or (name == "warmup_epochs" and value == 0)),
+                    "a number of epochs > 0 or null",
+                )
+        _require(
+            where,
+            "lr_epochs",
+            self.lr_epochs,
+            all(e > 0 for e in self.lr_epochs) and self.lr_epochs == sorted(set(self.lr_epochs)),
+            "increasing epochs > 0",
+        )
         _require(where, "eval_every", self.eval_every, self.eval_every >= 0, ">= 0 (0: off)")
-        _require(where, "best_metric", self.best_metric,
-                 self.best_metric.partition("/")[0] in ("coco", "voc07", "voc2010")
-                 and bool(self.best_metric.partition("/")[2]),
-                 "section/name: coco/AP50, coco/AP, voc07/mAP or voc2010/mAP")
-        _require(where, "early_stop_patience", self.early_stop_patience,
-                 self.early_stop_patience >= 0, ">= 0 (0: off)")
+        _require(
+            where,
+            "best_metric",
+            self.best_metric,
+            self.best_metric.partition("/")[0] in ("coco", "voc07", "voc2010")
+            and bool(self.best_metric.partition("/")[2]),
+            "section/name: coco/AP50, coco/AP, voc07/mAP or voc2010/mAP",
+        )
+        _require(
+            where,
+            "early_stop_patience",
+            self.early_stop_patience,
+            self.early_stop_patience >= 0,
+            ">= 0 (0: off)",
+        )
         if self.ema_decay is not None:
-            _require(where, "ema_decay", self.ema_decay, 0.0 < self.ema_decay < 1.0,
-                     "in (0, 1) or null (off)")
-        _require(where, "data_resume", self.data_resume,
-                 self.data_resume in ("auto", "iterator", "skip", "none"),
-                 "one of auto, iterator, skip, none")
+            _require(
+                where,
+                "ema_decay",
+                self.ema_decay,
+                0.0 < self.ema_decay < 1.0,
+                "in (0, 1) or null (off)",
+            )
+        _require(
+            where,
+            "data_resume",
+            self.data_resume,
+            self.data_resume in ("auto", "iterator", "skip", "none"),
+            "one of auto, iterator, skip, none",
+        )
 
 
 @dataclasses.dataclass
 class EvalConfig:
     """Evaluation (COCO metrics via pycocotools; VOC07 11-point and VOC2010+ AP)."""
 
-    split: Optional[str] = None  # None: data.val_split
+    split: str | None = None  # None: data.val_split
     batch_size: int = 1
-    max_images: Optional[int] = None
-    score_threshold: Optional[float] = None  # None: model.postprocess.score_threshold
+    max_images: int | None = None
+    score_threshold: float | None = None  # None: model.postprocess.score_threshold
     multiscale: bool = False  # R-FCN sec. 4.2 (COCO): several test scales merged by NMS
-    multiscale_sizes: list[int] = dataclasses.field(default_factory=lambda: [200, 400, 600, 800, 1000])
+    multiscale_sizes: list[int] = dataclasses.field(
+        default_factory=lambda: [200, 400, 600, 800, 1000]
+    )
 
     def validate(self, where: str = "eval") -> None:
         """Ranges of the evaluation settings (ConfigError naming the key and value)."""
         _require(where, "batch_size", self.batch_size, self.batch_size >= 1, ">= 1")
         if self.max_images is not None:
-            _require(where, "max_images", self.max_images, self.max_images >= 1,
-                     ">= 1 or null (all)")
+            _require(
+                where, "max_images", self.max_images, self.max_images >= 1, ">= 1 or null (all)"
+            )
         if self.score_threshold is not None:
-            _require(where, "score_threshold", self.score_threshold,
-                     0.0 <= self.score_threshold <= 1.0, "in [0, 1] or null")
+            _require(
+                where,
+                "score_threshold",
+                self.score_threshold,
+                0.0 <= self.score_threshold <= 1.0,
+                "in [0, 1] or null",
+            )
         _sizes(where, "multiscale_sizes", self.multiscale_sizes)
 
 
@@ -354,13 +514,19 @@ class ExportConfig:
 
     model_name: str = "rfcn"
     out_dir: str = "export"
-    version: Optional[int] = None  # None: the next free version number
+    version: int | None = None  # None: the next free version number
 
     def validate(self, where: str = "export") -> None:
         """Ranges of the export settings (ConfigError naming the key and value)."""
-        _require(where, "model_name", self.model_name,
-                 bool(self.model_name) and not any(c in self.model_name for c in "/\\ \t")
-                 and self.model_name not in (".", ".."), "a folder name (no slashes or spaces)")
+        _require(
+            where,
+            "model_name",
+            self.model_name,
+            bool(self.model_name)
+            and not any(c in self.model_name for c in "/\\ \t")
+            and self.model_name not in (".", ".."),
+            "a folder name (no slashes or spaces)",
+        )
         _require(where, "out_dir", self.out_dir, bool(self.out_dir), "a folder")
         if self.version is not None:
             _require(where, "version", self.version, self.version >= 1, ">= 1 or null (next)")
@@ -434,8 +600,10 @@ def _unknown_key(path: str, key: str, node: Any) -> ConfigError:
     full = f"{path}.{key}" if path else key
     near = _nearest(key, valid)
     near_full = f"{path}.{near}" if path else near
-    return ConfigError(f"unknown config key '{full}'; did you mean '{near_full}'? "
-                       f"(valid keys here: {', '.join(valid)})")
+    return ConfigError(
+        f"unknown config key '{full}'; did you mean '{near_full}'? "
+        f"(valid keys here: {', '.join(valid)})"
+    )
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -482,8 +650,11 @@ def _merge(node: Any, values: dict[str, Any], path: str = "") -> None:
     hints = typing.get_type_hints(type(node))
     names = {f.name for f in dataclasses.fields(node)}
     for key, value in values.items():
-        if isinstance(node, ModelConfig) and key in OLD_MODEL_KEYS and (
-                key not in names or not isinstance(value, dict)):
+        if (
+            isinstance(node, ModelConfig)
+            and key in OLD_MODEL_KEYS
+            and (key not in names or not isinstance(value, dict))
+        ):
             raise ConfigError(_moved_message(f"{path}.{key}", f"{path}.{OLD_MODEL_KEYS[key]}"))
         if key not in names:
             raise _unknown_key(path, key, node)
@@ -532,15 +703,25 @@ def validate(config: Config) -> None:
         raise ConfigError("data.scales must list at least one shorter-side size")
     if config.train.batch_size < 1:
         raise ConfigError(f"train.batch_size must be >= 1, got {config.train.batch_size}")
-    if config.train.scheme == "alternating" and config.train.stage_steps and len(config.train.stage_steps) != 4:
-        raise ConfigError(f"train.stage_steps needs 4 values for the alternating scheme, got {config.train.stage_steps}")
+    if (
+        config.train.scheme == "alternating"
+        and config.train.stage_steps
+        and len(config.train.stage_steps) != 4
+    ):
+        raise ConfigError(
+            f"train.stage_steps needs 4 values for the alternating scheme, got {config.train.stage_steps}"
+        )
 
 
 OLD_LAYOUTS = ("error", "migrate")
 
 
-def load_config(name_or_path: Optional[str] = None, overrides: typing.Iterable[str] = (), *,
-                old_layout: str = "error") -> Config:
+def load_config(
+    name_or_path: str | None = None,
+    overrides: typing.Iterable[str] = (),
+    *,
+    old_layout: str = "error",
+) -> Config:
     """Builds the tree: defaults <- the preset/YAML file <- ``overrides`` (``a.b=value`` strings).
 
     Args:
@@ -690,9 +871,12 @@ def _migrate_with_warning(values: Any, source: str) -> Any:
     if not isinstance(values, dict) or not is_old_model_layout(values.get("model")):
         return values
     sections, moved = migrate_old_model_layout(values["model"])
-    warnings.warn(f"{source} has the old flat model keys ({len(moved)}, e.g. {moved[0]}); read "
-                  f"as the per-component sections (rewrite it from --print-config)",
-                  ConfigWarning, stacklevel=3)
+    warnings.warn(
+        f"{source} has the old flat model keys ({len(moved)}, e.g. {moved[0]}); read "
+        f"as the per-component sections (rewrite it from --print-config)",
+        ConfigWarning,
+        stacklevel=3,
+    )
     return dict(values, model=sections)
 
 

@@ -62,10 +62,9 @@ def _uint(raw, little):
     """Unsigned int of big- or little-endian uint8 bytes [n] -> int64 []."""
     raw = tf.cast(raw, tf.int64)
     n = raw.shape[0]
-    little_weights = tf.constant([256 ** i for i in range(n)], tf.int64)
+    little_weights = tf.constant([256**i for i in range(n)], tf.int64)
     big_weights = tf.constant([256 ** (n - 1 - i) for i in range(n)], tf.int64)
-    return tf.where(little, tf.reduce_sum(raw * little_weights),
-                    tf.reduce_sum(raw * big_weights))
+    return tf.where(little, tf.reduce_sum(raw * little_weights), tf.reduce_sum(raw * big_weights))
 
 
 def exif_orientation(contents) -> tf.Tensor:
@@ -90,13 +89,16 @@ def exif_orientation(contents) -> tf.Tensor:
         little = tf.reduce_all(tf.equal(_bytes_at(data, length, tiff, 2), [0x49, 0x49]))
         ifd = tiff + _uint(_bytes_at(data, length, tiff + 4, 4), little)
         count = _uint(_bytes_at(data, length, ifd, 2), little)
-        entries = tf.reshape(_bytes_at(data, length, ifd + 2, 12 * _MAX_ENTRIES),
-                             [_MAX_ENTRIES, 12])
+        entries = tf.reshape(
+            _bytes_at(data, length, ifd + 2, 12 * _MAX_ENTRIES), [_MAX_ENTRIES, 12]
+        )
         entries = tf.cast(entries, tf.int64)
-        tags = tf.where(little, entries[:, 0] + 256 * entries[:, 1],
-                        256 * entries[:, 0] + entries[:, 1])
-        values = tf.where(little, entries[:, 8] + 256 * entries[:, 9],
-                          256 * entries[:, 8] + entries[:, 9])
+        tags = tf.where(
+            little, entries[:, 0] + 256 * entries[:, 1], 256 * entries[:, 0] + entries[:, 1]
+        )
+        values = tf.where(
+            little, entries[:, 8] + 256 * entries[:, 9], 256 * entries[:, 8] + entries[:, 9]
+        )
         hit = (tags == _ORIENTATION_TAG) & (tf.range(_MAX_ENTRIES, dtype=tf.int64) < count)
         found = tf.reduce_any(hit)
         value = tf.reduce_max(tf.where(hit, values, 0))
@@ -111,15 +113,18 @@ def exif_orientation(contents) -> tf.Tensor:
         is_marker = tf.equal(marker[0], 0xFF)
         stop = (~is_marker) | tf.equal(marker[1], 0xDA) | tf.equal(marker[1], 0xD9)
         exif_id = _bytes_at(data, length, offset + 4, 6)
-        is_exif = (is_marker & tf.equal(marker[1], 0xE1)
-                   & tf.reduce_all(tf.equal(exif_id, [0x45, 0x78, 0x69, 0x66, 0, 0])))
+        is_exif = (
+            is_marker
+            & tf.equal(marker[1], 0xE1)
+            & tf.reduce_all(tf.equal(exif_id, [0x45, 0x78, 0x69, 0x66, 0, 0]))
+        )
         value = tf.cond(is_exif, lambda: read_ifd(offset + 10), lambda: tf.constant(1, tf.int64))
         orientation = tf.where(is_exif, value, orientation)
         return i + 1, offset + 2 + seg_len, orientation, stop | is_exif | (seg_len < 2)
 
     _, _, orientation, _ = tf.while_loop(
-        cond, body, [tf.constant(0), tf.constant(2, tf.int64), tf.constant(1, tf.int64),
-                     ~is_jpeg])
+        cond, body, [tf.constant(0), tf.constant(2, tf.int64), tf.constant(1, tf.int64), ~is_jpeg]
+    )
     orientation = tf.where((orientation >= 1) & (orientation <= 8), orientation, 1)
     return tf.cast(orientation, tf.int32)
 
@@ -182,14 +187,26 @@ def orient_for_annotation(image, orientation, annotated_hw, *, filename="image",
     stored_matches = tf.reduce_all(tf.equal(hw, annotated))
     check = tf.debugging.Assert(
         tf.logical_not(tf.cast(ok, tf.bool)) | unknown | exif_matches | stored_matches,
-        ["DataError: image file", filename, "is (height, width)", hw,
-         "stored and", rotated_hw, "with its EXIF orientation", orientation,
-         "applied, but its annotation says", annotated,
-         ": fix the annotation's size or the image"], summarize=4)
+        [
+            "DataError: image file",
+            filename,
+            "is (height, width)",
+            hw,
+            "stored and",
+            rotated_hw,
+            "with its EXIF orientation",
+            orientation,
+            "applied, but its annotation says",
+            annotated,
+            ": fix the annotation's size or the image",
+        ],
+        summarize=4,
+    )
     with tf.control_dependencies([check]):
         apply = unknown | exif_matches
-        return tf.cond(apply, lambda: apply_orientation(image, orientation),
-                       lambda: tf.identity(image))
+        return tf.cond(
+            apply, lambda: apply_orientation(image, orientation), lambda: tf.identity(image)
+        )
 
 
 def decode_image(contents, *, apply_exif: bool = True) -> tf.Tensor:
@@ -237,8 +254,9 @@ def read_image(source: Any, *, apply_exif: bool = True):
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if os.path.islink(path) and not os.path.exists(path):
-            raise InputError(f"cannot read image {path}: dangling symbolic link to "
-                             f"{os.readlink(path)}")
+            raise InputError(
+                f"cannot read image {path}: dangling symbolic link to {os.readlink(path)}"
+            )
         try:
             with open(path, "rb") as f:
                 source = f.read()
@@ -251,9 +269,10 @@ def read_image(source: Any, *, apply_exif: bool = True):
             array = decode_image(bytes(source), apply_exif=apply_exif).numpy()
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
             reason = exc.message.splitlines()[0] if exc.message else type(exc).__name__
-            raise InputError(f"cannot decode image {name}: not a readable JPEG, PNG, GIF, BMP "
-                             f"or WebP file (first bytes {bytes(source[:8])!r}; {reason})"
-                             ) from None
+            raise InputError(
+                f"cannot decode image {name}: not a readable JPEG, PNG, GIF, BMP "
+                f"or WebP file (first bytes {bytes(source[:8])!r}; {reason})"
+            ) from None
     elif type(source).__module__.startswith("PIL."):
         array = np.asarray(source.convert("RGB"), np.uint8)
     else:
@@ -262,14 +281,17 @@ def read_image(source: Any, *, apply_exif: bool = True):
         except Exception as exc:  # an object NumPy cannot read
             raise InputError(f"cannot use {name} as an image: {exc}") from None
         if array.dtype != np.uint8:
-            raise InputError(f"image {name} has dtype {array.dtype}: need uint8 [H, W, 3] RGB "
-                             "(convert with (x * 255).round().astype(np.uint8) for [0, 1] "
-                             "floats)")
+            raise InputError(
+                f"image {name} has dtype {array.dtype}: need uint8 [H, W, 3] RGB "
+                "(convert with (x * 255).round().astype(np.uint8) for [0, 1] "
+                "floats)"
+            )
         if array.ndim == 2:
             array = array[:, :, None]
         if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
-            raise InputError(f"image {name} has shape {array.shape}: need [H, W, 3] RGB "
-                             "(or [H, W] gray)")
+            raise InputError(
+                f"image {name} has shape {array.shape}: need [H, W, 3] RGB (or [H, W] gray)"
+            )
         if array.shape[-1] == 1:
             array = np.repeat(array, 3, axis=-1)
         elif array.shape[-1] == 4:
@@ -277,4 +299,3 @@ def read_image(source: Any, *, apply_exif: bool = True):
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise InputError(f"image {name} is empty: shape {array.shape}")
     return np.ascontiguousarray(array)
-

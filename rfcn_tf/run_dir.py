@@ -100,7 +100,8 @@ def write_run_files(work_dir: str, cfg, *, class_names: Sequence[str]) -> str:
     path = os.path.join(work_dir, RUN_CONFIG_NAME)
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     text += "# classes of the run (model ids):\n" + "".join(
-        f"#   class {i + 1}: {name}\n" for i, name in enumerate(class_names))
+        f"#   class {i + 1}: {name}\n" for i, name in enumerate(class_names)
+    )
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     with open(os.path.join(work_dir, CLASSES_NAME), "w", encoding="utf-8") as f:
@@ -118,8 +119,9 @@ def read_class_names(path: str) -> list[str] | None:
     return names or None
 
 
-def resolve_config(config: str | None, overrides: Sequence[str] = (), *,
-                   checkpoint: str | None = None):
+def resolve_config(
+    config: str | None, overrides: Sequence[str] = (), *, checkpoint: str | None = None
+):
     """The config tree for a tool run.
 
     Args:
@@ -162,7 +164,8 @@ def class_names_for(cfg, path: str | None) -> tuple[list[str], str]:
     except Exception as exc:  # any failure means: the names are unknown
         raise RunDirError(
             f"cannot learn the class names from the dataset ({cfg.data.source}, split "
-            f"'{split}'): {exc}; set them with --set 'data.class_names=[a, b, ...]'") from None
+            f"'{split}'): {exc}; set them with --set 'data.class_names=[a, b, ...]'"
+        ) from None
     return list(info.class_names), f"the dataset ({cfg.data.source}, split '{split}')"
 
 
@@ -206,12 +209,16 @@ def find_checkpoint(path: str, *, which: str = "best", what: str = "--checkpoint
             prefix = _latest_in(folder)
             if prefix is not None:
                 return prefix
-        raise CheckpointError(f"{what} {path}: the folder holds no checkpoint (no "
-                              "'checkpoint' state file with a ckpt-N entry, here or in "
-                              f"{CHECKPOINTS_DIR}/)")
-    raise CheckpointError(f"{what} {path}: no checkpoint there (expected a run folder, a "
-                          "folder of checkpoints, or a prefix such as "
-                          "runs/x/checkpoints/ckpt-1500 with a .index file)")
+        raise CheckpointError(
+            f"{what} {path}: the folder holds no checkpoint (no "
+            "'checkpoint' state file with a ckpt-N entry, here or in "
+            f"{CHECKPOINTS_DIR}/)"
+        )
+    raise CheckpointError(
+        f"{what} {path}: no checkpoint there (expected a run folder, a "
+        "folder of checkpoints, or a prefix such as "
+        "runs/x/checkpoints/ckpt-1500 with a .index file)"
+    )
 
 
 def checkpoint_files(prefix: str) -> list[str]:
@@ -279,8 +286,12 @@ class WorkDirLock:
         self.held = False
 
     def _record(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv),
+        }
 
     def read(self) -> dict[str, Any] | None:
         """The current holder's record, None when unlocked ({} when unreadable)."""
@@ -308,15 +319,21 @@ class WorkDirLock:
                 if same_host and isinstance(pid, int) and pid == os.getpid():
                     break  # our own (re-entered)
                 if same_host and isinstance(pid, int) and not _pid_alive(pid):
-                    logger.warning("work dir %s: taking over the stale lock of process %d on %s "
-                                   "(started %s; it is no longer running)", self.work_dir, pid,
-                                   host, holder.get("started", "?"))
+                    logger.warning(
+                        "work dir %s: taking over the stale lock of process %d on %s "
+                        "(started %s; it is no longer running)",
+                        self.work_dir,
+                        pid,
+                        host,
+                        holder.get("started", "?"),
+                    )
                     os.remove(self.path)
                     continue
                 raise RunLockedError(
                     f"work dir {self.work_dir} is in use by process {pid} on {host} (started "
                     f"{holder.get('started', '?')}: {holder.get('command', '?')}); wait for it, "
-                    f"stop it, or use another --work-dir (lock file {self.path})") from None
+                    f"stop it, or use another --work-dir (lock file {self.path})"
+                ) from None
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(self._record(), f)
             break
@@ -327,8 +344,11 @@ class WorkDirLock:
         if not self.held:
             return
         holder = self.read()
-        if holder and holder.get("pid") == os.getpid() \
-                and holder.get("host") == socket.gethostname():
+        if (
+            holder
+            and holder.get("pid") == os.getpid()
+            and holder.get("host") == socket.gethostname()
+        ):
             try:
                 os.remove(self.path)
             except FileNotFoundError:

@@ -31,32 +31,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rfcn_tf.train",
         description="Train an R-FCN detector (Dai et al., NIPS 2016), then evaluate it and export "
-                    "a SavedModel. With no arguments: the synthetic-shapes default on the CPU. "
-                    "Rerun the same command to resume an interrupted run.",
+        "a SavedModel. With no arguments: the synthetic-shapes default on the CPU. "
+        "Rerun the same command to resume an interrupted run.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  python -m rfcn_tf.train\n"
-               "  python -m rfcn_tf.train --config bccd --set data.voc_root=../shared/data/BCCD\n"
-               "  python -m rfcn_tf.train --config voc07_resnet101 --strategy mirrored\n"
-               "  python -m rfcn_tf.train --set train.scheme=alternating "
-               "--set train.stage_steps=[400,400,200,200]")
-    add_config_arguments(parser, print_config=True,
-                         set_example="train.lr=0.01 or --set data.scales=[480]",
-                         config_help="presets: shapes_tiny, bccd, voc07_resnet101, coco_resnet101 "
-                                     "(default: shapes_tiny)")
-    parser.add_argument("--work-dir", default=None,
-                        help="run folder for config.yaml, checkpoints, TensorBoard events, "
-                             "metrics and the export (default: train.work_dir of the config)")
-    parser.add_argument("--strategy", default=None, choices=("default", "mirrored", "multi_worker"),
-                        help="distribution: default = one device; mirrored = all local GPUs; "
-                             "multi_worker = the cluster in TF_CONFIG (default: train.strategy)")
-    parser.add_argument("--no-eval", action="store_true",
-                        help="skip the evaluation after training (train.evaluate_at_end)")
-    parser.add_argument("--no-export", action="store_true",
-                        help="skip the SavedModel export after training (train.export_at_end)")
-    parser.add_argument("--export-dir", default=None, metavar="DIR",
-                        help="folder of the end-of-training export (default: <work dir>/export, "
-                             "or export.out_dir when the config sets it)")
+        "  python -m rfcn_tf.train\n"
+        "  python -m rfcn_tf.train --config bccd --set data.voc_root=../shared/data/BCCD\n"
+        "  python -m rfcn_tf.train --config voc07_resnet101 --strategy mirrored\n"
+        "  python -m rfcn_tf.train --set train.scheme=alternating "
+        "--set train.stage_steps=[400,400,200,200]",
+    )
+    add_config_arguments(
+        parser,
+        print_config=True,
+        set_example="train.lr=0.01 or --set data.scales=[480]",
+        config_help="presets: shapes_tiny, bccd, voc07_resnet101, coco_resnet101 "
+        "(default: shapes_tiny)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help="run folder for config.yaml, checkpoints, TensorBoard events, "
+        "metrics and the export (default: train.work_dir of the config)",
+    )
+    parser.add_argument(
+        "--strategy",
+        default=None,
+        choices=("default", "mirrored", "multi_worker"),
+        help="distribution: default = one device; mirrored = all local GPUs; "
+        "multi_worker = the cluster in TF_CONFIG (default: train.strategy)",
+    )
+    parser.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="skip the evaluation after training (train.evaluate_at_end)",
+    )
+    parser.add_argument(
+        "--no-export",
+        action="store_true",
+        help="skip the SavedModel export after training (train.export_at_end)",
+    )
+    parser.add_argument(
+        "--export-dir",
+        default=None,
+        metavar="DIR",
+        help="folder of the end-of-training export (default: <work dir>/export, "
+        "or export.out_dir when the config sets it)",
+    )
     add_common_arguments(parser)
     return parser
 
@@ -75,21 +96,31 @@ def _run(args: argparse.Namespace) -> int:
     from rfcn_tf import training
 
     _setup_logging()
-    cfg = training.load_run_config(args.config, args.overrides, work_dir=args.work_dir,
-                                   strategy=args.strategy)
+    cfg = training.load_run_config(
+        args.config, args.overrides, work_dir=args.work_dir, strategy=args.strategy
+    )
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    report = training.run(cfg, progress=not args.no_progress, evaluate_at_end=not args.no_eval,
-                          export_at_end=not args.no_export, export_dir=args.export_dir)
+    report = training.run(
+        cfg,
+        progress=not args.no_progress,
+        evaluate_at_end=not args.no_eval,
+        export_at_end=not args.no_export,
+        export_dir=args.export_dir,
+    )
     print(training.format_report(report), flush=True)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 failure with one message, 130 interrupted)."""
-    return run_cli(build_parser(), _run, argv, interrupted="interrupted; rerun the same command "
-                   "to resume from the last checkpoint")
+    return run_cli(
+        build_parser(),
+        _run,
+        argv,
+        interrupted="interrupted; rerun the same command to resume from the last checkpoint",
+    )
 
 
 if __name__ == "__main__":

@@ -64,8 +64,13 @@ logger = logging.getLogger("rfcn_tf.train")
 _DEFAULT_EXPORT_DIR = "export"  # ExportConfig.out_dir's default: under the work dir
 
 
-def load_run_config(config: str | None, overrides: Sequence[str] = (), *,
-                    work_dir: str | None = None, strategy: str | None = None):
+def load_run_config(
+    config: str | None,
+    overrides: Sequence[str] = (),
+    *,
+    work_dir: str | None = None,
+    strategy: str | None = None,
+):
     """The resolved, validated config of a run (epochs turned into steps, `auto` anchors into
     numbers), before anything is written; `--print-config` prints this."""
     overrides = list(overrides)
@@ -107,13 +112,16 @@ def check_work_dir(work_dir: str, cfg, *, class_names: Sequence[str]) -> None:
         diff.append(f"classes: {saved_names} -> {list(class_names)}")
     if diff:
         raise TrainingError(
-            f"{work_dir} holds checkpoints of a run with another model: " + "; ".join(diff[:8])
-            + ". Resume with the same config, or pass a new --work-dir to start afresh")
+            f"{work_dir} holds checkpoints of a run with another model: "
+            + "; ".join(diff[:8])
+            + ". Resume with the same config, or pass a new --work-dir to start afresh"
+        )
 
 
 @dataclasses.dataclass
 class RunContext:
     """What the steps share: the config, distribution, classes and the run's folders."""
+
     cfg: Any
     strategy: Any
     chief: bool
@@ -139,8 +147,10 @@ def setup(cfg) -> RunContext:
     chief = is_chief(strategy)
     replicas = strategy.num_replicas_in_sync
     if tcfg.batch_size % replicas:
-        raise TrainingError(f"train.batch_size={tcfg.batch_size} (the global batch) must be a "
-                            f"multiple of the {replicas} replicas of the '{tcfg.strategy}' strategy")
+        raise TrainingError(
+            f"train.batch_size={tcfg.batch_size} (the global batch) must be a "
+            f"multiple of the {replicas} replicas of the '{tcfg.strategy}' strategy"
+        )
     policy = configure_mixed_precision(tcfg.mixed_precision)
     _, info = build_source(cfg.data, split=cfg.data.train_split)
     class_names = list(info.class_names)
@@ -148,8 +158,9 @@ def setup(cfg) -> RunContext:
     checkpoint_dir = os.path.join(work_dir, run_dir.CHECKPOINTS_DIR)
     if not os.path.isfile(os.path.join(checkpoint_dir, "checkpoint")) and tcfg.init_checkpoint:
         prefix = ckpt_lib.resolve_checkpoint(tcfg.init_checkpoint, what="train.init_checkpoint")
-        ckpt_lib.check_num_classes(ckpt_lib.read_checkpoint_meta(prefix), len(class_names),
-                                   what="train.init_checkpoint")  # fail before the slow part
+        ckpt_lib.check_num_classes(
+            ckpt_lib.read_checkpoint_meta(prefix), len(class_names), what="train.init_checkpoint"
+        )  # fail before the slow part
     check_work_dir(work_dir, cfg, class_names=class_names)
     lock = run_dir.WorkDirLock(work_dir, enabled=chief).acquire()
     if chief:
@@ -158,9 +169,17 @@ def setup(cfg) -> RunContext:
         except BaseException:
             lock.release()
             raise
-    return RunContext(cfg=cfg, strategy=strategy, chief=chief, policy=policy,
-                      class_names=class_names, work_dir=work_dir, checkpoint_dir=checkpoint_dir,
-                      tensorboard_dir=os.path.join(work_dir, "tensorboard", "train"), lock=lock)
+    return RunContext(
+        cfg=cfg,
+        strategy=strategy,
+        chief=chief,
+        policy=policy,
+        class_names=class_names,
+        work_dir=work_dir,
+        checkpoint_dir=checkpoint_dir,
+        tensorboard_dir=os.path.join(work_dir, "tensorboard", "train"),
+        lock=lock,
+    )
 
 
 def build_model(ctx: RunContext) -> None:
@@ -169,12 +188,19 @@ def build_model(ctx: RunContext) -> None:
 
     with ctx.strategy.scope():
         ctx.model = build_detector(ctx.cfg.model, num_classes=len(ctx.class_names))
-    ctx.writer = (tf.summary.create_file_writer(ctx.tensorboard_dir) if ctx.chief
-                  else tf.summary.create_noop_writer())
-    ctx.features = TrainingFeatures(ctx.cfg, model=ctx.model, strategy=ctx.strategy,
-                                    class_names=ctx.class_names,
-                                    writer=ctx.writer if ctx.chief else None,
-                                    work_dir=ctx.work_dir)
+    ctx.writer = (
+        tf.summary.create_file_writer(ctx.tensorboard_dir)
+        if ctx.chief
+        else tf.summary.create_noop_writer()
+    )
+    ctx.features = TrainingFeatures(
+        ctx.cfg,
+        model=ctx.model,
+        strategy=ctx.strategy,
+        class_names=ctx.class_names,
+        writer=ctx.writer if ctx.chief else None,
+        work_dir=ctx.work_dir,
+    )
 
 
 def _stage_boundaries(lr_steps: Sequence[int], steps: int) -> list[int]:
@@ -182,8 +208,11 @@ def _stage_boundaries(lr_steps: Sequence[int], steps: int) -> list[int]:
     inside = [int(b) for b in lr_steps if 0 < int(b) < steps]
     dropped = [int(b) for b in lr_steps if not 0 < int(b) < steps]
     if dropped:
-        logger.warning("train.lr_steps %s lie outside a stage of %d steps and are ignored there",
-                       dropped, steps)
+        logger.warning(
+            "train.lr_steps %s lie outside a stage of %d steps and are ignored there",
+            dropped,
+            steps,
+        )
     return inside
 
 
@@ -201,54 +230,97 @@ def fit(ctx: RunContext, *, progress: bool = True):
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         # batch_size is the GLOBAL batch: the pipeline batches the per-replica share of it.
-        return build_dataset(cfg.data, split=cfg.data.train_split, training=True,
-                             batch_size=tcfg.batch_size, input_context=context)
+        return build_dataset(
+            cfg.data,
+            split=cfg.data.train_split,
+            training=True,
+            batch_size=tcfg.batch_size,
+            input_context=context,
+        )
 
     def optimizer_fn(variables, steps):
         schedule = build_lr_schedule(
-            base_lr=tcfg.lr, total_steps=steps, schedule=tcfg.schedule,
+            base_lr=tcfg.lr,
+            total_steps=steps,
+            schedule=tcfg.schedule,
             boundaries=_stage_boundaries(tcfg.lr_steps, steps) if tcfg.schedule == "step" else (),
-            decay=tcfg.lr_decay, warmup_steps=min(tcfg.warmup_steps, steps - 1),
-            warmup_factor=tcfg.warmup_factor)
-        return build_optimizer(variables=variables, learning_rate=schedule,
-                               momentum=tcfg.momentum, weight_decay=tcfg.weight_decay,
-                               clip_norm=tcfg.clip_norm,
-                               loss_scaling=ctx.policy == "mixed_float16")
+            decay=tcfg.lr_decay,
+            warmup_steps=min(tcfg.warmup_steps, steps - 1),
+            warmup_factor=tcfg.warmup_factor,
+        )
+        return build_optimizer(
+            variables=variables,
+            learning_rate=schedule,
+            momentum=tcfg.momentum,
+            weight_decay=tcfg.weight_decay,
+            clip_norm=tcfg.clip_norm,
+            loss_scaling=ctx.policy == "mixed_float16",
+        )
 
     preview = None
     if ctx.chief and tcfg.num_summary_images > 0:
-        preview = _first_batch(build_dataset(cfg.data, split=cfg.data.val_split, training=False,
-                                             batch_size=tcfg.num_summary_images))
+        preview = _first_batch(
+            build_dataset(
+                cfg.data,
+                split=cfg.data.val_split,
+                training=False,
+                batch_size=tcfg.num_summary_images,
+            )
+        )
 
     def hooks_fn(stage, total_steps):
         hooks = ctx.features.hooks() + [cb.SummaryHook(ctx.writer, every=tcfg.log_every)]
         if preview is not None:
-            hooks.append(cb.ImageSummaryHook(
-                ctx.writer, detect_fn=model.detect, images=preview["images"],
-                image_shapes=preview["image_shapes"], class_names=ctx.class_names,
-                every=tcfg.checkpoint_every))
+            hooks.append(
+                cb.ImageSummaryHook(
+                    ctx.writer,
+                    detect_fn=model.detect,
+                    images=preview["images"],
+                    image_shapes=preview["image_shapes"],
+                    class_names=ctx.class_names,
+                    every=tcfg.checkpoint_every,
+                )
+            )
         if ctx.chief:
-            hooks.append(cb.ProgressHook(total_steps=total_steps,
-                                         disable=None if progress else True))
+            hooks.append(
+                cb.ProgressHook(total_steps=total_steps, disable=None if progress else True)
+            )
             hooks.append(cb.LoggingHook(total_steps=total_steps, every=tcfg.log_every))
         return hooks
 
     stages = build_stages(tcfg.scheme, steps=tcfg.steps, stage_steps=tcfg.stage_steps)
-    logger.info("training %s on %s (%d classes: %s), %d steps of %d images (%s scheme), "
-                "strategy %s with %d replica(s), policy %s; work dir %s",
-                cfg.model.backbone.name, cfg.data.source, num_classes,
-                ", ".join(ctx.class_names[:6]), sum(s.steps for s in stages), tcfg.batch_size,
-                tcfg.scheme, tcfg.strategy, ctx.strategy.num_replicas_in_sync, ctx.policy,
-                ctx.work_dir)
+    logger.info(
+        "training %s on %s (%d classes: %s), %d steps of %d images (%s scheme), "
+        "strategy %s with %d replica(s), policy %s; work dir %s",
+        cfg.model.backbone.name,
+        cfg.data.source,
+        num_classes,
+        ", ".join(ctx.class_names[:6]),
+        sum(s.steps for s in stages),
+        tcfg.batch_size,
+        tcfg.scheme,
+        tcfg.strategy,
+        ctx.strategy.num_replicas_in_sync,
+        ctx.policy,
+        ctx.work_dir,
+    )
     with logging_redirect_tqdm(loggers=[logging.getLogger("rfcn_tf")]):
         result = run_training(
-            model=model, strategy=ctx.strategy, dataset_fn=dataset_fn, stages=stages,
-            optimizer_fn=optimizer_fn, checkpoint_dir=ctx.checkpoint_dir,
-            num_classes=num_classes, global_batch_size=tcfg.batch_size,
-            checkpoint_every=tcfg.checkpoint_every, keep_checkpoints=tcfg.keep_checkpoints,
-            hooks_fn=hooks_fn, init_checkpoint=tcfg.init_checkpoint,
+            model=model,
+            strategy=ctx.strategy,
+            dataset_fn=dataset_fn,
+            stages=stages,
+            optimizer_fn=optimizer_fn,
+            checkpoint_dir=ctx.checkpoint_dir,
+            num_classes=num_classes,
+            global_batch_size=tcfg.batch_size,
+            checkpoint_every=tcfg.checkpoint_every,
+            keep_checkpoints=tcfg.keep_checkpoints,
+            hooks_fn=hooks_fn,
+            init_checkpoint=tcfg.init_checkpoint,
             proposal_model_fn=lambda: build_detector(cfg.model, num_classes=num_classes),
-            **ctx.features.run_training_kwargs())
+            **ctx.features.run_training_kwargs(),
+        )
     ctx.writer.flush()
     return result
 
@@ -261,10 +333,20 @@ def evaluate(ctx: RunContext, *, delivered: str, weights: str, progress: bool = 
     out_dir = os.path.join(ctx.work_dir, "eval", split)
     if cfg.eval.score_threshold is not None:
         ctx.model.postprocessor.config.score_threshold = float(cfg.eval.score_threshold)
-    metrics = evaluate_split(cfg, ctx.model.detect, split=split, out_dir=out_dir,
-                             max_images=cfg.eval.max_images, progress=progress,
-                             info={"checkpoint": delivered, "weights": weights, "split": split,
-                                   "work_dir": ctx.work_dir})
+    metrics = evaluate_split(
+        cfg,
+        ctx.model.detect,
+        split=split,
+        out_dir=out_dir,
+        max_images=cfg.eval.max_images,
+        progress=progress,
+        info={
+            "checkpoint": delivered,
+            "weights": weights,
+            "split": split,
+            "work_dir": ctx.work_dir,
+        },
+    )
     logger.info("evaluation on %s: %s", split, format_summary(metrics))
     return metrics, out_dir
 
@@ -275,19 +357,33 @@ def export(ctx: RunContext, *, export_dir: str | None = None) -> str:
     cfg, model = ctx.cfg, ctx.model
     if cfg.model.head.psroi_impl != "tf":
         tf_cfg = dataclasses.replace(
-            cfg.model, head=dataclasses.replace(cfg.model.head, psroi_impl="tf"))
+            cfg.model, head=dataclasses.replace(cfg.model.head, psroi_impl="tf")
+        )
         exported = build_detector(tf_cfg, num_classes=len(ctx.class_names))
         exported.set_weights(model.get_weights())
     else:
         exported = model
-    return str(export_lib.export_saved_model(
-        exported, class_names=ctx.class_names, out_dir=export_dir_for(cfg, export_dir),
-        model_name=cfg.export.model_name, version=cfg.export.version,
-        min_size=int(evaluation_scale(cfg.data.scales)), max_size=int(cfg.data.max_size)))
+    return str(
+        export_lib.export_saved_model(
+            exported,
+            class_names=ctx.class_names,
+            out_dir=export_dir_for(cfg, export_dir),
+            model_name=cfg.export.model_name,
+            version=cfg.export.version,
+            min_size=int(evaluation_scale(cfg.data.scales)),
+            max_size=int(cfg.data.max_size),
+        )
+    )
 
 
-def run(cfg, *, progress: bool = True, evaluate_at_end: bool = True,
-        export_at_end: bool = True, export_dir: str | None = None) -> dict[str, Any]:
+def run(
+    cfg,
+    *,
+    progress: bool = True,
+    evaluate_at_end: bool = True,
+    export_at_end: bool = True,
+    export_dir: str | None = None,
+) -> dict[str, Any]:
     """Trains, evaluates and exports; returns what happened (paths, metrics) for the report."""
     ctx = setup(cfg)
     try:
@@ -295,24 +391,37 @@ def run(cfg, *, progress: bool = True, evaluate_at_end: bool = True,
         started = time.perf_counter()
         result = fit(ctx, progress=progress)
         report: dict[str, Any] = {
-            "work_dir": ctx.work_dir, "checkpoint": result.checkpoint,
-            "tensorboard": ctx.tensorboard_dir, "step": result.step,
-            "train_seconds": time.perf_counter() - started, "resumed_from": result.resumed_from,
-            "last_logs": result.last_logs, "metrics": None, "metrics_dir": None, "export": None}
+            "work_dir": ctx.work_dir,
+            "checkpoint": result.checkpoint,
+            "tensorboard": ctx.tensorboard_dir,
+            "step": result.step,
+            "train_seconds": time.perf_counter() - started,
+            "resumed_from": result.resumed_from,
+            "last_logs": result.last_logs,
+            "metrics": None,
+            "metrics_dir": None,
+            "export": None,
+        }
         if not ctx.chief:
             return report
         final = ctx.features.finalize()  # best checkpoint, else EMA, else the last weights
         delivered = final["best"]["checkpoint"] if final["best"] else result.checkpoint
-        report.update(final_weights=final["weights"], best=final["best"],
-                      best_line=ctx.features.summary_line(final), stop_reason=result.stop_reason)
+        report.update(
+            final_weights=final["weights"],
+            best=final["best"],
+            best_line=ctx.features.summary_line(final),
+            stop_reason=result.stop_reason,
+        )
         if evaluate_at_end and cfg.train.evaluate_at_end:
             report["metrics"], report["metrics_dir"] = evaluate(
-                ctx, delivered=delivered, weights=final["weights"], progress=progress)
+                ctx, delivered=delivered, weights=final["weights"], progress=progress
+            )
         if export_at_end and cfg.train.export_at_end:
             report["export"] = export(ctx, export_dir=export_dir)
         else:
-            report["export_skipped"] = ("--no-export" if not export_at_end
-                                        else "train.export_at_end=false")
+            report["export_skipped"] = (
+                "--no-export" if not export_at_end else "train.export_at_end=false"
+            )
         report["total_seconds"] = time.perf_counter() - ctx.started
         return report
     finally:
@@ -321,15 +430,23 @@ def run(cfg, *, progress: bool = True, evaluate_at_end: bool = True,
 
 def format_report(report: dict[str, Any]) -> str:
     """The lines the train CLI prints: where everything went, then a one-line summary."""
-    lines = [f"work dir:     {report['work_dir']}",
-             f"checkpoints:  {os.path.join(report['work_dir'], run_dir.CHECKPOINTS_DIR)}"
-             f" (latest {report['checkpoint']})",
-             f"tensorboard:  tensorboard --logdir {os.path.dirname(report['tensorboard'])}"]
+    lines = [
+        f"work dir:     {report['work_dir']}",
+        f"checkpoints:  {os.path.join(report['work_dir'], run_dir.CHECKPOINTS_DIR)}"
+        f" (latest {report['checkpoint']})",
+        f"tensorboard:  tensorboard --logdir {os.path.dirname(report['tensorboard'])}",
+    ]
     metrics = report.get("metrics")
-    lines.append(f"metrics:      {os.path.join(report['metrics_dir'], 'metrics.json')}"
-                 if metrics else "metrics:      (evaluation skipped)")
-    lines.append(f"export:       {report['export']}" if report.get("export")
-                 else f"export:       skipped ({report.get('export_skipped', 'not run')})")
+    lines.append(
+        f"metrics:      {os.path.join(report['metrics_dir'], 'metrics.json')}"
+        if metrics
+        else "metrics:      (evaluation skipped)"
+    )
+    lines.append(
+        f"export:       {report['export']}"
+        if report.get("export")
+        else f"export:       skipped ({report.get('export_skipped', 'not run')})"
+    )
     if report.get("best_line"):
         lines.append(report["best_line"])
     summary = f"trained to step {report['step']} in {format_duration(report['train_seconds'])}"
@@ -338,9 +455,11 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("resumed_from"):
         summary += f" (resumed from {os.path.basename(report['resumed_from'])})"
     if metrics:
-        summary += (f"; mAP@0.5 {metrics['voc2010']['mAP']:.4f} (VOC all-point), "
-                    f"COCO AP50 {metrics['coco']['AP50']:.4f}, AP {metrics['coco']['AP']:.4f} "
-                    f"on {metrics['num_images']} images")
+        summary += (
+            f"; mAP@0.5 {metrics['voc2010']['mAP']:.4f} (VOC all-point), "
+            f"COCO AP50 {metrics['coco']['AP50']:.4f}, AP {metrics['coco']['AP']:.4f} "
+            f"on {metrics['num_images']} images"
+        )
     if "total_seconds" in report:
         summary += f"; total {format_duration(report['total_seconds'])}"
     return "\n".join(lines + [summary])

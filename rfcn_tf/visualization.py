@@ -72,7 +72,8 @@ def _resolve_color(class_id: int, colors) -> tuple[int, int, int]:
         if not 1 <= class_id <= len(colors):
             raise ValueError(
                 f"colors has {len(colors)} entries (colors[0] is class 1) but class id "
-                f"{class_id} was drawn")
+                f"{class_id} was drawn"
+            )
         color = colors[class_id - 1]
     color = tuple(int(c) for c in color)
     if len(color) != 3 or not all(0 <= c <= 255 for c in color):
@@ -123,7 +124,8 @@ def draw_boxes(
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(
-            f"image must be uint8 [H, W, 3] RGB, got dtype {image.dtype} shape {image.shape}")
+            f"image must be uint8 [H, W, 3] RGB, got dtype {image.dtype} shape {image.shape}"
+        )
     boxes = np.asarray(boxes_yxyx, dtype=np.float64)
     if boxes.ndim == 1 and boxes.shape[0] == 4:
         boxes = boxes[None]
@@ -143,7 +145,8 @@ def draw_boxes(
     if bad.size:
         raise ValueError(
             f"class id {classes[bad[0]]} (row {bad[0]}) is outside 1..{num_classes} "
-            f"(class_names has {num_classes} names; class_names[0] is class 1)")
+            f"(class_names has {num_classes} names; class_names[0] is class 1)"
+        )
     if scores is not None:
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         if scores.shape[0] != n:
@@ -151,7 +154,8 @@ def draw_boxes(
     not_finite = np.flatnonzero(~np.all(np.isfinite(boxes), axis=1))
     if not_finite.size:
         raise ValueError(
-            f"boxes_yxyx row {not_finite[0]} is not finite: {boxes[not_finite[0]].tolist()}")
+            f"boxes_yxyx row {not_finite[0]} is not finite: {boxes[not_finite[0]].tolist()}"
+        )
 
     height, width = image.shape[:2]
     if line_width is None:
@@ -181,18 +185,19 @@ def draw_boxes(
         label_x = min(max(x_lo, 0), max(width - text_w - 2 * margin, 0))
         label_y = y_lo - label_h if y_lo - label_h >= 0 else max(y_lo, 0)
         draw.rectangle(
-            [label_x, label_y, label_x + text_w + 2 * margin, label_y + label_h], fill=color)
-        draw.text((label_x + margin - left, label_y + margin - top), label,
-                  fill=_text_color(color), font=font)
+            [label_x, label_y, label_x + text_w + 2 * margin, label_y + label_h], fill=color
+        )
+        draw.text(
+            (label_x + margin - left, label_y + margin - top),
+            label,
+            fill=_text_color(color),
+            font=font,
+        )
     return np.asarray(canvas, dtype=np.uint8)
 
 
 def make_grid(
-    images: Sequence[np.ndarray],
-    ncols: int,
-    *,
-    padding: int = 2,
-    pad_value: int = 0,
+    images: Sequence[np.ndarray], ncols: int, *, padding: int = 2, pad_value: int = 0
 ) -> np.ndarray:
     """Tiles images into one uint8 image, row-major, `ncols` per row.
 
@@ -234,10 +239,12 @@ def make_grid(
     cell_w = max(img.shape[1] for img in rgb)
     grid = np.full(
         (nrows * (cell_h + padding) + padding, ncols * (cell_w + padding) + padding, 3),
-        pad_value, dtype=np.uint8)
+        pad_value,
+        dtype=np.uint8,
+    )
     for idx, img in enumerate(rgb):
         r, c = divmod(idx, ncols)
         y0 = padding + r * (cell_h + padding)
         x0 = padding + c * (cell_w + padding)
-        grid[y0:y0 + img.shape[0], x0:x0 + img.shape[1]] = img
+        grid[y0 : y0 + img.shape[0], x0 : x0 + img.shape[1]] = img
     return grid

@@ -6,8 +6,14 @@ The names below are imported on first use (PEP 562), so `import rfcn_tf.data.err
 
 import importlib
 
-__all__ = ["DataError", "DatasetInfo", "EXAMPLE_KEYS", "FEATURE_KEYS", "build_dataset",
-           "build_source"]
+__all__ = [
+    "EXAMPLE_KEYS",
+    "FEATURE_KEYS",
+    "DataError",
+    "DatasetInfo",
+    "build_dataset",
+    "build_source",
+]
 
 _LAZY = {
     "DataError": "rfcn_tf.data.errors",

@@ -33,8 +33,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-__all__ = ["jitter_scale", "random_crop", "random_rot90", "random_vertical_flip",
-           "rotate_boxes_90"]
+__all__ = ["jitter_scale", "random_crop", "random_rot90", "random_vertical_flip", "rotate_boxes_90"]
 
 
 def random_vertical_flip(image: tf.Tensor, boxes: tf.Tensor, *, seed, probability: float = 0.5):
@@ -65,8 +64,15 @@ def rotate_boxes_90(boxes: tf.Tensor, k) -> tf.Tensor:
         return tf.stack([1.0 - x2, y1, 1.0 - x1, y2], axis=-1)
 
     k = tf.math.floormod(tf.cast(k, tf.int32), 4)
-    return tf.switch_case(k, [lambda: tf.identity(boxes), lambda: once(boxes),
-                              lambda: once(once(boxes)), lambda: once(once(once(boxes)))])
+    return tf.switch_case(
+        k,
+        [
+            lambda: tf.identity(boxes),
+            lambda: once(boxes),
+            lambda: once(once(boxes)),
+            lambda: once(once(once(boxes))),
+        ],
+    )
 
 
 def random_rot90(image: tf.Tensor, boxes: tf.Tensor, *, seed):
@@ -83,10 +89,12 @@ def random_rot90(image: tf.Tensor, boxes: tf.Tensor, *, seed):
 def jitter_scale(scale, *, seed, low: float, high: float) -> tf.Tensor:
     """int32 []: `scale` times a log-uniform factor in [low, high], rounded, at least 1."""
     if not 0 < low <= high:
-        raise ValueError(f"data.scale_jitter must be [low, high] with 0 < low <= high, got "
-                         f"{[low, high]}")
+        raise ValueError(
+            f"data.scale_jitter must be [low, high] with 0 < low <= high, got {[low, high]}"
+        )
     log_factor = tf.random.stateless_uniform(
-        [], seed, minval=tf.math.log(float(low)), maxval=tf.math.log(float(high)) + 1e-12)
+        [], seed, minval=tf.math.log(float(low)), maxval=tf.math.log(float(high)) + 1e-12
+    )
     value = tf.cast(scale, tf.float32) * tf.exp(log_factor)
     return tf.maximum(tf.cast(tf.round(value), tf.int32), 1)
 
@@ -95,11 +103,17 @@ def _area(boxes):
     return tf.maximum(boxes[:, 2] - boxes[:, 0], 0.0) * tf.maximum(boxes[:, 3] - boxes[:, 1], 0.0)
 
 
-def random_crop(image: tf.Tensor, boxes: tf.Tensor, *per_box: tf.Tensor, seed,
-                min_overlaps: Sequence[float] = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9),
-                area_range: tuple[float, float] = (0.3, 1.0),
-                aspect_ratio_range: tuple[float, float] = (0.5, 2.0),
-                min_visible: float = 0.5, max_attempts: int = 50):
+def random_crop(
+    image: tf.Tensor,
+    boxes: tf.Tensor,
+    *per_box: tf.Tensor,
+    seed,
+    min_overlaps: Sequence[float] = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9),
+    area_range: tuple[float, float] = (0.3, 1.0),
+    aspect_ratio_range: tuple[float, float] = (0.5, 2.0),
+    min_visible: float = 0.5,
+    max_attempts: int = 50,
+):
     """An IoU/visibility-constrained random crop (module docstring).
 
     Args:
@@ -119,22 +133,27 @@ def random_crop(image: tf.Tensor, boxes: tf.Tensor, *per_box: tf.Tensor, seed,
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
     overlaps = tf.constant(list(min_overlaps), tf.float32)
-    pick = tf.random.stateless_uniform([], seeds[0], minval=0, maxval=len(min_overlaps),
-                                       dtype=tf.int32)
+    pick = tf.random.stateless_uniform(
+        [], seeds[0], minval=0, maxval=len(min_overlaps), dtype=tf.int32
+    )
     # With no boxes the sampler uses the whole image as the object to cover; min 0 then.
     covered = tf.where(tf.size(boxes) > 0, overlaps[pick], 0.0)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), bounding_boxes=tf.reshape(boxes, [1, -1, 4]), seed=seeds[1],
-        min_object_covered=covered, aspect_ratio_range=list(aspect_ratio_range),
-        area_range=list(area_range), max_attempts=max_attempts,
-        use_image_if_no_bounding_boxes=True)
+        tf.shape(image),
+        bounding_boxes=tf.reshape(boxes, [1, -1, 4]),
+        seed=seeds[1],
+        min_object_covered=covered,
+        aspect_ratio_range=list(aspect_ratio_range),
+        area_range=list(area_range),
+        max_attempts=max_attempts,
+        use_image_if_no_bounding_boxes=True,
+    )
     cropped = tf.slice(image, begin, size)
     hw = tf.cast(tf.shape(image)[:2], tf.float32)
     top, left = tf.cast(begin[0], tf.float32) / hw[0], tf.cast(begin[1], tf.float32) / hw[1]
     crop_h = tf.cast(size[0], tf.float32) / hw[0]
     crop_w = tf.cast(size[1], tf.float32) / hw[1]
-    moved = (boxes - tf.stack([top, left, top, left])) / tf.stack([crop_h, crop_w, crop_h,
-                                                                   crop_w])
+    moved = (boxes - tf.stack([top, left, top, left])) / tf.stack([crop_h, crop_w, crop_h, crop_w])
     clipped = tf.clip_by_value(moved, 0.0, 1.0)
     visible = _area(clipped) / tf.maximum(_area(moved), 1e-12)
     keep = (visible >= min_visible) & (_area(clipped) > 0)

@@ -21,10 +21,10 @@ __all__ = ["DATA_ERROR_PREFIX", "DataError", "data_error_from"]
 DATA_ERROR_PREFIX = "DataError:"
 
 
-
-
 # tf.debugging.Assert prints each message part in brackets: [DataError: what] [file] [rest].
-_ASSERT_PARTS = re.compile(re.escape(DATA_ERROR_PREFIX) + r" ([^\]\n]*)\] \[([^\n]*?)\] \[([^\n]*)\]")
+_ASSERT_PARTS = re.compile(
+    re.escape(DATA_ERROR_PREFIX) + r" ([^\]\n]*)\] \[([^\n]*?)\] \[([^\n]*)\]"
+)
 
 
 def data_error_from(error: BaseException) -> DataError | None:
@@ -44,7 +44,7 @@ def data_error_from(error: BaseException) -> DataError | None:
     found = _ASSERT_PARTS.search(message)
     if found is None:
         line = next(line for line in message.splitlines() if DATA_ERROR_PREFIX in line)
-        text = line[line.index(DATA_ERROR_PREFIX) + len(DATA_ERROR_PREFIX):]
+        text = line[line.index(DATA_ERROR_PREFIX) + len(DATA_ERROR_PREFIX) :]
     else:
         text = " ".join(part.strip() for part in found.groups())
     return DataError(text.strip().replace("\\'", "'"))

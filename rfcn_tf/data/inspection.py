@@ -30,16 +30,27 @@ def render_grid(data_cfg, *, split: str, num: int, cols: int, augment: bool, cla
         height, width = features["image_shapes"][0]
         image = features["images"][0, :height, :width]
         mask = features["gt_mask"][0]
-        tiles.append(draw_boxes(image, features["gt_boxes"][0][mask],
-                                classes=features["gt_classes"][0][mask],
-                                class_names=class_names))
+        tiles.append(
+            draw_boxes(
+                image,
+                features["gt_boxes"][0][mask],
+                classes=features["gt_classes"][0][mask],
+                class_names=class_names,
+            )
+        )
     if not tiles:
         raise ValueError(f"split {split!r} yielded no images to draw")
     return make_grid(tiles, cols)
 
 
-def collect_statistics(dataset, class_names, *, max_images: int | None = None,
-                       total: int | None = None, progress: bool = True) -> dict:
+def collect_statistics(
+    dataset,
+    class_names,
+    *,
+    max_images: int | None = None,
+    total: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Counts over source examples (original pixels).
 
     Returns:
@@ -57,8 +68,14 @@ def collect_statistics(dataset, class_names, *, max_images: int | None = None,
     crowd = np.zeros(len(class_names), np.int64)
     images = empty = 0
     min_hw = max_hw = None
-    for ex in tqdm(dataset.as_numpy_iterator(), total=total, unit="img", disable=not progress,
-                   desc="statistics", file=sys.stderr):
+    for ex in tqdm(
+        dataset.as_numpy_iterator(),
+        total=total,
+        unit="img",
+        disable=not progress,
+        desc="statistics",
+        file=sys.stderr,
+    ):
         images += 1
         h, w = ex["image"].shape[:2]
         min_hw = (h, w) if min_hw is None else (min(min_hw[0], h), min(min_hw[1], w))
@@ -74,20 +91,29 @@ def collect_statistics(dataset, class_names, *, max_images: int | None = None,
     classes = []
     for label, name in enumerate(class_names):
         values = np.asarray(sizes[label])
-        classes.append({
-            "name": name, "boxes": int(values.size), "difficult": int(difficult[label]),
-            "crowd": int(crowd[label]),
-            "size_min": float(values.min()) if values.size else None,
-            "size_median": float(np.median(values)) if values.size else None,
-            "size_max": float(values.max()) if values.size else None,
-        })
-    return {"images": images, "empty_images": empty, "image_min_hw": min_hw,
-            "image_max_hw": max_hw, "classes": classes}
+        classes.append(
+            {
+                "name": name,
+                "boxes": int(values.size),
+                "difficult": int(difficult[label]),
+                "crowd": int(crowd[label]),
+                "size_min": float(values.min()) if values.size else None,
+                "size_median": float(np.median(values)) if values.size else None,
+                "size_max": float(values.max()) if values.size else None,
+            }
+        )
+    return {
+        "images": images,
+        "empty_images": empty,
+        "image_min_hw": min_hw,
+        "image_max_hw": max_hw,
+        "classes": classes,
+    }
 
 
 def format_statistics(stats: dict) -> str:
     """A markdown table of `collect_statistics`'s result, one row per class plus a total row."""
-    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"
     lines = [
         f"images: {stats['images']} ({stats['empty_images']} without boxes); image sizes "
         f"(h x w) from {_hw(stats['image_min_hw'])} to {_hw(stats['image_max_hw'])}",
@@ -96,11 +122,15 @@ def format_statistics(stats: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in stats["classes"]:
-        lines.append(f"| {c['name']} | {c['boxes']} | {c['difficult']} | {c['crowd']} | "
-                     f"{fmt(c['size_min'])} | {fmt(c['size_median'])} | {fmt(c['size_max'])} |")
+        lines.append(
+            f"| {c['name']} | {c['boxes']} | {c['difficult']} | {c['crowd']} | "
+            f"{fmt(c['size_min'])} | {fmt(c['size_median'])} | {fmt(c['size_max'])} |"
+        )
     total = sum(c["boxes"] for c in stats["classes"])
-    lines.append(f"| (all) | {total} | {sum(c['difficult'] for c in stats['classes'])} | "
-                 f"{sum(c['crowd'] for c in stats['classes'])} | | | |")
+    lines.append(
+        f"| (all) | {total} | {sum(c['difficult'] for c in stats['classes'])} | "
+        f"{sum(c['crowd'] for c in stats['classes'])} | | | |"
+    )
     return "\n".join(lines)
 
 

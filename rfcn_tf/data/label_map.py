@@ -40,11 +40,14 @@ __all__ = [
 
 BACKGROUND = "background"
 
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
     (?P<space>[ \t\r\f\v]+) | (?P<newline>\n) | (?P<comment>\#[^\n]*)
   | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
   | (?P<word>[A-Za-z0-9_.+\-]+) | (?P<punct>[{}:;,\[\]<>])
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"'}
 
@@ -74,8 +77,9 @@ def _tokens(text: str, where: str):
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         if match is None:
-            raise DataError(f"{where}:{line}: cannot parse label map text at "
-                            f"{text[pos:pos + 20]!r}")
+            raise DataError(
+                f"{where}:{line}: cannot parse label map text at {text[pos : pos + 20]!r}"
+            )
         kind = match.lastgroup
         value = match.group()
         pos = match.end()
@@ -184,8 +188,9 @@ def _item(fields, line: int, where: str) -> LabelMapItem:
     if item_id < 0:
         raise DataError(f"{where}:{at}: label map ids must be >= 0, got {item_id}")
     if item_id == 0 and BACKGROUND not in (name, display):
-        raise DataError(f"{where}:{at}: label map id 0 is reserved for the background item, "
-                        f"got name {name!r}")
+        raise DataError(
+            f"{where}:{at}: label map id 0 is reserved for the background item, got name {name!r}"
+        )
     if not name and not display:
         raise DataError(f"{where}:{line}: item {item_id} has neither 'name' nor 'display_name'")
     return LabelMapItem(item_id, name or display, display)
@@ -209,14 +214,17 @@ def parse_label_map(text: str, *, source: str = "<label map>") -> list[LabelMapI
     classes = []
     for line, item in items:
         if item.id in seen_ids:
-            raise DataError(f"{source}:{line}: id {item.id} appears twice (also line "
-                            f"{seen_ids[item.id]})")
+            raise DataError(
+                f"{source}:{line}: id {item.id} appears twice (also line {seen_ids[item.id]})"
+            )
         seen_ids[item.id] = line
         if item.id == 0:
             continue
         if item.class_name in seen_names:
-            raise DataError(f"{source}:{line}: class name {item.class_name!r} appears twice "
-                            f"(also line {seen_names[item.class_name]})")
+            raise DataError(
+                f"{source}:{line}: class name {item.class_name!r} appears twice "
+                f"(also line {seen_names[item.class_name]})"
+            )
         seen_names[item.class_name] = line
         classes.append(item)
     if not classes:
@@ -247,8 +255,9 @@ def class_names_of(items: Sequence[LabelMapItem]) -> list[str]:
     return [item.class_name for item in sorted(items, key=lambda i: i.id)]
 
 
-def items_from_class_names(class_names: Iterable[str],
-                           ids: Sequence[int] | None = None) -> list[LabelMapItem]:
+def items_from_class_names(
+    class_names: Iterable[str], ids: Sequence[int] | None = None
+) -> list[LabelMapItem]:
     """Items for dataset labels 0..C-1: id = label + 1 (or `ids[label]`, e.g. COCO's ids)."""
     names = list(class_names)
     ids = list(range(1, len(names) + 1)) if ids is None else [int(i) for i in ids]

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Optional
 
 import tensorflow as tf
 
@@ -59,11 +58,27 @@ from rfcn_tf.data.sources import get_source
 from rfcn_tf.data.sources.base import DatasetInfo, logger, without_python_callbacks
 from rfcn_tf.ops import boxes as box_ops
 
-__all__ = ["build_source", "build_dataset", "evaluation_scale", "steps_per_epoch", "FEATURE_KEYS",
-           "aspect_group", "group_by_aspect_ratio"]
+__all__ = [
+    "FEATURE_KEYS",
+    "aspect_group",
+    "build_dataset",
+    "build_source",
+    "evaluation_scale",
+    "group_by_aspect_ratio",
+    "steps_per_epoch",
+]
 
-FEATURE_KEYS = ("images", "image_shapes", "original_shapes", "image_ids", "gt_boxes",
-                "gt_classes", "gt_mask", "gt_difficult", "gt_is_crowd")
+FEATURE_KEYS = (
+    "images",
+    "image_shapes",
+    "original_shapes",
+    "image_ids",
+    "gt_boxes",
+    "gt_classes",
+    "gt_mask",
+    "gt_difficult",
+    "gt_is_crowd",
+)
 
 # Every image in a batch is padded to a multiple of the backbone's stride.
 _PAD_MULTIPLE = 16
@@ -77,8 +92,14 @@ def evaluation_scale(scales) -> int:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def build_source(data_cfg, *, split: str, shuffle: bool = False, seed: Optional[int] = None,
-                 shard: Optional[tuple[int, int]] = None):
+def build_source(
+    data_cfg,
+    *,
+    split: str,
+    shuffle: bool = False,
+    seed: int | None = None,
+    shard: tuple[int, int] | None = None,
+):
     """The examples of one split, before any transform (docs/INTERFACES.md, "Examples").
 
     Args:
@@ -100,8 +121,13 @@ def build_source(data_cfg, *, split: str, shuffle: bool = False, seed: Optional[
         if not 0 <= index < num:
             raise DataError(f"shard index must be in [0, {num}), got {index}")
     builder = get_source(data_cfg.source)
-    return builder(data_cfg, split=split, shuffle=shuffle,
-                   seed=data_cfg.seed if seed is None else seed, shard=shard)
+    return builder(
+        data_cfg,
+        split=split,
+        shuffle=shuffle,
+        seed=data_cfg.seed if seed is None else seed,
+        shard=shard,
+    )
 
 
 def _training_keep(ex, use_difficult: bool) -> tf.Tensor:
@@ -112,8 +138,14 @@ def _training_keep(ex, use_difficult: bool) -> tf.Tensor:
     return keep
 
 
-def build_dataset(data_cfg, *, split: str, training: bool, batch_size: int,
-                  input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+def build_dataset(
+    data_cfg,
+    *,
+    split: str,
+    training: bool,
+    batch_size: int,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
     """The batched features the model, training and evaluation consume (module docstring).
 
     Args:
@@ -155,50 +187,70 @@ def build_dataset(data_cfg, *, split: str, training: bool, batch_size: int,
     if service:
         service_lib.parse_address(service)  # a bad address fails before any work
     with without_python_callbacks() if service else contextlib.nullcontext():
-        dataset, info = build_source(data_cfg, split=split, shuffle=training and not use_cache,
-                                     seed=data_cfg.seed, shard=shard)
+        dataset, info = build_source(
+            data_cfg,
+            split=split,
+            shuffle=training and not use_cache,
+            seed=data_cfg.seed,
+            shard=shard,
+        )
     max_boxes, fixed_rows = _ground_truth_rows(data_cfg, info, split)
     endless = int(dataset.cardinality()) == tf.data.INFINITE_CARDINALITY
     if use_cache and endless:
-        logger.warning("data.cache ignored: split %r of source %r is an endless stream", split,
-                       data_cfg.source)
+        logger.warning(
+            "data.cache ignored: split %r of source %r is an endless stream", split, data_cfg.source
+        )
         use_cache = False
     if use_cache:
         dataset = dataset.cache()
     if training:
         if use_cache:
-            dataset = dataset.shuffle(data_cfg.shuffle_buffer, seed=data_cfg.seed,
-                                      reshuffle_each_iteration=True)
+            dataset = dataset.shuffle(
+                data_cfg.shuffle_buffer, seed=data_cfg.seed, reshuffle_each_iteration=True
+            )
         if not endless:
             dataset = dataset.repeat()
         if data_cfg.drop_empty:
-            dataset = dataset.filter(lambda ex: tf.reduce_any(
-                _training_keep(ex, data_cfg.use_difficult)))
+            dataset = dataset.filter(
+                lambda ex: tf.reduce_any(_training_keep(ex, data_cfg.use_difficult))
+            )
 
     prepare = _make_prepare(
-        training=training, scales=scales, eval_scale=evaluation_scale(scales),
-        max_size=int(data_cfg.max_size), max_boxes=max_boxes, fixed_rows=fixed_rows,
-        random_flip=bool(data_cfg.random_flip), photometric=bool(data_cfg.photometric),
-        use_difficult=bool(data_cfg.use_difficult), seed=int(data_cfg.seed),
-        pipeline_id=pipeline_id, num_pipelines=num_pipelines,
-        geometric=_geometric_options(data_cfg))
+        training=training,
+        scales=scales,
+        eval_scale=evaluation_scale(scales),
+        max_size=int(data_cfg.max_size),
+        max_boxes=max_boxes,
+        fixed_rows=fixed_rows,
+        random_flip=bool(data_cfg.random_flip),
+        photometric=bool(data_cfg.photometric),
+        use_difficult=bool(data_cfg.use_difficult),
+        seed=int(data_cfg.seed),
+        pipeline_id=pipeline_id,
+        num_pipelines=num_pipelines,
+        geometric=_geometric_options(data_cfg),
+    )
     dataset = dataset.enumerate().map(prepare, num_parallel_calls=data_cfg.num_parallel_calls)
     padding = _padding_values(dataset.element_spec)
     grouping = data_cfg.aspect_grouping
     if grouping is None:
         grouping = per_replica > 1
     if training and grouping:
-        dataset = group_by_aspect_ratio(dataset, per_replica, data_cfg.aspect_ratio_boundaries,
-                                        padding_values=padding)
+        dataset = group_by_aspect_ratio(
+            dataset, per_replica, data_cfg.aspect_ratio_boundaries, padding_values=padding
+        )
     else:
-        dataset = dataset.padded_batch(per_replica, drop_remainder=training,
-                                       padding_values=padding)
+        dataset = dataset.padded_batch(per_replica, drop_remainder=training, padding_values=padding)
     dataset = dataset.map(
         lambda f: dict(f, images=transforms.pad_to_multiple(f["images"], _PAD_MULTIPLE)),
-        num_parallel_calls=data_cfg.num_parallel_calls)
+        num_parallel_calls=data_cfg.num_parallel_calls,
+    )
     if service:
-        dataset = service_lib.distribute(dataset, address=service, job=service_lib.job_name(
-            data_cfg, split=split, per_replica_batch=per_replica))
+        dataset = service_lib.distribute(
+            dataset,
+            address=service,
+            job=service_lib.job_name(data_cfg, split=split, per_replica_batch=per_replica),
+        )
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = bool(data_cfg.deterministic)
@@ -215,8 +267,9 @@ def aspect_group(image_shapes: tf.Tensor, boundaries) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(ratio >= edges, tf.int64))
 
 
-def group_by_aspect_ratio(dataset: tf.data.Dataset, batch_size: int, boundaries, *,
-                          padding_values) -> tf.data.Dataset:
+def group_by_aspect_ratio(
+    dataset: tf.data.Dataset, batch_size: int, boundaries, *, padding_values
+) -> tf.data.Dataset:
     """Full batches of images from ONE height/width group each (less padding per batch).
 
     As Deformable-ConvNets' ASPECT_GROUPING and detectron2's AspectRatioGroupedDataset: each
@@ -232,13 +285,16 @@ def group_by_aspect_ratio(dataset: tf.data.Dataset, batch_size: int, boundaries,
     """
     boundaries = [float(b) for b in boundaries]
     if any(not b > 0 for b in boundaries):
-        raise DataError(f"data.aspect_ratio_boundaries must be positive height/width ratios, "
-                        f"got {boundaries}")
+        raise DataError(
+            f"data.aspect_ratio_boundaries must be positive height/width ratios, got {boundaries}"
+        )
     return dataset.group_by_window(
         key_func=lambda f: aspect_group(f["image_shapes"], boundaries),
         reduce_func=lambda _, window: window.padded_batch(
-            batch_size, drop_remainder=True, padding_values=padding_values),
-        window_size=batch_size)
+            batch_size, drop_remainder=True, padding_values=padding_values
+        ),
+        window_size=batch_size,
+    )
 
 
 def _ground_truth_rows(data_cfg, info: DatasetInfo, split: str) -> tuple[int, bool]:
@@ -250,15 +306,25 @@ def _ground_truth_rows(data_cfg, info: DatasetInfo, split: str) -> tuple[int, bo
     if known is None:
         return rows, False
     if known > rows:
-        logger.info("split %r has up to %d boxes per image: ground truth padded to %d rows "
-                    "(data.max_boxes=%d), so none is dropped", split, known, known, rows)
+        logger.info(
+            "split %r has up to %d boxes per image: ground truth padded to %d rows "
+            "(data.max_boxes=%d), so none is dropped",
+            split,
+            known,
+            known,
+            rows,
+        )
     return max(rows, int(known)), True
 
 
 def _padding_values(spec) -> dict:
     """Batch padding like `pad_ground_truth`'s: -1 boxes and classes, 0 pixels, False flags."""
-    return {key: tf.constant(-1 if key in ("gt_boxes", "gt_classes") else 0, s.dtype)
-            if s.dtype != tf.bool else tf.constant(False) for key, s in spec.items()}
+    return {
+        key: tf.constant(-1 if key in ("gt_boxes", "gt_classes") else 0, s.dtype)
+        if s.dtype != tf.bool
+        else tf.constant(False)
+        for key, s in spec.items()
+    }
 
 
 def _fold(seed, salt: int):
@@ -271,19 +337,37 @@ def _geometric_options(data_cfg) -> dict:
     jitter = data_cfg.scale_jitter
     if jitter is not None:
         if len(jitter) != 2 or not 0 < float(jitter[0]) <= float(jitter[1]):
-            raise DataError(f"data.scale_jitter must be [low, high] with 0 < low <= high, "
-                            f"got {jitter}")
+            raise DataError(
+                f"data.scale_jitter must be [low, high] with 0 < low <= high, got {jitter}"
+            )
         jitter = (float(jitter[0]), float(jitter[1]))
     if not 0.0 < float(data_cfg.crop_min_visible) <= 1.0:
-        raise DataError(f"data.crop_min_visible must be in (0, 1], got "
-                        f"{data_cfg.crop_min_visible}")
-    return {"scale_jitter": jitter, "random_crop": bool(data_cfg.random_crop),
-            "crop_min_visible": float(data_cfg.crop_min_visible),
-            "vertical_flip": bool(data_cfg.vertical_flip), "rot90": bool(data_cfg.rot90)}
+        raise DataError(f"data.crop_min_visible must be in (0, 1], got {data_cfg.crop_min_visible}")
+    return {
+        "scale_jitter": jitter,
+        "random_crop": bool(data_cfg.random_crop),
+        "crop_min_visible": float(data_cfg.crop_min_visible),
+        "vertical_flip": bool(data_cfg.vertical_flip),
+        "rot90": bool(data_cfg.rot90),
+    }
 
 
-def _make_prepare(*, training, scales, eval_scale, max_size, max_boxes, fixed_rows, random_flip,
-                  photometric, use_difficult, seed, pipeline_id, num_pipelines, geometric=None):
+def _make_prepare(
+    *,
+    training,
+    scales,
+    eval_scale,
+    max_size,
+    max_boxes,
+    fixed_rows,
+    random_flip,
+    photometric,
+    use_difficult,
+    seed,
+    pipeline_id,
+    num_pipelines,
+    geometric=None,
+):
     """The per-image map: example dict -> unbatched features (module docstring).
 
     `geometric` (training only): `_geometric_options`; each augmentation draws from its own
@@ -296,7 +380,8 @@ def _make_prepare(*, training, scales, eval_scale, max_size, max_boxes, fixed_ro
         # Stateless seed of this element: (data.seed, global element index over workers).
         element = tf.cast(index, tf.int64) * num_pipelines + pipeline_id
         seeds = tf.random.experimental.stateless_split(
-            tf.stack([tf.constant(seed, tf.int64), element]), num=3)
+            tf.stack([tf.constant(seed, tf.int64), element]), num=3
+        )
         image = ex["image"]
         original_shape = tf.shape(image)[:2]
         boxes, labels = ex["boxes"], ex["labels"]
@@ -307,18 +392,25 @@ def _make_prepare(*, training, scales, eval_scale, max_size, max_boxes, fixed_ro
             difficult, crowd = tf.boolean_mask(difficult, keep), tf.boolean_mask(crowd, keep)
             if geometric.get("random_crop"):
                 image, boxes, labels, difficult, crowd = augment.random_crop(
-                    image, boxes, labels, difficult, crowd, seed=_fold(seeds[0], 1),
-                    min_visible=geometric["crop_min_visible"])
-            min_size = (transforms.choose_scale(scales, seed=seeds[0]) if len(scales) > 1
-                        else scales[0])
+                    image,
+                    boxes,
+                    labels,
+                    difficult,
+                    crowd,
+                    seed=_fold(seeds[0], 1),
+                    min_visible=geometric["crop_min_visible"],
+                )
+            min_size = (
+                transforms.choose_scale(scales, seed=seeds[0]) if len(scales) > 1 else scales[0]
+            )
             if geometric.get("scale_jitter"):
                 low, high = geometric["scale_jitter"]
-                min_size = augment.jitter_scale(min_size, seed=_fold(seeds[0], 2), low=low,
-                                                high=high)
+                min_size = augment.jitter_scale(
+                    min_size, seed=_fold(seeds[0], 2), low=low, high=high
+                )
         else:
             min_size = eval_scale
-        image, _ = transforms.resize_image_if_needed(image, min_size=min_size,
-                                                     max_size=max_size)
+        image, _ = transforms.resize_image_if_needed(image, min_size=min_size, max_size=max_size)
         if training and random_flip:
             image, boxes, _ = transforms.random_horizontal_flip(image, boxes, seed=seeds[1])
         if training and geometric.get("vertical_flip"):
@@ -329,9 +421,14 @@ def _make_prepare(*, training, scales, eval_scale, max_size, max_boxes, fixed_ro
             image = transforms.photometric_jitter(image, seed=seeds[2])
         image_shape = tf.shape(image)[:2]
         boxes_px = box_ops.denormalize_boxes(boxes, image_shape)
-        gt = transforms.pad_ground_truth(max_boxes, fixed_rows, boxes=boxes_px,
-                                         classes=labels + 1, difficult=difficult,
-                                         is_crowd=crowd)
+        gt = transforms.pad_ground_truth(
+            max_boxes,
+            fixed_rows,
+            boxes=boxes_px,
+            classes=labels + 1,
+            difficult=difficult,
+            is_crowd=crowd,
+        )
         return {
             "images": image,
             "image_shapes": tf.cast(image_shape, tf.int32),
@@ -347,7 +444,7 @@ def _make_prepare(*, training, scales, eval_scale, max_size, max_boxes, fixed_ro
     return prepare
 
 
-def steps_per_epoch(info: DatasetInfo, batch_size: int) -> Optional[int]:
+def steps_per_epoch(info: DatasetInfo, batch_size: int) -> int | None:
     """Batches in one pass of a finite split (None for an endless stream)."""
     if info.num_examples is None:
         return None

@@ -88,8 +88,11 @@ def resize_image_if_needed(image: tf.Tensor, *, min_size, max_size):
     image = tf.convert_to_tensor(image)
     new_hw, scale = resized_shape(tf.shape(image)[:2], min_size=min_size, max_size=max_size)
     same = tf.reduce_all(tf.equal(new_hw, tf.shape(image)[:2]))
-    resized = tf.cond(same, lambda: tf.identity(image),
-                      lambda: resize_image(image, min_size=min_size, max_size=max_size)[0])
+    resized = tf.cond(
+        same,
+        lambda: tf.identity(image),
+        lambda: resize_image(image, min_size=min_size, max_size=max_size)[0],
+    )
     return tf.ensure_shape(resized, [None, None, 3]), scale
 
 
@@ -125,8 +128,9 @@ def flip_boxes_horizontally(boxes_normalized: tf.Tensor) -> tf.Tensor:
     return tf.stack([y1, 1.0 - x2, y2, 1.0 - x1], axis=-1)
 
 
-def random_horizontal_flip(image: tf.Tensor, boxes_normalized: tf.Tensor, *, seed,
-                           probability: float = 0.5):
+def random_horizontal_flip(
+    image: tf.Tensor, boxes_normalized: tf.Tensor, *, seed, probability: float = 0.5
+):
     """Flips image and boxes together with probability `probability`.
 
     Args:
@@ -143,14 +147,23 @@ def random_horizontal_flip(image: tf.Tensor, boxes_normalized: tf.Tensor, *, see
     boxes_normalized = tf.convert_to_tensor(boxes_normalized)
     flipped = tf.random.stateless_uniform([], seed) < probability
     image = tf.cond(flipped, lambda: tf.reverse(image, axis=[1]), lambda: tf.identity(image))
-    boxes = tf.cond(flipped, lambda: flip_boxes_horizontally(boxes_normalized),
-                    lambda: tf.identity(boxes_normalized))
+    boxes = tf.cond(
+        flipped,
+        lambda: flip_boxes_horizontally(boxes_normalized),
+        lambda: tf.identity(boxes_normalized),
+    )
     return image, boxes, flipped
 
 
-def photometric_jitter(image: tf.Tensor, *, seed, brightness: float = 32.0 / 255.0,
-                       contrast: float = 0.5, saturation: float = 0.5,
-                       hue: float = 0.05) -> tf.Tensor:
+def photometric_jitter(
+    image: tf.Tensor,
+    *,
+    seed,
+    brightness: float = 32.0 / 255.0,
+    contrast: float = 0.5,
+    saturation: float = 0.5,
+    hue: float = 0.05,
+) -> tf.Tensor:
     """Random brightness, contrast, saturation and hue changes (SSD-style color distortion).
 
     Args:
@@ -177,13 +190,15 @@ def photometric_jitter(image: tf.Tensor, *, seed, brightness: float = 32.0 / 255
 def choose_scale(scales: Sequence[int], *, seed) -> tf.Tensor:
     """One of `scales` uniformly at random (multi-scale training, R-FCN sec. 4.1). int32 []."""
     scales = tf.constant(list(scales), tf.int32)
-    index = tf.random.stateless_uniform([], seed, minval=0, maxval=tf.shape(scales)[0],
-                                        dtype=tf.int32)
+    index = tf.random.stateless_uniform(
+        [], seed, minval=0, maxval=tf.shape(scales)[0], dtype=tf.int32
+    )
     return scales[index]
 
 
-def pad_ground_truth(max_boxes: int, fixed: bool = True, **per_box: tf.Tensor
-                     ) -> dict[str, tf.Tensor]:
+def pad_ground_truth(
+    max_boxes: int, fixed: bool = True, **per_box: tf.Tensor
+) -> dict[str, tf.Tensor]:
     """Pads per-box tensors with filler rows; never drops a box.
 
     Args:
@@ -208,17 +223,20 @@ def pad_ground_truth(max_boxes: int, fixed: bool = True, **per_box: tf.Tensor
         rows = tf.maximum(tf.shape(value)[0], max_boxes)
         if fixed:
             check = tf.debugging.assert_less_equal(
-                tf.shape(value)[0], max_boxes,
+                tf.shape(value)[0],
+                max_boxes,
                 message=f"pad_ground_truth: more boxes than the {max_boxes} padded rows "
-                        f"(size the padding from the data)")
+                f"(size the padding from the data)",
+            )
             with tf.control_dependencies([check]):
                 rows = tf.identity(rows)
         pad = rows - tf.shape(value)[0]
         fill = False if value.dtype == tf.bool else -1
         paddings = [[0, pad]] + [[0, 0]] * (value.shape.rank - 1)
         value = tf.pad(value, paddings, constant_values=tf.constant(fill, value.dtype))
-        out[key] = tf.ensure_shape(value, [max_boxes if fixed else None]
-                                   + value.shape.as_list()[1:])
+        out[key] = tf.ensure_shape(
+            value, [max_boxes if fixed else None] + value.shape.as_list()[1:]
+        )
     n = 0 if n is None else n
     rows = max_boxes if fixed else tf.maximum(n, max_boxes)
     out["mask"] = tf.range(rows) < n

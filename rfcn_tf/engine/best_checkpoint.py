@@ -49,8 +49,10 @@ def check_metric_name(name: str) -> None:
     """Raises ValueError unless ``name`` is ``section/key`` with a known section."""
     section, _, key = str(name).partition("/")
     if section not in METRIC_SECTIONS or not key:
-        raise ValueError(f"train.best_metric must look like coco/AP50, coco/AP, voc07/mAP or "
-                         f"voc2010/mAP (section one of {', '.join(METRIC_SECTIONS)}), got {name!r}")
+        raise ValueError(
+            f"train.best_metric must look like coco/AP50, coco/AP, voc07/mAP or "
+            f"voc2010/mAP (section one of {', '.join(METRIC_SECTIONS)}), got {name!r}"
+        )
 
 
 def metric_value(metrics: Mapping[str, Any], name: str) -> float:
@@ -63,8 +65,10 @@ def metric_value(metrics: Mapping[str, Any], name: str) -> float:
     section, key = name.split("/", 1)
     values = metrics.get(section, {})
     if key not in values:
-        raise ValueError(f"train.best_metric={name!r}: the evaluation reports no {key!r} under "
-                         f"{section!r} (it has {', '.join(sorted(values))})")
+        raise ValueError(
+            f"train.best_metric={name!r}: the evaluation reports no {key!r} under "
+            f"{section!r} (it has {', '.join(sorted(values))})"
+        )
     return float(values[key])
 
 
@@ -108,8 +112,16 @@ class BestCheckpoint:
       min_delta: an improvement must exceed the best by more than this.
     """
 
-    def __init__(self, work_dir: str, *, model=None, num_classes: int | None = None,
-                 metric: str = "coco/AP50", patience: int = 0, min_delta: float = 0.0):
+    def __init__(
+        self,
+        work_dir: str,
+        *,
+        model=None,
+        num_classes: int | None = None,
+        metric: str = "coco/AP50",
+        patience: int = 0,
+        min_delta: float = 0.0,
+    ):
         check_metric_name(metric)
         if patience < 0:
             raise ValueError(f"train.early_stop_patience must be >= 0, got {patience}")
@@ -127,15 +139,22 @@ class BestCheckpoint:
                 raise ValueError("BestCheckpoint needs num_classes with a model")
             self._step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_step")
             checkpoint = tf.train.Checkpoint(
-                model=model, step=self._step_var,
-                num_classes=tf.Variable(int(num_classes), dtype=tf.int64, trainable=False))
+                model=model,
+                step=self._step_var,
+                num_classes=tf.Variable(int(num_classes), dtype=tf.int64, trainable=False),
+            )
             self.manager = tf.train.CheckpointManager(
-                checkpoint, os.path.join(work_dir, "checkpoints", BEST_DIR), max_to_keep=1,
-                checkpoint_name="ckpt")
+                checkpoint,
+                os.path.join(work_dir, "checkpoints", BEST_DIR),
+                max_to_keep=1,
+                checkpoint_name="ckpt",
+            )
         record = read_best_record(work_dir)
         if record and record.get("metric") == metric:
-            self.history = [{"step": int(h["step"]), "value": _float(h["value"])}
-                            for h in record.get("history", [])]
+            self.history = [
+                {"step": int(h["step"]), "value": _float(h["value"])}
+                for h in record.get("history", [])
+            ]
             if record.get("step") is not None:
                 self.best_step = int(record["step"])
                 self.best_value = _float(record["value"])
@@ -179,10 +198,15 @@ class BestCheckpoint:
         return self.patience > 0 and self.validations_without_improvement() >= self.patience
 
     def record(self) -> dict:
-        return {"metric": self.metric, "step": self.best_step,
-                "value": _json_float(self.best_value), "checkpoint": self.checkpoint_path(),
-                "history": [{"step": h["step"], "value": _json_float(h["value"])}
-                            for h in self.history]}
+        return {
+            "metric": self.metric,
+            "step": self.best_step,
+            "value": _json_float(self.best_value),
+            "checkpoint": self.checkpoint_path(),
+            "history": [
+                {"step": h["step"], "value": _json_float(h["value"])} for h in self.history
+            ],
+        }
 
     def _write(self) -> None:
         os.makedirs(self.work_dir, exist_ok=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from typing import Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -53,8 +53,12 @@ def _metadata(plugin: str, data_class: int) -> summary_pb2.SummaryMetadata:
 
 def write_scalar(name: str, value: float, step: int) -> None:
     """One TensorBoard scalar (``scalars`` plugin) to the default writer."""
-    tf.summary.write(name, tf.constant(value, tf.float32), step=step,
-                     metadata=_metadata("scalars", summary_pb2.DATA_CLASS_SCALAR))
+    tf.summary.write(
+        name,
+        tf.constant(value, tf.float32),
+        step=step,
+        metadata=_metadata("scalars", summary_pb2.DATA_CLASS_SCALAR),
+    )
 
 
 def write_images(name: str, images: np.ndarray, step: int) -> None:
@@ -71,8 +75,9 @@ def write_images(name: str, images: np.ndarray, step: int) -> None:
     height, width = images.shape[1:3]
     encoded = [tf.io.encode_png(image) for image in images]
     tensor = tf.stack([tf.constant(str(width)), tf.constant(str(height))] + encoded)
-    tf.summary.write(name, tensor, step=step,
-                     metadata=_metadata("images", summary_pb2.DATA_CLASS_BLOB_SEQUENCE))
+    tf.summary.write(
+        name, tensor, step=step, metadata=_metadata("images", summary_pb2.DATA_CLASS_BLOB_SEQUENCE)
+    )
 
 
 def format_duration(seconds: float) -> str:
@@ -100,9 +105,9 @@ class _Throughput:
             self.first_seen = True
             return
         self.times.append(step_time)
-        del self.times[:-self.window]
+        del self.times[: -self.window]
 
-    def mean_step_time(self) -> Optional[float]:
+    def mean_step_time(self) -> float | None:
         return float(np.mean(self.times)) if self.times else None
 
 
@@ -138,16 +143,23 @@ class CheckpointHook(Hook):
         ``model`` variables when it has one).
     """
 
-    def __init__(self, manager: tf.train.CheckpointManager, *, every: int, save_at_end: bool = True,
-                 discard: bool = False, check_variables=None):
+    def __init__(
+        self,
+        manager: tf.train.CheckpointManager,
+        *,
+        every: int,
+        save_at_end: bool = True,
+        discard: bool = False,
+        check_variables=None,
+    ):
         if every < 0:
             raise ValueError(f"checkpoint interval must be >= 0 steps, got {every}")
         self.manager = manager
         self.every = int(every)
         self.save_at_end = save_at_end
         self.discard = discard
-        self.last_saved_step: Optional[int] = None
-        self.last_path: Optional[str] = None
+        self.last_saved_step: int | None = None
+        self.last_path: str | None = None
         if check_variables is None:
             model = getattr(manager.checkpoint, "model", None)
             check_variables = list(model.weights) if model is not None else []
@@ -157,13 +169,18 @@ class CheckpointHook(Hook):
         bad = non_finite_variables(self.check_variables)
         if bad:
             latest = self.manager.latest_checkpoint
-            where = (f"The last good checkpoint is {latest} (not overwritten)." if latest
-                     else "No checkpoint was written yet.")
+            where = (
+                f"The last good checkpoint is {latest} (not overwritten)."
+                if latest
+                else "No checkpoint was written yet."
+            )
             raise NonFiniteLossError(
                 f"non-finite model weights at step {step} (the losses were finite): "
                 f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Training stopped. {where} "
                 f"Lower train.lr, raise train.warmup_steps or set train.clip_norm.",
-                step=step, losses={})
+                step=step,
+                losses={},
+            )
         # A failed save (disk full) is one CheckpointError naming the path, cleaned up.
         self.last_path = checkpoints.save_checkpoint(self.manager, step)
         self.last_saved_step = step
@@ -195,7 +212,7 @@ class SummaryHook(Hook):
         self.writer = writer
         self.every = int(every)
         self.throughput = _Throughput(window=every)
-        self.last_written: Optional[int] = None
+        self.last_written: int | None = None
 
     def on_train_begin(self, loop: TrainLoop) -> None:
         self.throughput.reset()
@@ -240,19 +257,29 @@ class ImageSummaryHook(Hook):
       min_score: detections below this score are not drawn.
     """
 
-    def __init__(self, writer, *, detect_fn: Callable, images, image_shapes,
-                 class_names: Sequence[str], every: int, min_score: float = 0.3):
+    def __init__(
+        self,
+        writer,
+        *,
+        detect_fn: Callable,
+        images,
+        image_shapes,
+        class_names: Sequence[str],
+        every: int,
+        min_score: float = 0.3,
+    ):
         self.writer = writer
         self.detect_fn = detect_fn
         self.images = np.asarray(images)
         self.image_shapes = np.asarray(image_shapes)
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 [B, H, W, 3], got {self.images.dtype} "
-                             f"{self.images.shape}")
+            raise ValueError(
+                f"images must be uint8 [B, H, W, 3], got {self.images.dtype} {self.images.shape}"
+            )
         self.class_names = list(class_names)
         self.every = int(every)
         self.min_score = float(min_score)
-        self.last_written: Optional[int] = None
+        self.last_written: int | None = None
 
     def render(self) -> np.ndarray:
         """uint8 [B, Hp, Wp, 3]: each image (cropped to its shape, re-padded) with its boxes."""
@@ -268,9 +295,12 @@ class ImageSummaryHook(Hook):
             order = np.argsort(scores[keep])  # best label drawn last, on top
             image = self.images[i, :height, :width]
             drawn[i, :height, :width] = draw_boxes(
-                image, out["detection_boxes"][i, :n][keep][order],
+                image,
+                out["detection_boxes"][i, :n][keep][order],
                 classes=out["detection_classes"][i, :n][keep][order].astype(np.int64),
-                class_names=self.class_names, scores=scores[keep][order])
+                class_names=self.class_names,
+                scores=scores[keep][order],
+            )
         return drawn
 
     def _write(self, step: int) -> None:
@@ -298,7 +328,7 @@ class ProgressHook(Hook):
       desc: the bar's label.
     """
 
-    def __init__(self, *, total_steps: int, disable: Optional[bool] = None, desc: str = "train"):
+    def __init__(self, *, total_steps: int, disable: bool | None = None, desc: str = "train"):
         self.total_steps = int(total_steps)
         self.disable = disable
         self.desc = desc
@@ -307,15 +337,23 @@ class ProgressHook(Hook):
     def on_train_begin(self, loop: TrainLoop) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=self.total_steps, initial=loop.start_step, unit="step",
-                        desc=f"{self.desc} [{loop.name}]", dynamic_ncols=True,
-                        disable=self.disable, mininterval=0.5)
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=loop.start_step,
+            unit="step",
+            desc=f"{self.desc} [{loop.name}]",
+            dynamic_ncols=True,
+            disable=self.disable,
+            mininterval=0.5,
+        )
 
     def after_step(self, loop: TrainLoop, step: int, logs: Mapping[str, float]) -> None:
         if self.bar is None:
             return
-        postfix = {"loss": f"{logs.get('total_loss', float('nan')):.4f}",
-                   "img/s": f"{logs['images_per_sec']:.1f}"}
+        postfix = {
+            "loss": f"{logs.get('total_loss', float('nan')):.4f}",
+            "img/s": f"{logs['images_per_sec']:.1f}",
+        }
         if "learning_rate" in logs:
             postfix["lr"] = f"{logs['learning_rate']:.2e}"
         self.bar.set_postfix(postfix, refresh=False)
@@ -342,7 +380,7 @@ class LoggingHook(Hook):
       log: the ``logging.Logger`` (default ``rfcn_tf.train``).
     """
 
-    def __init__(self, *, total_steps: int, every: int, log: Optional[logging.Logger] = None):
+    def __init__(self, *, total_steps: int, every: int, log: logging.Logger | None = None):
         if every < 1:
             raise ValueError(f"log interval must be >= 1 step, got {every}")
         self.total_steps = int(total_steps)
@@ -350,20 +388,21 @@ class LoggingHook(Hook):
         self.log = log or logger
         self.throughput = _Throughput(window=max(every, 20))
         self.started = 0.0
-        self.last_logged: Optional[int] = None
+        self.last_logged: int | None = None
 
     def on_train_begin(self, loop: TrainLoop) -> None:
         self.throughput.reset()
         self.started = time.perf_counter()
 
     def _line(self, loop: TrainLoop, step: int, logs: Mapping[str, float]) -> str:
-        losses = " ".join(f"{k}={v:.4f}" for k, v in logs.items()
-                          if k.endswith("loss"))
+        losses = " ".join(f"{k}={v:.4f}" for k, v in logs.items() if k.endswith("loss"))
         mean_time = self.throughput.mean_step_time() or logs["step_time"]
         eta = format_duration(mean_time * (self.total_steps - step))
         lr = f" lr={logs['learning_rate']:.3e}" if "learning_rate" in logs else ""
-        return (f"step {step}/{self.total_steps} [{loop.name}] {losses}{lr} "
-                f"images/s={logs['global_batch_size'] / mean_time:.2f} eta={eta}")
+        return (
+            f"step {step}/{self.total_steps} [{loop.name}] {losses}{lr} "
+            f"images/s={logs['global_batch_size'] / mean_time:.2f} eta={eta}"
+        )
 
     def after_step(self, loop: TrainLoop, step: int, logs: Mapping[str, float]) -> None:
         self.throughput.add(logs["step_time"])
@@ -374,5 +413,9 @@ class LoggingHook(Hook):
     def on_train_end(self, loop: TrainLoop, logs: Mapping[str, float]) -> None:
         if logs and self.last_logged != loop.step:
             self.log.info(self._line(loop, loop.step, logs))
-        self.log.info("%s: %d steps in %s", loop.name, loop.step - loop.start_step,
-                      format_duration(time.perf_counter() - self.started))
+        self.log.info(
+            "%s: %d steps in %s",
+            loop.name,
+            loop.step - loop.start_step,
+            format_duration(time.perf_counter() - self.started),
+        )

@@ -63,10 +63,14 @@ _READ_ERRORS = (tf.errors.OpError, ValueError, IndexError, OSError)
 
 # The warnings TensorFlow logs (often at exit, when the restore's bookkeeping is garbage
 # collected) after a restore that did not match: dozens of lines after our one-line error.
-_RESTORE_WARNINGS = ("Value in checkpoint could not be found", "Unresolved object in checkpoint",
-                     "not all checkpointed values were used", "checkpoint is being deleted with "
-                     "unrestored values", "being deleted with unrestored values",
-                     "expect_partial()")
+_RESTORE_WARNINGS = (
+    "Value in checkpoint could not be found",
+    "Unresolved object in checkpoint",
+    "not all checkpointed values were used",
+    "checkpoint is being deleted with unrestored values",
+    "being deleted with unrestored values",
+    "expect_partial()",
+)
 
 
 class _DropRestoreWarnings(logging.Filter):
@@ -118,14 +122,18 @@ def resolve_checkpoint(path: str, *, what: str) -> str:
     if tf.io.gfile.isdir(path):
         latest = tf.train.latest_checkpoint(path)
         if latest is None:
-            raise CheckpointError(f"{what}={path}: the folder holds no checkpoint "
-                                  f"(no 'checkpoint' state file with a ckpt-N entry)")
+            raise CheckpointError(
+                f"{what}={path}: the folder holds no checkpoint "
+                f"(no 'checkpoint' state file with a ckpt-N entry)"
+            )
         return latest
     if tf.io.gfile.exists(path + ".index"):
         return path
-    raise CheckpointError(f"{what}={path}: no checkpoint there (expected a prefix such as "
-                          f"runs/x/checkpoints/ckpt-1500, with a .index file, or a folder "
-                          f"holding checkpoints)")
+    raise CheckpointError(
+        f"{what}={path}: no checkpoint there (expected a prefix such as "
+        f"runs/x/checkpoints/ckpt-1500, with a .index file, or a folder "
+        f"holding checkpoints)"
+    )
 
 
 def read_checkpoint_meta(path: str) -> CheckpointMeta:
@@ -142,16 +150,19 @@ def read_checkpoint_meta(path: str) -> CheckpointMeta:
             full = key + _VALUE
             return int(reader.get_tensor(full)) if full in names else None
 
-        return CheckpointMeta(path=path, step=value("step"), stage=value("stage"),
-                              num_classes=value("num_classes"))
+        return CheckpointMeta(
+            path=path, step=value("step"), stage=value("stage"), num_classes=value("num_classes")
+        )
     except _READ_ERRORS as exc:
         raise CheckpointError(_unreadable(path, exc)) from exc
 
 
 def _unreadable(prefix: str, exc: BaseException) -> str:
     detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
-    return (f"cannot read checkpoint {prefix} (files {prefix}.index and {prefix}.data-*): "
-            f"{detail} (truncated or not a TensorFlow checkpoint?)")
+    return (
+        f"cannot read checkpoint {prefix} (files {prefix}.index and {prefix}.data-*): "
+        f"{detail} (truncated or not a TensorFlow checkpoint?)"
+    )
 
 
 def verify_checkpoint(prefix: str) -> None:
@@ -170,9 +181,12 @@ def verify_checkpoint(prefix: str) -> None:
                 reader.get_tensor(name)
         if variants:
             with tf.device("/cpu:0"):
-                tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=variants,
-                                     shape_and_slices=[""] * len(variants),
-                                     dtypes=[tf.variant] * len(variants))
+                tf.raw_ops.RestoreV2(
+                    prefix=prefix,
+                    tensor_names=variants,
+                    shape_and_slices=[""] * len(variants),
+                    dtypes=[tf.variant] * len(variants),
+                )
     except _READ_ERRORS as exc:
         raise CheckpointError(_unreadable(prefix, exc)) from exc
 
@@ -189,9 +203,11 @@ def _candidates(checkpoint_dir: str) -> list[str]:
     try:
         state = tf.train.get_checkpoint_state(checkpoint_dir)
     except _READ_ERRORS as exc:
-        logger.warning("checkpoint state file %s is unreadable (%s); looking for ckpt-* files",
-                       os.path.join(checkpoint_dir, "checkpoint"),
-                       (str(exc).strip().splitlines() or [type(exc).__name__])[-1])
+        logger.warning(
+            "checkpoint state file %s is unreadable (%s); looking for ckpt-* files",
+            os.path.join(checkpoint_dir, "checkpoint"),
+            (str(exc).strip().splitlines() or [type(exc).__name__])[-1],
+        )
         state = None
     prefixes = set()
     if state is not None:
@@ -203,8 +219,10 @@ def _candidates(checkpoint_dir: str) -> list[str]:
         for index in tf.io.gfile.glob(os.path.join(checkpoint_dir, "ckpt-*.index")):
             prefixes.add(index[: -len(".index")])
         if prefixes:  # TF returns None for a state file it cannot parse, as for none
-            logger.warning("checkpoint state file %s is missing or unreadable; using the "
-                           "ckpt-* files found", os.path.join(checkpoint_dir, "checkpoint"))
+            logger.warning(
+                "checkpoint state file %s is missing or unreadable; using the ckpt-* files found",
+                os.path.join(checkpoint_dir, "checkpoint"),
+            )
     return sorted(prefixes, key=lambda p: (_step_of(p), p), reverse=True)
 
 
@@ -220,8 +238,11 @@ def remove_stale_temp(checkpoint_dir: str) -> list[str]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     if removed:
-        logger.warning("removed %d unfinished checkpoint folder(s) of an earlier run: %s",
-                       len(removed), ", ".join(removed))
+        logger.warning(
+            "removed %d unfinished checkpoint folder(s) of an earlier run: %s",
+            len(removed),
+            ", ".join(removed),
+        )
     return removed
 
 
@@ -251,19 +272,26 @@ def find_resume_checkpoint(checkpoint_dir: str, *, clean: bool = True) -> str | 
             logger.warning("%s; passing over it", exc)
             continue
         if broken:
-            logger.warning("resuming from %s, the newest intact checkpoint (unreadable: %s)",
-                           prefix, ", ".join(broken))
+            logger.warning(
+                "resuming from %s, the newest intact checkpoint (unreadable: %s)",
+                prefix,
+                ", ".join(broken),
+            )
         return prefix
     if broken:
         raise CheckpointError(
             f"no checkpoint in {checkpoint_dir} can be read ({', '.join(broken)}): delete them "
-            f"to train from scratch, or use a new --work-dir")
+            f"to train from scratch, or use a new --work-dir"
+        )
     return None
 
 
 def _is_disk_full(exc: BaseException) -> bool:
-    return (getattr(exc, "errno", None) == errno.ENOSPC or isinstance(
-        exc, tf.errors.ResourceExhaustedError) or "No space left on device" in str(exc))
+    return (
+        getattr(exc, "errno", None) == errno.ENOSPC
+        or isinstance(exc, tf.errors.ResourceExhaustedError)
+        or "No space left on device" in str(exc)
+    )
 
 
 def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
@@ -291,17 +319,25 @@ def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
         shutil.rmtree(prefix + "_temp", ignore_errors=True)
         if prefix not in listed:
             for path in glob.glob(glob.escape(prefix) + ".index") + glob.glob(
-                    glob.escape(prefix) + ".data-*"):
+                glob.escape(prefix) + ".data-*"
+            ):
                 with contextlib.suppress(OSError):
                     os.remove(path)
         previous = next((p for p in reversed(listed) if p != prefix), None)
-        kept = (f"the previous checkpoint {previous} is intact" if previous
-                else "no earlier checkpoint exists")
-        reason = ("no space left on device" if _is_disk_full(exc)
-                  else (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300])
+        kept = (
+            f"the previous checkpoint {previous} is intact"
+            if previous
+            else "no earlier checkpoint exists"
+        )
+        reason = (
+            "no space left on device"
+            if _is_disk_full(exc)
+            else (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+        )
         raise CheckpointError(
             f"cannot write checkpoint {prefix}: {reason} (in {manager.directory}); {kept}; "
-            f"free space and rerun the same command to resume") from exc
+            f"free space and rerun the same command to resume"
+        ) from exc
 
 
 def _listed(checkpoint_dir: str) -> list[str]:
@@ -312,8 +348,10 @@ def _listed(checkpoint_dir: str) -> list[str]:
         return []
     if state is None:
         return []
-    return [p if os.path.isabs(p) else os.path.join(checkpoint_dir, p)
-            for p in state.all_model_checkpoint_paths]
+    return [
+        p if os.path.isabs(p) else os.path.join(checkpoint_dir, p)
+        for p in state.all_model_checkpoint_paths
+    ]
 
 
 def check_num_classes(meta: CheckpointMeta, num_classes: int, *, what: str) -> None:
@@ -322,11 +360,13 @@ def check_num_classes(meta: CheckpointMeta, num_classes: int, *, what: str) -> N
         raise CheckpointError(
             f"{what} {meta.path} was trained with {meta.num_classes} classes but this model has "
             f"{num_classes} (the class-dependent layers cannot be restored); use a checkpoint of "
-            f"the same dataset, or a new --work-dir to train from scratch")
+            f"the same dataset, or a new --work-dir to train from scratch"
+        )
 
 
-def restore_model_weights(model: keras.Model, path: str, *, num_classes: int,
-                          what: str = "train.init_checkpoint") -> CheckpointMeta:
+def restore_model_weights(
+    model: keras.Model, path: str, *, num_classes: int, what: str = "train.init_checkpoint"
+) -> CheckpointMeta:
     """Loads only the model's variables from a training checkpoint (fine-tuning, evaluation).
 
     Every variable of ``model`` must be found in the checkpoint with the same shape; the
@@ -359,8 +399,10 @@ def restore_model_weights(model: keras.Model, path: str, *, num_classes: int,
         detail = str(exc)
         if len(detail) > 1500:
             detail = detail[:1500] + " ..."
-        raise CheckpointError(f"{what} {prefix} does not fit this model (different architecture "
-                              f"or class count?): {detail}") from exc
+        raise CheckpointError(
+            f"{what} {prefix} does not fit this model (different architecture "
+            f"or class count?): {detail}"
+        ) from exc
     return meta
 
 

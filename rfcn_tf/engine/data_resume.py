@@ -28,8 +28,13 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-__all__ = ["DATA_RESUME_MODES", "checkpoint_has_iterator", "choose_data_resume",
-           "iterator_checkpointable", "skipping_dataset_fn"]
+__all__ = [
+    "DATA_RESUME_MODES",
+    "checkpoint_has_iterator",
+    "choose_data_resume",
+    "iterator_checkpointable",
+    "skipping_dataset_fn",
+]
 
 DATA_RESUME_MODES = ("auto", "iterator", "skip", "none")
 
@@ -51,15 +56,18 @@ def choose_data_resume(mode: str, *, cached: bool, strategy: tf.distribute.Strat
       ValueError: an unknown mode, or ``iterator`` where the iterator cannot be saved.
     """
     if mode not in DATA_RESUME_MODES:
-        raise ValueError(f"train.data_resume must be one of {', '.join(DATA_RESUME_MODES)}, "
-                         f"got {mode!r}")
+        raise ValueError(
+            f"train.data_resume must be one of {', '.join(DATA_RESUME_MODES)}, got {mode!r}"
+        )
     if mode not in ("auto", "iterator"):
         return mode
     savable = iterator_checkpointable(strategy)
     if mode == "iterator" and not savable:
-        raise ValueError(f"train.data_resume=iterator needs the default strategy (the "
-                         f"{type(strategy).__name__} iterator cannot be saved in a checkpoint); "
-                         f"use skip or auto")
+        raise ValueError(
+            f"train.data_resume=iterator needs the default strategy (the "
+            f"{type(strategy).__name__} iterator cannot be saved in a checkpoint); "
+            f"use skip or auto"
+        )
     return "iterator" if savable and not cached else "skip"
 
 
@@ -69,8 +77,9 @@ def checkpoint_has_iterator(prefix: str) -> bool:
     return any(name.startswith("iterator/") for name in names)
 
 
-def skipping_dataset_fn(dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
-                        steps_done: int) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+def skipping_dataset_fn(
+    dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset], steps_done: int
+) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """``dataset_fn`` whose pipelines first drop the batches of ``steps_done`` steps."""
     if steps_done <= 0:
         return dataset_fn

@@ -34,11 +34,15 @@ class _Shadows(tf.Module):
     def __init__(self, variables: Sequence[tf.Variable]):
         super().__init__(name="ema")
         aggregation = tf.VariableAggregation.ONLY_FIRST_REPLICA
-        self.shadows = [tf.Variable(tf.convert_to_tensor(v), trainable=False,
-                                    name=f"ema_{i}", aggregation=aggregation)
-                        for i, v in enumerate(variables)]
-        self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="ema_updates",
-                                   aggregation=aggregation)
+        self.shadows = [
+            tf.Variable(
+                tf.convert_to_tensor(v), trainable=False, name=f"ema_{i}", aggregation=aggregation
+            )
+            for i, v in enumerate(variables)
+        ]
+        self.updates = tf.Variable(
+            0, dtype=tf.int64, trainable=False, name="ema_updates", aggregation=aggregation
+        )
 
 
 class WeightEMA:
@@ -58,8 +62,7 @@ class WeightEMA:
         if not 0.0 < float(decay) < 1.0:
             raise ValueError(f"train.ema_decay must lie in (0, 1), got {decay}")
         self.decay = float(decay)
-        self.variables = [v for v in model.trainable_variables
-                          if tf.as_dtype(v.dtype).is_floating]
+        self.variables = [v for v in model.trainable_variables if tf.as_dtype(v.dtype).is_floating]
         if not self.variables:
             raise ValueError(f"{type(model).__name__} has no trainable float weights to average")
         self._module = _Shadows([_value(v) for v in self.variables])

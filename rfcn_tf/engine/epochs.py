@@ -31,8 +31,12 @@ __all__ = ["epoch_steps", "resolve_epochs", "steps_per_epoch", "uses_epochs"]
 
 def uses_epochs(train_cfg) -> bool:
     """True when any schedule field of ``train_cfg`` is stated in epochs."""
-    return (train_cfg.epochs is not None or train_cfg.warmup_epochs is not None
-            or bool(train_cfg.lr_epochs) or train_cfg.eval_every_epochs is not None)
+    return (
+        train_cfg.epochs is not None
+        or train_cfg.warmup_epochs is not None
+        or bool(train_cfg.lr_epochs)
+        or train_cfg.eval_every_epochs is not None
+    )
 
 
 def steps_per_epoch(num_images: int, global_batch_size: int) -> float:
@@ -44,8 +48,9 @@ def steps_per_epoch(num_images: int, global_batch_size: int) -> float:
     return num_images / global_batch_size
 
 
-def epoch_steps(epochs: float, num_images: int, global_batch_size: int, *,
-                what: str = "train.epochs") -> int:
+def epoch_steps(
+    epochs: float, num_images: int, global_batch_size: int, *, what: str = "train.epochs"
+) -> int:
     """``ceil(epochs * num_images / global_batch_size)``, at least 1 for positive ``epochs``.
 
     Raises:
@@ -78,26 +83,36 @@ def resolve_epochs(cfg, num_train_images: int | None):
     if not uses_epochs(tcfg):
         return cfg
     if num_train_images is None:
-        raise ValueError(f"schedules in epochs (train.epochs etc.) need a training split of "
-                         f"known size; data.source={cfg.data.source!r} split "
-                         f"{cfg.data.train_split!r} is an endless stream: use train.steps")
+        raise ValueError(
+            f"schedules in epochs (train.epochs etc.) need a training split of "
+            f"known size; data.source={cfg.data.source!r} split "
+            f"{cfg.data.train_split!r} is an endless stream: use train.steps"
+        )
     batch = int(tcfg.batch_size)
     changes = {}
     if tcfg.epochs is not None:
         changes["steps"] = epoch_steps(tcfg.epochs, num_train_images, batch)
     steps = changes.get("steps", tcfg.steps)
     if tcfg.warmup_epochs is not None:
-        changes["warmup_steps"] = 0 if tcfg.warmup_epochs == 0 else epoch_steps(
-            tcfg.warmup_epochs, num_train_images, batch, what="train.warmup_epochs")
+        changes["warmup_steps"] = (
+            0
+            if tcfg.warmup_epochs == 0
+            else epoch_steps(
+                tcfg.warmup_epochs, num_train_images, batch, what="train.warmup_epochs"
+            )
+        )
     if tcfg.lr_epochs:
-        boundaries = [epoch_steps(e, num_train_images, batch, what="train.lr_epochs")
-                      for e in tcfg.lr_epochs]
+        boundaries = [
+            epoch_steps(e, num_train_images, batch, what="train.lr_epochs") for e in tcfg.lr_epochs
+        ]
         late = [e for e, b in zip(tcfg.lr_epochs, boundaries) if b >= steps]
         if late:
-            raise ValueError(f"train.lr_epochs {late} lie at or past the end of training "
-                             f"({steps} steps)")
+            raise ValueError(
+                f"train.lr_epochs {late} lie at or past the end of training ({steps} steps)"
+            )
         changes["lr_steps"] = boundaries
     if tcfg.eval_every_epochs is not None:
-        changes["eval_every"] = epoch_steps(tcfg.eval_every_epochs, num_train_images, batch,
-                                            what="train.eval_every_epochs")
+        changes["eval_every"] = epoch_steps(
+            tcfg.eval_every_epochs, num_train_images, batch, what="train.eval_every_epochs"
+        )
     return dataclasses.replace(cfg, train=dataclasses.replace(tcfg, **changes))

@@ -72,11 +72,18 @@ def resolve_schedule(cfg, *, num_train_images: int | None = None):
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     tcfg = resolved.train
-    logger.info("train.epochs=%s over %d training images, global batch %d: %.1f steps per "
-                "epoch -> train.steps=%d, warmup_steps=%d, lr_steps=%s, eval_every=%d",
-                cfg.train.epochs, num_train_images, tcfg.batch_size,
-                num_train_images / tcfg.batch_size, tcfg.steps, tcfg.warmup_steps,
-                tcfg.lr_steps, tcfg.eval_every)
+    logger.info(
+        "train.epochs=%s over %d training images, global batch %d: %.1f steps per "
+        "epoch -> train.steps=%d, warmup_steps=%d, lr_steps=%s, eval_every=%d",
+        cfg.train.epochs,
+        num_train_images,
+        tcfg.batch_size,
+        num_train_images / tcfg.batch_size,
+        tcfg.steps,
+        tcfg.warmup_steps,
+        tcfg.lr_steps,
+        tcfg.eval_every,
+    )
     return resolved
 
 
@@ -99,8 +106,16 @@ class TrainingFeatures:
         ``data_resume=iterator`` where the iterator cannot be saved.
     """
 
-    def __init__(self, cfg, *, model, strategy: tf.distribute.Strategy,
-                 class_names: Sequence[str], writer=None, work_dir: str | None = None):
+    def __init__(
+        self,
+        cfg,
+        *,
+        model,
+        strategy: tf.distribute.Strategy,
+        class_names: Sequence[str],
+        writer=None,
+        work_dir: str | None = None,
+    ):
         from rfcn_tf.config import ConfigError
         from rfcn_tf.engine.ema import WeightEMA
         from rfcn_tf.engine.strategy import is_chief
@@ -116,20 +131,23 @@ class TrainingFeatures:
         self.chief = is_chief(strategy)
         replicas = strategy.num_replicas_in_sync
         if tcfg.early_stop_patience and not tcfg.eval_every:
-            raise ConfigError(f"train.early_stop_patience={tcfg.early_stop_patience} needs "
-                              f"validation during training: set train.eval_every (steps) or "
-                              f"train.eval_every_epochs")
+            raise ConfigError(
+                f"train.early_stop_patience={tcfg.early_stop_patience} needs "
+                f"validation during training: set train.eval_every (steps) or "
+                f"train.eval_every_epochs"
+            )
         try:
             check_distribution(strategy, early_stop_patience=tcfg.early_stop_patience)
             # A tf.data service iterator cannot be saved either (TF: SaveInternal unsupported).
             self.data_resume = choose_data_resume(
-                tcfg.data_resume, cached=bool(cfg.data.cache or cfg.data.service),
-                strategy=strategy)
+                tcfg.data_resume, cached=bool(cfg.data.cache or cfg.data.service), strategy=strategy
+            )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if tcfg.sync_batchnorm:
-            synchronize_batchnorm(model, num_replicas=replicas,
-                                  per_replica_batch=max(1, tcfg.batch_size // replicas))
+            synchronize_batchnorm(
+                model, num_replicas=replicas, per_replica_batch=max(1, tcfg.batch_size // replicas)
+            )
         self.ema = None
         if tcfg.ema_decay is not None:
             with strategy.scope():
@@ -137,11 +155,20 @@ class TrainingFeatures:
         self.best: BestCheckpoint | None = None
         self._hook: ValidationHook | None = None
         if tcfg.eval_every and self.chief:
-            self.best = BestCheckpoint(self.work_dir, model=model, num_classes=len(class_names),
-                                       metric=tcfg.best_metric,
-                                       patience=tcfg.early_stop_patience)
-            self._hook = ValidationHook(self._evaluate_fn(), every=tcfg.eval_every,
-                                        best=self.best, writer=writer, ema=self.ema)
+            self.best = BestCheckpoint(
+                self.work_dir,
+                model=model,
+                num_classes=len(class_names),
+                metric=tcfg.best_metric,
+                patience=tcfg.early_stop_patience,
+            )
+            self._hook = ValidationHook(
+                self._evaluate_fn(),
+                every=tcfg.eval_every,
+                best=self.best,
+                writer=writer,
+                ema=self.ema,
+            )
 
     def _evaluate_fn(self):
         from rfcn_tf.data.pipeline import build_dataset, build_source
@@ -149,22 +176,34 @@ class TrainingFeatures:
         cfg = self.cfg
         split = cfg.data.val_split
         if split == (cfg.eval.split or "test") or split == "test":
-            logger.warning("validation during training uses split %r, which is also the test "
-                           "split: the best checkpoint is then picked on test (set "
-                           "data.val_split to a held-out split, as configs/bccd_val.yaml does)",
-                           split)
+            logger.warning(
+                "validation during training uses split %r, which is also the test "
+                "split: the best checkpoint is then picked on test (set "
+                "data.val_split to a held-out split, as configs/bccd_val.yaml does)",
+                split,
+            )
         _, info = build_source(cfg.data, split=split)
-        logger.info("validation every %d steps on split %r (%s images), best by %s%s",
-                    cfg.train.eval_every, split, info.num_examples, cfg.train.best_metric,
-                    f", early stop after {cfg.train.early_stop_patience} without gain"
-                    if cfg.train.early_stop_patience else "")
+        logger.info(
+            "validation every %d steps on split %r (%s images), best by %s%s",
+            cfg.train.eval_every,
+            split,
+            info.num_examples,
+            cfg.train.best_metric,
+            f", early stop after {cfg.train.early_stop_patience} without gain"
+            if cfg.train.early_stop_patience
+            else "",
+        )
         return dataset_evaluate_fn(
             self.model.detect,
-            lambda: build_dataset(cfg.data, split=split, training=False,
-                                  batch_size=cfg.eval.batch_size),
-            class_names=self.class_names, category_ids=info.category_ids,
-            num_images=info.num_examples, max_images=cfg.eval.max_images,
-            score_threshold=cfg.eval.score_threshold)
+            lambda: build_dataset(
+                cfg.data, split=split, training=False, batch_size=cfg.eval.batch_size
+            ),
+            class_names=self.class_names,
+            category_ids=info.category_ids,
+            num_images=info.num_examples,
+            max_images=cfg.eval.max_images,
+            score_threshold=cfg.eval.score_threshold,
+        )
 
     def hooks(self) -> list:
         """The loop hooks to add in each stage (validation on the chief; empty otherwise)."""
@@ -190,9 +229,13 @@ class TrainingFeatures:
         """
         record = use_best_weights(self.model, self.work_dir, num_classes=len(self.class_names))
         if record is not None:
-            logger.info("using the best checkpoint %s (step %s, %s %.4f on validation)",
-                        os.path.basename(record["checkpoint"]), record.get("step"),
-                        record.get("metric"), record.get("value") or float("nan"))
+            logger.info(
+                "using the best checkpoint %s (step %s, %s %.4f on validation)",
+                os.path.basename(record["checkpoint"]),
+                record.get("step"),
+                record.get("metric"),
+                record.get("value") or float("nan"),
+            )
             return {"weights": "best", "best": record}
         if self.ema is not None:
             self.ema.copy_to_model()
@@ -206,6 +249,8 @@ class TrainingFeatures:
         if not record:
             return None
         value = record.get("value")
-        return (f"best checkpoint: step {record.get('step')}, {record.get('metric')} "
-                f"{'n/a' if value is None else f'{value:.4f}'} on validation "
-                f"({record['checkpoint']})")
+        return (
+            f"best checkpoint: step {record.get('step')}, {record.get('metric')} "
+            f"{'n/a' if value is None else f'{value:.4f}'} on validation "
+            f"({record['checkpoint']})"
+        )

@@ -68,11 +68,19 @@ class TrainLoop:
       checkpoint_dir: named in the NaN guard's message (where the last good checkpoint is).
     """
 
-    def __init__(self, *, step_fn: Callable[[object], Mapping[str, tf.Tensor]], iterator,
-                 step_counter: tf.Variable, end_step: int, global_batch_size: int,
-                 learning_rate_fn: Callable[[], float] | None = None,
-                 hooks: Sequence[Hook] = (), name: str = "train",
-                 checkpoint_dir: str | None = None):
+    def __init__(
+        self,
+        *,
+        step_fn: Callable[[object], Mapping[str, tf.Tensor]],
+        iterator,
+        step_counter: tf.Variable,
+        end_step: int,
+        global_batch_size: int,
+        learning_rate_fn: Callable[[], float] | None = None,
+        hooks: Sequence[Hook] = (),
+        name: str = "train",
+        checkpoint_dir: str | None = None,
+    ):
         if global_batch_size < 1:
             raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
         self.step_fn = step_fn
@@ -106,12 +114,18 @@ class TrainLoop:
         where = ""
         if self.checkpoint_dir:
             latest = tf.train.latest_checkpoint(self.checkpoint_dir)
-            where = (f" The last good checkpoint is {latest} (not overwritten)." if latest
-                     else " No checkpoint was written yet.")
+            where = (
+                f" The last good checkpoint is {latest} (not overwritten)."
+                if latest
+                else " No checkpoint was written yet."
+            )
         return NonFiniteLossError(
             f"non-finite loss at step {step} ({self.name}): {', '.join(bad)} in "
             f"{{{formatted}}}. Training stopped.{where} Lower train.lr, raise "
-            f"train.warmup_steps or set train.clip_norm.", step=step, losses=losses)
+            f"train.warmup_steps or set train.clip_norm.",
+            step=step,
+            losses=losses,
+        )
 
     def run(self) -> dict[str, float]:
         """Trains to ``end_step``; returns the logs of the last step (empty if none ran).

@@ -22,7 +22,7 @@ Shape shorthand: none (scalars and variable lists only).
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
@@ -68,9 +68,18 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
       >>> float(s(60))  # 0.01
     """
 
-    def __init__(self, *, base_lr: float, total_steps: int, schedule: str = "cosine",
-                 boundaries: Sequence[int] = (), decay: float = 0.1, warmup_steps: int = 0,
-                 warmup_factor: float = 0.001, final_factor: float = 0.0):
+    def __init__(
+        self,
+        *,
+        base_lr: float,
+        total_steps: int,
+        schedule: str = "cosine",
+        boundaries: Sequence[int] = (),
+        decay: float = 0.1,
+        warmup_steps: int = 0,
+        warmup_factor: float = 0.001,
+        final_factor: float = 0.0,
+    ):
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{schedule}'")
         if not base_lr > 0:
@@ -126,10 +135,17 @@ class WarmupDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def build_lr_schedule(*, base_lr: float, total_steps: int, schedule: str = "cosine",
-                      boundaries: Sequence[int] = (), decay: float = 0.1, warmup_steps: int = 0,
-                      warmup_factor: float = 0.001, final_factor: float = 0.0
-                      ) -> WarmupDecaySchedule:
+def build_lr_schedule(
+    *,
+    base_lr: float,
+    total_steps: int,
+    schedule: str = "cosine",
+    boundaries: Sequence[int] = (),
+    decay: float = 0.1,
+    warmup_steps: int = 0,
+    warmup_factor: float = 0.001,
+    final_factor: float = 0.0,
+) -> WarmupDecaySchedule:
     """Keyword-only builder of :class:`WarmupDecaySchedule` (see there for the arguments).
 
     Raises:
@@ -137,11 +153,20 @@ def build_lr_schedule(*, base_lr: float, total_steps: int, schedule: str = "cosi
     """
     for boundary in boundaries:
         if not 0 < boundary < total_steps:
-            raise ValueError(f"lr boundary {boundary} is outside (0, total_steps={total_steps}); "
-                             f"boundaries: {list(boundaries)}")
-    return WarmupDecaySchedule(base_lr=base_lr, total_steps=total_steps, schedule=schedule,
-                               boundaries=boundaries, decay=decay, warmup_steps=warmup_steps,
-                               warmup_factor=warmup_factor, final_factor=final_factor)
+            raise ValueError(
+                f"lr boundary {boundary} is outside (0, total_steps={total_steps}); "
+                f"boundaries: {list(boundaries)}"
+            )
+    return WarmupDecaySchedule(
+        base_lr=base_lr,
+        total_steps=total_steps,
+        schedule=schedule,
+        boundaries=boundaries,
+        decay=decay,
+        warmup_steps=warmup_steps,
+        warmup_factor=warmup_factor,
+        final_factor=final_factor,
+    )
 
 
 @keras.saving.register_keras_serializable(package="rfcn_tf")
@@ -163,15 +188,27 @@ class DetectionSGD(keras.optimizers.SGD):
     Call ``exclude_from_weight_decay(var_list=...)`` before ``build``; ``build_optimizer`` does.
     """
 
-    def __init__(self, learning_rate=0.01, *, momentum: float = 0.9,
-                 weight_decay: Optional[float] = None, clip_global_norm: Optional[float] = None,
-                 name: str = "detection_sgd", **kwargs):
+    def __init__(
+        self,
+        learning_rate=0.01,
+        *,
+        momentum: float = 0.9,
+        weight_decay: float | None = None,
+        clip_global_norm: float | None = None,
+        name: str = "detection_sgd",
+        **kwargs,
+    ):
         if clip_global_norm is not None and not clip_global_norm > 0:
             raise ValueError(f"clip_global_norm must be > 0 or None, got {clip_global_norm}")
         if weight_decay is not None and weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        super().__init__(learning_rate=learning_rate, momentum=momentum,
-                         weight_decay=weight_decay or None, name=name, **kwargs)
+        super().__init__(
+            learning_rate=learning_rate,
+            momentum=momentum,
+            weight_decay=weight_decay or None,
+            name=name,
+            **kwargs,
+        )
         self.clip_global_norm = clip_global_norm
 
     def _apply_weight_decay(self, variables):
@@ -182,18 +219,25 @@ class DetectionSGD(keras.optimizers.SGD):
         variables = [v.value if isinstance(v, keras.Variable) else v for v in trainable_variables]
         # 1. Sum over replicas (a no-op outside tf.distribute replica contexts).
         grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, variables)))
-        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-                 for g, _ in grads_and_vars]
+        grads = [
+            tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+            for g, _ in grads_and_vars
+        ]
         # 2. Clip the global gradient, identically on every replica.
         if self.clip_global_norm is not None:
             grads, _ = tf.clip_by_global_norm(grads, self.clip_global_norm)
         # 3. Coupled L2 weight decay (R-FCN sec. 3 / Caffe), except on excluded variables.
         if self.weight_decay:
-            grads = [g + tf.cast(self.weight_decay, v.dtype) * v if self._use_weight_decay(v) else g
-                     for g, v in zip(grads, variables)]
+            grads = [
+                g + tf.cast(self.weight_decay, v.dtype) * v if self._use_weight_decay(v) else g
+                for g, v in zip(grads, variables)
+            ]
         tf.__internal__.distribute.interim.maybe_merge_call(
-            self._distributed_tf_update_step, self._distribution_strategy,
-            list(zip(grads, variables)), learning_rate)
+            self._distributed_tf_update_step,
+            self._distribution_strategy,
+            list(zip(grads, variables)),
+            learning_rate,
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -220,16 +264,23 @@ def configure_mixed_precision(enabled: bool) -> str:
         import logging
 
         logging.getLogger(__name__).warning(
-            "train.mixed_precision=true but no GPU is visible: computing in float32")
+            "train.mixed_precision=true but no GPU is visible: computing in float32"
+        )
         keras.mixed_precision.set_dtype_policy("float32")
         return "float32"
     keras.mixed_precision.set_dtype_policy("mixed_float16")
     return "mixed_float16"
 
 
-def build_optimizer(*, variables: Sequence[keras.Variable], learning_rate, momentum: float = 0.9,
-                    weight_decay: float = 0.0, clip_norm: Optional[float] = None,
-                    loss_scaling: bool = False) -> keras.optimizers.Optimizer:
+def build_optimizer(
+    *,
+    variables: Sequence[keras.Variable],
+    learning_rate,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    clip_norm: float | None = None,
+    loss_scaling: bool = False,
+) -> keras.optimizers.Optimizer:
     """Builds (and ``build``s, over ``variables``) the training optimizer.
 
     Call inside ``strategy.scope()`` so its slot variables are mirrored like the model's.
@@ -253,8 +304,12 @@ def build_optimizer(*, variables: Sequence[keras.Variable], learning_rate, momen
     variables = list(variables)
     if not variables:
         raise ValueError("build_optimizer got no variables to optimize")
-    optimizer = DetectionSGD(learning_rate=learning_rate, momentum=momentum,
-                             weight_decay=weight_decay, clip_global_norm=clip_norm)
+    optimizer = DetectionSGD(
+        learning_rate=learning_rate,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        clip_global_norm=clip_norm,
+    )
     if weight_decay:
         optimizer.exclude_from_weight_decay(var_list=no_decay_variables(variables))
     if loss_scaling:

@@ -126,8 +126,14 @@ def build_stages(scheme: str, *, steps: int, stage_steps: Sequence[int] = ()) ->
         raise ValueError(f"the alternating scheme needs 4 positive stage lengths, got {lengths}")
     return [
         Stage("rpn", int(lengths[0]), ("rpn",), ("backbone", "rpn")),
-        Stage("rfcn", int(lengths[1]), ("rfcn",), ("backbone", "rfcn"), fixed_proposals=True,
-              reset_backbone=True),
+        Stage(
+            "rfcn",
+            int(lengths[1]),
+            ("rfcn",),
+            ("backbone", "rfcn"),
+            fixed_proposals=True,
+            reset_backbone=True,
+        ),
         Stage("rpn_finetune", int(lengths[2]), ("rpn",), ("rpn",)),
         Stage("rfcn_finetune", int(lengths[3]), ("rfcn",), ("rfcn",)),
     ]
@@ -147,9 +153,11 @@ def model_groups(model: keras.Model) -> dict[str, keras.layers.Layer]:
                 groups[group] = layer
                 break
         else:
-            raise ValueError(f"{type(model).__name__} has no '{group}' part (looked for attribute "
-                             f"{' or '.join(names)}); the alternating scheme needs all of "
-                             f"{', '.join(GROUPS)}")
+            raise ValueError(
+                f"{type(model).__name__} has no '{group}' part (looked for attribute "
+                f"{' or '.join(names)}); the alternating scheme needs all of "
+                f"{', '.join(GROUPS)}"
+            )
     return groups
 
 
@@ -252,16 +260,24 @@ def _proposal_features_fn(proposal_model: keras.Model) -> Callable[[dict], dict]
     return prepare
 
 
-def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
-                 dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
-                 stages: Sequence[Stage],
-                 optimizer_fn: Callable[[Sequence[keras.Variable], int], keras.optimizers.Optimizer],
-                 checkpoint_dir: str, num_classes: int, global_batch_size: int,
-                 checkpoint_every: int, keep_checkpoints: int = 3,
-                 hooks_fn: Callable[[Stage, int], Sequence[Hook]] | None = None,
-                 init_checkpoint: str | None = None,
-                 proposal_model_fn: Callable[[], keras.Model] | None = None,
-                 ema=None, data_resume: str = "iterator") -> TrainResult:
+def run_training(
+    *,
+    model: keras.Model,
+    strategy: tf.distribute.Strategy,
+    dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
+    stages: Sequence[Stage],
+    optimizer_fn: Callable[[Sequence[keras.Variable], int], keras.optimizers.Optimizer],
+    checkpoint_dir: str,
+    num_classes: int,
+    global_batch_size: int,
+    checkpoint_every: int,
+    keep_checkpoints: int = 3,
+    hooks_fn: Callable[[Stage, int], Sequence[Hook]] | None = None,
+    init_checkpoint: str | None = None,
+    proposal_model_fn: Callable[[], keras.Model] | None = None,
+    ema=None,
+    data_resume: str = "iterator",
+) -> TrainResult:
     """Runs (or resumes) the scheme's stages, checkpointing as it goes.
 
     Args:
@@ -310,12 +326,19 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
 
     with strategy.scope():
         aggregation = tf.VariableAggregation.ONLY_FIRST_REPLICA
-        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
-                               aggregation=aggregation)
-        stage_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="stage",
-                                aggregation=aggregation)
-        classes_var = tf.Variable(num_classes, dtype=tf.int64, trainable=False,
-                                  name="num_classes", aggregation=aggregation)
+        step_var = tf.Variable(
+            0, dtype=tf.int64, trainable=False, name="global_step", aggregation=aggregation
+        )
+        stage_var = tf.Variable(
+            0, dtype=tf.int64, trainable=False, name="stage", aggregation=aggregation
+        )
+        classes_var = tf.Variable(
+            num_classes,
+            dtype=tf.int64,
+            trainable=False,
+            name="num_classes",
+            aggregation=aggregation,
+        )
 
     # The newest checkpoint that reads back (a truncated one is passed over with a warning).
     latest = ckpt_lib.find_resume_checkpoint(checkpoint_dir, clean=chief)
@@ -325,28 +348,39 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
         meta = ckpt_lib.read_checkpoint_meta(latest)
         ckpt_lib.check_num_classes(meta, num_classes, what="the checkpoint to resume from")
         if meta.step is None:
-            raise ckpt_lib.CheckpointError(f"{latest} is not a training checkpoint (no step counter)")
+            raise ckpt_lib.CheckpointError(
+                f"{latest} is not a training checkpoint (no step counter)"
+            )
         if meta.stage is not None and meta.stage >= len(stages):
             raise ckpt_lib.CheckpointError(
                 f"{latest} was taken in stage {meta.stage + 1} but this scheme has "
                 f"{len(stages)} stage(s) ({', '.join(s.name for s in stages)}): the run was "
-                f"started with another train.scheme; use a new --work-dir")
+                f"started with another train.scheme; use a new --work-dir"
+            )
         start_step = meta.step
-        logger.info("resuming from %s (step %d, stage %s)", latest, start_step,
-                    (meta.stage or 0) + 1)
+        logger.info(
+            "resuming from %s (step %d, stage %s)", latest, start_step, (meta.stage or 0) + 1
+        )
     elif init_checkpoint:
         init_meta = ckpt_lib.restore_model_weights(model, init_checkpoint, num_classes=num_classes)
         logger.info("initialized the model from %s", init_meta.path)
 
     if start_step >= total_steps:
         logger.info("already trained: %s is at step %d of %d", latest, start_step, total_steps)
-        ckpt_lib.restore_model_weights(model, latest, num_classes=num_classes,
-                                       what="the checkpoint to resume from")
+        ckpt_lib.restore_model_weights(
+            model, latest, num_classes=num_classes, what="the checkpoint to resume from"
+        )
         if ema is not None:
             tf.train.Checkpoint(ema=ema.checkpointable()).restore(latest).expect_partial()
         step_var.assign(start_step)
-        return TrainResult(step=start_step, total_steps=total_steps, last_logs={},
-                           checkpoint=latest, resumed_from=latest, stages_run=[])
+        return TrainResult(
+            step=start_step,
+            total_steps=total_steps,
+            last_logs={},
+            checkpoint=latest,
+            resumed_from=latest,
+            stages_run=[],
+        )
 
     if data_resume == "iterator" and not iterator_checkpointable(strategy):
         data_resume = "skip"  # only the default strategy's iterator can be saved
@@ -357,15 +391,19 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
         if resume_by == "iterator" and not checkpoint_has_iterator(latest):
             resume_by = "skip"  # written without the iterator (another mode or an older run)
         if resume_by != "iterator":
-            logger.info("input stream resumed by %s",
-                        f"skipping the {start_step} steps already trained"
-                        if resume_by == "skip" else "starting afresh (none)")
+            logger.info(
+                "input stream resumed by %s",
+                f"skipping the {start_step} steps already trained"
+                if resume_by == "skip"
+                else "starting afresh (none)",
+            )
     if resume_by == "skip":
         dataset_fn = skipping_dataset_fn(dataset_fn, start_step)
     if start_step == 0 and any(stage.reset_backbone for stage in stages):
         # The initial backbone (after init_checkpoint), for the stages that start from it.
         _backbone_checkpoint(model).write(
-            ckpt_lib.snapshot_prefix(write_dir(checkpoint_dir, strategy), INITIAL_BACKBONE))
+            ckpt_lib.snapshot_prefix(write_dir(checkpoint_dir, strategy), INITIAL_BACKBONE)
+        )
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     extras = {}
@@ -387,59 +425,99 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
         variables = stage_variables(model, stage)
         with strategy.scope():
             optimizer = optimizer_fn(variables, stage.steps)
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var,
-                                         stage=stage_var, num_classes=classes_var, **extras)
+        checkpoint = tf.train.Checkpoint(
+            model=model,
+            optimizer=optimizer,
+            step=step_var,
+            stage=stage_var,
+            num_classes=classes_var,
+            **extras,
+        )
         if not restored:
             mid_stage = (meta.stage or 0) == index and start_step > starts[index]
             try:
                 if mid_stage:  # this stage's optimizer state is in the checkpoint
                     tf.train.Checkpoint(
-                        model=model, optimizer=optimizer, step=step_var, stage=stage_var,
-                        num_classes=classes_var, **restore_extras,
+                        model=model,
+                        optimizer=optimizer,
+                        step=step_var,
+                        stage=stage_var,
+                        num_classes=classes_var,
+                        **restore_extras,
                     ).restore(latest).expect_partial().assert_existing_objects_matched()
                 else:  # the checkpoint ended the previous stage: fresh optimizer
-                    status = tf.train.Checkpoint(model=model, step=step_var, **restore_extras
-                                                 ).restore(latest).expect_partial()
+                    status = (
+                        tf.train.Checkpoint(model=model, step=step_var, **restore_extras)
+                        .restore(latest)
+                        .expect_partial()
+                    )
                     if restore_extras:
                         status.assert_existing_objects_matched()
             except (AssertionError, ValueError, tf.errors.OpError) as exc:
                 ckpt_lib.silence_restore_warnings()  # the error stays the last thing on screen
                 raise ckpt_lib.CheckpointError(
                     f"cannot resume from {latest}: it does not fit this model and optimizer "
-                    f"(another model config or scheme?): {str(exc)[:1500]}") from exc
+                    f"(another model config or scheme?): {str(exc)[:1500]}"
+                ) from exc
             restored = True
         stage_var.assign(index)
 
         at_stage_start = int(step_var.numpy()) == starts[index]
         prepare_features = None
         if stage.fixed_proposals:
-            prepare_features = _fixed_proposals(model, strategy, checkpoint_dir, index,
-                                                at_stage_start=at_stage_start,
-                                                proposal_model_fn=proposal_model_fn)
+            prepare_features = _fixed_proposals(
+                model,
+                strategy,
+                checkpoint_dir,
+                index,
+                at_stage_start=at_stage_start,
+                proposal_model_fn=proposal_model_fn,
+            )
         if stage.reset_backbone and at_stage_start:
             _reset_backbone(model, strategy, checkpoint_dir, fresh=latest is None)
 
         manager_dir = write_dir(checkpoint_dir, strategy)
-        manager = tf.train.CheckpointManager(checkpoint, manager_dir, max_to_keep=keep_checkpoints,
-                                             checkpoint_name="ckpt")
-        checkpoint_hook = CheckpointHook(manager, every=checkpoint_every, save_at_end=True,
-                                         discard=not chief)
+        manager = tf.train.CheckpointManager(
+            checkpoint, manager_dir, max_to_keep=keep_checkpoints, checkpoint_name="ckpt"
+        )
+        checkpoint_hook = CheckpointHook(
+            manager, every=checkpoint_every, save_at_end=True, discard=not chief
+        )
         hooks = ([EmaHook(ema)] if ema is not None else []) + [checkpoint_hook]
         hooks += list(hooks_fn(stage, total_steps) if hooks_fn else [])
         groups = model_groups(model) if set(stage.train_groups) != set(GROUPS) else {}
         frozen_layers = [layer for name, layer in groups.items() if name not in stage.train_groups]
         schedule_owner = inner_optimizer(optimizer)
         with frozen(frozen_layers):
-            step_fn = build_train_step(model, optimizer, strategy, variables=variables,
-                                       include=stage.include, prepare_features=prepare_features)
-            loop = TrainLoop(step_fn=step_fn, iterator=iterator, step_counter=step_var,
-                             end_step=ends[index], global_batch_size=global_batch_size,
-                             learning_rate_fn=lambda owner=schedule_owner: float(
-                                 owner.learning_rate),
-                             hooks=hooks, name=stage.name, checkpoint_dir=checkpoint_dir)
-            logger.info("stage %d/%d '%s': steps %d..%d, losses %s, training %s",
-                        index + 1, len(stages), stage.name, int(step_var.numpy()) + 1, ends[index],
-                        "+".join(stage.include), "+".join(stage.train_groups))
+            step_fn = build_train_step(
+                model,
+                optimizer,
+                strategy,
+                variables=variables,
+                include=stage.include,
+                prepare_features=prepare_features,
+            )
+            loop = TrainLoop(
+                step_fn=step_fn,
+                iterator=iterator,
+                step_counter=step_var,
+                end_step=ends[index],
+                global_batch_size=global_batch_size,
+                learning_rate_fn=lambda owner=schedule_owner: float(owner.learning_rate),
+                hooks=hooks,
+                name=stage.name,
+                checkpoint_dir=checkpoint_dir,
+            )
+            logger.info(
+                "stage %d/%d '%s': steps %d..%d, losses %s, training %s",
+                index + 1,
+                len(stages),
+                stage.name,
+                int(step_var.numpy()) + 1,
+                ends[index],
+                "+".join(stage.include),
+                "+".join(stage.train_groups),
+            )
             try:
                 last_logs = loop.run()
             except tf.errors.InvalidArgumentError as exc:
@@ -452,12 +530,23 @@ def run_training(*, model: keras.Model, strategy: tf.distribute.Strategy,
             last_checkpoint = checkpoint_hook.last_path
         if loop.stop_reason is not None:
             stop_reason = loop.stop_reason
-            logger.info("training stopped at step %d of %d: %s", int(step_var.numpy()),
-                        total_steps, stop_reason)
+            logger.info(
+                "training stopped at step %d of %d: %s",
+                int(step_var.numpy()),
+                total_steps,
+                stop_reason,
+            )
             break
-    return TrainResult(step=int(step_var.numpy()), total_steps=total_steps, last_logs=last_logs,
-                       checkpoint=last_checkpoint if chief else None, resumed_from=latest,
-                       stages_run=stages_run, stop_reason=stop_reason, data_resume=resume_by)
+    return TrainResult(
+        step=int(step_var.numpy()),
+        total_steps=total_steps,
+        last_logs=last_logs,
+        checkpoint=last_checkpoint if chief else None,
+        resumed_from=latest,
+        stages_run=stages_run,
+        stop_reason=stop_reason,
+        data_resume=resume_by,
+    )
 
 
 INITIAL_BACKBONE = "initial_backbone"
@@ -478,7 +567,8 @@ def _reset_backbone(model, strategy, checkpoint_dir, *, fresh):
     if not ckpt_lib.checkpoint_exists(prefix):
         raise ckpt_lib.CheckpointError(
             f"the alternating scheme's step 2 starts from the initial backbone {prefix}, which "
-            f"is missing (written when training began); use a new --work-dir")
+            f"is missing (written when training began); use a new --work-dir"
+        )
     _backbone_checkpoint(model).read(prefix).assert_existing_objects_matched()
     logger.info("stage 2 starts its backbone from the initial weights (%s)", prefix)
 
@@ -488,18 +578,22 @@ def _fixed_proposals(model, strategy, checkpoint_dir, index, *, at_stage_start, 
     if proposal_model_fn is None:
         raise ValueError("a stage with fixed proposals needs proposal_model_fn (a second model)")
     if not hasattr(model, "propose"):
-        raise ValueError(f"{type(model).__name__} has no propose(features, training=...): it "
-                         f"cannot provide fixed proposals for alternating training")
+        raise ValueError(
+            f"{type(model).__name__} has no propose(features, training=...): it "
+            f"cannot provide fixed proposals for alternating training"
+        )
     prefix = ckpt_lib.snapshot_prefix(checkpoint_dir, f"stage_{index + 1}_proposals")
-    writer_prefix = ckpt_lib.snapshot_prefix(write_dir(checkpoint_dir, strategy),
-                                             f"stage_{index + 1}_proposals")
+    writer_prefix = ckpt_lib.snapshot_prefix(
+        write_dir(checkpoint_dir, strategy), f"stage_{index + 1}_proposals"
+    )
     if at_stage_start:
         # The model as it ended the previous stage: its RPN provides this stage's proposals.
         tf.train.Checkpoint(model=model).write(writer_prefix)
     elif not ckpt_lib.checkpoint_exists(prefix):
         raise ckpt_lib.CheckpointError(
             f"resuming inside stage {index + 1} needs the frozen proposal model {prefix}, "
-            f"which is missing; restart the stage from its first checkpoint or use a new --work-dir")
+            f"which is missing; restart the stage from its first checkpoint or use a new --work-dir"
+        )
     with strategy.scope():
         proposal_model = proposal_model_fn()
     read_prefix = writer_prefix if at_stage_start else prefix

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -42,8 +42,9 @@ def _tf_config() -> dict:
     return value
 
 
-def build_strategy(name: str = "default", *,
-                   devices: Optional[Sequence[str]] = None) -> tf.distribute.Strategy:
+def build_strategy(
+    name: str = "default", *, devices: Sequence[str] | None = None
+) -> tf.distribute.Strategy:
     """Builds the distribution strategy named by ``name``.
 
     Args:
@@ -61,14 +62,19 @@ def build_strategy(name: str = "default", *,
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy '{name}'; choose one of {', '.join(STRATEGIES)}")
     if devices is not None and name != "mirrored":
-        raise ValueError(f"devices={list(devices)} only applies to the 'mirrored' strategy, "
-                         f"got strategy '{name}'")
+        raise ValueError(
+            f"devices={list(devices)} only applies to the 'mirrored' strategy, "
+            f"got strategy '{name}'"
+        )
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         strategy = tf.distribute.MirroredStrategy(devices=list(devices) if devices else None)
-        logger.info("MirroredStrategy over %d replicas: %s", strategy.num_replicas_in_sync,
-                    list(strategy.extended.worker_devices))
+        logger.info(
+            "MirroredStrategy over %d replicas: %s",
+            strategy.num_replicas_in_sync,
+            list(strategy.extended.worker_devices),
+        )
         return strategy
     config = _tf_config()
     cluster = config.get("cluster", {})
@@ -76,12 +82,17 @@ def build_strategy(name: str = "default", *,
     if not cluster.get("worker") or "index" not in task:
         raise ValueError(
             "the 'multi_worker' strategy needs TF_CONFIG with cluster.worker (a list of "
-            "host:port) and task.index, e.g. TF_CONFIG='{\"cluster\": {\"worker\": "
-            "[\"host1:12345\", \"host2:12345\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}'"
-            f"; got TF_CONFIG={os.environ.get('TF_CONFIG', '')!r}")
+            'host:port) and task.index, e.g. TF_CONFIG=\'{"cluster": {"worker": '
+            '["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\''
+            f"; got TF_CONFIG={os.environ.get('TF_CONFIG', '')!r}"
+        )
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    logger.info("MultiWorkerMirroredStrategy: worker %s of %d, %d replicas in sync",
-                task.get("index"), len(cluster["worker"]), strategy.num_replicas_in_sync)
+    logger.info(
+        "MultiWorkerMirroredStrategy: worker %s of %d, %d replicas in sync",
+        task.get("index"),
+        len(cluster["worker"]),
+        strategy.num_replicas_in_sync,
+    )
     return strategy
 
 

@@ -38,8 +38,9 @@ def batchnorm_layers(model: keras.layers.Layer) -> list[keras.layers.BatchNormal
     return found
 
 
-def synchronize_batchnorm(model: keras.layers.Layer, *, num_replicas: int,
-                          per_replica_batch: int) -> int:
+def synchronize_batchnorm(
+    model: keras.layers.Layer, *, num_replicas: int, per_replica_batch: int
+) -> int:
     """Sets ``synchronized=True`` on the model's BatchNorm layers; returns how many.
 
     With one replica there is nothing to synchronize: nothing changes (0 is returned). With
@@ -53,9 +54,17 @@ def synchronize_batchnorm(model: keras.layers.Layer, *, num_replicas: int,
     for layer in layers:
         layer.synchronized = True
     trained = sum(1 for layer in layers if layer.trainable)
-    logger.info("train.sync_batchnorm: %d BatchNorm layers (%d trainable) synchronized over %d "
-                "replicas of %d image(s)", len(layers), trained, num_replicas, per_replica_batch)
+    logger.info(
+        "train.sync_batchnorm: %d BatchNorm layers (%d trainable) synchronized over %d "
+        "replicas of %d image(s)",
+        len(layers),
+        trained,
+        num_replicas,
+        per_replica_batch,
+    )
     if per_replica_batch == 1:
-        logger.info("train.sync_batchnorm with 1 image per replica: R-FCN froze BatchNorm in "
-                    "this setting (model freeze options)")
+        logger.info(
+            "train.sync_batchnorm with 1 image per replica: R-FCN froze BatchNorm in "
+            "this setting (model freeze options)"
+        )
     return len(layers)

@@ -25,7 +25,7 @@ Shape shorthand: B per-replica batch; features follow docs/INTERFACES.md ("Batch
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import keras
 import tensorflow as tf
@@ -35,11 +35,15 @@ __all__ = ["TOTAL_LOSS", "build_train_step"]
 TOTAL_LOSS = "total_loss"
 
 
-def build_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                     strategy: tf.distribute.Strategy, *, variables: Sequence[keras.Variable],
-                     include: Sequence[str] = ("rpn", "rfcn"),
-                     prepare_features: Optional[Callable[[dict], dict]] = None,
-                     ) -> Callable[[object], dict]:
+def build_train_step(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    strategy: tf.distribute.Strategy,
+    *,
+    variables: Sequence[keras.Variable],
+    include: Sequence[str] = ("rpn", "rfcn"),
+    prepare_features: Callable[[dict], dict] | None = None,
+) -> Callable[[object], dict]:
     """Builds the ``tf.function`` that runs one synchronous step on every replica.
 
     Args:
@@ -75,7 +79,9 @@ def build_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
         with tf.GradientTape() as tape:
             losses = dict(model.compute_losses(features, training=True, include=include))
             if TOTAL_LOSS not in losses:
-                raise ValueError(f"compute_losses returned no '{TOTAL_LOSS}': keys {sorted(losses)}")
+                raise ValueError(
+                    f"compute_losses returned no '{TOTAL_LOSS}': keys {sorted(losses)}"
+                )
             total = tf.cast(losses[TOTAL_LOSS], tf.float32)
             replica_loss = total / num_replicas
             if scales_loss:
@@ -87,7 +93,9 @@ def build_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     @tf.function
     def step(iterator) -> Mapping[str, tf.Tensor]:
         per_replica = strategy.run(replica_step, args=(next(iterator),))
-        return {name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
-                for name, value in per_replica.items()}
+        return {
+            name: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+            for name, value in per_replica.items()
+        }
 
     return step

@@ -40,12 +40,7 @@ from rfcn_tf.engine.best_checkpoint import (
 from rfcn_tf.engine.callbacks import write_scalar
 from rfcn_tf.engine.loop import Hook, TrainLoop
 
-__all__ = [
-    "ValidationHook",
-    "check_distribution",
-    "dataset_evaluate_fn",
-    "use_best_weights",
-]
+__all__ = ["ValidationHook", "check_distribution", "dataset_evaluate_fn", "use_best_weights"]
 
 logger = logging.getLogger("rfcn_tf.train")
 
@@ -59,10 +54,16 @@ _SCALARS = {
 }
 
 
-def dataset_evaluate_fn(detect_fn: Callable, dataset_fn: Callable[[], Any], *,
-                        class_names, category_ids=None, num_images: int | None = None,
-                        max_images: int | None = None,
-                        score_threshold: float | None = None) -> Callable[[int], dict]:
+def dataset_evaluate_fn(
+    detect_fn: Callable,
+    dataset_fn: Callable[[], Any],
+    *,
+    class_names,
+    category_ids=None,
+    num_images: int | None = None,
+    max_images: int | None = None,
+    score_threshold: float | None = None,
+) -> Callable[[int], dict]:
     """``evaluate_fn(step) -> metrics`` over one pass of ``dataset_fn()`` (no files written).
 
     Args:
@@ -77,10 +78,18 @@ def dataset_evaluate_fn(detect_fn: Callable, dataset_fn: Callable[[], Any], *,
     dataset = dataset_fn()
 
     def evaluate(step: int) -> dict:
-        return evaluate_detector(detect_fn, dataset, class_names=class_names,
-                                 category_ids=category_ids, out_dir=None, max_images=max_images,
-                                 progress=False, score_threshold=score_threshold,
-                                 num_images=num_images, info={"step": int(step)})
+        return evaluate_detector(
+            detect_fn,
+            dataset,
+            class_names=class_names,
+            category_ids=category_ids,
+            out_dir=None,
+            max_images=max_images,
+            progress=False,
+            score_threshold=score_threshold,
+            num_images=num_images,
+            info={"step": int(step)},
+        )
 
     return evaluate
 
@@ -97,9 +106,16 @@ class ValidationHook(Hook):
       log: the logger.
     """
 
-    def __init__(self, evaluate_fn: Callable[[int], Mapping], *, every: int,
-                 best: BestCheckpoint, writer=None, ema=None,
-                 log: logging.Logger | None = None):
+    def __init__(
+        self,
+        evaluate_fn: Callable[[int], Mapping],
+        *,
+        every: int,
+        best: BestCheckpoint,
+        writer=None,
+        ema=None,
+        log: logging.Logger | None = None,
+    ):
         if every < 1:
             raise ValueError(f"validation interval must be >= 1 step, got {every}")
         self.evaluate_fn = evaluate_fn
@@ -117,11 +133,16 @@ class ValidationHook(Hook):
             loop.request_stop(self._stop_message())
 
     def _stop_message(self) -> str:
-        best = (f"best {self.best.best_value:.4f} at step {self.best.best_step}"
-                if self.best.best_value is not None else "no finite value yet")
-        return (f"early stop: {self.best.validations_without_improvement()} validations "
-                f"without improvement of {self.best.metric} ({best}; "
-                f"train.early_stop_patience={self.best.patience})")
+        best = (
+            f"best {self.best.best_value:.4f} at step {self.best.best_step}"
+            if self.best.best_value is not None
+            else "no finite value yet"
+        )
+        return (
+            f"early stop: {self.best.validations_without_improvement()} validations "
+            f"without improvement of {self.best.metric} ({best}; "
+            f"train.early_stop_patience={self.best.patience})"
+        )
 
     def validate(self, loop: TrainLoop, step: int) -> dict:
         started = time.perf_counter()
@@ -145,17 +166,30 @@ class ValidationHook(Hook):
                     if number is not None and math.isfinite(float(number)):
                         write_scalar(tag, float(number), step)
                 if self.best.best_value is not None:
-                    write_scalar(f"val/best_{self.best.metric.replace('/', '_')}",
-                                 self.best.best_value, step)
+                    write_scalar(
+                        f"val/best_{self.best.metric.replace('/', '_')}", self.best.best_value, step
+                    )
             self.writer.flush()
         coco, voc = metrics["coco"], metrics["voc2010"]
         self.log.info(
             "validation at step %d (%d images, %.1f s): COCO AP %.4f AP50 %.4f, VOC2010 mAP "
-            "%.4f; %s %.4f%s", step, metrics.get("num_images", 0), seconds, coco["AP"],
-            coco["AP50"], voc["mAP"], self.best.metric, value,
-            " (new best)" if improved else
-            (f" (best {self.best.best_value:.4f} at step {self.best.best_step})"
-             if self.best.best_value is not None else ""))
+            "%.4f; %s %.4f%s",
+            step,
+            metrics.get("num_images", 0),
+            seconds,
+            coco["AP"],
+            coco["AP50"],
+            voc["mAP"],
+            self.best.metric,
+            value,
+            " (new best)"
+            if improved
+            else (
+                f" (best {self.best.best_value:.4f} at step {self.best.best_step})"
+                if self.best.best_value is not None
+                else ""
+            ),
+        )
         if self.best.should_stop():
             loop.request_stop(self._stop_message())
             self.log.info("%s", loop.stop_reason)
@@ -166,8 +200,11 @@ class ValidationHook(Hook):
             self.validate(loop, step)
 
     def on_train_end(self, loop: TrainLoop, logs: Mapping[str, float]) -> None:
-        if loop.step > loop.start_step and self.last_validated != loop.step \
-                and loop.step == loop.end_step:
+        if (
+            loop.step > loop.start_step
+            and self.last_validated != loop.step
+            and loop.step == loop.end_step
+        ):
             self.validate(loop, loop.step)
 
 
@@ -190,8 +227,9 @@ def use_best_weights(model: keras.Model, work_dir: str, *, num_classes: int) -> 
 
 def check_distribution(strategy: tf.distribute.Strategy, *, early_stop_patience: int) -> None:
     """Refuses early stop under multi-worker training (the workers would not stop together)."""
-    if early_stop_patience and isinstance(strategy,
-                                          tf.distribute.MultiWorkerMirroredStrategy):
-        raise ValueError(f"train.early_stop_patience={early_stop_patience} is not supported with "
-                         f"the multi_worker strategy (validation runs on the chief only, the "
-                         f"other workers could not stop at the same step); set it to 0")
+    if early_stop_patience and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        raise ValueError(
+            f"train.early_stop_patience={early_stop_patience} is not supported with "
+            f"the multi_worker strategy (validation runs on the chief only, the "
+            f"other workers could not stop at the same step); set it to 0"
+        )

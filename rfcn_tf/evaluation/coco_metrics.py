@@ -46,8 +46,20 @@ from rfcn_tf.ops.boxes import yxyx_to_xywh
 __all__ = ["COCO_STAT_NAMES", "build_coco_groundtruth", "build_coco_results", "evaluate_coco"]
 
 # Order of COCOeval.stats for iouType="bbox" (cocoeval.py summarize()).
-COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
-                   "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+COCO_STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
 
 
 def _xywh(boxes_yxyx: np.ndarray) -> np.ndarray:
@@ -63,7 +75,8 @@ def _category_map(num_classes: int, category_ids: Sequence[int] | None) -> list[
     if len(ids) != num_classes:
         raise ValueError(
             f"category_ids has {len(ids)} entries but class_names has {num_classes}: "
-            f"one COCO category id per class is needed")
+            f"one COCO category id per class is needed"
+        )
     if len(set(ids)) != len(ids):
         raise ValueError(f"category_ids must be unique, got {ids}")
     return ids
@@ -91,7 +104,8 @@ def build_coco_groundtruth(
     seen: set[int] = set()
     for gt in groundtruths:
         image_id, where, boxes, classes, difficult, is_crowd = read_groundtruth(
-            gt, num_classes=num_classes, seen=seen, required_keys=("height", "width"))
+            gt, num_classes=num_classes, seen=seen, required_keys=("height", "width")
+        )
         images.append({"id": image_id, "height": int(gt["height"]), "width": int(gt["width"])})
         n = boxes.shape[0]
         flags = difficult | is_crowd
@@ -103,14 +117,16 @@ def build_coco_groundtruth(
         else:
             area = xywh[:, 2] * xywh[:, 3]
         for i in range(n):
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": cats[int(classes[i]) - 1],
-                "bbox": [float(v) for v in xywh[i]],
-                "area": float(area[i]),
-                "iscrowd": int(flags[i]),
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": cats[int(classes[i]) - 1],
+                    "bbox": [float(v) for v in xywh[i]],
+                    "area": float(area[i]),
+                    "iscrowd": int(flags[i]),
+                }
+            )
     coco = COCO()
     coco.dataset = {
         "images": images,
@@ -147,16 +163,19 @@ def build_coco_results(
     seen: set[int] = set()
     for det in detections:
         image_id, _, boxes, scores, classes = read_detections(
-            det, num_classes=num_classes, seen=seen, image_ids=image_ids)
+            det, num_classes=num_classes, seen=seen, image_ids=image_ids
+        )
         m = boxes.shape[0]
         xywh = _xywh(boxes)
         for i in range(m):
-            results.append({
-                "image_id": image_id,
-                "category_id": cats[int(classes[i]) - 1],
-                "bbox": [float(v) for v in xywh[i]],
-                "score": float(scores[i]),
-            })
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": cats[int(classes[i]) - 1],
+                    "bbox": [float(v) for v in xywh[i]],
+                    "score": float(scores[i]),
+                }
+            )
     return results
 
 
@@ -213,10 +232,15 @@ def evaluate_coco(
     num_classes = len(class_names)
     if num_classes < 1:
         raise ValueError("class_names must name at least one class, got an empty list")
-    coco_gt = build_coco_groundtruth(groundtruths, class_names=class_names,
-                                     category_ids=category_ids)
-    results = build_coco_results(detections, num_classes=num_classes, category_ids=category_ids,
-                                 image_ids=set(coco_gt.getImgIds()))
+    coco_gt = build_coco_groundtruth(
+        groundtruths, class_names=class_names, category_ids=category_ids
+    )
+    results = build_coco_results(
+        detections,
+        num_classes=num_classes,
+        category_ids=category_ids,
+        image_ids=set(coco_gt.getImgIds()),
+    )
     coco_dt = _results_coco(coco_gt, results)
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):

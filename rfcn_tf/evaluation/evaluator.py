@@ -52,8 +52,15 @@ __all__ = [
 DetectFn = Callable[[Any, Any], Mapping[str, Any]]
 
 _DETECTION_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
-_FEATURE_KEYS = ("images", "image_shapes", "original_shapes", "image_ids", "gt_boxes",
-                 "gt_classes", "gt_mask")
+_FEATURE_KEYS = (
+    "images",
+    "image_shapes",
+    "original_shapes",
+    "image_ids",
+    "gt_boxes",
+    "gt_classes",
+    "gt_mask",
+)
 
 
 def _numpy(x) -> np.ndarray:
@@ -126,15 +133,22 @@ def collect_detections(
     groundtruths: list[dict] = []
     detections: list[dict] = []
     detect_seconds = 0.0
-    bar = tqdm(total=total, unit="img", desc="evaluate", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        unit="img",
+        desc="evaluate",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     try:
         for features in dataset:
             missing = [k for k in _FEATURE_KEYS if k not in features]
             if missing:
                 raise ValueError(
                     f"dataset element lacks {missing}; batched features need {list(_FEATURE_KEYS)} "
-                    f"(got {sorted(features)})")
+                    f"(got {sorted(features)})"
+                )
             start = time.perf_counter()
             out = detect_fn(features["images"], features["image_shapes"])
             missing = [k for k in _DETECTION_KEYS if k not in out]
@@ -149,15 +163,22 @@ def collect_detections(
             gt_boxes = _numpy(features["gt_boxes"])
             gt_classes = _numpy(features["gt_classes"])
             gt_mask = _numpy(features["gt_mask"]).astype(bool)
-            gt_difficult = (_numpy(features["gt_difficult"]).astype(bool)
-                            if "gt_difficult" in features else np.zeros_like(gt_mask))
-            gt_crowd = (_numpy(features["gt_is_crowd"]).astype(bool)
-                        if "gt_is_crowd" in features else np.zeros_like(gt_mask))
+            gt_difficult = (
+                _numpy(features["gt_difficult"]).astype(bool)
+                if "gt_difficult" in features
+                else np.zeros_like(gt_mask)
+            )
+            gt_crowd = (
+                _numpy(features["gt_is_crowd"]).astype(bool)
+                if "gt_is_crowd" in features
+                else np.zeros_like(gt_mask)
+            )
             batch = image_ids.shape[0]
             if out["detection_boxes"].shape[0] != batch:
                 raise ValueError(
                     f"detect_fn returned {out['detection_boxes'].shape[0]} images of detections "
-                    f"for a batch of {batch}")
+                    f"for a batch of {batch}"
+                )
             for b in range(batch):
                 if image_ids[b] < 0:
                     continue
@@ -165,25 +186,34 @@ def collect_detections(
                     break
                 shape, orig = image_shapes[b], original_shapes[b]
                 mask = gt_mask[b]
-                groundtruths.append({
-                    "image_id": int(image_ids[b]),
-                    "boxes": to_original_pixels(gt_boxes[b][mask], shape, orig),
-                    "classes": gt_classes[b][mask].astype(np.int64),
-                    "difficult": gt_difficult[b][mask],
-                    "is_crowd": gt_crowd[b][mask],
-                    "height": int(orig[0]),
-                    "width": int(orig[1]),
-                })
+                groundtruths.append(
+                    {
+                        "image_id": int(image_ids[b]),
+                        "boxes": to_original_pixels(gt_boxes[b][mask], shape, orig),
+                        "classes": gt_classes[b][mask].astype(np.int64),
+                        "difficult": gt_difficult[b][mask],
+                        "is_crowd": gt_crowd[b][mask],
+                        "height": int(orig[0]),
+                        "width": int(orig[1]),
+                    }
+                )
                 n = int(out["num_detections"][b])
                 scores = out["detection_scores"][b, :n].astype(np.float64)
-                keep = (np.ones(n, bool) if score_threshold is None
-                        else scores >= float(score_threshold))
-                detections.append({
-                    "image_id": int(image_ids[b]),
-                    "boxes": to_original_pixels(out["detection_boxes"][b, :n][keep], shape, orig),
-                    "scores": scores[keep],
-                    "classes": out["detection_classes"][b, :n][keep].astype(np.int64),
-                })
+                keep = (
+                    np.ones(n, bool)
+                    if score_threshold is None
+                    else scores >= float(score_threshold)
+                )
+                detections.append(
+                    {
+                        "image_id": int(image_ids[b]),
+                        "boxes": to_original_pixels(
+                            out["detection_boxes"][b, :n][keep], shape, orig
+                        ),
+                        "scores": scores[keep],
+                        "classes": out["detection_classes"][b, :n][keep].astype(np.int64),
+                    }
+                )
                 bar.update(1)
             if max_images is not None and len(groundtruths) >= max_images:
                 break
@@ -223,12 +253,23 @@ def compute_metrics(
     """
     class_names = [str(n) for n in class_names]
     num_classes = len(class_names)
-    coco = evaluate_coco(groundtruths, detections, class_names=class_names,
-                         category_ids=category_ids)
-    voc07 = evaluate_voc(groundtruths, detections, num_classes=num_classes, use_07_metric=True,
-                         class_names=class_names)
-    voc10 = evaluate_voc(groundtruths, detections, num_classes=num_classes, use_07_metric=False,
-                         class_names=class_names)
+    coco = evaluate_coco(
+        groundtruths, detections, class_names=class_names, category_ids=category_ids
+    )
+    voc07 = evaluate_voc(
+        groundtruths,
+        detections,
+        num_classes=num_classes,
+        use_07_metric=True,
+        class_names=class_names,
+    )
+    voc10 = evaluate_voc(
+        groundtruths,
+        detections,
+        num_classes=num_classes,
+        use_07_metric=False,
+        class_names=class_names,
+    )
     per_class = {
         name: {
             "num_groundtruths": voc10["num_groundtruths"][name],
@@ -307,12 +348,18 @@ def metrics_markdown(metrics: Mapping) -> str:
     lines += ["", "## Overall", "", "| metric | value | definition |", "|---|---:|---|"]
     for label, group, key, definition in _OVERALL_ROWS:
         lines.append(f"| {label} | {_fmt(metrics[group][key])} | {definition} |")
-    lines += ["", "## Per class", "",
-              "| class | GT (non-difficult) | detections | AP | AP50 | AP VOC07 | AP VOC2010 |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Per class",
+        "",
+        "| class | GT (non-difficult) | detections | AP | AP50 | AP VOC07 | AP VOC2010 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, row in metrics["per_class"].items():
-        cells = [_fmt(row[k]) for k in ("num_groundtruths", "num_detections", "AP", "AP50",
-                                        "AP_voc07", "AP_voc2010")]
+        cells = [
+            _fmt(row[k])
+            for k in ("num_groundtruths", "num_detections", "AP", "AP50", "AP_voc07", "AP_voc2010")
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("n/a: no ground truth for the class (excluded from the means).")
@@ -323,8 +370,15 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "class"
 
 
-def _plot_pr(path: str, name: str, recall: np.ndarray, precision: np.ndarray,
-             ap07: float, ap10: float, num_gt: int) -> None:
+def _plot_pr(
+    path: str,
+    name: str,
+    recall: np.ndarray,
+    precision: np.ndarray,
+    ap07: float,
+    ap10: float,
+    num_gt: int,
+) -> None:
     # The object-oriented API with an Agg canvas: no pyplot, no global backend switch.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -335,8 +389,14 @@ def _plot_pr(path: str, name: str, recall: np.ndarray, precision: np.ndarray,
     if num_gt > 0 and recall.size:
         envelope = np.maximum.accumulate(precision[::-1])[::-1]
         ax.plot(recall, precision, color="0.6", linewidth=1, label="precision")
-        ax.step(np.concatenate([[0.0], recall]), np.concatenate([[envelope[0]], envelope]),
-                where="pre", color="C0", linewidth=1.5, label="interpolated")
+        ax.step(
+            np.concatenate([[0.0], recall]),
+            np.concatenate([[envelope[0]], envelope]),
+            where="pre",
+            color="C0",
+            linewidth=1.5,
+            label="interpolated",
+        )
         ax.legend(loc="lower left", fontsize=8)
     elif num_gt == 0:
         ax.text(0.5, 0.5, "no ground truth", ha="center", va="center")
@@ -347,8 +407,9 @@ def _plot_pr(path: str, name: str, recall: np.ndarray, precision: np.ndarray,
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.grid(True, alpha=0.3)
-    ax.set_title(f"{name} (IoU 0.5, {num_gt} GT)\nAP VOC2010 {_fmt(ap10)}, VOC07 {_fmt(ap07)}",
-                 fontsize=9)
+    ax.set_title(
+        f"{name} (IoU 0.5, {num_gt} GT)\nAP VOC2010 {_fmt(ap10)}, VOC07 {_fmt(ap07)}", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, format="png")
 
@@ -388,19 +449,27 @@ def write_outputs(
     os.makedirs(paths["pr_curves_dir"], exist_ok=True)
     for index, (name, (recall, precision)) in enumerate(pr_curves.items(), start=1):
         row = metrics["per_class"][name]
-        _plot_pr(os.path.join(paths["pr_curves_dir"], f"{index:02d}_{_safe_name(name)}.png"),
-                 name, np.asarray(recall), np.asarray(precision), row["AP_voc07"],
-                 row["AP_voc2010"], int(row["num_groundtruths"]))
+        _plot_pr(
+            os.path.join(paths["pr_curves_dir"], f"{index:02d}_{_safe_name(name)}.png"),
+            name,
+            np.asarray(recall),
+            np.asarray(precision),
+            row["AP_voc07"],
+            row["AP_voc2010"],
+            int(row["num_groundtruths"]),
+        )
     return paths
 
 
 def format_summary(metrics: Mapping) -> str:
     """One line: images, COCO AP / AP50 / AP75, VOC07 and VOC2010 mAP, speed if known."""
     coco = metrics["coco"]
-    text = (f"{metrics['num_images']} images, {metrics['num_detections']} detections: "
-            f"AP {_fmt(coco['AP'])} | AP50 {_fmt(coco['AP50'])} | AP75 {_fmt(coco['AP75'])} | "
-            f"mAP VOC07 {_fmt(metrics['voc07']['mAP'])} | "
-            f"VOC2010 {_fmt(metrics['voc2010']['mAP'])}")
+    text = (
+        f"{metrics['num_images']} images, {metrics['num_detections']} detections: "
+        f"AP {_fmt(coco['AP'])} | AP50 {_fmt(coco['AP50'])} | AP75 {_fmt(coco['AP75'])} | "
+        f"mAP VOC07 {_fmt(metrics['voc07']['mAP'])} | "
+        f"VOC2010 {_fmt(metrics['voc2010']['mAP'])}"
+    )
     timing = metrics.get("timing")
     if timing and timing.get("images_per_second") and math.isfinite(timing["images_per_second"]):
         text += f" | {timing['images_per_second']:.2f} img/s"
@@ -444,24 +513,31 @@ def evaluate_detector(
         ValueError: an empty dataset (no image evaluated), or malformed features/detections.
     """
     groundtruths, detections, timing = collect_detections(
-        detect_fn, dataset, max_images=max_images, score_threshold=score_threshold,
-        progress=progress, num_images=num_images)
+        detect_fn,
+        dataset,
+        max_images=max_images,
+        score_threshold=score_threshold,
+        progress=progress,
+        num_images=num_images,
+    )
     if not groundtruths:
         raise ValueError("the evaluation dataset yielded no images: nothing to evaluate")
-    metrics, curves = compute_metrics(groundtruths, detections, class_names=class_names,
-                                      category_ids=category_ids)
+    metrics, curves = compute_metrics(
+        groundtruths, detections, class_names=class_names, category_ids=category_ids
+    )
     metrics["timing"] = timing
     if info:
         metrics["info"] = dict(info)
     if out_dir is not None:
-        results = build_coco_results(detections, num_classes=len(class_names),
-                                     category_ids=category_ids)
+        results = build_coco_results(
+            detections, num_classes=len(class_names), category_ids=category_ids
+        )
         write_outputs(out_dir, metrics, pr_curves=curves, coco_results=results)
     return metrics
 
 
 def dataset_description(cfg, split: str) -> str:
-    """"the dataset (<source>, split '<split>')" for messages."""
+    """ "the dataset (<source>, split '<split>')" for messages."""
     source = cfg.data.source
     if source == "tfds":
         source = f"tfds '{cfg.data.tfds_name}'"
@@ -502,11 +578,18 @@ def evaluate_split(
         raise ValueError(
             f"the model has {len(class_names)} classes ({', '.join(list(class_names)[:5])}"
             f"{'...' if len(class_names) > 5 else ''}) but {dataset_description(cfg, split)} "
-            f"has {len(names)} ({', '.join(names[:5])}{'...' if len(names) > 5 else ''})")
-    dataset = build_dataset(cfg.data, split=split, training=False,
-                            batch_size=cfg.eval.batch_size)
+            f"has {len(names)} ({', '.join(names[:5])}{'...' if len(names) > 5 else ''})"
+        )
+    dataset = build_dataset(cfg.data, split=split, training=False, batch_size=cfg.eval.batch_size)
     return evaluate_detector(
-        detect_fn, dataset, class_names=names, category_ids=source_info.category_ids,
-        out_dir=out_dir, max_images=max_images, progress=progress,
-        score_threshold=cfg.eval.score_threshold, num_images=source_info.num_examples,
-        info=info)
+        detect_fn,
+        dataset,
+        class_names=names,
+        category_ids=source_info.category_ids,
+        out_dir=out_dir,
+        max_images=max_images,
+        progress=progress,
+        score_threshold=cfg.eval.score_threshold,
+        num_images=source_info.num_examples,
+        info=info,
+    )

@@ -24,8 +24,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["GroundTruthImage", "DetectionImage", "as_array", "check_classes",
-           "read_groundtruth", "read_detections"]
+__all__ = [
+    "DetectionImage",
+    "GroundTruthImage",
+    "as_array",
+    "check_classes",
+    "read_detections",
+    "read_groundtruth",
+]
 
 
 class GroundTruthImage(NamedTuple):
@@ -74,8 +80,10 @@ def as_array(d: Mapping, key: str, shape_tail: tuple, dtype, where: str) -> np.n
         return np.zeros((0,) + shape_tail, dtype)
     a = a.astype(dtype)
     if a.ndim != 1 + len(shape_tail) or a.shape[1:] != shape_tail:
-        raise ValueError(f"{where}['{key}'] must be [n{''.join(f', {s}' for s in shape_tail)}], "
-                         f"got shape {a.shape}")
+        raise ValueError(
+            f"{where}['{key}'] must be [n{''.join(f', {s}' for s in shape_tail)}], "
+            f"got shape {a.shape}"
+        )
     return a
 
 
@@ -85,7 +93,8 @@ def check_classes(classes: np.ndarray, num_classes: int, where: str) -> None:
     if bad.size:
         raise ValueError(
             f"{where} has class id {classes[bad[0]]} at row {bad[0]}; ids must be 1..{num_classes} "
-            f"(0 is background and never a ground-truth or detection class)")
+            f"(0 is background and never a ground-truth or detection class)"
+        )
 
 
 def _check_lengths(where: str, n: int, arrays: tuple[tuple[str, np.ndarray], ...]) -> None:
@@ -102,11 +111,7 @@ def _flags(gt: Mapping, key: str, n: int) -> np.ndarray:
 
 
 def read_groundtruth(
-    gt: Mapping,
-    *,
-    num_classes: int,
-    seen: set[int],
-    required_keys: tuple[str, ...] = (),
+    gt: Mapping, *, num_classes: int, seen: set[int], required_keys: tuple[str, ...] = ()
 ) -> GroundTruthImage:
     """Validates one ground-truth dict and records its image id in `seen`.
 
@@ -139,18 +144,15 @@ def read_groundtruth(
     n = boxes.shape[0]
     difficult = _flags(gt, "difficult", n)
     is_crowd = _flags(gt, "is_crowd", n)
-    _check_lengths(where, n, (("classes", classes), ("difficult", difficult),
-                              ("is_crowd", is_crowd)))
+    _check_lengths(
+        where, n, (("classes", classes), ("difficult", difficult), ("is_crowd", is_crowd))
+    )
     check_classes(classes, num_classes, where)
     return GroundTruthImage(image_id, where, boxes, classes, difficult, is_crowd)
 
 
 def read_detections(
-    det: Mapping,
-    *,
-    num_classes: int,
-    seen: set[int],
-    image_ids: Container[int] | None = None,
+    det: Mapping, *, num_classes: int, seen: set[int], image_ids: Container[int] | None = None
 ) -> DetectionImage:
     """Validates one detections dict and records its image id in `seen`.
 
@@ -174,7 +176,8 @@ def read_detections(
     if image_ids is not None and image_id not in image_ids:
         raise ValueError(
             f"{where}: image id {image_id} has detections but no ground-truth entry; every "
-            f"evaluated image needs one (with empty arrays when it has no objects)")
+            f"evaluated image needs one (with empty arrays when it has no objects)"
+        )
     if image_id in seen:
         raise ValueError(f"detections image_id {image_id} appears more than once")
     seen.add(image_id)

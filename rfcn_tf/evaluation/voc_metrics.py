@@ -50,7 +50,7 @@ import numpy as np
 
 from rfcn_tf.evaluation.inputs import read_detections, read_groundtruth
 
-__all__ = ["voc_ap", "box_iou_yxyx", "evaluate_voc"]
+__all__ = ["box_iou_yxyx", "evaluate_voc", "voc_ap"]
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray, *, use_07_metric: bool) -> float:
@@ -71,7 +71,8 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, *, use_07_metric: bool) ->
     if recall.shape != precision.shape:
         raise ValueError(
             f"recall and precision must have the same length, got {recall.shape} and "
-            f"{precision.shape}")
+            f"{precision.shape}"
+        )
     if use_07_metric:
         total = 0.0
         for i in range(11):
@@ -101,10 +102,16 @@ def box_iou_yxyx(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
     b2 = np.asarray(boxes2, dtype=np.float64).reshape(-1, 4)
     area1 = np.clip(b1[:, 2] - b1[:, 0], 0, None) * np.clip(b1[:, 3] - b1[:, 1], 0, None)
     area2 = np.clip(b2[:, 2] - b2[:, 0], 0, None) * np.clip(b2[:, 3] - b2[:, 1], 0, None)
-    ih = np.clip(np.minimum(b1[:, None, 2], b2[None, :, 2])
-                 - np.maximum(b1[:, None, 0], b2[None, :, 0]), 0, None)
-    iw = np.clip(np.minimum(b1[:, None, 3], b2[None, :, 3])
-                 - np.maximum(b1[:, None, 1], b2[None, :, 1]), 0, None)
+    ih = np.clip(
+        np.minimum(b1[:, None, 2], b2[None, :, 2]) - np.maximum(b1[:, None, 0], b2[None, :, 0]),
+        0,
+        None,
+    )
+    iw = np.clip(
+        np.minimum(b1[:, None, 3], b2[None, :, 3]) - np.maximum(b1[:, None, 1], b2[None, :, 1]),
+        0,
+        None,
+    )
     inter = ih * iw
     union = area1[:, None] + area2[None, :] - inter
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -188,7 +195,8 @@ def evaluate_voc(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(
-            f"class_names has {len(class_names)} names but num_classes is {num_classes}")
+            f"class_names has {len(class_names)} names but num_classes is {num_classes}"
+        )
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     keys = list(class_names) if class_names is not None else list(range(1, num_classes + 1))
@@ -205,15 +213,19 @@ def evaluate_voc(
 
     # detections: per class, per image ranked match -> (scores, tp, fp) with global order index
     per_class: list[list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = [
-        [] for _ in range(num_classes + 1)]
+        [] for _ in range(num_classes + 1)
+    ]
     order_base = 0
     seen_det_images: set[int] = set()
     for det in detections:
         image_id, where, boxes, scores, classes = read_detections(
-            det, num_classes=num_classes, seen=seen_det_images, image_ids=gt_by_image)
+            det, num_classes=num_classes, seen=seen_det_images, image_ids=gt_by_image
+        )
         m = boxes.shape[0]
         if not np.all(np.isfinite(scores)):
-            raise ValueError(f"{where}['scores'] has non-finite values: {scores[~np.isfinite(scores)]}")
+            raise ValueError(
+                f"{where}['scores'] has non-finite values: {scores[~np.isfinite(scores)]}"
+            )
         gt_boxes, gt_classes, gt_ignore = gt_by_image[image_id]
         input_order = order_base + np.arange(m)
         order_base += m

@@ -63,12 +63,14 @@ def _unreadable(prefix: str, exc: BaseException) -> CheckpointError:
 
     broken = broken_checkpoint_file(prefix) or f"{prefix}.index / {prefix}.data-*"
     detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
-    return CheckpointError(f"cannot read checkpoint {prefix}: file {broken} is truncated or "
-                           f"corrupt ({detail})")
+    return CheckpointError(
+        f"cannot read checkpoint {prefix}: file {broken} is truncated or corrupt ({detail})"
+    )
 
 
-def check_checkpoint_classes(prefix: str, *, num_classes: int, ps_k: int,
-                             dataset_desc: str) -> None:
+def check_checkpoint_classes(
+    prefix: str, *, num_classes: int, ps_k: int, dataset_desc: str
+) -> None:
     """Raises CheckpointError when the checkpoint's classification maps fit another class count.
 
     Compares the last dimension of the head's class score-map kernel (k^2 (C' + 1) channels,
@@ -102,7 +104,8 @@ def check_checkpoint_classes(prefix: str, *, num_classes: int, ps_k: int,
         raise CheckpointError(
             f"checkpoint {prefix} was trained for {recorded} classes but {dataset_desc} has "
             f"{num_classes}: use the config of the dataset it was trained on (--config / "
-            f"--set data.*)")
+            f"--set data.*)"
+        )
     if channels is not None and channels != expected:
         if channels % (ps_k * ps_k) == 0:
             theirs = f"{channels // (ps_k * ps_k) - 1} classes"
@@ -111,11 +114,13 @@ def check_checkpoint_classes(prefix: str, *, num_classes: int, ps_k: int,
         raise CheckpointError(
             f"checkpoint {prefix} does not fit {dataset_desc}: its classification score maps "
             f"have {channels} channels ({theirs} + background at k={ps_k}) but "
-            f"{num_classes} classes need {expected} = {ps_k}x{ps_k}x({num_classes}+1)")
+            f"{num_classes} classes need {expected} = {ps_k}x{ps_k}x({num_classes}+1)"
+        )
 
 
-def load_checkpoint_model(cfg, checkpoint: str, *, num_classes: int, dataset_desc: str,
-                          which: str = "best"):
+def load_checkpoint_model(
+    cfg, checkpoint: str, *, num_classes: int, dataset_desc: str, which: str = "best"
+):
     """Builds the detector from `cfg.model` and restores a training checkpoint into it.
 
     Args:
@@ -135,12 +140,12 @@ def load_checkpoint_model(cfg, checkpoint: str, *, num_classes: int, dataset_des
     """
 
     prefix = find_checkpoint(checkpoint, which=which)
-    check_checkpoint_classes(prefix, num_classes=num_classes, ps_k=cfg.model.head.k,
-                             dataset_desc=dataset_desc)
+    check_checkpoint_classes(
+        prefix, num_classes=num_classes, ps_k=cfg.model.head.k, dataset_desc=dataset_desc
+    )
     model = build_detector(cfg.model, num_classes=num_classes)
     try:
-        ckpt_lib.restore_model_weights(model, prefix, num_classes=num_classes,
-                                       what="--checkpoint")
+        ckpt_lib.restore_model_weights(model, prefix, num_classes=num_classes, what="--checkpoint")
     except ckpt_lib.CheckpointError as exc:
         ckpt_lib.silence_restore_warnings()
         if "cannot read checkpoint" in str(exc):
@@ -167,13 +172,20 @@ class CheckpointBackend:
 
     kind = "checkpoint"
 
-    def __init__(self, cfg, checkpoint: str, *, class_names: Sequence[str],
-                 names_from: str = "the class names", which: str = "best"):
+    def __init__(
+        self,
+        cfg,
+        checkpoint: str,
+        *,
+        class_names: Sequence[str],
+        names_from: str = "the class names",
+        which: str = "best",
+    ):
 
         self.class_names = list(class_names)
         self.model, self.prefix = load_checkpoint_model(
-            cfg, checkpoint, num_classes=len(self.class_names), dataset_desc=names_from,
-            which=which)
+            cfg, checkpoint, num_classes=len(self.class_names), dataset_desc=names_from, which=which
+        )
         self.path = self.prefix
         self.min_size = int(evaluation_scale(cfg.data.scales))
         self.max_size = int(cfg.data.max_size)
@@ -188,16 +200,25 @@ class CheckpointBackend:
         alone (and through the SavedModel, which takes one image per call).
         """
 
-        prepared = [preprocess(image, min_size=self.min_size, max_size=self.max_size,
-                               size_multiple=self.size_multiple) for image in images]
+        prepared = [
+            preprocess(
+                image,
+                min_size=self.min_size,
+                max_size=self.max_size,
+                size_multiple=self.size_multiple,
+            )
+            for image in images
+        ]
         groups: dict[tuple, list[int]] = {}
         for i, (padded, _) in enumerate(prepared):
             groups.setdefault(tuple(padded.shape.as_list()), []).append(i)
         results: list[dict[str, np.ndarray]] = [{} for _ in images]
         for members in groups.values():
-            batch, shapes = pad_batch([prepared[i][0] for i in members],
-                                      size_multiple=self.size_multiple,
-                                      image_shapes=[prepared[i][1] for i in members])
+            batch, shapes = pad_batch(
+                [prepared[i][0] for i in members],
+                size_multiple=self.size_multiple,
+                image_shapes=[prepared[i][1] for i in members],
+            )
             out = dict(self.model.detect(batch, shapes))
             original = [np.asarray(images[i]).shape[:2] for i in members]
             out["detection_boxes"] = boxes_to_original(out["detection_boxes"], shapes, original)
@@ -211,8 +232,10 @@ def _split(out) -> list[dict[str, np.ndarray]]:
     scores = np.asarray(out["detection_scores"], np.float32)
     classes = np.rint(np.asarray(out["detection_classes"])).astype(np.int64)
     num = np.rint(np.asarray(out["num_detections"])).astype(np.int64).reshape(-1)
-    return [{"boxes": boxes[i, :n], "scores": scores[i, :n], "classes": classes[i, :n]}
-            for i, n in enumerate(num)]
+    return [
+        {"boxes": boxes[i, :n], "scores": scores[i, :n], "classes": classes[i, :n]}
+        for i, n in enumerate(num)
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,7 +248,8 @@ def is_saved_model_path(path: str) -> bool:
         return True
     return os.path.isdir(path) and any(
         d.isdigit() and os.path.isfile(os.path.join(path, d, "saved_model.pb"))
-        for d in os.listdir(path))
+        for d in os.listdir(path)
+    )
 
 
 def resolve_saved_model(path: str) -> str:
@@ -237,12 +261,17 @@ def resolve_saved_model(path: str) -> str:
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
     if os.path.isdir(path):
-        versions = [d for d in os.listdir(path) if d.isdigit()
-                    and os.path.isfile(os.path.join(path, d, "saved_model.pb"))]
+        versions = [
+            d
+            for d in os.listdir(path)
+            if d.isdigit() and os.path.isfile(os.path.join(path, d, "saved_model.pb"))
+        ]
         if versions:
             return os.path.join(path, max(versions, key=int))
-    raise InputError(f"--saved-model {path}: no SavedModel there (expected saved_model.pb in "
-                     f"it, or in a numeric version folder such as {os.path.join(path, '1')})")
+    raise InputError(
+        f"--saved-model {path}: no SavedModel there (expected saved_model.pb in "
+        f"it, or in a numeric version folder such as {os.path.join(path, '1')})"
+    )
 
 
 class SavedModelBackend:
@@ -267,14 +296,17 @@ class SavedModelBackend:
             detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
             raise ExportError(f"cannot load SavedModel {self.path}: {detail}") from None
         if "serving_default" not in loaded.signatures:
-            raise ExportError(f"SavedModel {self.path} has no 'serving_default' signature "
-                              f"(signatures: {sorted(loaded.signatures)})")
+            raise ExportError(
+                f"SavedModel {self.path} has no 'serving_default' signature "
+                f"(signatures: {sorted(loaded.signatures)})"
+            )
         self._loaded = loaded  # keeps the variables alive
         self._serve = loaded.signatures["serving_default"]
         labels = os.path.join(self.path, "assets", LABELS_FILENAME)
         if not os.path.isfile(labels):
-            raise ExportError(f"SavedModel {self.path} has no assets/{LABELS_FILENAME} "
-                              "(class names)")
+            raise ExportError(
+                f"SavedModel {self.path} has no assets/{LABELS_FILENAME} (class names)"
+            )
         with open(labels, encoding="utf-8") as f:
             self.class_names = [line.rstrip("\n") for line in f if line.strip()]
 
@@ -319,7 +351,11 @@ class SavedModelBackend:
                 scores[i, :n] = det["scores"][:n]
                 classes[i, :n] = det["classes"][:n]
                 num[i] = n
-            return {"detection_boxes": boxes, "detection_scores": scores,
-                    "detection_classes": classes, "num_detections": num}
+            return {
+                "detection_boxes": boxes,
+                "detection_scores": scores,
+                "detection_classes": classes,
+                "num_detections": num,
+            }
 
         return detect

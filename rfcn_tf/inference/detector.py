@@ -26,8 +26,15 @@ from rfcn_tf.inference.backends import CheckpointBackend, SavedModelBackend, is_
 from rfcn_tf.run_dir import class_names_for, resolve_config
 from rfcn_tf.visualization import draw_boxes
 
-__all__ = ["BOX_FORMATS", "Detections", "Detector", "convert_boxes", "load", "load_checkpoint",
-           "load_saved_model"]
+__all__ = [
+    "BOX_FORMATS",
+    "Detections",
+    "Detector",
+    "convert_boxes",
+    "load",
+    "load_checkpoint",
+    "load_saved_model",
+]
 
 BOX_FORMATS = ("xyxy", "yxyx", "xywh")
 DEFAULT_SCORE_THRESHOLD = 0.5
@@ -84,17 +91,30 @@ class Detections:
         order = np.argsort(self.scores, kind="stable")  # best drawn last, on top
         # draw_boxes takes yxyx and classes 1..K of its own name list
         local = np.array([names.index(n) + 1 for n in self.class_names], np.int64)
-        return draw_boxes(array, self.boxes_as("yxyx")[order], classes=local[order],
-                          class_names=names, scores=self.scores[order])
+        return draw_boxes(
+            array,
+            self.boxes_as("yxyx")[order],
+            classes=local[order],
+            class_names=names,
+            scores=self.scores[order],
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: {"image_size", "box_format", "detections": [{"box", "score",
         "class_id", "class_name"}]}."""
-        return {"image_size": list(self.image_size), "box_format": self.box_format,
-                "detections": [{"box": [float(v) for v in self.boxes[i]],
-                                "score": float(self.scores[i]),
-                                "class_id": int(self.class_ids[i]),
-                                "class_name": self.class_names[i]} for i in range(len(self))]}
+        return {
+            "image_size": list(self.image_size),
+            "box_format": self.box_format,
+            "detections": [
+                {
+                    "box": [float(v) for v in self.boxes[i]],
+                    "score": float(self.scores[i]),
+                    "class_id": int(self.class_ids[i]),
+                    "class_name": self.class_names[i],
+                }
+                for i in range(len(self))
+            ],
+        }
 
 
 def _to_yxyx(boxes: np.ndarray, box_format: str) -> np.ndarray:
@@ -128,8 +148,14 @@ class Detector:
         version folder loaded. score_threshold: the default of `predict`.
     """
 
-    def __init__(self, backend, *, class_names: Sequence[str],
-                 score_threshold: float = DEFAULT_SCORE_THRESHOLD, info: dict | None = None):
+    def __init__(
+        self,
+        backend,
+        *,
+        class_names: Sequence[str],
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        info: dict | None = None,
+    ):
         self._backend = backend
         self.class_names = list(class_names)
         self.backend = backend.kind
@@ -138,11 +164,19 @@ class Detector:
         self.info = dict(info or {})
 
     def __repr__(self) -> str:
-        return (f"Detector({self.backend} {self.path}, {len(self.class_names)} classes, "
-                f"score_threshold={self.score_threshold:g})")
+        return (
+            f"Detector({self.backend} {self.path}, {len(self.class_names)} classes, "
+            f"score_threshold={self.score_threshold:g})"
+        )
 
-    def predict(self, images: Any, *, batch_size: int = 8, score_threshold: float | None = None,
-                box_format: str = "xyxy"):
+    def predict(
+        self,
+        images: Any,
+        *,
+        batch_size: int = 8,
+        score_threshold: float | None = None,
+        box_format: str = "xyxy",
+    ):
         """Detects objects.
 
         Args:
@@ -172,7 +206,7 @@ class Detector:
         items = [images] if single else list(images)
         results = []
         for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
+            chunk = items[start : start + batch_size]
             arrays = [read_image(item) for item in chunk]
             for item, array, det in zip(chunk, arrays, self._backend.detect(arrays)):
                 results.append(self._detections(item, array, det, threshold, box_format))
@@ -184,28 +218,44 @@ class Detector:
         classes = det["classes"][keep]
         bad = classes[(classes < 1) | (classes > len(self.class_names))]
         if bad.size:
-            raise InputError(f"the model returned class id {int(bad[0])} outside 1.."
-                             f"{len(self.class_names)} (class names: {self.class_names})")
+            raise InputError(
+                f"the model returned class id {int(bad[0])} outside 1.."
+                f"{len(self.class_names)} (class names: {self.class_names})"
+            )
         return Detections(
             boxes=convert_boxes(det["boxes"][keep], box_format),
-            scores=det["scores"][keep].astype(np.float32), class_ids=classes,
-            class_names=[self.class_names[int(c) - 1] for c in classes], box_format=box_format,
-            image_size=(int(array.shape[0]), int(array.shape[1])), source=_describe(item))
+            scores=det["scores"][keep].astype(np.float32),
+            class_ids=classes,
+            class_names=[self.class_names[int(c) - 1] for c in classes],
+            box_format=box_format,
+            image_size=(int(array.shape[0]), int(array.shape[1])),
+            source=_describe(item),
+        )
 
 
-def load_saved_model(path: str | os.PathLike, *,
-                     score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> Detector:
+def load_saved_model(
+    path: str | os.PathLike, *, score_threshold: float = DEFAULT_SCORE_THRESHOLD
+) -> Detector:
     """A Detector over an exported SavedModel (version folder or model base)."""
 
     backend = SavedModelBackend(os.fspath(path))
-    return Detector(backend, class_names=backend.class_names, score_threshold=score_threshold,
-                    info={"saved_model": backend.path})
+    return Detector(
+        backend,
+        class_names=backend.class_names,
+        score_threshold=score_threshold,
+        info={"saved_model": backend.path},
+    )
 
 
-def load_checkpoint(path: str | os.PathLike, *, config: str | None = None,
-                    overrides: Sequence[str] = (), cfg=None,
-                    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-                    which: str = "best") -> Detector:
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    config: str | None = None,
+    overrides: Sequence[str] = (),
+    cfg=None,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    which: str = "best",
+) -> Detector:
     """A Detector over a training checkpoint (run folder, checkpoint folder or prefix); the
     model is built from `cfg`, else `config` + `overrides`, else the run's config.yaml."""
 
@@ -214,14 +264,25 @@ def load_checkpoint(path: str | os.PathLike, *, config: str | None = None,
     if cfg is None:
         cfg, config_source = resolve_config(config, overrides, checkpoint=path)
     class_names, names_from = class_names_for(cfg, path)
-    backend = CheckpointBackend(cfg, path, class_names=class_names, names_from=names_from,
-                                which=which)
-    return Detector(backend, class_names=class_names, score_threshold=score_threshold,
-                    info={"checkpoint": backend.prefix, "config": config_source})
+    backend = CheckpointBackend(
+        cfg, path, class_names=class_names, names_from=names_from, which=which
+    )
+    return Detector(
+        backend,
+        class_names=class_names,
+        score_threshold=score_threshold,
+        info={"checkpoint": backend.prefix, "config": config_source},
+    )
 
 
-def load(path: str | os.PathLike, *, config: str | None = None, overrides: Sequence[str] = (),
-         score_threshold: float = DEFAULT_SCORE_THRESHOLD, which: str = "best") -> Detector:
+def load(
+    path: str | os.PathLike,
+    *,
+    config: str | None = None,
+    overrides: Sequence[str] = (),
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    which: str = "best",
+) -> Detector:
     """Loads a trained detector.
 
     Args:
@@ -244,5 +305,6 @@ def load(path: str | os.PathLike, *, config: str | None = None, overrides: Seque
         raise InputError(f"rfcn_tf.load({path!r}): no such file or folder")
     if is_saved_model_path(path):
         return load_saved_model(path, score_threshold=score_threshold)
-    return load_checkpoint(path, config=config, overrides=overrides,
-                           score_threshold=score_threshold, which=which)
+    return load_checkpoint(
+        path, config=config, overrides=overrides, score_threshold=score_threshold, which=which
+    )

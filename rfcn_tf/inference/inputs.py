@@ -33,18 +33,24 @@ def expand_inputs(inputs) -> tuple[list[str], list[dict]]:
     failed: list[dict] = []
     for item in inputs:
         if os.path.isdir(item):
-            found = sorted(os.path.join(item, name) for name in os.listdir(item)
-                           if name.lower().endswith(IMAGE_EXTENSIONS)
-                           and not os.path.isdir(os.path.join(item, name)))
+            found = sorted(
+                os.path.join(item, name)
+                for name in os.listdir(item)
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+                and not os.path.isdir(os.path.join(item, name))
+            )
             if not found:
-                failed.append({"file": item, "error": "folder holds no image file "
-                               f"({', '.join(IMAGE_EXTENSIONS)})"})
+                failed.append(
+                    {
+                        "file": item,
+                        "error": f"folder holds no image file ({', '.join(IMAGE_EXTENSIONS)})",
+                    }
+                )
             paths.extend(found)
         elif os.path.isfile(item):
             paths.append(item)
         elif os.path.islink(item):
-            failed.append({"file": item, "error": "dangling symbolic link to "
-                           f"{os.readlink(item)}"})
+            failed.append({"file": item, "error": f"dangling symbolic link to {os.readlink(item)}"})
         elif set("*?[") & set(item):
             found = sorted(p for p in glob.glob(item, recursive=True) if not os.path.isdir(p))
             if not found:

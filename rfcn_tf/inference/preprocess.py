@@ -101,8 +101,10 @@ def pad_batch(images, *, size_multiple: int = 16, image_shapes=None):
     target = tf.reduce_max(own, axis=0)
     multiple = int(size_multiple)
     target = (target + multiple - 1) // multiple * multiple
-    padded = [tf.pad(im, [[0, target[0] - tf.shape(im)[0]], [0, target[1] - tf.shape(im)[1]],
-                          [0, 0]]) for im in images]
+    padded = [
+        tf.pad(im, [[0, target[0] - tf.shape(im)[0]], [0, target[1] - tf.shape(im)[1]], [0, 0]])
+        for im in images
+    ]
     batch = tf.ensure_shape(tf.stack(padded), [len(images), None, None, None])
     if image_shapes is None:
         image_shapes = own
@@ -127,8 +129,11 @@ def boxes_to_original(boxes, resized_hw, original_hw):
     original = tf.cast(original_hw, tf.float32)
     scale = tf.concat([original / resized, original / resized], axis=-1)
     limit = tf.concat([original, original], axis=-1)
-    if boxes.shape.rank is not None and scale.shape.rank is not None \
-            and boxes.shape.rank == scale.shape.rank + 1:
+    if (
+        boxes.shape.rank is not None
+        and scale.shape.rank is not None
+        and boxes.shape.rank == scale.shape.rank + 1
+    ):
         scale = tf.expand_dims(scale, -2)
         limit = tf.expand_dims(limit, -2)
     return tf.clip_by_value(boxes * scale, 0.0, limit)
@@ -168,12 +173,14 @@ def detect_images(
     for image in images:
         image = tf.convert_to_tensor(image)
         originals.append(tf.shape(image)[:2])
-        padded, hw = preprocess(image, min_size=min_size, max_size=max_size,
-                                size_multiple=size_multiple)
+        padded, hw = preprocess(
+            image, min_size=min_size, max_size=max_size, size_multiple=size_multiple
+        )
         resized.append(padded)
         resized_hws.append(hw)
-    batch, image_shapes = pad_batch(resized, size_multiple=size_multiple,
-                                    image_shapes=tf.stack(resized_hws))
+    batch, image_shapes = pad_batch(
+        resized, size_multiple=size_multiple, image_shapes=tf.stack(resized_hws)
+    )
     out = detect_fn(batch, image_shapes)
     original_hw = tf.ones_like(image_shapes) if normalized else tf.stack(originals)
     return {

@@ -92,8 +92,7 @@ class AnchorGenerator:
 
     def get_config(self):
         """The constructor's keyword arguments."""
-        return {"stride": self.stride, "scales": self.scales,
-                "aspect_ratios": self.aspect_ratios}
+        return {"stride": self.stride, "scales": self.scales, "aspect_ratios": self.aspect_ratios}
 
     @classmethod
     def from_config(cls, config):

@@ -152,10 +152,12 @@ def _conv3x3(filters, *, dilation, name, deformable, **kwargs):
     """The blocks' 3x3 conv (`{block}_2_conv`): a Conv2D, or with `deformable` (a dict of
     DeformableConv2D's `modulated` and `impl`) a DeformableConv2D of the same name and kernel."""
     if deformable:
-        return DeformableConv2D(filters, 3, padding="same", dilation_rate=dilation, name=name,
-                                **deformable, **kwargs)
-    return keras.layers.Conv2D(filters, 3, padding="same", dilation_rate=dilation, name=name,
-                               **kwargs)
+        return DeformableConv2D(
+            filters, 3, padding="same", dilation_rate=dilation, name=name, **deformable, **kwargs
+        )
+    return keras.layers.Conv2D(
+        filters, 3, padding="same", dilation_rate=dilation, name=name, **kwargs
+    )
 
 
 def _deformable_args(block, blocks, count, modulated, impl):
@@ -164,8 +166,9 @@ def _deformable_args(block, blocks, count, modulated, impl):
     return dict(modulated=modulated, impl=impl) if block > blocks - count else None
 
 
-def _resnet_block(x, filters, *, stride, dilation, conv_shortcut, name, trainable_bn,
-                  deformable=None):
+def _resnet_block(
+    x, filters, *, stride, dilation, conv_shortcut, name, trainable_bn, deformable=None
+):
     """keras.applications' `residual_block_v1` (bottleneck, stride on the 1x1 conv), with an
     optional dilation of the 3x3 conv (deformable with `deformable`, see `_conv3x3`). Layer
     names match keras.applications."""
@@ -241,8 +244,10 @@ class ResNetBackbone(keras.Model):
         if not 0 <= int(freeze_stages) <= 5:
             raise ValueError(f"freeze_stages must be in [0, 5], got {freeze_stages!r}")
         if not 0 <= int(deformable_blocks) <= RESNET_BLOCKS[depth][3]:
-            raise ValueError(f"deformable_blocks must be in [0, {RESNET_BLOCKS[depth][3]}] (conv5 "
-                             f"blocks), got {deformable_blocks!r}")
+            raise ValueError(
+                f"deformable_blocks must be in [0, {RESNET_BLOCKS[depth][3]}] (conv5 "
+                f"blocks), got {deformable_blocks!r}"
+            )
         kwargs.setdefault("name", f"resnet{depth}_backbone")
         trainable_bn = not freeze_batchnorm
 
@@ -275,9 +280,14 @@ class ResNetBackbone(keras.Model):
                     conv_shortcut=block == 1,
                     name=f"conv{stage}_block{block}",
                     trainable_bn=trainable_bn,
-                    deformable=stage == 5 and _deformable_args(
-                        block, blocks, int(deformable_blocks), bool(deformable_modulated),
-                        deformable_impl),
+                    deformable=stage == 5
+                    and _deformable_args(
+                        block,
+                        blocks,
+                        int(deformable_blocks),
+                        bool(deformable_modulated),
+                        deformable_impl,
+                    ),
                 )
             outputs[stage] = x
         super().__init__(inputs=images, outputs=[outputs[4], outputs[5]], **kwargs)
@@ -339,19 +349,35 @@ def _basic_block(x, filters, *, stride, dilation, norm, name, deformable=None):
     init = "he_normal"
     if stride != 1 or x.shape[-1] != filters:
         shortcut = _strided_1x1_conv(
-            x, filters, stride=stride, use_bias=False, kernel_initializer=init, name=f"{name}_0_conv"
+            x,
+            filters,
+            stride=stride,
+            use_bias=False,
+            kernel_initializer=init,
+            name=f"{name}_0_conv",
         )
         shortcut = _norm_layer(norm, f"{name}_0_norm")(shortcut)
     else:
         shortcut = x
     x = keras.layers.Conv2D(
-        filters, 3, strides=stride, padding="same", use_bias=False, kernel_initializer=init,
+        filters,
+        3,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=init,
         name=f"{name}_1_conv",
     )(x)
     x = _norm_layer(norm, f"{name}_1_norm")(x)
     x = keras.layers.Activation("relu", name=f"{name}_1_relu")(x)
-    x = _conv3x3(filters, dilation=dilation, name=f"{name}_2_conv", deformable=deformable,
-                 use_bias=False, kernel_initializer=init)(x)
+    x = _conv3x3(
+        filters,
+        dilation=dilation,
+        name=f"{name}_2_conv",
+        deformable=deformable,
+        use_bias=False,
+        kernel_initializer=init,
+    )(x)
     x = _norm_layer(norm, f"{name}_2_norm")(x)
     x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
     return keras.layers.Activation("relu", name=f"{name}_out")(x)
@@ -410,16 +436,23 @@ class SmallBackbone(keras.Model):
         if norm == "group" and any(v % 8 for v in widths):
             raise ValueError(f"norm='group' (8 groups) needs widths divisible by 8, got {widths!r}")
         if not 0 <= int(deformable_blocks) <= blocks[3]:
-            raise ValueError(f"deformable_blocks must be in [0, {blocks[3]}] (stage-5 blocks), "
-                             f"got {deformable_blocks!r}")
+            raise ValueError(
+                f"deformable_blocks must be in [0, {blocks[3]}] (stage-5 blocks), "
+                f"got {deformable_blocks!r}"
+            )
         _norm_layer(norm, "probe")  # validates `norm` before building anything
         kwargs.setdefault("name", "small_backbone")
 
         images = keras.Input(shape=(None, None, 3), dtype="uint8", name="images")
         x = ImagePreprocessing(mode=preprocessing, name="preprocessing")(images)
         x = keras.layers.Conv2D(
-            widths[0], 7, strides=2, padding="same", use_bias=False,
-            kernel_initializer="he_normal", name="stem_conv",
+            widths[0],
+            7,
+            strides=2,
+            padding="same",
+            use_bias=False,
+            kernel_initializer="he_normal",
+            name="stem_conv",
         )(x)
         x = _norm_layer(norm, "stem_norm")(x)
         x = keras.layers.Activation("relu", name="stem_relu")(x)
@@ -436,9 +469,14 @@ class SmallBackbone(keras.Model):
                     dilation=dilation,
                     norm=norm,
                     name=f"stage{stage}_block{block}",
-                    deformable=stage == 5 and _deformable_args(
-                        block, count, int(deformable_blocks), bool(deformable_modulated),
-                        deformable_impl),
+                    deformable=stage == 5
+                    and _deformable_args(
+                        block,
+                        count,
+                        int(deformable_blocks),
+                        bool(deformable_modulated),
+                        deformable_impl,
+                    ),
                 )
             outputs[stage] = x
         super().__init__(inputs=images, outputs=[outputs[4], outputs[5]], **kwargs)
@@ -496,19 +534,24 @@ def build_backbone(
     Returns:
         A `ResNetBackbone` or `SmallBackbone`.
     """
-    deformable = dict(deformable_blocks=deformable_blocks,
-                      deformable_modulated=deformable_modulated, deformable_impl=deformable_impl)
+    deformable = dict(
+        deformable_blocks=deformable_blocks,
+        deformable_modulated=deformable_modulated,
+        deformable_impl=deformable_impl,
+    )
     if name in ("resnet50", "resnet101"):
-        backbone = ResNetBackbone(depth=int(name[len("resnet"):]), freeze_stages=freeze_stages,
-                                  **deformable)
+        backbone = ResNetBackbone(
+            depth=int(name[len("resnet") :]), freeze_stages=freeze_stages, **deformable
+        )
     elif name == "small":
         if weights == "imagenet":
             raise ValueError(
                 "backbone 'small' is trained from scratch: it has no ImageNet weights "
                 "(set model.backbone.weights to null or to a local weights file)"
             )
-        backbone = SmallBackbone(widths=small_widths, blocks=small_blocks, norm=small_norm,
-                                 **deformable)
+        backbone = SmallBackbone(
+            widths=small_widths, blocks=small_blocks, norm=small_norm, **deformable
+        )
     else:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {name!r}")
     if weights is not None:
@@ -540,7 +583,9 @@ def _reference_for_weights(backbone, weights):
     """A Keras model holding the source weights (keras.applications layout)."""
     if weights == "imagenet":
         if not isinstance(backbone, ResNetBackbone):
-            raise ValueError(f"ImageNet weights exist only for ResNet backbones, not {backbone.name!r}")
+            raise ValueError(
+                f"ImageNet weights exist only for ResNet backbones, not {backbone.name!r}"
+            )
         try:
             return _keras_resnet(backbone.depth, weights="imagenet")
         except Exception as error:  # get_file raises a bare Exception on network errors
@@ -608,9 +653,12 @@ def load_pretrained_weights(backbone, weights):
         if not layer.weights:
             continue
         src = source.get(layer.name)
-        plain_into_deformable = (isinstance(layer, DeformableConv2D) and src is not None
-                                 and not isinstance(src, DeformableConv2D))
-        targets = layer.weights[:len(src.weights)] if plain_into_deformable else layer.weights
+        plain_into_deformable = (
+            isinstance(layer, DeformableConv2D)
+            and src is not None
+            and not isinstance(src, DeformableConv2D)
+        )
+        targets = layer.weights[: len(src.weights)] if plain_into_deformable else layer.weights
         if src is None or len(src.weights) != len(targets):
             missing.append(layer.name)
             continue

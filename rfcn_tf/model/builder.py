@@ -40,7 +40,8 @@ def build_detector(model_cfg, *, num_classes):
             raise ConfigError(
                 f"model.anchors.{field} is {getattr(model_cfg.anchors, field)!r}: it is resolved "
                 "from the training split when training starts; build the model from the run "
-                "folder's config.yaml (which holds the fitted numbers) or give numbers")
+                "folder's config.yaml (which holds the fitted numbers) or give numbers"
+            )
     b = model_cfg.backbone
     backbone = build_backbone(
         b.name,
@@ -54,8 +55,10 @@ def build_detector(model_cfg, *, num_classes):
         deformable_impl=model_cfg.head.psroi_impl,  # exports force "tf": stock ops only
     )
     if backbone.feature_stride != b.feature_stride:
-        raise ValueError(f"model.backbone.feature_stride={b.feature_stride!r} differs from the "
-                         f"{b.name} backbone's stride {backbone.feature_stride!r}")
+        raise ValueError(
+            f"model.backbone.feature_stride={b.feature_stride!r} differs from the "
+            f"{b.name} backbone's stride {backbone.feature_stride!r}"
+        )
     return RFCN(
         backbone=backbone,
         num_classes=int(num_classes),

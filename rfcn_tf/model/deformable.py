@@ -67,8 +67,16 @@ class DeformablePSRoIPooling(keras.layers.Layer):
         ``[R, k, k, n]`` float32 pooled scores.
     """
 
-    def __init__(self, output_size=7, spatial_scale=1.0 / 16, sampling_ratio=2, trans_std=0.1,
-                 offset_groups=1, impl="auto", **kwargs):
+    def __init__(
+        self,
+        output_size=7,
+        spatial_scale=1.0 / 16,
+        sampling_ratio=2,
+        trans_std=0.1,
+        offset_groups=1,
+        impl="auto",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.output_size = int(output_size)
         self.spatial_scale = float(spatial_scale)
@@ -79,13 +87,19 @@ class DeformablePSRoIPooling(keras.layers.Layer):
         if self.output_size < 1 or self.sampling_ratio < 1 or self.offset_groups < 1:
             raise ValueError(
                 f"output_size, sampling_ratio and offset_groups must be >= 1, got "
-                f"{output_size!r}, {sampling_ratio!r}, {offset_groups!r}")
+                f"{output_size!r}, {sampling_ratio!r}, {offset_groups!r}"
+            )
 
     def build(self, score_maps_shape, offset_features_shape=None, rois_shape=None):
         k = self.output_size
         self.offset_conv = keras.layers.Conv2D(
-            k * k * 2 * self.offset_groups, 1, kernel_initializer="zeros",
-            bias_initializer="zeros", name="offset_conv", dtype=self.dtype_policy)
+            k * k * 2 * self.offset_groups,
+            1,
+            kernel_initializer="zeros",
+            bias_initializer="zeros",
+            name="offset_conv",
+            dtype=self.dtype_policy,
+        )
         self.offset_conv.build(offset_features_shape)
         self.built = True
 
@@ -93,27 +107,43 @@ class DeformablePSRoIPooling(keras.layers.Layer):
         k = self.output_size
         rois = tf.cast(rois, tf.float32)
         offset_maps = tf.cast(self.offset_conv(offset_features), tf.float32)
-        offsets = ps_roi_pool(offset_maps, rois, output_size=k, spatial_scale=self.spatial_scale,
-                              mode="bilinear", sampling_ratio=self.sampling_ratio,
-                              impl=self.impl)  # [R, k, k, 2G]
+        offsets = ps_roi_pool(
+            offset_maps,
+            rois,
+            output_size=k,
+            spatial_scale=self.spatial_scale,
+            mode="bilinear",
+            sampling_ratio=self.sampling_ratio,
+            impl=self.impl,
+        )  # [R, k, k, 2G]
         if self.offset_groups > 1:
             offsets = tf.reshape(offsets, [-1, k, k, self.offset_groups, 2])
-        return deform_ps_roi_pool(tf.cast(score_maps, tf.float32), rois, offsets,
-                                  output_size=k, spatial_scale=self.spatial_scale,
-                                  sampling_ratio=self.sampling_ratio, trans_std=self.trans_std,
-                                  impl=self.impl)
+        return deform_ps_roi_pool(
+            tf.cast(score_maps, tf.float32),
+            rois,
+            offsets,
+            output_size=k,
+            spatial_scale=self.spatial_scale,
+            sampling_ratio=self.sampling_ratio,
+            trans_std=self.trans_std,
+            impl=self.impl,
+        )
 
-    def compute_output_shape(self, score_maps_shape, offset_features_shape=None,
-                             rois_shape=None):
+    def compute_output_shape(self, score_maps_shape, offset_features_shape=None, rois_shape=None):
         k = self.output_size
         depth = None if score_maps_shape[-1] is None else score_maps_shape[-1] // (k * k)
         return (None if rois_shape is None else rois_shape[0], k, k, depth)
 
     def get_config(self):
         config = super().get_config()
-        config.update(output_size=self.output_size, spatial_scale=self.spatial_scale,
-                      sampling_ratio=self.sampling_ratio, trans_std=self.trans_std,
-                      offset_groups=self.offset_groups, impl=self.impl)
+        config.update(
+            output_size=self.output_size,
+            spatial_scale=self.spatial_scale,
+            sampling_ratio=self.sampling_ratio,
+            trans_std=self.trans_std,
+            offset_groups=self.offset_groups,
+            impl=self.impl,
+        )
         return config
 
 
@@ -133,17 +163,29 @@ class DeformableConv2D(keras.layers.Layer):
     ``Conv2D`` it replaces (copy them with :meth:`set_conv_weights`), then the offset conv's.
     """
 
-    def __init__(self, filters, kernel_size=3, strides=1, padding="same", dilation_rate=1,
-                 use_bias=True, modulated=False, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", impl="auto", **kwargs):
+    def __init__(
+        self,
+        filters,
+        kernel_size=3,
+        strides=1,
+        padding="same",
+        dilation_rate=1,
+        use_bias=True,
+        modulated=False,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        impl="auto",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.filters = int(filters)
         if isinstance(kernel_size, int):
             kernel_size = (kernel_size, kernel_size)
         self.kernel_size = tuple(int(v) for v in kernel_size)
         self.padding = str(padding).lower()
-        strides_, dilations_, _, _ = normalize_conv_args(strides, dilation_rate,
-                                                         self.padding.upper())
+        strides_, dilations_, _, _ = normalize_conv_args(
+            strides, dilation_rate, self.padding.upper()
+        )
         self.strides, self.dilation_rate = strides_, dilations_
         self.use_bias = bool(use_bias)
         self.modulated = bool(modulated)
@@ -151,22 +193,33 @@ class DeformableConv2D(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.impl = _check_impl(impl)
         if self.filters < 1 or len(self.kernel_size) != 2 or min(self.kernel_size) < 1:
-            raise ValueError(f"filters and kernel_size must be >= 1, got {filters!r}, "
-                             f"{kernel_size!r}")
+            raise ValueError(
+                f"filters and kernel_size must be >= 1, got {filters!r}, {kernel_size!r}"
+            )
 
     def build(self, input_shape):
         kh, kw = self.kernel_size
         cin = int(input_shape[-1])
-        self.kernel = self.add_weight(name="kernel", shape=(kh, kw, cin, self.filters),
-                                      initializer=self.kernel_initializer)
-        self.bias = (self.add_weight(name="bias", shape=(self.filters,),
-                                     initializer=self.bias_initializer)
-                     if self.use_bias else None)
+        self.kernel = self.add_weight(
+            name="kernel", shape=(kh, kw, cin, self.filters), initializer=self.kernel_initializer
+        )
+        self.bias = (
+            self.add_weight(name="bias", shape=(self.filters,), initializer=self.bias_initializer)
+            if self.use_bias
+            else None
+        )
         taps = kh * kw
         self.offset_conv = keras.layers.Conv2D(
-            taps * (3 if self.modulated else 2), self.kernel_size, strides=self.strides,
-            padding=self.padding, dilation_rate=self.dilation_rate, kernel_initializer="zeros",
-            bias_initializer="zeros", name="offset_conv", dtype=self.dtype_policy)
+            taps * (3 if self.modulated else 2),
+            self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            kernel_initializer="zeros",
+            bias_initializer="zeros",
+            name="offset_conv",
+            dtype=self.dtype_policy,
+        )
         self.offset_conv.build(input_shape)
         self.built = True
 
@@ -181,12 +234,18 @@ class DeformableConv2D(keras.layers.Layer):
     def call(self, inputs):
         taps = self.kernel_size[0] * self.kernel_size[1]
         raw = tf.cast(self.offset_conv(inputs), tf.float32)
-        offsets = raw[..., :2 * taps]
-        mask = 2.0 * tf.sigmoid(raw[..., 2 * taps:]) if self.modulated else None
-        out = deform_conv2d(tf.cast(inputs, tf.float32), offsets,
-                            tf.cast(self.kernel, tf.float32), mask=mask, strides=self.strides,
-                            dilations=self.dilation_rate, padding=self.padding.upper(),
-                            impl=self.impl)
+        offsets = raw[..., : 2 * taps]
+        mask = 2.0 * tf.sigmoid(raw[..., 2 * taps :]) if self.modulated else None
+        out = deform_conv2d(
+            tf.cast(inputs, tf.float32),
+            offsets,
+            tf.cast(self.kernel, tf.float32),
+            mask=mask,
+            strides=self.strides,
+            dilations=self.dilation_rate,
+            padding=self.padding.upper(),
+            impl=self.impl,
+        )
         if self.bias is not None:
             out = out + tf.cast(self.bias, tf.float32)
         return tf.cast(out, self.compute_dtype)
@@ -198,20 +257,26 @@ class DeformableConv2D(keras.layers.Layer):
             if self.padding == "same":
                 return -(-n // s)
             return (n - (k - 1) * d - 1) // s + 1
-        return (input_shape[0],
-                size(input_shape[1], self.kernel_size[0], self.strides[0],
-                     self.dilation_rate[0]),
-                size(input_shape[2], self.kernel_size[1], self.strides[1],
-                     self.dilation_rate[1]),
-                self.filters)
+
+        return (
+            input_shape[0],
+            size(input_shape[1], self.kernel_size[0], self.strides[0], self.dilation_rate[0]),
+            size(input_shape[2], self.kernel_size[1], self.strides[1], self.dilation_rate[1]),
+            self.filters,
+        )
 
     def get_config(self):
         config = super().get_config()
-        config.update(filters=self.filters, kernel_size=self.kernel_size,
-                      strides=self.strides, padding=self.padding,
-                      dilation_rate=self.dilation_rate, use_bias=self.use_bias,
-                      modulated=self.modulated,
-                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-                      bias_initializer=keras.initializers.serialize(self.bias_initializer),
-                      impl=self.impl)
+        config.update(
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            use_bias=self.use_bias,
+            modulated=self.modulated,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+            impl=self.impl,
+        )
         return config

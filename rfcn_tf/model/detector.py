@@ -48,8 +48,13 @@ from rfcn_tf.model.sections import ROI_SAMPLINGS
 
 __all__ = ["LOSS_GROUPS", "LOSS_NAMES", "RFCN", "ROI_SAMPLINGS"]
 
-LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss", "rfcn_class_loss", "rfcn_box_loss",
-              "total_loss")
+LOSS_NAMES = (
+    "rpn_objectness_loss",
+    "rpn_box_loss",
+    "rfcn_class_loss",
+    "rfcn_box_loss",
+    "total_loss",
+)
 LOSS_GROUPS = ("rpn", "rfcn")
 
 _IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
@@ -87,8 +92,19 @@ class RFCN(keras.Model):
         >>> detections = model.detect(images_uint8, image_shapes_int32)
     """
 
-    def __init__(self, *, backbone, num_classes, anchors=None, rpn=None, roi=None, head=None,
-                 postprocess=None, seed=None, **kwargs):
+    def __init__(
+        self,
+        *,
+        backbone,
+        num_classes,
+        anchors=None,
+        rpn=None,
+        roi=None,
+        head=None,
+        postprocess=None,
+        seed=None,
+        **kwargs,
+    ):
         kwargs.setdefault("name", "rfcn")
         super().__init__(**kwargs)
         self.backbone = backbone
@@ -100,11 +116,16 @@ class RFCN(keras.Model):
         # so their run folders still restore; the alternating scheme also finds them here.
         self.rpn_head = self.rpn.head
         self.roi_sampler = RoISampler(roi)
-        self.rfcn_head = RFCNHead(num_classes=self.num_classes, config=head,
-                                  feature_stride=stride, name="rfcn_head",
-                                  dtype=self.dtype_policy)
-        self.postprocessor = PostProcessor(postprocess,
-                                           box_weights=self.rfcn_head.config.box_weights)
+        self.rfcn_head = RFCNHead(
+            num_classes=self.num_classes,
+            config=head,
+            feature_stride=stride,
+            name="rfcn_head",
+            dtype=self.dtype_policy,
+        )
+        self.postprocessor = PostProcessor(
+            postprocess, box_weights=self.rfcn_head.config.box_weights
+        )
         self.build()
 
     @property
@@ -123,8 +144,7 @@ class RFCN(keras.Model):
     def call(self, inputs, training=False):
         image_shapes = tf.cast(inputs["image_shapes"], tf.int32)
         rpn_features, head_features = self.backbone(inputs["images"], training=training)
-        rpn = self.rpn(rpn_features, image_shapes,
-                       proposal_counts="train" if training else "test")
+        rpn = self.rpn(rpn_features, image_shapes, proposal_counts="train" if training else "test")
         proposals, num_proposals = rpn["proposals"], rpn["num_proposals"]
         class_logits, box_deltas = self.rfcn_head(head_features, proposals)
         return {
@@ -159,10 +179,16 @@ class RFCN(keras.Model):
         if proposal_counts is None:
             proposal_counts = "train" if training else "test"
         rpn_features, _ = self.backbone(features["images"], training=training)
-        rpn = self.rpn(rpn_features, tf.cast(features["image_shapes"], tf.int32),
-                       proposal_counts=proposal_counts)
-        return {"proposals": rpn["proposals"], "scores": rpn["proposal_scores"],
-                "num_proposals": rpn["num_proposals"]}
+        rpn = self.rpn(
+            rpn_features,
+            tf.cast(features["image_shapes"], tf.int32),
+            proposal_counts=proposal_counts,
+        )
+        return {
+            "proposals": rpn["proposals"],
+            "scores": rpn["proposal_scores"],
+            "num_proposals": rpn["num_proposals"],
+        }
 
     @tf.function(input_signature=[_IMAGES_SPEC, _SHAPES_SPEC])
     def detect(self, images, image_shapes):
@@ -183,8 +209,9 @@ class RFCN(keras.Model):
     def detect_raw(self, images, image_shapes):
         """`detect` without its tf.function (to embed in another graph, e.g. an export)."""
         out = self({"images": images, "image_shapes": image_shapes}, training=False)
-        return self.postprocessor(out["rois"], out["class_probs"], out["box_deltas"],
-                                  image_shapes, out["roi_valid"])
+        return self.postprocessor(
+            out["rois"], out["class_probs"], out["box_deltas"], image_shapes, out["roi_valid"]
+        )
 
     # ------------------------------------------------------------------ training
     def compute_losses(self, features, *, training=True, include=LOSS_GROUPS, seed=None):
@@ -212,8 +239,9 @@ class RFCN(keras.Model):
         """
         include = tuple(include)
         if not include or any(name not in LOSS_GROUPS for name in include):
-            raise ValueError(f"include must be a non-empty subset of {LOSS_GROUPS}, got "
-                             f"{include!r}")
+            raise ValueError(
+                f"include must be a non-empty subset of {LOSS_GROUPS}, got {include!r}"
+            )
         seed = self.seed if seed is None else seed
         image_shapes = tf.cast(features["image_shapes"], tf.int32)
         gt_boxes = tf.cast(features["gt_boxes"], tf.float32)
@@ -223,12 +251,14 @@ class RFCN(keras.Model):
         counts = "train" if training else "test"
 
         rpn_features, head_features = self.backbone(features["images"], training=training)
-        rpn = self.rpn(rpn_features, image_shapes,
-                       proposal_counts=None if given or "rfcn" not in include else counts)
+        rpn = self.rpn(
+            rpn_features,
+            image_shapes,
+            proposal_counts=None if given or "rfcn" not in include else counts,
+        )
         losses = dict.fromkeys(LOSS_NAMES[:-1], tf.constant(0.0, tf.float32))
         if "rpn" in include:
-            losses.update(self.rpn.compute_losses(rpn, gt_boxes, gt_mask, image_shapes,
-                                                  seed=seed))
+            losses.update(self.rpn.compute_losses(rpn, gt_boxes, gt_mask, image_shapes, seed=seed))
         if "rfcn" in include:
             if given:  # constants of the step: a fixed RPN's proposals
                 proposals = tf.stop_gradient(tf.cast(features["proposals"], tf.float32))
@@ -236,8 +266,13 @@ class RFCN(keras.Model):
             else:
                 proposals, num_proposals = rpn["proposals"], rpn["num_proposals"]
             targets = self.roi_sampler.targets(
-                proposals, num_proposals, gt_boxes, gt_classes, gt_mask,
-                box_weights=self.rfcn_head.config.box_weights)
+                proposals,
+                num_proposals,
+                gt_boxes,
+                gt_classes,
+                gt_mask,
+                box_weights=self.rfcn_head.config.box_weights,
+            )
             class_logits, box_deltas = self.rfcn_head(head_features, targets["rois"])
             class_loss, box_loss = rfcn_per_roi_losses(class_logits, box_deltas, targets)
             selected = self.roi_sampler.select(class_loss + box_loss, targets, seed=seed)
@@ -245,8 +280,9 @@ class RFCN(keras.Model):
 
         rpn_total = losses["rpn_objectness_loss"] + losses["rpn_box_loss"]
         rfcn_total = losses["rfcn_class_loss"] + losses["rfcn_box_loss"]
-        losses["total_loss"] = (self.rpn.config.loss_weight * rpn_total
-                                + self.rfcn_head.config.loss_weight * rfcn_total)
+        losses["total_loss"] = (
+            self.rpn.config.loss_weight * rpn_total + self.rfcn_head.config.loss_weight * rfcn_total
+        )
         return {name: losses[name] for name in LOSS_NAMES}
 
     # ------------------------------------------------------------------ Keras fit()

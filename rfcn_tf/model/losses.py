@@ -83,10 +83,11 @@ def rpn_losses(objectness_logits, box_deltas, labels, box_targets, *, beta=1.0 /
     sampled = labels >= 0
     positive = labels == 1
     norm = _normalizer(sampled)
-    ce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(positive, tf.float32),
-                                                 logits=logits)
+    ce = tf.nn.sigmoid_cross_entropy_with_logits(
+        labels=tf.cast(positive, tf.float32), logits=logits
+    )
     obj_loss = tf.reduce_sum(tf.where(sampled, ce, 0.0)) / norm
-    box = tf.reduce_sum(smooth_l1(deltas - targets, beta), axis=-1)       # [B, N]
+    box = tf.reduce_sum(smooth_l1(deltas - targets, beta), axis=-1)  # [B, N]
     box_loss = tf.reduce_sum(tf.where(positive, box, 0.0)) / norm
     return {"rpn_objectness_loss": obj_loss, "rpn_box_loss": box_loss}
 
@@ -118,8 +119,9 @@ def rfcn_per_roi_losses(class_logits, box_deltas, targets, *, beta=1.0, box_loss
         deltas = deltas[:, :, 0, :]
     else:  # class-specific: the target class's deltas (background rows: any, masked below)
         deltas = tf.gather(deltas, tf.maximum(classes - 1, 0), axis=2, batch_dims=2)
-    box = tf.reduce_sum(smooth_l1(deltas - tf.cast(targets["box_targets"], tf.float32), beta),
-                        axis=-1)
+    box = tf.reduce_sum(
+        smooth_l1(deltas - tf.cast(targets["box_targets"], tf.float32), beta), axis=-1
+    )
     box = float(box_loss_weight) * tf.where(foreground, box, 0.0)
     return cls, box
 
@@ -130,13 +132,25 @@ def selected_mean(class_loss, box_loss, selected):
     norm = _normalizer(selected)
     # tf.where (not a multiplication by a 0/1 mask) so non-selected RoIs get exactly zero
     # gradient even if their loss were inf.
-    return {"rfcn_class_loss": tf.reduce_sum(tf.where(selected, class_loss, 0.0)) / norm,
-            "rfcn_box_loss": tf.reduce_sum(tf.where(selected, box_loss, 0.0)) / norm}
+    return {
+        "rfcn_class_loss": tf.reduce_sum(tf.where(selected, class_loss, 0.0)) / norm,
+        "rfcn_box_loss": tf.reduce_sum(tf.where(selected, box_loss, 0.0)) / norm,
+    }
 
 
-def rfcn_losses(class_logits, box_deltas, targets, *, sampling="ohem", batch_size_per_image=128,
-                foreground_fraction=0.25, ohem_nms_iou=None, box_loss_weight=1.0, beta=1.0,
-                seed=None):
+def rfcn_losses(
+    class_logits,
+    box_deltas,
+    targets,
+    *,
+    sampling="ohem",
+    batch_size_per_image=128,
+    foreground_fraction=0.25,
+    ohem_nms_iou=None,
+    box_loss_weight=1.0,
+    beta=1.0,
+    seed=None,
+):
     """R-FCN head losses (R-FCN sec. 2, "Training", eq. 1), with OHEM or balanced sampling.
 
     L(s, t) = L_cls(s_c*) + lambda [c* > 0] L_reg(t, t*), lambda = box_loss_weight.
@@ -170,9 +184,15 @@ def rfcn_losses(class_logits, box_deltas, targets, *, sampling="ohem", batch_siz
     """
     if sampling not in ("ohem", "balanced"):
         raise ValueError(f"sampling must be 'ohem' or 'balanced', got {sampling!r}")
-    sampler = RoISampler({"sampling": sampling, "batch_size_per_image": batch_size_per_image,
-                          "foreground_fraction": foreground_fraction,
-                          "ohem_nms_iou": ohem_nms_iou})
-    cls, box = rfcn_per_roi_losses(class_logits, box_deltas, targets, beta=beta,
-                                   box_loss_weight=box_loss_weight)
+    sampler = RoISampler(
+        {
+            "sampling": sampling,
+            "batch_size_per_image": batch_size_per_image,
+            "foreground_fraction": foreground_fraction,
+            "ohem_nms_iou": ohem_nms_iou,
+        }
+    )
+    cls, box = rfcn_per_roi_losses(
+        class_logits, box_deltas, targets, beta=beta, box_loss_weight=box_loss_weight
+    )
     return selected_mean(cls, box, sampler.select(cls + box, targets, seed=seed))

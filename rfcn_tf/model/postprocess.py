@@ -40,10 +40,17 @@ class PostProcessor:
     def __call__(self, rois, class_probs, box_deltas, image_shapes, roi_valid):
         cfg = self.config
         return postprocess_detections(
-            rois, class_probs, box_deltas, image_shapes, roi_valid,
-            box_weights=self.box_weights, score_threshold=cfg.score_threshold,
-            nms_iou=cfg.nms_iou, max_detections=cfg.max_detections,
-            max_detections_per_class=cfg.max_detections)
+            rois,
+            class_probs,
+            box_deltas,
+            image_shapes,
+            roi_valid,
+            box_weights=self.box_weights,
+            score_threshold=cfg.score_threshold,
+            nms_iou=cfg.nms_iou,
+            max_detections=cfg.max_detections,
+            max_detections_per_class=cfg.max_detections,
+        )
 
 
 def decode_roi_boxes(rois, box_deltas, image_shapes, box_weights):
@@ -53,15 +60,25 @@ def decode_roi_boxes(rois, box_deltas, image_shapes, box_weights):
     deltas = tf.cast(box_deltas, tf.float32)
     if deltas.shape.rank == 3:
         deltas = deltas[:, :, None, :]
-    boxes = decode_boxes(deltas, rois[:, :, None, :], box_weights)       # [B, R, q, 4]
+    boxes = decode_boxes(deltas, rois[:, :, None, :], box_weights)  # [B, R, q, 4]
     shape = tf.shape(boxes)
     clipped = box_ops.clip_boxes(tf.reshape(boxes, [shape[0], -1, 4]), image_shapes)
     return tf.reshape(clipped, shape)
 
 
-def postprocess_detections(rois, class_probs, box_deltas, image_shapes, roi_valid, *,
-                           box_weights=(10.0, 10.0, 5.0, 5.0), score_threshold=0.05,
-                           nms_iou=0.3, max_detections=100, max_detections_per_class=100):
+def postprocess_detections(
+    rois,
+    class_probs,
+    box_deltas,
+    image_shapes,
+    roi_valid,
+    *,
+    box_weights=(10.0, 10.0, 5.0, 5.0),
+    score_threshold=0.05,
+    nms_iou=0.3,
+    max_detections=100,
+    max_detections_per_class=100,
+):
     """Final detections per image (R-FCN sec. 3: per-class NMS at IoU 0.3 on the boxes).
 
     For every valid RoI and every class c in 1..C: box = decode(box_deltas[q = 1 ? 0 : c - 1],
@@ -97,13 +114,16 @@ def postprocess_detections(rois, class_probs, box_deltas, image_shapes, roi_vali
        "num_detections": [B] int32}; rows >= num_detections are zeros.
     """
     if not tf.is_tensor(score_threshold) and score_threshold < 0:  # tensors: serving_custom
-        raise ValueError(f"score_threshold must be >= 0 (invalid RoIs are scored 0), "
-                         f"got {score_threshold}")
+        raise ValueError(
+            f"score_threshold must be >= 0 (invalid RoIs are scored 0), got {score_threshold}"
+        )
     max_detections = int(max_detections)
     max_detections_per_class = int(max_detections_per_class)
     if max_detections <= 0 or max_detections_per_class <= 0:
-        raise ValueError(f"max_detections and max_detections_per_class must be positive, got "
-                         f"{max_detections} and {max_detections_per_class}")
+        raise ValueError(
+            f"max_detections and max_detections_per_class must be positive, got "
+            f"{max_detections} and {max_detections_per_class}"
+        )
     rois = tf.cast(rois, tf.float32)
     probs = tf.cast(class_probs, tf.float32)
     deltas = tf.cast(box_deltas, tf.float32)
@@ -119,15 +139,17 @@ def postprocess_detections(rois, class_probs, box_deltas, image_shapes, roi_vali
         raise ValueError(f"roi_valid must be [B, R] bool or [B] counts, got {roi_valid.shape}")
 
     boxes = decode_roi_boxes(rois, deltas, image_shapes, box_weights)  # [B, R, q, 4]
-    scores = tf.where(roi_valid[:, :, None], probs[:, :, 1:], 0.0)       # [B, R, C]
+    scores = tf.where(roi_valid[:, :, None], probs[:, :, 1:], 0.0)  # [B, R, C]
     nmsed = tf.image.combined_non_max_suppression(
-        boxes, scores,
+        boxes,
+        scores,
         max_output_size_per_class=max_detections_per_class,
         max_total_size=max_detections,
         iou_threshold=nms_iou,
         score_threshold=score_threshold,
         pad_per_class=False,
-        clip_boxes=False)  # boxes are pixels, already clipped; True would clip to [0, 1]
+        clip_boxes=False,
+    )  # boxes are pixels, already clipped; True would clip to [0, 1]
     num = tf.cast(nmsed.valid_detections, tf.int32)
     valid = tf.range(max_detections)[None, :] < num[:, None]
     classes = tf.where(valid, tf.cast(nmsed.nmsed_classes, tf.int32) + 1, 0)
@@ -143,8 +165,9 @@ def postprocess_detections(rois, class_probs, box_deltas, image_shapes, roi_vali
 # Before NMS (the export's raw_detection_* outputs, TF Object Detection API semantics)
 
 
-def raw_detections(rois, class_probs, box_deltas, image_shapes, roi_valid, *,
-                   box_weights=(10.0, 10.0, 5.0, 5.0)):
+def raw_detections(
+    rois, class_probs, box_deltas, image_shapes, roi_valid, *, box_weights=(10.0, 10.0, 5.0, 5.0)
+):
     """Every RoI's box and class probabilities before NMS, as `postprocess_detections` sees
     them: the decoded box clipped to the image and the softmax over background and C classes.
 
@@ -166,5 +189,4 @@ def raw_detections(rois, class_probs, box_deltas, image_shapes, roi_valid, *,
     else:
         best = tf.argmax(tf.cast(class_probs, tf.float32)[:, :, 1:], axis=-1, output_type=tf.int32)
         boxes = tf.gather(boxes, best, axis=2, batch_dims=2)
-    return (tf.where(valid, boxes, 0.0),
-            tf.where(valid, tf.cast(class_probs, tf.float32), 0.0))
+    return (tf.where(valid, boxes, 0.0), tf.where(valid, tf.cast(class_probs, tf.float32), 0.0))

@@ -18,7 +18,7 @@ import tensorflow as tf
 from rfcn_tf.ops import boxes as box_ops
 from rfcn_tf.ops.box_coder import decode_boxes
 
-__all__ = ["generate_proposals", "nms_padded", "MASKED_SCORE"]
+__all__ = ["MASKED_SCORE", "generate_proposals", "nms_padded"]
 
 _LOWEST = float(np.finfo(np.float32).min)
 # Score given to dropped boxes. Finite on purpose: tf2onnx lowers tf.where to arithmetic in
@@ -43,16 +43,28 @@ def nms_padded(boxes, scores, *, max_output_size, iou_threshold):
     # NonMaxSuppressionV4 keeps scores strictly above score_threshold, so MASKED_SCORE and -inf
     # rows are dropped and every other finite score survives; pad_to_max_output_size gives the static [M] shape.
     indices, count = tf.raw_ops.NonMaxSuppressionV4(
-        boxes=boxes, scores=scores, max_output_size=max_output_size,
+        boxes=boxes,
+        scores=scores,
+        max_output_size=max_output_size,
         iou_threshold=tf.cast(iou_threshold, tf.float32),
         score_threshold=tf.constant(_LOWEST, tf.float32),
-        pad_to_max_output_size=True)
+        pad_to_max_output_size=True,
+    )
     indices = tf.ensure_shape(indices, [max_output_size])
     return indices, count
 
 
-def generate_proposals(objectness_logits, box_deltas, anchors, image_shapes, *,
-                       pre_nms_top_n, post_nms_top_n, nms_iou=0.7, min_size=0.0):
+def generate_proposals(
+    objectness_logits,
+    box_deltas,
+    anchors,
+    image_shapes,
+    *,
+    pre_nms_top_n,
+    post_nms_top_n,
+    nms_iou=0.7,
+    min_size=0.0,
+):
     """Turn RPN outputs into a fixed number of proposals per image.
 
     Per image (Faster R-CNN sec. 3.3): decode every anchor's deltas (weights 1), clip the boxes
@@ -83,8 +95,10 @@ def generate_proposals(objectness_logits, box_deltas, anchors, image_shapes, *,
     pre_nms_top_n = int(pre_nms_top_n)
     post_nms_top_n = int(post_nms_top_n)
     if pre_nms_top_n <= 0 or post_nms_top_n <= 0:
-        raise ValueError(f"pre_nms_top_n and post_nms_top_n must be positive, got "
-                         f"{pre_nms_top_n} and {post_nms_top_n}")
+        raise ValueError(
+            f"pre_nms_top_n and post_nms_top_n must be positive, got "
+            f"{pre_nms_top_n} and {post_nms_top_n}"
+        )
     logits = tf.cast(objectness_logits, tf.float32)
     deltas = tf.cast(box_deltas, tf.float32)
     anchors = tf.cast(anchors, tf.float32)
@@ -93,14 +107,14 @@ def generate_proposals(objectness_logits, box_deltas, anchors, image_shapes, *,
     if deltas.shape.rank != 3:
         raise ValueError(f"box_deltas must be [B, N, 4], got {deltas.shape}")
 
-    boxes = decode_boxes(deltas, anchors[None])                          # [B, N, 4]
+    boxes = decode_boxes(deltas, anchors[None])  # [B, N, 4]
     boxes = box_ops.clip_boxes(boxes, image_shapes)
-    keep = box_ops.filter_small_boxes(boxes, min_size)                   # [B, N]
+    keep = box_ops.filter_small_boxes(boxes, min_size)  # [B, N]
     logits = tf.where(keep, logits, tf.fill(tf.shape(logits), MASKED_SCORE))
 
     k = tf.minimum(tf.shape(logits)[1], pre_nms_top_n)
-    top_logits, top_idx = tf.math.top_k(logits, k=k)                     # [B, K]
-    top_boxes = tf.gather(boxes, top_idx, batch_dims=1)                  # [B, K, 4]
+    top_logits, top_idx = tf.math.top_k(logits, k=k)  # [B, K]
+    top_boxes = tf.gather(boxes, top_idx, batch_dims=1)  # [B, K, 4]
 
     def _one_image(args):
         b, s = args
@@ -111,11 +125,18 @@ def generate_proposals(objectness_logits, box_deltas, anchors, image_shapes, *,
         return sel_boxes, sel_scores, count
 
     proposals, scores, num = tf.map_fn(
-        _one_image, (top_boxes, top_logits),
-        fn_output_signature=(tf.TensorSpec([post_nms_top_n, 4], tf.float32),
-                             tf.TensorSpec([post_nms_top_n], tf.float32),
-                             tf.TensorSpec([], tf.int32)))
+        _one_image,
+        (top_boxes, top_logits),
+        fn_output_signature=(
+            tf.TensorSpec([post_nms_top_n, 4], tf.float32),
+            tf.TensorSpec([post_nms_top_n], tf.float32),
+            tf.TensorSpec([], tf.int32),
+        ),
+    )
     # Approximate joint training (Faster R-CNN sec. 3.2): proposals are treated as fixed inputs
     # of the R-FCN head, so no gradient flows back through box decoding, top-k or NMS.
-    return (tf.stop_gradient(proposals), tf.stop_gradient(scores),
-            tf.stop_gradient(tf.cast(num, tf.int32)))
+    return (
+        tf.stop_gradient(proposals),
+        tf.stop_gradient(scores),
+        tf.stop_gradient(tf.cast(num, tf.int32)),
+    )

@@ -94,8 +94,7 @@ class RFCNHead(keras.layers.Layer):
         >>> logits.shape, deltas.shape  # (1, 1, 21), (1, 1, 1, 4)
     """
 
-    def __init__(self, *, num_classes, config=None, feature_stride=16, init_stddev=0.01,
-                 **kwargs):
+    def __init__(self, *, num_classes, config=None, feature_stride=16, init_stddev=0.01, **kwargs):
         super().__init__(**kwargs)
         self.config = as_section(HeadConfig, config)
         cfg = self.config
@@ -106,8 +105,9 @@ class RFCNHead(keras.layers.Layer):
         if min(cfg.output_size) < 1:
             raise ValueError(f"the PS grid must be >= 1 x 1, got {cfg.output_size!r}")
         if cfg.pooling_mode not in POOLING_MODES:
-            raise ValueError(f"pooling_mode must be one of {POOLING_MODES}, got "
-                             f"{cfg.pooling_mode!r}")
+            raise ValueError(
+                f"pooling_mode must be one of {POOLING_MODES}, got {cfg.pooling_mode!r}"
+            )
         if not feature_stride > 0:
             raise ValueError(f"feature_stride must be > 0, got {feature_stride!r}")
         if cfg.pooling_mode == "deformable":
@@ -115,8 +115,9 @@ class RFCNHead(keras.layers.Layer):
         if cfg.psroi_impl not in PSROI_IMPLS:
             raise ValueError(f"psroi_impl must be one of {PSROI_IMPLS}, got {cfg.psroi_impl!r}")
         if len(cfg.box_weights) != 4:
-            raise ValueError(f"box_weights must have 4 values (wy, wx, wh, ww), got "
-                             f"{cfg.box_weights!r}")
+            raise ValueError(
+                f"box_weights must have 4 values (wy, wx, wh, ww), got {cfg.box_weights!r}"
+            )
         self.num_classes = int(num_classes)
         self.feature_stride = feature_stride
         self.init_stddev = float(init_stddev)
@@ -150,15 +151,20 @@ class RFCNHead(keras.layers.Layer):
                 layer = DeformablePSRoIPooling(
                     output_size=self.config.k if self.config.grid is None else self.config.grid[0],
                     spatial_scale=1.0 / self.feature_stride,
-                    sampling_ratio=self.config.sampling_ratio, trans_std=self.config.trans_std,
-                    offset_groups=groups, impl=self.config.psroi_impl, name=name,
-                    dtype=self.dtype_policy)
+                    sampling_ratio=self.config.sampling_ratio,
+                    trans_std=self.config.trans_std,
+                    offset_groups=groups,
+                    impl=self.config.psroi_impl,
+                    name=name,
+                    dtype=self.dtype_policy,
+                )
                 layer.build(None, hidden_shape, (None, 5))
                 return layer
 
             classes = self.num_classes + 1
-            self.class_pool = pool(classes if self.config.deformable_class_offsets else 1,
-                                   "rfcn_class_pool")
+            self.class_pool = pool(
+                classes if self.config.deformable_class_offsets else 1, "rfcn_class_pool"
+            )
             self.box_pool = pool(1, "rfcn_box_pool")
         self.built = True
 
@@ -205,10 +211,12 @@ class RFCNHead(keras.layers.Layer):
         rois = tf.cast(rois, tf.float32)
         batch, count = tf.shape(rois)[0], tf.shape(rois)[1]
         flat_rois = flatten_rois(rois)
-        class_logits = self.pool_and_vote(class_maps, flat_rois, batch, count, hidden=hidden,
-                                          layer=self.class_pool)
-        box_deltas = self.pool_and_vote(box_maps, flat_rois, batch, count, hidden=hidden,
-                                        layer=self.box_pool)
+        class_logits = self.pool_and_vote(
+            class_maps, flat_rois, batch, count, hidden=hidden, layer=self.class_pool
+        )
+        box_deltas = self.pool_and_vote(
+            box_maps, flat_rois, batch, count, hidden=hidden, layer=self.box_pool
+        )
         class_logits = tf.ensure_shape(class_logits, [None, None, self.num_classes + 1])
         box_deltas = tf.reshape(box_deltas, tf.stack([batch, count, self.num_box_classes, 4]))
         box_deltas = tf.ensure_shape(box_deltas, [None, None, self.num_box_classes, 4])

@@ -55,15 +55,22 @@ class RoISampler:
     def __init__(self, config=None):
         self.config = as_section(RoIConfig, config)
         if self.config.sampling not in ROI_SAMPLINGS:
-            raise ValueError(f"roi sampling must be one of {ROI_SAMPLINGS}, got "
-                             f"{self.config.sampling!r}")
+            raise ValueError(
+                f"roi sampling must be one of {ROI_SAMPLINGS}, got {self.config.sampling!r}"
+            )
 
     def targets(self, proposals, num_proposals, gt_boxes, gt_classes, gt_mask, *, box_weights):
         """`roi_targets` with this config's IoU thresholds (see there)."""
-        return roi_targets(proposals, num_proposals, gt_boxes, gt_classes, gt_mask,
-                           foreground_iou=self.config.foreground_iou,
-                           background_iou_low=self.config.background_iou_low,
-                           box_weights=box_weights)
+        return roi_targets(
+            proposals,
+            num_proposals,
+            gt_boxes,
+            gt_classes,
+            gt_mask,
+            foreground_iou=self.config.foreground_iou,
+            background_iou_low=self.config.background_iou_low,
+            box_weights=box_weights,
+        )
 
     def select(self, per_roi_loss, targets, *, seed=None):
         """[B, R] bool, stop_gradient-ed: the RoIs whose losses train the head.
@@ -78,14 +85,21 @@ class RoISampler:
         valid = tf.cast(targets["roi_valid"], tf.bool)
         if cfg.sampling == "ohem":
             with_nms = cfg.ohem_nms_iou is not None
-            selected = ohem_select(tf.stop_gradient(per_roi_loss), valid,
-                                   num_selected=cfg.batch_size_per_image,
-                                   boxes=targets.get("rois") if with_nms else None,
-                                   nms_iou=cfg.ohem_nms_iou)
+            selected = ohem_select(
+                tf.stop_gradient(per_roi_loss),
+                valid,
+                num_selected=cfg.batch_size_per_image,
+                boxes=targets.get("rois") if with_nms else None,
+                nms_iou=cfg.ohem_nms_iou,
+            )
         else:
             labels = tf.where(valid, tf.cast(targets["foreground"], tf.int32), -1)
-            selected = sample_balanced(labels, batch_size_per_image=cfg.batch_size_per_image,
-                                       positive_fraction=cfg.foreground_fraction, seed=seed)
+            selected = sample_balanced(
+                labels,
+                batch_size_per_image=cfg.batch_size_per_image,
+                positive_fraction=cfg.foreground_fraction,
+                seed=seed,
+            )
         return tf.stop_gradient(selected & valid)
 
 
@@ -130,15 +144,24 @@ def ohem_select(losses, valid, *, num_selected, boxes=None, nms_iou=None):
         take = tf.range(num_selected) < n
         return tf.scatter_nd(idx[:, None], tf.cast(take, tf.int32), [r]) > 0
 
-    selected = tf.map_fn(_one_image, (boxes, keys),
-                         fn_output_signature=tf.TensorSpec([None], tf.bool))
+    selected = tf.map_fn(
+        _one_image, (boxes, keys), fn_output_signature=tf.TensorSpec([None], tf.bool)
+    )
     selected.set_shape(keys.shape)
     return selected
 
 
-def roi_targets(proposals, num_proposals, gt_boxes, gt_classes, gt_mask, *,
-                foreground_iou=0.5, background_iou_low=0.0,
-                box_weights=(10.0, 10.0, 5.0, 5.0)):
+def roi_targets(
+    proposals,
+    num_proposals,
+    gt_boxes,
+    gt_classes,
+    gt_mask,
+    *,
+    foreground_iou=0.5,
+    background_iou_low=0.0,
+    box_weights=(10.0, 10.0, 5.0, 5.0),
+):
     """Class and box targets of the R-FCN head's RoIs (R-FCN sec. 2, "Training").
 
     The ground-truth boxes are appended to the proposals (Fast R-CNN / R-FCN convention), so
@@ -178,13 +201,16 @@ def roi_targets(proposals, num_proposals, gt_boxes, gt_classes, gt_mask, *,
     gt_classes = tf.cast(gt_classes, tf.int32)
     p = tf.shape(proposals)[1]
     proposal_valid = tf.range(p)[None, :] < tf.cast(num_proposals, tf.int32)[:, None]  # [B, P]
-    real = tf.concat([proposal_valid, gt_mask], axis=1)                              # [B, R]
+    real = tf.concat([proposal_valid, gt_mask], axis=1)  # [B, R]
     rois = tf.concat([proposals, gt_boxes], axis=1)
     rois = tf.where(real[:, :, None], rois, 0.0)
 
-    overlaps = box_ops.iou(rois, gt_boxes)                                           # [B, R, G]
-    matcher = Matcher(thresholds=(background_iou_low, foreground_iou), labels=(-1, 0, 1),
-                      allow_low_quality_matches=False)
+    overlaps = box_ops.iou(rois, gt_boxes)  # [B, R, G]
+    matcher = Matcher(
+        thresholds=(background_iou_low, foreground_iou),
+        labels=(-1, 0, 1),
+        allow_low_quality_matches=False,
+    )
     matched, labels = matcher(overlaps, gt_mask)
     masked = tf.where(gt_mask[:, None, :], overlaps, 0.0)
     matched_iou = tf.reduce_max(tf.concat([masked, tf.zeros_like(masked[:, :, :1])], -1), -1)

@@ -87,7 +87,9 @@ class RPNHead(keras.layers.Layer):
         self.objectness = keras.layers.Conv2D(self.num_anchors, 1, name="rpn_objectness", **common)
         self.objectness.build(hidden_shape)
         common["kernel_initializer"] = init()
-        self.box_deltas = keras.layers.Conv2D(4 * self.num_anchors, 1, name="rpn_box_deltas", **common)
+        self.box_deltas = keras.layers.Conv2D(
+            4 * self.num_anchors, 1, name="rpn_box_deltas", **common
+        )
         self.box_deltas.build(hidden_shape)
         self.built = True
 
@@ -102,7 +104,11 @@ class RPNHead(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {"num_anchors": self.num_anchors, "channels": self.channels, "init_stddev": self.init_stddev}
+            {
+                "num_anchors": self.num_anchors,
+                "channels": self.channels,
+                "init_stddev": self.init_stddev,
+            }
         )
         return config
 
@@ -186,17 +192,27 @@ class RPN(keras.layers.Layer):
         if proposal_counts is None:
             return out
         if proposal_counts not in PROPOSAL_COUNTS:
-            raise ValueError(f"proposal_counts must be 'train', 'test' or None, got "
-                             f"{proposal_counts!r}")
+            raise ValueError(
+                f"proposal_counts must be 'train', 'test' or None, got {proposal_counts!r}"
+            )
         cfg = self.config
-        pre, post = ((cfg.pre_nms_top_n_train, cfg.post_nms_top_n_train)
-                     if proposal_counts == "train"
-                     else (cfg.pre_nms_top_n_test, cfg.post_nms_top_n_test))
+        pre, post = (
+            (cfg.pre_nms_top_n_train, cfg.post_nms_top_n_train)
+            if proposal_counts == "train"
+            else (cfg.pre_nms_top_n_test, cfg.post_nms_top_n_test)
+        )
         # generate_proposals stop_gradients its outputs: approximate joint training
         # (Faster R-CNN sec. 3.2), the head treats proposals as fixed inputs.
         proposals, scores, num = generate_proposals(
-            logits, deltas, anchors, image_shapes, pre_nms_top_n=pre, post_nms_top_n=post,
-            nms_iou=cfg.nms_iou, min_size=cfg.min_size)
+            logits,
+            deltas,
+            anchors,
+            image_shapes,
+            pre_nms_top_n=pre,
+            post_nms_top_n=post,
+            nms_iou=cfg.nms_iou,
+            min_size=cfg.min_size,
+        )
         out.update(proposals=proposals, proposal_scores=scores, num_proposals=num)
         return out
 
@@ -206,18 +222,29 @@ class RPN(keras.layers.Layer):
         then rpn_losses. Unweighted (`config.loss_weight` applies in the total)."""
         cfg = self.config
         targets = rpn_targets(
-            outputs["anchors"], gt_boxes, gt_mask, image_shapes,
-            positive_iou=cfg.positive_iou, negative_iou=cfg.negative_iou,
+            outputs["anchors"],
+            gt_boxes,
+            gt_mask,
+            image_shapes,
+            positive_iou=cfg.positive_iou,
+            negative_iou=cfg.negative_iou,
             batch_size_per_image=cfg.batch_size_per_image,
-            positive_fraction=cfg.positive_fraction, allowed_border=cfg.allowed_border,
-            seed=seed)
-        return rpn_losses(outputs["logits_flat"], outputs["deltas_flat"], targets["labels"],
-                          targets["box_targets"])
+            positive_fraction=cfg.positive_fraction,
+            allowed_border=cfg.allowed_border,
+            seed=seed,
+        )
+        return rpn_losses(
+            outputs["logits_flat"],
+            outputs["deltas_flat"],
+            targets["labels"],
+            targets["box_targets"],
+        )
 
     def get_config(self):
         config = super().get_config()
-        config.update(config=dataclasses.asdict(self.config),
-                      anchors=dataclasses.asdict(self.anchors_config),
-                      feature_stride=self.feature_stride)
+        config.update(
+            config=dataclasses.asdict(self.config),
+            anchors=dataclasses.asdict(self.anchors_config),
+            feature_stride=self.feature_stride,
+        )
         return config
-

@@ -28,7 +28,9 @@ def _random_keys(shape, seed):
         seed = tf.constant([int(seed), 0], tf.int64)
     seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
     if seed.shape.rank != 1 or seed.shape[0] != 2:
-        raise ValueError(f"seed must be None, an int or a [2] integer tensor, got shape {seed.shape}")
+        raise ValueError(
+            f"seed must be None, an int or a [2] integer tensor, got shape {seed.shape}"
+        )
     return tf.random.stateless_uniform(shape, seed=seed, dtype=tf.float32)
 
 
@@ -39,11 +41,11 @@ def mask_from_top_k(keys, k, count):
     """
     n = tf.shape(keys)[1]
     k = tf.minimum(k, n)
-    values, indices = tf.math.top_k(keys, k=k, sorted=True)               # [B, k]
+    values, indices = tf.math.top_k(keys, k=k, sorted=True)  # [B, k]
     take = (tf.range(k)[None, :] < count[:, None]) & (values > -np.inf)  # [B, k]
     b = tf.shape(keys)[0]
     batch_idx = tf.broadcast_to(tf.range(b)[:, None], tf.shape(indices))
-    scatter_idx = tf.stack([batch_idx, indices], axis=-1)                # [B, k, 2]
+    scatter_idx = tf.stack([batch_idx, indices], axis=-1)  # [B, k, 2]
     mask = tf.scatter_nd(scatter_idx, tf.cast(take, tf.int32), tf.shape(keys))
     return mask > 0
 
@@ -77,11 +79,12 @@ def sample_balanced(labels, *, batch_size_per_image, positive_fraction, seed=Non
     max_pos = int(batch_size_per_image * positive_fraction)
     keys = _random_keys(tf.shape(labels), seed)
     positive, negative = labels == 1, labels == 0
-    num_pos = tf.minimum(tf.reduce_sum(tf.cast(positive, tf.int32), axis=1), max_pos)   # [B]
+    num_pos = tf.minimum(tf.reduce_sum(tf.cast(positive, tf.int32), axis=1), max_pos)  # [B]
     num_neg = batch_size_per_image - num_pos
     pos_keys = tf.where(positive, keys, -np.inf)
     neg_keys = tf.where(negative, keys, -np.inf)
-    selected_pos = mask_from_top_k(pos_keys, max_pos, num_pos) if max_pos > 0 else \
-        tf.zeros_like(positive)
+    selected_pos = (
+        mask_from_top_k(pos_keys, max_pos, num_pos) if max_pos > 0 else tf.zeros_like(positive)
+    )
     selected_neg = mask_from_top_k(neg_keys, batch_size_per_image, num_neg)
     return selected_pos | selected_neg

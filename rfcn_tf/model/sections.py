@@ -115,8 +115,11 @@ class BackboneConfig:
         _positive(where, "feature_stride", self.feature_stride)
         stage5 = self.small_blocks[3] if self.name == "small" else 3
         if not 0 <= self.deformable_blocks <= stage5:
-            raise _error(f"{where}.deformable_blocks", self.deformable_blocks,
-                         f"in 0..{stage5} (the {self.name} backbone's last-stage blocks)")
+            raise _error(
+                f"{where}.deformable_blocks",
+                self.deformable_blocks,
+                f"in 0..{stage5} (the {self.name} backbone's last-stage blocks)",
+            )
 
 
 @dataclasses.dataclass
@@ -164,14 +167,23 @@ class RPNConfig:
     RESUME_SAFE: ClassVar[tuple[str, ...]] = ("pre_nms_top_n_test", "post_nms_top_n_test")
 
     def validate(self, where: str = "model.rpn") -> None:
-        for name in ("channels", "pre_nms_top_n_train", "post_nms_top_n_train",
-                     "pre_nms_top_n_test", "post_nms_top_n_test", "batch_size_per_image"):
+        for name in (
+            "channels",
+            "pre_nms_top_n_train",
+            "post_nms_top_n_train",
+            "pre_nms_top_n_test",
+            "post_nms_top_n_test",
+            "batch_size_per_image",
+        ):
             _positive(where, name, getattr(self, name))
         for name in ("nms_iou", "positive_iou", "negative_iou", "positive_fraction"):
             _fraction(where, name, getattr(self, name))
         if self.negative_iou > self.positive_iou:
-            raise _error(f"{where}.negative_iou", self.negative_iou,
-                         f"<= {where}.positive_iou ({self.positive_iou})")
+            raise _error(
+                f"{where}.negative_iou",
+                self.negative_iou,
+                f"<= {where}.positive_iou ({self.positive_iou})",
+            )
         if self.min_size < 0:
             raise _error(f"{where}.min_size", self.min_size, ">= 0")
         if self.allowed_border is not None and self.allowed_border < 0:
@@ -201,8 +213,11 @@ class RoIConfig:
         _fraction(where, "foreground_iou", self.foreground_iou)
         _fraction(where, "background_iou_low", self.background_iou_low)
         if self.background_iou_low > self.foreground_iou:
-            raise _error(f"{where}.background_iou_low", self.background_iou_low,
-                         f"<= {where}.foreground_iou ({self.foreground_iou})")
+            raise _error(
+                f"{where}.background_iou_low",
+                self.background_iou_low,
+                f"<= {where}.foreground_iou ({self.foreground_iou})",
+            )
         _positive(where, "batch_size_per_image", self.batch_size_per_image)
         _fraction(where, "foreground_fraction", self.foreground_fraction)
         if self.ohem_nms_iou is not None:
@@ -253,11 +268,17 @@ class HeadConfig:
         if self.pooling_mode == "deformable":
             kh, kw = self.output_size
             if kh != kw:
-                raise _error(f"{where}.grid", self.grid, "null or square with pooling_mode "
-                             "deformable (its op takes k x k grids)")
+                raise _error(
+                    f"{where}.grid",
+                    self.grid,
+                    "null or square with pooling_mode deformable (its op takes k x k grids)",
+                )
             if self.sampling_ratio < 1:
-                raise _error(f"{where}.sampling_ratio", self.sampling_ratio,
-                             ">= 1 with pooling_mode deformable (no adaptive sampling)")
+                raise _error(
+                    f"{where}.sampling_ratio",
+                    self.sampling_ratio,
+                    ">= 1 with pooling_mode deformable (no adaptive sampling)",
+                )
         if not self.trans_std >= 0:
             raise _error(f"{where}.trans_std", self.trans_std, ">= 0")
         _positive_list(where, "box_weights", self.box_weights, 4)

@@ -44,7 +44,7 @@ def anchor_validity(anchors, image_shapes, *, allowed_border=None):
     """
     anchors = tf.cast(anchors, tf.float32)
     shapes = tf.cast(image_shapes, tf.float32)
-    h, w = shapes[:, 0:1], shapes[:, 1:2]                                 # [B, 1]
+    h, w = shapes[:, 0:1], shapes[:, 1:2]  # [B, 1]
     y1, x1, y2, x2 = [t[None, :] for t in tf.unstack(anchors, 4, axis=-1)]  # [1, N]
     yc, xc = 0.5 * (y1 + y2), 0.5 * (x1 + x2)
     ok = (yc >= 0.0) & (yc < h) & (xc >= 0.0) & (xc < w)
@@ -56,9 +56,19 @@ def anchor_validity(anchors, image_shapes, *, allowed_border=None):
     return ok
 
 
-def rpn_targets(anchors, gt_boxes, gt_mask, image_shapes, *, positive_iou=0.7,
-                negative_iou=0.3, batch_size_per_image=256, positive_fraction=0.5,
-                allowed_border=None, seed=None):
+def rpn_targets(
+    anchors,
+    gt_boxes,
+    gt_mask,
+    image_shapes,
+    *,
+    positive_iou=0.7,
+    negative_iou=0.3,
+    batch_size_per_image=256,
+    positive_fraction=0.5,
+    allowed_border=None,
+    seed=None,
+):
     """Anchor labels and regression targets for the RPN (Faster R-CNN sec. 3.1.2 and 3.1.3).
 
     Labels: positive if IoU >= positive_iou with some ground truth, or if it is (one of) the
@@ -95,17 +105,22 @@ def rpn_targets(anchors, gt_boxes, gt_mask, image_shapes, *, positive_iou=0.7,
     gt_boxes = tf.cast(gt_boxes, tf.float32)
     gt_mask = tf.cast(gt_mask, tf.bool)
     usable = anchor_validity(anchors, image_shapes, allowed_border=allowed_border)  # [B, N]
-    overlaps = box_ops.iou(anchors[None], gt_boxes)                                 # [B, N, G]
+    overlaps = box_ops.iou(anchors[None], gt_boxes)  # [B, N, G]
     # Unusable anchors get IoU 0: they are neither matched nor a ground truth's best anchor.
     overlaps = tf.where(usable[:, :, None], overlaps, 0.0)
-    matcher = Matcher(thresholds=(negative_iou, positive_iou), labels=(0, -1, 1),
-                      allow_low_quality_matches=True)
+    matcher = Matcher(
+        thresholds=(negative_iou, positive_iou), labels=(0, -1, 1), allow_low_quality_matches=True
+    )
     matched, labels = matcher(overlaps, gt_mask)
     labels = tf.where(usable, labels, -1)
-    sampled = sample_balanced(labels, batch_size_per_image=batch_size_per_image,
-                              positive_fraction=positive_fraction, seed=seed)
+    sampled = sample_balanced(
+        labels,
+        batch_size_per_image=batch_size_per_image,
+        positive_fraction=positive_fraction,
+        seed=seed,
+    )
     sampled_labels = tf.where(sampled, labels, -1)
-    matched_boxes = tf.gather(gt_boxes, matched, batch_dims=1)                      # [B, N, 4]
+    matched_boxes = tf.gather(gt_boxes, matched, batch_dims=1)  # [B, N, 4]
     targets = encode_boxes(matched_boxes, anchors[None])
     targets = tf.where((sampled_labels == 1)[:, :, None], targets, 0.0)
     return {

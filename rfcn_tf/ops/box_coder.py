@@ -19,7 +19,7 @@ import math
 
 import tensorflow as tf
 
-__all__ = ["encode_boxes", "decode_boxes", "BBOX_XFORM_CLIP"]
+__all__ = ["BBOX_XFORM_CLIP", "decode_boxes", "encode_boxes"]
 
 # Largest log-scale change decode_boxes applies: a box can grow at most 1000/16 = 62.5 times.
 BBOX_XFORM_CLIP = math.log(1000.0 / 16.0)

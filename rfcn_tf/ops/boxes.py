@@ -20,16 +20,16 @@ import tensorflow as tf
 
 __all__ = [
     "area",
+    "clip_boxes",
+    "denormalize_boxes",
+    "filter_small_boxes",
     "intersection",
     "iou",
-    "clip_boxes",
     "normalize_boxes",
-    "denormalize_boxes",
-    "yxyx_to_xywh",
     "xywh_to_yxyx",
-    "yxyx_to_xyxy",
     "xyxy_to_yxyx",
-    "filter_small_boxes",
+    "yxyx_to_xywh",
+    "yxyx_to_xyxy",
 ]
 
 
@@ -52,8 +52,9 @@ def _shape_like(image_shape, boxes):
     """
     image_shape = tf.cast(tf.convert_to_tensor(image_shape), boxes.dtype)
     if image_shape.shape.rank is None or boxes.shape.rank is None:
-        raise ValueError("boxes and image_shape need a known rank, got "
-                         f"{boxes.shape} and {image_shape.shape}")
+        raise ValueError(
+            f"boxes and image_shape need a known rank, got {boxes.shape} and {image_shape.shape}"
+        )
     if image_shape.shape[-1] not in (None, 2):
         raise ValueError(f"image_shape must be [..., 2] (height, width), got {image_shape.shape}")
     while image_shape.shape.rank < boxes.shape.rank:
@@ -132,10 +133,15 @@ def clip_boxes(boxes, image_shape):
     h, w = shape[..., 0], shape[..., 1]
     y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=-1)
     zero = tf.zeros([], boxes.dtype)
-    return tf.stack([
-        tf.clip_by_value(y1, zero, h), tf.clip_by_value(x1, zero, w),
-        tf.clip_by_value(y2, zero, h), tf.clip_by_value(x2, zero, w),
-    ], axis=-1)
+    return tf.stack(
+        [
+            tf.clip_by_value(y1, zero, h),
+            tf.clip_by_value(x1, zero, w),
+            tf.clip_by_value(y2, zero, h),
+            tf.clip_by_value(x2, zero, w),
+        ],
+        axis=-1,
+    )
 
 
 def normalize_boxes(boxes, image_shape):

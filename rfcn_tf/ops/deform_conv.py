@@ -33,8 +33,10 @@ __all__ = ["deform_conv2d", "normalize_conv_args"]
 
 
 def _conv_attrs(op) -> dict:
-    return {name: op.get_attr(name) for name in (
-        "kernel_size", "strides", "dilations", "padding", "explicit_paddings")}
+    return {
+        name: op.get_attr(name)
+        for name in ("kernel_size", "strides", "dilations", "padding", "explicit_paddings")
+    }
 
 
 @tf.RegisterGradient("RfcnDeformIm2Col")
@@ -42,8 +44,9 @@ def _deform_im2col_grad(op, grad):
     """input, offsets, mask via RfcnDeformIm2ColGrad."""
     inputs, offsets, mask = op.inputs
     attrs = _conv_attrs(op)
-    attrs["padding"] = attrs["padding"].decode() if isinstance(attrs["padding"], bytes) else \
-        attrs["padding"]
+    attrs["padding"] = (
+        attrs["padding"].decode() if isinstance(attrs["padding"], bytes) else attrs["padding"]
+    )
     return list(load_library().rfcn_deform_im2_col_grad(inputs, offsets, mask, grad, **attrs))
 
 
@@ -51,13 +54,29 @@ def deform_im2col(inputs, offsets, mask, kernel_size, strides=1, dilations=1, pa
     """The compiled deformable im2col: [B, Ho, Wo, kh*kw*Cin] (column t*Cin + c)."""
     strides, dilations, padding, pads = normalize_conv_args(strides, dilations, padding)
     return load_library().rfcn_deform_im2_col(
-        inputs, offsets, mask, kernel_size=list(kernel_size), strides=list(strides),
-        dilations=list(dilations), padding=padding, explicit_paddings=pads)
+        inputs,
+        offsets,
+        mask,
+        kernel_size=list(kernel_size),
+        strides=list(strides),
+        dilations=list(dilations),
+        padding=padding,
+        explicit_paddings=pads,
+    )
 
 
 @tf.autograph.experimental.do_not_convert
-def deform_conv2d(inputs, offsets, filters, mask=None, strides=1, dilations=1, padding="SAME",
-                  impl: str = "auto", name: str | None = None):
+def deform_conv2d(
+    inputs,
+    offsets,
+    filters,
+    mask=None,
+    strides=1,
+    dilations=1,
+    padding="SAME",
+    impl: str = "auto",
+    name: str | None = None,
+):
     """Deformable 2-D convolution (DCN v1; DCN v2 with ``mask``), NHWC.
 
     Args:
@@ -80,14 +99,23 @@ def deform_conv2d(inputs, offsets, filters, mask=None, strides=1, dilations=1, p
         if impl == "tf":
             from rfcn_tf.ops.deform_conv_tf import deform_conv2d_tf
 
-            return deform_conv2d_tf(inputs, offsets, filters, mask=mask, strides=strides,
-                                    dilations=dilations, padding=padding)
+            return deform_conv2d_tf(
+                inputs,
+                offsets,
+                filters,
+                mask=mask,
+                strides=strides,
+                dilations=dilations,
+                padding=padding,
+            )
         inputs = tf.convert_to_tensor(inputs)
         filters = tf.convert_to_tensor(filters, dtype=inputs.dtype)
         offsets = tf.convert_to_tensor(offsets, dtype=inputs.dtype)
         if filters.shape.rank != 4 or not filters.shape[:3].is_fully_defined():
-            raise ValueError(f"filters must be [kh, kw, Cin, Cout] with static kh, kw, Cin, got "
-                             f"shape {filters.shape}")
+            raise ValueError(
+                f"filters must be [kh, kw, Cin, Cout] with static kh, kw, Cin, got "
+                f"shape {filters.shape}"
+            )
         kh, kw, cin = (int(d) for d in filters.shape[:3])
         if inputs.shape.rank == 4 and inputs.shape[3] is not None and inputs.shape[3] != cin:
             raise ValueError(f"inputs channels ({inputs.shape[3]}) != filters Cin ({cin})")

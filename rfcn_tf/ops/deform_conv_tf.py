@@ -29,8 +29,9 @@ def _axis(size, kernel, stride, dilation, padding, pads):
     return (size + before + after - span) // stride + 1, tf.constant(before, tf.int32)
 
 
-def deform_conv2d_tf(inputs, offsets, filters, mask=None, strides=1, dilations=1,
-                     padding="SAME", name=None):
+def deform_conv2d_tf(
+    inputs, offsets, filters, mask=None, strides=1, dilations=1, padding="SAME", name=None
+):
     """Deformable conv with stock ops; arguments as :func:`rfcn_tf.ops.deform_conv.deform_conv2d`.
 
     Returns:
@@ -44,8 +45,10 @@ def deform_conv2d_tf(inputs, offsets, filters, mask=None, strides=1, dilations=1
         x = tf.cast(inputs, compute)
         filters = tf.cast(tf.convert_to_tensor(filters, name="filters"), compute)
         if filters.shape.rank != 4 or not filters.shape[:3].is_fully_defined():
-            raise ValueError(f"filters must be [kh, kw, Cin, Cout] with static kh, kw, Cin, got "
-                             f"shape {filters.shape}")
+            raise ValueError(
+                f"filters must be [kh, kw, Cin, Cout] with static kh, kw, Cin, got "
+                f"shape {filters.shape}"
+            )
         kh, kw, cin = (int(d) for d in filters.shape[:3])
         taps = kh * kw
         shape = tf.shape(x, out_type=tf.int32)
@@ -77,7 +80,8 @@ def deform_conv2d_tf(inputs, offsets, filters, mask=None, strides=1, dilations=1
                 r_i = tf.cast(tf.where(ok, row, tf.zeros_like(row)), tf.int32)
                 c_i = tf.cast(tf.where(ok, col, tf.zeros_like(col)), tf.int32)
                 term = tf.cast(weight, compute)[..., None] * tf.gather(
-                    flat, (image + r_i) * width + c_i)  # [B, Ho, Wo, T, Cin]
+                    flat, (image + r_i) * width + c_i
+                )  # [B, Ho, Wo, T, Cin]
                 columns = term if columns is None else columns + term
         if mask is not None:
             columns = columns * tf.cast(mask, compute)[..., None]

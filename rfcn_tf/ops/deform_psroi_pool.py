@@ -39,11 +39,7 @@ import tensorflow as tf
 
 from rfcn_tf.ops.deformable_args import validate_pool_args
 
-__all__ = [
-    "custom_op_available",
-    "custom_op_load_error",
-    "deform_ps_roi_pool",
-]
+__all__ = ["custom_op_available", "custom_op_load_error", "deform_ps_roi_pool"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -71,7 +67,8 @@ def load_library():
                     _state["error"] = (
                         f"tf.load_op_library({_SO_PATH!r}) failed with {type(exc).__name__}: "
                         f"{exc}; it may have been built against another TensorFlow "
-                        f"({tf.__version__} is installed): rebuild it; {_BUILD_HINT}")
+                        f"({tf.__version__} is installed): rebuild it; {_BUILD_HINT}"
+                    )
         return _state["module"]
 
 
@@ -91,8 +88,9 @@ def resolve_impl(impl: str, caller: str) -> str:
     if impl not in _IMPLS:
         raise ValueError(f"{caller}: impl must be one of {_IMPLS}, got {impl!r}")
     if impl == "custom" and not custom_op_available():
-        raise RuntimeError(f"{caller}(impl='custom'): the compiled op is not available: "
-                           f"{custom_op_load_error()}")
+        raise RuntimeError(
+            f"{caller}(impl='custom'): the compiled op is not available: {custom_op_load_error()}"
+        )
     if impl == "auto":
         if custom_op_available():
             return "custom"
@@ -100,8 +98,12 @@ def resolve_impl(impl: str, caller: str) -> str:
             warn = caller not in _state["warned"]
             _state["warned"].add(caller)
         if warn:
-            _LOGGER.warning("%s(impl='auto'): using the pure-TF twin because the compiled op "
-                            "is not available: %s", caller, _state["error"])
+            _LOGGER.warning(
+                "%s(impl='auto'): using the pure-TF twin because the compiled op "
+                "is not available: %s",
+                caller,
+                _state["error"],
+            )
         return "tf"
     return impl
 
@@ -114,20 +116,24 @@ def offsets_to_groups(offsets, k):
     elif shape.rank == 5 and shape[4] == 2 and shape[3] is not None:
         groups = int(shape[3])
     else:
-        raise ValueError(f"offsets must be [R, {k}, {k}, 2] or [R, {k}, {k}, G, 2] (dy, dx), "
-                         f"got shape {shape}")
+        raise ValueError(
+            f"offsets must be [R, {k}, {k}, 2] or [R, {k}, {k}, G, 2] (dy, dx), got shape {shape}"
+        )
     for axis in (1, 2):
         if shape[axis] is not None and shape[axis] != k:
-            raise ValueError(f"offsets must be [R, {k}, {k}, ...] for output_size {k}, got "
-                             f"shape {shape}")
+            raise ValueError(
+                f"offsets must be [R, {k}, {k}, ...] for output_size {k}, got shape {shape}"
+            )
     if groups > 1:
         offsets = tf.reshape(offsets, tf.concat([tf.shape(offsets)[:3], [2 * groups]], 0))
     return offsets, groups
 
 
 def _pool_attrs(op) -> dict:
-    return {name: op.get_attr(name) for name in (
-        "output_size", "spatial_scale", "sampling_ratio", "trans_std", "offset_groups")}
+    return {
+        name: op.get_attr(name)
+        for name in ("output_size", "spatial_scale", "sampling_ratio", "trans_std", "offset_groups")
+    }
 
 
 @tf.RegisterGradient("RfcnDeformPsRoiPool")
@@ -135,15 +141,24 @@ def _deform_ps_roi_pool_grad(op, grad):
     """features, offsets via RfcnDeformPsRoiPoolGrad; rois: None (constants)."""
     features, rois, offsets = op.inputs
     grad_features, grad_offsets = load_library().rfcn_deform_ps_roi_pool_grad(
-        features, rois, offsets, grad, **_pool_attrs(op))
+        features, rois, offsets, grad, **_pool_attrs(op)
+    )
     return [grad_features, None, grad_offsets]
 
 
 # A Python-level dispatcher: nothing for autograph to convert (see ps_roi_pool).
 @tf.autograph.experimental.do_not_convert
-def deform_ps_roi_pool(features, rois, offsets, output_size: int = 7,
-                       spatial_scale: float = 1.0 / 16, sampling_ratio: int = 2,
-                       trans_std: float = 0.1, impl: str = "auto", name: str | None = None):
+def deform_ps_roi_pool(
+    features,
+    rois,
+    offsets,
+    output_size: int = 7,
+    spatial_scale: float = 1.0 / 16,
+    sampling_ratio: int = 2,
+    trans_std: float = 0.1,
+    impl: str = "auto",
+    name: str | None = None,
+):
     """Deformable PS-RoI pooling (Deformable ConvNets sec. 2.2), bin-major layout.
 
     Args:
@@ -173,13 +188,26 @@ def deform_ps_roi_pool(features, rois, offsets, output_size: int = 7,
         if impl == "tf":
             from rfcn_tf.ops.deform_psroi_pool_tf import deform_ps_roi_pool_tf
 
-            return deform_ps_roi_pool_tf(features, rois, offsets, output_size=output_size,
-                                         spatial_scale=spatial_scale,
-                                         sampling_ratio=sampling_ratio, trans_std=trans_std)
+            return deform_ps_roi_pool_tf(
+                features,
+                rois,
+                offsets,
+                output_size=output_size,
+                spatial_scale=spatial_scale,
+                sampling_ratio=sampling_ratio,
+                trans_std=trans_std,
+            )
         features = tf.convert_to_tensor(features)
         rois = tf.cast(tf.convert_to_tensor(rois), tf.float32)
         offsets = tf.cast(tf.convert_to_tensor(offsets), features.dtype)
         offsets, groups = offsets_to_groups(offsets, output_size)
         return load_library().rfcn_deform_ps_roi_pool(
-            features, rois, offsets, output_size=output_size, spatial_scale=spatial_scale,
-            sampling_ratio=sampling_ratio, trans_std=trans_std, offset_groups=groups)
+            features,
+            rois,
+            offsets,
+            output_size=output_size,
+            spatial_scale=spatial_scale,
+            sampling_ratio=sampling_ratio,
+            trans_std=trans_std,
+            offset_groups=groups,
+        )

@@ -47,8 +47,17 @@ def _axis_taps(bin_start, bin_size, n, limit):
     return tf.cast(tf.stack([low, high], axis=-1), tf.int32), weight
 
 
-def deform_ps_roi_pool_tf(features, rois, offsets, *, output_size=7, spatial_scale=1.0 / 16,
-                          sampling_ratio=2, trans_std=0.1, name=None):
+def deform_ps_roi_pool_tf(
+    features,
+    rois,
+    offsets,
+    *,
+    output_size=7,
+    spatial_scale=1.0 / 16,
+    sampling_ratio=2,
+    trans_std=0.1,
+    name=None,
+):
     """Deformable PS-RoI pooling with stock ops (same contract as ``deform_ps_roi_pool``).
 
     Args:
@@ -71,13 +80,17 @@ def deform_ps_roi_pool_tf(features, rois, offsets, *, output_size=7, spatial_sca
         if offsets.shape.rank == 4:
             offsets = offsets[:, :, :, None, :]
         if offsets.shape.rank != 5 or offsets.shape[3] is None or offsets.shape[4] != 2:
-            raise ValueError(f"offsets must be [R, {k}, {k}, 2] or [R, {k}, {k}, G, 2], got "
-                             f"shape {offsets.shape}")
+            raise ValueError(
+                f"offsets must be [R, {k}, {k}, 2] or [R, {k}, {k}, G, 2], got "
+                f"shape {offsets.shape}"
+            )
         groups = int(offsets.shape[3])
         channels = features.shape[3] if features.shape.rank == 4 else None
         if channels is not None and channels % (k * k * groups) != 0:
-            raise ValueError(f"features channels ({channels}) must be a multiple of "
-                             f"output_size**2 * G = {k * k} * {groups}")
+            raise ValueError(
+                f"features channels ({channels}) must be a multiple of "
+                f"output_size**2 * G = {k * k} * {groups}"
+            )
         input_dtype = features.dtype
         compute = tf.float64 if input_dtype == tf.float64 else tf.float32
         fshape = tf.shape(features, out_type=tf.int32)
@@ -87,12 +100,17 @@ def deform_ps_roi_pool_tf(features, rois, offsets, *, output_size=7, spatial_sca
 
         rois32 = tf.cast(tf.stop_gradient(rois), tf.float32)
         batch_f = rois32[:, 0]
-        bad = tf.logical_not(tf.logical_and(batch_f >= 0,
-                                            batch_f < tf.cast(fshape[0], tf.float32)))
+        bad = tf.logical_not(tf.logical_and(batch_f >= 0, batch_f < tf.cast(fshape[0], tf.float32)))
         check = tf.debugging.Assert(
             tf.logical_not(tf.reduce_any(bad)),
-            ["rois[:, 0] (batch index) must be in [0, B) with B =", fshape[0],
-             "; offending rows:", tf.reshape(tf.where(bad), [-1])], summarize=10)
+            [
+                "rois[:, 0] (batch index) must be in [0, B) with B =",
+                fshape[0],
+                "; offending rows:",
+                tf.reshape(tf.where(bad), [-1]),
+            ],
+            summarize=10,
+        )
         with tf.control_dependencies([check] if check is not None else []):
             batch_index = tf.cast(tf.floor(batch_f), tf.int32)
         scale = float(np.float32(spatial_scale))

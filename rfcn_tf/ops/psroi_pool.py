@@ -37,11 +37,7 @@ import threading
 
 import tensorflow as tf
 
-__all__ = [
-    "custom_op_available",
-    "custom_op_load_error",
-    "ps_roi_pool",
-]
+__all__ = ["custom_op_available", "custom_op_load_error", "ps_roi_pool"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -93,9 +89,7 @@ class _OpLibrary:
         return self._error
 
 
-_LIBRARY = _OpLibrary(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), _SO_NAME)
-)
+_LIBRARY = _OpLibrary(os.path.join(os.path.dirname(os.path.abspath(__file__)), _SO_NAME))
 _FALLBACK_WARNED = False
 _WARN_LOCK = threading.Lock()
 
@@ -114,8 +108,7 @@ def _require_library():
     module = _LIBRARY.module()
     if module is None:
         raise RuntimeError(
-            "ps_roi_pool(impl='custom'): the compiled op is not available: "
-            f"{_LIBRARY.error()}"
+            f"ps_roi_pool(impl='custom'): the compiled op is not available: {_LIBRARY.error()}"
         )
     return module
 
@@ -136,10 +129,12 @@ def _warn_fallback_once() -> None:
 def _output_grid(output_size) -> tuple[int, int]:
     """(kh, kw) from an int k or a pair; ValueError naming the value otherwise."""
     pair = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
-    if (len(pair) != 2
-            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in pair)):
-        raise ValueError(f"output_size must be an int k or a pair (kh, kw) of ints, got "
-                         f"{output_size!r}")
+    if len(pair) != 2 or any(
+        isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in pair
+    ):
+        raise ValueError(
+            f"output_size must be an int k or a pair (kh, kw) of ints, got {output_size!r}"
+        )
     if min(pair) < 1:
         raise ValueError(f"output_size must be >= 1, got {output_size!r}")
     return int(pair[0]), int(pair[1])
@@ -170,9 +165,7 @@ def _ps_roi_pool_grad(op, grad):
       coordinates (they are treated as constants).
     """
     features, rois = op.inputs[0], op.inputs[1]
-    grad_features = _require_library().rfcn_ps_roi_pool_grad(
-        features, rois, grad, **_op_attrs(op)
-    )
+    grad_features = _require_library().rfcn_ps_roi_pool_grad(features, rois, grad, **_op_attrs(op))
     return [grad_features, None]
 
 

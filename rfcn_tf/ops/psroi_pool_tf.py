@@ -67,10 +67,12 @@ _FEATURE_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 def _output_grid(output_size):
     """(kh, kw) from an int k or a pair of ints; ValueError naming the value otherwise."""
     pair = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
-    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
-                             for v in pair):
-        raise ValueError(f"output_size must be an int k or a pair (kh, kw) of ints, got "
-                         f"{output_size!r}")
+    if len(pair) != 2 or any(
+        isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in pair
+    ):
+        raise ValueError(
+            f"output_size must be an int k or a pair (kh, kw) of ints, got {output_size!r}"
+        )
     if min(pair) < 1:
         raise ValueError(f"output_size must be >= 1, got {output_size!r}")
     return int(pair[0]), int(pair[1])
@@ -83,8 +85,12 @@ def _validate_static_args(output_size, spatial_scale, mode, sampling_ratio):
         raise ValueError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
     if not isinstance(mode, str) or mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    if (isinstance(spatial_scale, bool) or not isinstance(spatial_scale, numbers.Real)
-            or not math.isfinite(spatial_scale) or spatial_scale <= 0):
+    if (
+        isinstance(spatial_scale, bool)
+        or not isinstance(spatial_scale, numbers.Real)
+        or not math.isfinite(spatial_scale)
+        or spatial_scale <= 0
+    ):
         raise ValueError(f"spatial_scale must be a finite number > 0, got {spatial_scale!r}")
     return grid
 
@@ -94,7 +100,8 @@ def _validate_static_shapes(features, rois, kk):
     if features.dtype not in _FEATURE_DTYPES:
         raise ValueError(
             f"features dtype must be one of {[d.name for d in _FEATURE_DTYPES]}, got "
-            f"{features.dtype.name}")
+            f"{features.dtype.name}"
+        )
     if not rois.dtype.is_floating:
         raise ValueError(f"rois dtype must be floating, got {rois.dtype.name}")
     fshape = features.shape
@@ -105,7 +112,8 @@ def _validate_static_shapes(features, rois, kk):
         if channels is not None and channels % kk != 0:
             raise ValueError(
                 f"features channels ({channels}) must be a multiple of kh*kw = {kk} "
-                f"(output_size); features shape {fshape}")
+                f"(output_size); features shape {fshape}"
+            )
         for axis, label in ((1, "height"), (2, "width")):
             if fshape[axis] is not None and fshape[axis] < 1:
                 raise ValueError(f"features {label} must be >= 1, got shape {fshape}")
@@ -113,7 +121,8 @@ def _validate_static_shapes(features, rois, kk):
     if rshape.rank is not None:
         if rshape.rank != 2 or (rshape[1] is not None and rshape[1] != 5):
             raise ValueError(
-                f"rois must be [R, 5] rows (batch_index, y1, x1, y2, x2), got shape {rshape}")
+                f"rois must be [R, 5] rows (batch_index, y1, x1, y2, x2), got shape {rshape}"
+            )
 
 
 def _runtime_checks(features, rois, kk):
@@ -125,32 +134,54 @@ def _runtime_checks(features, rois, kk):
         later computations must depend on (empty in eager mode, where asserts raise at once).
     """
     if features.shape.rank is None:
-        features = tf.ensure_shape(features, [None, None, None, None],
-                                   name="features_must_be_rank_4")
+        features = tf.ensure_shape(
+            features, [None, None, None, None], name="features_must_be_rank_4"
+        )
     if rois.shape.rank is None or rois.shape[1] is None:
         rois = tf.ensure_shape(rois, [None, 5], name="rois_must_be_Rx5")
     fshape = tf.shape(features)
     checks = []
     if features.shape[3] is None:
-        checks.append(tf.debugging.Assert(
-            tf.equal(tf.math.floormod(fshape[3], kk), 0),
-            [f"features channels must be a multiple of kh*kw = {kk}, got features "
-             "shape", fshape], summarize=4, name="channels_multiple_of_k2"))
+        checks.append(
+            tf.debugging.Assert(
+                tf.equal(tf.math.floormod(fshape[3], kk), 0),
+                [
+                    f"features channels must be a multiple of kh*kw = {kk}, got features shape",
+                    fshape,
+                ],
+                summarize=4,
+                name="channels_multiple_of_k2",
+            )
+        )
     if features.shape[1] is None or features.shape[2] is None:
-        checks.append(tf.debugging.Assert(
-            tf.reduce_min(fshape[1:3]) >= 1,
-            ["features height and width must be >= 1, got features shape", fshape],
-            summarize=4, name="height_width_positive"))
+        checks.append(
+            tf.debugging.Assert(
+                tf.reduce_min(fshape[1:3]) >= 1,
+                ["features height and width must be >= 1, got features shape", fshape],
+                summarize=4,
+                name="height_width_positive",
+            )
+        )
     batch_index = tf.cast(rois[:, 0], tf.float32)  # read as float32, like the op
     # Written as NOT(in range) so that NaN is caught too.
-    bad = tf.logical_not(tf.logical_and(batch_index >= 0,
-                                        batch_index < tf.cast(fshape[0], tf.float32)))
-    checks.append(tf.debugging.Assert(
-        tf.logical_not(tf.reduce_any(bad)),
-        ["rois[:, 0] (batch index) must be in [0, B) with B =", fshape[0],
-         "; offending rows:", tf.reshape(tf.where(bad), [-1]),
-         "values:", tf.boolean_mask(batch_index, bad)],
-        summarize=10, name="batch_index_in_range"))
+    bad = tf.logical_not(
+        tf.logical_and(batch_index >= 0, batch_index < tf.cast(fshape[0], tf.float32))
+    )
+    checks.append(
+        tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(bad)),
+            [
+                "rois[:, 0] (batch index) must be in [0, B) with B =",
+                fshape[0],
+                "; offending rows:",
+                tf.reshape(tf.where(bad), [-1]),
+                "values:",
+                tf.boolean_mask(batch_index, bad),
+            ],
+            summarize=10,
+            name="batch_index_in_range",
+        )
+    )
     return features, rois, [c for c in checks if c is not None]  # eager asserts return None
 
 
@@ -187,7 +218,7 @@ def _exclusive_prefix_axis1(x):
     local = tf.matmul(_triangular(_BLOCK, strict=False), x)  # [A, blocks, 8, D]
     carry = tf.matmul(_triangular(blocks, strict=True), local[:, :, _BLOCK - 1, :])
     out = tf.reshape(local + carry[:, :, None, :], [a, blocks * _BLOCK, d])
-    return out[:, :n + 1]
+    return out[:, : n + 1]
 
 
 def _integral_image(features):
@@ -262,8 +293,9 @@ def _avg_pool(features, rois, batch_index, grid, spatial_scale):
 
     # Four separate gathers (not one gather + slicing): slicing a [R, kh, kw, 4, C] tensor makes
     # autodiff materialize four dense StridedSliceGrad tensors of that size.
-    box_sum = ((corner(h_hi, w_hi) - corner(h_lo, w_hi))
-               - (corner(h_hi, w_lo) - corner(h_lo, w_lo)))  # [R, kh, kw, C] float64
+    box_sum = (corner(h_hi, w_hi) - corner(h_lo, w_hi)) - (
+        corner(h_hi, w_lo) - corner(h_lo, w_lo)
+    )  # [R, kh, kw, C] float64
     return box_sum * inv_area[..., None]
 
 
@@ -276,9 +308,11 @@ def _sample_counts(bin_size, sampling_ratio):
     if sampling_ratio > 0:
         count = tf.fill(tf.shape(bin_size), tf.constant(float(sampling_ratio), tf.float64))
         return count, tf.constant(sampling_ratio, tf.int32)
-    count = tf.where(bin_size > 1.0,
-                     tf.minimum(tf.math.ceil(bin_size), float(MAX_ADAPTIVE_SAMPLES)),
-                     tf.ones_like(bin_size))
+    count = tf.where(
+        bin_size > 1.0,
+        tf.minimum(tf.math.ceil(bin_size), float(MAX_ADAPTIVE_SAMPLES)),
+        tf.ones_like(bin_size),
+    )
     most = tf.maximum(tf.cast(tf.reduce_max(tf.concat([count, [1.0]], 0)), tf.int32), 1)
     return count, most
 
@@ -308,8 +342,9 @@ def _bilinear_axis(start, size, k, sampling_ratio, limit):
     step = (bin_size / count)[:, None, None]
     pos = (start[:, None, None] + bins * bin_size[:, None, None]) + (points + 0.5) * step
     # NOT(in range) so NaN is out; out-of-range positions become 0 before any int cast.
-    valid = tf.logical_and(tf.logical_and(pos >= -1.0, pos <= limit_f),
-                           points < count[:, None, None])  # [R, k, n]
+    valid = tf.logical_and(
+        tf.logical_and(pos >= -1.0, pos <= limit_f), points < count[:, None, None]
+    )  # [R, k, n]
     pos = tf.where(valid, tf.maximum(pos, 0.0), tf.zeros_like(pos))
     low = tf.floor(pos)
     at_edge = low >= limit_f - 1.0
@@ -333,8 +368,7 @@ def _bilinear_axis(start, size, k, sampling_ratio, limit):
     return index, summed
 
 
-def _bilinear_pool(features, rois, batch_index, grid, spatial_scale, sampling_ratio,
-                   compute_dtype):
+def _bilinear_pool(features, rois, batch_index, grid, spatial_scale, sampling_ratio, compute_dtype):
     """bilinear mode: Dy*Dx window cells per bin gathered on the bin's channel slice.
 
     Returns [R, kh, kw, C]."""
@@ -365,8 +399,16 @@ def _bilinear_pool(features, rois, batch_index, grid, spatial_scale, sampling_ra
     return tf.squeeze(tf.matmul(tf.cast(weight, compute_dtype), values), axis=3)
 
 
-def ps_roi_pool_tf(features, rois, *, output_size=7, spatial_scale=1.0 / 16, mode="avg",
-                   sampling_ratio=2, name=None):
+def ps_roi_pool_tf(
+    features,
+    rois,
+    *,
+    output_size=7,
+    spatial_scale=1.0 / 16,
+    mode="avg",
+    sampling_ratio=2,
+    name=None,
+):
     """Position-sensitive RoI pooling (R-FCN sec. 2) with stock TF ops, both modes.
 
     Args:

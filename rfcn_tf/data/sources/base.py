@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -34,17 +34,17 @@ from rfcn_tf import images
 from rfcn_tf.data.errors import DATA_ERROR_PREFIX
 
 __all__ = [
-    "DatasetInfo",
     "EXAMPLE_KEYS",
-    "logger",
-    "decode_image_or_flag",
-    "read_image_or_flag",
+    "DatasetInfo",
     "clip_and_filter_boxes",
-    "finalize_examples",
-    "without_python_callbacks",
+    "decode_image_or_flag",
     "example_spec",
-    "records_dataset",
     "file_examples",
+    "finalize_examples",
+    "logger",
+    "read_image_or_flag",
+    "records_dataset",
+    "without_python_callbacks",
 ]
 
 logger = logging.getLogger("rfcn_tf.data")
@@ -72,9 +72,9 @@ class DatasetInfo:
     """
 
     class_names: list[str]
-    num_examples: Optional[int]
-    category_ids: Optional[list[int]] = None
-    max_boxes_per_image: Optional[int] = None
+    num_examples: int | None
+    category_ids: list[int] | None = None
+    max_boxes_per_image: int | None = None
 
     def __post_init__(self):
         self.class_names = list(self.class_names)
@@ -83,7 +83,8 @@ class DatasetInfo:
             if len(self.category_ids) != len(self.class_names):
                 raise ValueError(
                     f"category_ids has {len(self.category_ids)} entries but there are "
-                    f"{len(self.class_names)} class names")
+                    f"{len(self.class_names)} class names"
+                )
 
     @property
     def num_classes(self) -> int:
@@ -119,7 +120,8 @@ def _try_or_flag(fn: Callable[[tf.Tensor], tuple], arg: tf.Tensor):
     inner = tf.data.Dataset.from_tensors(arg).map(lambda a: fn(a) + (tf.constant(True),))
     inner = inner.ignore_errors()
     fallback = tf.data.Dataset.from_tensors(
-        (tf.zeros([0, 0, 3], tf.uint8), tf.constant(1, tf.int32), tf.constant(False)))
+        (tf.zeros([0, 0, 3], tf.uint8), tf.constant(1, tf.int32), tf.constant(False))
+    )
     image, orientation, ok = inner.concatenate(fallback).take(1).get_single_element()
     image = tf.ensure_shape(image, [None, None, 3])
     return image, orientation, ok
@@ -129,8 +131,7 @@ def _decode_stored(contents: tf.Tensor):
     # THE decoder (rfcn_tf/images.py): TF's decode_image, channels=3, uint8 (16-bit PNGs
     # mapped by TF's dtype conversion), first GIF frame; the EXIF orientation is returned
     # beside the stored pixels so the annotation rule can decide whether to apply it.
-    return (images.decode_image(contents, apply_exif=False),
-            images.exif_orientation(contents))
+    return (images.decode_image(contents, apply_exif=False), images.exif_orientation(contents))
 
 
 def decode_image_or_flag(contents: tf.Tensor):
@@ -176,8 +177,11 @@ def clip_and_filter_boxes(boxes: tf.Tensor, *per_box: tf.Tensor):
     boxes = tf.clip_by_value(tf.cast(boxes, tf.float32), 0.0, 1.0)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     dropped = tf.reduce_sum(tf.cast(~keep, tf.int32))
-    return (tf.boolean_mask(boxes, keep),) + tuple(tf.boolean_mask(t, keep) for t in per_box) + (
-        dropped,)
+    return (
+        (tf.boolean_mask(boxes, keep),)
+        + tuple(tf.boolean_mask(t, keep) for t in per_box)
+        + (dropped,)
+    )
 
 
 def _empty_like(spec):
@@ -203,8 +207,9 @@ def without_python_callbacks():
         _REPORT_DEFAULT.pop()
 
 
-def finalize_examples(dataset: tf.data.Dataset, *, skip_corrupt: bool, description: str,
-                      report: Optional[bool] = None) -> tf.data.Dataset:
+def finalize_examples(
+    dataset: tf.data.Dataset, *, skip_corrupt: bool, description: str, report: bool | None = None
+) -> tf.data.Dataset:
     """Applies the corrupt-image policy, reports per-pass counts, strips internal keys.
 
     Args:
@@ -224,11 +229,18 @@ def finalize_examples(dataset: tf.data.Dataset, *, skip_corrupt: bool, descripti
     if report is None:
         report = _REPORT_DEFAULT[-1]
     if not skip_corrupt:
+
         def check(ex):
-            assertion = tf.debugging.Assert(ex["_ok"], [
-                f"{DATA_ERROR_PREFIX} cannot read or decode image file", ex["filename"],
-                f"of {description} (missing, unreadable or corrupt); set data.skip_corrupt=true "
-                "to skip such images"], summarize=1)
+            assertion = tf.debugging.Assert(
+                ex["_ok"],
+                [
+                    f"{DATA_ERROR_PREFIX} cannot read or decode image file",
+                    ex["filename"],
+                    f"of {description} (missing, unreadable or corrupt); set data.skip_corrupt=true "
+                    "to skip such images",
+                ],
+                summarize=1,
+            )
             with tf.control_dependencies([assertion]):
                 return dict(ex, _ok=tf.identity(ex["_ok"]))
 
@@ -249,15 +261,29 @@ def finalize_examples(dataset: tf.data.Dataset, *, skip_corrupt: bool, descripti
     def log_counts(skipped, dropped, seen, names, skipped_boxes):
         skipped, dropped, seen = int(skipped), int(dropped), int(seen)
         if skipped:
-            named = [n.decode("utf-8", "replace")
-                     for n in names.numpy().tolist()[:min(skipped, _MAX_NAMED)]]
+            named = [
+                n.decode("utf-8", "replace")
+                for n in names.numpy().tolist()[: min(skipped, _MAX_NAMED)]
+            ]
             more = ", ..." if skipped > len(named) else ""
-            logger.warning("%s: skipped %d of %d images that could not be read or decoded, "
-                           "with their %d boxes (data.skip_corrupt=true): %s%s", description,
-                           skipped, seen, int(skipped_boxes), ", ".join(named), more)
+            logger.warning(
+                "%s: skipped %d of %d images that could not be read or decoded, "
+                "with their %d boxes (data.skip_corrupt=true): %s%s",
+                description,
+                skipped,
+                seen,
+                int(skipped_boxes),
+                ", ".join(named),
+                more,
+            )
         if dropped:
-            logger.warning("%s: dropped %d boxes with no area inside their image after clipping "
-                           "(in %d images)", description, dropped, seen)
+            logger.warning(
+                "%s: dropped %d boxes with no area inside their image after clipping "
+                "(in %d images)",
+                description,
+                dropped,
+                seen,
+            )
         return np.int32(0)
 
     def step(state, element):
@@ -270,29 +296,43 @@ def finalize_examples(dataset: tf.data.Dataset, *, skip_corrupt: bool, descripti
         skipped_boxes += tf.where(bad, num_boxes, 0)
         names = tf.cond(
             bad & (skipped < _MAX_NAMED),
-            lambda: tf.tensor_scatter_nd_update(names, [[tf.minimum(skipped, _MAX_NAMED - 1)]],
-                                                [ex["filename"]]),
-            lambda: names)
+            lambda: tf.tensor_scatter_nd_update(
+                names, [[tf.minimum(skipped, _MAX_NAMED - 1)]], [ex["filename"]]
+            ),
+            lambda: names,
+        )
         skipped += tf.cast(bad, tf.int32)
         dropped += tf.where(is_end | bad, 0, ex["_dropped"])
         seen += tf.cast(~is_end, tf.int32)
         done = tf.cond(
             is_end,
-            lambda: tf.py_function(log_counts, [skipped, dropped, seen, names, skipped_boxes],
-                                   tf.int32),
-            lambda: tf.constant(0, tf.int32))
+            lambda: tf.py_function(
+                log_counts, [skipped, dropped, seen, names, skipped_boxes], tf.int32
+            ),
+            lambda: tf.constant(0, tf.int32),
+        )
         # `done` (always 0) feeds the output so the logging call cannot be pruned.
         return (skipped + done, dropped, seen, names, skipped_boxes), (ex, is_end)
 
-    init = (tf.constant(0), tf.constant(0), tf.constant(0), tf.fill([_MAX_NAMED], ""),
-            tf.constant(0))
+    init = (
+        tf.constant(0),
+        tf.constant(0),
+        tf.constant(0),
+        tf.fill([_MAX_NAMED], ""),
+        tf.constant(0),
+    )
     reported = marked.scan(init, step)
     reported = reported.filter(lambda ex, is_end: tf.logical_and(~is_end, ex["_ok"]))
     return reported.map(lambda ex, is_end: strip(ex))
 
 
-def records_dataset(records: dict[str, Sequence], *, shard: Optional[tuple[int, int]] = None,
-                    shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:
+def records_dataset(
+    records: dict[str, Sequence],
+    *,
+    shard: tuple[int, int] | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> tf.data.Dataset:
     """Per-image annotation records parsed in Python -> a tf.data.Dataset of small dicts.
 
     Args:
@@ -309,8 +349,11 @@ def records_dataset(records: dict[str, Sequence], *, shard: Optional[tuple[int, 
             lengths = np.array([len(v) for v in values], np.int64)
             width = (4,) if key == "boxes" else ()
             dtype = {"boxes": np.float32, "labels": np.int32}.get(key, np.bool_)
-            flat = (np.concatenate([np.asarray(v, dtype).reshape((-1,) + width) for v in values])
-                    if len(values) and lengths.sum() else np.zeros((0,) + width, dtype))
+            flat = (
+                np.concatenate([np.asarray(v, dtype).reshape((-1,) + width) for v in values])
+                if len(values) and lengths.sum()
+                else np.zeros((0,) + width, dtype)
+            )
             columns[key] = tf.RaggedTensor.from_row_lengths(flat, lengths)
         else:
             columns[key] = tf.constant(np.asarray(values))
@@ -323,10 +366,16 @@ def records_dataset(records: dict[str, Sequence], *, shard: Optional[tuple[int, 
     return dataset
 
 
-def file_examples(records: dict[str, Sequence], *, description: str, skip_corrupt: bool,
-                  shuffle: bool = False, seed: int = 0,
-                  shard: Optional[tuple[int, int]] = None,
-                  num_parallel_calls: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
+def file_examples(
+    records: dict[str, Sequence],
+    *,
+    description: str,
+    skip_corrupt: bool,
+    shuffle: bool = False,
+    seed: int = 0,
+    shard: tuple[int, int] | None = None,
+    num_parallel_calls: int = tf.data.AUTOTUNE,
+) -> tf.data.Dataset:
     """Examples of a folder source (VOC, COCO JSON) from annotations parsed in Python.
 
     Image files are read and decoded inside tf.data by a parallel map; boxes are normalized by
@@ -355,7 +404,8 @@ def file_examples(records: dict[str, Sequence], *, description: str, skip_corrup
         scale = tf.stack([hw[0], hw[1], hw[0], hw[1]])
         boxes = tf.reshape(tf.cast(rec["boxes"], tf.float32), [-1, 4]) / scale
         boxes, labels, difficult, crowd, dropped = clip_and_filter_boxes(
-            boxes, rec["labels"], rec["is_difficult"], rec["is_crowd"])
+            boxes, rec["labels"], rec["is_difficult"], rec["is_crowd"]
+        )
         return {
             "image": image,
             "image_id": tf.cast(rec["image_id"], tf.int64),

@@ -71,10 +71,19 @@ def load_coco_annotations(path) -> dict:
     return data
 
 
-def coco_source(annotations, images, *, split: str = "",
-                class_names: Sequence[str] | None = None, skip_corrupt: bool = False,
-                shuffle: bool = False, seed: int = 0, shard: tuple[int, int] | None = None,
-                num_parallel_calls: int = tf.data.AUTOTUNE, max_images: int | None = None):
+def coco_source(
+    annotations,
+    images,
+    *,
+    split: str = "",
+    class_names: Sequence[str] | None = None,
+    skip_corrupt: bool = False,
+    shuffle: bool = False,
+    seed: int = 0,
+    shard: tuple[int, int] | None = None,
+    num_parallel_calls: int = tf.data.AUTOTUNE,
+    max_images: int | None = None,
+):
     """Examples of a COCO instances file.
 
     Args:
@@ -111,8 +120,10 @@ def coco_source(annotations, images, *, split: str = "",
         id_of = {c["name"]: c["id"] for c in categories}
         unknown = [n for n in names if n not in id_of]
         if unknown:
-            raise DataError(f"{json_path}: configured classes {unknown} are not categories of "
-                            f"the file (categories: {sorted(id_of)})")
+            raise DataError(
+                f"{json_path}: configured classes {unknown} are not categories of "
+                f"the file (categories: {sorted(id_of)})"
+            )
         category_ids = [id_of[n] for n in names]
     else:
         names = [c["name"] for c in categories]
@@ -120,32 +131,44 @@ def coco_source(annotations, images, *, split: str = "",
     label_of = {cid: label for label, cid in enumerate(category_ids)}
 
     for index, im in enumerate(data["images"]):
-        if (not isinstance(im, dict) or isinstance(im.get("id"), bool)
-                or not isinstance(im.get("id"), int) or not isinstance(im.get("file_name"), str)):
-            raise DataError(f"{json_path}: images[{index}] needs an integer 'id' and a "
-                            f"'file_name' string, got {im!r}"[:300])
+        if (
+            not isinstance(im, dict)
+            or isinstance(im.get("id"), bool)
+            or not isinstance(im.get("id"), int)
+            or not isinstance(im.get("file_name"), str)
+        ):
+            raise DataError(
+                f"{json_path}: images[{index}] needs an integer 'id' and a "
+                f"'file_name' string, got {im!r}"[:300]
+            )
     image_entries = sorted(data["images"], key=lambda im: im["id"])
     file_of: dict[int, str] = {}
     for im in image_entries:
         if im["id"] in file_of:
             # Merging would give one image the annotations of both files.
-            raise DataError(f"{json_path}: image id {im['id']} is used twice, by "
-                            f"{file_of[im['id']]!r} and {im['file_name']!r}; image ids must be "
-                            f"unique")
+            raise DataError(
+                f"{json_path}: image id {im['id']} is used twice, by "
+                f"{file_of[im['id']]!r} and {im['file_name']!r}; image ids must be "
+                f"unique"
+            )
         file_of[im["id"]] = im["file_name"]
     per_image: dict[int, list] = {im["id"]: [] for im in image_entries}
     degenerate: dict[str, int] = {}
     for ann in data["annotations"]:
         image_id = ann.get("image_id")
         if image_id not in per_image:
-            raise DataError(f"{json_path}: annotation id {ann.get('id')} refers to image_id "
-                            f"{image_id}, which is not in 'images'")
+            raise DataError(
+                f"{json_path}: annotation id {ann.get('id')} refers to image_id "
+                f"{image_id}, which is not in 'images'"
+            )
         cid = ann.get("category_id")
         if cid not in label_of:
             name = name_of.get(cid, f"<category id {cid} not in 'categories'>")
-            raise DataError(f"{json_path}: annotation id {ann.get('id')} of image "
-                            f"{file_of[image_id]} has class {name!r}, which is not one of the "
-                            f"configured classes {names}")
+            raise DataError(
+                f"{json_path}: annotation id {ann.get('id')} of image "
+                f"{file_of[image_id]} has class {name!r}, which is not one of the "
+                f"configured classes {names}"
+            )
         x, y, w, h = (float(v) for v in ann["bbox"])
         if w <= 0 or h <= 0:
             degenerate[file_of[image_id]] = degenerate.get(file_of[image_id], 0) + 1
@@ -153,11 +176,22 @@ def coco_source(annotations, images, *, split: str = "",
         per_image[image_id].append(((x, y, w, h), label_of[cid], bool(ann.get("iscrowd", 0))))
     if degenerate:
         files = ", ".join(f"{name} ({count})" for name, count in sorted(degenerate.items()))
-        logger.warning("coco %s: dropped %d boxes with width <= 0 or height <= 0: %s", json_path,
-                       sum(degenerate.values()), files)
+        logger.warning(
+            "coco %s: dropped %d boxes with width <= 0 or height <= 0: %s",
+            json_path,
+            sum(degenerate.values()),
+            files,
+        )
 
-    records = {"path": [], "image_id": [], "boxes": [], "labels": [], "is_difficult": [],
-               "is_crowd": [], "size": []}
+    records = {
+        "path": [],
+        "image_id": [],
+        "boxes": [],
+        "labels": [],
+        "is_difficult": [],
+        "is_crowd": [],
+        "size": [],
+    }
     missing = []
     if max_images is not None:
         image_entries = image_entries[:max_images]  # sorted by id above
@@ -175,9 +209,11 @@ def coco_source(annotations, images, *, split: str = "",
         records["is_crowd"].append(np.asarray([a[2] for a in anns], bool))
         records["size"].append(_annotated_size(im))  # decides EXIF (rfcn_tf/images.py)
     if missing:
-        raise DataError(f"{len(missing)} image file(s) of {json_path} not found: "
-                        f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''} "
-                        "(set data.skip_corrupt=true to skip them)")
+        raise DataError(
+            f"{len(missing)} image file(s) of {json_path} not found: "
+            f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''} "
+            "(set data.skip_corrupt=true to skip them)"
+        )
     if not records["path"]:
         raise DataError(f"{json_path}: the 'images' list is empty")
     # One conversion for all boxes of the split (COCO xywh exists only up to here).
@@ -188,24 +224,47 @@ def coco_source(annotations, images, *, split: str = "",
     records["size"] = np.asarray(records["size"], np.int32).reshape(-1, 2)
 
     description = f"coco {json_path}"
-    dataset = file_examples(records, description=description, skip_corrupt=skip_corrupt,
-                            shuffle=shuffle, seed=seed, shard=shard,
-                            num_parallel_calls=num_parallel_calls)
-    return dataset, DatasetInfo(class_names=names, num_examples=len(image_entries),
-                                category_ids=category_ids,
-                                max_boxes_per_image=max(map(len, records["labels"]), default=0))
+    dataset = file_examples(
+        records,
+        description=description,
+        skip_corrupt=skip_corrupt,
+        shuffle=shuffle,
+        seed=seed,
+        shard=shard,
+        num_parallel_calls=num_parallel_calls,
+    )
+    return dataset, DatasetInfo(
+        class_names=names,
+        num_examples=len(image_entries),
+        category_ids=category_ids,
+        max_boxes_per_image=max(map(len, records["labels"]), default=0),
+    )
 
 
-def from_config(data_cfg, *, split: str, shuffle: bool = False, seed: int = 0,
-                shard: tuple[int, int] | None = None):
+def from_config(
+    data_cfg,
+    *,
+    split: str,
+    shuffle: bool = False,
+    seed: int = 0,
+    shard: tuple[int, int] | None = None,
+):
     """`coco_source` with its arguments read from a `DataConfig`."""
     if not data_cfg.coco_annotations or not data_cfg.coco_images:
-        raise DataError("data.source=coco_json needs data.coco_annotations (instances JSON) and "
-                        f"data.coco_images (image folder); got {data_cfg.coco_annotations!r} and "
-                        f"{data_cfg.coco_images!r}")
-    return coco_source(data_cfg.coco_annotations, data_cfg.coco_images, split=split,
-                       class_names=data_cfg.class_names, skip_corrupt=data_cfg.skip_corrupt,
-                       shuffle=shuffle, seed=seed, shard=shard,
-                       num_parallel_calls=data_cfg.num_parallel_calls,
-                       max_images=data_cfg.max_train_images
-                       if split == data_cfg.train_split else None)
+        raise DataError(
+            "data.source=coco_json needs data.coco_annotations (instances JSON) and "
+            f"data.coco_images (image folder); got {data_cfg.coco_annotations!r} and "
+            f"{data_cfg.coco_images!r}"
+        )
+    return coco_source(
+        data_cfg.coco_annotations,
+        data_cfg.coco_images,
+        split=split,
+        class_names=data_cfg.class_names,
+        skip_corrupt=data_cfg.skip_corrupt,
+        shuffle=shuffle,
+        seed=seed,
+        shard=shard,
+        num_parallel_calls=data_cfg.num_parallel_calls,
+        max_images=data_cfg.max_train_images if split == data_cfg.train_split else None,
+    )

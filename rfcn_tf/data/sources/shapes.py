@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -39,8 +39,15 @@ from rfcn_tf.data.errors import DataError
 from rfcn_tf.data.sources.base import DatasetInfo
 from rfcn_tf.ops import boxes as box_ops
 
-__all__ = ["KNOWN_SHAPES", "TRAIN_SPLITS", "VAL_SPLITS", "generate_shapes_image", "noise_tile",
-           "shapes_source", "from_config"]
+__all__ = [
+    "KNOWN_SHAPES",
+    "TRAIN_SPLITS",
+    "VAL_SPLITS",
+    "from_config",
+    "generate_shapes_image",
+    "noise_tile",
+    "shapes_source",
+]
 
 KNOWN_SHAPES = ("circle", "square", "triangle", "ring", "cross", "diamond")
 TRAIN_SPLITS = ("train",)
@@ -92,14 +99,26 @@ def noise_tile(image_size: int, seed: int) -> tf.Tensor:
     Drawing per-pixel Philox noise for every image costs more than the rest of the image at
     600 px; a fixed tile, deterministic in `seed`, shifted per image, looks the same to a detector.
     """
-    return tf.random.stateless_uniform([2 * image_size, 2 * image_size],
-                                       tf.constant([seed, 7919], tf.int64), minval=-1.0,
-                                       maxval=1.0)
+    return tf.random.stateless_uniform(
+        [2 * image_size, 2 * image_size],
+        tf.constant([seed, 7919], tf.int64),
+        minval=-1.0,
+        maxval=1.0,
+    )
 
 
-def generate_shapes_image(seed: tf.Tensor, *, image_size: int, classes: Sequence[str],
-                          min_objects: int, max_objects: int, min_size: float, max_size: float,
-                          max_overlap_iou: float, noise: Optional[tf.Tensor] = None):
+def generate_shapes_image(
+    seed: tf.Tensor,
+    *,
+    image_size: int,
+    classes: Sequence[str],
+    min_objects: int,
+    max_objects: int,
+    min_size: float,
+    max_size: float,
+    max_overlap_iou: float,
+    noise: tf.Tensor | None = None,
+):
     """Draws one image of the shapes dataset.
 
     Args:
@@ -127,16 +146,20 @@ def generate_shapes_image(seed: tf.Tensor, *, image_size: int, classes: Sequence
 
     # --- background texture F [S, S] in [-A, A]: gradient + stripes + noise
     light = _uniform(seeds[0], [], 0.0, 1.0) < 0.5
-    base = tf.where(light, _uniform(seeds[1], [3], *_LIGHT_BASE),
-                    _uniform(seeds[1], [3], *_DARK_BASE))
+    base = tf.where(
+        light, _uniform(seeds[1], [3], *_LIGHT_BASE), _uniform(seeds[1], [3], *_DARK_BASE)
+    )
     ys = tf.range(S, dtype=tf.float32)[:, None] + 0.5  # [S, 1] pixel centers
     xs = tf.range(S, dtype=tf.float32)[None, :] + 0.5  # [1, S]
     p = _uniform(seeds[2], [8], 0.0, 1.0)
     theta = 2.0 * math.pi * p[0]
     gradient_amp = 20.0 * p[1]
     # (y sin + x cos) / S - 0.5 lies in about [-1, 1]
-    gradient = (ys * (gradient_amp * tf.sin(theta) / size_f) - gradient_amp * 0.5
-                + xs * (gradient_amp * tf.cos(theta) / size_f))  # [S, S]
+    gradient = (
+        ys * (gradient_amp * tf.sin(theta) / size_f)
+        - gradient_amp * 0.5
+        + xs * (gradient_amp * tf.cos(theta) / size_f)
+    )  # [S, S]
     # Stripes sin(a y + b x) = sin(a y) cos(b x) + cos(a y) sin(b x): sines of S values only.
     phi = 2.0 * math.pi * p[2]
     freq = 2.0 * math.pi / (6.0 + 24.0 * p[3])  # period 6..30 pixels
@@ -144,17 +167,17 @@ def generate_shapes_image(seed: tf.Tensor, *, image_size: int, classes: Sequence
     ay, bx = ys * (freq * tf.sin(phi)), xs * (freq * tf.cos(phi))
     stripes = (tf.sin(ay) * stripe_amp) * tf.cos(bx) + (tf.cos(ay) * stripe_amp) * tf.sin(bx)
     offset = tf.random.stateless_uniform([2], seeds[3], minval=0, maxval=S, dtype=tf.int32)
-    grain = noise[offset[0]:offset[0] + S, offset[1]:offset[1] + S] * (3.0 + 9.0 * p[6])
-    texture = tf.clip_by_value(gradient + stripes + grain, -_TEXTURE_AMPLITUDE,
-                               _TEXTURE_AMPLITUDE)
+    grain = noise[offset[0] : offset[0] + S, offset[1] : offset[1] + S] * (3.0 + 9.0 * p[6])
+    texture = tf.clip_by_value(gradient + stripes + grain, -_TEXTURE_AMPLITUDE, _TEXTURE_AMPLITUDE)
     # uint8 planes: (texture + A) + (base - A), both >= 0, sum <= 245.
     texture_u8 = tf.cast(texture + (_TEXTURE_AMPLITUDE + 0.5), tf.uint8)
     base_u8 = tf.cast(tf.round(base) - _TEXTURE_AMPLITUDE, tf.uint8)
     planes = [texture_u8 + base_u8[c] for c in range(3)]
 
     # --- placement: K slots, T candidates each, greedy first-fit under the IoU limit
-    count = tf.random.stateless_uniform([], seeds[5], minval=min_objects, maxval=max_objects + 1,
-                                        dtype=tf.int32)
+    count = tf.random.stateless_uniform(
+        [], seeds[5], minval=min_objects, maxval=max_objects + 1, dtype=tf.int32
+    )
     sides = _uniform(seeds[6], [K, T], min_size * size_f, max_size * size_f)
     corner = _uniform(seeds[7], [K, T, 2], 0.0, 1.0) * (size_f - sides)[..., None]
     candidates = tf.concat([corner, corner + sides[..., None]], axis=-1)  # [K, T, 4] yxyx px
@@ -176,8 +199,9 @@ def generate_shapes_image(seed: tf.Tensor, *, image_size: int, classes: Sequence
     slot_side = tf.stack(slot_side)
 
     # --- colors: brightness opposite to the background, hues spread by the golden ratio
-    hue = tf.math.floormod(_uniform(seeds[9], [], 0.0, 1.0)
-                           + _GOLDEN * tf.range(K, dtype=tf.float32), 1.0)
+    hue = tf.math.floormod(
+        _uniform(seeds[9], [], 0.0, 1.0) + _GOLDEN * tf.range(K, dtype=tf.float32), 1.0
+    )
     sat = _uniform(seeds[10], [K], 0.6, 1.0)
     val = tf.where(light, _uniform(seeds[11], [K], 0.1, 0.4), _uniform(seeds[11], [K], 0.75, 1.0))
     colors = tf.image.hsv_to_rgb(tf.stack([hue, sat, val], axis=-1))  # [K, 3] in [0, 1]
@@ -199,17 +223,20 @@ def generate_shapes_image(seed: tf.Tensor, *, image_size: int, classes: Sequence
         dy = tf.cast(tf.range(r0, r1), tf.float32)[:, None] + 0.5 - cy  # [h, 1]
         dx = tf.cast(tf.range(c0, c1), tf.float32)[None, :] + 0.5 - cx  # [1, w]
         half = slot_side[k] / 2.0
-        branches = [lambda kind=kind: _shape_mask(kind, dy, dx, half) for kind in classes]
+        # switch_case calls a branch in this iteration, so the closures see this slot's values
+        branches = [lambda kind=kind: _shape_mask(kind, dy, dx, half) for kind in classes]  # noqa: B023
         mask = tf.switch_case(slot_kind[k], branches) & slot_valid[k]  # [h, w]
         rows = tf.reduce_any(mask, axis=1)
         cols = tf.reduce_any(mask, axis=0)
         # A False sentinel keeps argmax defined on empty windows.
         first_row = tf.argmax(tf.cast(tf.concat([rows, no], 0), tf.int32), output_type=tf.int32)
-        last_row = tf.argmax(tf.cast(tf.concat([rows[::-1], no], 0), tf.int32),
-                             output_type=tf.int32)
+        last_row = tf.argmax(
+            tf.cast(tf.concat([rows[::-1], no], 0), tf.int32), output_type=tf.int32
+        )
         first_col = tf.argmax(tf.cast(tf.concat([cols, no], 0), tf.int32), output_type=tf.int32)
-        last_col = tf.argmax(tf.cast(tf.concat([cols[::-1], no], 0), tf.int32),
-                             output_type=tf.int32)
+        last_col = tf.argmax(
+            tf.cast(tf.concat([cols[::-1], no], 0), tf.int32), output_type=tf.int32
+        )
         tight = tf.stack([r0 + first_row, c0 + first_col, r1 - last_row, c1 - last_col])
         boxes.append(tf.cast(tight, tf.float32) / size_f)
         labels.append(slot_kind[k])
@@ -218,7 +245,8 @@ def generate_shapes_image(seed: tf.Tensor, *, image_size: int, classes: Sequence
         for c in range(3):
             window = tf.where(mask, colors[k, c], planes[c][r0:r1, c0:c1])
             planes[c] = tf.raw_ops.TensorStridedSliceUpdate(
-                input=planes[c], begin=begin, end=end, strides=[1, 1], value=window)
+                input=planes[c], begin=begin, end=end, strides=[1, 1], value=window
+            )
     keep = tf.stack(keep)
     boxes = tf.boolean_mask(tf.stack(boxes), keep)
     labels = tf.boolean_mask(tf.stack(labels), keep)
@@ -241,39 +269,57 @@ def _interleave_rgb(planes, size: int) -> tf.Tensor:
     return tf.reshape(tf.bitcast(words, tf.uint8), [size, size, 4])[..., :3]
 
 
-def _check(*, image_size, classes, min_objects, max_objects, min_size, max_size,
-           max_overlap_iou, num_val):
+def _check(
+    *, image_size, classes, min_objects, max_objects, min_size, max_size, max_overlap_iou, num_val
+):
     if not classes:
         raise DataError("data.shapes.classes is empty")
     unknown = [c for c in classes if c not in KNOWN_SHAPES]
     if unknown:
-        raise DataError(f"data.shapes.classes has unknown shapes {unknown}; known shapes: "
-                        f"{', '.join(KNOWN_SHAPES)}")
+        raise DataError(
+            f"data.shapes.classes has unknown shapes {unknown}; known shapes: "
+            f"{', '.join(KNOWN_SHAPES)}"
+        )
     if len(set(classes)) != len(classes):
         raise DataError(f"data.shapes.classes repeats a shape: {list(classes)}")
     if image_size < 16:
         raise DataError(f"data.shapes.image_size must be >= 16 pixels, got {image_size}")
     if not 0 <= min_objects <= max_objects or max_objects < 1:
-        raise DataError("data.shapes needs 0 <= min_objects <= max_objects and max_objects >= 1, "
-                        f"got {min_objects} and {max_objects}")
+        raise DataError(
+            "data.shapes needs 0 <= min_objects <= max_objects and max_objects >= 1, "
+            f"got {min_objects} and {max_objects}"
+        )
     if not 0.0 < min_size <= max_size <= 1.0:
-        raise DataError("data.shapes needs 0 < min_size <= max_size <= 1 (fractions of the image "
-                        f"side), got {min_size} and {max_size}")
+        raise DataError(
+            "data.shapes needs 0 < min_size <= max_size <= 1 (fractions of the image "
+            f"side), got {min_size} and {max_size}"
+        )
     if min_size * image_size < 2.0:
-        raise DataError(f"data.shapes.min_size={min_size} gives shapes under 2 pixels at "
-                        f"image_size={image_size}")
+        raise DataError(
+            f"data.shapes.min_size={min_size} gives shapes under 2 pixels at "
+            f"image_size={image_size}"
+        )
     if not 0.0 <= max_overlap_iou <= 1.0:
         raise DataError(f"data.shapes.max_overlap_iou must be in [0, 1], got {max_overlap_iou}")
     if num_val < 1:
         raise DataError(f"data.shapes.num_val must be >= 1, got {num_val}")
 
 
-def shapes_source(*, split: str, image_size: int = 256, classes: Sequence[str] = (
-        "circle", "square", "triangle"), num_val: int = 200, min_objects: int = 1,
-                  max_objects: int = 4, min_size: float = 0.12, max_size: float = 0.5,
-                  max_overlap_iou: float = 0.3, seed: int = 0,
-                  shard: Optional[tuple[int, int]] = None,
-                  num_parallel_calls: int = tf.data.AUTOTUNE):
+def shapes_source(
+    *,
+    split: str,
+    image_size: int = 256,
+    classes: Sequence[str] = ("circle", "square", "triangle"),
+    num_val: int = 200,
+    min_objects: int = 1,
+    max_objects: int = 4,
+    min_size: float = 0.12,
+    max_size: float = 0.5,
+    max_overlap_iou: float = 0.3,
+    seed: int = 0,
+    shard: tuple[int, int] | None = None,
+    num_parallel_calls: int = tf.data.AUTOTUNE,
+):
     """The shapes dataset of one split.
 
     Args:
@@ -292,16 +338,24 @@ def shapes_source(*, split: str, image_size: int = 256, classes: Sequence[str] =
       DataError: an unknown split or shape name, inconsistent sizes or counts.
     """
     classes = list(classes)
-    _check(image_size=image_size, classes=classes, min_objects=min_objects,
-           max_objects=max_objects, min_size=min_size, max_size=max_size,
-           max_overlap_iou=max_overlap_iou, num_val=num_val)
+    _check(
+        image_size=image_size,
+        classes=classes,
+        min_objects=min_objects,
+        max_objects=max_objects,
+        min_size=min_size,
+        max_size=max_size,
+        max_overlap_iou=max_overlap_iou,
+        num_val=num_val,
+    )
     if split in TRAIN_SPLITS:
         stream, indices, num_examples = 0, tf.data.Dataset.counter(), None
     elif split in VAL_SPLITS:
         stream, indices, num_examples = 1, tf.data.Dataset.range(num_val), num_val
     else:
-        raise DataError(f"shapes has no split {split!r}; splits: "
-                        f"{', '.join(TRAIN_SPLITS + VAL_SPLITS)}")
+        raise DataError(
+            f"shapes has no split {split!r}; splits: {', '.join(TRAIN_SPLITS + VAL_SPLITS)}"
+        )
     if shard is not None:
         indices = indices.shard(*shard)
     stream_key = tf.constant([seed, stream], tf.int64)
@@ -312,9 +366,16 @@ def shapes_source(*, split: str, image_size: int = 256, classes: Sequence[str] =
         index = tf.cast(index, tf.int64)
         image_seed = tf.random.experimental.stateless_fold_in(stream_key, index)
         image, boxes, labels = generate_shapes_image(
-            image_seed, image_size=image_size, classes=classes, min_objects=min_objects,
-            max_objects=max_objects, min_size=min_size, max_size=max_size,
-            max_overlap_iou=max_overlap_iou, noise=noise)
+            image_seed,
+            image_size=image_size,
+            classes=classes,
+            min_objects=min_objects,
+            max_objects=max_objects,
+            min_size=min_size,
+            max_size=max_size,
+            max_overlap_iou=max_overlap_iou,
+            noise=noise,
+        )
         n = tf.shape(labels)[0]
         return {
             "image": image,
@@ -330,8 +391,14 @@ def shapes_source(*, split: str, image_size: int = 256, classes: Sequence[str] =
     return dataset, DatasetInfo(class_names=classes, num_examples=num_examples)
 
 
-def from_config(data_cfg, *, split: str, shuffle: bool = False, seed: int = 0,
-                shard: Optional[tuple[int, int]] = None):
+def from_config(
+    data_cfg,
+    *,
+    split: str,
+    shuffle: bool = False,
+    seed: int = 0,
+    shard: tuple[int, int] | None = None,
+):
     """`shapes_source` with its arguments read from a `DataConfig` (`data.shapes.*`).
 
     `shuffle` and `seed` are accepted for the common source signature and unused: the stream is
@@ -340,12 +407,22 @@ def from_config(data_cfg, *, split: str, shuffle: bool = False, seed: int = 0,
     del shuffle, seed
     cfg = data_cfg.shapes
     if data_cfg.class_names and list(data_cfg.class_names) != list(cfg.classes):
-        raise DataError(f"data.class_names {data_cfg.class_names} differ from data.shapes.classes "
-                        f"{cfg.classes}; the shapes source names its classes by "
-                        "data.shapes.classes (leave data.class_names null)")
-    return shapes_source(split=split, image_size=cfg.image_size, classes=cfg.classes,
-                         num_val=cfg.num_val, min_objects=cfg.min_objects,
-                         max_objects=cfg.max_objects, min_size=cfg.min_size,
-                         max_size=cfg.max_size, max_overlap_iou=cfg.max_overlap_iou,
-                         seed=cfg.seed, shard=shard,
-                         num_parallel_calls=data_cfg.num_parallel_calls)
+        raise DataError(
+            f"data.class_names {data_cfg.class_names} differ from data.shapes.classes "
+            f"{cfg.classes}; the shapes source names its classes by "
+            "data.shapes.classes (leave data.class_names null)"
+        )
+    return shapes_source(
+        split=split,
+        image_size=cfg.image_size,
+        classes=cfg.classes,
+        num_val=cfg.num_val,
+        min_objects=cfg.min_objects,
+        max_objects=cfg.max_objects,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        max_overlap_iou=cfg.max_overlap_iou,
+        seed=cfg.seed,
+        shard=shard,
+        num_parallel_calls=data_cfg.num_parallel_calls,
+    )

@@ -99,7 +99,7 @@ _FRAME_BYTES = 16
 _MAX_CYCLE = 64
 # Records per step of the per-file byte count (`_file_records`).
 _RECORDS_PER_STEP = 8
-_HASH_BUCKETS = 2 ** 62
+_HASH_BUCKETS = 2**62
 
 
 def shard_file_name(split: str, index: int, num_shards: int) -> str:
@@ -124,24 +124,30 @@ def resolve_files(pattern: str, split: str) -> list[str]:
       DataError: no file matches (the message names every pattern tried).
     """
     if not pattern:
-        raise DataError("data.tfrecord_pattern is unset: give the shard files' glob, e.g. "
-                        "data/bccd_tfrecord/{split}-*.tfrecord")
+        raise DataError(
+            "data.tfrecord_pattern is unset: give the shard files' glob, e.g. "
+            "data/bccd_tfrecord/{split}-*.tfrecord"
+        )
     pattern = str(pattern).replace("{split}", split)
     if "://" in pattern:
         files = sorted(tf.io.gfile.glob(pattern))
         tried = [pattern]
     else:
         expanded = os.path.expanduser(pattern)
-        tried = [expanded] if os.path.isabs(expanded) else [
-            os.path.join(os.getcwd(), expanded), str(_repository_root() / expanded)]
+        tried = (
+            [expanded]
+            if os.path.isabs(expanded)
+            else [os.path.join(os.getcwd(), expanded), str(_repository_root() / expanded)]
+        )
         files = []
         for candidate in tried:
             files = sorted(p for p in glob_lib.glob(candidate) if os.path.isfile(p))
             if files:
                 break
     if not files:
-        raise DataError(f"no TFRecord files match {' or '.join(tried)} (data.tfrecord_pattern, "
-                        f"split {split!r})")
+        raise DataError(
+            f"no TFRecord files match {' or '.join(tried)} (data.tfrecord_pattern, split {split!r})"
+        )
     return files
 
 
@@ -169,10 +175,14 @@ def _feature_spec():
         KEYS["encoded"]: tf.io.FixedLenFeature([], tf.string, default_value=""),
         KEYS["filename"]: tf.io.FixedLenFeature([], tf.string, default_value=""),
         KEYS["source_id"]: tf.io.FixedLenFeature([], tf.string, default_value=""),
-        KEYS["xmin"]: var(tf.float32), KEYS["ymin"]: var(tf.float32),
-        KEYS["xmax"]: var(tf.float32), KEYS["ymax"]: var(tf.float32),
-        KEYS["label"]: var(tf.int64), KEYS["text"]: var(tf.string),
-        KEYS["difficult"]: var(tf.int64), KEYS["is_crowd"]: var(tf.int64),
+        KEYS["xmin"]: var(tf.float32),
+        KEYS["ymin"]: var(tf.float32),
+        KEYS["xmax"]: var(tf.float32),
+        KEYS["ymax"]: var(tf.float32),
+        KEYS["label"]: var(tf.int64),
+        KEYS["text"]: var(tf.string),
+        KEYS["difficult"]: var(tf.int64),
+        KEYS["is_crowd"]: var(tf.int64),
     }
 
 
@@ -187,12 +197,18 @@ def _parse_or_flag(record: tf.Tensor):
 
     def parse(r):
         parsed = tf.io.parse_single_example(r, spec)
-        return {k: tf.sparse.to_dense(v) if isinstance(v, tf.sparse.SparseTensor) else v
-                for k, v in parsed.items()}, tf.constant(True)
+        return {
+            k: tf.sparse.to_dense(v) if isinstance(v, tf.sparse.SparseTensor) else v
+            for k, v in parsed.items()
+        }, tf.constant(True)
 
     inner = tf.data.Dataset.from_tensors(record).map(parse).ignore_errors()
-    empty = {k: tf.zeros([0], s.dtype) if isinstance(s, tf.io.VarLenFeature) else
-             tf.constant("", tf.string) for k, s in spec.items()}
+    empty = {
+        k: tf.zeros([0], s.dtype)
+        if isinstance(s, tf.io.VarLenFeature)
+        else tf.constant("", tf.string)
+        for k, s in spec.items()
+    }
     fallback = tf.data.Dataset.from_tensors((empty, tf.constant(False)))
     return inner.concatenate(fallback).take(1).get_single_element()
 
@@ -216,9 +232,18 @@ def _check(condition, *parts) -> tf.Operation:
 
 def _check_file_end(filename, size, consumed, records):
     """Asserts that the records read from `filename` account for all of its bytes."""
-    return _check(tf.equal(consumed, size), "TFRecord file ", filename,
-                  " is truncated or corrupt after record ", records, " (read ", consumed,
-                  " of ", size, " bytes; is it an uncompressed TFRecord file?)")
+    return _check(
+        tf.equal(consumed, size),
+        "TFRecord file ",
+        filename,
+        " is truncated or corrupt after record ",
+        records,
+        " (read ",
+        consumed,
+        " of ",
+        size,
+        " bytes; is it an uncompressed TFRecord file?)",
+    )
 
 
 def _file_records(filename: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
@@ -231,8 +256,9 @@ def _file_records(filename: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
     """
     batches = tf.data.TFRecordDataset(filename).ignore_errors().batch(_RECORDS_PER_STEP)
     marked = batches.map(lambda r: (r, tf.constant(False)))
-    marked = marked.concatenate(tf.data.Dataset.from_tensors((tf.zeros([0], tf.string),
-                                                              tf.constant(True))))
+    marked = marked.concatenate(
+        tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), tf.constant(True)))
+    )
 
     def step(state, element):
         consumed, count = state
@@ -245,7 +271,8 @@ def _file_records(filename: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
         count = tf.cond(is_end, at_end, lambda: count)
         n = tf.size(records, out_type=tf.int64)
         consumed += tf.reduce_sum(tf.cast(tf.strings.length(records), tf.int64)) + (
-            _FRAME_BYTES * n)
+            _FRAME_BYTES * n
+        )
         return (consumed, count + n), (tf.fill([n], filename), count + tf.range(n), records)
 
     scanned = marked.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), step)
@@ -256,17 +283,27 @@ def _image_id(source_id: tf.Tensor, fallback: tf.Tensor) -> tf.Tensor:
     """int64 []: a decimal source_id as its number, otherwise a hash of it (or of `fallback`)."""
     text = tf.where(tf.strings.length(source_id) > 0, source_id, fallback)
     numeric = tf.strings.regex_full_match(text, r"-?[0-9]{1,18}")
-    return tf.cond(numeric,
-                   lambda: tf.strings.to_number(text, tf.int64),
-                   lambda: tf.strings.to_hash_bucket_fast(text, _HASH_BUCKETS))
+    return tf.cond(
+        numeric,
+        lambda: tf.strings.to_number(text, tf.int64),
+        lambda: tf.strings.to_hash_bucket_fast(text, _HASH_BUCKETS),
+    )
 
 
-def tfrecord_source(files: Sequence[str], *, class_items: Sequence[label_map_lib.LabelMapItem],
-                    split: str = "", skip_corrupt: bool = False, shuffle: bool = False,
-                    seed: int = 0, shard: tuple[int, int] | None = None,
-                    shuffle_buffer: int = 256, num_parallel_calls: int = tf.data.AUTOTUNE,
-                    num_examples: int | None = None,
-                    max_boxes_per_image: int | None = None):
+def tfrecord_source(
+    files: Sequence[str],
+    *,
+    class_items: Sequence[label_map_lib.LabelMapItem],
+    split: str = "",
+    skip_corrupt: bool = False,
+    shuffle: bool = False,
+    seed: int = 0,
+    shard: tuple[int, int] | None = None,
+    shuffle_buffer: int = 256,
+    num_parallel_calls: int = tf.data.AUTOTUNE,
+    num_examples: int | None = None,
+    max_boxes_per_image: int | None = None,
+):
     """Examples (base module's dict) of OD API tf.train.Examples in `files`.
 
     Args:
@@ -309,52 +346,77 @@ def tfrecord_source(files: Sequence[str], *, class_items: Sequence[label_map_lib
 
     ids = tf.constant([i.id for i in items], tf.int64)
     id_table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(ids, tf.range(len(items), dtype=tf.int32)), -1)
+        tf.lookup.KeyValueTensorInitializer(ids, tf.range(len(items), dtype=tf.int32)), -1
+    )
     name_table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(
             tf.constant([i.name for i in items] + [i.display_name or i.name for i in items]),
-            tf.concat([tf.range(len(items), dtype=tf.int32)] * 2, 0)), -1)
+            tf.concat([tf.range(len(items), dtype=tf.int32)] * 2, 0),
+        ),
+        -1,
+    )
 
-    file_ds = tf.data.Dataset.from_tensor_slices((tf.constant(files), tf.constant(sizes,
-                                                                                  tf.int64)))
+    file_ds = tf.data.Dataset.from_tensor_slices((tf.constant(files), tf.constant(sizes, tf.int64)))
     if shuffle:
         file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     cycle = min(len(files), _MAX_CYCLE)
-    records = file_ds.interleave(_file_records, cycle_length=cycle, block_length=1,
-                                 num_parallel_calls=min(cycle, 8) if cycle > 1 else None)
+    records = file_ds.interleave(
+        _file_records,
+        cycle_length=cycle,
+        block_length=1,
+        num_parallel_calls=min(cycle, 8) if cycle > 1 else None,
+    )
     if by_data is not None:
         records = records.shard(*by_data)
     if shuffle:
-        records = records.shuffle(max(int(shuffle_buffer), 1), seed=seed,
-                                  reshuffle_each_iteration=True)
+        records = records.shuffle(
+            max(int(shuffle_buffer), 1), seed=seed, reshuffle_each_iteration=True
+        )
 
     def load(filename, index, record):
         parsed, parsed_ok = _parse_or_flag(record)
         where = ("TFRecord file ", filename, " record ", index)
-        parse_check = _check(parsed_ok, *where,
-                             " is not a tf.train.Example with the OD API keys' types "
-                             "(image/encoded bytes, bbox float lists, class/label int64 list...)")
+        parse_check = _check(
+            parsed_ok,
+            *where,
+            " is not a tf.train.Example with the OD API keys' types "
+            "(image/encoded bytes, bbox float lists, class/label int64 list...)",
+        )
         with tf.control_dependencies([parse_check]):
             coords = [parsed[KEYS[k]] for k in ("ymin", "xmin", "ymax", "xmax")]
         n = tf.size(coords[0])
         labels_id, texts = parsed[KEYS["label"]], parsed[KEYS["text"]]
         use_text = tf.logical_and(tf.equal(tf.size(labels_id), 0), tf.size(texts) > 0)
-        labels = tf.cond(use_text, lambda: name_table.lookup(texts),
-                         lambda: id_table.lookup(labels_id))
+        labels = tf.cond(
+            use_text, lambda: name_table.lookup(texts), lambda: id_table.lookup(labels_id)
+        )
         difficult, crowd = parsed[KEYS["difficult"]], parsed[KEYS["is_crowd"]]
-        difficult = tf.cond(tf.equal(tf.size(difficult), 0), lambda: tf.zeros([n], tf.int64),
-                            lambda: difficult)
-        crowd = tf.cond(tf.equal(tf.size(crowd), 0), lambda: tf.zeros([n], tf.int64),
-                        lambda: crowd)
-        lengths = tf.stack([tf.size(c) for c in coords[1:]]
-                           + [tf.size(labels), tf.size(difficult), tf.size(crowd)])
+        difficult = tf.cond(
+            tf.equal(tf.size(difficult), 0), lambda: tf.zeros([n], tf.int64), lambda: difficult
+        )
+        crowd = tf.cond(tf.equal(tf.size(crowd), 0), lambda: tf.zeros([n], tf.int64), lambda: crowd)
+        lengths = tf.stack(
+            [tf.size(c) for c in coords[1:]] + [tf.size(labels), tf.size(difficult), tf.size(crowd)]
+        )
         checks = [
-            _check(tf.reduce_all(tf.equal(lengths, n)), *where,
-                   " has per-box lists of unequal length (ymin: ", n,
-                   "; xmin, ymax, xmax, class, difficult, is_crowd: ", lengths, ")"),
-            _check(tf.reduce_all(labels >= 0), *where,
-                   " has a class not in the label map: class/label ", labels_id,
-                   ", class/text ", texts, f" (label map ids: {[i.id for i in items]})"),
+            _check(
+                tf.reduce_all(tf.equal(lengths, n)),
+                *where,
+                " has per-box lists of unequal length (ymin: ",
+                n,
+                "; xmin, ymax, xmax, class, difficult, is_crowd: ",
+                lengths,
+                ")",
+            ),
+            _check(
+                tf.reduce_all(labels >= 0),
+                *where,
+                " has a class not in the label map: class/label ",
+                labels_id,
+                ", class/text ",
+                texts,
+                f" (label map ids: {[i.id for i in items]})",
+            ),
         ]
         with tf.control_dependencies(checks):
             boxes = tf.stack(coords, axis=-1)
@@ -363,13 +425,19 @@ def tfrecord_source(files: Sequence[str], *, class_items: Sequence[label_map_lib
         record_name = tf.strings.join([filename, "#", tf.strings.as_string(index)])
         name = tf.where(tf.strings.length(name) > 0, name, record_name)
         if not skip_corrupt:
-            image_check = _check(ok, *where, " (image/filename ", parsed[KEYS["filename"]],
-                                 "): image/encoded cannot be decoded (missing or corrupt); "
-                                 "set data.skip_corrupt=true to skip such images")
+            image_check = _check(
+                ok,
+                *where,
+                " (image/filename ",
+                parsed[KEYS["filename"]],
+                "): image/encoded cannot be decoded (missing or corrupt); "
+                "set data.skip_corrupt=true to skip such images",
+            )
             with tf.control_dependencies([image_check]):
                 ok = tf.identity(ok)
         boxes, labels, difficult, crowd, dropped = clip_and_filter_boxes(
-            boxes, labels, difficult, crowd)
+            boxes, labels, difficult, crowd
+        )
         return {
             "image": image,
             "image_id": _image_id(parsed[KEYS["source_id"]], record_name),
@@ -384,8 +452,11 @@ def tfrecord_source(files: Sequence[str], *, class_items: Sequence[label_map_lib
 
     dataset = records.map(load, num_parallel_calls=num_parallel_calls)
     dataset = finalize_examples(dataset, skip_corrupt=skip_corrupt, description=description)
-    info = DatasetInfo(class_names=label_map_lib.class_names_of(items),
-                       num_examples=num_examples, max_boxes_per_image=max_boxes_per_image)
+    info = DatasetInfo(
+        class_names=label_map_lib.class_names_of(items),
+        num_examples=num_examples,
+        max_boxes_per_image=max_boxes_per_image,
+    )
     return dataset, info
 
 
@@ -393,8 +464,10 @@ def _resolve_label_map(label_map: str | None, files: Sequence[str]) -> str:
     if label_map is None:
         path = os.path.join(os.path.dirname(files[0]), LABEL_MAP_FILE)
         if not tf.io.gfile.exists(path):
-            raise DataError(f"no label map: data.label_map is unset and {path} does not exist "
-                            "(give the OD API's label_map.pbtxt)")
+            raise DataError(
+                f"no label map: data.label_map is unset and {path} does not exist "
+                "(give the OD API's label_map.pbtxt)"
+            )
         return path
     path = os.path.expanduser(str(label_map))
     if "://" in path or os.path.isabs(path):
@@ -405,8 +478,14 @@ def _resolve_label_map(label_map: str | None, files: Sequence[str]) -> str:
     raise DataError(f"label map not found: data.label_map={label_map!r}")
 
 
-def from_config(data_cfg, *, split: str, shuffle: bool = False, seed: int = 0,
-                shard: tuple[int, int] | None = None):
+def from_config(
+    data_cfg,
+    *,
+    split: str,
+    shuffle: bool = False,
+    seed: int = 0,
+    shard: tuple[int, int] | None = None,
+):
     """`tfrecord_source` with its arguments read from a `DataConfig`.
 
     `data.class_names`, when set, must equal the label map's class names (in id order): the
@@ -418,12 +497,20 @@ def from_config(data_cfg, *, split: str, shuffle: bool = False, seed: int = 0,
     items = label_map_lib.read_label_map(label_map_path)
     names = label_map_lib.class_names_of(items)
     if data_cfg.class_names is not None and list(data_cfg.class_names) != names:
-        raise DataError(f"data.class_names={list(data_cfg.class_names)} differs from the label "
-                        f"map {label_map_path} ({names}); unset data.class_names or fix the map")
-    return tfrecord_source(files, class_items=items, split=split,
-                           skip_corrupt=data_cfg.skip_corrupt, shuffle=shuffle, seed=seed,
-                           shard=shard, shuffle_buffer=data_cfg.shuffle_buffer,
-                           num_parallel_calls=data_cfg.num_parallel_calls,
-                           num_examples=summary.get("num_examples"),
-                           max_boxes_per_image=summary.get("max_boxes_per_image"))
-
+        raise DataError(
+            f"data.class_names={list(data_cfg.class_names)} differs from the label "
+            f"map {label_map_path} ({names}); unset data.class_names or fix the map"
+        )
+    return tfrecord_source(
+        files,
+        class_items=items,
+        split=split,
+        skip_corrupt=data_cfg.skip_corrupt,
+        shuffle=shuffle,
+        seed=seed,
+        shard=shard,
+        shuffle_buffer=data_cfg.shuffle_buffer,
+        num_parallel_calls=data_cfg.num_parallel_calls,
+        num_examples=summary.get("num_examples"),
+        max_boxes_per_image=summary.get("max_boxes_per_image"),
+    )

@@ -74,22 +74,28 @@ def resolve_voc_root(voc_root: str | None) -> Path:
       DataError: unset, or the folder does not exist (the message names every path tried).
     """
     if voc_root is None:
-        raise DataError("data.voc_root is not set: a VOC source needs its folder (with "
-                        "Annotations/, JPEGImages/, ImageSets/Main/); set it in the YAML or "
-                        "with --set data.voc_root=PATH (only the bccd preset has a default "
-                        f"folder, data.voc_root: \"{BCCD_ROOT}\")")
+        raise DataError(
+            "data.voc_root is not set: a VOC source needs its folder (with "
+            "Annotations/, JPEGImages/, ImageSets/Main/); set it in the YAML or "
+            "with --set data.voc_root=PATH (only the bccd preset has a default "
+            f'folder, data.voc_root: "{BCCD_ROOT}")'
+        )
     if voc_root == BCCD_ROOT:
         candidates = [default_voc_root()]
     else:
         path = Path(voc_root).expanduser()
-        candidates = [path] if path.is_absolute() else [Path.cwd() / path,
-                                                         _repository_root() / path]
+        candidates = (
+            [path] if path.is_absolute() else [Path.cwd() / path, _repository_root() / path]
+        )
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
-    how = (f"data.voc_root={voc_root!r}" if voc_root != BCCD_ROOT
-           else f"data.voc_root={BCCD_ROOT!r} and ${BCCD_ENV_VAR}="
-                f"{os.environ.get(BCCD_ENV_VAR, '(unset)')}")
+    how = (
+        f"data.voc_root={voc_root!r}"
+        if voc_root != BCCD_ROOT
+        else f"data.voc_root={BCCD_ROOT!r} and ${BCCD_ENV_VAR}="
+        f"{os.environ.get(BCCD_ENV_VAR, '(unset)')}"
+    )
     raise DataError(f"VOC folder not found: {', '.join(str(c) for c in candidates)} ({how})")
 
 
@@ -155,8 +161,9 @@ def parse_voc_xml(xml_path) -> dict:
         difficult = _text(obj, "difficult", xml_path, default="0") not in ("0", "false", "False")
         objects.append({"name": name, "box": box, "difficult": difficult})
     filename_node = root.find("filename")
-    filename = (filename_node.text.strip()
-                if filename_node is not None and filename_node.text else None)
+    filename = (
+        filename_node.text.strip() if filename_node is not None and filename_node.text else None
+    )
     parsed = {"filename": filename, "objects": objects, "size": _annotated_size(root)}
     _PARSED[xml_path] = (key, parsed)
     return parsed
@@ -171,8 +178,9 @@ def discover_class_names(root) -> list[str]:
     for xml_path in sorted(folder.glob("*.xml")):
         names.update(obj["name"] for obj in parse_voc_xml(xml_path)["objects"])
     if not names:
-        raise DataError(f"no objects found in {folder}/*.xml: cannot discover class names; "
-                        "set data.class_names")
+        raise DataError(
+            f"no objects found in {folder}/*.xml: cannot discover class names; set data.class_names"
+        )
     return sorted(names)
 
 
@@ -181,8 +189,10 @@ def _split_ids(root: Path, split: str) -> list[str]:
     if not split_file.is_file():
         folder = split_file.parent
         available = sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
-        raise DataError(f"split file not found: {split_file} (split {split!r}; available: "
-                        f"{', '.join(available) or 'none'})")
+        raise DataError(
+            f"split file not found: {split_file} (split {split!r}; available: "
+            f"{', '.join(available) or 'none'})"
+        )
     ids = []
     for line in split_file.read_text().splitlines():
         fields = line.split()
@@ -201,10 +211,18 @@ def _image_path(root: Path, image_id: str, xml_filename: str | None) -> Path:
     return named if named.is_file() else default
 
 
-def voc_source(root, *, split: str, class_names: Sequence[str] | None = None,
-               skip_corrupt: bool = False, shuffle: bool = False, seed: int = 0,
-               shard: tuple[int, int] | None = None,
-               num_parallel_calls: int = tf.data.AUTOTUNE, max_images: int | None = None):
+def voc_source(
+    root,
+    *,
+    split: str,
+    class_names: Sequence[str] | None = None,
+    skip_corrupt: bool = False,
+    shuffle: bool = False,
+    seed: int = 0,
+    shard: tuple[int, int] | None = None,
+    num_parallel_calls: int = tf.data.AUTOTUNE,
+    max_images: int | None = None,
+):
     """Examples of one split of a VOC-layout folder.
 
     Args:
@@ -235,8 +253,15 @@ def voc_source(root, *, split: str, class_names: Sequence[str] | None = None,
     if max_images is not None:
         ids = sorted(ids)[:max_images]
 
-    records = {"path": [], "image_id": [], "boxes": [], "labels": [], "is_difficult": [],
-               "is_crowd": [], "size": []}
+    records = {
+        "path": [],
+        "image_id": [],
+        "boxes": [],
+        "labels": [],
+        "is_difficult": [],
+        "is_crowd": [],
+        "size": [],
+    }
     degenerate: dict[str, int] = {}
     missing = []
     for index, image_id in enumerate(ids):
@@ -245,8 +270,10 @@ def voc_source(root, *, split: str, class_names: Sequence[str] | None = None,
         boxes, labels, difficult = [], [], []
         for obj in parsed["objects"]:
             if obj["name"] not in label_of:
-                raise DataError(f"{xml_path}: class name {obj['name']!r} is not one of the "
-                                f"configured classes {names}")
+                raise DataError(
+                    f"{xml_path}: class name {obj['name']!r} is not one of the "
+                    f"configured classes {names}"
+                )
             xmin, ymin, xmax, ymax = obj["box"]
             if xmax <= xmin or ymax <= ymin:
                 degenerate[xml_path.name] = degenerate.get(xml_path.name, 0) + 1
@@ -265,29 +292,56 @@ def voc_source(root, *, split: str, class_names: Sequence[str] | None = None,
         records["is_crowd"].append(np.zeros(len(labels), bool))
         records["size"].append(parsed.get("size", (0, 0)))
     if missing:
-        raise DataError(f"{len(missing)} image file(s) of split {split!r} not found: "
-                        f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''} "
-                        "(set data.skip_corrupt=true to skip them)")
+        raise DataError(
+            f"{len(missing)} image file(s) of split {split!r} not found: "
+            f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''} "
+            "(set data.skip_corrupt=true to skip them)"
+        )
     if degenerate:
         files = ", ".join(f"{name} ({count})" for name, count in sorted(degenerate.items()))
-        logger.warning("voc %s split %r: dropped %d boxes with xmax <= xmin or ymax <= ymin: %s",
-                       root, split, sum(degenerate.values()), files)
+        logger.warning(
+            "voc %s split %r: dropped %d boxes with xmax <= xmin or ymax <= ymin: %s",
+            root,
+            split,
+            sum(degenerate.values()),
+            files,
+        )
     records["image_id"] = np.asarray(records["image_id"], np.int64)
     records["size"] = np.asarray(records["size"], np.int32).reshape(-1, 2)
     description = f"voc {root} split {split!r}"
-    dataset = file_examples(records, description=description, skip_corrupt=skip_corrupt,
-                            shuffle=shuffle, seed=seed, shard=shard,
-                            num_parallel_calls=num_parallel_calls)
-    return dataset, DatasetInfo(class_names=names, num_examples=len(ids),
-                                max_boxes_per_image=max(map(len, records["labels"]), default=0))
+    dataset = file_examples(
+        records,
+        description=description,
+        skip_corrupt=skip_corrupt,
+        shuffle=shuffle,
+        seed=seed,
+        shard=shard,
+        num_parallel_calls=num_parallel_calls,
+    )
+    return dataset, DatasetInfo(
+        class_names=names,
+        num_examples=len(ids),
+        max_boxes_per_image=max(map(len, records["labels"]), default=0),
+    )
 
 
-def from_config(data_cfg, *, split: str, shuffle: bool = False, seed: int = 0,
-                shard: tuple[int, int] | None = None):
+def from_config(
+    data_cfg,
+    *,
+    split: str,
+    shuffle: bool = False,
+    seed: int = 0,
+    shard: tuple[int, int] | None = None,
+):
     """`voc_source` with its arguments read from a `DataConfig`."""
-    return voc_source(resolve_voc_root(data_cfg.voc_root), split=split,
-                      class_names=data_cfg.class_names, skip_corrupt=data_cfg.skip_corrupt,
-                      shuffle=shuffle, seed=seed, shard=shard,
-                      num_parallel_calls=data_cfg.num_parallel_calls,
-                      max_images=data_cfg.max_train_images
-                      if split == data_cfg.train_split else None)
+    return voc_source(
+        resolve_voc_root(data_cfg.voc_root),
+        split=split,
+        class_names=data_cfg.class_names,
+        skip_corrupt=data_cfg.skip_corrupt,
+        shuffle=shuffle,
+        seed=seed,
+        shard=shard,
+        num_parallel_calls=data_cfg.num_parallel_calls,
+        max_images=data_cfg.max_train_images if split == data_cfg.train_split else None,
+    )
