@@ -89,9 +89,9 @@ def postprocess_detections(
     overlapping boxes of different classes never suppress each other. Invalid RoIs never
     produce detections.
 
-    Implementation: tf.image.combined_non_max_suppression with q boxes per RoI (1: the
-    class-agnostic box, C: one per class); checked to convert with tf2onnx (opset 17) and to
-    run in onnxruntime.
+    Implementation: tf.image.combined_non_max_suppression with one box per row (class-specific
+    boxes become C rows per RoI, each scored in its own class column); checked to convert with
+    tf2onnx (opset 17) and to run in onnxruntime.
 
     Args:
       rois: [B, R, 4] float yxyx pixels, the RoIs the head scored.
@@ -140,6 +140,14 @@ def postprocess_detections(
 
     boxes = decode_roi_boxes(rois, deltas, image_shapes, box_weights)  # [B, R, q, 4]
     scores = tf.where(roi_valid[:, :, None], probs[:, :, 1:], 0.0)  # [B, R, C]
+    if boxes.shape[2] != 1:
+        # Class-specific boxes as q = 1: row r*C + c holds class c's box of RoI r, scored in
+        # column c only. Per-class NMS sees exactly the same candidates, and tf2onnx converts
+        # CombinedNonMaxSuppression only with one box per row.
+        batch, num_classes = tf.shape(boxes)[0], tf.shape(scores)[2]
+        boxes = tf.reshape(boxes, [batch, -1, 1, 4])  # [B, R*C, 1, 4]
+        one_class = tf.eye(num_classes, dtype=scores.dtype)[None, None]  # [1, 1, C, C]
+        scores = tf.reshape(scores[:, :, :, None] * one_class, [batch, -1, num_classes])
     nmsed = tf.image.combined_non_max_suppression(
         boxes,
         scores,

@@ -4,7 +4,6 @@ detector's outputs and its stock-op export keep the class-agnostic shapes and me
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 from helpers.tiny_models import make_features, make_images, tiny_model
 
@@ -96,8 +95,10 @@ def test_detector_outputs_keep_their_shapes_and_train():
     assert clone.rfcn_head.config.class_agnostic_boxes is False
 
 
-def test_stock_op_export_serves_the_same_detections(tmp_path):
-    export = pytest.importorskip("rfcn_tf.export.saved_model")
+def test_stock_op_export_and_onnx_serve_the_same_detections(tmp_path):
+    from rfcn_tf.export import saved_model as export
+    from rfcn_tf.export.onnx import export_onnx, verify_onnx
+
     keras.utils.set_random_seed(0)
     model = tiny_model(seed=0, **{"head.class_agnostic_boxes": False, "head.psroi_impl": "tf"})
     images = make_images(1, 64, 64, seed=3)
@@ -128,3 +129,8 @@ def test_stock_op_export_serves_the_same_detections(tmp_path):
     np.testing.assert_allclose(
         served["detection_boxes"][0, :n] * 64.0, expected["detection_boxes"][0, :n], atol=1e-3
     )
+
+    # ONNX (tf2onnx, opset 17): onnxruntime detects what the SavedModel does, per-class boxes too.
+    onnx_path = export_onnx(folder, output_path=tmp_path / "model.onnx")
+    result = verify_onnx(onnx_path, folder, images=[images.numpy()], atol=1e-3)
+    assert result.detections == n
