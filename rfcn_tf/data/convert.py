@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(
         parser,
+        print_config=True,
         set_example="data.voc_root=/data/BCCD",
         config_help="the source to convert, e.g. bccd; default: the default preset (shapes_tiny)",
     )
@@ -298,6 +299,12 @@ def _run(args: argparse.Namespace) -> int:
     from rfcn_tf.config import load_config
 
     config = load_config(args.config, args.overrides)
+    if args.print_config:
+        from rfcn_tf.config import validate
+
+        validate(config)
+        print(config.to_yaml(), end="")
+        return 0
     split = args.split or config.data.train_split
     summary = convert_split(
         config.data,

@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(
         parser,
+        print_config=True,
         set_example="data.scales=[800]",
         config_help="default: the run's config.yaml found beside the "
         "checkpoint, else shapes_tiny; must describe the "
@@ -121,6 +122,14 @@ def run(args: argparse.Namespace) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.print_config:  # the resolved, validated config the export would use
+        from rfcn_tf.config import validate
+        from rfcn_tf.export.steps import resolve_config
+
+        cfg = resolve_config(args.config, args.overrides, checkpoint=args.checkpoint)[0]
+        validate(cfg)
+        print(cfg.to_yaml(), end="")
+        return 0
     try:
         print(run(args))
     except Exception as exc:  # named by its type, as this CLI always printed it
