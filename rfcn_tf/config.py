@@ -427,24 +427,6 @@ class TrainConfig:
             self.data_resume in ("auto", "iterator", "skip", "none"),
             "one of auto, iterator, skip, none",
         )
-        for name in ("epochs", "warmup_epochs", "eval_every_epochs"):
-            value = getattr(self, name)
-            if value is not None:
-                _require(
-                    where,
-                    name,
-                    value,
-                    _finite(value) and (value > 0 or (name == "warmup_epochs" and value == 0)),
-                    "a number of epochs > 0 or null",
-                )
-        _require(
-            where,
-            "lr_epochs",
-            self.lr_epochs,
-            all(e > 0 for e in self.lr_epochs) and self.lr_epochs == sorted(set(self.lr_epochs)),
-            "increasing epochs > 0",
-        )
-        _require(where, "eval_every", self.eval_every, self.eval_every >= 0, ">= 0 (0: off)")
         _require(
             where,
             "best_metric",
@@ -452,28 +434,6 @@ class TrainConfig:
             self.best_metric.partition("/")[0] in ("coco", "voc07", "voc2010")
             and bool(self.best_metric.partition("/")[2]),
             "section/name: coco/AP50, coco/AP, voc07/mAP or voc2010/mAP",
-        )
-        _require(
-            where,
-            "early_stop_patience",
-            self.early_stop_patience,
-            self.early_stop_patience >= 0,
-            ">= 0 (0: off)",
-        )
-        if self.ema_decay is not None:
-            _require(
-                where,
-                "ema_decay",
-                self.ema_decay,
-                0.0 < self.ema_decay < 1.0,
-                "in (0, 1) or null (off)",
-            )
-        _require(
-            where,
-            "data_resume",
-            self.data_resume,
-            self.data_resume in ("auto", "iterator", "skip", "none"),
-            "one of auto, iterator, skip, none",
         )
 
 
