@@ -42,7 +42,7 @@ bilinear (PSRoIAlign; torchvision.ops.ps_roi_align's rules, bin-major here):
     in float64 (each bin's taps summed per cell over a window of consecutive cells) and the
     window's Dy*Dx cells are gathered once per bin.
 
-Interpretations the contract leaves open (shared with the op; see tests/ops/psroi_reference.py):
+Interpretations the contract leaves open (shared with the op; see tests/helpers/psroi_reference.py):
     * batch index v = rois[r, 0] is valid iff 0 <= v < B (NaN invalid); the image is floor(v).
     * avg: a RoI with a non-finite coordinate pools to 0 (there is no rounding of NaN).
       bilinear: non-finite coordinates fail the in-range test and contribute 0.

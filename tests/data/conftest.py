@@ -1,4 +1,4 @@
-"""Fixtures for the data tests (helpers in data_fixtures.py)."""
+"""Fixtures for the data tests (helpers in tests/helpers/data_fixtures.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Deformable PS-RoI pooling: the compiled op (impl="custom") and the stock-op twin (impl="tf")
-against the float64 NumPy reference (tests/ops/deform_reference.py), each other (forward and
+against the float64 NumPy reference (tests/helpers/deform_reference.py), each other (forward and
 gradients to 1e-5), numeric gradients (float64), and the plain bilinear PS-RoI op at zero
 offsets. Random offsets, RoIs partly outside the map, k = 3 and 7, batch > 1, offset groups."""
 

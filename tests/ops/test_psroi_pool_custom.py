@@ -1,6 +1,6 @@
 """The compiled PS-RoI pooling op (RfcnPsRoiPool) through `ps_roi_pool(impl="custom")`.
 
-Checked against the independent float64 NumPy reference (tests/ops/psroi_reference.py) and the
+Checked against the independent float64 NumPy reference (tests/helpers/psroi_reference.py) and the
 pure-TF twin: forward and gradient for both modes, edge-case RoIs, dtypes, numeric gradients,
 thread determinism, input validation (custom and twin side by side), unknown shapes inside
 tf.function, and the loader's `auto` fallback. Contract: docs/ARCHITECTURE.md "PS-RoI pooling
