@@ -1,7 +1,9 @@
 """Root of the test suite.
 
 pytest puts this folder (tests/, which has no __init__.py) on sys.path for its conftest, so every
-test imports the shared helpers as ``helpers.<module>`` (tests/helpers/) without path edits.
+test imports the shared helpers as ``helpers.<module>`` (tests/helpers/) without path edits. The
+same folder goes on PYTHONPATH here, so Python subprocesses that tests start (workers, scripts
+run with ``-c``) import them too.
 """
 
 import os
@@ -9,3 +11,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (TESTS_DIR, os.environ.get("PYTHONPATH")) if p
+)
