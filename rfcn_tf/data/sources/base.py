@@ -41,6 +41,7 @@ __all__ = [
     "example_spec",
     "file_examples",
     "finalize_examples",
+    "folder_source",
     "logger",
     "read_image_or_flag",
     "records_dataset",
@@ -420,3 +421,30 @@ def file_examples(
 
     dataset = dataset.map(load, num_parallel_calls=num_parallel_calls)
     return finalize_examples(dataset, skip_corrupt=skip_corrupt, description=description)
+
+
+def folder_source(
+    records: dict[str, Sequence],
+    *,
+    description: str,
+    class_names: Sequence[str],
+    num_examples: int,
+    category_ids: Sequence[int] | None = None,
+    **file_kwargs,
+) -> tuple[tf.data.Dataset, DatasetInfo]:
+    """(examples, DatasetInfo) of a folder source (VOC, COCO JSON) from its parsed `records`.
+
+    Turns the per-image ``image_id`` and annotated ``size`` lists into arrays, builds the
+    examples with `file_examples` (``file_kwargs``: skip_corrupt, shuffle, seed, shard,
+    num_parallel_calls) and records the largest box count per image (the pipeline's static
+    ground-truth padding).
+    """
+    records["image_id"] = np.asarray(records["image_id"], np.int64)
+    records["size"] = np.asarray(records["size"], np.int32).reshape(-1, 2)
+    dataset = file_examples(records, description=description, **file_kwargs)
+    return dataset, DatasetInfo(
+        class_names=list(class_names),
+        num_examples=num_examples,
+        category_ids=None if category_ids is None else list(category_ids),
+        max_boxes_per_image=max(map(len, records["labels"]), default=0),
+    )

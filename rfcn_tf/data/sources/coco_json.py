@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from rfcn_tf.data.errors import DataError
-from rfcn_tf.data.sources.base import DatasetInfo, file_examples, logger
+from rfcn_tf.data.sources.base import folder_source, logger
 from rfcn_tf.ops import boxes as box_ops
 
 __all__ = ["coco_source", "from_config", "load_coco_annotations"]
@@ -220,24 +220,17 @@ def coco_source(
     lengths = [len(b) for b in records["boxes"]]
     yxyx = box_ops.xywh_to_yxyx(np.concatenate(records["boxes"])).numpy()
     records["boxes"] = np.split(yxyx, np.cumsum(lengths)[:-1])
-    records["image_id"] = np.asarray(records["image_id"], np.int64)
-    records["size"] = np.asarray(records["size"], np.int32).reshape(-1, 2)
-
-    description = f"coco {json_path}"
-    dataset = file_examples(
+    return folder_source(
         records,
-        description=description,
+        description=f"coco {json_path}",
+        class_names=names,
+        num_examples=len(image_entries),
+        category_ids=category_ids,
         skip_corrupt=skip_corrupt,
         shuffle=shuffle,
         seed=seed,
         shard=shard,
         num_parallel_calls=num_parallel_calls,
-    )
-    return dataset, DatasetInfo(
-        class_names=names,
-        num_examples=len(image_entries),
-        category_ids=category_ids,
-        max_boxes_per_image=max(map(len, records["labels"]), default=0),
     )
 
 

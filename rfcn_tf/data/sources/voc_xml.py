@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from rfcn_tf.data.errors import DataError
-from rfcn_tf.data.sources.base import DatasetInfo, file_examples, logger
+from rfcn_tf.data.sources.base import folder_source, logger
 
 __all__ = [
     "BCCD_ENV_VAR",
@@ -306,22 +306,16 @@ def voc_source(
             sum(degenerate.values()),
             files,
         )
-    records["image_id"] = np.asarray(records["image_id"], np.int64)
-    records["size"] = np.asarray(records["size"], np.int32).reshape(-1, 2)
-    description = f"voc {root} split {split!r}"
-    dataset = file_examples(
+    return folder_source(
         records,
-        description=description,
+        description=f"voc {root} split {split!r}",
+        class_names=names,
+        num_examples=len(ids),
         skip_corrupt=skip_corrupt,
         shuffle=shuffle,
         seed=seed,
         shard=shard,
         num_parallel_calls=num_parallel_calls,
-    )
-    return dataset, DatasetInfo(
-        class_names=names,
-        num_examples=len(ids),
-        max_boxes_per_image=max(map(len, records["labels"]), default=0),
     )
 
 
