@@ -221,3 +221,60 @@ def test_undecodable_image_fails_or_is_skipped(tmp_path, data_warnings):
     dataset, _ = tfrecord.tfrecord_source([path], class_items=ITEMS, skip_corrupt=True)
     assert _ids(dataset) == [100, 102]
     assert any("skipped 1 of 3 images" in m and "img_1.png" in m for m in data_warnings())
+
+
+def _varied_example(k):
+    """Record k of a mix: 0 to 3 boxes, labels by id or by text only, flags given or absent."""
+    num = k % 4
+    boxes = [(0.1 * j, 0.05 * (k % 5), 0.1 * j + 0.3, 0.6) for j in range(num)]
+    ids = [(1, 5)[(k + j) % 2] for j in range(num)]
+    texts = ["cat" if c == 1 else "Dog" for c in ids]
+    if k % 3 == 0:  # class/text only
+        return _example(k, boxes=boxes, ids=[], texts=texts, difficult=[], is_crowd=[])[0], ids
+    flags = [(k + j) % 2 for j in range(num)]
+    return _example(k, boxes=boxes, ids=ids, texts=texts, difficult=flags, is_crowd=flags)[0], ids
+
+
+def test_batched_parse_equals_the_per_record_parse(tmp_path):
+    per_parse = tfrecord._RECORDS_PER_PARSE
+    records = [_varied_example(k)[0] for k in range(per_parse + 3)]
+    records.insert(5, b"\x08\x96\x01garbage")  # flags only this one; the rest still parse
+    for batch in (records[per_parse:], records):  # a clean batch; one with a broken record
+        parsed, ok = tfrecord._parse_batch_or_flag(tf.constant(batch))
+        for b, record in enumerate(batch):
+            single, single_ok = tfrecord._parse_or_flag(tf.constant(record))
+            assert bool(ok[b]) == bool(single_ok) == (record != records[5])
+            for key, value in single.items():
+                row = parsed[key][b]
+                row = row.numpy() if not isinstance(row, tf.RaggedTensor) else row.flat_values
+                np.testing.assert_array_equal(np.asarray(row), value.numpy(), err_msg=key)
+
+
+def test_multi_batch_files_give_every_example_in_order(tmp_path):
+    per_parse = tfrecord._RECORDS_PER_PARSE
+    count = 2 * per_parse + 5  # three parse batches, the last one partial
+    written = [_varied_example(k) for k in range(count)]
+    files = [
+        _write(tmp_path / f"train-{i}.tfrecord", [r for r, _ in written[i::2]]) for i in range(2)
+    ]
+    dataset, _ = tfrecord.tfrecord_source(files, class_items=ITEMS)
+    examples = list(dataset.as_numpy_iterator())
+    assert [int(ex["image_id"]) for ex in examples] == [100 + k for k in range(count)]
+    for k, ex in enumerate(examples):
+        ids = written[k][1]
+        assert ex["filename"] == f"img_{k}.png".encode()
+        expected = [(0.1 * j, 0.05 * (k % 5), 0.1 * j + 0.3, 0.6) for j in range(len(ids))]
+        np.testing.assert_allclose(ex["boxes"].reshape(-1, 4), np.reshape(expected, (-1, 4)))
+        np.testing.assert_array_equal(ex["labels"], [{1: 0, 5: 1}[c] for c in ids])
+        flags = [False] * len(ids) if k % 3 == 0 else [(k + j) % 2 == 1 for j in range(len(ids))]
+        np.testing.assert_array_equal(ex["is_difficult"], flags)
+        np.testing.assert_array_equal(ex["is_crowd"], flags)
+
+
+def test_broken_record_inside_a_parse_batch_names_its_index(tmp_path):
+    per_parse = tfrecord._RECORDS_PER_PARSE
+    records = [_example(k)[0] for k in range(2 * per_parse)]
+    bad = per_parse + per_parse // 2  # the middle of the second parse batch
+    records[bad] = b"\x08\x96\x01garbage"
+    message = _error_of(_write(tmp_path / "a.tfrecord", records))
+    assert f"record {bad} is not a tf.train.Example" in message
