@@ -17,7 +17,7 @@ All variants of one table are timed in interleaved windows in one process (media
 from other processes affects them alike; every window starts a fresh iterator, so no variant
 is timed on batches it buffered while another was timed.
 
-    python benchmarks/tfrecord_service.py [--batches 20 --repeats 4] [--loss-steps 20]
+    python benchmarks/tfrecord_service.py [--batches 20 --repeats 4] [--loss-steps 20] [--no-service]
 """
 
 from __future__ import annotations
@@ -122,6 +122,11 @@ def main() -> int:
         default=0,
         help="also compare this many training steps' losses, local vs service",
     )
+    parser.add_argument(
+        "--no-service",
+        action="store_true",
+        help="only the TFRecord vs VOC-folder table (skip the tf.data service tables)",
+    )
     args = parser.parse_args()
 
     voc = load_config("bccd", ["data.cache=false"]).data
@@ -159,6 +164,9 @@ def main() -> int:
     print(f"| VOC folder | {rates['voc']:.1f} |")
     print(f"| TFRecord, 4 shards | {rates['tfrecord']:.1f} |")
     print(f"| ratio TFRecord / VOC | {rates['tfrecord'] / rates['voc']:.2f} |\n", flush=True)
+    if args.no_service:
+        tmp.cleanup()
+        return 0
 
     servers = []
     variants = {"local": build_dataset(tfr, split=split, training=True, batch_size=args.batch_size)}
