@@ -163,6 +163,34 @@ RFCN_SIMD_TARGET_AVX2 RFCN_SIMD_ALWAYS_INLINE void AddScaledToPadded(
   }
 }
 
+// p[0, C) = a without a masked store: whole registers, then the tail lanes
+// in 4 / 2 / 1 float pieces (writes nothing past p[C)). For the last
+// register rem = C - 8 * (NV - 1) lanes are written.
+template <int NV>
+RFCN_SIMD_TARGET_AVX2 RFCN_SIMD_ALWAYS_INLINE void StoreFirst(
+    float* p, const Lanes<NV>& a, int C) {
+  for (int k = 0; k < NV - 1; ++k) _mm256_storeu_ps(p + 8 * k, a.v[k]);
+  float* d = p + 8 * (NV - 1);
+  const int rem = C - 8 * (NV - 1);
+  if (rem == 8) {
+    _mm256_storeu_ps(d, a.v[NV - 1]);
+    return;
+  }
+  __m128 x = _mm256_castps256_ps128(a.v[NV - 1]);
+  int done = 0;
+  if (rem & 4) {
+    _mm_storeu_ps(d, x);
+    x = _mm256_extractf128_ps(a.v[NV - 1], 1);
+    done = 4;
+  }
+  if (rem & 2) {
+    _mm_storel_pi(reinterpret_cast<__m64*>(d + done), x);
+    x = _mm_movehl_ps(x, x);
+    done += 2;
+  }
+  if (rem & 1) _mm_store_ss(d + done, x);
+}
+
 // sum_c a[c] * b[c], in a fixed order (lane-wise products summed over the
 // registers, then the 8 lanes in a fixed tree): deterministic. Masked-off
 // lanes are 0 in a and b (maskload zeroes them).

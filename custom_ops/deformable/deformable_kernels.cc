@@ -64,14 +64,6 @@ namespace {
 
 using rfcn_common::CpuWorkers;
 
-// The n row (or column) taps of a shifted bin.
-void BinTaps(double bin_start, double bin_size, int n, int size, Tap* taps) {
-  for (int p = 0; p < n; ++p) {
-    taps[p] = rfcn_deform::pool_tap(
-        rfcn_deform::pool_sample(bin_start, bin_size, p, n), size);
-  }
-}
-
 // RoI geometry of both axes.
 struct RoiAxes {
   double ys, yext, ybin, xs, xext, xbin;
@@ -86,15 +78,21 @@ RoiAxes ReadRoi(const PoolGeometry& g, const float* roi) {
   return a;
 }
 
-// The distinct cells that the n sample points of one shifted bin read along
-// one axis, with the interpolation weights summed over the valid points (w)
-// and their derivatives with respect to the bin's coordinate (dw: -gate for
-// a low cell, +gate for a high one). Bilinear sampling is separable (a point
-// is valid iff its row and its column are; its weights are wy * wx), so a
-// bin is sum_q sum_t Wy[q] Wx[t] f(q, t) and its y derivative is
+// The distinct cells that the n sample points of a shifted bin starting at
+// bin_start read along one axis (pool_sample / pool_tap of the math header),
+// with the interpolation weights summed over the valid points (w) and their
+// derivatives with respect to the bin's coordinate (dw: -gate for a low
+// cell, +gate for a high one). Bilinear sampling is separable (a point is
+// valid iff its row and its column are; its weights are wy * wx), so a bin
+// is sum_q sum_t Wy[q] Wx[t] f(q, t) and its y derivative is
 // sum_q sum_t DWy[q] Wx[t] f(q, t): each distinct cell is read (written)
 // once per bin, not 4 times per sample point. Returns the count (<= 2n).
-int AxisCells(const Tap* taps, int n, int* cells, double* w, double* dw) {
+// Runs twice per (RoI, bin, group): inlined, taps kept in registers (perf:
+// a tap array written and read back, and the call, cost more than the
+// arithmetic).
+RFCN_SIMD_ALWAYS_INLINE int AxisCells(double bin_start, double bin_size,
+                                      int n, int size, int* cells, double* w,
+                                      double* dw) {
   int m = 0;
   auto add = [&](int cell, double weight, double deriv) {
     for (int q = 0; q < m; ++q) {
@@ -110,9 +108,11 @@ int AxisCells(const Tap* taps, int n, int* cells, double* w, double* dw) {
     ++m;
   };
   for (int p = 0; p < n; ++p) {
-    if (!taps[p].valid) continue;
-    add(taps[p].lo, taps[p].wlo, -taps[p].gate);
-    add(taps[p].hi, taps[p].whi, taps[p].gate);
+    const Tap t = rfcn_deform::pool_tap(
+        rfcn_deform::pool_sample(bin_start, bin_size, p, n), size);
+    if (!t.valid) continue;
+    add(t.lo, t.wlo, -t.gate);
+    add(t.hi, t.whi, t.gate);
   }
   return m;
 }
@@ -120,28 +120,25 @@ int AxisCells(const Tap* taps, int n, int* cells, double* w, double* dw) {
 // Separable cells of one (RoI, bin, offset group): scratch reused per call.
 struct BinCells {
   explicit BinCells(int n)
-      : taps(n), ycell(2 * n), xcell(2 * n), yw(2 * n), xw(2 * n),
-        ydw(2 * n), xdw(2 * n) {}
+      : ycell(2 * n), xcell(2 * n), yw(2 * n), xw(2 * n), ydw(2 * n),
+        xdw(2 * n) {}
 
   template <typename T>
   void Fill(const PoolGeometry& g, const RoiAxes& a, const T* offsets,
             int64_t r, int i, int j, int grp) {
     const int n = g.sampling_ratio;
     const int64_t oi = rfcn_deform::pool_offset_index(g, r, i, j, grp, 0);
-    BinTaps(rfcn_deform::pool_bin_start(a.ys, a.yext, a.ybin, i,
-                                        static_cast<double>(offsets[oi]),
-                                        g.trans_std),
-            a.ybin, n, g.height, taps.data());
-    ny = AxisCells(taps.data(), n, ycell.data(), yw.data(), ydw.data());
-    BinTaps(rfcn_deform::pool_bin_start(a.xs, a.xext, a.xbin, j,
-                                        static_cast<double>(offsets[oi + 1]),
-                                        g.trans_std),
-            a.xbin, n, g.width, taps.data());
-    nx = AxisCells(taps.data(), n, xcell.data(), xw.data(), xdw.data());
+    ny = AxisCells(rfcn_deform::pool_bin_start(
+                       a.ys, a.yext, a.ybin, i,
+                       static_cast<double>(offsets[oi]), g.trans_std),
+                   a.ybin, n, g.height, ycell.data(), yw.data(), ydw.data());
+    nx = AxisCells(rfcn_deform::pool_bin_start(
+                       a.xs, a.xext, a.xbin, j,
+                       static_cast<double>(offsets[oi + 1]), g.trans_std),
+                   a.xbin, n, g.width, xcell.data(), xw.data(), xdw.data());
   }
 
   int ny = 0, nx = 0;
-  std::vector<Tap> taps;
   std::vector<int> ycell, xcell;
   std::vector<double> yw, xw, ydw, xdw;
 };
@@ -298,6 +295,21 @@ inline void PrefetchSlice(const PoolGeometry& g, const float* base,
   }
 }
 
+// The offsets (and RoI row) of the item kSlicePrefetchAhead items on: read
+// in sorted order they are one cache miss per item (perf: BinCells::Fill
+// stalled on them).
+inline void PrefetchGeometry(const PoolGeometry& g, const float* rois,
+                             const float* offsets, const int64_t* ids,
+                             int64_t it, int64_t last, int i, int j) {
+  const int64_t ahead = it + kSlicePrefetchAhead;
+  if (ahead >= last) return;
+  const int64_t o = ahead / g.groups;
+  const int grp = static_cast<int>(ahead - o * g.groups);
+  __builtin_prefetch(
+      offsets + rfcn_deform::pool_offset_index(g, ids[o], i, j, grp, 0), 0, 3);
+  __builtin_prefetch(rois + ids[o] * 5, 0, 3);
+}
+
 // [R, k*k, C] <-> [k*k, R, C]: the units visit one bin position of many
 // RoIs, whose C-channel slices of the output (gradient) lie k*k*C floats
 // (4 KB, a page) apart; read or written there one by one they miss cache
@@ -316,11 +328,9 @@ void TransposeRoiBins(thread::ThreadPool* workers, int64_t num_rois,
           for (int64_t bin = 0; bin < bins; ++bin) {
             const int64_t a = (r * bins + bin) * C;
             const int64_t b = (bin * num_rois + r) * C;
-            if (to_bin_major) {
-              std::memcpy(dst + b, src + a, sizeof(float) * C);
-            } else {
-              std::memcpy(dst + a, src + b, sizeof(float) * C);
-            }
+            const float* __restrict__ from = src + (to_bin_major ? a : b);
+            float* __restrict__ to = dst + (to_bin_major ? b : a);
+            for (int c = 0; c < C; ++c) to[c] = from[c];  // C is small
           }
         }
       });
@@ -332,58 +342,116 @@ struct UnitScratch {
   std::vector<int> key;
 };
 
+// A unit's channel block (cg floats per group and cell, g.channels apart)
+// into / out of the padded dense layout [H, W, G, 8*NV]: inline register
+// copies (a memcpy call per 84-byte slice cost more than the copy). The
+// gather's masked loads zero the padding lanes; the scatter writes exactly
+// the block's channels (the neighbouring blocks belong to other units).
+template <int NV>
+RFCN_SIMD_TARGET_AVX2 RFCN_SIMD_ALWAYS_INLINE void GatherBlock(
+    const PoolGeometry& g, const float* block, float* dense, __m256i mask) {
+  const int cg = g.c_out / g.groups;
+  const int64_t plane = static_cast<int64_t>(g.height) * g.width;
+  for (int64_t q = 0; q < plane; ++q) {
+    for (int grp = 0; grp < g.groups; ++grp) {
+      Lanes<NV> v;
+      rfcn_simd::Load<NV>(&v, block + q * g.channels + grp * cg, mask);
+      for (int k = 0; k < NV; ++k) {
+        _mm256_storeu_ps(dense + (q * g.groups + grp) * 8 * NV + 8 * k,
+                         v.v[k]);
+      }
+    }
+  }
+}
+
+template <int NV>
+RFCN_SIMD_TARGET_AVX2 RFCN_SIMD_ALWAYS_INLINE void ScatterBlock(
+    const PoolGeometry& g, const float* dense, float* block) {
+  const int cg = g.c_out / g.groups;
+  const int64_t plane = static_cast<int64_t>(g.height) * g.width;
+  for (int64_t q = 0; q < plane; ++q) {
+    for (int grp = 0; grp < g.groups; ++grp) {
+      Lanes<NV> v;
+      rfcn_simd::LoadPadded<NV>(&v, dense + (q * g.groups + grp) * 8 * NV);
+      rfcn_simd::StoreFirst<NV>(block + q * g.channels + grp * cg, v, cg);
+    }
+  }
+}
+
 // Forward units [begin, end) for float, cg <= 8 * NV: every bin (i, j) of
-// the image's RoIs; each output slice is written once.
+// the image's RoIs, written bin-major into out_t [k*k, R, C] (transposed
+// back by the caller, TransposeRoiBins), each slice once. With `dense`
+// (many RoIs per image) the unit first copies its channel block into a
+// padded dense scratch, as the backward does (DeformPoolBackwardAvx2); with
+// few RoIs that copy would cost more than the scattered reads it saves.
 template <int NV>
 RFCN_SIMD_TARGET_AVX2 void DeformPoolForwardAvx2(
     const PoolGeometry& g, const float* features, const float* rois,
-    const float* offsets, const ImageRois& ir, float* output, int64_t begin,
-    int64_t end) {
+    const float* offsets, const ImageRois& ir, int64_t num_rois, bool dense,
+    float* out_t, int64_t begin, int64_t end) {
   const int k = g.k, C = g.c_out, n = g.sampling_ratio;
   const int cg = C / g.groups;
+  constexpr int cgp = 8 * NV;
   const int64_t bins = static_cast<int64_t>(k) * k;
-  const int64_t row_stride = static_cast<int64_t>(g.width) * g.channels;
+  const int64_t plane = static_cast<int64_t>(g.height) * g.width;
+  const int64_t cell_stride = dense ? g.groups * cgp : g.channels;
+  const int64_t group_stride = dense ? cgp : cg;
+  const int64_t row_stride = g.width * cell_stride;
   const __m256i mask = TailMask(cg);
   const __m256 inv = _mm256_set1_ps(1.f / static_cast<float>(n * n));
   PoolItem items[2] = {PoolItem(n), PoolItem(n)};
   UnitScratch s;
+  std::vector<float> scratch(dense ? plane * cell_stride : 0, 0.f);
   for (int64_t u = begin; u < end; ++u) {
     const int b = static_cast<int>(u / bins);
     const int bin = static_cast<int>(u - static_cast<int64_t>(b) * bins);
     const int i = bin / k, j = bin - (bin / k) * k;
     const int64_t base =
         rfcn_deform::pool_cell(g, b, 0, 0) + static_cast<int64_t>(bin) * C;
+    const float* block = features + base;
+    if (dense) {
+      GatherBlock<NV>(g, block, scratch.data(), mask);
+      block = scratch.data();
+    }
     SortByRow(g, rois, offsets, ir.order.data() + ir.start[b],
               ir.start[b + 1] - ir.start[b], i, j, &s.count, &s.sorted,
               &s.key);
     const int64_t* ids = s.sorted.data();
     const int64_t last = static_cast<int64_t>(s.sorted.size()) * g.groups;
+    float* out_bin = out_t + bin * num_rois * C;
     if (last > 0) {
-      PrepareItem(g, rois, offsets, ids, i, j, 0, features + base, nullptr,
-                  g.channels, cg, &items[0]);
+      PrepareItem(g, rois, offsets, ids, i, j, 0, block, nullptr, cell_stride,
+                  group_stride, &items[0]);
     }
     for (int64_t it = 0; it < last; ++it) {
       const PoolItem& cur = items[it & 1];
       if (it + 1 < last) {
-        PrepareItem(g, rois, offsets, ids, i, j, it + 1, features + base,
-                    nullptr, g.channels, cg, &items[(it + 1) & 1]);
+        PrepareItem(g, rois, offsets, ids, i, j, it + 1, block, nullptr,
+                    cell_stride, group_stride, &items[(it + 1) & 1]);
       }
-      PrefetchSlice(g, output, ids, it, last, bins, bin, true);
-      const float* slice = features + base + cur.grp * cg;
+      PrefetchSlice(g, out_bin, ids, it, last, 1, 0, true);
+      PrefetchGeometry(g, rois, offsets, ids, it, last, i, j);
+      const float* slice = block + cur.grp * group_stride;
       const BinCells& c = cur.cells;
       Lanes<NV> acc;
       rfcn_simd::Zero(&acc);
       for (int q = 0; q < c.ny; ++q) {
         const float* row = slice + c.ycell[q] * row_stride;
         for (int t = 0; t < c.nx; ++t) {
-          rfcn_simd::LoadAdd<NV>(
-              &acc, row + static_cast<int64_t>(c.xcell[t]) * g.channels,
-              _mm256_set1_ps(static_cast<float>(c.yw[q] * c.xw[t])), mask);
+          const __m256 w =
+              _mm256_set1_ps(static_cast<float>(c.yw[q] * c.xw[t]));
+          const float* p = row + c.xcell[t] * cell_stride;
+          if (dense) {
+            Lanes<NV> f;
+            rfcn_simd::LoadPadded<NV>(&f, p);
+            rfcn_simd::Fma<NV>(&acc, w, f);
+          } else {
+            rfcn_simd::LoadAdd<NV>(&acc, p, w, mask);
+          }
         }
       }
-      rfcn_simd::StoreScaled<NV>(output + (cur.r * bins + bin) * C +
-                                     cur.grp * cg,
-                                 acc, inv, mask);
+      rfcn_simd::StoreScaled<NV>(out_bin + cur.r * C + cur.grp * cg, acc, inv,
+                                 mask);
     }
   }
 }
@@ -430,13 +498,7 @@ RFCN_SIMD_TARGET_AVX2 void DeformPoolBackwardAvx2(
     const int i = bin / k, j = bin - (bin / k) * k;
     const int64_t base =
         rfcn_deform::pool_cell(g, b, 0, 0) + static_cast<int64_t>(bin) * C;
-    for (int64_t q = 0; q < plane; ++q) {
-      for (int grp = 0; grp < g.groups; ++grp) {
-        std::memcpy(fd + q * cell_stride + grp * cgp,
-                    features + base + q * g.channels + grp * cg,
-                    sizeof(float) * cg);
-      }
-    }
+    GatherBlock<NV>(g, features + base, fd, mask);
     std::memset(gd, 0, sizeof(float) * plane * cell_stride);
     SortByRow(g, rois, offsets, ir.order.data() + ir.start[b],
               ir.start[b + 1] - ir.start[b], i, j, &s.count, &s.sorted,
@@ -455,7 +517,9 @@ RFCN_SIMD_TARGET_AVX2 void DeformPoolBackwardAvx2(
       }
       // Each RoI's output-gradient slice is read once, in sorted (not
       // memory) order: fetched kSlicePrefetchAhead items ahead.
-      PrefetchSlice(g, grad_t + bin * num_rois * C, ids, it, last, 1, 0, false);
+      PrefetchSlice(g, grad_t + bin * num_rois * C, ids, it, last, 1, 0,
+                    false);
+      PrefetchGeometry(g, rois, offsets, ids, it, last, i, j);
       // The output gradient of this slice, divided by the point count (its
       // masked-off lanes are 0, so the padding lanes of gd stay 0).
       Lanes<NV> gg;
@@ -487,18 +551,13 @@ RFCN_SIMD_TARGET_AVX2 void DeformPoolBackwardAvx2(
       go[2 * cur.grp + 1] = rfcn_simd::Dot<NV>(gg, sx) *
                             static_cast<float>(g.trans_std * cur.xext);
     }
-    for (int64_t q = 0; q < plane; ++q) {
-      for (int grp = 0; grp < g.groups; ++grp) {
-        std::memcpy(grad_features + base + q * g.channels + grp * cg,
-                    gd + q * cell_stride + grp * cgp, sizeof(float) * cg);
-      }
-    }
+    ScatterBlock<NV>(g, gd, grad_features + base);
   }
 }
 
 using DeformForwardFn = void (*)(const PoolGeometry&, const float*,
                                  const float*, const float*, const ImageRois&,
-                                 float*, int64_t, int64_t);
+                                 int64_t, bool, float*, int64_t, int64_t);
 using DeformBackwardFn = void (*)(const PoolGeometry&, const float*,
                                   const float*, const float*, const float*,
                                   int64_t, const ImageRois&, float*, float*,
@@ -550,22 +609,26 @@ struct RfcnDeformPoolForward<CPUDevice, T> {
         // Units (image, bin position); RoIs with an invalid batch index
         // (rejected by the op on CPU) are in no unit and pool 0.
         const ImageRois ir = GroupByImage(g, num_rois, rois);
-        for (int64_t r = 0; r < num_rois; ++r) {
-          int b;
-          if (!rfcn_deform::roi_batch_index(rois[r * 5], g.batch, &b)) {
-            std::fill(output + r * bins * C, output + (r + 1) * bins * C,
-                      T(0));
-          }
-        }
         const int64_t rois_per_image = std::max<int64_t>(
             1, static_cast<int64_t>(ir.order.size()) / std::max(g.batch, 1));
+        // The dense copy of a unit's block costs about one cell visit per
+        // map cell; a bin visits ~(n + 1)^2 cells per RoI and group.
+        const int64_t plane = static_cast<int64_t>(g.height) * g.width;
+        const bool dense = rois_per_image * g.groups * (n + 1) * (n + 1) >=
+                           2 * plane;
+        std::vector<float> out_t(num_rois * bins * C, 0.f);
         CpuWorkers(ctx)->ParallelFor(
             static_cast<int64_t>(g.batch) * bins,
             thread::ThreadPool::SchedulingParams::Adaptive(
                 rois_per_image * (20 + cost)),
             [&](int64_t begin, int64_t end) {
-              fast(g, features, rois, offsets, ir, output, begin, end);
+              fast(g, features, rois, offsets, ir, num_rois, dense,
+                   out_t.data(), begin, end);
             });
+        // Invalid-batch RoIs are in no unit: their zero rows of out_t give
+        // them 0 output.
+        TransposeRoiBins(CpuWorkers(ctx), num_rois, bins, C, out_t.data(),
+                         output, false);
         return;
       }
     }
