@@ -14,6 +14,13 @@
 //    its image, so units write disjoint cells of the feature gradient (the
 //    plain PS-RoI op's partition) and disjoint offset gradients; a unit visits
 //    the RoIs of image b in ascending row order.
+//  * pool, float32 on an AVX2 + FMA CPU with C / G <= 32 (the R-FCN head):
+//    register-blocked kernels (DeformPoolForwardAvx2, DeformPoolBackwardAvx2)
+//    with the same (image, bin position) units for the forward too, RoIs
+//    sorted by row, dense padded copies of the unit's channel block and a
+//    bin-major output (gradient); see the comment above them. Sums in a fixed
+//    order (deterministic), with fused multiply-adds: ~1e-7 relative from the
+//    portable loops.
 //  * im2col forward: one unit per output pixel; tap weights once per (pixel,
 //    tap) with the mask folded in, then a loop over Cin channels.
 //  * im2col backward, offsets and mask: one unit per output pixel
