@@ -79,7 +79,7 @@ DEFORM_HEADERS = [
 # Headers shared by both libraries (custom_ops/common): either library rebuilds when one changes.
 COMMON_HEADERS = [
     os.path.join("custom_ops", "common", n)
-    for n in ("gpu_launch.h", "cpu_kernel_util.h", "cuda_kernel_util.cuh")
+    for n in ("gpu_launch.h", "cpu_kernel_util.h", "cpu_simd_util.h", "cuda_kernel_util.cuh")
 ]
 OP_EXT_NAMES = (OP_EXT_NAME, DEFORM_EXT_NAME)
 TF_RANGE = ">=2.21,<2.22"

@@ -14,6 +14,13 @@
 //    its image, so units write disjoint cells of the feature gradient (the
 //    plain PS-RoI op's partition) and disjoint offset gradients; a unit visits
 //    the RoIs of image b in ascending row order.
+//  * pool, float32 on an AVX2 + FMA CPU with C / G <= 32 (the R-FCN head):
+//    register-blocked kernels (DeformPoolForwardAvx2, DeformPoolBackwardAvx2)
+//    with the same (image, bin position) units for the forward too, RoIs
+//    sorted by row, dense padded copies of the unit's channel block and a
+//    bin-major output (gradient); see the comment above them. Sums in a fixed
+//    order (deterministic), with fused multiply-adds: ~1e-7 relative from the
+//    portable loops.
 //  * im2col forward: one unit per output pixel; tap weights once per (pixel,
 //    tap) with the mask folded in, then a loop over Cin channels.
 //  * im2col backward, offsets and mask: one unit per output pixel
@@ -38,6 +45,7 @@
 #include <vector>
 
 #include "../common/cpu_kernel_util.h"
+#include "../common/cpu_simd_util.h"
 #include "deformable_functor.h"
 #include "deformable_math.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -63,14 +71,6 @@ namespace {
 
 using rfcn_common::CpuWorkers;
 
-// The n row (or column) taps of a shifted bin.
-void BinTaps(double bin_start, double bin_size, int n, int size, Tap* taps) {
-  for (int p = 0; p < n; ++p) {
-    taps[p] = rfcn_deform::pool_tap(
-        rfcn_deform::pool_sample(bin_start, bin_size, p, n), size);
-  }
-}
-
 // RoI geometry of both axes.
 struct RoiAxes {
   double ys, yext, ybin, xs, xext, xbin;
@@ -85,15 +85,21 @@ RoiAxes ReadRoi(const PoolGeometry& g, const float* roi) {
   return a;
 }
 
-// The distinct cells that the n sample points of one shifted bin read along
-// one axis, with the interpolation weights summed over the valid points (w)
-// and their derivatives with respect to the bin's coordinate (dw: -gate for
-// a low cell, +gate for a high one). Bilinear sampling is separable (a point
-// is valid iff its row and its column are; its weights are wy * wx), so a
-// bin is sum_q sum_t Wy[q] Wx[t] f(q, t) and its y derivative is
+// The distinct cells that the n sample points of a shifted bin starting at
+// bin_start read along one axis (pool_sample / pool_tap of the math header),
+// with the interpolation weights summed over the valid points (w) and their
+// derivatives with respect to the bin's coordinate (dw: -gate for a low
+// cell, +gate for a high one). Bilinear sampling is separable (a point is
+// valid iff its row and its column are; its weights are wy * wx), so a bin
+// is sum_q sum_t Wy[q] Wx[t] f(q, t) and its y derivative is
 // sum_q sum_t DWy[q] Wx[t] f(q, t): each distinct cell is read (written)
 // once per bin, not 4 times per sample point. Returns the count (<= 2n).
-int AxisCells(const Tap* taps, int n, int* cells, double* w, double* dw) {
+// Runs twice per (RoI, bin, group): inlined, taps kept in registers (perf:
+// a tap array written and read back, and the call, cost more than the
+// arithmetic).
+RFCN_SIMD_ALWAYS_INLINE int AxisCells(double bin_start, double bin_size,
+                                      int n, int size, int* cells, double* w,
+                                      double* dw) {
   int m = 0;
   auto add = [&](int cell, double weight, double deriv) {
     for (int q = 0; q < m; ++q) {
@@ -109,9 +115,11 @@ int AxisCells(const Tap* taps, int n, int* cells, double* w, double* dw) {
     ++m;
   };
   for (int p = 0; p < n; ++p) {
-    if (!taps[p].valid) continue;
-    add(taps[p].lo, taps[p].wlo, -taps[p].gate);
-    add(taps[p].hi, taps[p].whi, taps[p].gate);
+    const Tap t = rfcn_deform::pool_tap(
+        rfcn_deform::pool_sample(bin_start, bin_size, p, n), size);
+    if (!t.valid) continue;
+    add(t.lo, t.wlo, -t.gate);
+    add(t.hi, t.whi, t.gate);
   }
   return m;
 }
@@ -119,31 +127,473 @@ int AxisCells(const Tap* taps, int n, int* cells, double* w, double* dw) {
 // Separable cells of one (RoI, bin, offset group): scratch reused per call.
 struct BinCells {
   explicit BinCells(int n)
-      : taps(n), ycell(2 * n), xcell(2 * n), yw(2 * n), xw(2 * n),
-        ydw(2 * n), xdw(2 * n) {}
+      : ycell(2 * n), xcell(2 * n), yw(2 * n), xw(2 * n), ydw(2 * n),
+        xdw(2 * n) {}
 
   template <typename T>
   void Fill(const PoolGeometry& g, const RoiAxes& a, const T* offsets,
             int64_t r, int i, int j, int grp) {
     const int n = g.sampling_ratio;
     const int64_t oi = rfcn_deform::pool_offset_index(g, r, i, j, grp, 0);
-    BinTaps(rfcn_deform::pool_bin_start(a.ys, a.yext, a.ybin, i,
-                                        static_cast<double>(offsets[oi]),
-                                        g.trans_std),
-            a.ybin, n, g.height, taps.data());
-    ny = AxisCells(taps.data(), n, ycell.data(), yw.data(), ydw.data());
-    BinTaps(rfcn_deform::pool_bin_start(a.xs, a.xext, a.xbin, j,
-                                        static_cast<double>(offsets[oi + 1]),
-                                        g.trans_std),
-            a.xbin, n, g.width, taps.data());
-    nx = AxisCells(taps.data(), n, xcell.data(), xw.data(), xdw.data());
+    ny = AxisCells(rfcn_deform::pool_bin_start(
+                       a.ys, a.yext, a.ybin, i,
+                       static_cast<double>(offsets[oi]), g.trans_std),
+                   a.ybin, n, g.height, ycell.data(), yw.data(), ydw.data());
+    nx = AxisCells(rfcn_deform::pool_bin_start(
+                       a.xs, a.xext, a.xbin, j,
+                       static_cast<double>(offsets[oi + 1]), g.trans_std),
+                   a.xbin, n, g.width, xcell.data(), xw.data(), xdw.data());
   }
 
   int ny = 0, nx = 0;
-  std::vector<Tap> taps;
   std::vector<int> ycell, xcell;
   std::vector<double> yw, xw, ydw, xdw;
 };
+
+// RoI rows of each image, ascending (CSR: rows order[start[b], start[b+1])
+// belong to image b); rows with an invalid batch index are in no list.
+struct ImageRois {
+  std::vector<int64_t> start;  // [B + 1]
+  std::vector<int64_t> order;  // [valid RoIs]
+};
+
+ImageRois GroupByImage(const PoolGeometry& g, int64_t num_rois,
+                       const float* rois) {
+  ImageRois ir;
+  ir.start.assign(g.batch + 1, 0);
+  std::vector<int> batch_of(num_rois, -1);
+  for (int64_t r = 0; r < num_rois; ++r) {
+    int b;
+    if (rfcn_deform::roi_batch_index(rois[r * 5], g.batch, &b)) {
+      batch_of[r] = b;
+      ++ir.start[b + 1];
+    }
+  }
+  for (int b = 0; b < g.batch; ++b) ir.start[b + 1] += ir.start[b];
+  ir.order.resize(ir.start[g.batch]);
+  std::vector<int64_t> fill(ir.start.begin(), ir.start.end() - 1);
+  for (int64_t r = 0; r < num_rois; ++r) {
+    if (batch_of[r] >= 0) ir.order[fill[batch_of[r]]++] = r;
+  }
+  return ir;
+}
+
+#if RFCN_SIMD_HAVE_AVX2_DISPATCH
+// ------------------------------------------- float32 kernels, AVX2 + FMA
+// Work units are (image b, bin position (i, j)): bin (i, j) of every RoI
+// reads only channel block (i*k + j), a 1/(k*k) slice of the map. One map
+// cell holds all k*k blocks (4 KB), so the next cell of a block is on the
+// next page: visited in RoI order the slice's reads miss cache and TLB (perf:
+// the loop stalls on the first load of each cell). A unit therefore visits
+// its RoIs sorted by the row of their shifted bin (SortByRow): consecutive
+// RoIs read neighbouring rows, whose lines and pages are still cached. The
+// order is a function of the inputs only (a stable counting sort), so the
+// backward's sums stay deterministic.
+// A bin's channel slice of one offset group (cg = C / G <= 32 contiguous
+// floats) is held in NV = ceil(cg / 8) registers across all of its cells
+// (../common/cpu_simd_util.h), and the loops are software-pipelined: the
+// cells of the next (RoI, group) item are computed and prefetched before the
+// current one is pooled.
+
+using rfcn_simd::Lanes;
+using rfcn_simd::TailMask;
+
+// The RoIs `ids[0, n)` of one image sorted (stably) by the row of the centre
+// of their bin (i, j) shifted by offset group 0, into *sorted; *count is
+// scratch. A NaN or outside row sorts to the nearest edge.
+void SortByRow(const PoolGeometry& g, const float* rois, const float* offsets,
+               const int64_t* ids, int64_t n, int i, int j,
+               std::vector<int64_t>* count, std::vector<int64_t>* sorted,
+               std::vector<int>* key) {
+  count->assign(g.height + 1, 0);
+  key->resize(n);
+  sorted->resize(n);
+  for (int64_t o = 0; o < n; ++o) {
+    const int64_t r = ids[o];
+    const RoiAxes a = ReadRoi(g, rois + r * 5);
+    const double dy = static_cast<double>(
+        offsets[rfcn_deform::pool_offset_index(g, r, i, j, 0, 0)]);
+    const double y =
+        rfcn_deform::pool_bin_start(a.ys, a.yext, a.ybin, i, dy, g.trans_std) +
+        0.5 * a.ybin;
+    const int h =
+        y >= 0.0 ? (y < static_cast<double>(g.height) ? static_cast<int>(y)
+                                                      : g.height - 1)
+                 : 0;
+    (*key)[o] = h;
+    ++(*count)[h + 1];
+  }
+  for (int h = 0; h < g.height; ++h) (*count)[h + 1] += (*count)[h];
+  for (int64_t o = 0; o < n; ++o) (*sorted)[(*count)[(*key)[o]]++] = ids[o];
+}
+
+// Prefetches the first and last cache line of the cg-channel slice of every
+// cell of `cells` (slice = the item's channels at cell (0, 0)).
+inline void PrefetchCells(const BinCells& cells, const float* slice,
+                          int64_t row_stride, int64_t channels, int cg) {
+  for (int q = 0; q < cells.ny; ++q) {
+    const float* row = slice + cells.ycell[q] * row_stride;
+    for (int t = 0; t < cells.nx; ++t) {
+      const float* p = row + static_cast<int64_t>(cells.xcell[t]) * channels;
+      __builtin_prefetch(p, 0, 3);
+      __builtin_prefetch(p + cg - 1, 0, 3);
+    }
+  }
+}
+
+// One item of a unit: RoI r's bin (i, j), offset group grp.
+struct PoolItem {
+  explicit PoolItem(int n) : cells(n) {}
+  BinCells cells;
+  int64_t r = 0;
+  int grp = 0;
+  double yext = 0.0, xext = 0.0;
+};
+
+// Geometry of item `it` = o * G + grp of a unit whose RoIs are ids[o], bin
+// (i, j); prefetches the cells it reads in the channel block `a` (and `b`
+// unless null): the block's channels at cell (0, 0), cells `cell_stride`
+// floats apart.
+inline void PrepareItem(const PoolGeometry& g, const float* rois,
+                        const float* offsets, const int64_t* ids, int i, int j,
+                        int64_t it, const float* a, const float* b,
+                        int64_t cell_stride, int64_t group_stride,
+                        PoolItem* item) {
+  const int cg = g.c_out / g.groups;
+  const int64_t o = it / g.groups;
+  item->grp = static_cast<int>(it - o * g.groups);
+  item->r = ids[o];
+  const RoiAxes ax = ReadRoi(g, rois + item->r * 5);
+  item->yext = ax.yext;
+  item->xext = ax.xext;
+  item->cells.Fill(g, ax, offsets, item->r, i, j, item->grp);
+  const int64_t row_stride = g.width * cell_stride;
+  const int64_t ch = item->grp * group_stride;
+  PrefetchCells(item->cells, a + ch, row_stride, cell_stride, cg);
+  if (b != nullptr) {
+    PrefetchCells(item->cells, b + ch, row_stride, cell_stride, cg);
+  }
+}
+
+// The slices of the output (forward) or output gradient (backward) of a
+// unit's items lie at RoI stride (k*k*C floats, 4 KB) in sorted-RoI order,
+// so each one is a cache and TLB miss; they are prefetched this many items
+// ahead (their addresses need no geometry).
+constexpr int64_t kSlicePrefetchAhead = 8;
+
+// Slice of RoI r: base + (r * roi_stride + bin) * C (+ the group's channels).
+inline void PrefetchSlice(const PoolGeometry& g, const float* base,
+                          const int64_t* ids, int64_t it, int64_t last,
+                          int64_t roi_stride, int bin, bool write) {
+  const int64_t ahead = it + kSlicePrefetchAhead;
+  if (ahead >= last) return;
+  const int64_t o = ahead / g.groups;
+  const int grp = static_cast<int>(ahead - o * g.groups);
+  const int cg = g.c_out / g.groups;
+  const float* p = base +
+                   (ids[o] * roi_stride + bin) * static_cast<int64_t>(g.c_out) +
+                   grp * cg;
+  if (write) {
+    __builtin_prefetch(p, 1, 3);
+    __builtin_prefetch(p + cg - 1, 1, 3);
+  } else {
+    __builtin_prefetch(p, 0, 3);
+    __builtin_prefetch(p + cg - 1, 0, 3);
+  }
+}
+
+// The offsets (and RoI row) of the item kSlicePrefetchAhead items on: read
+// in sorted order they are one cache miss per item (perf: BinCells::Fill
+// stalled on them).
+inline void PrefetchGeometry(const PoolGeometry& g, const float* rois,
+                             const float* offsets, const int64_t* ids,
+                             int64_t it, int64_t last, int i, int j) {
+  const int64_t ahead = it + kSlicePrefetchAhead;
+  if (ahead >= last) return;
+  const int64_t o = ahead / g.groups;
+  const int grp = static_cast<int>(ahead - o * g.groups);
+  __builtin_prefetch(
+      offsets + rfcn_deform::pool_offset_index(g, ids[o], i, j, grp, 0), 0, 3);
+  __builtin_prefetch(rois + ids[o] * 5, 0, 3);
+}
+
+// [R, k*k, C] <-> [k*k, R, C]: the units visit one bin position of many
+// RoIs, whose C-channel slices of the output (gradient) lie k*k*C floats
+// (4 KB, a page) apart; read or written there one by one they miss cache
+// and TLB on every RoI (perf: the loops stalled on those accesses, software
+// prefetch did not help). A blocked transpose touches each RoI's row once,
+// sequentially, and k*k sequential streams on the other side. Threaded over
+// RoIs; every element is copied by one unit.
+void TransposeRoiBins(thread::ThreadPool* workers, int64_t num_rois,
+                      int64_t bins, int C, const float* src, float* dst,
+                      bool to_bin_major) {
+  const int64_t row = bins * C;
+  workers->ParallelFor(
+      num_rois, thread::ThreadPool::SchedulingParams::Adaptive(2 * row),
+      [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          for (int64_t bin = 0; bin < bins; ++bin) {
+            const int64_t a = (r * bins + bin) * C;
+            const int64_t b = (bin * num_rois + r) * C;
+            const float* __restrict__ from = src + (to_bin_major ? a : b);
+            float* __restrict__ to = dst + (to_bin_major ? b : a);
+            for (int c = 0; c < C; ++c) to[c] = from[c];  // C is small
+          }
+        }
+      });
+}
+
+// Per-thread scratch of the unit loops.
+struct UnitScratch {
+  std::vector<int64_t> count, sorted;
+  std::vector<int> key;
+};
+
+// A unit's channel block (cg floats per group and cell, g.channels apart)
+// into / out of the padded dense layout [H, W, G, 8*NV]: inline register
+// copies (a memcpy call per 84-byte slice cost more than the copy). The
+// gather's masked loads zero the padding lanes; the scatter writes exactly
+// the block's channels (the neighbouring blocks belong to other units).
+template <int NV>
+RFCN_SIMD_TARGET_AVX2 RFCN_SIMD_ALWAYS_INLINE void GatherBlock(
+    const PoolGeometry& g, const float* block, float* dense, __m256i mask) {
+  const int cg = g.c_out / g.groups;
+  const int64_t plane = static_cast<int64_t>(g.height) * g.width;
+  for (int64_t q = 0; q < plane; ++q) {
+    for (int grp = 0; grp < g.groups; ++grp) {
+      Lanes<NV> v;
+      rfcn_simd::Load<NV>(&v, block + q * g.channels + grp * cg, mask);
+      for (int k = 0; k < NV; ++k) {
+        _mm256_storeu_ps(dense + (q * g.groups + grp) * 8 * NV + 8 * k,
+                         v.v[k]);
+      }
+    }
+  }
+}
+
+template <int NV>
+RFCN_SIMD_TARGET_AVX2 RFCN_SIMD_ALWAYS_INLINE void ScatterBlock(
+    const PoolGeometry& g, const float* dense, float* block) {
+  const int cg = g.c_out / g.groups;
+  const int64_t plane = static_cast<int64_t>(g.height) * g.width;
+  for (int64_t q = 0; q < plane; ++q) {
+    for (int grp = 0; grp < g.groups; ++grp) {
+      Lanes<NV> v;
+      rfcn_simd::LoadPadded<NV>(&v, dense + (q * g.groups + grp) * 8 * NV);
+      rfcn_simd::StoreFirst<NV>(block + q * g.channels + grp * cg, v, cg);
+    }
+  }
+}
+
+// Forward units [begin, end) for float, cg <= 8 * NV: every bin (i, j) of
+// the image's RoIs, written bin-major into out_t [k*k, R, C] (transposed
+// back by the caller, TransposeRoiBins), each slice once. With `dense`
+// (many RoIs per image) the unit first copies its channel block into a
+// padded dense scratch, as the backward does (DeformPoolBackwardAvx2); with
+// few RoIs that copy would cost more than the scattered reads it saves.
+template <int NV>
+RFCN_SIMD_TARGET_AVX2 void DeformPoolForwardAvx2(
+    const PoolGeometry& g, const float* features, const float* rois,
+    const float* offsets, const ImageRois& ir, int64_t num_rois, bool dense,
+    float* out_t, int64_t begin, int64_t end) {
+  const int k = g.k, C = g.c_out, n = g.sampling_ratio;
+  const int cg = C / g.groups;
+  constexpr int cgp = 8 * NV;
+  const int64_t bins = static_cast<int64_t>(k) * k;
+  const int64_t plane = static_cast<int64_t>(g.height) * g.width;
+  const int64_t cell_stride = dense ? g.groups * cgp : g.channels;
+  const int64_t group_stride = dense ? cgp : cg;
+  const int64_t row_stride = g.width * cell_stride;
+  const __m256i mask = TailMask(cg);
+  const __m256 inv = _mm256_set1_ps(1.f / static_cast<float>(n * n));
+  PoolItem items[2] = {PoolItem(n), PoolItem(n)};
+  UnitScratch s;
+  std::vector<float> scratch(dense ? plane * cell_stride : 0, 0.f);
+  for (int64_t u = begin; u < end; ++u) {
+    const int b = static_cast<int>(u / bins);
+    const int bin = static_cast<int>(u - static_cast<int64_t>(b) * bins);
+    const int i = bin / k, j = bin - (bin / k) * k;
+    const int64_t base =
+        rfcn_deform::pool_cell(g, b, 0, 0) + static_cast<int64_t>(bin) * C;
+    const float* block = features + base;
+    if (dense) {
+      GatherBlock<NV>(g, block, scratch.data(), mask);
+      block = scratch.data();
+    }
+    SortByRow(g, rois, offsets, ir.order.data() + ir.start[b],
+              ir.start[b + 1] - ir.start[b], i, j, &s.count, &s.sorted,
+              &s.key);
+    const int64_t* ids = s.sorted.data();
+    const int64_t last = static_cast<int64_t>(s.sorted.size()) * g.groups;
+    float* out_bin = out_t + bin * num_rois * C;
+    if (last > 0) {
+      PrepareItem(g, rois, offsets, ids, i, j, 0, block, nullptr, cell_stride,
+                  group_stride, &items[0]);
+    }
+    for (int64_t it = 0; it < last; ++it) {
+      const PoolItem& cur = items[it & 1];
+      if (it + 1 < last) {
+        PrepareItem(g, rois, offsets, ids, i, j, it + 1, block, nullptr,
+                    cell_stride, group_stride, &items[(it + 1) & 1]);
+      }
+      PrefetchSlice(g, out_bin, ids, it, last, 1, 0, true);
+      PrefetchGeometry(g, rois, offsets, ids, it, last, i, j);
+      const float* slice = block + cur.grp * group_stride;
+      const BinCells& c = cur.cells;
+      Lanes<NV> acc;
+      rfcn_simd::Zero(&acc);
+      for (int q = 0; q < c.ny; ++q) {
+        const float* row = slice + c.ycell[q] * row_stride;
+        for (int t = 0; t < c.nx; ++t) {
+          const __m256 w =
+              _mm256_set1_ps(static_cast<float>(c.yw[q] * c.xw[t]));
+          const float* p = row + c.xcell[t] * cell_stride;
+          if (dense) {
+            Lanes<NV> f;
+            rfcn_simd::LoadPadded<NV>(&f, p);
+            rfcn_simd::Fma<NV>(&acc, w, f);
+          } else {
+            rfcn_simd::LoadAdd<NV>(&acc, p, w, mask);
+          }
+        }
+      }
+      rfcn_simd::StoreScaled<NV>(out_bin + cur.r * C + cur.grp * cg, acc, inv,
+                                 mask);
+    }
+  }
+}
+
+// Backward units [begin, end) for float, cg <= 8 * NV (see
+// RfcnDeformPoolBackward). The unit's channel block (C floats per cell, one
+// block per 4 KB map cell) is first copied into a dense scratch [H, W, G,
+// 8*NV] (each group's cg channels padded to whole registers, padding 0), and
+// its feature gradient accumulated in another, copied out at the end: the
+// scattered per-RoI reads and read-modify-writes then stay within a few
+// hundred KB and ~100 pages instead of 2 x H*W pages (a TLB miss per cell
+// otherwise; the copies are sequential constant-stride passes), and run
+// unmasked on whole registers (masked stores are microcoded on AMD Zen; an
+// unpadded full-width store would overlap the next cell's load and defeat
+// store forwarding). Per cell one read of the features and one
+// read-modify-write of the feature gradient; the offset gradient's
+// per-channel sums stay in registers, and their channel dot product with the
+// output gradient is one fixed-order reduction per item. The output gradient
+// comes bin-major (TransposeRoiBins).
+template <int NV>
+RFCN_SIMD_TARGET_AVX2 void DeformPoolBackwardAvx2(
+    const PoolGeometry& g, const float* features, const float* rois,
+    const float* offsets, const float* grad_t, int64_t num_rois,
+    const ImageRois& ir, float* grad_features, float* grad_offsets,
+    int64_t begin, int64_t end) {
+  const int k = g.k, C = g.c_out, n = g.sampling_ratio;
+  const int cg = C / g.groups;
+  constexpr int cgp = 8 * NV;  // padded group slice
+  const int64_t bins = static_cast<int64_t>(k) * k;
+  const int64_t plane = static_cast<int64_t>(g.height) * g.width;
+  const int64_t cell_stride = static_cast<int64_t>(g.groups) * cgp;
+  const int64_t row_stride = g.width * cell_stride;
+  const __m256i mask = TailMask(cg);
+  const __m256 inv = _mm256_set1_ps(1.f / static_cast<float>(n * n));
+  PoolItem items[2] = {PoolItem(n), PoolItem(n)};
+  UnitScratch s;
+  // Zero-initialized: the padding lanes of fd are never written.
+  std::vector<float> dense(2 * plane * cell_stride, 0.f);
+  float* __restrict__ fd = dense.data();
+  float* __restrict__ gd = dense.data() + plane * cell_stride;
+  for (int64_t u = begin; u < end; ++u) {
+    const int b = static_cast<int>(u / bins);
+    const int bin = static_cast<int>(u - static_cast<int64_t>(b) * bins);
+    const int i = bin / k, j = bin - (bin / k) * k;
+    const int64_t base =
+        rfcn_deform::pool_cell(g, b, 0, 0) + static_cast<int64_t>(bin) * C;
+    GatherBlock<NV>(g, features + base, fd, mask);
+    std::memset(gd, 0, sizeof(float) * plane * cell_stride);
+    SortByRow(g, rois, offsets, ir.order.data() + ir.start[b],
+              ir.start[b + 1] - ir.start[b], i, j, &s.count, &s.sorted,
+              &s.key);
+    const int64_t* ids = s.sorted.data();
+    const int64_t last = static_cast<int64_t>(s.sorted.size()) * g.groups;
+    if (last > 0) {
+      PrepareItem(g, rois, offsets, ids, i, j, 0, fd, gd, cell_stride, cgp,
+                  &items[0]);
+    }
+    for (int64_t it = 0; it < last; ++it) {
+      const PoolItem& cur = items[it & 1];
+      if (it + 1 < last) {
+        PrepareItem(g, rois, offsets, ids, i, j, it + 1, fd, gd, cell_stride,
+                    cgp, &items[(it + 1) & 1]);
+      }
+      // Each RoI's output-gradient slice is read once, in sorted (not
+      // memory) order: fetched kSlicePrefetchAhead items ahead.
+      PrefetchSlice(g, grad_t + bin * num_rois * C, ids, it, last, 1, 0,
+                    false);
+      PrefetchGeometry(g, rois, offsets, ids, it, last, i, j);
+      // The output gradient of this slice, divided by the point count (its
+      // masked-off lanes are 0, so the padding lanes of gd stay 0).
+      Lanes<NV> gg;
+      rfcn_simd::Load<NV>(
+          &gg, grad_t + (bin * num_rois + cur.r) * C + cur.grp * cg, mask);
+      rfcn_simd::Scale<NV>(&gg, inv);
+      Lanes<NV> sy, sx, f;
+      rfcn_simd::Zero(&sy);
+      rfcn_simd::Zero(&sx);
+      const BinCells& c = cur.cells;
+      const int64_t ch = cur.grp * cgp;
+      for (int q = 0; q < c.ny; ++q) {
+        const int64_t row = c.ycell[q] * row_stride + ch;
+        for (int t = 0; t < c.nx; ++t) {
+          const int64_t cell = row + c.xcell[t] * cell_stride;
+          rfcn_simd::LoadPadded<NV>(&f, fd + cell);
+          rfcn_simd::Fma<NV>(
+              &sy, _mm256_set1_ps(static_cast<float>(c.ydw[q] * c.xw[t])), f);
+          rfcn_simd::Fma<NV>(
+              &sx, _mm256_set1_ps(static_cast<float>(c.yw[q] * c.xdw[t])), f);
+          rfcn_simd::AddScaledToPadded<NV>(
+              gd + cell, gg,
+              _mm256_set1_ps(static_cast<float>(c.yw[q] * c.xw[t])));
+        }
+      }
+      float* go = grad_offsets + (cur.r * bins + bin) * 2 * g.groups;
+      go[2 * cur.grp] = rfcn_simd::Dot<NV>(gg, sy) *
+                        static_cast<float>(g.trans_std * cur.yext);
+      go[2 * cur.grp + 1] = rfcn_simd::Dot<NV>(gg, sx) *
+                            static_cast<float>(g.trans_std * cur.xext);
+    }
+    ScatterBlock<NV>(g, gd, grad_features + base);
+  }
+}
+
+using DeformForwardFn = void (*)(const PoolGeometry&, const float*,
+                                 const float*, const float*, const ImageRois&,
+                                 int64_t, bool, float*, int64_t, int64_t);
+using DeformBackwardFn = void (*)(const PoolGeometry&, const float*,
+                                  const float*, const float*, const float*,
+                                  int64_t, const ImageRois&, float*, float*,
+                                  int64_t, int64_t);
+
+// The register-blocked kernels for cg <= 32 channels per offset group on an
+// AVX2 + FMA CPU, or null (then the portable loops run).
+DeformForwardFn PickForwardAvx2(int cg) {
+  if (!rfcn_simd::CpuHasAvx2Fma()) return nullptr;
+  switch ((cg + 7) / 8) {
+    case 1: return DeformPoolForwardAvx2<1>;
+    case 2: return DeformPoolForwardAvx2<2>;
+    case 3: return DeformPoolForwardAvx2<3>;
+    case 4: return DeformPoolForwardAvx2<4>;
+    default: return nullptr;
+  }
+}
+
+DeformBackwardFn PickBackwardAvx2(int cg) {
+  if (!rfcn_simd::CpuHasAvx2Fma()) return nullptr;
+  switch ((cg + 7) / 8) {
+    case 1: return DeformPoolBackwardAvx2<1>;
+    case 2: return DeformPoolBackwardAvx2<2>;
+    case 3: return DeformPoolBackwardAvx2<3>;
+    case 4: return DeformPoolBackwardAvx2<4>;
+    default: return nullptr;
+  }
+}
+#endif  // RFCN_SIMD_HAVE_AVX2_DISPATCH
 
 }  // namespace
 
@@ -160,6 +610,36 @@ struct RfcnDeformPoolForward<CPUDevice, T> {
     const int64_t total = num_rois * bins;
     if (total == 0 || C == 0) return;
     const int64_t cost = 40 * g.groups + static_cast<int64_t>(n + 1) * (n + 1) * (4 + 2 * C);
+#if RFCN_SIMD_HAVE_AVX2_DISPATCH
+    if constexpr (std::is_same<T, float>::value) {
+      if (const DeformForwardFn fast = PickForwardAvx2(cg)) {
+        // Units (image, bin position); RoIs with an invalid batch index
+        // (rejected by the op on CPU) are in no unit and pool 0.
+        const ImageRois ir = GroupByImage(g, num_rois, rois);
+        const int64_t rois_per_image = std::max<int64_t>(
+            1, static_cast<int64_t>(ir.order.size()) / std::max(g.batch, 1));
+        // The dense copy of a unit's block costs about one cell visit per
+        // map cell; a bin visits ~(n + 1)^2 cells per RoI and group.
+        const int64_t plane = static_cast<int64_t>(g.height) * g.width;
+        const bool dense = rois_per_image * g.groups * (n + 1) * (n + 1) >=
+                           2 * plane;
+        std::vector<float> out_t(num_rois * bins * C, 0.f);
+        CpuWorkers(ctx)->ParallelFor(
+            static_cast<int64_t>(g.batch) * bins,
+            thread::ThreadPool::SchedulingParams::Adaptive(
+                rois_per_image * (20 + cost)),
+            [&](int64_t begin, int64_t end) {
+              fast(g, features, rois, offsets, ir, num_rois, dense,
+                   out_t.data(), begin, end);
+            });
+        // Invalid-batch RoIs are in no unit: their zero rows of out_t give
+        // them 0 output.
+        TransposeRoiBins(CpuWorkers(ctx), num_rois, bins, C, out_t.data(),
+                         output, false);
+        return;
+      }
+    }
+#endif
     auto work = [&](int64_t begin, int64_t end) {
       std::vector<T> acc_buffer(C);
       BinCells cells(n);
@@ -224,14 +704,9 @@ struct RfcnDeformPoolBackward<CPUDevice, T> {
     const T inv = T(1) / static_cast<T>(n * n);
     // RoI rows of each image, ascending (CSR); rows with an invalid batch
     // index (rejected by the op on CPU) get zero offset gradients.
-    std::vector<int64_t> start(g.batch + 1, 0);
-    std::vector<int> batch_of(num_rois, -1);
     for (int64_t r = 0; r < num_rois; ++r) {
       int b;
-      if (rfcn_deform::roi_batch_index(rois[r * 5], g.batch, &b)) {
-        batch_of[r] = b;
-        ++start[b + 1];
-      } else {
+      if (!rfcn_deform::roi_batch_index(rois[r * 5], g.batch, &b)) {
         std::fill(grad_offsets + r * bins * 2 * g.groups,
                   grad_offsets + (r + 1) * bins * 2 * g.groups, T(0));
       }
@@ -240,19 +715,31 @@ struct RfcnDeformPoolBackward<CPUDevice, T> {
       std::fill(grad_offsets, grad_offsets + num_rois * bins * 2 * g.groups, T(0));
       return;
     }
-    for (int b = 0; b < g.batch; ++b) start[b + 1] += start[b];
-    std::vector<int64_t> order(start[g.batch]);
-    {
-      std::vector<int64_t> fill(start.begin(), start.end() - 1);
-      for (int64_t r = 0; r < num_rois; ++r) {
-        if (batch_of[r] >= 0) order[fill[batch_of[r]]++] = r;
-      }
-    }
+    const ImageRois ir = GroupByImage(g, num_rois, rois);
+    const std::vector<int64_t>& start = ir.start;
+    const std::vector<int64_t>& order = ir.order;
     const int64_t rois_per_image =
         std::max<int64_t>(1, static_cast<int64_t>(order.size()) / g.batch);
     const int64_t cost =
         rois_per_image * (40 * g.groups + static_cast<int64_t>(n + 1) * (n + 1) * (4 + 4 * C)) +
         plane * C;
+#if RFCN_SIMD_HAVE_AVX2_DISPATCH
+    if constexpr (std::is_same<T, float>::value) {
+      if (const DeformBackwardFn fast = PickBackwardAvx2(cg)) {
+        std::vector<float> grad_t(num_rois * bins * C);
+        TransposeRoiBins(CpuWorkers(ctx), num_rois, bins, C, grad,
+                         grad_t.data(), true);
+        CpuWorkers(ctx)->ParallelFor(
+            static_cast<int64_t>(g.batch) * bins,
+            thread::ThreadPool::SchedulingParams::Adaptive(cost),
+            [&](int64_t begin, int64_t end) {
+              fast(g, features, rois, offsets, grad_t.data(), num_rois, ir,
+                   grad_features, grad_offsets, begin, end);
+            });
+        return;
+      }
+    }
+#endif
     auto work = [&](int64_t begin, int64_t end) {
       BinCells cells(n);
       std::vector<T> sums(2 * static_cast<size_t>(cg));

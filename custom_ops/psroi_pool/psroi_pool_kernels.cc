@@ -33,10 +33,6 @@
 #endif
 #endif
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -46,6 +42,7 @@
 #include <vector>
 
 #include "../common/cpu_kernel_util.h"
+#include "../common/cpu_simd_util.h"
 #include "psroi_pool_functor.h"
 #include "psroi_pool_math.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -55,22 +52,12 @@
 #include "tensorflow/core/platform/threadpool.h"
 #include "unsupported/Eigen/CXX11/Tensor"
 
-// GCC and clang: the CPU unit loops are also built for AVX2 + FMA (function
-// target attribute) and picked at run time, so the .so keeps running on any
-// x86-64 while using 8-wide channel loops where the CPU has them.
-#if (defined(__GNUC__) || defined(__clang__)) && \
-    (defined(__x86_64__) || defined(_M_X64))
-#define RFCN_PSROI_HAVE_AVX2_DISPATCH 1
-#define RFCN_PSROI_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define RFCN_PSROI_HAVE_AVX2_DISPATCH 0
-#define RFCN_PSROI_TARGET_AVX2
-#endif
-#if defined(__GNUC__) || defined(__clang__)
-#define RFCN_PSROI_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define RFCN_PSROI_ALWAYS_INLINE inline
-#endif
+// The CPU unit loops are also built for AVX2 + FMA and picked at run time
+// (../common/cpu_simd_util.h), so the .so keeps running on any x86-64 while
+// using 8-wide channel loops where the CPU has them.
+#define RFCN_PSROI_HAVE_AVX2_DISPATCH RFCN_SIMD_HAVE_AVX2_DISPATCH
+#define RFCN_PSROI_TARGET_AVX2 RFCN_SIMD_TARGET_AVX2
+#define RFCN_PSROI_ALWAYS_INLINE RFCN_SIMD_ALWAYS_INLINE
 
 namespace tensorflow {
 
@@ -477,8 +464,8 @@ template <typename T>
 struct AxpyPlain {
   int C;
   RFCN_PSROI_ALWAYS_INLINE void operator()(float* __restrict__ dst,
-                                           const T* __restrict__ src,
-                                           float w) const {
+                                           const T* __restrict__ src, float w,
+                                           const float* /*row_end*/) const {
     for (int c = 0; c < C; ++c) dst[c] += w * static_cast<float>(src[c]);
   }
 };
@@ -508,6 +495,7 @@ RFCN_PSROI_ALWAYS_INLINE void BackwardRows(const Geometry& g, const T* grad,
       row = scratch.data();
     }
     std::memset(row, 0, sizeof(float) * row_size);
+    const float* row_end = row + row_size;  // the unit owns [row, row_end)
     for (int64_t e = lists.start[u]; e < lists.start[u + 1]; ++e) {
       const RowEntry& entry = lists.entries[e];
       const int64_t r = entry.r;
@@ -522,7 +510,7 @@ RFCN_PSROI_ALWAYS_INLINE void BackwardRows(const Geometry& g, const T* grad,
           if (w1 <= w0) continue;
           const float s = 1.f / rfcn_psroi::bin_area(h0, h1, w0, w1);
           for (int w = w0; w < w1; ++w) {
-            axpy(d + static_cast<int64_t>(w) * g.channels, gr, s);
+            axpy(d + static_cast<int64_t>(w) * g.channels, gr, s, row_end);
           }
         } else {
           const int nx = table.XCount(r, j);
@@ -531,7 +519,7 @@ RFCN_PSROI_ALWAYS_INLINE void BackwardRows(const Geometry& g, const T* grad,
           const double s = static_cast<double>(entry.wy) / table.Points(r);
           for (int t = 0; t < nx; ++t) {
             axpy(d + static_cast<int64_t>(xcells[t]) * g.channels, gr,
-                 static_cast<float>(s * xw[t]));
+                 static_cast<float>(s * xw[t]), row_end);
           }
         }
       }
@@ -583,40 +571,16 @@ RFCN_PSROI_TARGET_AVX2 void BackwardRowsAvx2(const Geometry& g, const T* grad,
                AxpyPlain<T>{g.c_out});
 }
 
-bool CpuHasAvx2Fma() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return has;
-}
+using rfcn_simd::CpuHasAvx2Fma;
 #endif
 
 #if RFCN_PSROI_HAVE_AVX2_DISPATCH
 // float32 with AVX2 + FMA: a bin's C channels (C <= 32) are held in NV = ceil(C/8)
 // registers across all of its cells; the last register is loaded / stored
 // with a mask, so no lane reads or writes past the bin's channels.
-RFCN_PSROI_TARGET_AVX2 inline __m256i TailMask(int C) {
-  const int rem = C - 8 * ((C - 1) / 8);  // 1..8 lanes of the last register
-  alignas(32) int lanes[8];
-  for (int l = 0; l < 8; ++l) lanes[l] = l < rem ? -1 : 0;
-  return _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
-}
-
-template <int NV>
-struct Lanes {
-  __m256 v[NV];
-};
-
-template <int NV>
-RFCN_PSROI_TARGET_AVX2 RFCN_PSROI_ALWAYS_INLINE void LoadAdd(
-    Lanes<NV>* acc, const float* p, __m256 w, __m256i mask) {
-  for (int k = 0; k < NV - 1; ++k) {
-    acc->v[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 8 * k), acc->v[k]);
-  }
-  acc->v[NV - 1] = _mm256_fmadd_ps(
-      w, _mm256_maskload_ps(p + 8 * (NV - 1), mask), acc->v[NV - 1]);
-}
+using rfcn_simd::Lanes;
+using rfcn_simd::LoadAdd;
+using rfcn_simd::TailMask;
 
 constexpr int64_t kPrefetchAhead = 1;
 
@@ -721,31 +685,42 @@ RFCN_PSROI_TARGET_AVX2 void ForwardUnitsAvx2Float(
       for (int k = 0; k < NV - 1; ++k) {
         _mm256_storeu_ps(out + 8 * k, _mm256_mul_ps(acc.v[k], inv));
       }
-      _mm256_maskstore_ps(out + 8 * (NV - 1), mask,
-                          _mm256_mul_ps(acc.v[NV - 1], inv));
+      // Bins j + 1 .. kw - 1 of this (RoI, bin row) are this unit's next
+      // bins and their slots follow this one: where the last register ends
+      // inside them it is stored full width (its lanes past C, zeros, are
+      // overwritten by those bins), since a masked store is microcoded on
+      // AMD Zen (~4x slower).
+      if (out + 8 * NV <= output + (r * bins + (i + 1) * g.kw) * C) {
+        _mm256_storeu_ps(out + 8 * (NV - 1), _mm256_mul_ps(acc.v[NV - 1], inv));
+      } else {
+        _mm256_maskstore_ps(out + 8 * (NV - 1), mask,
+                            _mm256_mul_ps(acc.v[NV - 1], inv));
+      }
     }
   }
 }
 
-// dst[c] += w * src[c] over C <= 8 * NV channels, the last register masked.
+// dst[c] += w * src[c] over C <= 8 * NV channels. The unit owns its whole
+// row [.., row_end), so the last register is read and written full width
+// (lanes past C stored back unchanged, rfcn_simd::AddScaledToOwned) except
+// where it would pass row_end: a masked store is microcoded on AMD Zen
+// (~4x slower), and this is the backward's innermost write.
 template <int NV>
 struct AxpyAvx2 {
   __m256i mask;
   // Not always_inline: GCC inlines it once BackwardRows sits in an AVX2
   // function (forcing it earlier fails the target check).
   RFCN_PSROI_TARGET_AVX2 inline void operator()(float* dst, const float* src,
-                                                float w) const {
+                                                float w,
+                                                const float* row_end) const {
     const __m256 wv = _mm256_set1_ps(w);
-    for (int k = 0; k < NV - 1; ++k) {
-      _mm256_storeu_ps(dst + 8 * k,
-                       _mm256_fmadd_ps(wv, _mm256_loadu_ps(src + 8 * k),
-                                       _mm256_loadu_ps(dst + 8 * k)));
+    Lanes<NV> s;
+    rfcn_simd::Load<NV>(&s, src, mask);
+    if (dst + 8 * NV <= row_end) {
+      rfcn_simd::AddScaledToOwned<NV>(dst, s, wv, mask);
+    } else {
+      rfcn_simd::AddScaledTo<NV>(dst, s, wv, mask);
     }
-    float* d = dst + 8 * (NV - 1);
-    _mm256_maskstore_ps(
-        d, mask,
-        _mm256_fmadd_ps(wv, _mm256_maskload_ps(src + 8 * (NV - 1), mask),
-                        _mm256_maskload_ps(d, mask)));
   }
 };
 

@@ -106,6 +106,27 @@ def test_custom_and_twin_agree_forward_and_gradients(k, groups):
     assert np.abs(custom[2]).max() > 1e-2  # the offsets do receive a gradient
 
 
+@pytest.mark.parametrize(
+    "num_out, groups, num",
+    [(21, 1, 90), (21, 1, 12), (24, 2, 12), (32, 1, 12), (9, 3, 12), (40, 1, 6)],
+)
+def test_custom_and_twin_agree_on_wide_channel_slices(num_out, groups, num):
+    """float32 with C / G = 21, 12, 32, 3 channels per group: the register-blocked CPU kernels
+    (1-4 registers of 8 lanes, masked tails, padded dense scratch; 90 RoIs on 2 images at 21
+    take the dense forward) against the twin; C / G = 40 runs the portable loops."""
+    feats, rois, offsets, grad = _case(
+        300 + num_out, k=7, num_out=num_out, groups=groups, num=num, height=12, width=14
+    )
+    custom = _run(feats, rois, offsets, grad, "custom", 7, 0.5)
+    twin = _run(feats, rois, offsets, grad, "tf", 7, 0.5)
+    for a, b, label in zip(custom, twin, ("output", "grad features", "grad offsets")):
+        np.testing.assert_allclose(a, b, atol=TOL, rtol=TOL, err_msg=label)
+    assert np.abs(custom[2]).max() > 1e-2
+    again = _run(feats, rois, offsets, grad, "custom", 7, 0.5)
+    for a, b in zip(custom, again):  # deterministic (fixed summation order)
+        assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("k", [3, 7])
 def test_zero_offsets_equal_the_bilinear_ps_roi_pool(k):
     feats, rois, offsets, _ = _case(7 + k, k=k)
