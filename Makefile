@@ -8,6 +8,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rfcn_tf_installed
 # Forwarded to the commands: make train ARGS="--config bccd", make test ARGS="-k psroi"
 ARGS ?=
+# The suite runs in this many pytest-xdist worker processes (2: the cores of the development and
+# CI machines); files stay whole on one worker (tests/conftest.py groups them). TEST_WORKERS=0
+# runs it in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: install train test lint benchmarks clean
 
@@ -35,7 +39,7 @@ lint: install
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 test: install
-	$(PY) -m pytest $(ARGS); status=$$?; \
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 benchmarks: install

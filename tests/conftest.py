@@ -14,3 +14,16 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (TESTS_DIR, os.environ.get("PYTHONPATH")) if p
 )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Groups for pytest-xdist's ``--dist loadgroup`` (the Makefile's ``make test``): each test
+    file runs on one worker (its module fixtures are built once), and all of tests/export/ on
+    one worker, since its files share the session-scoped export of the tiny model
+    (tests/export/conftest.py), the most expensive fixture of the suite."""
+    import pytest
+
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        group = "tests/export" if path.startswith("tests/export/") else path
+        item.add_marker(pytest.mark.xdist_group(name=group))
