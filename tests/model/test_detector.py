@@ -335,64 +335,6 @@ def test_mixed_precision_policies_keep_float32_outputs(policy):
         keras.mixed_precision.set_global_policy(previous)
 
 
-_TWO_REPLICA_SCRIPT = """
-import sys
-import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import keras, numpy as np
-from helpers.tiny_models import tiny_model, make_features
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-with strategy.scope():
-    model = tiny_model()
-    optimizer = keras.optimizers.SGD(0.01)
-dataset = tf.data.Dataset.from_tensors(make_features()).unbatch().batch(2)
-
-@tf.function
-def step(batch):
-    def replica_step(batch):
-        with tf.GradientTape() as tape:
-            losses = model.compute_losses(batch)
-            loss = losses["total_loss"] / strategy.num_replicas_in_sync
-        variables = model.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return losses["total_loss"]
-    return strategy.reduce("SUM", strategy.run(replica_step, args=(batch,)), axis=None)
-
-before = model.rfcn_head.class_maps.kernel.numpy().copy()
-for batch in strategy.experimental_distribute_dataset(dataset):
-    total = float(step(batch))
-assert np.isfinite(total) and total > 0, total
-assert not np.array_equal(before, model.rfcn_head.class_maps.kernel.numpy())
-print("OK", total)
-"""
-
-
-def test_trains_under_a_two_replica_mirrored_strategy():
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    env = dict(
-        os.environ,
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONPATH=os.pathsep.join(
-            filter(None, [str(root), str(root / "tests"), os.environ.get("PYTHONPATH")])
-        ),
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", _TWO_REPLICA_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=str(root),
-    )
-    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
-
-
 def test_propose_returns_the_rpn_proposals_with_chosen_counts():
     model = tiny_model()
     features = make_features()
