@@ -5,7 +5,8 @@ ones, images/s, ratio to in-Python at the same batch) for each batch size of ``-
 and each path:
 
   1. in-Python: ``RFCN.detect`` (the model's tf.function) on the already resized and padded
-     image, the way training-time evaluation calls it;
+     image, the way training-time evaluation calls it: with the compiled PS-RoI op (the
+     reference, when the op is loaded; same weights) and with the pure-TF twin the export uses;
   2. SavedModel: the export's ``serving_default`` loaded with ``tf.saved_model.load`` (uint8
      image in, resize + pad + detect + normalize inside the graph);
   3. onnxruntime (CPU): the same signature converted by ``rfcn_tf.export.onnx``;
@@ -116,6 +117,37 @@ def _time_interleaved(calls: dict, *, runs: int, warmup: int) -> dict[str, list[
     return times
 
 
+def _compiled_op_twin(model, args, overrides, num_classes: int, height: int, width: int):
+    """The same detector with ``psroi_impl="custom"`` (the compiled PS-RoI op) and ``model``'s
+    weights, or None when the op is not loaded here. Checks on one image that both give the
+    same detections (the pooling differs only in summation order)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from rfcn_tf.config import load_config
+    from rfcn_tf.model.builder import build_detector
+    from rfcn_tf.ops.psroi_pool import custom_op_available
+
+    if not custom_op_available():
+        print("compiled PS-RoI op not loaded: no compiled-op in-Python row", file=sys.stderr)
+        return None
+    cfg = load_config(args.config, list(overrides) + ["model.head.psroi_impl=custom"])
+    model_op = build_detector(cfg.model, num_classes=num_classes)
+    padded_h, padded_w = -(-height // 16) * 16, -(-width // 16) * 16
+    image = tf.constant(_image(height, width)[None])
+    image = tf.image.pad_to_bounding_box(image, 0, 0, padded_h, padded_w)
+    shapes = tf.constant([[height, width]], tf.int32)
+    reference = model.detect(image, shapes)  # builds the variables of both
+    model_op.detect(image, shapes)
+    model_op.set_weights(model.get_weights())
+    got = model_op.detect(image, shapes)
+    gap = float(
+        np.max(np.abs(reference["detection_scores"].numpy() - got["detection_scores"].numpy()))
+    )
+    print(f"compiled op vs twin: max |score difference| {gap:.2e}", file=sys.stderr)
+    return model_op
+
+
 def main() -> None:
     args = _parse()
     import tensorflow as tf
@@ -140,6 +172,7 @@ def main() -> None:
     else:
         model = build_detector(cfg.model, num_classes=num_classes)
     height, width = args.height, args.width
+    model_op = _compiled_op_twin(model, args, overrides, num_classes, height, width)
     image = _image(height, width)
     padded = np.zeros((-(-height // 16) * 16, -(-width // 16) * 16, 3), np.uint8)
     padded[:height, :width] = image
@@ -155,8 +188,14 @@ def main() -> None:
     for b in sizes:
         padded_t = tf.constant(np.stack([padded] * b))
         shapes_t = tf.constant([[height, width]] * b, tf.int32)
+        if model_op is not None:  # first: the reference of its batch size
+            add(
+                "in-Python `RFCN.detect`, compiled PS-RoI op (pre-resized, padded input)",
+                b,
+                lambda p=padded_t, s=shapes_t: model_op.detect(p, s)["num_detections"].numpy(),
+            )
         add(
-            "in-Python `RFCN.detect` (pre-resized, padded input)",
+            "in-Python `RFCN.detect`, pure-TF twin (pre-resized, padded input)",
             b,
             lambda p=padded_t, s=shapes_t: model.detect(p, s)["num_detections"].numpy(),
         )
@@ -228,7 +267,9 @@ def main() -> None:
         f"), {num_classes} classes, {height}x{width} image, "
         f"{cfg.model.rpn.post_nms_top_n_test} RoIs, psroi_impl=tf\n"
     )
-    print("| path | median per call (ms) | min (ms) | images/s | vs in-Python, same batch |")
+    print(
+        "| path | median per call (ms) | min (ms) | images/s | vs the first in-Python row, same batch |"
+    )
     print("|---|---|---|---|---|")
     base = {}
     for name, times in rows.items():
