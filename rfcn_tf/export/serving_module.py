@@ -102,6 +102,20 @@ class DetectorServingModule(tf.Module):
         if size_multiple < 1:
             raise ValueError(f"size_multiple must be >= 1, got {size_multiple}")
         self._view = _ModelView(model)
+        # One trace of the model and post-processing, called by every signature (a function
+        # call in their graphs): tracing the detector once instead of six times (two per
+        # signature that decodes) cuts the export's time several-fold.
+        self._view.detect = tf.function(
+            self._detect_traced,
+            autograph=False,
+            input_signature=[
+                tf.TensorSpec([None, None, None, 3], tf.uint8),
+                tf.TensorSpec([None, 2], tf.int32),
+                tf.TensorSpec([], tf.float32),
+                tf.TensorSpec([], tf.float32),
+                tf.TensorSpec([], tf.int32),
+            ],
+        )
         self.min_size = int(min_size)
         self.max_size = int(max_size)
         self.size_multiple = int(size_multiple)
@@ -113,29 +127,33 @@ class DetectorServingModule(tf.Module):
         }
         self.assets = [tf.saved_model.Asset(path) for path in assets or []]
         image_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_IMAGE)
-        self.serve_images = tf.function(self._serve_images, input_signature=[image_spec])
-        self.serve_encoded = tf.function(
-            self._serve_encoded,
-            input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_ENCODED)],
-        )
-        self.serve_tf_example = tf.function(
-            self._serve_tf_example,
-            input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_TF_EXAMPLE)],
-        )
-        self.serve_custom = tf.function(
-            self._serve_custom,
-            input_signature=[
-                image_spec,
-                tf.TensorSpec([], tf.float32, name=INPUT_SCORE_THRESHOLD),
-                tf.TensorSpec([], tf.float32, name=INPUT_IOU_THRESHOLD),
-                tf.TensorSpec([], tf.int32, name=INPUT_MAX_DETECTIONS),
-            ],
-        )
+        # Only the concrete functions are attributes (saved as the signatures): a tf.function
+        # attribute would be traced again inside tf.saved_model.save, whose save context
+        # changes the tracing cache key, doubling the export's tracing time.
         self._concrete = {
-            SIGNATURE_IMAGE: self.serve_images.get_concrete_function(),
-            SIGNATURE_ENCODED: self.serve_encoded.get_concrete_function(),
-            SIGNATURE_TF_EXAMPLE: self.serve_tf_example.get_concrete_function(),
-            SIGNATURE_CUSTOM: self.serve_custom.get_concrete_function(),
+            SIGNATURE_IMAGE: tf.function(
+                self._serve_images, autograph=False, input_signature=[image_spec]
+            ).get_concrete_function(),
+            SIGNATURE_ENCODED: tf.function(
+                self._serve_encoded,
+                autograph=False,
+                input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_ENCODED)],
+            ).get_concrete_function(),
+            SIGNATURE_TF_EXAMPLE: tf.function(
+                self._serve_tf_example,
+                autograph=False,
+                input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_TF_EXAMPLE)],
+            ).get_concrete_function(),
+            SIGNATURE_CUSTOM: tf.function(
+                self._serve_custom,
+                autograph=False,
+                input_signature=[
+                    image_spec,
+                    tf.TensorSpec([], tf.float32, name=INPUT_SCORE_THRESHOLD),
+                    tf.TensorSpec([], tf.float32, name=INPUT_IOU_THRESHOLD),
+                    tf.TensorSpec([], tf.int32, name=INPUT_MAX_DETECTIONS),
+                ],
+            ).get_concrete_function(),
         }
         # Track exactly the tf.Variables the signatures capture (as Keras' own ExportArchive
         # does). Tracking the Keras model instead saves each Keras 3 variable as a second
@@ -309,8 +327,17 @@ class DetectorServingModule(tf.Module):
 
     def _detect(self, padded, resized_hw, *, score_threshold, iou_threshold, max_detections):
         """A padded batch -> the contract's outputs (normalized to each resized image)."""
+        return self._view.detect(
+            padded,
+            tf.cast(resized_hw, tf.int32),
+            tf.cast(score_threshold, tf.float32),
+            tf.cast(iou_threshold, tf.float32),
+            tf.cast(max_detections, tf.int32),
+        )
+
+    def _detect_traced(self, padded, image_shapes, score_threshold, iou_threshold, max_detections):
+        """``_detect``'s graph, traced once: uint8 [N, Hp, Wp, 3], int32 [N, 2], scalars."""
         model = self._view.model
-        image_shapes = tf.cast(resized_hw, tf.int32)
         out = model({"images": padded, "image_shapes": image_shapes}, training=False)
         limit = self.defaults["max_detections"]  # M, the static output size
         box_weights = model.postprocessor.box_weights
