@@ -255,9 +255,37 @@ def test_int8_quantized_model_loads_and_keeps_nms_fp32(onnx_path, exported, jpeg
     convs = ops.count("Conv")
     assert convs > 0 and ops.count("DequantizeLinear") >= 2 * convs  # weight + activation
     assert "QLinearConv" not in ops  # QDQ format: Conv stays a Conv fed by dequantized inputs
+    activation_zero_points = [
+        init.data_type
+        for init in model.graph.initializer
+        if init.name.endswith("_zero_point") and not init.dims  # per-tensor: activations
+    ]
+    assert activation_zero_points and set(activation_zero_points) == {onnx.TensorProto.UINT8}
+    # What the speed rests on: onnxruntime fuses every DQ-Conv-Q into an integer QLinearConv
+    # (with int8 activations it left most convolutions as fp32 Conv on dequantized inputs).
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(onnx_path.parent / "int8_optimized.onnx")
+    ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert fused.count("QLinearConv") == convs and "Conv" not in fused, sorted(set(fused))
     fp32, int8 = onnx_session(onnx_path), onnx_session(int8_path)
     out32 = run_onnx(fp32, calibration[0])
     out8 = run_onnx(int8, calibration[0])
     assert set(out8) == set(out32)
     mean_iou, matched, total = detection_overlap(out32, out8, min_score=0.3)
     assert total > 0 and matched >= total // 2 and mean_iou >= 0.5, (mean_iou, matched, total)
+
+
+def test_int8_refuses_an_unknown_activation_type(onnx_path, tmp_path):
+    from rfcn_tf.export.onnx import quantize_onnx_int8
+
+    image = synthetic_image(240, 320, seed=0)[None]
+    with pytest.raises(ValueError, match="activation_type must be one of"):
+        quantize_onnx_int8(
+            onnx_path,
+            output_path=tmp_path / "x.onnx",
+            calibration_images=[image],
+            activation_type="uint4",
+        )
