@@ -246,7 +246,7 @@ def main() -> None:
                 session8 = onnx_session(int8_path, threads=args.threads)
                 for b in sizes:
                     add(
-                        "onnxruntime CPU int8 (static, Conv per channel)",
+                        "onnxruntime CPU int8 (static, uint8 activations, Conv per channel)",
                         b,
                         lambda b=b: run_onnx(session8, image_batches[b]),
                     )
