@@ -90,7 +90,7 @@ def build_train_step(
         optimizer.apply_gradients(zip(grads, variables))
         return {name: tf.cast(value, tf.float32) / num_replicas for name, value in losses.items()}
 
-    @tf.function
+    @tf.function(autograph=False)
     def step(iterator) -> Mapping[str, tf.Tensor]:
         per_replica = strategy.run(replica_step, args=(next(iterator),))
         return {

@@ -190,7 +190,7 @@ class RFCN(keras.Model):
             "num_proposals": rpn["num_proposals"],
         }
 
-    @tf.function(input_signature=[_IMAGES_SPEC, _SHAPES_SPEC])
+    @tf.function(input_signature=[_IMAGES_SPEC, _SHAPES_SPEC], autograph=False)
     def detect(self, images, image_shapes):
         """Detections of a batch (one graph for every image size and batch size).
 
