@@ -8,7 +8,7 @@
   `forward_element` / `backward_element`) is compiled for the host and checked against the
   float64 NumPy reference, so the GPU path's arithmetic is tested even without a GPU.
 
-Each file is compiled once per session (objects in a tmp dir).
+The functors of both ops are compiled once per session, in one nvcc run (tests/ops/conftest.py).
 """
 
 import textwrap
@@ -19,25 +19,13 @@ import pytest
 from helpers.cuda_build_helpers import (
     build_host_driver,
     check_harness,
-    compile_cuda_functors,
     link_gpu_library,
-    make_cuda_build,
     needs_nvcc,
     run,
 )
 from helpers.psroi_reference import ps_roi_pool_reference, ps_roi_pool_reference_grad
 
 OP_DIR = Path(__file__).resolve().parents[2] / "custom_ops" / "psroi_pool"
-
-
-@pytest.fixture(scope="session")
-def cuda_build(tmp_path_factory):
-    return make_cuda_build(tmp_path_factory.mktemp("cuda_build"))
-
-
-@pytest.fixture(scope="session")
-def cuda_object(cuda_build):
-    return compile_cuda_functors(cuda_build, OP_DIR / "psroi_pool_kernels.cu.cc")
 
 
 @pytest.mark.slow

@@ -20,9 +20,7 @@ import tensorflow as tf
 from helpers.cuda_build_helpers import (
     build_host_driver,
     check_harness,
-    compile_cuda_functors,
     link_gpu_library,
-    make_cuda_build,
     needs_nvcc,
     run,
 )
@@ -32,16 +30,6 @@ from rfcn_tf.ops.deform_conv import deform_conv2d
 from rfcn_tf.ops.deform_psroi_pool import deform_ps_roi_pool
 
 OP_DIR = Path(__file__).resolve().parents[2] / "custom_ops" / "deformable"
-
-
-@pytest.fixture(scope="module")
-def cuda_build(tmp_path_factory):
-    return make_cuda_build(tmp_path_factory.mktemp("deform_cuda_build"))
-
-
-@pytest.fixture(scope="module")
-def cuda_object(cuda_build):
-    return compile_cuda_functors(cuda_build, OP_DIR / "deformable_kernels.cu.cc")
 
 
 @pytest.mark.slow
