@@ -53,9 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     add_model_source_arguments(parser)
-    parser.add_argument(
-        "--split", help="split to evaluate; default: eval.split, else data.val_split"
-    )
+    parser.add_argument("--split", help="split to evaluate (eval.split, else data.val_split)")
     parser.add_argument(
         "--out", metavar="DIR", help="report folder; default: <work_dir>/eval/<split>"
     )
@@ -82,10 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from rfcn_tf.evaluation import multiscale as ms
     from rfcn_tf.evaluation.evaluator import dataset_description, evaluate_split, format_summary
-    from rfcn_tf.run_dir import resolve_config
+    from rfcn_tf.run_dir import find_checkpoint, resolve_config
 
     if args.max_images is not None and args.max_images < 1:
         raise InputError(f"--max-images must be >= 1, got {args.max_images}")
+    if args.checkpoint:
+        find_checkpoint(args.checkpoint)  # a wrong path fails before the dataset and model
     cfg, config_source = resolve_config(args.config, args.overrides, checkpoint=args.checkpoint)
     if args.score_threshold is not None:
         cfg.eval.score_threshold = args.score_threshold
