@@ -295,6 +295,21 @@ def test_saved_model_cli_show_all(exported):
         assert expected in text, f"{expected!r} missing from saved_model_cli show --all"
 
 
+# `saved_model_cli run` for several signatures in one fresh process: the module's own run path
+# (the inputs parsed from the same --inputs / --input_exprs strings, then the TF1 session
+# loader, as TF Serving loads the model), which is what each `saved_model_cli run` command
+# executes; one process instead of one per signature (the binary itself: the test above).
+_SAVED_MODEL_CLI_RUNS = """
+import json, sys
+from tensorflow.python.tools import saved_model_cli as cli
+export_dir, runs = sys.argv[1], json.loads(sys.argv[2])
+for key, (inputs, input_exprs, outdir) in runs.items():
+    feed = cli.load_inputs_from_input_arg_string(inputs, input_exprs, "")
+    cli.run_saved_model_with_feed_dict(export_dir, "serve", key, feed, outdir, False)
+    print("ran", key, flush=True)
+"""
+
+
 def test_saved_model_cli_run_on_every_signature(tiny_model, exported, tmp_path):
     """TensorFlow's own TF1-style runner (as TF Serving loads the model) on each signature:
     every one gives the in-Python model's detections for the same image."""
@@ -308,42 +323,31 @@ def test_saved_model_cli_run_on_every_signature(tiny_model, exported, tmp_path):
     np.save(tmp_path / "image.npy", image[None])
     np.save(tmp_path / "png.npy", np.array([png], dtype=bytes))
     np.save(tmp_path / "example.npy", np.array([example.SerializeToString()], dtype=bytes))
-    runs = {
-        "serving_default": ["--inputs", f"input_tensor={tmp_path}/image.npy"],
-        "serving_encoded": ["--inputs", f"encoded_image_string_tensor={tmp_path}/png.npy"],
-        "tf_example": ["--inputs", f"tf_example={tmp_path}/example.npy"],
-        "serving_custom": [
-            "--inputs",
+    runs = {  # key: (--inputs, --input_exprs, --outdir)
+        "serving_default": (f"input_tensor={tmp_path}/image.npy", ""),
+        "serving_encoded": (f"encoded_image_string_tensor={tmp_path}/png.npy", ""),
+        "tf_example": (f"tf_example={tmp_path}/example.npy", ""),
+        "serving_custom": (
             f"input_tensor={tmp_path}/image.npy",
-            "--input_exprs",
             "score_threshold=0.05;iou_threshold=0.3;max_detections=30",
-        ],
+        ),
     }
+    runs = {key: [*args, str(tmp_path / key)] for key, args in runs.items()}
     expected = reference_outputs(tiny_model[1], image)
     assert expected["num_detections"][0] > 0
-    for key, args in runs.items():
-        outdir = tmp_path / key
-        proc = subprocess.run(
-            [
-                _saved_model_cli(),
-                "run",
-                "--dir",
-                str(exported),
-                "--tag_set",
-                "serve",
-                "--signature_def",
-                key,
-                *args,
-                "--outdir",
-                str(outdir),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=_fresh_env(),
-        )
-        assert proc.returncode == 0, (key, proc.stderr[-2000:])
-        got = {name: np.load(outdir / f"{name}.npy") for name in ALL_OUTPUT_KEYS}
+    proc = subprocess.run(
+        [sys.executable, "-c", _SAVED_MODEL_CLI_RUNS, str(exported), json.dumps(runs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_fresh_env(),
+        cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ran = [line for line in proc.stdout.splitlines() if line.startswith("ran ")]
+    assert ran == [f"ran {key}" for key in runs], proc.stdout[-2000:]
+    for key in runs:
+        got = {name: np.load(tmp_path / key / f"{name}.npy") for name in ALL_OUTPUT_KEYS}
         assert_outputs_close(got, expected, atol=1e-4)
 
 
