@@ -1,13 +1,19 @@
 """Subprocess body of the distribution tests: train a few steps, save losses and weights.
 
-Usage: python engine_dist_worker.py MODE OUT_NPZ [MODEL]
+Usage: python engine_dist_worker.py MODE OUT_NPZ [MODEL] [OUT_NPZ MODEL ...]
   MODE: ``single`` (one device, global batch 2), ``mirrored`` (2 logical CPUs, 1 image each)
         or ``multi_worker`` (TF_CONFIG set by the caller; 1 image per worker).
-  MODEL: ``standin`` (default) or ``rfcn`` (the real small detector, deterministic settings).
+  MODEL: ``standin`` (default) or ``rfcn`` (the real small detector, deterministic settings),
+        optionally with per-run settings ``rfcn,steps=4`` or ``standin,clip=1e9``.
+  Several OUT_NPZ MODEL pairs (MODE single only) train one after the other in this process (each from the same
+  seeded initial weights, with its own strategy, model and optimizer): that saves a process
+  start (TensorFlow import) per configuration where separate processes are not the point.
 
-Environment (the resume test): ``STEPS`` (default 3), ``CKPT_DIR`` (a fixed checkpoint folder,
-shared by the workers; default a fresh one per process), ``CKPT_EVERY`` (default 0: only at
-the end), ``KILL_AT`` (this process kills itself with SIGKILL right after that step),
+Environment (the resume test): ``STEPS`` (default 3; ``steps=`` overrides it per run), ``CKPT_DIR`` (a fixed checkpoint folder,
+shared by the workers; default a fresh one per process and run), ``CKPT_EVERY`` (default 0: only at
+the end), ``KILL_AT`` (this process kills itself with SIGKILL right after that step; the
+losses so far are written to ``OUT_NPZ.losses.json`` after every step, so that a killed run's
+steps can be checked too), ``CLIP`` (the clip norm, default 0.5; ``clip=`` overrides it),
 ``VALIDATE`` (1: the chief validates every step with a stand-in metric, keeping the best
 checkpoint in ``<OUT folder>/run_chief``, as training does on the chief only).
 
@@ -16,6 +22,7 @@ Logical devices must be configured before TensorFlow initializes, hence a fresh 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -26,17 +33,35 @@ import numpy as np
 import tensorflow as tf
 
 GLOBAL_BATCH = 2
-STEPS = int(os.environ.get("STEPS", "3"))
 
 
-def main(mode: str, out: str, model_kind: str = "standin") -> None:
+def main(mode: str, *jobs: str) -> None:
+    """Configures the devices once, then trains every (OUT_NPZ, MODEL) pair of ``jobs``."""
+    if len(jobs) == 1:
+        jobs = (jobs[0], "standin")
+    # Strategies with replicas cannot follow each other in one process: their collectives'
+    # instance keys collide ("Shape mismatch in the collective instance").
+    assert len(jobs) % 2 == 0 and (len(jobs) == 2 or mode == "single"), jobs
     if mode == "mirrored":
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
         )
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    for out, spec in zip(jobs[::2], jobs[1::2]):
+        model_kind, *settings = spec.split(",")
+        options = dict(item.split("=") for item in settings)
+        train(
+            mode,
+            out,
+            model_kind,
+            steps=int(options.get("steps", os.environ.get("STEPS", "3"))),
+            clip=float(options.get("clip", os.environ.get("CLIP", "0.5"))),
+        )
 
+
+def train(mode: str, out: str, model_kind: str, *, steps: int, clip: float) -> None:
+    """``steps`` steps of global batch 2 from seed-0 weights; losses and weights to ``out``."""
     from rfcn_tf.engine import optimizer as opt
     from rfcn_tf.engine import schemes
     from rfcn_tf.engine.loop import Hook
@@ -77,7 +102,7 @@ def main(mode: str, out: str, model_kind: str = "standin") -> None:
             learning_rate=schedule,
             momentum=0.9,
             weight_decay=0.01,
-            clip_norm=float(os.environ.get("CLIP", "0.5")),
+            clip_norm=clip,
         )
 
     logs = []
@@ -85,12 +110,14 @@ def main(mode: str, out: str, model_kind: str = "standin") -> None:
 
     class Record(Hook):
         def after_step(self, loop, step, step_logs):
-            logs.append(step_logs["total_loss"])
+            logs.append(float(step_logs["total_loss"]))
+            with open(out + ".losses.json", "w") as f:
+                json.dump(logs, f)
             if step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)  # kill -9: no cleanup, no final save
 
     workdir = os.environ.get("CKPT_DIR") or os.path.join(
-        os.path.dirname(out), f"ckpt_{mode}_{os.getpid()}"
+        os.path.dirname(out), f"ckpt_{mode}_{os.getpid()}_{os.path.basename(out)}"
     )
     hooks = [Record()]
     if os.environ.get("VALIDATE") == "1" and is_chief(strategy):
@@ -109,7 +136,7 @@ def main(mode: str, out: str, model_kind: str = "standin") -> None:
         model=model,
         strategy=strategy,
         dataset_fn=data_fn,
-        stages=schemes.build_stages("joint", steps=STEPS),
+        stages=schemes.build_stages("joint", steps=steps),
         optimizer_fn=optimizer_fn,
         checkpoint_dir=workdir,
         num_classes=num_classes,

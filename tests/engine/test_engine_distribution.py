@@ -1,10 +1,12 @@
 """Distributed training equals one device with the same global batch (losses and weights).
 
-Each configuration runs ``engine_dist_worker.py`` in its own process (logical CPU devices must
-be set before TensorFlow initializes; multi-worker needs 2 processes): 3 steps of the real
-train step (DetectionSGD with weight decay, momentum, warmup+cosine, and a clip threshold small
-enough to be active) on the stand-in detector, global batch 2; and the real small R-FCN
-detector under MirroredStrategy (deterministic settings: see engine_real_model.py).
+The configurations run in ``engine_dist_worker.py`` processes (logical CPU devices must be set
+before TensorFlow initializes; multi-worker needs 2 processes; the one-device references share
+one process): 3 steps of the real train step
+(DetectionSGD with weight decay, momentum, warmup+cosine, and a clip threshold small enough to
+be active) on the stand-in detector, global batch 2; and 4 steps of the real small R-FCN
+detector under MirroredStrategy and on 2 worker processes (deterministic settings: see
+engine_real_model.py).
 """
 
 from __future__ import annotations
@@ -35,16 +37,20 @@ def _env(**extra):
     return env
 
 
-def _run(mode, out, model="standin", **extra):
+def _run(mode, folder, **runs):
+    """One worker process training each of ``runs`` (name -> MODEL spec) in turn."""
+    args = []
+    for name, spec in runs.items():
+        args += [str(folder / f"{name}.npz"), spec]
     proc = subprocess.run(
-        [sys.executable, WORKER, mode, str(out), model],
-        env=_env(**extra),
+        [sys.executable, WORKER, mode, *args],
+        env=_env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, f"{mode} worker failed:\n{proc.stderr[-4000:]}"
-    return dict(np.load(out))
+    return {name: dict(np.load(folder / f"{name}.npz")) for name in runs}
 
 
 def _free_port():
@@ -64,21 +70,43 @@ def _assert_same(reference, other, what):
         )
 
 
+# The real detector trains 4 steps everywhere: the kill test cuts after step 3 and resumes.
+REAL = "rfcn,steps=4"
+
+
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    return _run("single", tmp_path_factory.mktemp("single") / "out.npz")
+def references(tmp_path_factory):
+    """One-device runs, all in one process: the stand-in (clip norm 0.5 and unclipped) and
+    the real detector."""
+    return _run(
+        "single",
+        tmp_path_factory.mktemp("single"),
+        standin="standin",
+        unclipped="standin,clip=1e9",
+        rfcn=REAL,
+    )
 
 
-def test_clipping_is_active_in_the_reference_run(single, tmp_path):
+@pytest.fixture(scope="module")
+def single(references):
+    return references["standin"]
+
+
+@pytest.fixture(scope="module")
+def single_rfcn(references):
+    return references["rfcn"]
+
+
+def test_clipping_is_active_in_the_reference_run(single, references):
     # Otherwise the equality tests below would not check that clipping uses the global norm.
-    unclipped = _run("single", tmp_path / "out.npz", CLIP="1e9")
+    unclipped = references["unclipped"]
     assert max(np.abs(unclipped[k] - single[k]).max() for k in single if k != "losses") > 1e-3
     assert np.all(np.diff(single["losses"]) < 0), single["losses"]
 
 
 @pytest.mark.slow
 def test_mirrored_two_logical_cpus_matches_one_device(single, tmp_path):
-    mirrored = _run("mirrored", tmp_path / "out.npz")
+    mirrored = _run("mirrored", tmp_path, standin="standin")["standin"]
     _assert_same(single, mirrored, "MirroredStrategy (2 logical CPUs)")
 
 
@@ -134,28 +162,21 @@ def test_multi_worker_two_processes_match_one_device(single, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_detector_mirrored_matches_one_device(tmp_path):
-    single = _run("single", tmp_path / "single.npz", model="rfcn")
-    mirrored = _run("mirrored", tmp_path / "mirrored.npz", model="rfcn")
-    assert len(single["losses"]) == 3 and np.all(np.isfinite(single["losses"]))
-    _assert_same(single, mirrored, "MirroredStrategy, real R-FCN detector")
+def test_real_detector_mirrored_matches_one_device(single_rfcn, tmp_path):
+    mirrored = _run("mirrored", tmp_path, rfcn=REAL)["rfcn"]
+    assert len(single_rfcn["losses"]) == 4 and np.all(np.isfinite(single_rfcn["losses"]))
+    _assert_same(single_rfcn, mirrored, "MirroredStrategy, real R-FCN detector")
 
 
 @pytest.mark.slow
-def test_real_detector_multi_worker_matches_one_device_and_resumes_after_kill(tmp_path):
+def test_real_detector_multi_worker_matches_one_device_and_resumes_after_kill(
+    single_rfcn, tmp_path
+):
     # Reference: one device, 4 steps of the real small R-FCN with global batch 2.
-    single = _run("single", tmp_path / "single.npz", model="rfcn", STEPS="4")
+    single = single_rfcn
     assert len(single["losses"]) == 4 and np.all(np.isfinite(single["losses"]))
-    # Uninterrupted: 2 worker processes, 1 image each, match it.
-    (tmp_path / "full").mkdir()
-    _finish(_start_workers(tmp_path / "full", model="rfcn", env_of=lambda index: {"STEPS": "4"}))
-    for index in range(2):
-        _assert_same(
-            single,
-            dict(np.load(tmp_path / "full" / f"w{index}.npz")),
-            f"MultiWorkerMirroredStrategy worker {index}, real R-FCN detector",
-        )
-
+    # 2 worker processes, 1 image each, match it: their losses of steps 1-3 before the kill
+    # below, and after resuming the losses of steps 3-4 and the final weights.
     # Interrupted: checkpoints every 2 steps in one shared folder; worker 1 is killed -9 after
     # step 3 (worker 0 then waits in the next all-reduce and is stopped too); restarting both
     # resumes from the chief's step-2 checkpoint and ends with the same weights.
@@ -173,6 +194,14 @@ def test_real_detector_multi_worker_matches_one_device_and_resumes_after_kill(tm
     except subprocess.TimeoutExpired:
         procs[0].kill()
         procs[0].communicate()
+    for index in range(2):
+        before_kill = json.loads((cut / f"w{index}.npz.losses.json").read_text())
+        np.testing.assert_allclose(
+            before_kill,
+            single["losses"][:3],
+            atol=1e-4,
+            err_msg=f"MultiWorkerMirroredStrategy worker {index}, real R-FCN detector",
+        )
     assert tf_latest(shared).endswith("ckpt-2")
     resumed = tmp_path / "resumed"
     resumed.mkdir()
