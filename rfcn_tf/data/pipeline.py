@@ -230,7 +230,10 @@ def build_dataset(
         num_pipelines=num_pipelines,
         geometric=_geometric_options(data_cfg),
     )
-    dataset = dataset.enumerate().map(prepare, num_parallel_calls=data_cfg.num_parallel_calls)
+    dataset = dataset.enumerate().map(
+        tf.autograph.experimental.do_not_convert(prepare),
+        num_parallel_calls=data_cfg.num_parallel_calls,
+    )
     padding = _padding_values(dataset.element_spec)
     grouping = data_cfg.aspect_grouping
     if grouping is None:

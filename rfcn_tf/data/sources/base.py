@@ -118,7 +118,9 @@ def _try_or_flag(fn: Callable[[tf.Tensor], tuple], arg: tf.Tensor):
     Returns:
       (image uint8 [H, W, 3] ([0, 0, 3] on failure), orientation int32 [], ok bool []).
     """
-    inner = tf.data.Dataset.from_tensors(arg).map(lambda a: fn(a) + (tf.constant(True),))
+    inner = tf.data.Dataset.from_tensors(arg).map(
+        tf.autograph.experimental.do_not_convert(lambda a: fn(a) + (tf.constant(True),))
+    )
     inner = inner.ignore_errors()
     fallback = tf.data.Dataset.from_tensors(
         (tf.zeros([0, 0, 3], tf.uint8), tf.constant(1, tf.int32), tf.constant(False))
@@ -245,7 +247,7 @@ def finalize_examples(
             with tf.control_dependencies([assertion]):
                 return dict(ex, _ok=tf.identity(ex["_ok"]))
 
-        dataset = dataset.map(check)
+        dataset = dataset.map(tf.autograph.experimental.do_not_convert(check))
 
     def strip(ex):
         return {k: ex[k] for k in EXAMPLE_KEYS}
@@ -322,7 +324,7 @@ def finalize_examples(
         tf.fill([_MAX_NAMED], ""),
         tf.constant(0),
     )
-    reported = marked.scan(init, step)
+    reported = marked.scan(init, tf.autograph.experimental.do_not_convert(step))
     reported = reported.filter(lambda ex, is_end: tf.logical_and(~is_end, ex["_ok"]))
     return reported.map(lambda ex, is_end: strip(ex))
 
@@ -419,7 +421,9 @@ def file_examples(
             "_dropped": dropped,
         }
 
-    dataset = dataset.map(load, num_parallel_calls=num_parallel_calls)
+    dataset = dataset.map(
+        tf.autograph.experimental.do_not_convert(load), num_parallel_calls=num_parallel_calls
+    )
     return finalize_examples(dataset, skip_corrupt=skip_corrupt, description=description)
 
 

@@ -387,7 +387,9 @@ def shapes_source(
             "is_crowd": tf.zeros([n], tf.bool),
         }
 
-    dataset = indices.map(draw, num_parallel_calls=num_parallel_calls)
+    dataset = indices.map(
+        tf.autograph.experimental.do_not_convert(draw), num_parallel_calls=num_parallel_calls
+    )
     return dataset, DatasetInfo(class_names=classes, num_examples=num_examples)
 
 

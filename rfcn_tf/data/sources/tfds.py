@@ -149,7 +149,9 @@ def _one_dataset(
             "_dropped": dropped,
         }
 
-    dataset = dataset.map(convert, num_parallel_calls=num_parallel_calls)
+    dataset = dataset.map(
+        tf.autograph.experimental.do_not_convert(convert), num_parallel_calls=num_parallel_calls
+    )
     return dataset, label_names, num_examples
 
 

@@ -205,7 +205,11 @@ def _parse_or_flag(record: tf.Tensor):
             for k, v in parsed.items()
         }, tf.constant(True)
 
-    inner = tf.data.Dataset.from_tensors(record).map(parse).ignore_errors()
+    inner = (
+        tf.data.Dataset.from_tensors(record)
+        .map(tf.autograph.experimental.do_not_convert(parse))
+        .ignore_errors()
+    )
     empty = {
         k: tf.zeros([0], s.dtype)
         if isinstance(s, tf.io.VarLenFeature)
@@ -243,10 +247,14 @@ def _parse_batch_or_flag(records: tf.Tensor):
     def parse(r):
         return tf.io.parse_example(r, _batch_feature_spec()), tf.ones_like(r, dtype=tf.bool)
 
-    batched = tf.data.Dataset.from_tensors(records).map(parse).ignore_errors()
+    batched = (
+        tf.data.Dataset.from_tensors(records)
+        .map(tf.autograph.experimental.do_not_convert(parse))
+        .ignore_errors()
+    )
     one_by_one = (
         tf.data.Dataset.from_tensor_slices(records)
-        .map(_parse_or_flag)
+        .map(tf.autograph.experimental.do_not_convert(_parse_or_flag))
         # All of them in one element (a batch size >= 1 even for no records).
         .ragged_batch(tf.maximum(tf.size(records, out_type=tf.int64), 1))
     )
@@ -315,7 +323,10 @@ def _file_records(filename: tf.Tensor, size: tf.Tensor) -> tf.data.Dataset:
         )
         return (consumed, count + n), (tf.fill([n], filename), count + tf.range(n), records)
 
-    scanned = marked.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), step)
+    scanned = marked.scan(
+        (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
+        tf.autograph.experimental.do_not_convert(step),
+    )
     return scanned.unbatch()
 
 
@@ -468,7 +479,7 @@ def tfrecord_source(
     # (raised by the byte count) discards the records of its unfinished parse batch.
     records = (
         records.batch(_RECORDS_PER_PARSE)
-        .map(parse, num_parallel_calls=num_parallel_calls)
+        .map(tf.autograph.experimental.do_not_convert(parse), num_parallel_calls=num_parallel_calls)
         .unbatch()
     )
     label_map_ids = [i.id for i in items]
@@ -555,7 +566,9 @@ def tfrecord_source(
             "_dropped": dropped,
         }
 
-    dataset = records.map(load, num_parallel_calls=num_parallel_calls)
+    dataset = records.map(
+        tf.autograph.experimental.do_not_convert(load), num_parallel_calls=num_parallel_calls
+    )
     dataset = finalize_examples(dataset, skip_corrupt=skip_corrupt, description=description)
     info = DatasetInfo(
         class_names=label_map_lib.class_names_of(items),
