@@ -1,4 +1,9 @@
-"""End-to-end tests of ``python -m rfcn_tf.train`` (subprocesses, a tiny shapes config).
+"""End-to-end tests of ``python -m rfcn_tf.train`` (a tiny shapes config).
+
+The full run and the run that is killed are real subprocesses; the tests about messages and
+files call ``rfcn_tf.train.main`` in this process (``train_main``), which skips an interpreter
+start and TensorFlow import per run (tests/test_cli_shape.py checks the real CLI's exit status,
+one-line error and --debug traceback).
 
 The tiny config (64-pixel shapes, a narrow small backbone) keeps each run to seconds of training;
 what is checked is the CLI's contract: outputs and their places, resuming after ``kill -9``,
@@ -8,6 +13,7 @@ the NaN guard, clear errors for bad checkpoints, both schemes.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 import signal
@@ -16,6 +22,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from helpers.tiny_models import TINY_TRAIN_OVERRIDES
 
@@ -32,11 +39,9 @@ def _env():
     return env
 
 
-def _args(tmp_path, *extra, tiny=True):
+def _argv(tmp_path, *extra, tiny=True):
+    """The CLI's flags (no interpreter): the tiny config, work dir and export dir under tmp_path."""
     args = [
-        sys.executable,
-        "-m",
-        "rfcn_tf.train",
         "--work-dir",
         str(tmp_path / "run"),
         "--no-progress",
@@ -48,6 +53,10 @@ def _args(tmp_path, *extra, tiny=True):
     return args + list(extra)
 
 
+def _args(tmp_path, *extra, tiny=True):
+    return [sys.executable, "-m", "rfcn_tf.train", *_argv(tmp_path, *extra, tiny=tiny)]
+
+
 def _train(tmp_path, *extra, timeout=600):
     return subprocess.run(
         _args(tmp_path, *extra),
@@ -57,6 +66,29 @@ def _train(tmp_path, *extra, timeout=600):
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def train_main(capfd):
+    """Runs ``rfcn_tf.train.main`` in this process (no interpreter start, no TensorFlow import:
+    these tests are about messages and files, not process isolation); returns
+    (exit status, stdout, stderr). The CLI's logging setup and the error policy's quieting of
+    TensorFlow's logger are undone afterwards, so later tests see logging as it was."""
+    from rfcn_tf import train as train_cli
+
+    ours, tf_logger = logging.getLogger("rfcn_tf"), logging.getLogger("tensorflow")
+    saved = (ours.handlers[:], ours.level, ours.propagate, tf_logger.level)
+
+    def run(tmp_path, *extra, tiny=True):
+        ours.handlers[:] = []  # so the CLI logs to this test's captured stderr
+        capfd.readouterr()
+        code = train_cli.main(_argv(tmp_path, *extra, tiny=tiny))
+        out, err = capfd.readouterr()
+        return code, out, err
+
+    yield run
+    ours.handlers[:], ours.level, ours.propagate = saved[0], saved[1], saved[2]
+    tf_logger.setLevel(saved[3])
 
 
 def _losses(stderr: str) -> dict[str, list[float]]:
@@ -90,41 +122,38 @@ def test_help_explains_every_flag():
         assert flag in out.stdout, flag
 
 
-def test_print_config_applies_overrides_and_unknown_keys_name_the_nearest(tmp_path):
-    out = subprocess.run(
-        _args(tmp_path, "--print-config", "--set", "train.lr=0.5", tiny=False),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "lr: 0.5" in out.stdout and "source: shapes" in out.stdout
-    bad = subprocess.run(
-        _args(tmp_path, "--set", "train.learning_rate=0.5", tiny=False),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert bad.returncode == 1
-    assert "unknown config key 'train.learning_rate'" in bad.stderr
-    assert "did you mean" in bad.stderr and "Traceback" not in bad.stderr
+def test_print_config_applies_overrides_and_unknown_keys_name_the_nearest(tmp_path, train_main):
+    code, out, err = train_main(tmp_path, "--print-config", "--set", "train.lr=0.5", tiny=False)
+    assert code == 0, err
+    assert "lr: 0.5" in out and "source: shapes" in out
+    code, _, err = train_main(tmp_path, "--set", "train.learning_rate=0.5", tiny=False)
+    assert code == 1
+    assert "unknown config key 'train.learning_rate'" in err
+    assert "did you mean" in err and "Traceback" not in err
 
 
-def test_full_run_trains_evaluates_exports_and_reports_where(tmp_path):
-    out = _train(tmp_path, "--set", "train.steps=30", "--set", "train.checkpoint_every=10")
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """One real run of the CLI (train 20 steps, evaluate, export): its output and its folder.
+    test_bad_checkpoints_give_clear_errors starts from copies of its checkpoints."""
+    tmp_path = tmp_path_factory.mktemp("full_run")
+    out = _train(tmp_path, "--set", "train.steps=20", "--set", "train.checkpoint_every=10")
+    return out, tmp_path
+
+
+def test_full_run_trains_evaluates_exports_and_reports_where(full_run):
+    out, tmp_path = full_run
     assert out.returncode == 0, out.stderr[-4000:]
     run = tmp_path / "run"
     for label in ("work dir:", "checkpoints:", "tensorboard:", "metrics:", "export:"):
         assert label in out.stdout, (label, out.stdout)
-    assert "trained to step 30" in out.stdout and "mAP@0.5" in out.stdout
+    assert "trained to step 20" in out.stdout and "mAP@0.5" in out.stdout
     assert (run / "config.yaml").is_file() and (run / "classes.txt").read_text().split() == [
         "circle",
         "square",
         "triangle",
     ]
-    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-30")
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-20")
     assert (run / "eval" / "validation" / "metrics.json").is_file()
     exports = glob.glob(str(tmp_path / "export" / "rfcn" / "*" / "saved_model.pb"))
     assert len(exports) == 1, exports
@@ -146,14 +175,17 @@ def test_full_run_trains_evaluates_exports_and_reports_where(tmp_path):
         assert tag in tags, (tag, tags)
 
 
-def test_kill_9_then_rerun_resumes_from_the_last_checkpoint(tmp_path):
+def test_kill_9_then_rerun_resumes_from_the_last_checkpoint(tmp_path, train_main):
+    # 40 steps, a checkpoint every 5: the kill follows the first checkpoint within a poll
+    # (50 ms) while >= 35 steps (seconds of training) are left, so it always lands mid-run.
+    # The killed run is a real process; the rerun resumes in this one (what it reads is on disk).
     extra = [
         "--no-eval",
         "--no-export",
         "--set",
-        "train.steps=400",
+        "train.steps=40",
         "--set",
-        "train.checkpoint_every=20",
+        "train.checkpoint_every=5",
         "--set",
         "train.keep_checkpoints=2",
     ]
@@ -174,7 +206,7 @@ def test_kill_9_then_rerun_resumes_from_the_last_checkpoint(tmp_path):
                 and (checkpoints / "checkpoint").is_file()
             ):
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert proc.poll() is None, f"training ended before it was killed:\n{proc.stderr.read()}"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
@@ -185,19 +217,19 @@ def test_kill_9_then_rerun_resumes_from_the_last_checkpoint(tmp_path):
     killed_at = tf.train.latest_checkpoint(str(checkpoints))
     assert killed_at is not None
     step = int(killed_at.rsplit("-", 1)[1])
-    assert 20 <= step < 400 and step % 20 == 0
-    again = _train(tmp_path, *extra)
-    assert again.returncode == 0, again.stderr[-4000:]
-    assert f"resuming from {killed_at}" in again.stderr
-    assert f"(resumed from ckpt-{step})" in again.stdout
-    assert "trained to step 400" in again.stdout
-    logged = [int(s) for s in re.findall(r"step (\d+)/400 \[joint\]", again.stderr)]
-    assert logged and logged[0] == step + 5 and logged[-1] == 400  # continued, not restarted
-    assert tf.train.latest_checkpoint(str(checkpoints)).endswith("ckpt-400")
+    assert 5 <= step < 40 and step % 5 == 0
+    code, again_out, again_err = train_main(tmp_path, *extra)
+    assert code == 0, again_err[-4000:]
+    assert f"resuming from {killed_at}" in again_err
+    assert f"(resumed from ckpt-{step})" in again_out
+    assert "trained to step 40" in again_out
+    logged = [int(s) for s in re.findall(r"step (\d+)/40 \[joint\]", again_err)]
+    assert logged and logged[0] == step + 5 and logged[-1] == 40  # continued, not restarted
+    assert tf.train.latest_checkpoint(str(checkpoints)).endswith("ckpt-40")
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
-    out = _train(
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, train_main):
+    code, _, stderr = train_main(
         tmp_path,
         "--no-eval",
         "--no-export",
@@ -212,28 +244,30 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
         "--set",
         "train.checkpoint_every=1",
     )
-    assert out.returncode == 1, out.stderr[-3000:]
+    assert code == 1, stderr[-3000:]
     # Either a loss became NaN/Inf, or (first) BatchNorm statistics did while the loss was finite.
-    match = re.search(r"error: non-finite (loss|model weights) at step (\d+)", out.stderr)
-    assert match, out.stderr[-3000:]
+    match = re.search(r"error: non-finite (loss|model weights) at step (\d+)", stderr)
+    assert match, stderr[-3000:]
     if match.group(1) == "loss":
-        assert re.search(r"at step \d+ \(joint\): .*total_loss=", out.stderr)
+        assert re.search(r"at step \d+ \(joint\): .*total_loss=", stderr)
     bad_step = int(match.group(2))
-    assert "Traceback" not in out.stderr
+    assert "Traceback" not in stderr
     latest = tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
     if bad_step > 1:
         assert latest.endswith(f"ckpt-{bad_step - 1}")
-        assert f"The last good checkpoint is {latest}" in out.stderr
+        assert f"The last good checkpoint is {latest}" in stderr
         reader = tf.train.load_checkpoint(latest)
         for name, dtype in reader.get_variable_to_dtype_map().items():
             if dtype.is_floating and "model/" in name:  # (not the data iterator's state)
                 assert np.all(np.isfinite(reader.get_tensor(name))), name
     else:
-        assert latest is None and "No checkpoint was written yet" in out.stderr
+        assert latest is None and "No checkpoint was written yet" in stderr
 
 
-def test_bad_checkpoints_give_clear_errors(tmp_path):
-    missing = _train(
+def test_bad_checkpoints_give_clear_errors(tmp_path, full_run, train_main):
+    import shutil
+
+    code, _, err = train_main(
         tmp_path,
         "--no-eval",
         "--no-export",
@@ -242,24 +276,29 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
         "--set",
         f"train.init_checkpoint={tmp_path / 'nowhere'}",
     )
-    assert missing.returncode == 1
-    assert "train.init_checkpoint=" in missing.stderr and "no checkpoint there" in missing.stderr
-    first = _train(tmp_path, "--no-eval", "--no-export", "--set", "train.steps=2")
-    assert first.returncode == 0, first.stderr[-3000:]
-    other = _train(
+    assert code == 1
+    assert "train.init_checkpoint=" in err and "no checkpoint there" in err
+    # A finished 3-class run (the full run's config and checkpoints; nothing else is read).
+    out, full_tmp = full_run
+    assert out.returncode == 0, out.stderr[-3000:]
+    (tmp_path / "run").mkdir()
+    for name in ("config.yaml", "classes.txt"):
+        shutil.copy(full_tmp / "run" / name, tmp_path / "run" / name)
+    shutil.copytree(full_tmp / "run" / "checkpoints", tmp_path / "run" / "checkpoints")
+    code, _, err = train_main(
         tmp_path,
         "--no-eval",
         "--no-export",
         "--set",
-        "train.steps=4",
+        "train.steps=24",
         "--set",
         "data.shapes.classes=[circle,square]",
     )
-    assert other.returncode == 1
-    assert "holds checkpoints of a run with another model" in other.stderr
-    assert "classes: ['circle', 'square', 'triangle'] -> ['circle', 'square']" in other.stderr
+    assert code == 1
+    assert "holds checkpoints of a run with another model" in err
+    assert "classes: ['circle', 'square', 'triangle'] -> ['circle', 'square']" in err
     # Fine-tuning from that run into a new work dir with another class count.
-    init = _train(
+    code, _, err = train_main(
         tmp_path,
         "--no-eval",
         "--no-export",
@@ -272,39 +311,39 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
         "--set",
         f"train.init_checkpoint={tmp_path / 'run' / 'checkpoints'}",
     )
-    assert init.returncode == 1
-    assert "trained with 3 classes but this model has 2" in init.stderr
+    assert code == 1
+    assert "trained with 3 classes but this model has 2" in err
 
 
-def test_alternating_scheme_end_to_end_and_losses_fall(tmp_path):
-    out = _train(
+def test_alternating_scheme_end_to_end_and_losses_fall(tmp_path, train_main):
+    code, _, stderr = train_main(
         tmp_path,
         "--no-eval",
         "--no-export",
         "--set",
         "train.scheme=alternating",
         "--set",
-        "train.stage_steps=[60,60,20,20]",
+        "train.stage_steps=[30,30,10,10]",
         "--set",
         "train.checkpoint_every=50",
         "--set",
-        "train.log_every=10",
+        "train.log_every=5",
         "--set",
         "model.roi.sampling=balanced",
     )
-    assert out.returncode == 0, out.stderr[-4000:]
-    losses = _losses(out.stderr)
+    assert code == 0, stderr[-4000:]
+    losses = _losses(stderr)
     assert set(losses) == {"rpn", "rfcn", "rpn_finetune", "rfcn_finetune"}
     for stage in ("rpn", "rfcn"):
         assert losses[stage][-1] < losses[stage][0], (stage, losses[stage])
     run = tmp_path / "run" / "checkpoints"
     assert (run / "stage_2_proposals" / "model.index").is_file()
-    assert tf.train.latest_checkpoint(str(run)).endswith("ckpt-160")
-    reader = tf.train.load_checkpoint(str(run / "ckpt-160"))
+    assert tf.train.latest_checkpoint(str(run)).endswith("ckpt-80")
+    reader = tf.train.load_checkpoint(str(run / "ckpt-80"))
     assert int(reader.get_tensor("stage/.ATTRIBUTES/VARIABLE_VALUE")) == 3
 
 
-def test_a_second_run_on_a_locked_work_dir_refuses_naming_the_first(tmp_path):
+def test_a_second_run_on_a_locked_work_dir_refuses_naming_the_first(tmp_path, train_main):
     import json
     import socket
 
@@ -322,12 +361,12 @@ def test_a_second_run_on_a_locked_work_dir_refuses_naming_the_first(tmp_path):
                 }
             )
         )
-        out = _train(tmp_path, "--set", "train.steps=5", timeout=300)
+        code, _, err = train_main(tmp_path, "--set", "train.steps=5")
     finally:
         holder.kill()
         holder.wait()
-    assert out.returncode == 1 and "Traceback" not in out.stderr
-    last = out.stderr.strip().splitlines()[-1]
+    assert code == 1 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
     assert f"is in use by process {holder.pid} on {socket.gethostname()}" in last, last
     assert not (work / "config.yaml").exists()  # nothing written by the refused run
 
