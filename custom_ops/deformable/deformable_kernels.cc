@@ -39,8 +39,11 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <new>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -312,6 +315,96 @@ RFCN_SIMD_ALWAYS_INLINE int AxisTapsN(double bin_start, double step, int size,
   }
 }
 
+// Scratch memory of the AVX2 path, reused across calls. Its buffers are
+// several MB (tap records, bin-major slices, block-major map copies): fresh
+// from the allocator each call they are fresh pages, and the kernel's page
+// faults (zeroing every page) cost more than the op's own work (perf:
+// clear_page_erms was 23% of a forward + backward). A small process-wide
+// free list keeps the last kKeep buffers for the next call. A buffer is
+// always fully written before it is read, so reuse changes no result.
+class ScratchPool {
+ public:
+  static ScratchPool& Get() {
+    static ScratchPool* pool = new ScratchPool;  // never destroyed
+    return *pool;
+  }
+
+  // A buffer of at least `bytes` (the smallest free one that fits, else a
+  // new one); *capacity receives its size.
+  void* Take(size_t bytes, size_t* capacity) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      int best = -1;
+      for (int q = 0; q < static_cast<int>(free_.size()); ++q) {
+        if (free_[q].bytes >= bytes &&
+            (best < 0 || free_[q].bytes < free_[best].bytes)) {
+          best = q;
+        }
+      }
+      if (best >= 0) {
+        void* p = free_[best].data;
+        *capacity = free_[best].bytes;
+        free_.erase(free_.begin() + best);
+        return p;
+      }
+    }
+    *capacity = bytes;
+    void* p = std::malloc(std::max<size_t>(bytes, 1));
+    if (p == nullptr) throw std::bad_alloc();
+    return p;
+  }
+
+  // Returns a buffer; the smallest ones are freed beyond kKeep.
+  void Give(void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back({p, bytes});
+    while (free_.size() > kKeep) {
+      auto smallest = std::min_element(
+          free_.begin(), free_.end(),
+          [](const Block& a, const Block& b) { return a.bytes < b.bytes; });
+      std::free(smallest->data);
+      free_.erase(smallest);
+    }
+  }
+
+ private:
+  struct Block {
+    void* data;
+    size_t bytes;
+  };
+  static constexpr size_t kKeep = 8;
+  std::mutex mu_;
+  std::vector<Block> free_;
+};
+
+// n elements of T from the ScratchPool, returned to it on destruction.
+// Uninitialized.
+template <typename T>
+class Scratch {
+ public:
+  Scratch() = default;
+  explicit Scratch(int64_t n) { Reset(n); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() { Release(); }
+
+  void Reset(int64_t n) {
+    Release();
+    data_ = static_cast<T*>(ScratchPool::Get().Take(
+        sizeof(T) * static_cast<size_t>(n), &bytes_));
+  }
+  T* get() const { return data_; }
+  T& operator[](int64_t q) const { return data_[q]; }
+
+ private:
+  void Release() {
+    if (data_ != nullptr) ScratchPool::Get().Give(data_, bytes_);
+    data_ = nullptr;
+  }
+  T* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 // Tap records of every (bin position, RoI, offset group) of one call,
 // bin-major ([k*k, R, G]) so a unit's records are contiguous. Record e:
 //   cells[e * words]: ny, nx, ycell[n2], xcell[n2]   (n2 = 2 * sampling_ratio)
@@ -320,9 +413,9 @@ RFCN_SIMD_ALWAYS_INLINE int AxisTapsN(double bin_start, double step, int size,
 // Records of RoIs with an invalid batch index have no cells.
 struct TapTable {
   int n2 = 0, words = 0, floats = 0;
-  std::unique_ptr<int32_t[]> cells;
-  std::unique_ptr<float[]> weights;
-  std::unique_ptr<float[]> scale;  // [R, 2]
+  Scratch<int32_t> cells;
+  Scratch<float> weights;
+  Scratch<float> scale;  // [R, 2]
 
   const int32_t* Cells(int64_t e) const { return cells.get() + e * words; }
   const float* Weights(int64_t e) const { return weights.get() + e * floats; }
@@ -382,9 +475,9 @@ void BuildTapTable(thread::ThreadPool* workers, const PoolGeometry& g,
   t->words = 2 + 2 * t->n2;
   t->floats = (derivatives ? 4 : 2) * t->n2;
   const int64_t records = bins * num_rois * G;
-  t->cells.reset(new int32_t[records * t->words]);
-  t->weights.reset(new float[records * t->floats]);
-  t->scale.reset(new float[2 * num_rois]);
+  t->cells.Reset(records * t->words);
+  t->weights.Reset(records * t->floats);
+  t->scale.Reset(2 * num_rois);
   using Fill = void (*)(const PoolGeometry&, int64_t, const float*,
                         const float*, bool, TapTable*, int64_t, int64_t);
   static constexpr Fill kFill[kMaxTableSamples] = {
@@ -442,7 +535,7 @@ inline void PrefetchSpan(const void* p, int64_t bytes, int rw) {
 inline void PrefetchAhead(const PoolGeometry& g, const TapTable& t,
                           int64_t num_rois, int bin, const int64_t* ids,
                           int64_t it, int64_t last, const float* slab,
-                          int rw) {
+                          int rw, int cgp) {
   const int64_t ahead = it + kPrefetchAhead;
   if (ahead >= last) return;
   const int64_t o = ahead / g.groups;
@@ -451,7 +544,7 @@ inline void PrefetchAhead(const PoolGeometry& g, const TapTable& t,
   const int64_t e = (bin * num_rois + ids[o]) * g.groups + grp;
   PrefetchSpan(t.Cells(e), 4 * t.words, 0);
   PrefetchSpan(t.Weights(e), 4 * t.floats, 0);
-  PrefetchSpan(slab + ids[o] * g.c_out + grp * cg, 4 * cg, rw);
+  PrefetchSpan(slab + (ids[o] * g.groups + grp) * cgp, 4 * cg, rw);
 }
 
 // [R, k*k, C] <-> [k*k, R, G, 8*NV]: the units visit one bin position of
@@ -513,40 +606,56 @@ struct UnitScratch {
   std::vector<int> key;
 };
 
-// A unit's channel block (cg floats per group and cell, g.channels apart)
-// into / out of the padded dense layout [H, W, G, 8*NV]: inline register
-// copies (a memcpy call per 84-byte slice cost more than the copy). The
-// gather's masked loads zero the padding lanes; the scatter writes exactly
-// the block's channels (the neighbouring blocks belong to other units).
+// Cells [begin, end) (flat over images) of the map <-> block-major
+// transposes: map [B, H, W, k*k*C] <-> [B, k*k, H, W, G, 8*NV], each
+// group's cg channels padded to whole registers (padding 0). Per cell the
+// map side is one contiguous k*k*C row; the block-major side is k*k
+// sequential streams.
 template <int NV>
-RFCN_SIMD_TARGET_AVX2 RFCN_SIMD_ALWAYS_INLINE void GatherBlock(
-    const PoolGeometry& g, const float* block, float* dense, __m256i mask) {
-  const int cg = g.c_out / g.groups;
+RFCN_SIMD_TARGET_AVX2 void BlockMajorRange(const PoolGeometry& g,
+                                           const float* src, float* dst,
+                                           bool to_block_major, int64_t begin,
+                                           int64_t end) {
+  const int C = g.c_out, G = g.groups, cg = C / G;
+  constexpr int cgp = 8 * NV;
+  const int64_t bins = static_cast<int64_t>(g.k) * g.k;
   const int64_t plane = static_cast<int64_t>(g.height) * g.width;
-  for (int64_t q = 0; q < plane; ++q) {
-    for (int grp = 0; grp < g.groups; ++grp) {
-      Lanes<NV> v;
-      rfcn_simd::Load<NV>(&v, block + q * g.channels + grp * cg, mask);
-      for (int k = 0; k < NV; ++k) {
-        _mm256_storeu_ps(dense + (q * g.groups + grp) * 8 * NV + 8 * k,
-                         v.v[k]);
+  const __m256i mask = TailMask(cg);
+  for (int64_t c = begin; c < end; ++c) {
+    const int64_t b = c / plane, q = c - b * plane;
+    for (int64_t bin = 0; bin < bins; ++bin) {
+      for (int grp = 0; grp < G; ++grp) {
+        const int64_t m = c * g.channels + bin * C + grp * cg;
+        const int64_t d = (((b * bins + bin) * plane + q) * G + grp) * cgp;
+        Lanes<NV> v;
+        if (to_block_major) {
+          rfcn_simd::Load<NV>(&v, src + m, mask);
+          for (int k = 0; k < NV; ++k) _mm256_storeu_ps(dst + d + 8 * k, v.v[k]);
+        } else {
+          rfcn_simd::LoadPadded<NV>(&v, src + d);
+          rfcn_simd::StoreFirst<NV>(dst + m, v, cg);
+        }
       }
     }
   }
 }
 
+// The units read (write) the channel block of one bin position, cg floats
+// per group and cell, one block per 4 KB map cell: copied per unit with
+// that stride, each cell is a cache and TLB miss (perf: the per-unit copies
+// were three quarters of the backward at 300 RoIs). One threaded transpose
+// of the whole map reads (writes) the map sequentially instead, and hands
+// every unit its block dense and padded: [H, W, G, 8*NV] at
+// dst + (b * k*k + bin) * H*W*G*8*NV.
 template <int NV>
-RFCN_SIMD_TARGET_AVX2 RFCN_SIMD_ALWAYS_INLINE void ScatterBlock(
-    const PoolGeometry& g, const float* dense, float* block) {
-  const int cg = g.c_out / g.groups;
-  const int64_t plane = static_cast<int64_t>(g.height) * g.width;
-  for (int64_t q = 0; q < plane; ++q) {
-    for (int grp = 0; grp < g.groups; ++grp) {
-      Lanes<NV> v;
-      rfcn_simd::LoadPadded<NV>(&v, dense + (q * g.groups + grp) * 8 * NV);
-      rfcn_simd::StoreFirst<NV>(block + q * g.channels + grp * cg, v, cg);
-    }
-  }
+void BlockMajor(thread::ThreadPool* workers, const PoolGeometry& g,
+                const float* src, float* dst, bool to_block_major) {
+  const int64_t cells = static_cast<int64_t>(g.batch) * g.height * g.width;
+  workers->ParallelFor(
+      cells, thread::ThreadPool::SchedulingParams::Adaptive(3 * g.channels),
+      [&](int64_t begin, int64_t end) {
+        BlockMajorRange<NV>(g, src, dst, to_block_major, begin, end);
+      });
 }
 
 // The RoIs of unit (image b, bin) in the order it visits them: ascending
@@ -587,16 +696,14 @@ RFCN_SIMD_TARGET_AVX2 void DeformPoolForwardAvx2(
   const __m256i mask = TailMask(cg);
   const __m256 inv = _mm256_set1_ps(1.f / static_cast<float>(n * n));
   UnitScratch s;
-  std::vector<float> scratch(dense ? plane * cell_stride : 0, 0.f);
   for (int64_t u = begin; u < end; ++u) {
     const int b = static_cast<int>(u / bins);
     const int bin = static_cast<int>(u - static_cast<int64_t>(b) * bins);
-    const float* block = features + rfcn_deform::pool_cell(g, b, 0, 0) +
-                         static_cast<int64_t>(bin) * C;
-    if (dense) {
-      GatherBlock<NV>(g, block, scratch.data(), mask);
-      block = scratch.data();
-    }
+    // features is the block-major copy (BlockMajor) when dense.
+    const float* block =
+        dense ? features + u * plane * cell_stride
+              : features + rfcn_deform::pool_cell(g, b, 0, 0) +
+                    static_cast<int64_t>(bin) * C;
     const int64_t* ids;
     const int64_t count = UnitRois(g, t, ir, num_rois, b, bin, dense, &s, &ids);
     const int64_t last = count * G;
@@ -605,7 +712,7 @@ RFCN_SIMD_TARGET_AVX2 void DeformPoolForwardAvx2(
       const int64_t o = it / G;
       const int grp = static_cast<int>(it - o * G);
       if (!dense) {
-        PrefetchAhead(g, t, num_rois, bin, ids, it, last, out_bin, 1);
+        PrefetchAhead(g, t, num_rois, bin, ids, it, last, out_bin, 1, cgp);
       }
       const int64_t e = (bin * num_rois + ids[o]) * G + grp;
       const int32_t* rc = t.Cells(e);
@@ -659,9 +766,9 @@ RFCN_SIMD_TARGET_AVX2 void DeformPoolForwardAvx2(
 // reduction per item.
 template <int NV>
 RFCN_SIMD_TARGET_AVX2 void DeformPoolBackwardAvx2(
-    const PoolGeometry& g, const float* features, const TapTable& t,
+    const PoolGeometry& g, const float* features_bm, const TapTable& t,
     const float* grad_t, int64_t num_rois, const ImageRois& ir,
-    float* grad_features, float* grad_offsets, int64_t begin, int64_t end) {
+    float* grad_bm, float* grad_offsets, int64_t begin, int64_t end) {
   const int k = g.k, C = g.c_out, n = g.sampling_ratio, G = g.groups;
   const int n2 = t.n2;
   constexpr int cgp = 8 * NV;  // padded group slice
@@ -669,18 +776,12 @@ RFCN_SIMD_TARGET_AVX2 void DeformPoolBackwardAvx2(
   const int64_t plane = static_cast<int64_t>(g.height) * g.width;
   const int64_t cell_stride = static_cast<int64_t>(G) * cgp;
   const int64_t row_stride = g.width * cell_stride;
-  const __m256i mask = TailMask(C / G);
   const __m256 inv = _mm256_set1_ps(1.f / static_cast<float>(n * n));
-  // Zero-initialized: the padding lanes of fd are never written.
-  std::vector<float> dense(2 * plane * cell_stride, 0.f);
-  float* __restrict__ fd = dense.data();
-  float* __restrict__ gd = dense.data() + plane * cell_stride;
   for (int64_t u = begin; u < end; ++u) {
     const int b = static_cast<int>(u / bins);
     const int bin = static_cast<int>(u - static_cast<int64_t>(b) * bins);
-    const int64_t base =
-        rfcn_deform::pool_cell(g, b, 0, 0) + static_cast<int64_t>(bin) * C;
-    GatherBlock<NV>(g, features + base, fd, mask);
+    const float* __restrict__ fd = features_bm + u * plane * cell_stride;
+    float* __restrict__ gd = grad_bm + u * plane * cell_stride;
     std::memset(gd, 0, sizeof(float) * plane * cell_stride);
     const int64_t* ids = ir.order.data() + ir.start[b];
     const int64_t last = (ir.start[b + 1] - ir.start[b]) * G;
@@ -723,8 +824,99 @@ RFCN_SIMD_TARGET_AVX2 void DeformPoolBackwardAvx2(
       go[2 * grp] = rfcn_simd::Dot<NV>(gg, sy) * t.scale[2 * r];
       go[2 * grp + 1] = rfcn_simd::Dot<NV>(gg, sx) * t.scale[2 * r + 1];
     }
-    ScatterBlock<NV>(g, gd, grad_features + base);
   }
+}
+
+// Backward units [begin, end) with few RoIs per image (see
+// DeformPoolBackwardFast): in place on the map, like the sparse forward. The
+// caller has zeroed grad_features; the unit reads the features and
+// read-modify-writes the feature gradient of its channel block where its
+// RoIs' taps fall, RoIs sorted by row (SortByRow) so that consecutive RoIs
+// touch neighbouring, still cached rows; their tap records and output
+// gradient slices are prefetched ahead. The block's tail lanes belong to the
+// neighbouring block (another unit): read masked, written with StoreFirst's
+// exact-width pieces (no microcoded masked store). Same per-cell arithmetic
+// and fixed order as the dense kernel.
+template <int NV>
+RFCN_SIMD_TARGET_AVX2 void DeformPoolBackwardSparseAvx2(
+    const PoolGeometry& g, const float* features, const TapTable& t,
+    const float* grad_t, int64_t num_rois, const ImageRois& ir,
+    float* grad_features, float* grad_offsets, int64_t begin, int64_t end) {
+  const int k = g.k, C = g.c_out, n = g.sampling_ratio, G = g.groups;
+  const int cg = C / G, n2 = t.n2;
+  constexpr int cgp = 8 * NV;
+  const int64_t bins = static_cast<int64_t>(k) * k;
+  const int64_t cell_stride = g.channels;
+  const int64_t row_stride = g.width * cell_stride;
+  const __m256i mask = TailMask(cg);
+  const __m256 inv = _mm256_set1_ps(1.f / static_cast<float>(n * n));
+  UnitScratch s;
+  for (int64_t u = begin; u < end; ++u) {
+    const int b = static_cast<int>(u / bins);
+    const int bin = static_cast<int>(u - static_cast<int64_t>(b) * bins);
+    const int64_t base =
+        rfcn_deform::pool_cell(g, b, 0, 0) + static_cast<int64_t>(bin) * C;
+    const float* __restrict__ fd = features + base;
+    float* __restrict__ gd = grad_features + base;
+    const int64_t* ids;
+    const int64_t count = UnitRois(g, t, ir, num_rois, b, bin, false, &s, &ids);
+    const int64_t last = count * G;
+    const float* slab = grad_t + bin * num_rois * G * cgp;
+    for (int64_t it = 0; it < last; ++it) {
+      const int64_t o = it / G;
+      const int grp = static_cast<int>(it - o * G);
+      PrefetchAhead(g, t, num_rois, bin, ids, it, last, slab, 0, cgp);
+      const int64_t r = ids[o];
+      const int64_t e = (bin * num_rois + r) * G + grp;
+      const int32_t* rc = t.Cells(e);
+      const float* rw = t.Weights(e);
+      const int ny = rc[0], nx = rc[1];
+      const int32_t* yc = rc + 2;
+      const int32_t* xc = rc + 2 + n2;
+      const float* yw = rw;
+      const float* xw = rw + n2;
+      const float* ydw = rw + 2 * n2;
+      const float* xdw = rw + 3 * n2;
+      Lanes<NV> gg;
+      rfcn_simd::LoadPadded<NV>(&gg, grad_t + e * cgp);
+      rfcn_simd::Scale<NV>(&gg, inv);
+      Lanes<NV> sy, sx, f, d;
+      rfcn_simd::Zero(&sy);
+      rfcn_simd::Zero(&sx);
+      const int64_t ch = grp * cg;
+      for (int q = 0; q < ny; ++q) {
+        const int64_t row = yc[q] * row_stride + ch;
+        const float wy = yw[q], dy = ydw[q];
+        for (int x = 0; x < nx; ++x) {
+          const int64_t cell = row + xc[x] * cell_stride;
+          rfcn_simd::Load<NV>(&f, fd + cell, mask);
+          rfcn_simd::Fma<NV>(&sy, _mm256_set1_ps(dy * xw[x]), f);
+          rfcn_simd::Fma<NV>(&sx, _mm256_set1_ps(wy * xdw[x]), f);
+          rfcn_simd::Load<NV>(&d, gd + cell, mask);
+          rfcn_simd::Fma<NV>(&d, _mm256_set1_ps(wy * xw[x]), gg);
+          rfcn_simd::StoreFirst<NV>(gd + cell, d, cg);
+        }
+      }
+      float* go = grad_offsets + (r * bins + bin) * 2 * G;
+      go[2 * grp] = rfcn_simd::Dot<NV>(gg, sy) * t.scale[2 * r];
+      go[2 * grp + 1] = rfcn_simd::Dot<NV>(gg, sx) * t.scale[2 * r + 1];
+    }
+  }
+}
+
+// Whether the units work on block-major copies of the map (BlockMajor,
+// dense, RoIs ascending) or in place (RoIs sorted by row). The copies cost
+// about one cell visit per map cell and pass; a bin visits ~(n + 1)^2 cells
+// per RoI and group.
+inline bool DenseUnits(const PoolGeometry& g, int64_t rois_per_image) {
+  static const int kDenseMode = [] {
+    const char* e = std::getenv("RFCN_DEFORM_DENSE");
+    return e == nullptr ? -1 : std::atoi(e);
+  }();
+  if (kDenseMode >= 0) return kDenseMode == 1;
+  const int64_t plane = static_cast<int64_t>(g.height) * g.width;
+  const int n = g.sampling_ratio;
+  return rois_per_image * g.groups * (n + 1) * (n + 1) >= 2 * plane;
 }
 
 // The whole float32 forward (backward) of a call on the AVX2 path: tap
@@ -748,12 +940,15 @@ void DeformPoolForwardFast(OpKernelContext* ctx,
   const ImageRois ir = GroupByImage(g, num_rois, rois);
   const int64_t rois_per_image = std::max<int64_t>(
       1, static_cast<int64_t>(ir.order.size()) / std::max(g.batch, 1));
-  // The dense copy of a unit's block costs about one cell visit per map
-  // cell; a bin visits ~(n + 1)^2 cells per RoI and group.
   const int64_t plane = static_cast<int64_t>(g.height) * g.width;
-  const bool dense =
-      rois_per_image * g.groups * (n + 1) * (n + 1) >= 2 * plane;
-  std::unique_ptr<float[]> out_t(new float[padded]);
+  const bool dense = DenseUnits(g, rois_per_image);
+  Scratch<float> block_major;
+  if (dense) {
+    block_major.Reset(g.batch * bins * plane * g.groups * 8 * NV);
+    BlockMajor<NV>(workers, g, features, block_major.get(), true);
+    features = block_major.get();
+  }
+  Scratch<float> out_t(padded);
   if (static_cast<int64_t>(ir.order.size()) < num_rois) {
     std::fill(out_t.get(), out_t.get() + padded, 0.f);  // their 0 output
   }
@@ -782,18 +977,44 @@ void DeformPoolBackwardFast(
   const ImageRois ir = GroupByImage(g, num_rois, rois);
   const int64_t rois_per_image =
       std::max<int64_t>(1, static_cast<int64_t>(ir.order.size()) / g.batch);
-  std::unique_ptr<float[]> grad_t(
-      new float[bins * num_rois * g.groups * 8 * NV]);
+  Scratch<float> grad_t(bins * num_rois * g.groups * 8 * NV);
   TransposeRoiBins<NV>(workers, g, num_rois, grad, grad_t.get(), true);
+  const int64_t cost =
+      rois_per_image * g.groups * (20 + 8 * (n + 1) * (n + 1) * NV) +
+      4 * plane * g.groups * NV;
+  if (!DenseUnits(g, rois_per_image)) {
+    // In place: zero the feature gradient (one sequential pass), then the
+    // units add their taps.
+    const int64_t cells = static_cast<int64_t>(g.batch) * plane;
+    workers->ParallelFor(
+        cells, thread::ThreadPool::SchedulingParams::Adaptive(g.channels),
+        [&](int64_t begin, int64_t end) {
+          std::memset(grad_features + begin * g.channels, 0,
+                      sizeof(float) * (end - begin) * g.channels);
+        });
+    workers->ParallelFor(
+        static_cast<int64_t>(g.batch) * bins,
+        thread::ThreadPool::SchedulingParams::Adaptive(cost),
+        [&](int64_t begin, int64_t end) {
+          DeformPoolBackwardSparseAvx2<NV>(g, features, t, grad_t.get(),
+                                           num_rois, ir, grad_features,
+                                           grad_offsets, begin, end);
+        });
+    return;
+  }
+  const int64_t block_floats = g.batch * bins * plane * g.groups * 8 * NV;
+  Scratch<float> features_bm(block_floats);
+  Scratch<float> grad_bm(block_floats);
+  BlockMajor<NV>(workers, g, features, features_bm.get(), true);
   workers->ParallelFor(
       static_cast<int64_t>(g.batch) * bins,
-      thread::ThreadPool::SchedulingParams::Adaptive(
-          rois_per_image * g.groups * (20 + 8 * (n + 1) * (n + 1) * NV) +
-          4 * plane * g.groups * NV),
+      thread::ThreadPool::SchedulingParams::Adaptive(cost),
       [&](int64_t begin, int64_t end) {
-        DeformPoolBackwardAvx2<NV>(g, features, t, grad_t.get(), num_rois, ir,
-                                   grad_features, grad_offsets, begin, end);
+        DeformPoolBackwardAvx2<NV>(g, features_bm.get(), t, grad_t.get(),
+                                   num_rois, ir, grad_bm.get(), grad_offsets,
+                                   begin, end);
       });
+  BlockMajor<NV>(workers, g, grad_bm.get(), grad_features, false);
 }
 
 using DeformForwardFn = void (*)(OpKernelContext*, const PoolGeometry&,
