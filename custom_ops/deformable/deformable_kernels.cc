@@ -14,12 +14,16 @@
 //    its image, so units write disjoint cells of the feature gradient (the
 //    plain PS-RoI op's partition) and disjoint offset gradients; a unit visits
 //    the RoIs of image b in ascending row order.
-//  * pool, float32 on an AVX2 + FMA CPU with C / G <= 32 (the R-FCN head):
-//    register-blocked kernels (DeformPoolForwardAvx2, DeformPoolBackwardAvx2)
-//    with the same (image, bin position) units for the forward too, RoIs
-//    sorted by row, dense padded copies of the unit's channel block and a
-//    bin-major output (gradient); see the comment above them. Sums in a fixed
-//    order (deterministic), with fused multiply-adds: ~1e-7 relative from the
+//  * pool, float32 on an AVX2 + FMA CPU with C / G <= 32 (the R-FCN head)
+//    and sampling_ratio <= 8: register-blocked kernels
+//    (DeformPoolForwardAvx2, DeformPoolBackwardAvx2 and the in-place
+//    DeformPoolBackwardSparseAvx2) with the same (image, bin position) units
+//    for the forward too, the taps of every (RoI, bin, group) tabulated once
+//    per call (TapTable), a bin-major padded output (gradient), and either
+//    block-major padded copies of the map (many RoIs per image, RoIs
+//    ascending) or in-place access with RoIs sorted by row (few RoIs); see
+//    the comment above them. Sums in a fixed order (deterministic), with
+//    fused multiply-adds and float tap weights: ~1e-7 relative from the
 //    portable loops.
 //  * im2col forward: one unit per output pixel; tap weights once per (pixel,
 //    tap) with the mask folded in, then a loop over Cin channels.
@@ -702,10 +706,10 @@ inline int64_t UnitRois(const PoolGeometry& g, const TapTable& t,
 // Forward units [begin, end) for float, cg <= 8 * NV: every bin (i, j) of
 // the image's RoIs, written bin-major into out_t [k*k, R, G, 8*NV] (padded;
 // transposed back by the caller, TransposeRoiBins), each slice once. With
-// `dense` (many RoIs per image) the unit first copies its channel block into
-// a padded dense scratch, as the backward does (DeformPoolBackwardAvx2), and
-// visits its RoIs in ascending order; else it reads the map in place, RoIs
-// sorted by row.
+// `dense` (many RoIs per image) `features` is the block-major padded copy of
+// the map (BlockMajor) and the unit visits its RoIs in ascending order; else
+// it reads the map in place, RoIs sorted by row, prefetching the records,
+// slices and cells of the items ahead.
 template <int NV>
 RFCN_SIMD_TARGET_AVX2 void DeformPoolForwardAvx2(
     const PoolGeometry& g, const float* features, const TapTable& t,
@@ -776,16 +780,16 @@ RFCN_SIMD_TARGET_AVX2 void DeformPoolForwardAvx2(
 }
 
 // Backward units [begin, end) for float, cg <= 8 * NV (see
-// RfcnDeformPoolBackward). The unit's channel block (C floats per cell, one
-// block per 4 KB map cell) is first copied into a dense scratch [H, W, G,
-// 8*NV] (each group's cg channels padded to whole registers, padding 0), and
-// its feature gradient accumulated in another, copied out at the end: the
-// scattered per-RoI reads and read-modify-writes then stay within a few
-// hundred KB (L2) instead of 2 x H*W pages (a TLB miss per cell otherwise;
-// the copies are sequential constant-stride passes), and run unmasked on
-// whole registers (masked stores are microcoded on AMD Zen; an unpadded
-// full-width store would overlap the next cell's load and defeat store
-// forwarding). RoIs in ascending order: the padded bin-major output gradient
+// RfcnDeformPoolBackward), many RoIs per image. The unit's channel block (C
+// floats per cell, one block per 4 KB map cell) comes dense [H, W, G, 8*NV]
+// from the block-major copy of the map (each group's cg channels padded to
+// whole registers, padding 0), and its feature gradient is accumulated in
+// its own region of another block-major buffer, transposed back by the
+// caller: the scattered per-RoI reads and read-modify-writes then stay
+// within a few hundred KB (L2) instead of 2 x H*W pages (a TLB miss per cell
+// otherwise), and run unmasked on whole registers (masked stores are
+// microcoded on AMD Zen; an unpadded full-width store would overlap the next
+// cell's load and defeat store forwarding). RoIs in ascending order: the padded bin-major output gradient
 // (TransposeRoiBins) and the tap records are then read sequentially. Per
 // cell one read of the features and one read-modify-write of the feature
 // gradient; the offset gradient's per-channel sums stay in registers, and
