@@ -14,12 +14,16 @@
 //    its image, so units write disjoint cells of the feature gradient (the
 //    plain PS-RoI op's partition) and disjoint offset gradients; a unit visits
 //    the RoIs of image b in ascending row order.
-//  * pool, float32 on an AVX2 + FMA CPU with C / G <= 32 (the R-FCN head):
-//    register-blocked kernels (DeformPoolForwardAvx2, DeformPoolBackwardAvx2)
-//    with the same (image, bin position) units for the forward too, RoIs
-//    sorted by row, dense padded copies of the unit's channel block and a
-//    bin-major output (gradient); see the comment above them. Sums in a fixed
-//    order (deterministic), with fused multiply-adds: ~1e-7 relative from the
+//  * pool, float32 on an AVX2 + FMA CPU with C / G <= 32 (the R-FCN head)
+//    and sampling_ratio <= 8: register-blocked kernels
+//    (DeformPoolForwardAvx2, DeformPoolBackwardAvx2 and the in-place
+//    DeformPoolBackwardSparseAvx2) with the same (image, bin position) units
+//    for the forward too, the taps of every (RoI, bin, group) tabulated once
+//    per call (TapTable), a bin-major padded output (gradient), and either
+//    block-major padded copies of the map (many RoIs per image, RoIs
+//    ascending) or in-place access with RoIs sorted by row (few RoIs); see
+//    the comment above them. Sums in a fixed order (deterministic), with
+//    fused multiply-adds and float tap weights: ~1e-7 relative from the
 //    portable loops.
 //  * im2col forward: one unit per output pixel; tap weights once per (pixel,
 //    tap) with the mask folded in, then a loop over Cin channels.
@@ -39,7 +43,11 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -184,42 +192,324 @@ ImageRois GroupByImage(const PoolGeometry& g, int64_t num_rois,
 // reads only channel block (i*k + j), a 1/(k*k) slice of the map. One map
 // cell holds all k*k blocks (4 KB), so the next cell of a block is on the
 // next page: visited in RoI order the slice's reads miss cache and TLB (perf:
-// the loop stalls on the first load of each cell). A unit therefore visits
-// its RoIs sorted by the row of their shifted bin (SortByRow): consecutive
-// RoIs read neighbouring rows, whose lines and pages are still cached. The
-// order is a function of the inputs only (a stable counting sort), so the
+// the loop stalls on the first load of each cell). With many RoIs per image
+// a unit therefore first copies its block into a dense scratch padded to
+// whole registers (GatherBlock; a few hundred KB, L2-resident) and visits
+// its RoIs in ascending order, so its taps, its output (gradient) slices and
+// its tap records are sequential streams. With few RoIs that copy costs
+// more than it saves: the unit reads the map in place and visits its RoIs
+// sorted by the first row of their shifted bin (SortByRow), so consecutive
+// RoIs read neighbouring rows, whose lines and pages are still cached. Both
+// orders are functions of the inputs only (a stable counting sort), so the
 // backward's sums stay deterministic.
+// The geometry of every (RoI, bin, group) is tabulated once per call in a
+// separate threaded pass (TapTable): it reads the RoIs and offsets
+// sequentially, and the unit loops are left with table reads and FMAs
+// (perf: computed per item inside the unit loop, BinCells::Fill stalled on
+// the offsets read in sorted order and cost a third of the op).
 // A bin's channel slice of one offset group (cg = C / G <= 32 contiguous
 // floats) is held in NV = ceil(cg / 8) registers across all of its cells
-// (../common/cpu_simd_util.h), and the loops are software-pipelined: the
-// cells of the next (RoI, group) item are computed and prefetched before the
-// current one is pooled.
+// (../common/cpu_simd_util.h).
 
 using rfcn_simd::Lanes;
 using rfcn_simd::TailMask;
 
-// The RoIs `ids[0, n)` of one image sorted (stably) by the row of the centre
-// of their bin (i, j) shifted by offset group 0, into *sorted; *count is
-// scratch. A NaN or outside row sorts to the nearest edge.
-void SortByRow(const PoolGeometry& g, const float* rois, const float* offsets,
-               const int64_t* ids, int64_t n, int i, int j,
+// Largest sampling_ratio of the AVX2 path (the tap records have 2n slots
+// per axis on the stack of the table pass); larger ones run the portable
+// loops.
+constexpr int kMaxTableSamples = 8;
+
+// The distinct cells that the n sample points of a shifted bin read along
+// one axis, like AxisCells, with summed weights w and derivatives dw (float;
+// summed in double). Points step apart from bin_start + step / 2. For
+// step >= 0 the taps are non-decreasing (pool_tap clamps monotonically) and
+// every cell is at most one above the last one added, so the distinct
+// cells come out ascending and a repeated cell is one of the last two:
+// branch-free selects instead of a search (perf: the search's
+// data-dependent branches mispredicted). A negative or NaN step (a RoI with
+// y2 < y1) takes the general search. Returns the count (<= 2n).
+// N = n is a template argument: fixed-size scratch zeroed by a few stores
+// and unrolled loops (perf: a runtime-sized zeroing was a `rep stos`, a
+// third of the table pass).
+template <int N>
+RFCN_SIMD_ALWAYS_INLINE int AxisTaps(double bin_start, double step, int size,
+                                     int32_t* cells, float* w, float* dw) {
+  constexpr int n = N;
+  int c[2 * N + 2];
+  double sw[2 * N + 2] = {};
+  double sd[2 * N + 2] = {};
+  c[0] = c[1] = INT_MIN;  // sentinels: never a cell
+  int m = 2;
+  const bool ascending = step >= 0.0;
+  auto add = [&](int cell, double weight, double deriv) {
+    int at = m;
+    if (ascending) {
+      at = c[m - 2] == cell ? m - 2 : at;
+      at = c[m - 1] == cell ? m - 1 : at;
+    } else {
+      for (int q = 2; q < m; ++q) at = c[q] == cell ? q : at;
+    }
+    c[at] = cell;
+    sw[at] += weight;
+    sd[at] += deriv;
+    m += at == m;
+  };
+  for (int p = 0; p < n; ++p) {
+    const Tap t = rfcn_deform::pool_tap(
+        bin_start + (static_cast<double>(p) + 0.5) * step, size);
+    if (!t.valid) continue;
+    add(t.lo, t.wlo, -t.gate);
+    add(t.hi, t.whi, t.gate);
+  }
+  for (int q = 2; q < m; ++q) {
+    cells[q - 2] = c[q];
+    w[q - 2] = static_cast<float>(sw[q]);
+    if (dw != nullptr) dw[q - 2] = static_cast<float>(sd[q]);
+  }
+  return m - 2;
+}
+
+// AxisTaps<2> (sampling_ratio 2, the default) in closed form for its
+// common case (ascending, both points valid): the four taps lo0 <= (hi0,
+// lo1 in either order) <= hi1 are put in sorted order, adjacent equal cells
+// merged by position counting, and each slot's weight summed with selects:
+// no loop, no indexed accumulation (perf: 43 -> 27 ns per record in a
+// standalone timing). The rest goes to AxisTaps<2>. Same cells; weights
+// summed in another order (double, then float).
+RFCN_SIMD_ALWAYS_INLINE int AxisTapsPair(double bin_start, double step,
+                                         int size, int32_t* cells, float* w,
+                                         float* dw) {
+  const Tap t0 = rfcn_deform::pool_tap(bin_start + 0.5 * step, size);
+  const Tap t1 = rfcn_deform::pool_tap(bin_start + 1.5 * step, size);
+  if (!(step >= 0.0 && t0.valid && t1.valid)) {
+    return AxisTaps<2>(bin_start, step, size, cells, w, dw);
+  }
+  const bool swap = t0.hi > t1.lo;
+  const int a0 = t0.lo, a1 = swap ? t1.lo : t0.hi;
+  const int a2 = swap ? t0.hi : t1.lo, a3 = t1.hi;
+  const double w0 = t0.wlo, w1 = swap ? t1.wlo : t0.whi;
+  const double w2 = swap ? t0.whi : t1.wlo, w3 = t1.whi;
+  const double d0 = -t0.gate, d1 = swap ? -t1.gate : t0.gate;
+  const double d2 = swap ? t0.gate : -t1.gate, d3 = t1.gate;
+  // Slot of each sorted tap: equal neighbours share one.
+  const int p1 = a1 != a0, p2 = p1 + (a2 != a1), p3 = p2 + (a3 != a2);
+  cells[0] = a0;
+  cells[p1] = a1;
+  cells[p2] = a2;
+  cells[p3] = a3;
+  auto slot = [&](int q, double v0, double v1, double v2, double v3) {
+    return (q == 0 ? v0 : 0.0) + (p1 == q ? v1 : 0.0) + (p2 == q ? v2 : 0.0) +
+           (p3 == q ? v3 : 0.0);
+  };
+  for (int q = 0; q < 4; ++q) {
+    w[q] = static_cast<float>(slot(q, w0, w1, w2, w3));
+    if (dw != nullptr) dw[q] = static_cast<float>(slot(q, d0, d1, d2, d3));
+  }
+  return p3 + 1;
+}
+
+// Per-axis taps for sampling_ratio N.
+template <int N>
+RFCN_SIMD_ALWAYS_INLINE int AxisTapsN(double bin_start, double step, int size,
+                                      int32_t* cells, float* w, float* dw) {
+  if constexpr (N == 2) {
+    return AxisTapsPair(bin_start, step, size, cells, w, dw);
+  } else {
+    return AxisTaps<N>(bin_start, step, size, cells, w, dw);
+  }
+}
+
+// Scratch memory of the AVX2 path, reused across calls. Its buffers are
+// several MB (tap records, bin-major slices, block-major map copies): fresh
+// from the allocator each call they are fresh pages, and the kernel's page
+// faults (zeroing every page) cost more than the op's own work (perf:
+// clear_page_erms was 23% of a forward + backward). A small process-wide
+// free list keeps the last kKeep buffers for the next call. A buffer is
+// always fully written before it is read, so reuse changes no result.
+class ScratchPool {
+ public:
+  static ScratchPool& Get() {
+    static ScratchPool* pool = new ScratchPool;  // never destroyed
+    return *pool;
+  }
+
+  // A buffer of at least `bytes` (the smallest free one that fits, else a
+  // new one); *capacity receives its size.
+  void* Take(size_t bytes, size_t* capacity) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      int best = -1;
+      for (int q = 0; q < static_cast<int>(free_.size()); ++q) {
+        if (free_[q].bytes >= bytes &&
+            (best < 0 || free_[q].bytes < free_[best].bytes)) {
+          best = q;
+        }
+      }
+      if (best >= 0) {
+        void* p = free_[best].data;
+        *capacity = free_[best].bytes;
+        free_.erase(free_.begin() + best);
+        return p;
+      }
+    }
+    *capacity = bytes;
+    void* p = std::malloc(std::max<size_t>(bytes, 1));
+    if (p == nullptr) throw std::bad_alloc();
+    return p;
+  }
+
+  // Returns a buffer; the smallest ones are freed beyond kKeep.
+  void Give(void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back({p, bytes});
+    while (free_.size() > kKeep) {
+      auto smallest = std::min_element(
+          free_.begin(), free_.end(),
+          [](const Block& a, const Block& b) { return a.bytes < b.bytes; });
+      std::free(smallest->data);
+      free_.erase(smallest);
+    }
+  }
+
+ private:
+  struct Block {
+    void* data;
+    size_t bytes;
+  };
+  static constexpr size_t kKeep = 8;
+  std::mutex mu_;
+  std::vector<Block> free_;
+};
+
+// n elements of T from the ScratchPool, returned to it on destruction.
+// Uninitialized.
+template <typename T>
+class Scratch {
+ public:
+  Scratch() = default;
+  explicit Scratch(int64_t n) { Reset(n); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() { Release(); }
+
+  void Reset(int64_t n) {
+    Release();
+    data_ = static_cast<T*>(ScratchPool::Get().Take(
+        sizeof(T) * static_cast<size_t>(n), &bytes_));
+  }
+  T* get() const { return data_; }
+  T& operator[](int64_t q) const { return data_[q]; }
+
+ private:
+  void Release() {
+    if (data_ != nullptr) ScratchPool::Get().Give(data_, bytes_);
+    data_ = nullptr;
+  }
+  T* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Tap records of every (bin position, RoI, offset group) of one call,
+// bin-major ([k*k, R, G]) so a unit's records are contiguous. Record e:
+//   cells[e * words]: ny, nx, ycell[n2], xcell[n2]   (n2 = 2 * sampling_ratio)
+//   weights[e * floats]: yw[n2], xw[n2] (, ydw[n2], xdw[n2] with derivatives)
+// and per RoI the offset-gradient scales trans_std * (y extent, x extent).
+// Records of RoIs with an invalid batch index have no cells.
+struct TapTable {
+  int n2 = 0, words = 0, floats = 0;
+  Scratch<int32_t> cells;
+  Scratch<float> weights;
+  Scratch<float> scale;  // [R, 2]
+
+  const int32_t* Cells(int64_t e) const { return cells.get() + e * words; }
+  const float* Weights(int64_t e) const { return weights.get() + e * floats; }
+};
+
+// Records of RoIs [begin, end) of BuildTapTable, for sampling_ratio N.
+template <int N>
+void FillTapRecords(const PoolGeometry& g, int64_t num_rois, const float* rois,
+                    const float* offsets, bool derivatives, TapTable* t,
+                    int64_t begin, int64_t end) {
+  const int n = N, k = g.k, G = g.groups;
+        for (int64_t r = begin; r < end; ++r) {
+          int b;
+          const bool valid =
+              rfcn_deform::roi_batch_index(rois[r * 5], g.batch, &b);
+          const RoiAxes a = ReadRoi(g, rois + r * 5);
+          t->scale[2 * r] = static_cast<float>(g.trans_std * a.yext);
+          t->scale[2 * r + 1] = static_cast<float>(g.trans_std * a.xext);
+          const double ystep = a.ybin / n, xstep = a.xbin / n;
+          for (int i = 0; i < k; ++i) {
+            for (int j = 0; j < k; ++j) {
+              const int bin = i * k + j;
+              for (int grp = 0; grp < G; ++grp) {
+                const int64_t e = (bin * num_rois + r) * G + grp;
+                int32_t* rc = t->cells.get() + e * t->words;
+                float* rw = t->weights.get() + e * t->floats;
+                if (!valid) {
+                  rc[0] = rc[1] = 0;
+                  continue;
+                }
+                const int64_t oi = rfcn_deform::pool_offset_index(g, r, i, j, grp, 0);
+                const double y0 = rfcn_deform::pool_bin_start(
+                    a.ys, a.yext, a.ybin, i, static_cast<double>(offsets[oi]),
+                    g.trans_std);
+                const double x0 = rfcn_deform::pool_bin_start(
+                    a.xs, a.xext, a.xbin, j,
+                    static_cast<double>(offsets[oi + 1]), g.trans_std);
+                float* dw = derivatives ? rw + 2 * t->n2 : nullptr;
+                rc[0] = AxisTapsN<N>(y0, ystep, g.height, rc + 2, rw, dw);
+                rc[1] = AxisTapsN<N>(x0, xstep, g.width, rc + 2 + t->n2,
+                                    rw + t->n2,
+                                    derivatives ? dw + t->n2 : nullptr);
+              }
+            }
+          }
+        }
+}
+
+// Fills *t for the call, threaded over RoIs (each RoI's records written by
+// one unit). sampling_ratio <= kMaxTableSamples.
+void BuildTapTable(thread::ThreadPool* workers, const PoolGeometry& g,
+                   int64_t num_rois, const float* rois, const float* offsets,
+                   bool derivatives, TapTable* t) {
+  const int n = g.sampling_ratio, G = g.groups;
+  const int64_t bins = static_cast<int64_t>(g.k) * g.k;
+  t->n2 = 2 * n;
+  t->words = 2 + 2 * t->n2;
+  t->floats = (derivatives ? 4 : 2) * t->n2;
+  const int64_t records = bins * num_rois * G;
+  t->cells.Reset(records * t->words);
+  t->weights.Reset(records * t->floats);
+  t->scale.Reset(2 * num_rois);
+  using Fill = void (*)(const PoolGeometry&, int64_t, const float*,
+                        const float*, bool, TapTable*, int64_t, int64_t);
+  static constexpr Fill kFill[kMaxTableSamples] = {
+      FillTapRecords<1>, FillTapRecords<2>, FillTapRecords<3>,
+      FillTapRecords<4>, FillTapRecords<5>, FillTapRecords<6>,
+      FillTapRecords<7>, FillTapRecords<8>};
+  const Fill fill = kFill[n - 1];
+  workers->ParallelFor(
+      num_rois,
+      thread::ThreadPool::SchedulingParams::Adaptive(bins * G * (40 + 20 * n)),
+      [&](int64_t begin, int64_t end) {
+        fill(g, num_rois, rois, offsets, derivatives, t, begin, end);
+      });
+}
+
+// The RoIs `ids[0, n)` of one image sorted (stably) by the first row their
+// bin `bin` (offset group 0) reads, into *sorted; *count is scratch. A bin
+// that reads nothing sorts first.
+void SortByRow(const PoolGeometry& g, const TapTable& t, int64_t num_rois,
+               int bin, const int64_t* ids, int64_t n,
                std::vector<int64_t>* count, std::vector<int64_t>* sorted,
                std::vector<int>* key) {
   count->assign(g.height + 1, 0);
   key->resize(n);
   sorted->resize(n);
   for (int64_t o = 0; o < n; ++o) {
-    const int64_t r = ids[o];
-    const RoiAxes a = ReadRoi(g, rois + r * 5);
-    const double dy = static_cast<double>(
-        offsets[rfcn_deform::pool_offset_index(g, r, i, j, 0, 0)]);
-    const double y =
-        rfcn_deform::pool_bin_start(a.ys, a.yext, a.ybin, i, dy, g.trans_std) +
-        0.5 * a.ybin;
-    const int h =
-        y >= 0.0 ? (y < static_cast<double>(g.height) ? static_cast<int>(y)
-                                                      : g.height - 1)
-                 : 0;
+    const int32_t* rc = t.Cells((bin * num_rois + ids[o]) * g.groups);
+    const int h = rc[0] > 0 ? rc[2] : 0;
     (*key)[o] = h;
     ++(*count)[h + 1];
   }
@@ -227,119 +517,116 @@ void SortByRow(const PoolGeometry& g, const float* rois, const float* offsets,
   for (int64_t o = 0; o < n; ++o) (*sorted)[(*count)[(*key)[o]]++] = ids[o];
 }
 
-// Prefetches the first and last cache line of the cg-channel slice of every
-// cell of `cells` (slice = the item's channels at cell (0, 0)).
-inline void PrefetchCells(const BinCells& cells, const float* slice,
-                          int64_t row_stride, int64_t channels, int cg) {
-  for (int q = 0; q < cells.ny; ++q) {
-    const float* row = slice + cells.ycell[q] * row_stride;
-    for (int t = 0; t < cells.nx; ++t) {
-      const float* p = row + static_cast<int64_t>(cells.xcell[t]) * channels;
-      __builtin_prefetch(p, 0, 3);
-      __builtin_prefetch(p + cg - 1, 0, 3);
+// The output (gradient) slices and tap records of a sorted unit's items are
+// read in sorted, not memory, order: prefetched this many items ahead.
+constexpr int64_t kPrefetchAhead = 8;
+
+// Prefetches the first and last byte of p[0, bytes) (<= 32 floats) into
+// L1. Inline asm: GCC 12 dropped every __builtin_prefetch of this file
+// (none reached the object code). PREFETCHT0 for writes too (PREFETCHW is
+// not on every x86-64); `rw` is kept for the call sites' documentation.
+inline void PrefetchSpan(const void* p, int64_t bytes, int /*rw*/) {
+  const char* c = static_cast<const char*>(p);
+  asm volatile("prefetcht0 (%0)" : : "r"(c));
+  asm volatile("prefetcht0 (%0)" : : "r"(c + bytes - 1));
+}
+
+// Prefetch of the item `it + kPrefetchAhead` of a sorted unit (items
+// it = o * G + grp of RoIs ids[o]): its tap record and its slice of `slab`
+// (the unit's bin-major output or output gradient, [R, C]).
+inline void PrefetchAhead(const PoolGeometry& g, const TapTable& t,
+                          int64_t num_rois, int bin, const int64_t* ids,
+                          int64_t it, int64_t last, const float* slab,
+                          int rw, int cgp) {
+  const int64_t ahead = it + kPrefetchAhead;
+  if (ahead >= last) return;
+  const int64_t o = ahead / g.groups;
+  const int grp = static_cast<int>(ahead - o * g.groups);
+  const int cg = g.c_out / g.groups;
+  const int64_t e = (bin * num_rois + ids[o]) * g.groups + grp;
+  PrefetchSpan(t.Cells(e), 4 * t.words, 0);
+  PrefetchSpan(t.Weights(e), 4 * t.floats, 0);
+  PrefetchSpan(slab + (ids[o] * g.groups + grp) * cgp, 4 * cg, rw);
+}
+
+// The cells that item `it + kCellPrefetchAhead` of a sorted unit reads in
+// place (its record prefetched earlier by PrefetchAhead): first and last
+// line of its slice of `a` (and `b` unless null) at every tapped cell. In
+// place, the first touch of a cell misses cache (perf: the sparse loops
+// stalled on those loads); the table gives the addresses items ahead.
+constexpr int64_t kCellPrefetchAhead = 4;
+
+inline void PrefetchItemCells(const PoolGeometry& g, const TapTable& t,
+                              int64_t num_rois, int bin, const int64_t* ids,
+                              int64_t it, int64_t last, const float* a,
+                              const float* b) {
+  const int64_t ahead = it + kCellPrefetchAhead;
+  if (ahead >= last) return;
+  const int64_t o = ahead / g.groups;
+  const int grp = static_cast<int>(ahead - o * g.groups);
+  const int cg = g.c_out / g.groups;
+  const int32_t* rc = t.Cells((bin * num_rois + ids[o]) * g.groups + grp);
+  const int64_t row_stride = static_cast<int64_t>(g.width) * g.channels;
+  for (int q = 0; q < rc[0]; ++q) {
+    for (int x = 0; x < rc[1]; ++x) {
+      const int64_t cell =
+          rc[2 + q] * row_stride + rc[2 + t.n2 + x] * g.channels + grp * cg;
+      PrefetchSpan(a + cell, 4 * cg, 0);
+      if (b != nullptr) PrefetchSpan(b + cell, 4 * cg, 1);
     }
   }
 }
 
-// One item of a unit: RoI r's bin (i, j), offset group grp.
-struct PoolItem {
-  explicit PoolItem(int n) : cells(n) {}
-  BinCells cells;
-  int64_t r = 0;
-  int grp = 0;
-  double yext = 0.0, xext = 0.0;
-};
-
-// Geometry of item `it` = o * G + grp of a unit whose RoIs are ids[o], bin
-// (i, j); prefetches the cells it reads in the channel block `a` (and `b`
-// unless null): the block's channels at cell (0, 0), cells `cell_stride`
-// floats apart.
-inline void PrepareItem(const PoolGeometry& g, const float* rois,
-                        const float* offsets, const int64_t* ids, int i, int j,
-                        int64_t it, const float* a, const float* b,
-                        int64_t cell_stride, int64_t group_stride,
-                        PoolItem* item) {
-  const int cg = g.c_out / g.groups;
-  const int64_t o = it / g.groups;
-  item->grp = static_cast<int>(it - o * g.groups);
-  item->r = ids[o];
-  const RoiAxes ax = ReadRoi(g, rois + item->r * 5);
-  item->yext = ax.yext;
-  item->xext = ax.xext;
-  item->cells.Fill(g, ax, offsets, item->r, i, j, item->grp);
-  const int64_t row_stride = g.width * cell_stride;
-  const int64_t ch = item->grp * group_stride;
-  PrefetchCells(item->cells, a + ch, row_stride, cell_stride, cg);
-  if (b != nullptr) {
-    PrefetchCells(item->cells, b + ch, row_stride, cell_stride, cg);
-  }
-}
-
-// The slices of the output (forward) or output gradient (backward) of a
-// unit's items lie at RoI stride (k*k*C floats, 4 KB) in sorted-RoI order,
-// so each one is a cache and TLB miss; they are prefetched this many items
-// ahead (their addresses need no geometry).
-constexpr int64_t kSlicePrefetchAhead = 8;
-
-// Slice of RoI r: base + (r * roi_stride + bin) * C (+ the group's channels).
-inline void PrefetchSlice(const PoolGeometry& g, const float* base,
-                          const int64_t* ids, int64_t it, int64_t last,
-                          int64_t roi_stride, int bin, bool write) {
-  const int64_t ahead = it + kSlicePrefetchAhead;
-  if (ahead >= last) return;
-  const int64_t o = ahead / g.groups;
-  const int grp = static_cast<int>(ahead - o * g.groups);
-  const int cg = g.c_out / g.groups;
-  const float* p = base +
-                   (ids[o] * roi_stride + bin) * static_cast<int64_t>(g.c_out) +
-                   grp * cg;
-  if (write) {
-    __builtin_prefetch(p, 1, 3);
-    __builtin_prefetch(p + cg - 1, 1, 3);
-  } else {
-    __builtin_prefetch(p, 0, 3);
-    __builtin_prefetch(p + cg - 1, 0, 3);
-  }
-}
-
-// The offsets (and RoI row) of the item kSlicePrefetchAhead items on: read
-// in sorted order they are one cache miss per item (perf: BinCells::Fill
-// stalled on them).
-inline void PrefetchGeometry(const PoolGeometry& g, const float* rois,
-                             const float* offsets, const int64_t* ids,
-                             int64_t it, int64_t last, int i, int j) {
-  const int64_t ahead = it + kSlicePrefetchAhead;
-  if (ahead >= last) return;
-  const int64_t o = ahead / g.groups;
-  const int grp = static_cast<int>(ahead - o * g.groups);
-  __builtin_prefetch(
-      offsets + rfcn_deform::pool_offset_index(g, ids[o], i, j, grp, 0), 0, 3);
-  __builtin_prefetch(rois + ids[o] * 5, 0, 3);
-}
-
-// [R, k*k, C] <-> [k*k, R, C]: the units visit one bin position of many
-// RoIs, whose C-channel slices of the output (gradient) lie k*k*C floats
-// (4 KB, a page) apart; read or written there one by one they miss cache
-// and TLB on every RoI (perf: the loops stalled on those accesses, software
-// prefetch did not help). A blocked transpose touches each RoI's row once,
-// sequentially, and k*k sequential streams on the other side. Threaded over
-// RoIs; every element is copied by one unit.
-void TransposeRoiBins(thread::ThreadPool* workers, int64_t num_rois,
-                      int64_t bins, int C, const float* src, float* dst,
-                      bool to_bin_major) {
-  const int64_t row = bins * C;
-  workers->ParallelFor(
-      num_rois, thread::ThreadPool::SchedulingParams::Adaptive(2 * row),
-      [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          for (int64_t bin = 0; bin < bins; ++bin) {
-            const int64_t a = (r * bins + bin) * C;
-            const int64_t b = (bin * num_rois + r) * C;
-            const float* __restrict__ from = src + (to_bin_major ? a : b);
-            float* __restrict__ to = dst + (to_bin_major ? b : a);
-            for (int c = 0; c < C; ++c) to[c] = from[c];  // C is small
-          }
+// [R, k*k, C] <-> [k*k, R, G, 8*NV]: the units visit one bin position of
+// many RoIs, whose C-channel slices of the output (gradient) lie k*k*C
+// floats (4 KB, a page) apart; read or written there one by one they miss
+// cache and TLB on every RoI (perf: the loops stalled on those accesses,
+// software prefetch did not help). A blocked transpose touches each RoI's
+// row once, sequentially, and k*k sequential streams on the other side. The
+// bin-major side has each group's cg channels padded to whole registers
+// (padding 0), so the unit loops load and store it full-width (a masked
+// store is microcoded on AMD Zen; unpadded, a full-width store would clobber
+// the next slice, another unit's). Threaded over RoIs; every element is
+// copied by one unit.
+// RoIs [begin, end) of TransposeRoiBins.
+template <int NV>
+RFCN_SIMD_TARGET_AVX2 void TransposeRoiRange(const PoolGeometry& g,
+                                             int64_t num_rois,
+                                             const float* src, float* dst,
+                                             bool to_bin_major, int64_t begin,
+                                             int64_t end) {
+  const int C = g.c_out, G = g.groups, cg = C / G;
+  constexpr int cgp = 8 * NV;
+  const int64_t bins = static_cast<int64_t>(g.k) * g.k;
+  const __m256i mask = TailMask(cg);
+  for (int64_t r = begin; r < end; ++r) {
+    for (int64_t bin = 0; bin < bins; ++bin) {
+      for (int grp = 0; grp < G; ++grp) {
+        const int64_t a = (r * bins + bin) * C + grp * cg;
+        const int64_t b = ((bin * num_rois + r) * G + grp) * cgp;
+        Lanes<NV> v;
+        if (to_bin_major) {
+          rfcn_simd::Load<NV>(&v, src + a, mask);
+          for (int q = 0; q < NV; ++q) _mm256_storeu_ps(dst + b + 8 * q, v.v[q]);
+        } else {
+          rfcn_simd::LoadPadded<NV>(&v, src + b);
+          rfcn_simd::StoreFirst<NV>(dst + a, v, cg);
         }
+      }
+    }
+  }
+}
+
+template <int NV>
+void TransposeRoiBins(thread::ThreadPool* workers, const PoolGeometry& g,
+                      int64_t num_rois, const float* src, float* dst,
+                      bool to_bin_major) {
+  const int64_t bins = static_cast<int64_t>(g.k) * g.k;
+  workers->ParallelFor(
+      num_rois,
+      thread::ThreadPool::SchedulingParams::Adaptive(3 * bins * g.c_out),
+      [&](int64_t begin, int64_t end) {
+        TransposeRoiRange<NV>(g, num_rois, src, dst, to_bin_major, begin, end);
       });
 }
 
@@ -349,105 +636,132 @@ struct UnitScratch {
   std::vector<int> key;
 };
 
-// A unit's channel block (cg floats per group and cell, g.channels apart)
-// into / out of the padded dense layout [H, W, G, 8*NV]: inline register
-// copies (a memcpy call per 84-byte slice cost more than the copy). The
-// gather's masked loads zero the padding lanes; the scatter writes exactly
-// the block's channels (the neighbouring blocks belong to other units).
+// Cells [begin, end) (flat over images) of the map <-> block-major
+// transposes: map [B, H, W, k*k*C] <-> [B, k*k, H, W, G, 8*NV], each
+// group's cg channels padded to whole registers (padding 0). Per cell the
+// map side is one contiguous k*k*C row; the block-major side is k*k
+// sequential streams.
 template <int NV>
-RFCN_SIMD_TARGET_AVX2 RFCN_SIMD_ALWAYS_INLINE void GatherBlock(
-    const PoolGeometry& g, const float* block, float* dense, __m256i mask) {
-  const int cg = g.c_out / g.groups;
+RFCN_SIMD_TARGET_AVX2 void BlockMajorRange(const PoolGeometry& g,
+                                           const float* src, float* dst,
+                                           bool to_block_major, int64_t begin,
+                                           int64_t end) {
+  const int C = g.c_out, G = g.groups, cg = C / G;
+  constexpr int cgp = 8 * NV;
+  const int64_t bins = static_cast<int64_t>(g.k) * g.k;
   const int64_t plane = static_cast<int64_t>(g.height) * g.width;
-  for (int64_t q = 0; q < plane; ++q) {
-    for (int grp = 0; grp < g.groups; ++grp) {
-      Lanes<NV> v;
-      rfcn_simd::Load<NV>(&v, block + q * g.channels + grp * cg, mask);
-      for (int k = 0; k < NV; ++k) {
-        _mm256_storeu_ps(dense + (q * g.groups + grp) * 8 * NV + 8 * k,
-                         v.v[k]);
+  const __m256i mask = TailMask(cg);
+  for (int64_t c = begin; c < end; ++c) {
+    const int64_t b = c / plane, q = c - b * plane;
+    for (int64_t bin = 0; bin < bins; ++bin) {
+      for (int grp = 0; grp < G; ++grp) {
+        const int64_t m = c * g.channels + bin * C + grp * cg;
+        const int64_t d = (((b * bins + bin) * plane + q) * G + grp) * cgp;
+        Lanes<NV> v;
+        if (to_block_major) {
+          rfcn_simd::Load<NV>(&v, src + m, mask);
+          for (int k = 0; k < NV; ++k) _mm256_storeu_ps(dst + d + 8 * k, v.v[k]);
+        } else {
+          rfcn_simd::LoadPadded<NV>(&v, src + d);
+          rfcn_simd::StoreFirst<NV>(dst + m, v, cg);
+        }
       }
     }
   }
 }
 
+// The units read (write) the channel block of one bin position, cg floats
+// per group and cell, one block per 4 KB map cell: copied per unit with
+// that stride, each cell is a cache and TLB miss (perf: the per-unit copies
+// were three quarters of the backward at 300 RoIs). One threaded transpose
+// of the whole map reads (writes) the map sequentially instead, and hands
+// every unit its block dense and padded: [H, W, G, 8*NV] at
+// dst + (b * k*k + bin) * H*W*G*8*NV.
 template <int NV>
-RFCN_SIMD_TARGET_AVX2 RFCN_SIMD_ALWAYS_INLINE void ScatterBlock(
-    const PoolGeometry& g, const float* dense, float* block) {
-  const int cg = g.c_out / g.groups;
-  const int64_t plane = static_cast<int64_t>(g.height) * g.width;
-  for (int64_t q = 0; q < plane; ++q) {
-    for (int grp = 0; grp < g.groups; ++grp) {
-      Lanes<NV> v;
-      rfcn_simd::LoadPadded<NV>(&v, dense + (q * g.groups + grp) * 8 * NV);
-      rfcn_simd::StoreFirst<NV>(block + q * g.channels + grp * cg, v, cg);
-    }
+void BlockMajor(thread::ThreadPool* workers, const PoolGeometry& g,
+                const float* src, float* dst, bool to_block_major) {
+  const int64_t cells = static_cast<int64_t>(g.batch) * g.height * g.width;
+  workers->ParallelFor(
+      cells, thread::ThreadPool::SchedulingParams::Adaptive(3 * g.channels),
+      [&](int64_t begin, int64_t end) {
+        BlockMajorRange<NV>(g, src, dst, to_block_major, begin, end);
+      });
+}
+
+// The RoIs of unit (image b, bin) in the order it visits them: ascending
+// (dense) or sorted by row (SortByRow, in *s). Returns the RoI count.
+inline int64_t UnitRois(const PoolGeometry& g, const TapTable& t,
+                        const ImageRois& ir, int64_t num_rois, int b, int bin,
+                        bool dense, UnitScratch* s, const int64_t** ids) {
+  const int64_t count = ir.start[b + 1] - ir.start[b];
+  *ids = ir.order.data() + ir.start[b];
+  if (!dense) {
+    SortByRow(g, t, num_rois, bin, *ids, count, &s->count, &s->sorted,
+              &s->key);
+    *ids = s->sorted.data();
   }
+  return count;
 }
 
 // Forward units [begin, end) for float, cg <= 8 * NV: every bin (i, j) of
-// the image's RoIs, written bin-major into out_t [k*k, R, C] (transposed
-// back by the caller, TransposeRoiBins), each slice once. With `dense`
-// (many RoIs per image) the unit first copies its channel block into a
-// padded dense scratch, as the backward does (DeformPoolBackwardAvx2); with
-// few RoIs that copy would cost more than the scattered reads it saves.
+// the image's RoIs, written bin-major into out_t [k*k, R, G, 8*NV] (padded;
+// transposed back by the caller, TransposeRoiBins), each slice once. With
+// `dense` (many RoIs per image) `features` is the block-major padded copy of
+// the map (BlockMajor) and the unit visits its RoIs in ascending order; else
+// it reads the map in place, RoIs sorted by row, prefetching the records,
+// slices and cells of the items ahead.
 template <int NV>
 RFCN_SIMD_TARGET_AVX2 void DeformPoolForwardAvx2(
-    const PoolGeometry& g, const float* features, const float* rois,
-    const float* offsets, const ImageRois& ir, int64_t num_rois, bool dense,
-    float* out_t, int64_t begin, int64_t end) {
-  const int k = g.k, C = g.c_out, n = g.sampling_ratio;
-  const int cg = C / g.groups;
+    const PoolGeometry& g, const float* features, const TapTable& t,
+    const ImageRois& ir, int64_t num_rois, bool dense, float* out_t,
+    int64_t begin, int64_t end) {
+  const int k = g.k, C = g.c_out, n = g.sampling_ratio, G = g.groups;
+  const int cg = C / G, n2 = t.n2;
   constexpr int cgp = 8 * NV;
   const int64_t bins = static_cast<int64_t>(k) * k;
   const int64_t plane = static_cast<int64_t>(g.height) * g.width;
-  const int64_t cell_stride = dense ? g.groups * cgp : g.channels;
+  const int64_t cell_stride = dense ? G * cgp : g.channels;
   const int64_t group_stride = dense ? cgp : cg;
   const int64_t row_stride = g.width * cell_stride;
   const __m256i mask = TailMask(cg);
   const __m256 inv = _mm256_set1_ps(1.f / static_cast<float>(n * n));
-  PoolItem items[2] = {PoolItem(n), PoolItem(n)};
   UnitScratch s;
-  std::vector<float> scratch(dense ? plane * cell_stride : 0, 0.f);
   for (int64_t u = begin; u < end; ++u) {
     const int b = static_cast<int>(u / bins);
     const int bin = static_cast<int>(u - static_cast<int64_t>(b) * bins);
-    const int i = bin / k, j = bin - (bin / k) * k;
-    const int64_t base =
-        rfcn_deform::pool_cell(g, b, 0, 0) + static_cast<int64_t>(bin) * C;
-    const float* block = features + base;
-    if (dense) {
-      GatherBlock<NV>(g, block, scratch.data(), mask);
-      block = scratch.data();
-    }
-    SortByRow(g, rois, offsets, ir.order.data() + ir.start[b],
-              ir.start[b + 1] - ir.start[b], i, j, &s.count, &s.sorted,
-              &s.key);
-    const int64_t* ids = s.sorted.data();
-    const int64_t last = static_cast<int64_t>(s.sorted.size()) * g.groups;
-    float* out_bin = out_t + bin * num_rois * C;
-    if (last > 0) {
-      PrepareItem(g, rois, offsets, ids, i, j, 0, block, nullptr, cell_stride,
-                  group_stride, &items[0]);
-    }
+    // features is the block-major copy (BlockMajor) when dense.
+    const float* block =
+        dense ? features + u * plane * cell_stride
+              : features + rfcn_deform::pool_cell(g, b, 0, 0) +
+                    static_cast<int64_t>(bin) * C;
+    const int64_t* ids;
+    const int64_t count = UnitRois(g, t, ir, num_rois, b, bin, dense, &s, &ids);
+    const int64_t last = count * G;
+    float* out_bin = out_t + bin * num_rois * G * cgp;
     for (int64_t it = 0; it < last; ++it) {
-      const PoolItem& cur = items[it & 1];
-      if (it + 1 < last) {
-        PrepareItem(g, rois, offsets, ids, i, j, it + 1, block, nullptr,
-                    cell_stride, group_stride, &items[(it + 1) & 1]);
+      const int64_t o = it / G;
+      const int grp = static_cast<int>(it - o * G);
+      if (!dense) {
+        PrefetchAhead(g, t, num_rois, bin, ids, it, last, out_bin, 1, cgp);
+        PrefetchItemCells(g, t, num_rois, bin, ids, it, last, block, nullptr);
       }
-      PrefetchSlice(g, out_bin, ids, it, last, 1, 0, true);
-      PrefetchGeometry(g, rois, offsets, ids, it, last, i, j);
-      const float* slice = block + cur.grp * group_stride;
-      const BinCells& c = cur.cells;
+      const int64_t e = (bin * num_rois + ids[o]) * G + grp;
+      const int32_t* rc = t.Cells(e);
+      const float* rw = t.Weights(e);
+      const int ny = rc[0], nx = rc[1];
+      const int32_t* yc = rc + 2;
+      const int32_t* xc = rc + 2 + n2;
+      const float* yw = rw;
+      const float* xw = rw + n2;
+      const float* slice = block + grp * group_stride;
       Lanes<NV> acc;
       rfcn_simd::Zero(&acc);
-      for (int q = 0; q < c.ny; ++q) {
-        const float* row = slice + c.ycell[q] * row_stride;
-        for (int t = 0; t < c.nx; ++t) {
-          const __m256 w =
-              _mm256_set1_ps(static_cast<float>(c.yw[q] * c.xw[t]));
-          const float* p = row + c.xcell[t] * cell_stride;
+      for (int q = 0; q < ny; ++q) {
+        const float* row = slice + yc[q] * row_stride;
+        const float wy = yw[q];
+        for (int x = 0; x < nx; ++x) {
+          const __m256 w = _mm256_set1_ps(wy * xw[x]);
+          const float* p = row + xc[x] * cell_stride;
           if (dense) {
             Lanes<NV> f;
             rfcn_simd::LoadPadded<NV>(&f, p);
@@ -457,139 +771,316 @@ RFCN_SIMD_TARGET_AVX2 void DeformPoolForwardAvx2(
           }
         }
       }
-      rfcn_simd::StoreScaled<NV>(out_bin + cur.r * C + cur.grp * cg, acc, inv,
-                                 mask);
+      float* out = out_bin + (ids[o] * G + grp) * cgp;
+      for (int q = 0; q < NV; ++q) {
+        _mm256_storeu_ps(out + 8 * q, _mm256_mul_ps(acc.v[q], inv));
+      }
     }
   }
 }
 
 // Backward units [begin, end) for float, cg <= 8 * NV (see
-// RfcnDeformPoolBackward). The unit's channel block (C floats per cell, one
-// block per 4 KB map cell) is first copied into a dense scratch [H, W, G,
-// 8*NV] (each group's cg channels padded to whole registers, padding 0), and
-// its feature gradient accumulated in another, copied out at the end: the
-// scattered per-RoI reads and read-modify-writes then stay within a few
-// hundred KB and ~100 pages instead of 2 x H*W pages (a TLB miss per cell
-// otherwise; the copies are sequential constant-stride passes), and run
-// unmasked on whole registers (masked stores are microcoded on AMD Zen; an
-// unpadded full-width store would overlap the next cell's load and defeat
-// store forwarding). Per cell one read of the features and one
-// read-modify-write of the feature gradient; the offset gradient's
-// per-channel sums stay in registers, and their channel dot product with the
-// output gradient is one fixed-order reduction per item. The output gradient
-// comes bin-major (TransposeRoiBins).
+// RfcnDeformPoolBackward), many RoIs per image. The unit's channel block (C
+// floats per cell, one block per 4 KB map cell) comes dense [H, W, G, 8*NV]
+// from the block-major copy of the map (each group's cg channels padded to
+// whole registers, padding 0), and its feature gradient is accumulated in
+// its own region of another block-major buffer, transposed back by the
+// caller: the scattered per-RoI reads and read-modify-writes then stay
+// within a few hundred KB (L2) instead of 2 x H*W pages (a TLB miss per cell
+// otherwise), and run unmasked on whole registers (masked stores are
+// microcoded on AMD Zen; an unpadded full-width store would overlap the next
+// cell's load and defeat store forwarding). RoIs in ascending order: the padded bin-major output gradient
+// (TransposeRoiBins) and the tap records are then read sequentially. Per
+// cell one read of the features and one read-modify-write of the feature
+// gradient; the offset gradient's per-channel sums stay in registers, and
+// their channel dot product with the output gradient is one fixed-order
+// reduction per item.
 template <int NV>
 RFCN_SIMD_TARGET_AVX2 void DeformPoolBackwardAvx2(
-    const PoolGeometry& g, const float* features, const float* rois,
-    const float* offsets, const float* grad_t, int64_t num_rois,
-    const ImageRois& ir, float* grad_features, float* grad_offsets,
-    int64_t begin, int64_t end) {
-  const int k = g.k, C = g.c_out, n = g.sampling_ratio;
-  const int cg = C / g.groups;
+    const PoolGeometry& g, const float* features_bm, const TapTable& t,
+    const float* grad_t, int64_t num_rois, const ImageRois& ir,
+    float* grad_bm, float* grad_offsets, int64_t begin, int64_t end) {
+  const int k = g.k, C = g.c_out, n = g.sampling_ratio, G = g.groups;
+  const int n2 = t.n2;
   constexpr int cgp = 8 * NV;  // padded group slice
   const int64_t bins = static_cast<int64_t>(k) * k;
   const int64_t plane = static_cast<int64_t>(g.height) * g.width;
-  const int64_t cell_stride = static_cast<int64_t>(g.groups) * cgp;
+  const int64_t cell_stride = static_cast<int64_t>(G) * cgp;
   const int64_t row_stride = g.width * cell_stride;
-  const __m256i mask = TailMask(cg);
   const __m256 inv = _mm256_set1_ps(1.f / static_cast<float>(n * n));
-  PoolItem items[2] = {PoolItem(n), PoolItem(n)};
-  UnitScratch s;
-  // Zero-initialized: the padding lanes of fd are never written.
-  std::vector<float> dense(2 * plane * cell_stride, 0.f);
-  float* __restrict__ fd = dense.data();
-  float* __restrict__ gd = dense.data() + plane * cell_stride;
   for (int64_t u = begin; u < end; ++u) {
     const int b = static_cast<int>(u / bins);
     const int bin = static_cast<int>(u - static_cast<int64_t>(b) * bins);
-    const int i = bin / k, j = bin - (bin / k) * k;
-    const int64_t base =
-        rfcn_deform::pool_cell(g, b, 0, 0) + static_cast<int64_t>(bin) * C;
-    GatherBlock<NV>(g, features + base, fd, mask);
+    const float* __restrict__ fd = features_bm + u * plane * cell_stride;
+    float* __restrict__ gd = grad_bm + u * plane * cell_stride;
     std::memset(gd, 0, sizeof(float) * plane * cell_stride);
-    SortByRow(g, rois, offsets, ir.order.data() + ir.start[b],
-              ir.start[b + 1] - ir.start[b], i, j, &s.count, &s.sorted,
-              &s.key);
-    const int64_t* ids = s.sorted.data();
-    const int64_t last = static_cast<int64_t>(s.sorted.size()) * g.groups;
-    if (last > 0) {
-      PrepareItem(g, rois, offsets, ids, i, j, 0, fd, gd, cell_stride, cgp,
-                  &items[0]);
-    }
+    const int64_t* ids = ir.order.data() + ir.start[b];
+    const int64_t last = (ir.start[b + 1] - ir.start[b]) * G;
     for (int64_t it = 0; it < last; ++it) {
-      const PoolItem& cur = items[it & 1];
-      if (it + 1 < last) {
-        PrepareItem(g, rois, offsets, ids, i, j, it + 1, fd, gd, cell_stride,
-                    cgp, &items[(it + 1) & 1]);
-      }
-      // Each RoI's output-gradient slice is read once, in sorted (not
-      // memory) order: fetched kSlicePrefetchAhead items ahead.
-      PrefetchSlice(g, grad_t + bin * num_rois * C, ids, it, last, 1, 0,
-                    false);
-      PrefetchGeometry(g, rois, offsets, ids, it, last, i, j);
-      // The output gradient of this slice, divided by the point count (its
-      // masked-off lanes are 0, so the padding lanes of gd stay 0).
+      const int64_t o = it / G;
+      const int grp = static_cast<int>(it - o * G);
+      const int64_t r = ids[o];
+      const int64_t e = (bin * num_rois + r) * G + grp;
+      const int32_t* rc = t.Cells(e);
+      const float* rw = t.Weights(e);
+      const int ny = rc[0], nx = rc[1];
+      const int32_t* yc = rc + 2;
+      const int32_t* xc = rc + 2 + n2;
+      const float* yw = rw;
+      const float* xw = rw + n2;
+      const float* ydw = rw + 2 * n2;
+      const float* xdw = rw + 3 * n2;
+      // The output gradient of this slice (padding lanes 0), divided by
+      // the point count.
       Lanes<NV> gg;
-      rfcn_simd::Load<NV>(
-          &gg, grad_t + (bin * num_rois + cur.r) * C + cur.grp * cg, mask);
+      rfcn_simd::LoadPadded<NV>(&gg, grad_t + e * cgp);
       rfcn_simd::Scale<NV>(&gg, inv);
       Lanes<NV> sy, sx, f;
       rfcn_simd::Zero(&sy);
       rfcn_simd::Zero(&sx);
-      const BinCells& c = cur.cells;
-      const int64_t ch = cur.grp * cgp;
-      for (int q = 0; q < c.ny; ++q) {
-        const int64_t row = c.ycell[q] * row_stride + ch;
-        for (int t = 0; t < c.nx; ++t) {
-          const int64_t cell = row + c.xcell[t] * cell_stride;
+      const int64_t ch = grp * cgp;
+      for (int q = 0; q < ny; ++q) {
+        const int64_t row = yc[q] * row_stride + ch;
+        const float wy = yw[q], dy = ydw[q];
+        for (int x = 0; x < nx; ++x) {
+          const int64_t cell = row + xc[x] * cell_stride;
           rfcn_simd::LoadPadded<NV>(&f, fd + cell);
-          rfcn_simd::Fma<NV>(
-              &sy, _mm256_set1_ps(static_cast<float>(c.ydw[q] * c.xw[t])), f);
-          rfcn_simd::Fma<NV>(
-              &sx, _mm256_set1_ps(static_cast<float>(c.yw[q] * c.xdw[t])), f);
-          rfcn_simd::AddScaledToPadded<NV>(
-              gd + cell, gg,
-              _mm256_set1_ps(static_cast<float>(c.yw[q] * c.xw[t])));
+          rfcn_simd::Fma<NV>(&sy, _mm256_set1_ps(dy * xw[x]), f);
+          rfcn_simd::Fma<NV>(&sx, _mm256_set1_ps(wy * xdw[x]), f);
+          rfcn_simd::AddScaledToPadded<NV>(gd + cell, gg,
+                                           _mm256_set1_ps(wy * xw[x]));
         }
       }
-      float* go = grad_offsets + (cur.r * bins + bin) * 2 * g.groups;
-      go[2 * cur.grp] = rfcn_simd::Dot<NV>(gg, sy) *
-                        static_cast<float>(g.trans_std * cur.yext);
-      go[2 * cur.grp + 1] = rfcn_simd::Dot<NV>(gg, sx) *
-                            static_cast<float>(g.trans_std * cur.xext);
+      float* go = grad_offsets + (r * bins + bin) * 2 * G;
+      go[2 * grp] = rfcn_simd::Dot<NV>(gg, sy) * t.scale[2 * r];
+      go[2 * grp + 1] = rfcn_simd::Dot<NV>(gg, sx) * t.scale[2 * r + 1];
     }
-    ScatterBlock<NV>(g, gd, grad_features + base);
   }
 }
 
-using DeformForwardFn = void (*)(const PoolGeometry&, const float*,
-                                 const float*, const float*, const ImageRois&,
-                                 int64_t, bool, float*, int64_t, int64_t);
-using DeformBackwardFn = void (*)(const PoolGeometry&, const float*,
-                                  const float*, const float*, const float*,
-                                  int64_t, const ImageRois&, float*, float*,
-                                  int64_t, int64_t);
+// Backward units [begin, end) with few RoIs per image (see
+// DeformPoolBackwardFast): in place on the map, like the sparse forward. The
+// caller has zeroed grad_features; the unit reads the features and
+// read-modify-writes the feature gradient of its channel block where its
+// RoIs' taps fall, RoIs sorted by row (SortByRow) so that consecutive RoIs
+// touch neighbouring, still cached rows; their tap records and output
+// gradient slices are prefetched ahead. The block's tail lanes belong to the
+// neighbouring block (another unit): read masked, written with StoreFirst's
+// exact-width pieces (no microcoded masked store). Same per-cell arithmetic
+// and fixed order as the dense kernel.
+template <int NV>
+RFCN_SIMD_TARGET_AVX2 void DeformPoolBackwardSparseAvx2(
+    const PoolGeometry& g, const float* features, const TapTable& t,
+    const float* grad_t, int64_t num_rois, const ImageRois& ir,
+    float* grad_features, float* grad_offsets, int64_t begin, int64_t end) {
+  const int k = g.k, C = g.c_out, n = g.sampling_ratio, G = g.groups;
+  const int cg = C / G, n2 = t.n2;
+  constexpr int cgp = 8 * NV;
+  const int64_t bins = static_cast<int64_t>(k) * k;
+  const int64_t cell_stride = g.channels;
+  const int64_t row_stride = g.width * cell_stride;
+  const __m256i mask = TailMask(cg);
+  const __m256 inv = _mm256_set1_ps(1.f / static_cast<float>(n * n));
+  UnitScratch s;
+  for (int64_t u = begin; u < end; ++u) {
+    const int b = static_cast<int>(u / bins);
+    const int bin = static_cast<int>(u - static_cast<int64_t>(b) * bins);
+    const int64_t base =
+        rfcn_deform::pool_cell(g, b, 0, 0) + static_cast<int64_t>(bin) * C;
+    const float* __restrict__ fd = features + base;
+    float* __restrict__ gd = grad_features + base;
+    const int64_t* ids;
+    const int64_t count = UnitRois(g, t, ir, num_rois, b, bin, false, &s, &ids);
+    const int64_t last = count * G;
+    const float* slab = grad_t + bin * num_rois * G * cgp;
+    for (int64_t it = 0; it < last; ++it) {
+      const int64_t o = it / G;
+      const int grp = static_cast<int>(it - o * G);
+      PrefetchAhead(g, t, num_rois, bin, ids, it, last, slab, 0, cgp);
+      PrefetchItemCells(g, t, num_rois, bin, ids, it, last, fd, gd);
+      const int64_t r = ids[o];
+      const int64_t e = (bin * num_rois + r) * G + grp;
+      const int32_t* rc = t.Cells(e);
+      const float* rw = t.Weights(e);
+      const int ny = rc[0], nx = rc[1];
+      const int32_t* yc = rc + 2;
+      const int32_t* xc = rc + 2 + n2;
+      const float* yw = rw;
+      const float* xw = rw + n2;
+      const float* ydw = rw + 2 * n2;
+      const float* xdw = rw + 3 * n2;
+      Lanes<NV> gg;
+      rfcn_simd::LoadPadded<NV>(&gg, grad_t + e * cgp);
+      rfcn_simd::Scale<NV>(&gg, inv);
+      Lanes<NV> sy, sx, f, d;
+      rfcn_simd::Zero(&sy);
+      rfcn_simd::Zero(&sx);
+      const int64_t ch = grp * cg;
+      for (int q = 0; q < ny; ++q) {
+        const int64_t row = yc[q] * row_stride + ch;
+        const float wy = yw[q], dy = ydw[q];
+        for (int x = 0; x < nx; ++x) {
+          const int64_t cell = row + xc[x] * cell_stride;
+          rfcn_simd::Load<NV>(&f, fd + cell, mask);
+          rfcn_simd::Fma<NV>(&sy, _mm256_set1_ps(dy * xw[x]), f);
+          rfcn_simd::Fma<NV>(&sx, _mm256_set1_ps(wy * xdw[x]), f);
+          rfcn_simd::Load<NV>(&d, gd + cell, mask);
+          rfcn_simd::Fma<NV>(&d, _mm256_set1_ps(wy * xw[x]), gg);
+          rfcn_simd::StoreFirst<NV>(gd + cell, d, cg);
+        }
+      }
+      float* go = grad_offsets + (r * bins + bin) * 2 * G;
+      go[2 * grp] = rfcn_simd::Dot<NV>(gg, sy) * t.scale[2 * r];
+      go[2 * grp + 1] = rfcn_simd::Dot<NV>(gg, sx) * t.scale[2 * r + 1];
+    }
+  }
+}
 
-// The register-blocked kernels for cg <= 32 channels per offset group on an
-// AVX2 + FMA CPU, or null (then the portable loops run).
-DeformForwardFn PickForwardAvx2(int cg) {
-  if (!rfcn_simd::CpuHasAvx2Fma()) return nullptr;
-  switch ((cg + 7) / 8) {
-    case 1: return DeformPoolForwardAvx2<1>;
-    case 2: return DeformPoolForwardAvx2<2>;
-    case 3: return DeformPoolForwardAvx2<3>;
-    case 4: return DeformPoolForwardAvx2<4>;
+// Whether the units work on block-major copies of the map (BlockMajor,
+// dense, RoIs ascending) or in place (RoIs sorted by row). The copies cost
+// about one cell visit per map cell and pass; a bin visits ~(n + 1)^2 cells
+// per RoI and group.
+inline bool DenseUnits(const PoolGeometry& g, int64_t rois_per_image) {
+  static const int kDenseMode = [] {
+    const char* e = std::getenv("RFCN_DEFORM_DENSE");
+    return e == nullptr ? -1 : std::atoi(e);
+  }();
+  if (kDenseMode >= 0) return kDenseMode == 1;
+  const int64_t plane = static_cast<int64_t>(g.height) * g.width;
+  const int n = g.sampling_ratio;
+  return rois_per_image * g.groups * (n + 1) * (n + 1) >= 2 * plane;
+}
+
+// The whole float32 forward (backward) of a call on the AVX2 path: tap
+// table, unit loops, transposes. For cg = C / G <= 8 * NV.
+template <int NV>
+void DeformPoolForwardFast(OpKernelContext* ctx,
+                                                 const PoolGeometry& g,
+                                                 int64_t num_rois,
+                                                 const float* features,
+                                                 const float* rois,
+                                                 const float* offsets,
+                                                 float* output) {
+  thread::ThreadPool* workers = CpuWorkers(ctx);
+  const int n = g.sampling_ratio;
+  const int64_t bins = static_cast<int64_t>(g.k) * g.k;
+  const int64_t padded = bins * num_rois * g.groups * 8 * NV;
+  TapTable t;
+  BuildTapTable(workers, g, num_rois, rois, offsets, false, &t);
+  // Units (image, bin position); RoIs with an invalid batch index
+  // (rejected by the op on CPU) are in no unit and pool 0.
+  const ImageRois ir = GroupByImage(g, num_rois, rois);
+  const int64_t rois_per_image = std::max<int64_t>(
+      1, static_cast<int64_t>(ir.order.size()) / std::max(g.batch, 1));
+  const int64_t plane = static_cast<int64_t>(g.height) * g.width;
+  const bool dense = DenseUnits(g, rois_per_image);
+  Scratch<float> block_major;
+  if (dense) {
+    block_major.Reset(g.batch * bins * plane * g.groups * 8 * NV);
+    BlockMajor<NV>(workers, g, features, block_major.get(), true);
+    features = block_major.get();
+  }
+  Scratch<float> out_t(padded);
+  if (static_cast<int64_t>(ir.order.size()) < num_rois) {
+    std::fill(out_t.get(), out_t.get() + padded, 0.f);  // their 0 output
+  }
+  workers->ParallelFor(
+      static_cast<int64_t>(g.batch) * bins,
+      thread::ThreadPool::SchedulingParams::Adaptive(
+          rois_per_image * g.groups * (20 + 4 * (n + 1) * (n + 1) * NV)),
+      [&](int64_t begin, int64_t end) {
+        DeformPoolForwardAvx2<NV>(g, features, t, ir, num_rois, dense,
+                                  out_t.get(), begin, end);
+      });
+  TransposeRoiBins<NV>(workers, g, num_rois, out_t.get(), output, false);
+}
+
+template <int NV>
+void DeformPoolBackwardFast(
+    OpKernelContext* ctx, const PoolGeometry& g, int64_t num_rois,
+    const float* features, const float* rois, const float* offsets,
+    const float* grad, float* grad_features, float* grad_offsets) {
+  thread::ThreadPool* workers = CpuWorkers(ctx);
+  const int n = g.sampling_ratio;
+  const int64_t bins = static_cast<int64_t>(g.k) * g.k;
+  const int64_t plane = static_cast<int64_t>(g.height) * g.width;
+  TapTable t;
+  BuildTapTable(workers, g, num_rois, rois, offsets, true, &t);
+  const ImageRois ir = GroupByImage(g, num_rois, rois);
+  const int64_t rois_per_image =
+      std::max<int64_t>(1, static_cast<int64_t>(ir.order.size()) / g.batch);
+  Scratch<float> grad_t(bins * num_rois * g.groups * 8 * NV);
+  TransposeRoiBins<NV>(workers, g, num_rois, grad, grad_t.get(), true);
+  const int64_t cost =
+      rois_per_image * g.groups * (20 + 8 * (n + 1) * (n + 1) * NV) +
+      4 * plane * g.groups * NV;
+  if (!DenseUnits(g, rois_per_image)) {
+    // In place: zero the feature gradient (one sequential pass), then the
+    // units add their taps.
+    const int64_t cells = static_cast<int64_t>(g.batch) * plane;
+    workers->ParallelFor(
+        cells, thread::ThreadPool::SchedulingParams::Adaptive(g.channels),
+        [&](int64_t begin, int64_t end) {
+          std::memset(grad_features + begin * g.channels, 0,
+                      sizeof(float) * (end - begin) * g.channels);
+        });
+    workers->ParallelFor(
+        static_cast<int64_t>(g.batch) * bins,
+        thread::ThreadPool::SchedulingParams::Adaptive(cost),
+        [&](int64_t begin, int64_t end) {
+          DeformPoolBackwardSparseAvx2<NV>(g, features, t, grad_t.get(),
+                                           num_rois, ir, grad_features,
+                                           grad_offsets, begin, end);
+        });
+    return;
+  }
+  const int64_t block_floats = g.batch * bins * plane * g.groups * 8 * NV;
+  Scratch<float> features_bm(block_floats);
+  Scratch<float> grad_bm(block_floats);
+  BlockMajor<NV>(workers, g, features, features_bm.get(), true);
+  workers->ParallelFor(
+      static_cast<int64_t>(g.batch) * bins,
+      thread::ThreadPool::SchedulingParams::Adaptive(cost),
+      [&](int64_t begin, int64_t end) {
+        DeformPoolBackwardAvx2<NV>(g, features_bm.get(), t, grad_t.get(),
+                                   num_rois, ir, grad_bm.get(), grad_offsets,
+                                   begin, end);
+      });
+  BlockMajor<NV>(workers, g, grad_bm.get(), grad_features, false);
+}
+
+using DeformForwardFn = void (*)(OpKernelContext*, const PoolGeometry&,
+                                 int64_t, const float*, const float*,
+                                 const float*, float*);
+using DeformBackwardFn = void (*)(OpKernelContext*, const PoolGeometry&,
+                                  int64_t, const float*, const float*,
+                                  const float*, const float*, float*, float*);
+
+// The register-blocked path for cg <= 32 channels per offset group and
+// sampling_ratio <= kMaxTableSamples on an AVX2 + FMA CPU, or null (then
+// the portable loops run).
+DeformForwardFn PickForwardAvx2(const PoolGeometry& g) {
+  if (!rfcn_simd::CpuHasAvx2Fma() || g.sampling_ratio > kMaxTableSamples) {
+    return nullptr;
+  }
+  switch ((g.c_out / g.groups + 7) / 8) {
+    case 1: return DeformPoolForwardFast<1>;
+    case 2: return DeformPoolForwardFast<2>;
+    case 3: return DeformPoolForwardFast<3>;
+    case 4: return DeformPoolForwardFast<4>;
     default: return nullptr;
   }
 }
 
-DeformBackwardFn PickBackwardAvx2(int cg) {
-  if (!rfcn_simd::CpuHasAvx2Fma()) return nullptr;
-  switch ((cg + 7) / 8) {
-    case 1: return DeformPoolBackwardAvx2<1>;
-    case 2: return DeformPoolBackwardAvx2<2>;
-    case 3: return DeformPoolBackwardAvx2<3>;
-    case 4: return DeformPoolBackwardAvx2<4>;
+DeformBackwardFn PickBackwardAvx2(const PoolGeometry& g) {
+  if (!rfcn_simd::CpuHasAvx2Fma() || g.sampling_ratio > kMaxTableSamples) {
+    return nullptr;
+  }
+  switch ((g.c_out / g.groups + 7) / 8) {
+    case 1: return DeformPoolBackwardFast<1>;
+    case 2: return DeformPoolBackwardFast<2>;
+    case 3: return DeformPoolBackwardFast<3>;
+    case 4: return DeformPoolBackwardFast<4>;
     default: return nullptr;
   }
 }
@@ -612,30 +1103,8 @@ struct RfcnDeformPoolForward<CPUDevice, T> {
     const int64_t cost = 40 * g.groups + static_cast<int64_t>(n + 1) * (n + 1) * (4 + 2 * C);
 #if RFCN_SIMD_HAVE_AVX2_DISPATCH
     if constexpr (std::is_same<T, float>::value) {
-      if (const DeformForwardFn fast = PickForwardAvx2(cg)) {
-        // Units (image, bin position); RoIs with an invalid batch index
-        // (rejected by the op on CPU) are in no unit and pool 0.
-        const ImageRois ir = GroupByImage(g, num_rois, rois);
-        const int64_t rois_per_image = std::max<int64_t>(
-            1, static_cast<int64_t>(ir.order.size()) / std::max(g.batch, 1));
-        // The dense copy of a unit's block costs about one cell visit per
-        // map cell; a bin visits ~(n + 1)^2 cells per RoI and group.
-        const int64_t plane = static_cast<int64_t>(g.height) * g.width;
-        const bool dense = rois_per_image * g.groups * (n + 1) * (n + 1) >=
-                           2 * plane;
-        std::vector<float> out_t(num_rois * bins * C, 0.f);
-        CpuWorkers(ctx)->ParallelFor(
-            static_cast<int64_t>(g.batch) * bins,
-            thread::ThreadPool::SchedulingParams::Adaptive(
-                rois_per_image * (20 + cost)),
-            [&](int64_t begin, int64_t end) {
-              fast(g, features, rois, offsets, ir, num_rois, dense,
-                   out_t.data(), begin, end);
-            });
-        // Invalid-batch RoIs are in no unit: their zero rows of out_t give
-        // them 0 output.
-        TransposeRoiBins(CpuWorkers(ctx), num_rois, bins, C, out_t.data(),
-                         output, false);
+      if (const DeformForwardFn fast = PickForwardAvx2(g)) {
+        fast(ctx, g, num_rois, features, rois, offsets, output);
         return;
       }
     }
@@ -725,17 +1194,9 @@ struct RfcnDeformPoolBackward<CPUDevice, T> {
         plane * C;
 #if RFCN_SIMD_HAVE_AVX2_DISPATCH
     if constexpr (std::is_same<T, float>::value) {
-      if (const DeformBackwardFn fast = PickBackwardAvx2(cg)) {
-        std::vector<float> grad_t(num_rois * bins * C);
-        TransposeRoiBins(CpuWorkers(ctx), num_rois, bins, C, grad,
-                         grad_t.data(), true);
-        CpuWorkers(ctx)->ParallelFor(
-            static_cast<int64_t>(g.batch) * bins,
-            thread::ThreadPool::SchedulingParams::Adaptive(cost),
-            [&](int64_t begin, int64_t end) {
-              fast(g, features, rois, offsets, grad_t.data(), num_rois, ir,
-                   grad_features, grad_offsets, begin, end);
-            });
+      if (const DeformBackwardFn fast = PickBackwardAvx2(g)) {
+        fast(ctx, g, num_rois, features, rois, offsets, grad, grad_features,
+             grad_offsets);
         return;
       }
     }
