@@ -1,4 +1,4 @@
-"""A short real training run with validation during training (``python -m rfcn_tf.train``).
+"""A short real training run with validation during training (``rfcn_tf.train.main``).
 
 The tiny shapes config (64-pixel images, narrow small backbone) trains 12 steps validating
 every 4: the best checkpoint and best.json land in the run folder, the validation scalars in
@@ -10,47 +10,41 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import re
-import subprocess
-import sys
 
+import pytest
 import tensorflow as tf
 from helpers.tiny_models import TINY_TRAIN_OVERRIDES as TINY
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+@pytest.fixture
+def train_main(capfd, monkeypatch):
+    """Runs ``rfcn_tf.train.main`` in this process (the test is about the run folder and the
+    messages, not process isolation: no interpreter start, no TensorFlow import); returns
+    (exit status, stdout, stderr). The CLI's logging setup and the error policy's quieting of
+    TensorFlow's logger are undone afterwards, so later tests see logging as it was."""
+    from rfcn_tf import train as train_cli
 
-def _env():
-    env = dict(
-        os.environ,
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    )
-    env.pop("TF_CONFIG", None)
-    return env
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    ours, tf_logger = logging.getLogger("rfcn_tf"), logging.getLogger("tensorflow")
+    saved = (ours.handlers[:], ours.level, ours.propagate, tf_logger.level)
 
+    def run(tmp_path, *overrides):
+        monkeypatch.chdir(tmp_path)
+        args = ["--work-dir", str(tmp_path / "run"), "--no-progress", "--no-export"]
+        for override in list(TINY) + list(overrides):
+            args += ["--set", override]
+        ours.handlers[:] = []  # so the CLI logs to this test's captured stderr
+        capfd.readouterr()
+        code = train_cli.main(args)
+        out, err = capfd.readouterr()
+        return code, out, err
 
-def _train(tmp_path, *overrides, extra=()):
-    args = [
-        sys.executable,
-        "-m",
-        "rfcn_tf.train",
-        "--work-dir",
-        str(tmp_path / "run"),
-        "--no-progress",
-        "--no-export",
-    ]
-    for override in list(TINY) + list(overrides):
-        args += ["--set", override]
-    return subprocess.run(
-        args + list(extra),
-        cwd=str(tmp_path),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    yield run
+    ours.handlers[:], ours.level, ours.propagate = saved[0], saved[1], saved[2]
+    tf_logger.setLevel(saved[3])
 
 
 def _tags(event_dir):
@@ -61,8 +55,8 @@ def _tags(event_dir):
     return tags
 
 
-def test_training_validates_keeps_the_best_and_evaluates_it(tmp_path):
-    out = _train(
+def test_training_validates_keeps_the_best_and_evaluates_it(tmp_path, train_main):
+    code, stdout, stderr = train_main(
         tmp_path,
         "train.steps=12",
         "train.eval_every=4",
@@ -70,7 +64,7 @@ def test_training_validates_keeps_the_best_and_evaluates_it(tmp_path):
         "train.ema_decay=0.9",
         "train.log_every=4",
     )
-    assert out.returncode == 0, out.stderr[-4000:]
+    assert code == 0, stderr[-4000:]
     run = tmp_path / "run"
     record = json.loads((run / "best.json").read_text())
     assert record["metric"] == "coco/AP50"
@@ -83,8 +77,8 @@ def test_training_validates_keeps_the_best_and_evaluates_it(tmp_path):
     assert os.path.isfile(f"{prefix}.index")
     assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-12")
     # Console: one line per validation, the summary names the best step and its score.
-    assert len(re.findall(r"validation at step (4|8|12) ", out.stderr)) == 3, out.stderr[-3000:]
-    assert f"best checkpoint: step {best_step}, coco/AP50 {record['value']:.4f}" in out.stdout
+    assert len(re.findall(r"validation at step (4|8|12) ", stderr)) == 3, stderr[-3000:]
+    assert f"best checkpoint: step {best_step}, coco/AP50 {record['value']:.4f}" in stdout
     # The end-of-training evaluation ran on the best checkpoint.
     metrics = json.loads(next(run.glob("eval/*/metrics.json")).read_text())
     assert metrics["info"]["checkpoint"] == str(prefix)
@@ -98,16 +92,14 @@ def test_training_validates_keeps_the_best_and_evaluates_it(tmp_path):
         assert tag in tags, (tag, sorted(tags))
 
 
-def test_print_config_shows_the_steps_derived_from_epochs(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "rfcn_tf.train", "--config", "bccd_val", "--print-config"],
-        cwd=str(tmp_path),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_print_config_shows_the_steps_derived_from_epochs(tmp_path, monkeypatch, capfd):
+    from rfcn_tf import train as train_cli
+
+    monkeypatch.chdir(tmp_path)
+    capfd.readouterr()
+    code = train_cli.main(["--config", "bccd_val", "--print-config"])
+    out, err = capfd.readouterr()
+    assert code == 0, err[-3000:]
     # 205 train images, global batch 2: 41 epochs = ceil(41 * 102.5) = 4203 steps, warmup 1.4
     # epochs = 144 steps, validation every 4 epochs = 410 steps.
     for line in (
@@ -118,4 +110,4 @@ def test_print_config_shows_the_steps_derived_from_epochs(tmp_path):
         "train_split: train",
         "val_split: val",
     ):
-        assert re.search(rf"^\s+{re.escape(line)}$", out.stdout, re.M), line
+        assert re.search(rf"^\s+{re.escape(line)}$", out, re.M), line
