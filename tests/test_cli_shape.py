@@ -142,7 +142,12 @@ def test_help_is_fast_and_imports_no_tensorflow(command):
         ),
     ],
 )
-def test_an_error_is_one_line_and_debug_shows_the_traceback(args, culprit, debug, tmp_path):
+def test_an_error_is_one_line_and_debug_shows_the_traceback(
+    args, culprit, debug, tmp_path, capfd, monkeypatch
+):
+    """The real CLI (a subprocess): exit status 1 and one `error:` line naming the culprit.
+    `--debug` runs the tool's `main(argv)` in this process (run_cli, the same code the
+    subprocess runs; an interpreter start and TensorFlow import fewer)."""
     proc = subprocess.run(
         [sys.executable, "-m", *args],
         env=_env(),
@@ -156,12 +161,19 @@ def test_an_error_is_one_line_and_debug_shows_the_traceback(args, culprit, debug
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and culprit in last, last
     if debug:  # the tools on cli_args.run_cli
-        again = subprocess.run(
-            [sys.executable, "-m", *args, "--debug"],
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=str(tmp_path),
-        )
-        assert again.returncode == 1 and "Traceback" in again.stderr
+        import importlib
+        import logging
+
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("RFCN_TRACEBACK", raising=False)
+        loggers = [logging.getLogger(name) for name in ("rfcn_tf", "tensorflow")]
+        saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+        try:
+            capfd.readouterr()
+            code = importlib.import_module(args[0]).main([*args[1:], "--debug"])
+            err = capfd.readouterr().err
+        finally:  # the tool's logging setup and its quieting of TensorFlow's logger
+            for lg, (handlers, level, propagate) in zip(loggers, saved):
+                lg.handlers[:], lg.propagate = handlers, propagate
+                lg.setLevel(level)
+        assert code == 1 and "Traceback" in err, err[-2000:]
