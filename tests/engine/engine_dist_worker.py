@@ -5,17 +5,19 @@ Usage: python engine_dist_worker.py MODE OUT_NPZ [MODEL] [OUT_NPZ MODEL ...]
         or ``multi_worker`` (TF_CONFIG set by the caller; 1 image per worker).
   MODEL: ``standin`` (default) or ``rfcn`` (the real small detector, deterministic settings),
         optionally with per-run settings ``rfcn,steps=4`` or ``standin,clip=1e9``.
-  Several OUT_NPZ MODEL pairs (MODE single only) train one after the other in this process (each from the same
-  seeded initial weights, with its own strategy, model and optimizer): that saves a process
-  start (TensorFlow import) per configuration where separate processes are not the point.
+  Several OUT_NPZ MODEL pairs (MODE single only) train one after the other in this process
+  (each from the same seeded initial weights, with its own strategy, model and optimizer):
+  that saves a process start (TensorFlow import) per configuration where separate processes
+  are not the point.
 
-Environment (the resume test): ``STEPS`` (default 3; ``steps=`` overrides it per run), ``CKPT_DIR`` (a fixed checkpoint folder,
-shared by the workers; default a fresh one per process and run), ``CKPT_EVERY`` (default 0: only at
-the end), ``KILL_AT`` (this process kills itself with SIGKILL right after that step; the
-losses so far are written to ``OUT_NPZ.losses.json`` after every step, so that a killed run's
-steps can be checked too), ``CLIP`` (the clip norm, default 0.5; ``clip=`` overrides it),
-``VALIDATE`` (1: the chief validates every step with a stand-in metric, keeping the best
-checkpoint in ``<OUT folder>/run_chief``, as training does on the chief only).
+Environment (the resume test): ``STEPS`` (default 3; ``steps=`` overrides it per run),
+``CKPT_DIR`` (a fixed checkpoint folder, shared by the workers; default a fresh one per process
+and run), ``CKPT_EVERY`` (default 0: only at the end), ``KILL_AT`` (this process kills itself
+with SIGKILL right after that step; the losses so far are written to ``OUT_NPZ.losses.json``
+after every step, so that a killed run's steps can be checked too), ``CLIP`` (the clip norm,
+default 0.5; ``clip=`` overrides it), ``VALIDATE`` (1: the chief validates every step with a
+stand-in metric, keeping the best checkpoint in ``<OUT folder>/run_chief``, as training does
+on the chief only).
 
 Logical devices must be configured before TensorFlow initializes, hence a fresh process.
 """

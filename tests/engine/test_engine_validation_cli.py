@@ -3,7 +3,8 @@
 The tiny shapes config (64-pixel images, narrow small backbone) trains 12 steps validating
 every 4: the best checkpoint and best.json land in the run folder, the validation scalars in
 TensorBoard, the end-of-training evaluation and ``rfcn_tf.load(run_dir)`` use the best
-checkpoint and the summary names its step and score. ``--print-config`` shows the steps a schedule in epochs derives.
+checkpoint and the summary names its step and score. ``--print-config`` shows the steps a
+schedule in epochs derives.
 """
 
 from __future__ import annotations
