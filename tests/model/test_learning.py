@@ -1,11 +1,14 @@
 """The detector learns: overfitting 4 synthetic images with the small backbone.
 
 The whole model (backbone from scratch, RPN, proposals, OHEM head) is trained with its own
-compute_losses in one tf.function (Adam, cosine decay, 300 steps), once with PSRoIAlign
-("bilinear") and once with the paper's integer-cell "avg" PS-RoI pooling. Pass criteria: VOC
-AP@0.5 = 1.0 on the 4 training images in both cases; the total loss falls by at least 10x
-with bilinear pooling (measured over seeds 0-3: 20x to 54x, about 7-10 s per run on 2 cores)
-and by at least 3x with avg pooling (measured: 4.3x to 8.9x). The avg variant plateaus higher
+compute_losses in one tf.function (Adam, cosine decay over 200 steps, 250 for deformable),
+with PSRoIAlign ("bilinear", class-agnostic and class-specific boxes), the paper's integer-cell
+"avg" PS-RoI pooling and deformable PS-RoI pooling. Pass criteria: VOC AP@0.5 = 1.0 on the 4
+training images in every case; the total loss falls by at least 10x with bilinear and
+deformable pooling and by at least 3x with avg pooling. Measured under pytest with seed 0
+(runs repeat bit for bit): bilinear 19.8x, class-specific 19.7x, avg 8.4x in 200 steps,
+deformable 21.8x in 250 (outside pytest: 13.3x in 200, too close to 10x; in 150 steps three
+of the four fail a criterion). The avg variant plateaus higher
 because on these 8x8 feature maps (128 px / 16) a 3x3 grid over a 40 px RoI has bins smaller
 than one cell: RoIs just above and just below the 0.5 IoU foreground threshold pool the same
 cells, and OHEM keeps selecting exactly those ambiguous RoIs.
@@ -33,7 +36,8 @@ from rfcn_tf.model.sections import (
 IMAGE_SIZE = 128
 MAX_BOXES = 3
 CLASSES = ("circle", "square", "triangle")
-STEPS = 300
+STEPS = 200
+DEFORMABLE_STEPS = 250  # the deformable offsets start at 0 and need the extra steps (see above)
 
 
 def _four_images():
@@ -137,7 +141,8 @@ def test_overfits_four_images_loss_drops_and_ap50_is_1(
         ),
         postprocess=PostprocessConfig(score_threshold=0.05, max_detections=20),
     )
-    optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, STEPS))
+    steps = DEFORMABLE_STEPS if deformable else STEPS
+    optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, steps))
 
     @tf.function
     def step(features, seed):
@@ -149,14 +154,14 @@ def test_overfits_four_images_loss_drops_and_ap50_is_1(
 
     start = time.perf_counter()
     history = []
-    for i in range(STEPS):
+    for i in range(steps):
         losses = step(features, tf.constant([0, i], tf.int32))
         history.append(float(losses["total_loss"]))
     elapsed = time.perf_counter() - start
     initial, final = history[0], float(np.mean(history[-10:]))
     metrics = _voc_ap(model, features)
     print(
-        f"{pooling_mode}: loss {initial:.3f} -> {final:.4f} ({initial / final:.1f}x) in {STEPS} steps, "
+        f"{pooling_mode}: loss {initial:.3f} -> {final:.4f} ({initial / final:.1f}x) in {steps} steps, "
         f"{elapsed:.1f} s; AP50 {metrics['ap']} mAP {metrics['mAP']:.3f}"
     )
     assert initial / final >= min_loss_ratio, history[::20]
