@@ -75,11 +75,19 @@ def tensorrt_step(path, out, config: Any, precision: str, calibration_count: int
 
 
 def onnx_step(
-    path, out, config: Any, *, opset: int, int8: bool, calibration_count: int, stage=None
+    path,
+    out,
+    config: Any,
+    *,
+    opset: int,
+    int8: bool,
+    calibration_count: int,
+    eval_images: int = 0,
+    stage=None,
 ) -> list[str]:
     """ONNX conversion of the version at ``path`` into ``<out>_onnx/<version>/model.onnx``,
-    checked against the SavedModel; with ``int8`` also the quantized model. Returns the
-    summary parts."""
+    checked against the SavedModel; with ``int8`` also the quantized model (evaluated against
+    both on ``eval_images`` validation images). Returns the summary parts."""
     from rfcn_tf.export import onnx as onnx_lib
 
     onnx_path = onnx_lib.export_onnx(
@@ -90,14 +98,34 @@ def onnx_step(
     parts = [f"ONNX at {onnx_path} (onnxruntime matches on {described}: {comparison.describe()})"]
     if int8:
         if stage is not None:
-            stage(f"quantizing to INT8 on {calibration_count} calibration images")
-        parts.append(int8_step(onnx_path, config, count=calibration_count, check_images=images))
+            stage(
+                f"quantizing to INT8 on {calibration_count} calibration images"
+                + (
+                    f", then evaluating TF, fp32 and int8 on {eval_images} images"
+                    if eval_images
+                    else ""
+                )
+            )
+        parts.append(
+            int8_step(
+                onnx_path,
+                config,
+                count=calibration_count,
+                check_images=images,
+                saved_model=path,
+                eval_images=eval_images,
+            )
+        )
     return parts
 
 
-def int8_step(onnx_path, config: Any, *, count: int, check_images=None) -> str:
-    """Quantizes ``onnx_path`` to INT8 beside it (calibrated on ``count`` validation images)
-    and compares it with the fp32 model on the check images; returns the summary part."""
+def int8_step(
+    onnx_path, config: Any, *, count: int, check_images=None, saved_model=None, eval_images=0
+) -> str:
+    """Quantizes ``onnx_path`` to INT8 beside it (calibrated on ``count`` validation images),
+    compares it with the fp32 model on the check images (matched detections, speed) and, with
+    ``eval_images`` > 0, evaluates TF (the SavedModel at ``saved_model``), fp32 and int8
+    onnxruntime on that many validation images; returns the summary part."""
     import numpy as np
 
     from rfcn_tf.export import onnx as onnx_lib
@@ -128,10 +156,17 @@ def int8_step(onnx_path, config: Any, *, count: int, check_images=None) -> str:
     matched = sum(m for _, m, _ in overlaps)
     total = sum(t for _, _, t in overlaps)
     mean_iou = float(np.mean([o for o, m, _ in overlaps if m])) if matched else 0.0
+    accuracy = ""
+    if eval_images > 0 and saved_model is not None:
+        split = config.eval.split or config.data.val_split
+        metrics = onnx_lib.compare_accuracy(
+            config, saved_model, onnx_path, int8_path, split=split, max_images=eval_images
+        )
+        accuracy = "; " + onnx_lib.describe_accuracy(metrics, split)
     return (
         f"INT8 at {int8_path} (convolutions quantized, NMS/pooling fp32; {matched} of "
         f"{total} fp32 detections matched, mean IoU {mean_iou:.3f}; "
-        f"{seconds['fp32'] / max(seconds['int8'], 1e-9):.2f}x fp32's speed)"
+        f"{seconds['fp32'] / max(seconds['int8'], 1e-9):.2f}x fp32's speed{accuracy})"
     )
 
 
@@ -148,6 +183,7 @@ def export_checkpoint(
     onnx_opset: int = 17,
     int8: bool = False,
     calibration_images: int = 32,
+    int8_eval_images: int = 50,
     stage: Callable[[str], None] = lambda message: None,
 ) -> str:
     """What ``python -m rfcn_tf.export`` does (its flags, same names); returns the summary.
@@ -168,6 +204,8 @@ def export_checkpoint(
     )
     if int8 and not onnx:
         raise ValueError("--int8 quantizes the ONNX model: add --onnx")
+    if int8_eval_images < 0:
+        raise ValueError(f"--int8-eval-images must be >= 0 (0: skip), got {int8_eval_images}")
     if tensorrt:  # fail before the slow part when TF-TRT cannot run here
         from rfcn_tf.export.tensorrt import require_tensorrt
 
@@ -216,6 +254,7 @@ def export_checkpoint(
                 opset=onnx_opset,
                 int8=int8,
                 calibration_count=calibration_images,
+                eval_images=int8_eval_images,
                 stage=stage,
             )
         )

@@ -359,3 +359,43 @@ class SavedModelBackend:
             }
 
         return detect
+
+
+class OnnxBackend(SavedModelBackend):
+    """An ONNX export (``--onnx``: model.onnx, or ``--int8``'s model_int8.onnx) run by
+    onnxruntime on the CPU, one image per call.
+
+    The converted graph is `serving_default` itself (uint8 [1, h, w, 3] in, the export's own
+    resize inside, boxes normalized out), so `detect` and `detect_fn` (the evaluator's
+    batched form) are the SavedModel backend's; only the call differs.
+
+    Args:
+        path: the .onnx file.
+        class_names: the export's class names (ONNX files carry none; the SavedModel's
+            ``assets/labels.txt`` is beside the fp32 model's version folder). Default: none.
+        threads: onnxruntime intra-op threads (None: its default).
+    """
+
+    kind = "onnx"
+
+    def __init__(self, path: str, *, class_names: Sequence[str] = (), threads: int | None = None):
+        from rfcn_tf.export.onnx import onnx_session
+
+        self.path = str(path)
+        self.class_names = list(class_names)
+        self._session = onnx_session(self.path, threads=threads)
+
+    def detect_one(self, image) -> dict[str, np.ndarray]:
+        """Detections of one original uint8 [H, W, 3] image (boxes yxyx original pixels)."""
+        from rfcn_tf.export.onnx import run_onnx
+
+        image = np.asarray(image, np.uint8)
+        height, width = image.shape[:2]
+        out = run_onnx(self._session, image[None])
+        n = int(np.asarray(out["num_detections"]).reshape(-1)[0])
+        boxes = np.asarray(out["detection_boxes"], np.float32)[0, :n]
+        return {
+            "boxes": boxes * np.array([height, width, height, width], np.float32),
+            "scores": np.asarray(out["detection_scores"], np.float32)[0, :n],
+            "classes": np.rint(np.asarray(out["detection_classes"])[0, :n]).astype(np.int64),
+        }
