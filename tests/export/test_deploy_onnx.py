@@ -278,6 +278,82 @@ def test_int8_quantized_model_loads_and_keeps_nms_fp32(onnx_path, exported, jpeg
     assert total > 0 and matched >= total // 2 and mean_iou >= 0.5, (mean_iou, matched, total)
 
 
+def _features(images, groundtruths):
+    """One batch of the evaluator's features for same-sized uint8 [H, W, 3] images, no resize
+    (image = original frame); ``groundtruths`` per image: (boxes [G, 4] pixels, classes [G])."""
+    g = max(len(c) for _, c in groundtruths)
+    boxes = np.zeros((len(images), g, 4), np.float32)
+    classes = np.zeros((len(images), g), np.int32)
+    mask = np.zeros((len(images), g), bool)
+    for i, (b, c) in enumerate(groundtruths):
+        boxes[i, : len(c)], classes[i, : len(c)], mask[i, : len(c)] = b, c, True
+    shapes = np.array([image.shape[:2] for image in images], np.int32)
+    return {
+        "images": np.stack(images),
+        "image_shapes": shapes,
+        "original_shapes": shapes,
+        "image_ids": np.arange(len(images), dtype=np.int64),
+        "gt_boxes": boxes,
+        "gt_classes": classes,
+        "gt_mask": mask,
+    }
+
+
+def test_onnx_backend_evaluates_as_the_savedmodel(onnx_path, exported):
+    """The onnxruntime adapter that ``--int8``'s accuracy report (and
+    benchmarks/int8_accuracy.py) evaluates through: on the same images, its detections and
+    the evaluator's AP equal the SavedModel backend's. The ground truth is every other
+    SavedModel detection (so AP depends on the boxes' frame and the scores' order)."""
+    from rfcn_tf.evaluation.evaluator import collect_detections, evaluate_detector
+    from rfcn_tf.inference.backends import OnnxBackend, SavedModelBackend
+
+    images = [synthetic_image(240, 320, seed=s) for s in (11, 12)]
+    saved_model, ort_backend = SavedModelBackend(str(exported)), OnnxBackend(onnx_path)
+    reference = saved_model.detect(images)
+    truth = [(d["boxes"][::2], d["classes"][::2]) for d in reference]
+    assert all(len(c) for _, c in truth)
+    features = _features(images, truth)
+    got = collect_detections(ort_backend.detect_fn(), [features], progress=False)[1]
+    for ours, theirs in zip(got, reference):
+        np.testing.assert_allclose(ours["boxes"], theirs["boxes"], atol=1e-2)  # pixels
+        np.testing.assert_allclose(ours["scores"], theirs["scores"], atol=1e-3)
+        np.testing.assert_array_equal(ours["classes"], theirs["classes"])
+    names = list(saved_model.class_names)
+    metrics = [
+        evaluate_detector(b.detect_fn(), [features], class_names=names, progress=False)
+        for b in (saved_model, ort_backend)
+    ]
+    assert 0 < metrics[0]["voc07"]["mAP"] <= 1
+    for key, metric in (("voc07", "mAP"), ("voc2010", "mAP"), ("coco", "AP")):
+        assert abs(metrics[0][key][metric] - metrics[1][key][metric]) <= 1e-3, key
+
+
+def test_int8_step_reports_the_accuracy_of_the_three_paths(onnx_path, exported, tiny_model):
+    """``--int8``'s summary part: matched detections, speed-up, and mAP@0.5 and COCO AP of TF,
+    fp32 and int8 onnxruntime on the first validation images of the config's split (shapes:
+    generated, so no dataset is needed)."""
+    import re
+
+    from rfcn_tf.export.steps import int8_step
+
+    config = tiny_model[0]
+    part = int8_step(onnx_path, config, count=1, saved_model=exported, eval_images=2)
+    number = r"(\d\.\d{3})"
+    found = re.search(
+        rf"mAP@0\.5 TF {number} / ORT fp32 {number} / int8 {number}, COCO AP {number} / "
+        rf"{number} / {number} on 2 {config.eval.split or config.data.val_split} images",
+        part,
+    )
+    assert found, part
+    values = [float(v) for v in found.groups()]
+    assert all(0 <= v <= 1 for v in values)
+    # fp32 onnxruntime is the SavedModel (to 1e-4, test_batch_equals_the_savedmodel_batch),
+    # so equal AP proves all three paths scored the same images (the split's order between
+    # passes is not fixed: compare_accuracy reads it once).
+    assert abs(values[0] - values[1]) <= 1e-3 and abs(values[3] - values[4]) <= 1e-3, part
+    assert "fp32's speed" in part and "fp32 detections matched" in part
+
+
 def test_int8_refuses_an_unknown_activation_type(onnx_path, tmp_path):
     from rfcn_tf.export.onnx import quantize_onnx_int8
 
