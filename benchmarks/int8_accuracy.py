@@ -1,16 +1,17 @@
 """Accuracy and speed of an export's three serving paths on the run's validation split.
 
-Evaluates, on the split the run validates on (``eval.split``, else ``data.val_split``; for
-BCCD that is ``test``) with the project's evaluator (VOC07 11-point and VOC2010+ all-point
-mAP@0.5, COCO AP50 and AP):
+Evaluates, on the whole split the run validates on (``eval.split``, else ``data.val_split``;
+for BCCD that is ``test``) with the project's evaluator (VOC07 11-point and VOC2010+ all-point
+mAP@0.5, COCO AP50 and AP), through ``rfcn_tf.export.onnx.compare_accuracy`` (what the export
+CLI's ``--int8`` reports on ``--int8-eval-images`` images):
 
   1. the SavedModel's ``serving_default`` (TensorFlow);
   2. onnxruntime on ``<export>_onnx/<version>/model.onnx`` (fp32);
   3. onnxruntime on ``model_int8.onnx`` beside it (``--int8`` of the export CLI);
 
 then times fp32 against int8 onnxruntime on one validation image (medians of ``--runs``
-interleaved calls). Every path gets the same resized (h, w) image; its boxes come back
-normalized and are scaled to that frame, as the evaluator expects.
+interleaved calls). Every path gets the same resized (h, w) images (the split is read once);
+``rfcn_tf.inference.backends.OnnxBackend`` scales the normalized boxes to that frame.
 
     python benchmarks/int8_accuracy.py [--run runs/shapes_tiny]   # exports into a temp dir
     python -m rfcn_tf.export --checkpoint runs/x/checkpoints --out /tmp/x/rfcn --onnx --int8
@@ -50,38 +51,6 @@ def _parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def ort_detect_fn(session, max_detections: int = 100):
-    """The evaluator's batched ``detect_fn(images, image_shapes)`` over onnxruntime, one image
-    per call (uint8 [1, h, w, 3] in; normalized boxes scaled to the (h, w) frame)."""
-    import numpy as np
-
-    from rfcn_tf.export.onnx import run_onnx
-
-    def detect(images, image_shapes):
-        images, image_shapes = np.asarray(images), np.asarray(image_shapes)
-        b = images.shape[0]
-        boxes = np.zeros((b, max_detections, 4), np.float32)
-        scores = np.zeros((b, max_detections), np.float32)
-        classes = np.zeros((b, max_detections), np.int32)
-        num = np.zeros((b,), np.int32)
-        for i in range(b):
-            h, w = (int(v) for v in image_shapes[i])
-            out = run_onnx(session, images[i, :h, :w][None])
-            n = min(int(np.asarray(out["num_detections"]).reshape(-1)[0]), max_detections)
-            boxes[i, :n] = out["detection_boxes"][0, :n] * np.array([h, w, h, w], np.float32)
-            scores[i, :n] = out["detection_scores"][0, :n]
-            classes[i, :n] = np.rint(out["detection_classes"][0, :n]).astype(np.int32)
-            num[i] = n
-        return {
-            "detection_boxes": boxes,
-            "detection_scores": scores,
-            "detection_classes": classes,
-            "num_detections": num,
-        }
-
-    return detect
-
-
 def main() -> int:
     args = _parse()
     if not os.path.isfile(os.path.join(args.run, "config.yaml")):
@@ -109,9 +78,7 @@ def report(run: str, export: str, *, runs: int) -> None:
 
     from rfcn_tf.config import load_config
     from rfcn_tf.data.pipeline import build_dataset
-    from rfcn_tf.evaluation.evaluator import evaluate_split
-    from rfcn_tf.export.onnx import onnx_session, run_onnx
-    from rfcn_tf.inference.backends import SavedModelBackend
+    from rfcn_tf.export.onnx import compare_accuracy, onnx_session, run_onnx
 
     versions = [v for v in os.listdir(export) if v.isdigit()]
     if not versions:
@@ -120,29 +87,28 @@ def report(run: str, export: str, *, runs: int) -> None:
     onnx_dir = os.path.join(export + "_onnx", version)
     cfg = load_config(os.path.join(run, "config.yaml"), [])
     split = cfg.eval.split or cfg.data.val_split
-    saved_model = SavedModelBackend(os.path.join(export, version))
-    sessions = {
-        "fp32": onnx_session(os.path.join(onnx_dir, "model.onnx")),
-        "int8": onnx_session(os.path.join(onnx_dir, "model_int8.onnx")),
-    }
-    paths = {
-        "TF SavedModel `serving_default`": saved_model.detect_fn(),
-        "onnxruntime fp32": ort_detect_fn(sessions["fp32"]),
-        "onnxruntime int8": ort_detect_fn(sessions["int8"]),
+    paths = {"fp32": os.path.join(onnx_dir, "model.onnx")}
+    paths["int8"] = os.path.join(onnx_dir, "model_int8.onnx")
+    # The export CLI's --int8 report, on the whole split (same images for the three paths).
+    metrics = compare_accuracy(
+        cfg, os.path.join(export, version), paths["fp32"], paths["int8"], split=split
+    )
+    names = {
+        "TF": "TF SavedModel `serving_default`",
+        "ORT fp32": "onnxruntime fp32",
+        "int8": "onnxruntime int8",
     }
     print(f"run {run}, export {export}/{version}, split {split!r}\n")
     print("| path | mAP@0.5 VOC07 | mAP@0.5 VOC2010+ | COCO AP50 | COCO AP | images |")
     print("|---|---|---|---|---|---|")
-    metrics = {}
-    for name, detect in paths.items():
-        m = evaluate_split(cfg, detect, split=split, out_dir=None, progress=False)
-        metrics[name] = m
+    for key, m in metrics.items():
         print(
-            f"| {name} | {m['voc07']['mAP']:.4f} | {m['voc2010']['mAP']:.4f} | "
+            f"| {names[key]} | {m['voc07']['mAP']:.4f} | {m['voc2010']['mAP']:.4f} | "
             f"{m['coco']['AP50']:.4f} | {m['coco']['AP']:.4f} | {m['num_images']} |",
             flush=True,
         )
-    fp32, int8 = metrics["onnxruntime fp32"], metrics["onnxruntime int8"]
+    sessions = {name: onnx_session(path) for name, path in paths.items()}
+    fp32, int8 = metrics["ORT fp32"], metrics["int8"]
     print(
         "\nint8 - fp32, points: "
         f"VOC07 {100 * (int8['voc07']['mAP'] - fp32['voc07']['mAP']):+.2f}, "
