@@ -39,7 +39,7 @@ lint: install
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(ARGS); status=$$?; \
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 benchmarks: install

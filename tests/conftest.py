@@ -8,6 +8,8 @@ run with ``-c``) import them too.
 
 import os
 
+import pytest
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -19,17 +21,33 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 CUDA_COMPILE_TESTS = ("tests/ops/test_cuda_compile.py", "tests/ops/test_deform_cuda_compile.py")
 
 
-def pytest_collection_modifyitems(config, items):
-    """Groups for pytest-xdist's ``--dist loadgroup`` (the Makefile's ``make test``): each test
-    file runs on one worker (its module fixtures are built once), and all of tests/export/ on
-    one worker, since its files share the session-scoped export of the tiny model
-    (tests/export/conftest.py), the most expensive fixture of the suite; likewise the two CUDA
-    compile test files, which share one nvcc object."""
-    import pytest
+def worker_group(nodeid: str) -> str:
+    """The unit of work one pytest-xdist worker runs whole (``make test``: ``--dist loadscope``
+    with this split): a test file, so its module fixtures are built once; all of tests/export/,
+    whose files share the session-scoped export of the tiny model (tests/export/conftest.py);
+    and the two CUDA compile test files, which share one nvcc object (tests/ops/conftest.py)."""
+    path = nodeid.split("::", 1)[0]
+    if path.startswith("tests/export/"):
+        return "tests/export"
+    if path in CUDA_COMPILE_TESTS:
+        return "cuda-compile"
+    return path
 
-    for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        group = "tests/export" if path.startswith("tests/export/") else path
-        if path in CUDA_COMPILE_TESTS:  # they share one nvcc object (tests/ops/conftest.py)
-            group = "cuda-compile"
-        item.add_marker(pytest.mark.xdist_group(name=group))
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadscope`` over ``worker_group`` (xdist's own scopes are modules and classes).
+
+    Groups are handed out largest (most tests) first, a whole group per worker. (xdist 3.8's
+    ``loadgroup`` does not group under pytest 9: it renames ``item._nodeid``, which pytest 9
+    no longer reads, so every test was scheduled alone and fixtures were built on both
+    workers.)"""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid)
+
+    return GroupScheduling(config, log)
