@@ -2,7 +2,7 @@
 
 Evaluates, on the whole split the run validates on (``eval.split``, else ``data.val_split``;
 for BCCD that is ``test``) with the project's evaluator (VOC07 11-point and VOC2010+ all-point
-mAP@0.5, COCO AP50 and AP), through ``rfcn_tf.export.onnx.compare_accuracy`` (what the export
+mAP@0.5, COCO AP50 and AP), through ``rfcn_tf.export.accuracy.compare_accuracy`` (what the export
 CLI's ``--int8`` reports on ``--int8-eval-images`` images):
 
   1. the SavedModel's ``serving_default`` (TensorFlow);
@@ -78,7 +78,8 @@ def report(run: str, export: str, *, runs: int) -> None:
 
     from rfcn_tf.config import load_config
     from rfcn_tf.data.pipeline import build_dataset
-    from rfcn_tf.export.onnx import compare_accuracy, onnx_session, run_onnx
+    from rfcn_tf.export.accuracy import compare_accuracy
+    from rfcn_tf.export.onnx import onnx_session, run_onnx
 
     versions = [v for v in os.listdir(export) if v.isdigit()]
     if not versions:

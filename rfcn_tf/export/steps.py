@@ -128,6 +128,7 @@ def int8_step(
     onnxruntime on that many validation images; returns the summary part."""
     import numpy as np
 
+    from rfcn_tf.export import accuracy as accuracy_lib
     from rfcn_tf.export import onnx as onnx_lib
 
     try:
@@ -159,10 +160,10 @@ def int8_step(
     accuracy = ""
     if eval_images > 0 and saved_model is not None:
         split = config.eval.split or config.data.val_split
-        metrics = onnx_lib.compare_accuracy(
+        metrics = accuracy_lib.compare_accuracy(
             config, saved_model, onnx_path, int8_path, split=split, max_images=eval_images
         )
-        accuracy = "; " + onnx_lib.describe_accuracy(metrics, split)
+        accuracy = "; " + accuracy_lib.describe_accuracy(metrics, split)
     return (
         f"INT8 at {int8_path} (convolutions quantized, NMS/pooling fp32; {matched} of "
         f"{total} fp32 detections matched, mean IoU {mean_iou:.3f}; "
