@@ -151,7 +151,8 @@ def build_dataset(
     Args:
       data_cfg: a `DataConfig`.
       split: split name.
-      training: True: augmented, shuffled, endless, full batches. False: one plain pass.
+      training: True: augmented, shuffled, endless, full batches. False: one plain pass in
+        the split's order (deterministic, whatever `data.deterministic` says).
       batch_size: the GLOBAL batch size (images per step over all replicas); with an
         `input_context` each pipeline batches `input_context.get_per_replica_batch_size(
         batch_size)`.
@@ -256,7 +257,11 @@ def build_dataset(
         )
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
-    options.deterministic = bool(data_cfg.deterministic)
+    # An evaluation pass keeps the split's order whatever data.deterministic says: otherwise
+    # the parallel map hands out images as they finish, and `evaluate --max-images N`, the
+    # validation during training and the int8 accuracy report would each score a different
+    # "first N" from run to run. Training may trade order for throughput unless asked.
+    options.deterministic = bool(data_cfg.deterministic) or not training
     return dataset.with_options(options)
 
 

@@ -27,9 +27,8 @@ def compare_accuracy(
     onnxruntime on the same images of one split.
 
     The split's batched features (resized as evaluation resizes) are read once and held in
-    memory: the pipeline's parallel map does not keep the order between passes unless
-    ``data.deterministic`` is set, so three ``evaluate_split`` passes over the first N images
-    would score three different image sets.
+    memory, so the three backends score the same first N images (an evaluation pass keeps
+    the split's order) without decoding them three times.
 
     Args:
       config: the export's config tree (``data.*`` builds the split; ``eval.batch_size``,

@@ -226,3 +226,19 @@ def test_argument_errors():
         build_source(dataclasses.replace(cfg, source="lmdb"), split="train")
     with pytest.raises(DataError, match="shard index must be in"):
         build_source(cfg, split="train", shard=(2, 2))
+
+
+def test_evaluation_pass_keeps_split_order_even_when_training_may_not():
+    # data.deterministic off (the library default): training may reorder for throughput, an
+    # evaluation pass must not, or "the first N images" of evaluate --max-images would change
+    # from run to run.
+    cfg = dataclasses.replace(_shapes_cfg(num_parallel_calls=4), deterministic=False)
+    evaluation = build_dataset(cfg, split="val", training=False, batch_size=2)
+    training = build_dataset(cfg, split="train", training=True, batch_size=2)
+    assert evaluation.options().deterministic is True
+    assert training.options().deterministic is False
+    source, _ = build_source(cfg, split="val")
+    source_ids = [int(ex["image_id"]) for ex in source.as_numpy_iterator()]
+    for _ in range(2):
+        ids = np.concatenate([b["image_ids"] for b in evaluation.as_numpy_iterator()])
+        assert ids.tolist() == source_ids
