@@ -423,6 +423,29 @@ struct TapTable {
 
   const int32_t* Cells(int64_t e) const { return cells.get() + e * words; }
   const float* Weights(int64_t e) const { return weights.get() + e * floats; }
+
+  // One record's view (the layout above): ny x nx taps at cells yc[q], xc[x]
+  // with weights yw[q] * xw[x]; ydw / xdw are the weights' derivatives
+  // (nullptr when the table was built without them).
+  struct Record {
+    int ny, nx;
+    const int32_t* yc;
+    const int32_t* xc;
+    const float* yw;
+    const float* xw;
+    const float* ydw;
+    const float* xdw;
+  };
+  Record At(int64_t e) const {
+    const int32_t* rc = Cells(e);
+    const float* rw = Weights(e);
+    const bool d = floats == 4 * n2;
+    return Record{rc[0],   rc[1],
+                  rc + 2,  rc + 2 + n2,
+                  rw,      rw + n2,
+                  d ? rw + 2 * n2 : nullptr,
+                  d ? rw + 3 * n2 : nullptr};
+  }
 };
 
 // Records of RoIs [begin, end) of BuildTapTable, for sampling_ratio N.
@@ -716,7 +739,7 @@ RFCN_SIMD_TARGET_AVX2 void DeformPoolForwardAvx2(
     const ImageRois& ir, int64_t num_rois, bool dense, float* out_t,
     int64_t begin, int64_t end) {
   const int k = g.k, C = g.c_out, n = g.sampling_ratio, G = g.groups;
-  const int cg = C / G, n2 = t.n2;
+  const int cg = C / G;
   constexpr int cgp = 8 * NV;
   const int64_t bins = static_cast<int64_t>(k) * k;
   const int64_t plane = static_cast<int64_t>(g.height) * g.width;
@@ -746,22 +769,16 @@ RFCN_SIMD_TARGET_AVX2 void DeformPoolForwardAvx2(
         PrefetchItemCells(g, t, num_rois, bin, ids, it, last, block, nullptr);
       }
       const int64_t e = (bin * num_rois + ids[o]) * G + grp;
-      const int32_t* rc = t.Cells(e);
-      const float* rw = t.Weights(e);
-      const int ny = rc[0], nx = rc[1];
-      const int32_t* yc = rc + 2;
-      const int32_t* xc = rc + 2 + n2;
-      const float* yw = rw;
-      const float* xw = rw + n2;
+      const TapTable::Record rec = t.At(e);
       const float* slice = block + grp * group_stride;
       Lanes<NV> acc;
       rfcn_simd::Zero(&acc);
-      for (int q = 0; q < ny; ++q) {
-        const float* row = slice + yc[q] * row_stride;
-        const float wy = yw[q];
-        for (int x = 0; x < nx; ++x) {
-          const __m256 w = _mm256_set1_ps(wy * xw[x]);
-          const float* p = row + xc[x] * cell_stride;
+      for (int q = 0; q < rec.ny; ++q) {
+        const float* row = slice + rec.yc[q] * row_stride;
+        const float wy = rec.yw[q];
+        for (int x = 0; x < rec.nx; ++x) {
+          const __m256 w = _mm256_set1_ps(wy * rec.xw[x]);
+          const float* p = row + rec.xc[x] * cell_stride;
           if (dense) {
             Lanes<NV> f;
             rfcn_simd::LoadPadded<NV>(&f, p);
@@ -777,6 +794,17 @@ RFCN_SIMD_TARGET_AVX2 void DeformPoolForwardAvx2(
       }
     }
   }
+}
+
+// One item's output-gradient slice (8 * NV floats, padding lanes 0) divided
+// by the bin's point count, as both backward kernels consume it.
+template <int NV>
+RFCN_SIMD_TARGET_AVX2 RFCN_SIMD_ALWAYS_INLINE Lanes<NV> ScaledGradSlice(
+    const float* slice, __m256 inv) {
+  Lanes<NV> gg;
+  rfcn_simd::LoadPadded<NV>(&gg, slice);
+  rfcn_simd::Scale<NV>(&gg, inv);
+  return gg;
 }
 
 // Backward units [begin, end) for float, cg <= 8 * NV (see
@@ -801,7 +829,6 @@ RFCN_SIMD_TARGET_AVX2 void DeformPoolBackwardAvx2(
     const float* grad_t, int64_t num_rois, const ImageRois& ir,
     float* grad_bm, float* grad_offsets, int64_t begin, int64_t end) {
   const int k = g.k, C = g.c_out, n = g.sampling_ratio, G = g.groups;
-  const int n2 = t.n2;
   constexpr int cgp = 8 * NV;  // padded group slice
   const int64_t bins = static_cast<int64_t>(k) * k;
   const int64_t plane = static_cast<int64_t>(g.height) * g.width;
@@ -821,34 +848,22 @@ RFCN_SIMD_TARGET_AVX2 void DeformPoolBackwardAvx2(
       const int grp = static_cast<int>(it - o * G);
       const int64_t r = ids[o];
       const int64_t e = (bin * num_rois + r) * G + grp;
-      const int32_t* rc = t.Cells(e);
-      const float* rw = t.Weights(e);
-      const int ny = rc[0], nx = rc[1];
-      const int32_t* yc = rc + 2;
-      const int32_t* xc = rc + 2 + n2;
-      const float* yw = rw;
-      const float* xw = rw + n2;
-      const float* ydw = rw + 2 * n2;
-      const float* xdw = rw + 3 * n2;
-      // The output gradient of this slice (padding lanes 0), divided by
-      // the point count.
-      Lanes<NV> gg;
-      rfcn_simd::LoadPadded<NV>(&gg, grad_t + e * cgp);
-      rfcn_simd::Scale<NV>(&gg, inv);
+      const TapTable::Record rec = t.At(e);
+      const Lanes<NV> gg = ScaledGradSlice<NV>(grad_t + e * cgp, inv);
       Lanes<NV> sy, sx, f;
       rfcn_simd::Zero(&sy);
       rfcn_simd::Zero(&sx);
       const int64_t ch = grp * cgp;
-      for (int q = 0; q < ny; ++q) {
-        const int64_t row = yc[q] * row_stride + ch;
-        const float wy = yw[q], dy = ydw[q];
-        for (int x = 0; x < nx; ++x) {
-          const int64_t cell = row + xc[x] * cell_stride;
+      for (int q = 0; q < rec.ny; ++q) {
+        const int64_t row = rec.yc[q] * row_stride + ch;
+        const float wy = rec.yw[q], dy = rec.ydw[q];
+        for (int x = 0; x < rec.nx; ++x) {
+          const int64_t cell = row + rec.xc[x] * cell_stride;
           rfcn_simd::LoadPadded<NV>(&f, fd + cell);
-          rfcn_simd::Fma<NV>(&sy, _mm256_set1_ps(dy * xw[x]), f);
-          rfcn_simd::Fma<NV>(&sx, _mm256_set1_ps(wy * xdw[x]), f);
+          rfcn_simd::Fma<NV>(&sy, _mm256_set1_ps(dy * rec.xw[x]), f);
+          rfcn_simd::Fma<NV>(&sx, _mm256_set1_ps(wy * rec.xdw[x]), f);
           rfcn_simd::AddScaledToPadded<NV>(gd + cell, gg,
-                                           _mm256_set1_ps(wy * xw[x]));
+                                           _mm256_set1_ps(wy * rec.xw[x]));
         }
       }
       float* go = grad_offsets + (r * bins + bin) * 2 * G;
@@ -874,7 +889,7 @@ RFCN_SIMD_TARGET_AVX2 void DeformPoolBackwardSparseAvx2(
     const float* grad_t, int64_t num_rois, const ImageRois& ir,
     float* grad_features, float* grad_offsets, int64_t begin, int64_t end) {
   const int k = g.k, C = g.c_out, n = g.sampling_ratio, G = g.groups;
-  const int cg = C / G, n2 = t.n2;
+  const int cg = C / G;
   constexpr int cgp = 8 * NV;
   const int64_t bins = static_cast<int64_t>(k) * k;
   const int64_t cell_stride = g.channels;
@@ -900,32 +915,22 @@ RFCN_SIMD_TARGET_AVX2 void DeformPoolBackwardSparseAvx2(
       PrefetchItemCells(g, t, num_rois, bin, ids, it, last, fd, gd);
       const int64_t r = ids[o];
       const int64_t e = (bin * num_rois + r) * G + grp;
-      const int32_t* rc = t.Cells(e);
-      const float* rw = t.Weights(e);
-      const int ny = rc[0], nx = rc[1];
-      const int32_t* yc = rc + 2;
-      const int32_t* xc = rc + 2 + n2;
-      const float* yw = rw;
-      const float* xw = rw + n2;
-      const float* ydw = rw + 2 * n2;
-      const float* xdw = rw + 3 * n2;
-      Lanes<NV> gg;
-      rfcn_simd::LoadPadded<NV>(&gg, grad_t + e * cgp);
-      rfcn_simd::Scale<NV>(&gg, inv);
+      const TapTable::Record rec = t.At(e);
+      const Lanes<NV> gg = ScaledGradSlice<NV>(grad_t + e * cgp, inv);
       Lanes<NV> sy, sx, f, d;
       rfcn_simd::Zero(&sy);
       rfcn_simd::Zero(&sx);
       const int64_t ch = grp * cg;
-      for (int q = 0; q < ny; ++q) {
-        const int64_t row = yc[q] * row_stride + ch;
-        const float wy = yw[q], dy = ydw[q];
-        for (int x = 0; x < nx; ++x) {
-          const int64_t cell = row + xc[x] * cell_stride;
+      for (int q = 0; q < rec.ny; ++q) {
+        const int64_t row = rec.yc[q] * row_stride + ch;
+        const float wy = rec.yw[q], dy = rec.ydw[q];
+        for (int x = 0; x < rec.nx; ++x) {
+          const int64_t cell = row + rec.xc[x] * cell_stride;
           rfcn_simd::Load<NV>(&f, fd + cell, mask);
-          rfcn_simd::Fma<NV>(&sy, _mm256_set1_ps(dy * xw[x]), f);
-          rfcn_simd::Fma<NV>(&sx, _mm256_set1_ps(wy * xdw[x]), f);
+          rfcn_simd::Fma<NV>(&sy, _mm256_set1_ps(dy * rec.xw[x]), f);
+          rfcn_simd::Fma<NV>(&sx, _mm256_set1_ps(wy * rec.xdw[x]), f);
           rfcn_simd::Load<NV>(&d, gd + cell, mask);
-          rfcn_simd::Fma<NV>(&d, _mm256_set1_ps(wy * xw[x]), gg);
+          rfcn_simd::Fma<NV>(&d, _mm256_set1_ps(wy * rec.xw[x]), gg);
           rfcn_simd::StoreFirst<NV>(gd + cell, d, cg);
         }
       }
