@@ -208,7 +208,7 @@ class DataConfig:
     drop_empty: bool = False  # True: drop images without boxes in training
     use_difficult: bool = False  # True: train on VOC "difficult" boxes too
     cache: bool = False  # cache decoded examples in memory
-    deterministic: bool = False  # deterministic element order (tests)
+    deterministic: bool = False  # deterministic TRAINING order (evaluation always is)
     shuffle_buffer: int = 256
     num_parallel_calls: int = -1  # -1 = tf.data.AUTOTUNE
     seed: int = 0
