@@ -232,6 +232,42 @@ def test_unconvertible_op_is_named(tmp_path):
     assert not (tmp_path / "out.onnx").exists()
 
 
+def test_a_failing_tf2onnx_pass_is_retried_and_skipped_as_tf2onnx_does(tmp_path, monkeypatch):
+    """export_onnx converts with tf2onnx's per-pass safety copies off; when that raises it
+    converts again with them on, where tf2onnx skips the failing pass with a warning."""
+    import os
+
+    from tf2onnx import optimizer
+
+    calls = []
+
+    class FailingPass:
+        graph_been_opt = False
+
+        def optimize(self, graph, iteration):
+            calls.append(os.environ.get("TF2ONNX_CATCH_ERRORS"))
+            raise RuntimeError("this pass is broken")
+
+    monkeypatch.delenv("TF2ONNX_CATCH_ERRORS", raising=False)
+    monkeypatch.setitem(optimizer._optimizers, "failing_pass", FailingPass)
+    module = tf.Module()
+    spec = tf.TensorSpec([1, None, None, 3], tf.uint8, name="input_tensor")
+
+    @tf.function(input_signature=[spec])
+    def serve(input_tensor):
+        return {"num_detections": tf.reduce_sum(tf.cast(input_tensor, tf.float32))[None]}
+
+    module.serve = serve
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": serve})
+    path = export_onnx(tmp_path / "sm", output_path=tmp_path / "out.onnx")
+    # tf2onnx's default (copies on) is the variable unset
+    assert calls[0] == "FALSE" and calls[1:] and set(calls[1:]) == {None}, calls
+    assert "TF2ONNX_CATCH_ERRORS" not in os.environ  # restored
+    image = np.full((1, 2, 3, 3), 7, np.uint8)
+    (total,) = onnx_session(path).run(None, {"input_tensor": image})
+    np.testing.assert_allclose(total, [7.0 * 18])
+
+
 def test_encoded_signature_is_refused(exported, tmp_path):
     with pytest.raises(ValueError, match="ONNX has no image decoder"):
         export_onnx(exported, output_path=tmp_path / "x.onnx", signature="serving_encoded")
