@@ -6,7 +6,10 @@ same folder goes on PYTHONPATH here, so Python subprocesses that tests start (wo
 run with ``-c``) import them too.
 """
 
+import json
 import os
+from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -34,20 +37,93 @@ def worker_group(nodeid: str) -> str:
     return path
 
 
+# Measured seconds per worker_group (setup + call + teardown of its tests, one worker), read by
+# the scheduler below. Refresh after adding slow tests: `make test ARGS=--store-group-costs`.
+GROUP_COSTS_FILE = Path(TESTS_DIR) / "group_costs.json"
+# The estimate for a group the file does not list: its tests times about the median test's cost.
+SECONDS_PER_UNLISTED_TEST = 0.5
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--store-group-costs",
+        action="store_true",
+        help=f"write the measured seconds of each worker group to {GROUP_COSTS_FILE.name} "
+        "(the order in which `make test` hands groups to its workers)",
+    )
+
+
+def load_group_costs() -> dict[str, float]:
+    try:
+        return json.loads(GROUP_COSTS_FILE.read_text())["seconds"]
+    except FileNotFoundError:
+        return {}
+
+
+def longest_first(groups: dict[str, dict], costs: dict[str, float]) -> list[str]:
+    """Group names, most expensive first (the longest-processing-time rule: no long group is
+    left for the end, where one worker would run it while the other idles). ``groups`` maps a
+    group to its tests; a group ``costs`` does not list is estimated from its test count."""
+
+    def cost(name):
+        return costs.get(name, len(groups[name]) * SECONDS_PER_UNLISTED_TEST)
+
+    return sorted(groups, key=lambda name: (-cost(name), name))
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadscope`` over ``worker_group`` (xdist's own scopes are modules and classes).
 
-    Groups are handed out largest (most tests) first, a whole group per worker. (xdist 3.8's
-    ``loadgroup`` does not group under pytest 9: it renames ``item._nodeid``, which pytest 9
-    no longer reads, so every test was scheduled alone and fixtures were built on both
-    workers.)"""
+    Groups are handed out most expensive first by their measured cost (``longest_first``;
+    xdist's own order is by test count, which put the few-but-long files such as the learning
+    and CUDA compile tests last). (xdist 3.8's ``loadgroup`` does not group under pytest 9: it
+    renames ``item._nodeid``, which pytest 9 no longer reads, so every test was scheduled alone
+    and fixtures were built on both workers.)"""
     if config.getvalue("dist") != "loadscope":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
+    costs = load_group_costs()
+
     class GroupScheduling(LoadScopeScheduling):
+        ordered = False
+
         def _split_scope(self, nodeid: str) -> str:
             return worker_group(nodeid)
 
+        def _assign_work_unit(self, node):
+            # The first call comes after schedule() has filled the queue and before any unit
+            # has left it: order the queue once, there.
+            if not self.ordered:
+                order = longest_first(self.workqueue, costs)
+                units = {name: self.workqueue[name] for name in order}
+                self.workqueue.clear()
+                self.workqueue.update(units)
+                self.ordered = True
+            super()._assign_work_unit(node)
+
     return GroupScheduling(config, log)
+
+
+_measured_costs: dict[str, float] = defaultdict(float)
+
+
+def pytest_runtest_logreport(report):
+    """Sums each group's setup, call and teardown times (on the controller when run with -n)."""
+    _measured_costs[worker_group(report.nodeid)] += report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    if not config.getoption("store_group_costs") or hasattr(config, "workerinput"):
+        return
+    # Merged into the file's entries: a run of some groups only updates those.
+    merged = {**load_group_costs(), **{k: round(v, 1) for k, v in _measured_costs.items()}}
+    seconds = dict(sorted(merged.items()))
+    GROUP_COSTS_FILE.write_text(
+        json.dumps(
+            {"about": "seconds per worker group, tests/conftest.py", "seconds": seconds}, indent=1
+        )
+        + "\n"
+    )
