@@ -42,6 +42,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -79,6 +80,7 @@ def export_onnx(
     output_path: os.PathLike,
     opset: int = DEFAULT_OPSET,
     signature: str = SIGNATURE_IMAGE,
+    loaded: Any = None,
 ) -> Path:
     """Converts ``signature`` of a SavedModel to an ONNX file.
 
@@ -87,6 +89,8 @@ def export_onnx(
       output_path: the ``.onnx`` file to write (parent folders are created).
       opset: ONNX opset (17 by default).
       signature: the signature to convert; its inputs must be numeric tensors.
+      loaded: ``tf.saved_model.load(saved_model_dir)`` when the caller has it already (a load
+        takes seconds); loaded here otherwise.
 
     Returns:
       ``output_path``.
@@ -99,7 +103,8 @@ def export_onnx(
     import tf2onnx
 
     _check_signature(saved_model_dir, signature)  # from the proto: fails before loading
-    loaded = tf.saved_model.load(str(saved_model_dir))
+    if loaded is None:
+        loaded = tf.saved_model.load(str(saved_model_dir))
     function = loaded.signatures[signature]
     _, input_specs = function.structured_input_signature
     specs = [
@@ -435,6 +440,7 @@ def verify_onnx(
     *,
     images: Sequence[np.ndarray] | None = None,
     atol: float = 1e-3,
+    loaded: Any = None,
 ) -> OnnxComparison:
     """Runs the ONNX model (onnxruntime, CPU) and the SavedModel's ``serving_default`` on the
     same images and compares the detections (``compare_detections``).
@@ -443,6 +449,7 @@ def verify_onnx(
       images: uint8 [N, H, W, 3] each (a batch of one size); by default three seeded random
         images of different sizes (random pixels still give the model's full path: proposals, NMS, padding).
       atol: tolerance on normalized boxes and on scores (module docstring: why 1e-3).
+      loaded: ``tf.saved_model.load(saved_model_dir)`` when the caller has it already.
 
     Returns:
       the ``OnnxComparison`` summed over the images.
@@ -456,7 +463,8 @@ def verify_onnx(
             rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8)
             for h, w in ((120, 160), (97, 203), (256, 256))
         ]
-    loaded = tf.saved_model.load(str(saved_model_dir))
+    if loaded is None:
+        loaded = tf.saved_model.load(str(saved_model_dir))
     function = loaded.signatures[SIGNATURE_IMAGE]
     session = onnx_session(onnx_path)
     total = OnnxComparison(0.0, 0, 0)

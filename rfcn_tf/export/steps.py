@@ -88,13 +88,19 @@ def onnx_step(
     """ONNX conversion of the version at ``path`` into ``<out>_onnx/<version>/model.onnx``,
     checked against the SavedModel; with ``int8`` also the quantized model (evaluated against
     both on ``eval_images`` validation images). Returns the summary parts."""
+    import tensorflow as tf
+
     from rfcn_tf.export import onnx as onnx_lib
 
+    loaded = tf.saved_model.load(str(path))  # once, for the conversion and the check
     onnx_path = onnx_lib.export_onnx(
-        path, output_path=out.parent / f"{out.name}_onnx" / path.name / "model.onnx", opset=opset
+        path,
+        output_path=out.parent / f"{out.name}_onnx" / path.name / "model.onnx",
+        opset=opset,
+        loaded=loaded,
     )
     images, described = onnx_check_images(config)
-    comparison = onnx_lib.verify_onnx(onnx_path, path, images=images)
+    comparison = onnx_lib.verify_onnx(onnx_path, path, images=images, loaded=loaded)
     parts = [f"ONNX at {onnx_path} (onnxruntime matches on {described}: {comparison.describe()})"]
     if int8:
         if stage is not None:

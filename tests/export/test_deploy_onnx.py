@@ -26,8 +26,10 @@ from rfcn_tf.export.onnx import (
 
 
 @pytest.fixture(scope="module")
-def onnx_path(exported, tmp_path_factory):
-    return export_onnx(exported, output_path=tmp_path_factory.mktemp("onnx") / "model.onnx")
+def onnx_path(exported, loaded, tmp_path_factory):
+    return export_onnx(
+        exported, output_path=tmp_path_factory.mktemp("onnx") / "model.onnx", loaded=loaded
+    )
 
 
 def test_model_contract(onnx_path):
@@ -42,24 +44,24 @@ def test_model_contract(onnx_path):
     assert sorted(o.name for o in model.graph.output) == sorted(ALL_OUTPUT_KEYS)
 
 
-def test_batch_equals_the_savedmodel_batch(onnx_path, exported):
+def test_batch_equals_the_savedmodel_batch(onnx_path, exported, loaded):
     """A batch of two images of one size: each row matches the SavedModel's row."""
     images = np.stack([synthetic_image(200, 260, seed=s) for s in (21, 22)])
-    result = verify_onnx(onnx_path, exported, images=[images], atol=1e-3)
+    result = verify_onnx(onnx_path, exported, images=[images], atol=1e-3, loaded=loaded)
     assert result.detections > 0 and result.tie_swaps == 0
 
 
-def test_same_detections_without_resize_rounding(onnx_path, exported, jpeg_image):
+def test_same_detections_without_resize_rounding(onnx_path, exported, loaded, jpeg_image):
     """640x480 -> 320x240 (scale 1/2 exactly): TF and onnxruntime resize to the same uint8
     pixels, so the detections agree to float32 round-off (measured about 1e-6)."""
     if jpeg_image.shape[:2] != (480, 640):
         pytest.skip("needs the 640x480 BCCD image")
-    result = verify_onnx(onnx_path, exported, images=[jpeg_image[None]], atol=1e-5)
+    result = verify_onnx(onnx_path, exported, images=[jpeg_image[None]], atol=1e-5, loaded=loaded)
     assert result.detections > 0 and result.tie_swaps == 0
     assert result.max_abs_diff < 1e-5
 
 
-def test_same_detections_on_other_sizes(onnx_path, exported, jpeg_image):
+def test_same_detections_on_other_sizes(onnx_path, exported, loaded, jpeg_image):
     """Sizes whose resize scale is not exact: the float interpolation of TF and onnxruntime
     differs by ~1e-3 grey levels, so ~0.1-0.5 % of resized pixels round to the neighbouring
     uint8 value; scores and boxes then move by up to a few 1e-4 (the stated tolerance is
@@ -69,20 +71,18 @@ def test_same_detections_on_other_sizes(onnx_path, exported, jpeg_image):
         synthetic_image(150, 410, seed=5)[None],
         synthetic_image(333, 222, seed=6)[None],
     ]
-    loaded = tf.saved_model.load(str(exported))
     for image in images:  # real comparisons: each image yields detections
         out = loaded.signatures["serving_default"](input_tensor=tf.constant(image))
         assert out["num_detections"].numpy()[0] > 0
-    result = verify_onnx(onnx_path, exported, images=images, atol=1e-3)
+    result = verify_onnx(onnx_path, exported, images=images, atol=1e-3, loaded=loaded)
     assert result.detections > 0 and result.tie_swaps == 0
     assert result.max_abs_diff < 1e-3
 
 
-def test_verify_reports_a_mismatch(onnx_path, exported, jpeg_image):
+def test_verify_reports_a_mismatch(onnx_path, loaded, jpeg_image):
     session = onnx_session(onnx_path)
     image = jpeg_image[None, :300, :300]
     actual = run_onnx(session, image)
-    loaded = tf.saved_model.load(str(exported))
     expected = {
         k: v.numpy()
         for k, v in loaded.signatures["serving_default"](input_tensor=tf.constant(image)).items()

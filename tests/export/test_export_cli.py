@@ -60,11 +60,13 @@ def test_cli_exports_the_checkpoint(trained_run, tmp_path, capsys, monkeypatch):
 
     calls = []
 
-    def fake_export(saved_model_dir, *, output_path, opset):
+    def fake_export(saved_model_dir, *, output_path, opset, loaded):
+        assert "serving_default" in loaded.signatures  # loaded once, shared with the check
         calls.append(("export", saved_model_dir, output_path, opset))
         return output_path
 
-    def fake_verify(onnx_path, saved_model_dir, *, images):
+    def fake_verify(onnx_path, saved_model_dir, *, images, loaded):
+        assert "serving_default" in loaded.signatures
         calls.append(("verify", onnx_path, saved_model_dir))
         return onnx_export.OnnxComparison(2.5e-7, 10, 1)
 

@@ -117,7 +117,8 @@ def test_stock_op_export_and_onnx_serve_the_same_detections(tmp_path):
     )
     ops = export.saved_model_op_types(folder)
     assert not any(op.startswith("Rfcn") for op in ops), sorted(op for op in ops if "Rfcn" in op)
-    served = tf.saved_model.load(str(folder)).signatures["serving_default"](input_tensor=images)
+    loaded = tf.saved_model.load(str(folder))
+    served = loaded.signatures["serving_default"](input_tensor=images)
     n = int(expected["num_detections"][0])
     assert n > 0 and int(served["num_detections"][0]) == n
     np.testing.assert_allclose(
@@ -131,6 +132,6 @@ def test_stock_op_export_and_onnx_serve_the_same_detections(tmp_path):
     )
 
     # ONNX (tf2onnx, opset 17): onnxruntime detects what the SavedModel does, per-class boxes too.
-    onnx_path = export_onnx(folder, output_path=tmp_path / "model.onnx")
-    result = verify_onnx(onnx_path, folder, images=[images.numpy()], atol=1e-3)
+    onnx_path = export_onnx(folder, output_path=tmp_path / "model.onnx", loaded=loaded)
+    result = verify_onnx(onnx_path, folder, images=[images.numpy()], atol=1e-3, loaded=loaded)
     assert result.detections == n

@@ -289,8 +289,8 @@ def test_deformable_export_is_stock_ops_every_signature_and_onnx_serve_detect(tm
     # ONNX (tf2onnx, opset 17): onnxruntime detects what the SavedModel does.
     from rfcn_tf.export.onnx import export_onnx, verify_onnx
 
-    onnx_path = export_onnx(version, output_path=tmp_path / "model.onnx")
-    result = verify_onnx(onnx_path, version, images=[pixels[None]], atol=1e-3)
+    onnx_path = export_onnx(version, output_path=tmp_path / "model.onnx", loaded=loaded)
+    result = verify_onnx(onnx_path, version, images=[pixels[None]], atol=1e-3, loaded=loaded)
     assert result.detections == n
 
     # rfcn_tf.load: the run folder (checkpoint, model rebuilt from its config.yaml) and the
