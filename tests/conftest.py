@@ -9,9 +9,9 @@ run with ``-c``) import them too.
 import json
 import os
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
+from helpers.scheduling import GROUP_COSTS_FILE, load_group_costs, longest_first, worker_group
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -21,29 +21,6 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 
-CUDA_COMPILE_TESTS = ("tests/ops/test_cuda_compile.py", "tests/ops/test_deform_cuda_compile.py")
-
-
-def worker_group(nodeid: str) -> str:
-    """The unit of work one pytest-xdist worker runs whole (``make test``: ``--dist loadscope``
-    with this split): a test file, so its module fixtures are built once; all of tests/export/,
-    whose files share the session-scoped export of the tiny model (tests/export/conftest.py);
-    and the two CUDA compile test files, which share one nvcc object (tests/ops/conftest.py)."""
-    path = nodeid.split("::", 1)[0]
-    if path.startswith("tests/export/"):
-        return "tests/export"
-    if path in CUDA_COMPILE_TESTS:
-        return "cuda-compile"
-    return path
-
-
-# Measured seconds per worker_group (setup + call + teardown of its tests, one worker), read by
-# the scheduler below. Refresh after adding slow tests: `make test ARGS=--store-group-costs`.
-GROUP_COSTS_FILE = Path(TESTS_DIR) / "group_costs.json"
-# The estimate for a group the file does not list: its tests times about the median test's cost.
-SECONDS_PER_UNLISTED_TEST = 0.5
-
-
 def pytest_addoption(parser):
     parser.addoption(
         "--store-group-costs",
@@ -51,24 +28,6 @@ def pytest_addoption(parser):
         help=f"write the measured seconds of each worker group to {GROUP_COSTS_FILE.name} "
         "(the order in which `make test` hands groups to its workers)",
     )
-
-
-def load_group_costs() -> dict[str, float]:
-    try:
-        return json.loads(GROUP_COSTS_FILE.read_text())["seconds"]
-    except FileNotFoundError:
-        return {}
-
-
-def longest_first(groups: dict[str, dict], costs: dict[str, float]) -> list[str]:
-    """Group names, most expensive first (the longest-processing-time rule: no long group is
-    left for the end, where one worker would run it while the other idles). ``groups`` maps a
-    group to its tests; a group ``costs`` does not list is estimated from its test count."""
-
-    def cost(name):
-        return costs.get(name, len(groups[name]) * SECONDS_PER_UNLISTED_TEST)
-
-    return sorted(groups, key=lambda name: (-cost(name), name))
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -1,6 +1,6 @@
 """The suite's own scheduling (tests/conftest.py): groups go to the workers most expensive first."""
 
-from conftest import GROUP_COSTS_FILE, load_group_costs, longest_first, worker_group
+from helpers.scheduling import GROUP_COSTS_FILE, load_group_costs, longest_first, worker_group
 
 
 def test_measured_groups_go_first_and_unlisted_ones_by_test_count():
