@@ -6,12 +6,17 @@ same folder goes on PYTHONPATH here, so Python subprocesses that tests start (wo
 run with ``-c``) import them too.
 """
 
-import json
 import os
 from collections import defaultdict
 
 import pytest
-from helpers.scheduling import GROUP_COSTS_FILE, load_group_costs, longest_first, worker_group
+from helpers.scheduling import (
+    GROUP_COSTS_FILE,
+    load_group_costs,
+    longest_first,
+    save_group_costs,
+    worker_group,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -77,12 +82,4 @@ def pytest_sessionfinish(session, exitstatus):
     config = session.config
     if not config.getoption("store_group_costs") or hasattr(config, "workerinput"):
         return
-    # Merged into the file's entries: a run of some groups only updates those.
-    merged = {**load_group_costs(), **{k: round(v, 1) for k, v in _measured_costs.items()}}
-    seconds = dict(sorted(merged.items()))
-    GROUP_COSTS_FILE.write_text(
-        json.dumps(
-            {"about": "seconds per worker group, tests/conftest.py", "seconds": seconds}, indent=1
-        )
-        + "\n"
-    )
+    save_group_costs(_measured_costs)

@@ -47,3 +47,14 @@ def longest_first(groups: dict[str, dict], costs: dict[str, float]) -> list[str]
         return costs.get(name, len(groups[name]) * SECONDS_PER_UNLISTED_TEST)
 
     return sorted(groups, key=lambda name: (-cost(name), name))
+
+
+def save_group_costs(measured: dict[str, float]) -> None:
+    """Writes ``measured`` (seconds per group) into the costs file, merged into its entries: a
+    run of some groups only updates those."""
+    merged = {**load_group_costs(), **{k: round(v, 1) for k, v in measured.items()}}
+    document = {
+        "about": "seconds per worker group, tests/helpers/scheduling.py",
+        "seconds": dict(sorted(merged.items())),
+    }
+    GROUP_COSTS_FILE.write_text(json.dumps(document, indent=1) + "\n")
