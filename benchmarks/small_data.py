@@ -23,7 +23,8 @@ table shows the hindsight-best checkpoint on test next to the one validation pic
 
 (about 2.5 x the budget in all on 2 cores: calibration, both runs, their test evaluations and
 the hindsight pass). `--steps 6000 --budget-minutes 50` gives (a) the bccd preset's full 6000
-steps (~340 epochs of 35 images, the issue's overfitting setting) and (b) the same 50 minutes.
+steps (~340 epochs of 35 images, the issue's overfitting setting) and (b) the same 50 minutes
+(on a quiet machine at 0.24 s per step, `--budget-minutes 30` alone already gives (a) ~7400).
 
 prints one markdown table (test AP50 / AP, steps, wall time) and writes it with the numbers to
 `<out>/small_data.json`. Needs the BCCD folder (`../shared/data/BCCD` relative to the
