@@ -156,11 +156,11 @@ def class_names_for(cfg, path: str | None) -> tuple[list[str], str]:
         names = read_class_names(path)
         if names:
             return names, find_run_file(path, CLASSES_NAME)
-    from rfcn_tf.data.pipeline import build_source
+    from rfcn_tf.data.pipeline import source_info
 
     split = cfg.data.val_split
     try:
-        _, info = build_source(cfg.data, split=split)
+        info = source_info(cfg.data, split=split)
     except Exception as exc:  # any failure means: the names are unknown
         raise RunDirError(
             f"cannot learn the class names from the dataset ({cfg.data.source}, split "

@@ -33,7 +33,7 @@ from rfcn_tf import export as export_lib
 from rfcn_tf import run_dir
 from rfcn_tf.config import load_config, model_resume_diff, validate
 from rfcn_tf.data.anchor_stats import resolve_auto_anchors
-from rfcn_tf.data.pipeline import build_dataset, build_source, evaluation_scale
+from rfcn_tf.data.pipeline import build_dataset, evaluation_scale, source_info
 from rfcn_tf.engine import callbacks as cb
 from rfcn_tf.engine import checkpoints as ckpt_lib
 from rfcn_tf.engine.callbacks import format_duration
@@ -152,7 +152,7 @@ def setup(cfg) -> RunContext:
             f"multiple of the {replicas} replicas of the '{tcfg.strategy}' strategy"
         )
     policy = configure_mixed_precision(tcfg.mixed_precision)
-    _, info = build_source(cfg.data, split=cfg.data.train_split)
+    info = source_info(cfg.data, split=cfg.data.train_split)
     class_names = list(info.class_names)
     work_dir = tcfg.work_dir
     checkpoint_dir = os.path.join(work_dir, run_dir.CHECKPOINTS_DIR)

@@ -54,7 +54,7 @@ import tensorflow as tf
 from rfcn_tf.data import augment, transforms
 from rfcn_tf.data import service as service_lib
 from rfcn_tf.data.errors import DataError
-from rfcn_tf.data.sources import get_source
+from rfcn_tf.data.sources import SOURCE_INFOS, get_source
 from rfcn_tf.data.sources.base import DatasetInfo, logger, without_python_callbacks
 from rfcn_tf.ops import boxes as box_ops
 
@@ -65,6 +65,7 @@ __all__ = [
     "build_source",
     "evaluation_scale",
     "group_by_aspect_ratio",
+    "source_info",
     "steps_per_epoch",
 ]
 
@@ -128,6 +129,17 @@ def build_source(
         seed=data_cfg.seed if seed is None else seed,
         shard=shard,
     )
+
+
+def source_info(data_cfg, *, split: str) -> DatasetInfo:
+    """The `DatasetInfo` of one split (class names, image count), as `build_source` returns it
+    and with the same errors, for callers that need nothing else: without building the tf.data
+    pipeline where the source knows its facts up front (`SOURCE_INFOS`: shapes), else through
+    `build_source`."""
+    info_fn = SOURCE_INFOS.get(data_cfg.source)
+    if info_fn is None:
+        return build_source(data_cfg, split=split)[1]
+    return info_fn(data_cfg, split=split)
 
 
 def _training_keep(ex, use_difficult: bool) -> tf.Tensor:

@@ -63,9 +63,9 @@ def resolve_schedule(cfg, *, num_train_images: int | None = None):
     if not uses_epochs(cfg.train):
         return cfg
     if num_train_images is None:
-        from rfcn_tf.data.pipeline import build_source
+        from rfcn_tf.data.pipeline import source_info
 
-        _, info = build_source(cfg.data, split=cfg.data.train_split)
+        info = source_info(cfg.data, split=cfg.data.train_split)
         num_train_images = info.num_examples
     try:
         resolved = resolve_epochs(cfg, num_train_images)
@@ -171,7 +171,7 @@ class TrainingFeatures:
             )
 
     def _evaluate_fn(self):
-        from rfcn_tf.data.pipeline import build_dataset, build_source
+        from rfcn_tf.data.pipeline import build_dataset, source_info
 
         cfg = self.cfg
         split = cfg.data.val_split
@@ -182,7 +182,7 @@ class TrainingFeatures:
                 "data.val_split to a held-out split, as configs/bccd_val.yaml does)",
                 split,
             )
-        _, info = build_source(cfg.data, split=split)
+        info = source_info(cfg.data, split=split)
         logger.info(
             "validation every %d steps on split %r (%s images), best by %s%s",
             cfg.train.eval_every,

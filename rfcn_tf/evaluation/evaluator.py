@@ -570,9 +570,10 @@ def evaluate_split(
     Raises:
         ValueError: the model's class count differs from the dataset's (message names both).
     """
-    from rfcn_tf.data.pipeline import build_dataset, build_source
+    from rfcn_tf.data.pipeline import build_dataset
+    from rfcn_tf.data.pipeline import source_info as pipeline_source_info
 
-    _, source_info = build_source(cfg.data, split=split)
+    source_info = pipeline_source_info(cfg.data, split=split)
     names = list(source_info.class_names)
     if class_names is not None and len(class_names) != len(names):
         raise ValueError(

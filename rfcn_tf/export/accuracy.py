@@ -40,12 +40,12 @@ def compare_accuracy(
       {"TF" | "ORT fp32" | "int8": ``compute_metrics``' dict (``voc07`` / ``voc2010`` mAP@0.5,
       ``coco`` AP50 and AP, ``num_images``)}.
     """
-    from rfcn_tf.data.pipeline import build_dataset, build_source
+    from rfcn_tf.data.pipeline import build_dataset, source_info
     from rfcn_tf.evaluation.evaluator import evaluate_detector
     from rfcn_tf.inference.backends import OnnxBackend, SavedModelBackend
 
     split = split or config.eval.split or config.data.val_split
-    _, info = build_source(config.data, split=split)
+    info = source_info(config.data, split=split)
     dataset = build_dataset(
         config.data, split=split, training=False, batch_size=config.eval.batch_size
     )

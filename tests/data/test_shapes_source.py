@@ -213,3 +213,48 @@ def test_config_mapping_and_errors():
         shapes.shapes_source(split="train", min_size=0.6, max_size=0.5)
     with pytest.raises(DataError, match="differ from data.shapes.classes"):
         build_source(data_config(source="shapes", class_names=["a"]), split="train")
+
+
+def test_source_info_equals_the_built_sources_info_and_errors_alike(monkeypatch):
+    """`source_info` (what the callers that need class names or counts use) gives the info
+    `build_source` gives and fails with the same message, without building the pipeline."""
+    from rfcn_tf.data import pipeline
+
+    cfg = data_config(
+        source="shapes", shapes={"image_size": 64, "num_val": 3, "classes": ["ring", "cross"]}
+    )
+    for split in ("train", "validation", "val", "test"):
+        assert pipeline.source_info(cfg, split=split) == build_source(cfg, split=split)[1]
+    bad = [
+        ({"split": "holdout"}, cfg),
+        ({"split": "train"}, data_config(source="shapes", class_names=["a"])),
+        ({"split": "train"}, data_config(source="shapes", shapes={"classes": ["hexagon"]})),
+        ({"split": "train"}, data_config(source="shapes", shapes={"min_size": 0.6})),
+    ]
+    for kwargs, bad_cfg in bad:
+        with pytest.raises(DataError) as built:
+            build_source(bad_cfg, **kwargs)
+        with pytest.raises(DataError) as cheap:
+            pipeline.source_info(bad_cfg, **kwargs)
+        assert str(cheap.value) == str(built.value)
+
+    def no_pipeline(*args, **kwargs):
+        raise AssertionError("source_info built the shapes pipeline")
+
+    monkeypatch.setattr(shapes, "shapes_source", no_pipeline)
+    assert pipeline.source_info(cfg, split="val").num_examples == 3
+
+
+def test_source_info_of_a_source_without_a_cheap_path_builds_it(tmp_path):
+    from rfcn_tf.data import pipeline
+
+    assert "voc" not in pipeline.SOURCE_INFOS
+    with pytest.raises(DataError, match="VOC folder not found") as built:
+        build_source(data_config(source="voc", voc_root=str(tmp_path / "none")), split="val")
+    with pytest.raises(DataError) as cheap:
+        pipeline.source_info(
+            data_config(source="voc", voc_root=str(tmp_path / "none")), split="val"
+        )
+    assert str(cheap.value) == str(built.value)
+    with pytest.raises(DataError, match="unknown data.source 'lmdb'"):
+        pipeline.source_info(data_config(source="lmdb"), split="val")

@@ -45,6 +45,7 @@ __all__ = [
     "VAL_SPLITS",
     "from_config",
     "generate_shapes_image",
+    "info_from_config",
     "noise_tile",
     "shapes_source",
 ]
@@ -305,6 +306,18 @@ def _check(
         raise DataError(f"data.shapes.num_val must be >= 1, got {num_val}")
 
 
+def _stream_of(split: str, num_val: int) -> tuple[int, int | None]:
+    """(stream, images in one pass) of a split name: train is stream 0 (endless, None),
+    validation / val / test stream 1 (`num_val`)."""
+    if split in TRAIN_SPLITS:
+        return 0, None
+    if split in VAL_SPLITS:
+        return 1, num_val
+    raise DataError(
+        f"shapes has no split {split!r}; splits: {', '.join(TRAIN_SPLITS + VAL_SPLITS)}"
+    )
+
+
 def shapes_source(
     *,
     split: str,
@@ -348,14 +361,8 @@ def shapes_source(
         max_overlap_iou=max_overlap_iou,
         num_val=num_val,
     )
-    if split in TRAIN_SPLITS:
-        stream, indices, num_examples = 0, tf.data.Dataset.counter(), None
-    elif split in VAL_SPLITS:
-        stream, indices, num_examples = 1, tf.data.Dataset.range(num_val), num_val
-    else:
-        raise DataError(
-            f"shapes has no split {split!r}; splits: {', '.join(TRAIN_SPLITS + VAL_SPLITS)}"
-        )
+    stream, num_examples = _stream_of(split, num_val)
+    indices = tf.data.Dataset.counter() if stream == 0 else tf.data.Dataset.range(num_val)
     if shard is not None:
         indices = indices.shard(*shard)
     stream_key = tf.constant([seed, stream], tf.int64)
@@ -393,6 +400,37 @@ def shapes_source(
     return dataset, DatasetInfo(class_names=classes, num_examples=num_examples)
 
 
+def _shapes_config(data_cfg):
+    """`data.shapes`, checked against `data.class_names` (which must be unset or equal)."""
+    cfg = data_cfg.shapes
+    if data_cfg.class_names and list(data_cfg.class_names) != list(cfg.classes):
+        raise DataError(
+            f"data.class_names {data_cfg.class_names} differ from data.shapes.classes "
+            f"{cfg.classes}; the shapes source names its classes by "
+            "data.shapes.classes (leave data.class_names null)"
+        )
+    return cfg
+
+
+def info_from_config(data_cfg, *, split: str) -> DatasetInfo:
+    """The `DatasetInfo` that `from_config` returns, and the same errors, without building
+    the tf.data pipeline (whose drawing graph takes about a second to trace)."""
+    cfg = _shapes_config(data_cfg)
+    classes = list(cfg.classes)
+    _check(
+        image_size=cfg.image_size,
+        classes=classes,
+        min_objects=cfg.min_objects,
+        max_objects=cfg.max_objects,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        max_overlap_iou=cfg.max_overlap_iou,
+        num_val=cfg.num_val,
+    )
+    _, num_examples = _stream_of(split, cfg.num_val)
+    return DatasetInfo(class_names=classes, num_examples=num_examples)
+
+
 def from_config(
     data_cfg,
     *,
@@ -407,13 +445,7 @@ def from_config(
     random by construction, and its seed is `data.shapes.seed`.
     """
     del shuffle, seed
-    cfg = data_cfg.shapes
-    if data_cfg.class_names and list(data_cfg.class_names) != list(cfg.classes):
-        raise DataError(
-            f"data.class_names {data_cfg.class_names} differ from data.shapes.classes "
-            f"{cfg.classes}; the shapes source names its classes by "
-            "data.shapes.classes (leave data.class_names null)"
-        )
+    cfg = _shapes_config(data_cfg)
     return shapes_source(
         split=split,
         image_size=cfg.image_size,
