@@ -22,6 +22,7 @@ from rfcn_tf.cli_args import (
     run_cli,
 )
 from rfcn_tf.errors import InputError
+from rfcn_tf.run_dir import find_checkpoint, resolve_config
 
 __all__ = ["build_parser", "main"]
 
@@ -78,15 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rfcn_tf.evaluation import multiscale as ms
-    from rfcn_tf.evaluation.evaluator import dataset_description, evaluate_split, format_summary
-    from rfcn_tf.run_dir import find_checkpoint, resolve_config
-
     if args.max_images is not None and args.max_images < 1:
         raise InputError(f"--max-images must be >= 1, got {args.max_images}")
-    if args.checkpoint:
-        find_checkpoint(args.checkpoint)  # a wrong path fails before the dataset and model
+    if args.checkpoint:  # a wrong path fails before TensorFlow, the dataset and the model
+        find_checkpoint(args.checkpoint)
     cfg, config_source = resolve_config(args.config, args.overrides, checkpoint=args.checkpoint)
+    from rfcn_tf.evaluation import multiscale as ms
+    from rfcn_tf.evaluation.evaluator import dataset_description, evaluate_split, format_summary
+
     if args.score_threshold is not None:
         cfg.eval.score_threshold = args.score_threshold
     if args.print_config:
@@ -105,10 +105,10 @@ def _run(args: argparse.Namespace) -> int:
 
     info = {"config": config_source, "split": split}
     if args.checkpoint:
-        from rfcn_tf.data.pipeline import build_source
+        from rfcn_tf.data.pipeline import source_info as dataset_info
         from rfcn_tf.inference.backends import load_checkpoint_model
 
-        _, source_info = build_source(cfg.data, split=split)
+        source_info = dataset_info(cfg.data, split=split)
         class_names = list(source_info.class_names)
         model, info["checkpoint"] = load_checkpoint_model(
             cfg,

@@ -86,8 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rfcn_tf.inference.detector import load_checkpoint, load_saved_model
-    from rfcn_tf.inference.files import predict_files
     from rfcn_tf.run_dir import resolve_config
 
     if not 0.0 <= args.score_threshold <= 1.0:
@@ -101,8 +99,11 @@ def _run(args: argparse.Namespace) -> int:
     paths, failed = expand_inputs(args.images)
     for item in failed:
         print(f"error: {item['file']}: {item['error']}", file=sys.stderr)
-    if not paths:
+    if not paths:  # (before TensorFlow is imported: a wrong path is said at once)
         raise InputError(f"no image to process among {list(args.images)}")
+    from rfcn_tf.inference.detector import load_checkpoint, load_saved_model
+    from rfcn_tf.inference.files import predict_files
+
     if args.checkpoint:
         detector = load_checkpoint(
             args.checkpoint,

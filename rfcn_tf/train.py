@@ -93,6 +93,9 @@ def _setup_logging() -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from rfcn_tf.config import load_config
+
+    load_config(args.config, args.overrides)  # imports no TensorFlow: a bad value fails at once
     from rfcn_tf import training
 
     _setup_logging()

@@ -145,11 +145,19 @@ def test_help_is_fast_and_imports_no_tensorflow(command):
 def test_an_error_is_one_line_and_debug_shows_the_traceback(
     args, culprit, debug, tmp_path, capfd, monkeypatch
 ):
-    """The real CLI (a subprocess): exit status 1 and one `error:` line naming the culprit.
-    `--debug` runs the tool's `main(argv)` in this process (run_cli, the same code the
-    subprocess runs; an interpreter start and TensorFlow import fewer)."""
+    """The real CLI (a subprocess): exit status 1 and one `error:` line naming the culprit,
+    said before TensorFlow is imported (a mistyped path or value fails at once). `--debug` runs
+    the tool's `main(argv)` in this process (run_cli, the same code the subprocess runs)."""
+    module, extra = args[0], args[1:]
+    code = (
+        f"import sys, runpy; sys.argv = [{module!r}] + {extra!r}\n"
+        f"try:\n    runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "print('TF' if 'tensorflow' in sys.modules else 'noTF')\n"
+        "sys.exit(code)"
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", *args],
+        [sys.executable, "-c", code],
         env=_env(),
         capture_output=True,
         text=True,
@@ -160,6 +168,7 @@ def test_an_error_is_one_line_and_debug_shows_the_traceback(
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and culprit in last, last
+    assert proc.stdout.strip().splitlines()[-1] == "noTF", "TensorFlow was imported first"
     if debug:  # the tools on cli_args.run_cli
         import importlib
         import logging

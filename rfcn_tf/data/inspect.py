@@ -78,10 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> str:
     """Does the work; returns the one-line summary."""
-    from rfcn_tf.config import load_config
-    from rfcn_tf.data.anchor_stats import suggestion_report
-    from rfcn_tf.data.inspection import collect_statistics, format_statistics, render_grid
-    from rfcn_tf.data.pipeline import build_source
+    from rfcn_tf.config import load_config, validate
 
     if args.num < 0:
         raise ValueError(f"--num must be >= 0, got {args.num}")
@@ -89,12 +86,14 @@ def run(args: argparse.Namespace) -> str:
         raise ValueError(f"--cols must be >= 1, got {args.cols}")
     if args.max_images is not None and args.max_images < 1:
         raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides)  # (no TensorFlow yet: a bad one fails fast)
     if args.print_config:
-        from rfcn_tf.config import validate
-
         validate(config)
         return config.to_yaml().rstrip("\n")
+    from rfcn_tf.data.anchor_stats import suggestion_report
+    from rfcn_tf.data.inspection import collect_statistics, format_statistics, render_grid
+    from rfcn_tf.data.pipeline import build_source
+
     data_cfg = config.data
     split = args.split or data_cfg.train_split
     dataset, info = build_source(data_cfg, split=split)

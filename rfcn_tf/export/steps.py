@@ -200,8 +200,6 @@ def export_checkpoint(
         them).
     """
     started = time.perf_counter()
-    from rfcn_tf.export.saved_model import ExportError, export_saved_model, next_version
-
     config_name = config
 
     # The serving graph must hold stock ops only: PS-RoI pooling uses the pure-TF twin
@@ -213,6 +211,10 @@ def export_checkpoint(
         raise ValueError("--int8 quantizes the ONNX model: add --onnx")
     if int8_eval_images < 0:
         raise ValueError(f"--int8-eval-images must be >= 0 (0: skip), got {int8_eval_images}")
+    # The checks above and this one import no TensorFlow: a mistyped value or path fails at once.
+    find_checkpoint(checkpoint, what="--checkpoint")
+    from rfcn_tf.export.saved_model import ExportError, export_saved_model, next_version
+
     if tensorrt:  # fail before the slow part when TF-TRT cannot run here
         from rfcn_tf.export.tensorrt import require_tensorrt
 
