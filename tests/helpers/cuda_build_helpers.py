@@ -69,7 +69,12 @@ def compile_cuda_functors(cuda_build, source):
 
 def link_gpu_library(cuda_build, cuda_object, sources, library_name):
     """Compiles `sources` (.cc, GOOGLE_CUDA=1) and links them with `cuda_object` into one .so
-    (--no-undefined, TF's own symbols excepted); returns its undefined symbols (nm -C)."""
+    (--no-undefined, TF's own symbols excepted); returns its undefined symbols (nm -C).
+
+    The callers pass an op's kernels .cc (its DEVICE_GPU registrations, which call the functors
+    of `cuda_object`), not its *_ops.cc: that file has no GOOGLE_CUDA code (REGISTER_OP only,
+    names that link by string), compiles the same in the CPU build that `make install` runs, and
+    would cost another ~6 s of g++ on the TensorFlow headers per op."""
     out = cuda_build["dir"]
     objects = [cuda_object]
     for source in sources:
