@@ -211,14 +211,15 @@ def export_checkpoint(
         raise ValueError("--int8 quantizes the ONNX model: add --onnx")
     if int8_eval_images < 0:
         raise ValueError(f"--int8-eval-images must be >= 0 (0: skip), got {int8_eval_images}")
-    # The checks above and this one import no TensorFlow: a mistyped value or path fails at once.
-    find_checkpoint(checkpoint, what="--checkpoint")
-    from rfcn_tf.export.saved_model import ExportError, export_saved_model, next_version
-
     if tensorrt:  # fail before the slow part when TF-TRT cannot run here
         from rfcn_tf.export.tensorrt import require_tensorrt
 
         require_tensorrt()
+    # Without --tensorrt, the checks so far and this one import no TensorFlow: a mistyped
+    # value or path fails at once.
+    find_checkpoint(checkpoint, what="--checkpoint")
+    from rfcn_tf.export.saved_model import ExportError, export_saved_model, next_version
+
     out = Path(out) if out else Path(config.export.out_dir) / config.export.model_name
     version = version if version is not None else config.export.version
     if version is not None and (out / str(version)).exists():  # fail before building anything
