@@ -223,7 +223,7 @@ def test_source_info_equals_the_built_sources_info_and_errors_alike(monkeypatch)
     cfg = data_config(
         source="shapes", shapes={"image_size": 64, "num_val": 3, "classes": ["ring", "cross"]}
     )
-    for split in ("train", "validation", "val", "test"):
+    for split in ("train", "test"):  # (the endless and the fixed stream; a build is ~1 s)
         assert pipeline.source_info(cfg, split=split) == build_source(cfg, split=split)[1]
     bad = [
         ({"split": "holdout"}, cfg),
