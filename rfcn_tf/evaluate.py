@@ -105,11 +105,10 @@ def _run(args: argparse.Namespace) -> int:
 
     info = {"config": config_source, "split": split}
     if args.checkpoint:
-        from rfcn_tf.data.pipeline import source_info as dataset_info
+        from rfcn_tf.data.pipeline import source_info
         from rfcn_tf.inference.backends import load_checkpoint_model
 
-        source_info = dataset_info(cfg.data, split=split)
-        class_names = list(source_info.class_names)
+        class_names = list(source_info(cfg.data, split=split).class_names)
         model, info["checkpoint"] = load_checkpoint_model(
             cfg,
             args.checkpoint,

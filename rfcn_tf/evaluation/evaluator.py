@@ -570,11 +570,10 @@ def evaluate_split(
     Raises:
         ValueError: the model's class count differs from the dataset's (message names both).
     """
-    from rfcn_tf.data.pipeline import build_dataset
-    from rfcn_tf.data.pipeline import source_info as pipeline_source_info
+    from rfcn_tf.data.pipeline import build_dataset, source_info
 
-    source_info = pipeline_source_info(cfg.data, split=split)
-    names = list(source_info.class_names)
+    split_info = source_info(cfg.data, split=split)
+    names = list(split_info.class_names)
     if class_names is not None and len(class_names) != len(names):
         raise ValueError(
             f"the model has {len(class_names)} classes ({', '.join(list(class_names)[:5])}"
@@ -586,11 +585,11 @@ def evaluate_split(
         detect_fn,
         dataset,
         class_names=names,
-        category_ids=source_info.category_ids,
+        category_ids=split_info.category_ids,
         out_dir=out_dir,
         max_images=max_images,
         progress=progress,
         score_threshold=cfg.eval.score_threshold,
-        num_images=source_info.num_examples,
+        num_images=split_info.num_examples,
         info=info,
     )

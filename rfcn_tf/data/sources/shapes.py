@@ -400,8 +400,9 @@ def shapes_source(
     return dataset, DatasetInfo(class_names=classes, num_examples=num_examples)
 
 
-def _shapes_config(data_cfg):
-    """`data.shapes`, checked against `data.class_names` (which must be unset or equal)."""
+def _generator_settings(data_cfg) -> dict:
+    """`data.shapes` as the keyword arguments `shapes_source` and `_check` share (the drawing
+    settings and `num_val`), after checking `data.class_names` (unset or equal to the shapes)."""
     cfg = data_cfg.shapes
     if data_cfg.class_names and list(data_cfg.class_names) != list(cfg.classes):
         raise DataError(
@@ -409,26 +410,25 @@ def _shapes_config(data_cfg):
             f"{cfg.classes}; the shapes source names its classes by "
             "data.shapes.classes (leave data.class_names null)"
         )
-    return cfg
+    return {
+        "image_size": cfg.image_size,
+        "classes": list(cfg.classes),
+        "num_val": cfg.num_val,
+        "min_objects": cfg.min_objects,
+        "max_objects": cfg.max_objects,
+        "min_size": cfg.min_size,
+        "max_size": cfg.max_size,
+        "max_overlap_iou": cfg.max_overlap_iou,
+    }
 
 
 def info_from_config(data_cfg, *, split: str) -> DatasetInfo:
     """The `DatasetInfo` that `from_config` returns, and the same errors, without building
     the tf.data pipeline (whose drawing graph takes about a second to trace)."""
-    cfg = _shapes_config(data_cfg)
-    classes = list(cfg.classes)
-    _check(
-        image_size=cfg.image_size,
-        classes=classes,
-        min_objects=cfg.min_objects,
-        max_objects=cfg.max_objects,
-        min_size=cfg.min_size,
-        max_size=cfg.max_size,
-        max_overlap_iou=cfg.max_overlap_iou,
-        num_val=cfg.num_val,
-    )
-    _, num_examples = _stream_of(split, cfg.num_val)
-    return DatasetInfo(class_names=classes, num_examples=num_examples)
+    settings = _generator_settings(data_cfg)
+    _check(**settings)
+    _, num_examples = _stream_of(split, settings["num_val"])
+    return DatasetInfo(class_names=settings["classes"], num_examples=num_examples)
 
 
 def from_config(
@@ -445,18 +445,10 @@ def from_config(
     random by construction, and its seed is `data.shapes.seed`.
     """
     del shuffle, seed
-    cfg = _shapes_config(data_cfg)
     return shapes_source(
         split=split,
-        image_size=cfg.image_size,
-        classes=cfg.classes,
-        num_val=cfg.num_val,
-        min_objects=cfg.min_objects,
-        max_objects=cfg.max_objects,
-        min_size=cfg.min_size,
-        max_size=cfg.max_size,
-        max_overlap_iou=cfg.max_overlap_iou,
-        seed=cfg.seed,
+        **_generator_settings(data_cfg),
+        seed=data_cfg.shapes.seed,
         shard=shard,
         num_parallel_calls=data_cfg.num_parallel_calls,
     )
