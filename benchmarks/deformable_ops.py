@@ -33,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
-from _timing import interleaved_medians_ms, intra_op_threads, random_rois, ratios_to
+from _timing import interleaved_medians_ms, intra_op_threads, random_rois, ratios_to, resolved
 
 from rfcn_tf.ops.deform_conv import deform_conv2d
 from rfcn_tf.ops.deform_psroi_pool import (
@@ -86,10 +86,10 @@ def pool_functions(num_rois: int, seed: int = 0) -> dict:
         return (out, *tape.gradient(out, [f, o], output_gradients=grad))
 
     return {
-        ("plain bilinear PS-RoI", "fwd"): lambda: plain(features).numpy(),
-        ("deformable PS-RoI", "fwd"): lambda: deform(features, offsets).numpy(),
-        ("plain bilinear PS-RoI", "fwd_bwd"): lambda: [t.numpy() for t in plain_fb(features)],
-        ("deformable PS-RoI", "fwd_bwd"): lambda: [t.numpy() for t in deform_fb(features, offsets)],
+        ("plain bilinear PS-RoI", "fwd"): lambda: resolved(plain(features)),
+        ("deformable PS-RoI", "fwd"): lambda: resolved(deform(features, offsets)),
+        ("plain bilinear PS-RoI", "fwd_bwd"): lambda: resolved(plain_fb(features)),
+        ("deformable PS-RoI", "fwd_bwd"): lambda: resolved(deform_fb(features, offsets)),
     }
 
 
@@ -121,12 +121,12 @@ def conv_functions(seed: int = 1) -> dict:
                 out = fn(*a)
             return (out, *tape.gradient(out, a, output_gradients=grad))
 
-        return lambda: [t.numpy() for t in run(*args)]
+        return lambda: resolved(run(*args))
 
     return {
-        ("tf.nn.conv2d 3x3", "fwd"): lambda: plain(x, w).numpy(),
-        ("deform_conv2d v1", "fwd"): lambda: dcn(x, w, offsets).numpy(),
-        ("deform_conv2d v2 (mask)", "fwd"): lambda: dcn2(x, w, offsets, mask).numpy(),
+        ("tf.nn.conv2d 3x3", "fwd"): lambda: resolved(plain(x, w)),
+        ("deform_conv2d v1", "fwd"): lambda: resolved(dcn(x, w, offsets)),
+        ("deform_conv2d v2 (mask)", "fwd"): lambda: resolved(dcn2(x, w, offsets, mask)),
         ("tf.nn.conv2d 3x3", "fwd_bwd"): fb(plain, x, w),
         ("deform_conv2d v1", "fwd_bwd"): fb(dcn, x, w, offsets),
         ("deform_conv2d v2 (mask)", "fwd_bwd"): fb(dcn2, x, w, offsets, mask),

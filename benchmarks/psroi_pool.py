@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
-from _timing import interleaved_medians_ms, intra_op_threads, random_rois, ratios_to
+from _timing import interleaved_medians_ms, intra_op_threads, random_rois, ratios_to, resolved
 
 from rfcn_tf.ops.psroi_pool import custom_op_available, custom_op_load_error, ps_roi_pool
 
@@ -161,10 +161,8 @@ def measure(mode: str, num_rois: int, rounds: int, repeats: int, warmup: int, im
     fns = {}
     for impl in impls:
         forward, forward_backward = build_functions(impl, mode)
-        fns[(impl, "fwd")] = lambda fwd=forward: fwd(features, rois).numpy()
-        fns[(impl, "fwd_bwd")] = lambda fb=forward_backward: [
-            t.numpy() for t in fb(features, rois, grad)
-        ]
+        fns[(impl, "fwd")] = lambda fwd=forward: resolved(fwd(features, rois))
+        fns[(impl, "fwd_bwd")] = lambda fb=forward_backward: resolved(fb(features, rois, grad))
     return interleaved_medians_ms(fns, rounds, repeats, warmup)
 
 
