@@ -31,6 +31,9 @@ def test_recipes_are_valid_configs_on_35_images():
     # (a) keeps the bccd preset's model and optimizer settings.
     bccd = load_config("bccd")
     assert a.model == bccd.model and (a.train.lr, a.train.schedule) == (0.02, "cosine")
+    # ... and the augmentation of the recipe issue 16 measured, whatever the preset adds later.
+    assert (a.data.random_flip, a.data.photometric) == (True, True)
+    assert not (a.data.vertical_flip or a.data.rot90 or a.data.random_crop or a.data.scale_jitter)
     b = resolve_schedule(
         load_config("bccd35", bench.recipe_b(240, "runs/x_b")), num_train_images=35
     )
