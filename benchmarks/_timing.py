@@ -1,5 +1,6 @@
 """Timing helpers shared by the op benchmarks (benchmarks/psroi_pool.py,
-benchmarks/deformable_ops.py): interleaved medians, the benchmark RoIs, ratios to a baseline.
+benchmarks/deformable_ops.py, benchmarks/inference.py): interleaved medians, waiting for
+results, the benchmark RoIs, ratios to a baseline.
 
 Imported as a sibling module (`from _timing import ...`): the scripts run as
 `python benchmarks/<name>.py`, which puts benchmarks/ first on sys.path.
@@ -12,6 +13,7 @@ import statistics
 import time
 
 import numpy as np
+import tensorflow as tf
 
 PARTS = ("fwd", "fwd_bwd")
 
@@ -42,15 +44,14 @@ def interleaved_medians_ms(fns: dict, rounds: int, repeats: int, warmup: int) ->
 
 
 def resolved(outputs):
-    """Waits for a call's result tensors (a tensor or a sequence of them) without copying them.
+    """Waits for a call's result tensors (any nest of them: a tensor, a tuple, a dict) without
+    copying them.
 
     `np.asarray` of a CPU EagerTensor shares its buffer; `EagerTensor.numpy()` copies it, and for
     the 10 MB feature gradient of these benchmarks that memcpy was ~15 % of the compiled PS-RoI
     op's forward + backward profile (perf, 300 RoIs): a cost that is the same for every
     implementation, is no part of any, and pulls every ratio towards 1."""
-    if isinstance(outputs, (list, tuple)):
-        return [np.asarray(t) for t in outputs]
-    return np.asarray(outputs)
+    return tf.nest.map_structure(np.asarray, outputs)
 
 
 def random_rois(rng: np.random.Generator, num_rois: int, image_h: int, image_w: int):

@@ -37,6 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
+from _timing import resolved
 
 from rfcn_tf.inference.preprocess import detect_images
 from rfcn_tf.model.backbones import ResNetBackbone
@@ -63,11 +64,7 @@ def interleaved_medians(fns, repeats):
 
 
 def run_sync(fn, *args):
-    def go():
-        out = fn(*args)
-        tf.nest.map_structure(lambda t: t.numpy(), out)
-
-    return go
+    return lambda: resolved(fn(*args))
 
 
 def build_model(depth, num_classes, rois, impl, deformable=False):
