@@ -38,7 +38,7 @@ def test_recipes_are_valid_configs_on_35_images():
         load_config("bccd35", bench.recipe_b(240, "runs/x_b")), num_train_images=35
     )
     assert b.train.steps == 240 and b.train.eval_every == 24 == b.train.checkpoint_every
-    assert b.train.early_stop_patience == 3 and b.data.val_split == "val"
+    assert b.train.early_stop_patience == 0 and b.data.val_split == "val"
     assert b.model == bccd.model
 
 
@@ -87,3 +87,50 @@ def test_tfds_split_size_from_the_source(monkeypatch):
     ):
         cfg = load_run_config("voc07_resnet101", ["train.epochs=4", "train.lr_epochs=[2]"])
     assert (cfg.train.steps, cfg.train.lr_steps) == (-(-4 * 2 * NUM // 8), [-(-2 * 2 * NUM // 8)])
+
+
+def _selection_study():
+    spec = importlib.util.spec_from_file_location(
+        "checkpoint_selection", ROOT / "benchmarks" / "checkpoint_selection.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(curve_a, curve_b):
+    return [
+        {"step": 100 * (i + 1), "raw": {"valA": [a, 0.0], "valB": [b, 0.0]}}
+        for i, (a, b) in enumerate(zip(curve_a, curve_b))
+    ]
+
+
+def test_selection_study_picks_with_the_engines_early_stop():
+    study = _selection_study()
+    rows = _rows([0.5, 0.7, 0.6, 0.65, 0.9, 0.8], [0.4, 0.6, 0.7, 0.5, 0.8, 0.85])
+    picked, reached = study.pick(rows, "raw", "valA", patience=0)
+    assert picked["step"] == 500 and reached[-1]["step"] == 600
+    # Two validations without a gain after step 200 end the run at 400, before the 0.9.
+    picked, reached = study.pick(rows, "raw", "valA", patience=2)
+    assert picked["step"] == 200 and reached[-1]["step"] == 400
+    # A tie is no improvement (the engine's rule: strictly better).
+    picked, _ = study.pick(_rows([0.5, 0.5], [0, 0]), "raw", "valA", patience=0)
+    assert picked["step"] == 100
+
+
+def test_selection_study_splits_val_into_halves_without_writing_the_dataset(tmp_path):
+    study = _selection_study()
+    bccd = tmp_path / "BCCD"
+    (bccd / "ImageSets" / "Main").mkdir(parents=True)
+    (bccd / "Annotations").mkdir()
+    (bccd / "JPEGImages").mkdir()
+    for name, ids in (("train", ["t1"]), ("test", ["x1"]), ("val", ["v3", "v1", "v2", "v4", "v5"])):
+        (bccd / "ImageSets" / "Main" / f"{name}.txt").write_text("\n".join(ids) + "\n")
+    before = sorted(p.name for p in (bccd / "ImageSets" / "Main").iterdir())
+    root = Path(study.make_voc_root(str(tmp_path / "out"), str(bccd)))
+    main = root / "ImageSets" / "Main"
+    assert main.joinpath("valA.txt").read_text().split() == ["v1", "v3", "v5"]
+    assert main.joinpath("valB.txt").read_text().split() == ["v2", "v4"]
+    assert main.joinpath("val.txt").read_text().split() == ["v3", "v1", "v2", "v4", "v5"]
+    assert (root / "JPEGImages").resolve() == (bccd / "JPEGImages").resolve()
+    assert sorted(p.name for p in (bccd / "ImageSets" / "Main").iterdir()) == before
