@@ -16,8 +16,9 @@ so that (a) ends its cosine schedule inside the budget: seconds per step are mea
 a short calibration run (`--calibration-steps`, not counted), unless `--steps` gives them;
 (b) is scheduled for `--b-step-fraction` of (a)'s steps (the rest of the budget pays for its
 validations) and may stop earlier (an early stop, where configured) or be cut by the budget (it
-still delivers its best checkpoint). After training, every checkpoint (b) kept is evaluated on `test` too, so the
-table shows the hindsight-best checkpoint on test next to the one validation picked.
+still delivers its best checkpoint). After training, every checkpoint (b) kept is evaluated on
+`test` too, so the table shows the hindsight-best checkpoint on test next to the one validation
+picked.
 
     python benchmarks/small_data.py --budget-minutes 10 [--out runs/small_data]
 
@@ -195,14 +196,12 @@ def train(preset: str, overrides: list[str], *, budget_s: float, evaluate: bool 
 
 
 def evaluate_checkpoints(
-    work_dir: str, splits=("test",), *, ema_decay: float | None = None, overrides=()
+    work_dir: str, splits=("test",), *, ema_decay: float | None = None
 ) -> list[dict]:
-    """AP50/AP of every checkpoint a run kept (ckpt-*) on each split, by step.
+    """AP50/AP of every checkpoint a run kept (ckpt-*) on each split of its dataset, by step.
 
     Returns rows {"checkpoint", "step", "raw": {split: [AP50, AP]}} and, with `ema_decay` (the
-    run's train.ema_decay), "ema": the same for the checkpoint's EMA shadows. `overrides`
-    (`--set` strings) change the run's config for the evaluation (e.g. another data.voc_root
-    holding extra split files)."""
+    run's train.ema_decay), "ema": the same for the checkpoint's EMA shadows."""
     import tensorflow as tf
 
     from rfcn_tf import run_dir
@@ -211,9 +210,7 @@ def evaluate_checkpoints(
     from rfcn_tf.evaluation.evaluator import evaluate_split
     from rfcn_tf.inference.backends import load_checkpoint_model
 
-    cfg = load_config(
-        os.path.join(work_dir, run_dir.RUN_CONFIG_NAME), overrides, old_layout="migrate"
-    )
+    cfg = load_config(os.path.join(work_dir, run_dir.RUN_CONFIG_NAME), old_layout="migrate")
     names = run_dir.read_class_names(work_dir)
     state = tf.train.get_checkpoint_state(os.path.join(work_dir, run_dir.CHECKPOINTS_DIR))
     rows = []
